@@ -1,0 +1,1 @@
+//! Benchmarks of the swiotlb pool (work in progress).

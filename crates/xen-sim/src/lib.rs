@@ -1,0 +1,1 @@
+//! A simulated Xen machine for tests (work in progress).
