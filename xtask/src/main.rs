@@ -1,2 +1,150 @@
-//! Project automation (work in progress).
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (the alias is in `.cargo/config.toml`).
+//!
+//! Commands:
+//!
+//! - `ci`: every check the project promises, in order, each timed, then a summary table and a
+//!   closing `N passed, M failed` line. All steps run even when one fails; the exit status is
+//!   non-zero if any failed. `--skip-miri` leaves out the Miri step, `--only STEP` (repeatable)
+//!   runs only the named steps, `--list` prints the steps.
+//! - `help`: usage.
+//!
+//! The tool has no dependencies: it spawns `cargo` (and `cargo +nightly` for Miri) in the
+//! workspace root and reads the README to check that the documented commands still exist.
+
+#![forbid(unsafe_code)]
+
+mod ci;
+mod readme;
+
+use std::process::ExitCode;
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    /// Run the CI steps with the given options.
+    Ci(ci::Options),
+    /// List the CI steps.
+    ListSteps,
+    /// Print usage.
+    Help,
+}
+
+/// Usage text, printed by `help` and after a command-line error.
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  ci [--skip-miri] [--only STEP]...   run the CI steps in order (all of them by default)
+  ci --list                            list the CI steps
+  help                                 print this text
+
+`--only` may be given several times; the steps still run in their fixed order.";
+
+/// Parses the arguments after the program name.
+fn parse_args<I, S>(args: I) -> Result<Command, String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut args = args.into_iter();
+    let Some(command) = args.next() else {
+        return Ok(Command::Help);
+    };
+    match command.as_ref() {
+        "help" | "-h" | "--help" => Ok(Command::Help),
+        "ci" => {
+            let mut options = ci::Options::default();
+            let mut list = false;
+            while let Some(arg) = args.next() {
+                match arg.as_ref() {
+                    "--skip-miri" => options.skip_miri = true,
+                    "--list" => list = true,
+                    "--only" => {
+                        let name = args
+                            .next()
+                            .ok_or_else(|| "--only needs a step name".to_owned())?;
+                        options.only.push(ci::step_name(name.as_ref())?);
+                    }
+                    other => return Err(format!("unknown option for `ci`: {other}")),
+                }
+            }
+            if list {
+                Ok(Command::ListSteps)
+            } else {
+                Ok(Command::Ci(options))
+            }
+        }
+        other => Err(format!("unknown command: {other}")),
+    }
+}
+
+fn main() -> ExitCode {
+    match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::ListSteps) => {
+            ci::print_steps();
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Ci(options)) => ci::run(&options),
+        Err(message) => {
+            eprintln!("xtask: {message}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_arguments_prints_help() {
+        assert_eq!(parse_args::<_, &str>([]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn ci_without_options_runs_everything() {
+        assert_eq!(parse_args(["ci"]), Ok(Command::Ci(ci::Options::default())));
+    }
+
+    #[test]
+    fn ci_options_are_parsed() {
+        let parsed = parse_args(["ci", "--skip-miri", "--only", "fmt", "--only", "clippy"]);
+        assert_eq!(
+            parsed,
+            Ok(Command::Ci(ci::Options {
+                skip_miri: true,
+                only: vec!["fmt", "clippy"],
+            }))
+        );
+    }
+
+    #[test]
+    fn unknown_step_is_rejected_with_its_name() {
+        let err = parse_args(["ci", "--only", "lint"]).unwrap_err();
+        assert!(err.contains("lint"), "{err}");
+        assert!(
+            err.contains("clippy"),
+            "the error lists the known steps: {err}"
+        );
+    }
+
+    #[test]
+    fn only_without_name_is_rejected() {
+        assert!(parse_args(["ci", "--only"]).is_err());
+    }
+
+    #[test]
+    fn unknown_command_and_option_are_rejected() {
+        assert!(parse_args(["build"]).is_err());
+        assert!(parse_args(["ci", "--fast"]).is_err());
+    }
+
+    #[test]
+    fn list_is_recognised() {
+        assert_eq!(parse_args(["ci", "--list"]), Ok(Command::ListSteps));
+    }
+}
