@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{self, ExitCode};
 use std::time::{Duration, Instant};
 
-use crate::readme;
+use crate::{layering, readme};
 
 /// The `no_std` crates, built for every bare-metal target. The list is fixed on purpose: a
 /// crate that stops building for a kernel target is a failure, not something to skip.
@@ -141,8 +141,13 @@ fn steps() -> Vec<Step> {
     vec![
         Step {
             name: "readme",
-            about: "the README still names the demo and test commands, and .ci/run runs the latter",
+            about: "the README names both commands, .ci/run runs the test command, doc links resolve",
             action: Action::Check(readme::check_workspace),
+        },
+        Step {
+            name: "layering",
+            about: "library crates depend only downwards; no_std crates only on the allowed crates",
+            action: Action::Check(layering::check_workspace),
         },
         Step {
             name: "fmt",
@@ -388,6 +393,7 @@ mod tests {
             names,
             [
                 "readme",
+                "layering",
                 "fmt",
                 "clippy",
                 "test",

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod ci;
+mod layering;
 mod readme;
 
 use std::process::ExitCode;
