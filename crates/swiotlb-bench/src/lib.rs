@@ -1,1 +1,41 @@
-//! Benchmarks of the swiotlb pool (work in progress).
+//! # swiotlb-bench
+//!
+//! Benchmarks of the `swiotlb-core` bounce pool, with two references to measure it against:
+//!
+//! - [`linux`]: a straightforward port of Linux's swiotlb slot allocator (search, free-count
+//!   lists, areas, bounce), which is both the performance baseline and the test oracle;
+//! - a plain `memcpy` of the same size, the floor no bounce mapping can beat.
+//!
+//! [`host::HostMemory`] stands in for physical memory on the host. The benchmark itself is
+//! `benches/pool.rs` (criterion); `src/bin/pool-table.rs` prints the table that
+//! `docs/performance.md` records.
+//!
+//! ```
+//! use swiotlb_bench::host::HostMemory;
+//! use swiotlb_bench::linux::LinuxPool;
+//! use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, PhysAddr};
+//!
+//! let mem = HostMemory::new(PhysAddr::new(0x8000_0000), 2 << 20, 4096).unwrap();
+//! // SAFETY: the first MiB of `mem` is given to the pool alone.
+//! let pool = unsafe { LinuxPool::new(&mem, mem.base(), 512, 1) }.unwrap();
+//! let orig = PhysAddr::new(0x8010_0010);
+//! let dev = Device::new(DmaMask::BITS_32);
+//! // SAFETY: single-threaded; the original lies in `mem` outside the pool.
+//! unsafe {
+//!     mem.write(orig, b"hello").unwrap();
+//!     let m = pool
+//!         .map_single(&dev, orig, 5, 0, DmaDirection::ToDevice, DmaAttrs::empty())
+//!         .unwrap();
+//!     let mut seen = [0; 5];
+//!     mem.read(m.tlb_addr, &mut seen).unwrap();
+//!     assert_eq!(&seen, b"hello");
+//!     pool.unmap_single(&dev, m.tlb_addr, 5, DmaDirection::ToDevice, DmaAttrs::empty())
+//!         .unwrap();
+//! }
+//! assert_eq!(pool.used(), 0);
+//! ```
+
+pub mod harness;
+pub mod host;
+pub mod linux;
+pub mod rng;

@@ -1,0 +1,327 @@
+//! What the benchmark and the table share: the case grid, the fragmented fill, the pools
+//! under test behind one trait, and a simple timing loop.
+//!
+//! A case is a mapping size and a fill level. The pool (Linux's default geometry: 64 MiB,
+//! two areas as on a two-CPU machine) is filled with mappings of random sizes until it is
+//! full, then a random subset is unmapped until the fill level is reached, so the free space
+//! is scattered. The same seed drives both implementations, so they see the same sequence
+//! of sizes, originals and unmaps; only their slot choices differ. The measured operation
+//! is one `ToDevice` map plus unmap of `size` bytes, which leaves the pool at its fill level.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, PhysAddr};
+
+use crate::host::HostMemory;
+use crate::linux::{IO_TLB_SIZE, LinuxPool};
+use crate::rng::SplitMix64;
+
+/// Slots in the benchmark pool: Linux's default 64 MiB.
+pub const POOL_SLOTS: usize = 32768;
+/// Areas in the benchmark pool: `roundup_pow_of_two(num_possible_cpus())` on two CPUs.
+pub const POOL_AREAS: usize = 2;
+/// Mapping sizes measured, in bytes.
+pub const SIZES: [usize; 4] = [64, 1500, 4096, 65536];
+/// Fill levels measured, in percent of the pool's slots.
+pub const FILLS: [u32; 3] = [0, 50, 90];
+/// The seed of the fragmented fill.
+pub const SEED: u64 = 0x5_3710_7100;
+/// The physical base of the benchmark memory (below 4 GiB, 1 MiB-aligned).
+pub const MEMORY_BASE: u64 = 0x8000_0000;
+/// Room for originals after the pool. Fill originals start at random offsets in it.
+pub const ORIG_ROOM: usize = 2 << 20;
+/// Largest fill mapping, in bytes (log-uniform sizes from 64 B up to this).
+pub const FILL_MAX: usize = 128 << 10;
+
+/// The device every benchmark mapping is for: no alignment constraints, no boundary.
+#[must_use]
+pub fn bench_device() -> Device {
+    Device::new(DmaMask::BITS_32)
+}
+
+/// A pool under test, seen as the benchmark sees it: streaming `ToDevice` maps and unmaps
+/// for [`bench_device`].
+pub trait BenchPool {
+    /// What an unmap needs back from a map.
+    type Handle;
+
+    /// Slots in the pool.
+    fn total_slots(&self) -> usize;
+
+    /// Slots in use.
+    fn used_slots(&self) -> usize;
+
+    /// Maps `len` bytes at `orig` for [`bench_device`], `None` if the pool has no room.
+    ///
+    /// # Safety
+    ///
+    /// `orig..orig + len` is memory the pool's `PhysMemory` reaches, outside the pool, and no
+    /// reference covers it.
+    unsafe fn map(&self, orig: PhysAddr, len: usize) -> Option<Self::Handle>;
+
+    /// Unmaps a mapping of `len` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `handle` comes from [`map`](Self::map) on this pool with the same `len` and is not
+    /// unmapped yet.
+    unsafe fn unmap(&self, handle: Self::Handle, len: usize);
+}
+
+impl BenchPool for LinuxPool<'_, HostMemory> {
+    type Handle = PhysAddr;
+
+    fn total_slots(&self) -> usize {
+        self.nslabs()
+    }
+
+    fn used_slots(&self) -> usize {
+        self.used()
+    }
+
+    unsafe fn map(&self, orig: PhysAddr, len: usize) -> Option<PhysAddr> {
+        let dev = bench_device();
+        // SAFETY: as the caller promises.
+        let m = unsafe {
+            self.map_single(
+                &dev,
+                orig,
+                len,
+                0,
+                DmaDirection::ToDevice,
+                DmaAttrs::NO_WARN,
+            )
+        };
+        m.ok().map(|m| m.tlb_addr)
+    }
+
+    unsafe fn unmap(&self, handle: PhysAddr, len: usize) {
+        let dev = bench_device();
+        // SAFETY: as the caller promises.
+        let r = unsafe {
+            self.unmap_single(&dev, handle, len, DmaDirection::ToDevice, DmaAttrs::empty())
+        };
+        debug_assert!(r.is_ok(), "unmap of a live mapping failed: {r:?}");
+    }
+}
+
+/// The memory of one case: the pool's slots followed by [`ORIG_ROOM`] bytes of originals.
+///
+/// # Errors
+///
+/// As [`HostMemory::new`].
+pub fn case_memory() -> Result<HostMemory, crate::host::HostMemoryError> {
+    HostMemory::new(
+        PhysAddr::new(MEMORY_BASE),
+        POOL_SLOTS * IO_TLB_SIZE + ORIG_ROOM,
+        4096,
+    )
+}
+
+/// The start of the originals area of a [`case_memory`].
+#[must_use]
+pub fn orig_base() -> PhysAddr {
+    // CAST: the pool length fits u64.
+    PhysAddr::new(MEMORY_BASE + (POOL_SLOTS * IO_TLB_SIZE) as u64)
+}
+
+/// A Linux baseline pool over the first [`POOL_SLOTS`] slots of `mem`, a [`case_memory`].
+///
+/// # Safety
+///
+/// Nothing else uses the pool's part of `mem` while the pool lives.
+#[must_use]
+pub unsafe fn linux_pool(mem: &HostMemory) -> LinuxPool<'_, HostMemory> {
+    // SAFETY: as the caller promises; the geometry is valid by construction.
+    match unsafe { LinuxPool::new(mem, mem.base(), POOL_SLOTS, POOL_AREAS) } {
+        Ok(p) => p,
+        Err(e) => unreachable!("the benchmark geometry is valid: {e}"),
+    }
+}
+
+/// A random fill size: log-uniform over `64..=FILL_MAX`.
+fn fill_size(rng: &mut SplitMix64) -> usize {
+    let max_exp = u64::from(FILL_MAX.ilog2());
+    let e = rng.range(6, max_exp - 1);
+    // CAST: at most FILL_MAX, a usize.
+    rng.range(1 << e, 1 << (e + 1)) as usize
+}
+
+/// Fills `pool` with random-size mappings until it is full, then unmaps a random subset until
+/// at most `fill_percent` of the slots are in use. Returns the mappings left live (handle
+/// and length).
+///
+/// # Safety
+///
+/// `orig` is the start of [`ORIG_ROOM`] bytes the pool's memory reaches, outside the pool,
+/// that nothing else uses.
+pub unsafe fn fragment<P: BenchPool>(
+    pool: &P,
+    seed: u64,
+    fill_percent: u32,
+    orig: PhysAddr,
+) -> Vec<(P::Handle, usize)> {
+    let mut rng = SplitMix64::new(seed);
+    let mut live = Vec::new();
+    let mut misses = 0;
+    while misses < 16 && pool.used_slots() < pool.total_slots() {
+        let len = fill_size(&mut rng);
+        // CAST: lengths and offsets fit u64.
+        let off = rng.range(0, (ORIG_ROOM - len) as u64);
+        let Some(at) = orig.checked_add(off) else {
+            break;
+        };
+        // SAFETY: `at..at + len` lies in the originals room, as the caller promises.
+        match unsafe { pool.map(at, len) } {
+            Some(h) => {
+                misses = 0;
+                live.push((h, len));
+            }
+            None => misses += 1,
+        }
+    }
+    // Fisher-Yates, then unmap from the front of the shuffled list.
+    for i in (1..live.len()).rev() {
+        // CAST: indices fit u64 and back.
+        let j = rng.range(0, i as u64) as usize;
+        live.swap(i, j);
+    }
+    let target = pool.total_slots() * fill_percent as usize / 100;
+    let mut keep = live.into_iter();
+    while pool.used_slots() > target {
+        let Some((h, len)) = keep.next() else { break };
+        // SAFETY: `h` is live on `pool` with length `len`.
+        unsafe { pool.unmap(h, len) };
+    }
+    keep.collect()
+}
+
+/// One measured round trip: map `len` bytes of `orig` for the device, then unmap.
+///
+/// # Safety
+///
+/// As [`BenchPool::map`].
+///
+/// # Panics
+///
+/// If the pool has no room: a benchmark case must be set up so that the mapping fits.
+#[inline]
+pub unsafe fn round_trip<P: BenchPool>(pool: &P, orig: PhysAddr, len: usize) {
+    // SAFETY: as the caller promises.
+    let h = unsafe { pool.map(black_box(orig), black_box(len)) };
+    let Some(h) = h else {
+        panic!(
+            "no room for {len} bytes at {}% use",
+            100 * pool.used_slots() / pool.total_slots()
+        );
+    };
+    // SAFETY: `h` was just mapped with `len`.
+    unsafe { pool.unmap(black_box(h), len) };
+}
+
+/// The floor: copies `len` bytes from `src` to `dst`.
+///
+/// # Panics
+///
+/// If either buffer is shorter than `len`.
+#[inline]
+pub fn memcpy_floor(dst: &mut [u8], src: &[u8], len: usize) {
+    black_box(&mut dst[..len]).copy_from_slice(black_box(&src[..len]));
+}
+
+/// The median time of one call of `f`, in nanoseconds, over `batches` batches each lasting
+/// at least `batch_time` (the first, calibrating batches also warm up).
+pub fn median_ns(mut f: impl FnMut(), batches: usize, batch_time: Duration) -> f64 {
+    // Calibrate: double the iteration count until one batch lasts `batch_time`.
+    let mut iters: u32 = 1;
+    loop {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        if t.elapsed() >= batch_time || iters >= 1 << 24 {
+            break;
+        }
+        iters *= 2;
+    }
+    let mut samples: Vec<f64> = (0..batches.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e9 / f64::from(iters)
+        })
+        .collect();
+    samples.sort_unstable_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fragmented fill reaches its level, leaves the free space scattered, and every
+    /// benchmark size still fits at every level.
+    #[test]
+    fn fragment_reaches_fill_and_sizes_fit() {
+        let mem = case_memory().unwrap();
+        for fill in FILLS {
+            // SAFETY: the pool alone uses its part of `mem`.
+            let pool = unsafe { linux_pool(&mem) };
+            // SAFETY: the originals room of `mem` is used by nothing else.
+            let live = unsafe { fragment(&pool, SEED, fill, orig_base()) };
+            let used = pool.used_slots();
+            let target = POOL_SLOTS * fill as usize / 100;
+            assert!(used <= target, "{used} > {target}");
+            assert!(
+                used + FILL_MAX / IO_TLB_SIZE * 2 >= target,
+                "{used} far below {target}"
+            );
+            assert!(fill == 0 || live.len() > 100);
+            pool.check_invariants().unwrap();
+            // Scattered: many free runs, none near the whole pool.
+            let runs = (0..POOL_SLOTS)
+                .filter(|&i| {
+                    pool.free_count(i).unwrap() > 0
+                        && (i == 0 || pool.free_count(i - 1).unwrap() == 0)
+                })
+                .count();
+            if fill > 0 {
+                assert!(runs > 50, "only {runs} free runs at {fill}%");
+            }
+            for size in SIZES {
+                for _ in 0..4 {
+                    // SAFETY: the original lies in the originals room.
+                    unsafe { round_trip(&pool, orig_base(), size) };
+                }
+            }
+            assert_eq!(pool.used_slots(), used);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_fill() {
+        let (a, b) = (case_memory().unwrap(), case_memory().unwrap());
+        // SAFETY: each pool alone uses its memory.
+        let (pa, pb) = unsafe { (linux_pool(&a), linux_pool(&b)) };
+        // SAFETY: the originals rooms are used by nothing else.
+        let (la, lb) = unsafe {
+            (
+                fragment(&pa, SEED, 50, orig_base()),
+                fragment(&pb, SEED, 50, orig_base()),
+            )
+        };
+        assert_eq!(la, lb);
+        assert_eq!(pa.used(), pb.used());
+    }
+
+    #[test]
+    fn median_is_plausible() {
+        let mut n = 0u64;
+        let t = median_ns(|| n = black_box(n + 1), 3, Duration::from_micros(200));
+        assert!(t > 0.0 && t < 1e6, "{t} ns");
+        assert!(n > 0);
+    }
+}
