@@ -25,6 +25,18 @@ pub const NO_STD_CRATES: &[&str] = &[
 /// The crates whose tests also run as an aarch64 Linux binary under user-mode QEMU.
 pub const AARCH64_TEST_CRATES: &[&str] = &["swiotlb-core", "xen-abi"];
 
+/// The cargo arguments of the main job, which `bash .ci/demo` (through `cargo xtask demo`)
+/// and the `demo` step run.
+pub const DEMO_ARGS: &[&str] = &[
+    "run",
+    "-p",
+    "swiotlb-core",
+    "--features",
+    "std",
+    "--example",
+    "pool-demo",
+];
+
 /// The flags every Miri run uses.
 pub const MIRI_FLAGS: &str = "-Zmiri-strict-provenance";
 
@@ -172,6 +184,11 @@ fn steps() -> Vec<Step> {
             action: cargo(args(&["test", "--workspace"])),
         },
         Step {
+            name: "demo",
+            about: "the main job (the README's demo command) runs to completion",
+            action: cargo(args(DEMO_ARGS)),
+        },
+        Step {
             name: "no-std-x86_64",
             about: "the no_std crates build for x86_64-unknown-none",
             action: cargo(no_std_build("x86_64-unknown-none")),
@@ -291,6 +308,27 @@ fn run_step(action: &Action, root: &Path) -> Outcome {
     }
 }
 
+/// Runs the main job in the workspace root with `extra` arguments for it, and returns its
+/// exit status.
+pub fn run_demo(extra: &[String]) -> ExitCode {
+    let mut command = process::Command::new("cargo");
+    command.args(DEMO_ARGS).current_dir(workspace_root());
+    if !extra.is_empty() {
+        command.arg("--").args(extra);
+    }
+    match command.status() {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("xtask: the demo exited with {status}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("xtask: could not start cargo: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Whether `options` select the step called `name`.
 fn selected(options: &Options, name: &str) -> bool {
     let listed = options.only.is_empty() || options.only.contains(&name);
@@ -397,6 +435,7 @@ mod tests {
                 "fmt",
                 "clippy",
                 "test",
+                "demo",
                 "no-std-x86_64",
                 "no-std-aarch64",
                 "test-aarch64",

@@ -6,6 +6,7 @@
 //!   closing `N passed, M failed` line. All steps run even when one fails; the exit status is
 //!   non-zero if any failed. `--skip-miri` leaves out the Miri step, `--only STEP` (repeatable)
 //!   runs only the named steps, `--list` prints the steps.
+//! - `demo`: the main job, which the README's demo command runs; arguments after `--` go to it.
 //! - `help`: usage.
 //!
 //! The tool has no dependencies: it spawns `cargo` (and `cargo +nightly` for Miri) in the
@@ -24,6 +25,8 @@ use std::process::ExitCode;
 enum Command {
     /// Run the CI steps with the given options.
     Ci(ci::Options),
+    /// Run the main job with these arguments.
+    Demo(Vec<String>),
     /// List the CI steps.
     ListSteps,
     /// Print usage.
@@ -37,6 +40,7 @@ usage: cargo xtask <command> [options]
 commands:
   ci [--skip-miri] [--only STEP]...   run the CI steps in order (all of them by default)
   ci --list                            list the CI steps
+  demo [-- ARGS]                       run the main job (the README's demo command)
   help                                 print this text
 
 `--only` may be given several times; the steps still run in their fixed order.";
@@ -53,6 +57,14 @@ where
     };
     match command.as_ref() {
         "help" | "-h" | "--help" => Ok(Command::Help),
+        "demo" => {
+            let rest: Vec<String> = args.map(|a| a.as_ref().to_owned()).collect();
+            let rest = match rest.split_first() {
+                Some((first, tail)) if first == "--" => tail.to_vec(),
+                _ => rest,
+            };
+            Ok(Command::Demo(rest))
+        }
         "ci" => {
             let mut options = ci::Options::default();
             let mut list = false;
@@ -90,6 +102,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Ci(options)) => ci::run(&options),
+        Ok(Command::Demo(extra)) => ci::run_demo(&extra),
         Err(message) => {
             eprintln!("xtask: {message}\n\n{USAGE}");
             ExitCode::from(2)
@@ -142,6 +155,19 @@ mod tests {
     fn unknown_command_and_option_are_rejected() {
         assert!(parse_args(["build"]).is_err());
         assert!(parse_args(["ci", "--fast"]).is_err());
+    }
+
+    #[test]
+    fn demo_passes_its_arguments_on() {
+        assert_eq!(parse_args(["demo"]), Ok(Command::Demo(Vec::new())));
+        assert_eq!(
+            parse_args(["demo", "--", "--slots", "64"]),
+            Ok(Command::Demo(vec!["--slots".to_owned(), "64".to_owned()]))
+        );
+        assert_eq!(
+            parse_args(["demo", "-v"]),
+            Ok(Command::Demo(vec!["-v".to_owned()]))
+        );
     }
 
     #[test]
