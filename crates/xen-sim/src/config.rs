@@ -69,7 +69,7 @@ impl SimConfig {
             high_frames: 16384,
             dom0_pages: 16384,
             domu_pages: 256,
-            seed: 0x5eed_0f_0e17,
+            seed: 0x5eed_0f0e_0017,
             cache_flush: true,
             max_order_unprivileged: 9,
             max_order_privileged: 18,
@@ -153,13 +153,16 @@ impl SimConfig {
     pub(crate) fn validate(&self) -> Result<(), crate::SimError> {
         let bad = |why: &'static str| Err(crate::SimError::Config { why });
         const PAGE: u64 = 4096;
-        if self.low_base % PAGE != 0 || self.high_base % PAGE != 0 {
+        if !self.low_base.is_multiple_of(PAGE) || !self.high_base.is_multiple_of(PAGE) {
             return bad("region bases must be 4 KiB aligned");
         }
         if self.low_base == 0 {
             return bad("the low region must start above machine address 0");
         }
-        let low_end = self.low_frames.checked_mul(PAGE).and_then(|s| s.checked_add(self.low_base));
+        let low_end = self
+            .low_frames
+            .checked_mul(PAGE)
+            .and_then(|s| s.checked_add(self.low_base));
         match low_end {
             Some(end) if end <= 1 << 32 => {}
             _ => return bad("the low region must end at or below 4 GiB"),
@@ -167,8 +170,10 @@ impl SimConfig {
         if self.high_base < 1 << 32 {
             return bad("the high region must start at or above 4 GiB");
         }
-        let high_end =
-            self.high_frames.checked_mul(PAGE).and_then(|s| s.checked_add(self.high_base));
+        let high_end = self
+            .high_frames
+            .checked_mul(PAGE)
+            .and_then(|s| s.checked_add(self.high_base));
         match high_end {
             Some(end) if end <= 1 << 36 => {}
             _ => return bad("the high region must end at or below 64 GiB"),
@@ -199,8 +204,9 @@ impl SimConfig {
                 .and_then(|s| s.checked_add(self.foreign_window_base));
             let mem_end = high_end.unwrap_or(u64::MAX);
             match wend {
-                Some(_) if self.foreign_window_base % PAGE == 0
-                    && self.foreign_window_base >= mem_end => {}
+                Some(_)
+                    if self.foreign_window_base.is_multiple_of(PAGE)
+                        && self.foreign_window_base >= mem_end => {}
                 _ => return bad("arm64: the foreign window must be aligned and above all RAM"),
             }
         } else {
@@ -208,7 +214,7 @@ impl SimConfig {
                 .dom0_pages
                 .checked_mul(PAGE)
                 .and_then(|s| s.checked_add(self.linear_base));
-            if lin_end.is_none() || self.linear_base % PAGE != 0 {
+            if lin_end.is_none() || !self.linear_base.is_multiple_of(PAGE) {
                 return bad("x86: the linear map must be aligned and not wrap");
             }
         }
@@ -226,8 +232,14 @@ impl fmt::Debug for SimConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimConfig")
             .field("arch", &self.arch)
-            .field("low", &format_args!("{:#x}+{} frames", self.low_base, self.low_frames))
-            .field("high", &format_args!("{:#x}+{} frames", self.high_base, self.high_frames))
+            .field(
+                "low",
+                &format_args!("{:#x}+{} frames", self.low_base, self.low_frames),
+            )
+            .field(
+                "high",
+                &format_args!("{:#x}+{} frames", self.high_base, self.high_frames),
+            )
             .field("dom0_pages", &self.dom0_pages)
             .field("domu_pages", &self.domu_pages)
             .field("seed", &format_args!("{:#x}", self.seed))

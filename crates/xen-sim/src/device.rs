@@ -137,10 +137,8 @@ impl SimDevice {
         let mut out = vec![0u8; len];
         let mut at = 0;
         for (idx, off, chunk) in frames {
-            if !coherent {
-                if let Some(v) = st.cache_device(idx, off, chunk, false, self.id) {
-                    st.record_device_violation(self.id, v);
-                }
+            if !coherent && let Some(v) = st.cache_device(idx, off, chunk, false, self.id) {
+                st.record_device_violation(self.id, v);
             }
             st.raw_read(idx, off, &mut out[at..at + chunk]);
             at += chunk;
@@ -161,10 +159,8 @@ impl SimDevice {
         let coherent = st.devices[self.id].coherent;
         let mut at = 0;
         for (idx, off, chunk) in frames {
-            if !coherent {
-                if let Some(v) = st.cache_device(idx, off, chunk, true, self.id) {
-                    st.record_device_violation(self.id, v);
-                }
+            if !coherent && let Some(v) = st.cache_device(idx, off, chunk, true, self.id) {
+                st.record_device_violation(self.id, v);
             }
             st.raw_write(idx, off, &data[at..at + chunk]);
             at += chunk;
@@ -201,6 +197,8 @@ impl SimDevice {
 
 impl fmt::Debug for SimDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimDevice").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("SimDevice")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }

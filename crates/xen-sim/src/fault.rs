@@ -133,7 +133,11 @@ impl Counters {
     /// Every non-zero counter, by name.
     #[must_use]
     pub fn nonzero(&self) -> Vec<(SimOp, u64)> {
-        self.ops.iter().filter(|(_, n)| **n > 0).map(|(op, n)| (*op, *n)).collect()
+        self.ops
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(op, n)| (*op, *n))
+            .collect()
     }
 
     pub(crate) fn bump(&mut self, op: SimOp) {
@@ -230,9 +234,11 @@ impl Faults {
     /// Counts one multicall; returns `(entry, errno)` of a `MulticallEntry` that fires.
     pub(crate) fn multicall_entry(&mut self) -> Option<(u64, i32)> {
         self.fire(|f| match f {
-            Fault::MulticallEntry { nth_multicall, entry, errno } => {
-                Some((nth_multicall, (entry, errno)))
-            }
+            Fault::MulticallEntry {
+                nth_multicall,
+                entry,
+                errno,
+            } => Some((nth_multicall, (entry, errno))),
             _ => None,
         })
     }
@@ -270,7 +276,11 @@ mod tests {
     #[test]
     fn nth_counts_from_injection_and_fires_once() {
         let mut f = Faults::default();
-        f.inject(Fault::FailNth { op: SimOp::MmuUpdate, nth: 3, errno: 22 });
+        f.inject(Fault::FailNth {
+            op: SimOp::MmuUpdate,
+            nth: 3,
+            errno: 22,
+        });
         assert_eq!(f.fail_nth(SimOp::UpdateVaMapping), None);
         assert_eq!(f.fail_nth(SimOp::MmuUpdate), None);
         assert_eq!(f.fail_nth(SimOp::MmuUpdate), None);

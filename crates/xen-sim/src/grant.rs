@@ -7,10 +7,10 @@ use std::sync::Arc;
 use swiotlb_core::{Bfn, PhysAddr};
 use xen_abi::{
     DomId, GNTMAP_CONTAINS_PTE, GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY,
-    GNTST_BAD_DEV_ADDR, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE,
-    GNTST_GENERAL_ERROR, GNTST_OKAY, GNTTAB_CACHE_CLEAN, GNTTAB_CACHE_INVAL,
-    GNTTABOP_CACHE_FLUSH, GNTTABOP_MAP_GRANT_REF, GNTTABOP_UNMAP_GRANT_REF, GnttabCacheFlush,
-    GnttabMapGrantRef, GnttabUnmapGrantRef, GrantRef,
+    GNTST_BAD_DEV_ADDR, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_HANDLE, GNTST_GENERAL_ERROR,
+    GNTST_OKAY, GNTTAB_CACHE_CLEAN, GNTTAB_CACHE_INVAL, GNTTABOP_CACHE_FLUSH,
+    GNTTABOP_MAP_GRANT_REF, GNTTABOP_UNMAP_GRANT_REF, GnttabCacheFlush, GnttabMapGrantRef,
+    GnttabUnmapGrantRef, GrantRef,
 };
 
 use crate::config::SimArch;
@@ -148,7 +148,12 @@ fn map_one(inner: &Inner, st: &mut State, dom: DomId, op: &mut GnttabMapGrantRef
     };
 }
 
-fn try_map(inner: &Inner, st: &mut State, dom: DomId, op: &GnttabMapGrantRef) -> Result<(u32, u64), i16> {
+fn try_map(
+    inner: &Inner,
+    st: &mut State,
+    dom: DomId,
+    op: &GnttabMapGrantRef,
+) -> Result<(u32, u64), i16> {
     if op.flags & (GNTMAP_DEVICE_MAP | GNTMAP_HOST_MAP) == 0 {
         return Err(GNTST_BAD_GNTREF);
     }
@@ -187,7 +192,8 @@ fn try_map(inner: &Inner, st: &mut State, dom: DomId, op: &GnttabMapGrantRef) ->
                 }
                 let base = inner.cfg.foreign_window_base;
                 let end = base + inner.cfg.foreign_window_pages * PAGE;
-                if op.host_addr % PAGE != 0 || op.host_addr < base || op.host_addr >= end {
+                if !op.host_addr.is_multiple_of(PAGE) || op.host_addr < base || op.host_addr >= end
+                {
                     return Err(GNTST_GENERAL_ERROR);
                 }
                 let ipa_pfn = op.host_addr / PAGE;
@@ -204,7 +210,10 @@ fn try_map(inner: &Inner, st: &mut State, dom: DomId, op: &GnttabMapGrantRef) ->
                 let pfn = if op.flags & GNTMAP_CONTAINS_PTE != 0 {
                     // CAST: usize fits u64.
                     let end = PT_MACHINE_BASE + 8 * st.pte.len() as u64;
-                    if op.host_addr % 8 != 0 || op.host_addr < PT_MACHINE_BASE || op.host_addr >= end {
+                    if !op.host_addr.is_multiple_of(8)
+                        || op.host_addr < PT_MACHINE_BASE
+                        || op.host_addr >= end
+                    {
                         return Err(GNTST_GENERAL_ERROR);
                     }
                     (op.host_addr - PT_MACHINE_BASE) / 8
@@ -213,10 +222,10 @@ fn try_map(inner: &Inner, st: &mut State, dom: DomId, op: &GnttabMapGrantRef) ->
                 };
                 // CAST: pfn < pte.len().
                 let old = st.pte[pfn as usize];
-                if old & PTE_PRESENT != 0 {
-                    if let Some(i) = st.layout.index((old & PTE_MFN_MASK) >> 12) {
-                        st.mapcount[i] = st.mapcount[i].saturating_sub(1);
-                    }
+                if old & PTE_PRESENT != 0
+                    && let Some(i) = st.layout.index((old & PTE_MFN_MASK) >> 12)
+                {
+                    st.mapcount[i] = st.mapcount[i].saturating_sub(1);
                 }
                 let rw = if readonly { 0 } else { PTE_RW };
                 st.pte[pfn as usize] = mfn << 12 | PTE_PRESENT | rw;
@@ -285,12 +294,12 @@ fn unmap_one(st: &mut State, dom: DomId, op: &GnttabUnmapGrantRef) -> i16 {
     }
     // CAST: u32 fits usize.
     st.doms[d].maptrack[op.handle as usize] = None;
-    if let Some(g) = st.dom_index(m.granter) {
-        if let Some(n) = st.doms[g].active.get_mut(&m.gref) {
-            *n -= 1;
-            if *n == 0 {
-                st.doms[g].active.remove(&m.gref);
-            }
+    if let Some(g) = st.dom_index(m.granter)
+        && let Some(n) = st.doms[g].active.get_mut(&m.gref)
+    {
+        *n -= 1;
+        if *n == 0 {
+            st.doms[g].active.remove(&m.gref);
         }
     }
     GNTST_OKAY
@@ -322,7 +331,10 @@ fn cache_flush_one(st: &mut State, dom: DomId, op: &GnttabCacheFlush) -> i64 {
         return -EPERM;
     }
     if owner != dom {
-        let mapped = st.dom_index(dom).and_then(|d| st.mapped_grant(d, mfn)).is_some();
+        let mapped = st
+            .dom_index(dom)
+            .and_then(|d| st.mapped_grant(d, mfn))
+            .is_some();
         if !mapped {
             return -EINVAL;
         }
@@ -400,8 +412,16 @@ impl DomU {
         if table.len() < FIRST_REF as usize {
             table.resize(FIRST_REF as usize, None);
         }
-        let e = GrantEntry { grantee: to, pfn, readonly };
-        let r = match table.iter().skip(FIRST_REF as usize).position(Option::is_none) {
+        let e = GrantEntry {
+            grantee: to,
+            pfn,
+            readonly,
+        };
+        let r = match table
+            .iter()
+            .skip(FIRST_REF as usize)
+            .position(Option::is_none)
+        {
             Some(i) => {
                 table[FIRST_REF as usize + i] = Some(e);
                 FIRST_REF as usize + i
@@ -471,7 +491,10 @@ impl DomU {
         let mut st = self.inner.lock();
         let (idx, _) = Self::frame_index(&st, gref)?;
         if offset.checked_add(data.len()).is_none_or(|e| e > 4096) {
-            return Err(SimError::OutOfPage { offset, len: data.len() });
+            return Err(SimError::OutOfPage {
+                offset,
+                len: data.len(),
+            });
         }
         st.cache_cpu_write(idx, offset, data.len());
         st.raw_write(idx, offset, data);
@@ -495,6 +518,8 @@ impl DomU {
 
 impl fmt::Debug for DomU {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DomU").field("pages", &self.inner.cfg.domu_pages).finish_non_exhaustive()
+        f.debug_struct("DomU")
+            .field("pages", &self.inner.cfg.domu_pages)
+            .finish_non_exhaustive()
     }
 }

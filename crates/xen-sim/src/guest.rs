@@ -13,7 +13,11 @@ use crate::{Inner, pattern_byte};
 /// Runs a CPU access under the lock and panics (after releasing it) if the address is
 /// unreachable: the simulator is a test double, and such an access is a bug in the code
 /// under test.
-fn cpu<T>(inner: &Inner, what: &str, f: impl FnOnce(&mut crate::machine::State, u64) -> Result<T, String>) -> T {
+fn cpu<T>(
+    inner: &Inner,
+    what: &str,
+    f: impl FnOnce(&mut crate::machine::State, u64) -> Result<T, String>,
+) -> T {
     let r = {
         let mut st = inner.lock();
         f(&mut st, inner.cfg.linear_base)
@@ -39,12 +43,16 @@ pub struct SimMemory {
 impl SimMemory {
     /// Reads `buf.len()` bytes at `phys`.
     pub fn read(&self, phys: PhysAddr, buf: &mut [u8]) {
-        cpu(&self.inner, "read", |st, lb| st.cpu_read(lb, phys.as_u64(), buf));
+        cpu(&self.inner, "read", |st, lb| {
+            st.cpu_read(lb, phys.as_u64(), buf)
+        });
     }
 
     /// Writes `data` at `phys`.
     pub fn write(&self, phys: PhysAddr, data: &[u8]) {
-        cpu(&self.inner, "write", |st, lb| st.cpu_write(lb, phys.as_u64(), data));
+        cpu(&self.inner, "write", |st, lb| {
+            st.cpu_write(lb, phys.as_u64(), data)
+        });
     }
 }
 
@@ -60,13 +68,17 @@ unsafe impl PhysMemory for SimMemory {
     }
 
     unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize) {
-        cpu(&self.inner, "fill", |st, lb| st.cpu_fill(lb, dst.as_u64(), byte, len));
+        cpu(&self.inner, "fill", |st, lb| {
+            st.cpu_fill(lb, dst.as_u64(), byte, len)
+        });
     }
 }
 
 impl fmt::Debug for SimMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimMemory").field("arch", &self.inner.cfg.arch).finish_non_exhaustive()
+        f.debug_struct("SimMemory")
+            .field("arch", &self.inner.cfg.arch)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,7 +88,9 @@ macro_rules! guest_common {
         /// The CPU's view of guest-physical memory (a [`PhysMemory`]).
         #[must_use]
         pub fn memory(&self) -> SimMemory {
-            SimMemory { inner: Arc::clone(&self.inner) }
+            SimMemory {
+                inner: Arc::clone(&self.inner),
+            }
         }
 
         /// Writes `data` at `phys` as the CPU.
@@ -117,7 +131,9 @@ macro_rules! guest_common {
         pub fn check_pattern(&self, phys: PhysAddr, len: usize, seed: u64) -> bool {
             let mut buf = vec![0u8; len];
             self.read(phys, &mut buf);
-            buf.iter().enumerate().all(|(i, &b)| b == pattern_byte(seed, i))
+            buf.iter()
+                .enumerate()
+                .all(|(i, &b)| b == pattern_byte(seed, i))
         }
     };
 }
@@ -169,7 +185,9 @@ impl PvGuest {
     #[must_use]
     pub fn pte(&self, pfn: u64) -> Option<u64> {
         let st = self.inner.lock();
-        usize::try_from(pfn).ok().and_then(|p| st.pte.get(p).copied())
+        usize::try_from(pfn)
+            .ok()
+            .and_then(|p| st.pte.get(p).copied())
     }
 
     /// The machine address of the PTE of linear-map page `pfn`, for `mmu_update`'s
@@ -185,7 +203,7 @@ impl PvGuest {
     pub fn machine_addr(&self, phys: PhysAddr) -> Option<BusAddr> {
         let pte = self.pte(phys.as_u64() / PAGE)?;
         (pte & PTE_PRESENT != 0)
-            .then(|| BusAddr::new((pte & PTE_MFN_MASK) | phys.as_u64() % PAGE))
+            .then(|| BusAddr::new((pte & PTE_MFN_MASK) | (phys.as_u64() % PAGE)))
     }
 
     /// Hands out `n` fresh pseudo-physical pages for test buffers and pools.
@@ -206,10 +224,15 @@ impl PvGuest {
     /// When dom0 has no such range left, or `align_pages` is not a power of two.
     #[must_use]
     pub fn alloc_aligned(&self, n: u64, align_pages: u64) -> PhysAddr {
-        assert!(align_pages.is_power_of_two(), "xen-sim: alignment {align_pages} not a power of two");
+        assert!(
+            align_pages.is_power_of_two(),
+            "xen-sim: alignment {align_pages} not a power of two"
+        );
         let mut st = self.inner.lock();
         let first = st.pv_next_pfn.div_ceil(align_pages) * align_pages;
-        let end = first.checked_add(n).filter(|&e| e <= self.inner.cfg.dom0_pages);
+        let end = first
+            .checked_add(n)
+            .filter(|&e| e <= self.inner.cfg.dom0_pages);
         let Some(end) = end else {
             drop(st);
             panic!("xen-sim: PvGuest::alloc_aligned({n}, {align_pages}): dom0 has no pages left");
@@ -221,7 +244,9 @@ impl PvGuest {
 
 impl fmt::Debug for PvGuest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PvGuest").field("nr_pages", &self.nr_pages()).finish_non_exhaustive()
+        f.debug_struct("PvGuest")
+            .field("nr_pages", &self.nr_pages())
+            .finish_non_exhaustive()
     }
 }
 
@@ -239,7 +264,10 @@ impl ArmGuest {
     #[must_use]
     pub fn ram_banks(&self) -> Vec<(PhysAddr, u64)> {
         let st = self.inner.lock();
-        st.arm_banks.iter().map(|&(b, n)| (PhysAddr::new(b * PAGE), n * PAGE)).collect()
+        st.arm_banks
+            .iter()
+            .map(|&(b, n)| (PhysAddr::new(b * PAGE), n * PAGE))
+            .collect()
     }
 
     /// Whether `phys` is dom0's own RAM.
@@ -267,7 +295,9 @@ impl ArmGuest {
     pub fn stage2_lookup(&self, ipa: PhysAddr) -> Option<BusAddr> {
         let mut st = self.inner.lock();
         let idx = st.cpu_translate(0, ipa.as_u64()).ok()?;
-        Some(BusAddr::new(st.layout.mfn(idx) * PAGE + ipa.as_u64() % PAGE))
+        Some(BusAddr::new(
+            st.layout.mfn(idx) * PAGE + ipa.as_u64() % PAGE,
+        ))
     }
 
     /// Hands out `n` fresh contiguous pages of dom0's RAM (bank 0 first).
@@ -288,7 +318,10 @@ impl ArmGuest {
     /// When no bank has such a range left, or `align_pages` is not a power of two.
     #[must_use]
     pub fn alloc_aligned(&self, n: u64, align_pages: u64) -> PhysAddr {
-        assert!(align_pages.is_power_of_two(), "xen-sim: alignment {align_pages} not a power of two");
+        assert!(
+            align_pages.is_power_of_two(),
+            "xen-sim: alignment {align_pages} not a power of two"
+        );
         let mut st = self.inner.lock();
         while st.arm_next.0 < st.arm_banks.len() {
             let (bank, used) = st.arm_next;

@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 
 use xen_abi::{
     CONSOLEIO_READ, CONSOLEIO_WRITE, DOMID_SELF, DomId, HYPERVISOR_CONSOLE_IO,
-    HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_MMU_UPDATE,
-    HYPERVISOR_MMUEXT_OP, HYPERVISOR_MULTICALL, HYPERVISOR_SCHED_OP,
-    HYPERVISOR_UPDATE_VA_MAPPING, HYPERVISOR_XEN_VERSION, Hypercall, MMU_MACHPHYS_UPDATE,
-    MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD, MmuUpdate, MulticallEntry,
-    SCHEDOP_SHUTDOWN, SCHEDOP_YIELD, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH,
-    XENFEAT_DIRECT_MAPPED, XENFEAT_NOT_DIRECT_MAPPED, XENMEM_EXCHANGE,
-    XENMEMF_ADDRESS_BITS_MASK, XENVER_GET_FEATURES, XENVER_VERSION, XenMemoryExchange, XenPfn,
+    HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_MMU_UPDATE, HYPERVISOR_MMUEXT_OP,
+    HYPERVISOR_MULTICALL, HYPERVISOR_SCHED_OP, HYPERVISOR_UPDATE_VA_MAPPING,
+    HYPERVISOR_XEN_VERSION, Hypercall, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
+    MMU_PT_UPDATE_PRESERVE_AD, MmuUpdate, MulticallEntry, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
+    UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH, XENFEAT_DIRECT_MAPPED,
+    XENFEAT_NOT_DIRECT_MAPPED, XENMEM_EXCHANGE, XENMEMF_ADDRESS_BITS_MASK, XENVER_GET_FEATURES,
+    XENVER_VERSION, XenMemoryExchange, XenPfn,
 };
 
 use crate::config::SimArch;
@@ -48,7 +48,7 @@ const OWNER_STOLEN: DomId = u16::MAX - 1;
 /// A non-null, aligned `addr` must be the exposed address of a readable `T`.
 pub(crate) unsafe fn gread<T: Copy>(addr: u64) -> Option<T> {
     // CAST: align_of fits u64.
-    if addr == 0 || addr % align_of::<T>() as u64 != 0 {
+    if addr == 0 || !addr.is_multiple_of(align_of::<T>() as u64) {
         return None;
     }
     // CAST: guest pointers were made from usize with expose_provenance.
@@ -64,7 +64,7 @@ pub(crate) unsafe fn gread<T: Copy>(addr: u64) -> Option<T> {
 /// A non-null, aligned `addr` must be the exposed address of a writable `T`.
 pub(crate) unsafe fn gwrite<T: Copy>(addr: u64, value: T) -> bool {
     // CAST: align_of fits u64.
-    if addr == 0 || addr % align_of::<T>() as u64 != 0 {
+    if addr == 0 || !addr.is_multiple_of(align_of::<T>() as u64) {
         return false;
     }
     let Ok(a) = usize::try_from(addr) else {
@@ -99,7 +99,9 @@ impl Domain {
 
 impl fmt::Debug for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Domain").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Domain")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -133,26 +135,24 @@ pub(crate) unsafe fn dispatch(
         st.counters.bump(SimOp::Other);
         return -ENOSYS;
     };
-    // SAFETY (all arms): forwarded from this function's contract.
+    // SAFETY: every arm forwards this function's contract (pointers valid for the op).
     unsafe {
         match op {
             HYPERVISOR_MEMORY_OP => memory_op(inner, st, dom, args[0], args[1]),
             HYPERVISOR_MULTICALL => multicall(inner, st, dom, args[0], args[1], nested),
-            HYPERVISOR_UPDATE_VA_MAPPING => {
-                simple_op(st, SimOp::UpdateVaMapping, |st| {
-                    update_va_mapping(inner, st, dom, args[0], args[1], args[2])
-                })
-            }
+            HYPERVISOR_UPDATE_VA_MAPPING => simple_op(st, SimOp::UpdateVaMapping, |st| {
+                update_va_mapping(inner, st, dom, args[0], args[1], args[2])
+            }),
             HYPERVISOR_MMU_UPDATE => mmu_update(inner, st, dom, args[0], args[1], args[2], args[3]),
             HYPERVISOR_GRANT_TABLE_OP => {
                 grant::grant_table_op(inner, st, dom, args[0], args[1], args[2])
             }
-            HYPERVISOR_XEN_VERSION => {
-                simple_op(st, SimOp::XenVersion, |st| xen_version(st, dom, args[0], args[1]))
-            }
-            HYPERVISOR_CONSOLE_IO => {
-                simple_op(st, SimOp::ConsoleIo, |st| console_io(st, dom, args[0], args[1], args[2]))
-            }
+            HYPERVISOR_XEN_VERSION => simple_op(st, SimOp::XenVersion, |st| {
+                xen_version(st, dom, args[0], args[1])
+            }),
+            HYPERVISOR_CONSOLE_IO => simple_op(st, SimOp::ConsoleIo, |st| {
+                console_io(st, dom, args[0], args[1], args[2])
+            }),
             HYPERVISOR_SCHED_OP => {
                 simple_op(st, SimOp::SchedOp, |st| sched_op(st, args[0], args[1]))
             }
@@ -176,7 +176,14 @@ fn simple_op(st: &mut State, op: SimOp, f: impl FnOnce(&mut State) -> i64) -> i6
 /// # Safety
 ///
 /// `entries` must point at `nr` writable entries whose arguments are valid for their ops.
-unsafe fn multicall(inner: &Inner, st: &mut State, dom: DomId, entries: u64, nr: u64, nested: bool) -> i64 {
+unsafe fn multicall(
+    inner: &Inner,
+    st: &mut State,
+    dom: DomId,
+    entries: u64,
+    nr: u64,
+    nested: bool,
+) -> i64 {
     st.counters.bump(SimOp::Multicall);
     if let Some(errno) = st.faults.fail_nth(SimOp::Multicall) {
         return -i64::from(errno);
@@ -254,7 +261,14 @@ pub(crate) fn set_pte(st: &mut State, dom: DomId, pfn: u64, val: u64) -> Result<
 }
 
 /// `update_va_mapping(va, pte, flags)` on dom0's linear map.
-fn update_va_mapping(inner: &Inner, st: &mut State, dom: DomId, va: u64, val: u64, flags: u64) -> i64 {
+fn update_va_mapping(
+    inner: &Inner,
+    st: &mut State,
+    dom: DomId,
+    va: u64,
+    val: u64,
+    flags: u64,
+) -> i64 {
     if st.arch != SimArch::X86Pv {
         return -ENOSYS;
     }
@@ -299,7 +313,15 @@ pub(crate) fn linear_pfn(inner: &Inner, st: &State, va: u64) -> Option<u64> {
 ///
 /// `reqs` must point at `count` readable requests and `done` (if non-null) at a writable
 /// `u32`.
-unsafe fn mmu_update(inner: &Inner, st: &mut State, dom: DomId, reqs: u64, count: u64, done: u64, domid: u64) -> i64 {
+unsafe fn mmu_update(
+    inner: &Inner,
+    st: &mut State,
+    dom: DomId,
+    reqs: u64,
+    count: u64,
+    done: u64,
+    domid: u64,
+) -> i64 {
     if st.arch != SimArch::X86Pv {
         st.counters.bump(SimOp::MmuUpdate);
         return -ENOSYS;
@@ -436,18 +458,22 @@ unsafe fn exchange(inner: &Inner, st: &mut State, dom: DomId, arg: u64) -> i64 {
         (0, in_order - out_order)
     };
     let bits = outr.mem_flags & XENMEMF_ADDRESS_BITS_MASK;
-    let limit = if bits == 0 || bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let limit = if bits == 0 || bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
 
     let mut rc = 0;
     let mut nr_exchanged = exch.nr_exchanged;
     let first_chunk = exch.nr_exchanged >> in_chunk;
     let chunks = inr.nr_extents >> in_chunk;
     for i in first_chunk..chunks {
-        if let Some(done) = partial {
-            if ((i + 1) << in_chunk) > done {
-                rc = -ENOMEM;
-                break;
-            }
+        if let Some(done) = partial
+            && ((i + 1) << in_chunk) > done
+        {
+            rc = -ENOMEM;
+            break;
         }
         // Steal a chunk's worth of input pages.
         let mut stolen: Vec<usize> = Vec::new();
@@ -520,7 +546,10 @@ unsafe fn exchange(inner: &Inner, st: &mut State, dom: DomId, arg: u64) -> i64 {
             let m = mfn as usize;
             if dom == DOMU {
                 let old_pfn = inner.m2p[m].load(Ordering::Relaxed);
-                if let Some(e) = usize::try_from(old_pfn).ok().and_then(|p| st.doms[d].p2m.get_mut(p)) {
+                if let Some(e) = usize::try_from(old_pfn)
+                    .ok()
+                    .and_then(|p| st.doms[d].p2m.get_mut(p))
+                {
                     *e = INVALID;
                 }
             }
@@ -586,7 +615,11 @@ unsafe fn xen_version(st: &mut State, dom: DomId, cmd: u64, arg: u64) -> i64 {
             buf[..2].copy_from_slice(b".7");
             // SAFETY: XENVER_extraversion's argument is a writable char[16] (caller contract
             // of the hypercall).
-            if unsafe { gwrite::<[u8; 16]>(arg, buf) } { 0 } else { -EFAULT }
+            if unsafe { gwrite::<[u8; 16]>(arg, buf) } {
+                0
+            } else {
+                -EFAULT
+            }
         }
         XENVER_GET_FEATURES => {
             // SAFETY: the argument is a xen_feature_info { u32 submap_idx; u32 submap; }.
@@ -607,7 +640,11 @@ unsafe fn xen_version(st: &mut State, dom: DomId, cmd: u64, arg: u64) -> i64 {
                 }
             }
             // SAFETY: as above; submap is at offset 4.
-            if unsafe { gwrite::<u32>(arg + 4, submap) } { 0 } else { -EFAULT }
+            if unsafe { gwrite::<u32>(arg + 4, submap) } {
+                0
+            } else {
+                -EFAULT
+            }
         }
         _ => -ENOSYS,
     }

@@ -151,13 +151,20 @@ impl Inner {
         }
         let sum = free + other + owned.iter().sum::<u64>();
         if sum != st.total_frames {
-            return Err(Violation::FrameCount { dom: xen_abi::DOMID_XEN, owned: sum, expected: st.total_frames });
+            return Err(Violation::FrameCount {
+                dom: xen_abi::DOMID_XEN,
+                owned: sum,
+                expected: st.total_frames,
+            });
         }
         // Grant mappings still refer to frames their granter owns.
         for (d, dom) in st.doms.iter().enumerate() {
             for (handle, m) in dom.maptrack.iter().enumerate() {
                 let Some(m) = m else { continue };
-                let ok = st.layout.index(m.mfn).is_some_and(|i| st.owner[i] == m.granter);
+                let ok = st
+                    .layout
+                    .index(m.mfn)
+                    .is_some_and(|i| st.owner[i] == m.granter);
                 let host_ok = match m.host {
                     HostMap::Stage2(ipa) => st.stage2.get(&ipa) == Some(&m.mfn),
                     _ => true,
@@ -175,7 +182,10 @@ impl Inner {
             return Ok(());
         }
         let m2p = |mfn: u64| {
-            usize::try_from(mfn).ok().and_then(|i| self.m2p.get(i)).map_or(INVALID, |a| a.load(Ordering::Relaxed))
+            usize::try_from(mfn)
+                .ok()
+                .and_then(|i| self.m2p.get(i))
+                .map_or(INVALID, |a| a.load(Ordering::Relaxed))
         };
         // The M2P of free frames is INVALID.
         for idx in 0..total {
@@ -231,15 +241,30 @@ impl Inner {
                         owner: (o != OWNER_FREE).then_some(o),
                     });
                 }
-                None => return Err(Violation::P2mNotOwned { dom: DOM0, pfn, mfn: e, owner: None }),
+                None => {
+                    return Err(Violation::P2mNotOwned {
+                        dom: DOM0,
+                        pfn,
+                        mfn: e,
+                        owner: None,
+                    });
+                }
             };
             if seen[idx] != INVALID {
-                return Err(Violation::P2mDuplicate { mfn: e, pfn_a: seen[idx], pfn_b: pfn });
+                return Err(Violation::P2mDuplicate {
+                    mfn: e,
+                    pfn_a: seen[idx],
+                    pfn_b: pfn,
+                });
             }
             seen[idx] = pfn;
             let back = m2p(e);
             if back != pfn {
-                return Err(Violation::M2pMismatch { pfn, mfn: e, m2p: back });
+                return Err(Violation::M2pMismatch {
+                    pfn,
+                    mfn: e,
+                    m2p: back,
+                });
             }
             if pte_mfn != e {
                 return Err(Violation::PteP2mMismatch { pfn, p2m: e, pte });
@@ -247,7 +272,11 @@ impl Inner {
         }
         for (idx, (&c, &r)) in counted.iter().zip(&st.mapcount).enumerate() {
             if c != r {
-                return Err(Violation::MapCount { mfn: st.layout.mfn(idx), counted: c, recorded: r });
+                return Err(Violation::MapCount {
+                    mfn: st.layout.mfn(idx),
+                    counted: c,
+                    recorded: r,
+                });
             }
         }
         // The domU's P2M (kept by the simulator) agrees with ownership and the M2P.
@@ -261,13 +290,29 @@ impl Inner {
                 Some(i) if st.owner[i] == DOMU => {}
                 Some(i) => {
                     let o = st.owner[i];
-                    return Err(Violation::P2mNotOwned { dom: DOMU, pfn, mfn, owner: (o != OWNER_FREE).then_some(o) });
+                    return Err(Violation::P2mNotOwned {
+                        dom: DOMU,
+                        pfn,
+                        mfn,
+                        owner: (o != OWNER_FREE).then_some(o),
+                    });
                 }
-                None => return Err(Violation::P2mNotOwned { dom: DOMU, pfn, mfn, owner: None }),
+                None => {
+                    return Err(Violation::P2mNotOwned {
+                        dom: DOMU,
+                        pfn,
+                        mfn,
+                        owner: None,
+                    });
+                }
             }
             let back = m2p(mfn);
             if back != pfn {
-                return Err(Violation::M2pMismatch { pfn, mfn, m2p: back });
+                return Err(Violation::M2pMismatch {
+                    pfn,
+                    mfn,
+                    m2p: back,
+                });
             }
         }
         Ok(())

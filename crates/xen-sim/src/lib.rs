@@ -184,19 +184,27 @@ impl Xen {
     /// dom0's hypercall interface.
     #[must_use]
     pub fn dom0(&self) -> Domain {
-        Domain { inner: Arc::clone(&self.inner), id: DOM0 }
+        Domain {
+            inner: Arc::clone(&self.inner),
+            id: DOM0,
+        }
     }
 
     /// The domU's hypercall interface.
     #[must_use]
     pub fn domu(&self) -> Domain {
-        Domain { inner: Arc::clone(&self.inner), id: DOMU }
+        Domain {
+            inner: Arc::clone(&self.inner),
+            id: DOMU,
+        }
     }
 
     /// The domU's guest side (grants, page contents).
     #[must_use]
     pub fn domu_guest(&self) -> DomU {
-        DomU { inner: Arc::clone(&self.inner) }
+        DomU {
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// Grants the domU's next `n` pages to dom0 (see [`DomU::grant_pages`]).
@@ -229,7 +237,9 @@ impl Xen {
     /// [`SimError::WrongArch`] on an arm64 machine.
     pub fn try_pv_guest(&self) -> Result<PvGuest, SimError> {
         match self.arch() {
-            SimArch::X86Pv => Ok(PvGuest { inner: Arc::clone(&self.inner) }),
+            SimArch::X86Pv => Ok(PvGuest {
+                inner: Arc::clone(&self.inner),
+            }),
             arch => Err(SimError::WrongArch { arch }),
         }
     }
@@ -254,7 +264,9 @@ impl Xen {
     /// [`SimError::WrongArch`] on an x86 PV machine.
     pub fn try_arm_guest(&self) -> Result<ArmGuest, SimError> {
         match self.arch() {
-            SimArch::Arm64 => Ok(ArmGuest { inner: Arc::clone(&self.inner) }),
+            SimArch::Arm64 => Ok(ArmGuest {
+                inner: Arc::clone(&self.inner),
+            }),
             arch => Err(SimError::WrongArch { arch }),
         }
     }
@@ -299,7 +311,10 @@ impl Xen {
     #[must_use]
     pub fn device(&self, mask: DmaMask, coherent: bool) -> SimDevice {
         let id = self.inner.lock().add_device(mask, coherent);
-        SimDevice { inner: Arc::clone(&self.inner), id }
+        SimDevice {
+            inner: Arc::clone(&self.inner),
+            id,
+        }
     }
 
     /// Everything the domains wrote with `console_io` (domU lines prefixed `(d1) `).
@@ -371,7 +386,10 @@ impl Xen {
     #[must_use]
     pub fn owner_of(&self, bfn: Bfn) -> Option<DomId> {
         let st = self.inner.lock();
-        st.layout.index(bfn.as_u64()).map(|i| st.owner[i]).filter(|&o| o != OWNER_FREE)
+        st.layout
+            .index(bfn.as_u64())
+            .map(|i| st.owner[i])
+            .filter(|&o| o != OWNER_FREE)
     }
 
     /// Reads machine memory directly, for inspection by tests (no cache-model effect).
@@ -403,7 +421,9 @@ impl Xen {
 
 impl fmt::Debug for Xen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Xen").field("config", &self.inner.cfg).finish_non_exhaustive()
+        f.debug_struct("Xen")
+            .field("config", &self.inner.cfg)
+            .finish_non_exhaustive()
     }
 }
 

@@ -255,8 +255,9 @@ impl State {
             owner[i] = DOM0;
         }
         // The domU: random free frames outside the lowest quarter of the low region.
-        let mut cands: Vec<usize> =
-            (low / 4..total).filter(|&i| owner[i] == OWNER_FREE).collect();
+        let mut cands: Vec<usize> = (low / 4..total)
+            .filter(|&i| owner[i] == OWNER_FREE)
+            .collect();
         rng.shuffle(&mut cands);
         if cands.len() < domu_pages {
             cands.extend((0..low / 4).filter(|&i| owner[i] == OWNER_FREE));
@@ -269,7 +270,9 @@ impl State {
         let pv = cfg.arch == SimArch::X86Pv;
         let m2p_len = if pv { layout.mfn_end() } else { 0 };
         // CAST: validated: at most 2^24 entries.
-        let m2p: Box<[AtomicU64]> = (0..m2p_len as usize).map(|_| AtomicU64::new(INVALID)).collect();
+        let m2p: Box<[AtomicU64]> = (0..m2p_len as usize)
+            .map(|_| AtomicU64::new(INVALID))
+            .collect();
         let mut mapcount = vec![0u32; total];
         let mut pte = Vec::new();
         let p2m: Box<[AtomicU64]> = if pv {
@@ -297,8 +300,15 @@ impl State {
             }
         }
         let doms = vec![
-            DomState { privileged: true, ..DomState::default() },
-            DomState { privileged: false, p2m: domu_p2m, ..DomState::default() },
+            DomState {
+                privileged: true,
+                ..DomState::default()
+            },
+            DomState {
+                privileged: false,
+                p2m: domu_p2m,
+                ..DomState::default()
+            },
         ];
         let state = State {
             arch: cfg.arch,
@@ -393,7 +403,11 @@ impl State {
         let touched = span(first, last);
         let full_first = off.div_ceil(line);
         let end = off + len;
-        let full = if end / line == 0 { 0 } else { span(full_first, end / line - 1) };
+        let full = if end / line == 0 {
+            0
+        } else {
+            span(full_first, end / line - 1)
+        };
         (touched, full & touched)
     }
 
@@ -433,7 +447,14 @@ impl State {
     }
 
     /// Cache maintenance by the CPU or by `GNTTABOP_cache_flush`.
-    pub(crate) fn cache_maint(&mut self, idx: usize, off: usize, len: usize, clean: bool, inval: bool) {
+    pub(crate) fn cache_maint(
+        &mut self,
+        idx: usize,
+        off: usize,
+        len: usize,
+        clean: bool,
+        inval: bool,
+    ) {
         let (touched, _) = Self::line_masks(off, len);
         if clean {
             self.dirty[idx] &= !touched;
@@ -457,7 +478,8 @@ impl State {
     ) -> Option<CacheViolation> {
         let (touched, full) = Self::line_masks(off, len);
         let kind = if write {
-            let k = (self.dirty[idx] & touched != 0).then_some(CacheViolationKind::DeviceWriteOverDirty);
+            let k = (self.dirty[idx] & touched != 0)
+                .then_some(CacheViolationKind::DeviceWriteOverDirty);
             self.stale[idx] |= touched;
             self.lost[idx] &= !full;
             k
@@ -555,7 +577,12 @@ impl State {
     }
 
     /// A CPU read through the guest's translation, with the cache model.
-    pub(crate) fn cpu_read(&mut self, linear_base: u64, phys: u64, buf: &mut [u8]) -> Result<(), String> {
+    pub(crate) fn cpu_read(
+        &mut self,
+        linear_base: u64,
+        phys: u64,
+        buf: &mut [u8],
+    ) -> Result<(), String> {
         let len = buf.len();
         self.cpu_walk(linear_base, phys, len, |st, idx, off, chunk, at, p| {
             st.cache_cpu_read(idx, off, chunk, p);
@@ -564,15 +591,31 @@ impl State {
     }
 
     /// A CPU write through the guest's translation, with the cache model.
-    pub(crate) fn cpu_write(&mut self, linear_base: u64, phys: u64, src: &[u8]) -> Result<(), String> {
-        self.cpu_walk(linear_base, phys, src.len(), |st, idx, off, chunk, at, _| {
-            st.cache_cpu_write(idx, off, chunk);
-            st.raw_write(idx, off, &src[at..at + chunk]);
-        })
+    pub(crate) fn cpu_write(
+        &mut self,
+        linear_base: u64,
+        phys: u64,
+        src: &[u8],
+    ) -> Result<(), String> {
+        self.cpu_walk(
+            linear_base,
+            phys,
+            src.len(),
+            |st, idx, off, chunk, at, _| {
+                st.cache_cpu_write(idx, off, chunk);
+                st.raw_write(idx, off, &src[at..at + chunk]);
+            },
+        )
     }
 
     /// A CPU fill through the guest's translation, with the cache model.
-    pub(crate) fn cpu_fill(&mut self, linear_base: u64, phys: u64, byte: u8, len: usize) -> Result<(), String> {
+    pub(crate) fn cpu_fill(
+        &mut self,
+        linear_base: u64,
+        phys: u64,
+        byte: u8,
+        len: usize,
+    ) -> Result<(), String> {
         self.cpu_walk(linear_base, phys, len, |st, idx, off, chunk, _, _| {
             st.cache_cpu_write(idx, off, chunk);
             st.raw_fill(idx, off, chunk, byte);
@@ -606,7 +649,12 @@ impl State {
         let fault = if len == 0 {
             Some(DmaFault::Empty { bus })
         } else if !mask.covers(bus, len as u64) {
-            Some(DmaFault::BeyondMask { bus, len, mask, write })
+            Some(DmaFault::BeyondMask {
+                bus,
+                len,
+                mask,
+                write,
+            })
         } else {
             None
         };
@@ -625,12 +673,18 @@ impl State {
             let idx = match self.layout.index(a / PAGE) {
                 Some(i) if self.owner[i] != OWNER_FREE => i,
                 Some(_) => {
-                    let f = DmaFault::NotOwned { bus: BusAddr::new(a), write };
+                    let f = DmaFault::NotOwned {
+                        bus: BusAddr::new(a),
+                        write,
+                    };
                     self.devices[device].faults.push(f);
                     return Err(f);
                 }
                 None => {
-                    let f = DmaFault::NoMemory { bus: BusAddr::new(a), write };
+                    let f = DmaFault::NoMemory {
+                        bus: BusAddr::new(a),
+                        write,
+                    };
                     self.devices[device].faults.push(f);
                     return Err(f);
                 }
@@ -654,7 +708,11 @@ impl State {
         let regions = [
             (0usize, self.layout.low_base_mfn, self.layout.low_frames),
             // CAST: low_frames fits usize.
-            (self.layout.low_frames as usize, self.layout.high_base_mfn, self.layout.high_frames),
+            (
+                self.layout.low_frames as usize,
+                self.layout.high_base_mfn,
+                self.layout.high_frames,
+            ),
         ];
         for (first_idx, base, frames) in regions {
             let mut mfn = base.div_ceil(n) * n;
@@ -681,6 +739,10 @@ impl State {
 
     /// The maptrack entry of `dom` mapping `mfn`, if any.
     pub(crate) fn mapped_grant(&self, dom: usize, mfn: u64) -> Option<&Mapping> {
-        self.doms[dom].maptrack.iter().flatten().find(|m| m.mfn == mfn)
+        self.doms[dom]
+            .maptrack
+            .iter()
+            .flatten()
+            .find(|m| m.mfn == mfn)
     }
 }
