@@ -222,23 +222,31 @@ impl State {
         let domu_pages = cfg.domu_pages as usize;
 
         let mut arm_banks = Vec::new();
+        // The end of the frames dom0 was scattered over; the domU fills holes below it.
+        let mut dom0_window_end = total;
         let dom0_frames: Vec<usize> = match cfg.arch {
             SimArch::X86Pv => {
                 // Take a quarter of dom0 at random from the upper half of the low region
-                // (leaving the lower half free and contiguous for exchanges), the rest at
-                // random from the high region, then from whatever is left.
+                // and the rest at random from a window at the start of the high region
+                // (an eighth larger than needed), leaving the lower half of the low region
+                // and the top of the high region free and contiguous for exchanges.
                 let low_take = (dom0_pages / 4).min(low / 2);
+                let high = total - low;
+                let high_need = dom0_pages - low_take;
+                let window = (high_need + high_need / 8).min(high);
                 let mut upper: Vec<usize> = (low / 2..low).collect();
                 rng.shuffle(&mut upper);
-                let mut high: Vec<usize> = (low..total).collect();
-                rng.shuffle(&mut high);
+                let mut in_window: Vec<usize> = (low..low + window).collect();
+                rng.shuffle(&mut in_window);
                 let mut order: Vec<usize> = upper[..low_take].to_vec();
-                order.extend_from_slice(&high);
+                order.extend_from_slice(&in_window);
+                order.extend(low + window..total);
                 order.extend_from_slice(&upper[low_take..]);
                 order.extend((0..low / 2).rev());
                 order.truncate(dom0_pages);
                 // Scramble: pseudo-physical neighbours are not machine neighbours.
                 rng.shuffle(&mut order);
+                dom0_window_end = low + window;
                 order
             }
             SimArch::Arm64 => {

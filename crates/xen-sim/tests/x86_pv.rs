@@ -1,0 +1,345 @@
+//! x86 PV semantics through the ABI structures: P2M/M2P, `XENMEM_exchange`,
+//! `update_va_mapping`, `mmu_update`, `multicall`, and the invariant checker.
+
+mod common;
+
+use common::*;
+use swiotlb_core::PhysAddr;
+use xen_abi::{
+    DOMID_SELF, GuestHandle, HYPERVISOR_MULTICALL, HYPERVISOR_XEN_VERSION, MMU_MACHPHYS_UPDATE,
+    MmuUpdate, MulticallEntry, UVMF_ALL, UVMF_INVLPG, UVMF_TLB_FLUSH, XenMemoryExchange,
+    XenMemoryReservation,
+};
+use xen_sim::{INVALID_ENTRY, SimConfig, SimOp, Violation, Xen};
+
+const ENOMEM: i64 = -12;
+const EINVAL: i64 = -22;
+const EPERM: i64 = -1;
+const EFAULT: i64 = -14;
+const ENOSYS: i64 = -38;
+
+fn machine() -> (Xen, xen_sim::PvGuest, xen_sim::Domain) {
+    let xen = Xen::new(SimConfig::x86_pv());
+    let g = xen.pv_guest();
+    let d = xen.dom0();
+    (xen, g, d)
+}
+
+#[test]
+fn boot_state_is_consistent_and_scrambled() {
+    let (xen, g, _) = machine();
+    xen.check_invariants().unwrap();
+    assert_eq!(g.nr_pages(), 16384);
+    let mfns: Vec<u64> = (0..g.nr_pages()).map(|p| p2m(&g, p)).collect();
+    let adjacent = mfns.windows(2).filter(|w| w[1] == w[0] + 1).count();
+    assert!(adjacent < 50, "P2M not scrambled: {adjacent} machine-adjacent neighbours");
+    assert!(mfns.iter().any(|&m| m << 12 >= 1 << 32), "no dom0 frame above 4 GiB");
+    assert!(mfns.iter().any(|&m| m << 12 < 1 << 32), "no dom0 frame below 4 GiB");
+    for (pfn, &mfn) in mfns.iter().enumerate().take(100) {
+        assert_eq!(m2p(&g, mfn), pfn as u64);
+        assert_eq!(g.pte(pfn as u64), Some(mfn << 12 | PTE_P_RW));
+    }
+    assert!(xen.free_frames_below(1 << 32) >= 4096);
+}
+
+#[test]
+fn exchange_64_frames_for_an_aligned_order6_extent_below_4g() {
+    let (xen, g, d) = machine();
+    let buf = g.alloc_aligned(64, 64);
+    let pfn0 = buf.as_u64() / PAGE;
+    let old: Vec<u64> = (0..64).map(|i| p2m(&g, pfn0 + i)).collect();
+    g.fill_pattern(buf, 64 * 4096, 7);
+    xen.reset_counters();
+    let mfn = create_contiguous(&g, &d, buf, 6, 32).unwrap();
+    xen.check_invariants().unwrap();
+    assert_eq!(mfn % 64, 0, "extent not naturally aligned");
+    assert!((mfn + 64) << 12 <= 1 << 32, "extent not below 4 GiB");
+    for i in 0..64 {
+        assert_eq!(p2m(&g, pfn0 + i), mfn + i);
+        assert_eq!(m2p(&g, mfn + i), pfn0 + i, "M2P not updated by Xen");
+        assert_eq!(m2p(&g, old[i as usize]), INVALID_ENTRY, "freed frame keeps an M2P entry");
+        assert_eq!(xen.owner_of(swiotlb_core::Bfn::new(old[i as usize])), None);
+    }
+    // Xen scrubbed the old frames and hands out zeroed ones: nothing leaks.
+    let mut page = vec![0xffu8; 4096];
+    assert!(xen.read_machine(swiotlb_core::BusAddr::new(old[0] << 12), &mut page));
+    assert!(page.iter().all(|&b| b == 0));
+    g.read(buf, &mut page);
+    assert!(page.iter().all(|&b| b == 0));
+    let c = xen.counters();
+    assert_eq!(c.count(SimOp::MemoryExchange), 1);
+    assert_eq!(c.count(SimOp::UpdateVaMapping), 128);
+    assert_eq!(c.count(SimOp::Multicall), 2);
+    assert_eq!(c.traps(), 3);
+    assert_eq!(c.exchanged_frames(), 64);
+    assert_eq!(c.by_name("XENMEM_exchange"), 1);
+    assert!(xen.tlb_violations().is_empty());
+}
+
+#[test]
+fn fixup_style_rising_address_bits_gets_the_lowest_memory() {
+    let (xen, g, d) = machine();
+    let buf = g.alloc_aligned(64, 64);
+    // The low region starts at 16 MiB: nothing fits below 2^18 .. 2^24.
+    let mut bits = 18u8;
+    let mfn = loop {
+        match create_contiguous(&g, &d, buf, 6, bits) {
+            Ok(m) => break m,
+            Err(rc) => {
+                assert_eq!(rc, ENOMEM, "at {bits} bits");
+                xen.check_invariants().unwrap();
+                bits += 1;
+                assert!(bits <= 32);
+            }
+        }
+    };
+    assert_eq!(bits, 25);
+    assert_eq!(mfn << 12, 16 << 20, "lowest fitting extent expected");
+    xen.check_invariants().unwrap();
+}
+
+#[test]
+fn enomem_when_nothing_fits_leaves_a_consistent_rolled_back_state() {
+    let (xen, g, d) = machine();
+    let buf = g.alloc_aligned(64, 64);
+    g.fill_pattern(buf, 64 * 4096, 3);
+    let pfn0 = buf.as_u64() / PAGE;
+    let before: Vec<u64> = (0..64).map(|i| p2m(&g, pfn0 + i)).collect();
+    assert!(xen.hog_free_frames_below(1 << 32) > 0);
+    assert_eq!(create_contiguous(&g, &d, buf, 6, 32), Err(ENOMEM));
+    xen.check_invariants().unwrap();
+    let after: Vec<u64> = (0..64).map(|i| p2m(&g, pfn0 + i)).collect();
+    assert_eq!(before, after);
+    assert!(g.check_pattern(buf, 64 * 4096, 3), "rollback lost the contents");
+    // Without a limit there is still memory above 4 GiB.
+    assert!(create_contiguous(&g, &d, buf, 6, 0).is_ok());
+    xen.check_invariants().unwrap();
+}
+
+#[test]
+fn exchange_refuses_mapped_and_foreign_frames() {
+    let (xen, g, d) = machine();
+    let buf = g.alloc_pages(1);
+    let pfn = buf.as_u64() / PAGE;
+    let mfn = p2m(&g, pfn);
+    // Still mapped in the linear map: steal_page fails.
+    let mut inp = [mfn];
+    let mut out = [pfn];
+    assert_eq!(exchange(&d, &mut inp, 0, &mut out, 0, 32), (EINVAL, 0));
+    assert_eq!(out, [pfn], "out list touched on failure");
+    xen.check_invariants().unwrap();
+    // A frame of the domU, and a free frame.
+    let domu_frame = xen.domu_guest().frame(xen.domu_grant(1)[0]).unwrap().as_u64();
+    let mut inp = [domu_frame];
+    assert_eq!(exchange(&d, &mut inp, 0, &mut out, 0, 0).0, EINVAL);
+    let mut inp = [(16 << 20) >> 12];
+    assert_eq!(xen.owner_of(swiotlb_core::Bfn::new(inp[0])), None);
+    assert_eq!(exchange(&d, &mut inp, 0, &mut out, 0, 0).0, EINVAL);
+    // Not RAM at all.
+    let mut inp = [0x10];
+    assert_eq!(exchange(&d, &mut inp, 0, &mut out, 0, 0).0, EINVAL);
+    xen.check_invariants().unwrap();
+}
+
+#[test]
+fn exchange_argument_checks() {
+    let (xen, _g, d) = machine();
+    let mut inp = vec![0u64; 64];
+    let mut out = vec![0u64; 1];
+    // Unequal sizes.
+    assert_eq!(exchange(&d, &mut inp, 0, &mut out, 5, 32).0, EINVAL);
+    // Orders beyond the limits (dom0: 18 with I/O caps; domU: 9).
+    let mut one = [0u64];
+    assert_eq!(exchange(&d, &mut one, 19, &mut [0u64], 19, 0).0, EPERM);
+    assert_eq!(exchange(&xen.domu(), &mut one, 10, &mut [0u64], 10, 0).0, EPERM);
+    // nr_exchanged beyond in.nr_extents, mismatched and foreign domids, null lists.
+    let mk = |inp: &mut [u64], out: &mut [u64]| XenMemoryExchange {
+        in_: XenMemoryReservation {
+            extent_start: GuestHandle::new(inp.as_mut_ptr()),
+            nr_extents: inp.len() as u64,
+            extent_order: 0,
+            mem_flags: 0,
+            domid: DOMID_SELF,
+        },
+        out: XenMemoryReservation {
+            extent_start: GuestHandle::new(out.as_mut_ptr()),
+            nr_extents: out.len() as u64,
+            extent_order: 0,
+            mem_flags: 0,
+            domid: DOMID_SELF,
+        },
+        nr_exchanged: 0,
+    };
+    let (mut a, mut b) = ([0u64; 2], [0u64; 2]);
+    let mut x = mk(&mut a, &mut b);
+    x.nr_exchanged = 3;
+    assert_eq!(raw_exchange(&d, &mut x), EINVAL);
+    let mut x = mk(&mut a, &mut b);
+    x.out.domid = 1;
+    assert_eq!(raw_exchange(&d, &mut x), EINVAL);
+    let mut x = mk(&mut a, &mut b);
+    x.in_.domid = 1;
+    x.out.domid = 1;
+    assert_eq!(raw_exchange(&d, &mut x), EPERM);
+    let mut x = mk(&mut a, &mut b);
+    x.in_.extent_start = GuestHandle::null();
+    assert_eq!(raw_exchange(&d, &mut x), EFAULT);
+    // All extents already exchanged: nothing to do.
+    let mut x = mk(&mut a, &mut b);
+    x.nr_exchanged = 2;
+    assert_eq!(raw_exchange(&d, &mut x), 0);
+    xen.check_invariants().unwrap();
+}
+
+#[test]
+fn reverse_exchange_scatters_a_contiguous_extent() {
+    let (xen, g, d) = machine();
+    let buf = g.alloc_aligned(64, 64);
+    let pfn0 = buf.as_u64() / PAGE;
+    let first = create_contiguous(&g, &d, buf, 6, 32).unwrap();
+    // Linux's xen_destroy_contiguous_region: zap, 1 x order 6 -> 64 x order 0, remap.
+    let mut zap: Vec<MulticallEntry> =
+        (0..64).map(|i| uvm_entry(g.va_of(PhysAddr::new((pfn0 + i) * PAGE)), 0, 0)).collect();
+    assert_eq!(multicall(&d, &mut zap), 0);
+    for i in 0..64 {
+        g.p2m()[(pfn0 + i) as usize].store(INVALID_ENTRY, std::sync::atomic::Ordering::Relaxed);
+    }
+    xen.check_invariants().unwrap();
+    let mut inp = [first];
+    let mut out: Vec<u64> = (0..64).map(|i| pfn0 + i).collect();
+    assert_eq!(exchange(&d, &mut inp, 6, &mut out, 0, 0), (0, 1));
+    for (i, &mfn) in out.iter().enumerate() {
+        let flags = if i == 63 { UVMF_TLB_FLUSH | UVMF_ALL } else { 0 };
+        assert_eq!(uvm(&d, g.va_of(PhysAddr::new((pfn0 + i as u64) * PAGE)), mfn << 12 | PTE_P_RW, flags), 0);
+        g.p2m()[pfn0 as usize + i].store(mfn, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(m2p(&g, mfn), pfn0 + i as u64);
+    }
+    xen.check_invariants().unwrap();
+    assert!(xen.tlb_violations().is_empty());
+}
+
+#[test]
+fn update_va_mapping_checks_and_remaps() {
+    let (xen, g, d) = machine();
+    let a = g.alloc_pages(2);
+    let (pa, pb) = (a.as_u64() / PAGE, a.as_u64() / PAGE + 1);
+    let (ma, mb) = (p2m(&g, pa), p2m(&g, pb));
+    g.fill_pattern(PhysAddr::new(pb * PAGE), 4096, 9);
+    let va = g.va_of(a);
+    // Outside the linear map, a frame dom0 does not own, a free frame, a bad flush type.
+    assert_eq!(uvm(&d, g.linear_base() - PAGE, ma << 12 | PTE_P_RW, 0), EINVAL);
+    assert_eq!(uvm(&d, g.va_of(PhysAddr::new(g.nr_pages() * PAGE)), ma << 12 | PTE_P_RW, 0), EINVAL);
+    let domu_frame = xen.domu_guest().frame(xen.domu_grant(1)[0]).unwrap().as_u64();
+    assert_eq!(uvm(&d, va, domu_frame << 12 | PTE_P_RW, 0), EINVAL);
+    assert_eq!(uvm(&d, va, ((16 << 20) >> 12) << 12 | PTE_P_RW, 0), EINVAL);
+    assert_eq!(uvm(&d, va, ma << 12 | PTE_P_RW, 3), EINVAL);
+    assert_eq!(g.pte(pa), Some(ma << 12 | PTE_P_RW), "a refused update changed the PTE");
+    // The domU has no page table to change.
+    assert_eq!(uvm(&xen.domu(), va, 0, 0), EINVAL);
+    // Point pa's va at pb's frame: the CPU now reaches pb's contents there.
+    assert_eq!(uvm(&d, va, mb << 12 | PTE_P_RW, UVMF_INVLPG | UVMF_ALL), 0);
+    assert!(g.check_pattern(a, 4096, 9));
+    // The P2M no longer matches the page table.
+    assert!(matches!(xen.check_invariants(), Err(Violation::PteP2mMismatch { .. })));
+    assert_eq!(uvm(&d, va, ma << 12 | PTE_P_RW, UVMF_INVLPG), 0);
+    xen.check_invariants().unwrap();
+    assert!(xen.tlb_violations().is_empty());
+}
+
+#[test]
+fn a_remap_without_flush_is_recorded_as_a_stale_tlb_access() {
+    let (xen, g, d) = machine();
+    let a = g.alloc_pages(1);
+    let pa = a.as_u64() / PAGE;
+    let ma = p2m(&g, pa);
+    assert_eq!(uvm(&d, g.va_of(a), 0, 0), 0);
+    assert_eq!(uvm(&d, g.va_of(a), ma << 12 | PTE_P_RW, 0), 0);
+    let mut b = [0u8; 8];
+    g.read(a, &mut b);
+    let v = xen.tlb_violations();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].pfn, pa);
+    assert_eq!(xen.counters().tlb_flushes(), 0);
+}
+
+#[test]
+#[should_panic(expected = "not present")]
+fn cpu_access_to_a_zapped_page_panics() {
+    let (_xen, g, d) = machine();
+    let a = g.alloc_pages(1);
+    assert_eq!(uvm(&d, g.va_of(a), 0, UVMF_INVLPG), 0);
+    let mut b = [0u8; 1];
+    g.read(a, &mut b);
+}
+
+#[test]
+fn invariant_checker_catches_guest_mistakes() {
+    let (xen, g, d) = machine();
+    let a = g.alloc_pages(2);
+    let (pa, pb) = (a.as_u64() / PAGE, a.as_u64() / PAGE + 1);
+    let (ma, mb) = (p2m(&g, pa), p2m(&g, pb));
+    let set = |pfn: u64, v: u64| g.p2m()[pfn as usize].store(v, std::sync::atomic::Ordering::Relaxed);
+    // Zapped but the P2M still says the frame.
+    assert_eq!(uvm(&d, g.va_of(a), 0, UVMF_INVLPG), 0);
+    assert!(matches!(xen.check_invariants(), Err(Violation::ZappedNotInvalid { pfn, .. }) if pfn == pa));
+    set(pa, INVALID_ENTRY);
+    xen.check_invariants().unwrap();
+    assert_eq!(uvm(&d, g.va_of(a), ma << 12 | PTE_P_RW, UVMF_INVLPG), 0);
+    set(pa, ma);
+    // Two pfns naming one frame; a P2M entry naming another domain's frame.
+    set(pb, ma);
+    assert!(xen.check_invariants().is_err());
+    let domu_frame = xen.domu_guest().frame(xen.domu_grant(1)[0]).unwrap().as_u64();
+    set(pb, domu_frame);
+    assert!(matches!(xen.check_invariants(), Err(Violation::P2mNotOwned { .. })));
+    set(pb, mb);
+    xen.check_invariants().unwrap();
+}
+
+#[test]
+fn mmu_update_normal_pt_update_and_machphys() {
+    let (xen, g, d) = machine();
+    let a = g.alloc_pages(1);
+    let pa = a.as_u64() / PAGE;
+    let ma = p2m(&g, pa);
+    let mut reqs = [
+        MmuUpdate { ptr: g.pte_machine_addr(pa), val: 0 },
+        MmuUpdate { ptr: g.pte_machine_addr(pa), val: ma << 12 | PTE_P_RW },
+        MmuUpdate { ptr: ma << 12 | MMU_MACHPHYS_UPDATE, val: pa },
+    ];
+    assert_eq!(mmu_update(&d, &mut reqs), (0, 3));
+    xen.check_invariants().unwrap();
+    // A bad PTE address stops the batch; the count says how far it went.
+    let mut reqs = [
+        MmuUpdate { ptr: g.pte_machine_addr(pa), val: ma << 12 | PTE_P_RW },
+        MmuUpdate { ptr: 0x1000, val: 0 },
+        MmuUpdate { ptr: g.pte_machine_addr(pa), val: 0 },
+    ];
+    assert_eq!(mmu_update(&d, &mut reqs), (EINVAL, 1));
+    // MACHPHYS_UPDATE of a frame dom0 does not own.
+    let mut reqs = [MmuUpdate { ptr: ((16 << 20) >> 12 << 12) | MMU_MACHPHYS_UPDATE, val: 1 }];
+    assert_eq!(mmu_update(&d, &mut reqs), (EINVAL, 0));
+    assert_eq!(g.pte(pa), Some(ma << 12 | PTE_P_RW));
+    assert_eq!(xen.counters().count(SimOp::MmuUpdate), 6);
+    xen.check_invariants().unwrap();
+}
+
+#[test]
+fn multicall_runs_entries_in_order_and_reports_each_result() {
+    let (xen, g, d) = machine();
+    let a = g.alloc_pages(1);
+    let ma = p2m(&g, a.as_u64() / PAGE);
+    let mut e = [
+        uvm_entry(g.va_of(a), 0, 0),
+        uvm_entry(g.linear_base() - PAGE, 0, 0),
+        MulticallEntry { op: 99, result: 0, args: [0; 6] },
+        MulticallEntry { op: u64::from(HYPERVISOR_MULTICALL), result: 0, args: [0; 6] },
+        MulticallEntry { op: u64::from(HYPERVISOR_XEN_VERSION), result: 0, args: [0; 6] },
+        uvm_entry(g.va_of(a), ma << 12 | PTE_P_RW, UVMF_TLB_FLUSH | UVMF_ALL),
+    ];
+    assert_eq!(multicall(&d, &mut e), 0);
+    let results: Vec<i64> = e.iter().map(|e| e.result).collect();
+    assert_eq!(results, [0, EINVAL, ENOSYS, EINVAL, 4 << 16 | 17, 0]);
+    xen.check_invariants().unwrap();
+    assert_eq!(xen.counters().tlb_flushes(), 1);
+}
