@@ -262,13 +262,15 @@ impl State {
         for &i in &dom0_frames {
             owner[i] = DOM0;
         }
-        // The domU: random free frames outside the lowest quarter of the low region.
-        let mut cands: Vec<usize> = (low / 4..total)
+        // The domU: random free frames among dom0's (outside the lower half of the low
+        // region), then whatever is left.
+        let mut cands: Vec<usize> = (low / 2..dom0_window_end)
             .filter(|&i| owner[i] == OWNER_FREE)
             .collect();
         rng.shuffle(&mut cands);
         if cands.len() < domu_pages {
-            cands.extend((0..low / 4).filter(|&i| owner[i] == OWNER_FREE));
+            cands.extend((dom0_window_end..total).filter(|&i| owner[i] == OWNER_FREE));
+            cands.extend((0..low / 2).rev().filter(|&i| owner[i] == OWNER_FREE));
         }
         let domu_frames: Vec<usize> = cands.into_iter().take(domu_pages).collect();
         for &i in &domu_frames {

@@ -32,9 +32,18 @@ fn boot_state_is_consistent_and_scrambled() {
     assert_eq!(g.nr_pages(), 16384);
     let mfns: Vec<u64> = (0..g.nr_pages()).map(|p| p2m(&g, p)).collect();
     let adjacent = mfns.windows(2).filter(|w| w[1] == w[0] + 1).count();
-    assert!(adjacent < 50, "P2M not scrambled: {adjacent} machine-adjacent neighbours");
-    assert!(mfns.iter().any(|&m| m << 12 >= 1 << 32), "no dom0 frame above 4 GiB");
-    assert!(mfns.iter().any(|&m| m << 12 < 1 << 32), "no dom0 frame below 4 GiB");
+    assert!(
+        adjacent < 50,
+        "P2M not scrambled: {adjacent} machine-adjacent neighbours"
+    );
+    assert!(
+        mfns.iter().any(|&m| m << 12 >= 1 << 32),
+        "no dom0 frame above 4 GiB"
+    );
+    assert!(
+        mfns.iter().any(|&m| m << 12 < 1 << 32),
+        "no dom0 frame below 4 GiB"
+    );
     for (pfn, &mfn) in mfns.iter().enumerate().take(100) {
         assert_eq!(m2p(&g, mfn), pfn as u64);
         assert_eq!(g.pte(pfn as u64), Some(mfn << 12 | PTE_P_RW));
@@ -57,7 +66,11 @@ fn exchange_64_frames_for_an_aligned_order6_extent_below_4g() {
     for i in 0..64 {
         assert_eq!(p2m(&g, pfn0 + i), mfn + i);
         assert_eq!(m2p(&g, mfn + i), pfn0 + i, "M2P not updated by Xen");
-        assert_eq!(m2p(&g, old[i as usize]), INVALID_ENTRY, "freed frame keeps an M2P entry");
+        assert_eq!(
+            m2p(&g, old[i as usize]),
+            INVALID_ENTRY,
+            "freed frame keeps an M2P entry"
+        );
         assert_eq!(xen.owner_of(swiotlb_core::Bfn::new(old[i as usize])), None);
     }
     // Xen scrubbed the old frames and hands out zeroed ones: nothing leaks.
@@ -110,7 +123,10 @@ fn enomem_when_nothing_fits_leaves_a_consistent_rolled_back_state() {
     xen.check_invariants().unwrap();
     let after: Vec<u64> = (0..64).map(|i| p2m(&g, pfn0 + i)).collect();
     assert_eq!(before, after);
-    assert!(g.check_pattern(buf, 64 * 4096, 3), "rollback lost the contents");
+    assert!(
+        g.check_pattern(buf, 64 * 4096, 3),
+        "rollback lost the contents"
+    );
     // Without a limit there is still memory above 4 GiB.
     assert!(create_contiguous(&g, &d, buf, 6, 0).is_ok());
     xen.check_invariants().unwrap();
@@ -129,7 +145,11 @@ fn exchange_refuses_mapped_and_foreign_frames() {
     assert_eq!(out, [pfn], "out list touched on failure");
     xen.check_invariants().unwrap();
     // A frame of the domU, and a free frame.
-    let domu_frame = xen.domu_guest().frame(xen.domu_grant(1)[0]).unwrap().as_u64();
+    let domu_frame = xen
+        .domu_guest()
+        .frame(xen.domu_grant(1)[0])
+        .unwrap()
+        .as_u64();
     let mut inp = [domu_frame];
     assert_eq!(exchange(&d, &mut inp, 0, &mut out, 0, 0).0, EINVAL);
     let mut inp = [(16 << 20) >> 12];
@@ -151,7 +171,10 @@ fn exchange_argument_checks() {
     // Orders beyond the limits (dom0: 18 with I/O caps; domU: 9).
     let mut one = [0u64];
     assert_eq!(exchange(&d, &mut one, 19, &mut [0u64], 19, 0).0, EPERM);
-    assert_eq!(exchange(&xen.domu(), &mut one, 10, &mut [0u64], 10, 0).0, EPERM);
+    assert_eq!(
+        exchange(&xen.domu(), &mut one, 10, &mut [0u64], 10, 0).0,
+        EPERM
+    );
     // nr_exchanged beyond in.nr_extents, mismatched and foreign domids, null lists.
     let mk = |inp: &mut [u64], out: &mut [u64]| XenMemoryExchange {
         in_: XenMemoryReservation {
@@ -198,8 +221,9 @@ fn reverse_exchange_scatters_a_contiguous_extent() {
     let pfn0 = buf.as_u64() / PAGE;
     let first = create_contiguous(&g, &d, buf, 6, 32).unwrap();
     // Linux's xen_destroy_contiguous_region: zap, 1 x order 6 -> 64 x order 0, remap.
-    let mut zap: Vec<MulticallEntry> =
-        (0..64).map(|i| uvm_entry(g.va_of(PhysAddr::new((pfn0 + i) * PAGE)), 0, 0)).collect();
+    let mut zap: Vec<MulticallEntry> = (0..64)
+        .map(|i| uvm_entry(g.va_of(PhysAddr::new((pfn0 + i) * PAGE)), 0, 0))
+        .collect();
     assert_eq!(multicall(&d, &mut zap), 0);
     for i in 0..64 {
         g.p2m()[(pfn0 + i) as usize].store(INVALID_ENTRY, std::sync::atomic::Ordering::Relaxed);
@@ -209,8 +233,20 @@ fn reverse_exchange_scatters_a_contiguous_extent() {
     let mut out: Vec<u64> = (0..64).map(|i| pfn0 + i).collect();
     assert_eq!(exchange(&d, &mut inp, 6, &mut out, 0, 0), (0, 1));
     for (i, &mfn) in out.iter().enumerate() {
-        let flags = if i == 63 { UVMF_TLB_FLUSH | UVMF_ALL } else { 0 };
-        assert_eq!(uvm(&d, g.va_of(PhysAddr::new((pfn0 + i as u64) * PAGE)), mfn << 12 | PTE_P_RW, flags), 0);
+        let flags = if i == 63 {
+            UVMF_TLB_FLUSH | UVMF_ALL
+        } else {
+            0
+        };
+        assert_eq!(
+            uvm(
+                &d,
+                g.va_of(PhysAddr::new((pfn0 + i as u64) * PAGE)),
+                mfn << 12 | PTE_P_RW,
+                flags
+            ),
+            0
+        );
         g.p2m()[pfn0 as usize + i].store(mfn, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(m2p(&g, mfn), pfn0 + i as u64);
     }
@@ -227,20 +263,42 @@ fn update_va_mapping_checks_and_remaps() {
     g.fill_pattern(PhysAddr::new(pb * PAGE), 4096, 9);
     let va = g.va_of(a);
     // Outside the linear map, a frame dom0 does not own, a free frame, a bad flush type.
-    assert_eq!(uvm(&d, g.linear_base() - PAGE, ma << 12 | PTE_P_RW, 0), EINVAL);
-    assert_eq!(uvm(&d, g.va_of(PhysAddr::new(g.nr_pages() * PAGE)), ma << 12 | PTE_P_RW, 0), EINVAL);
-    let domu_frame = xen.domu_guest().frame(xen.domu_grant(1)[0]).unwrap().as_u64();
+    assert_eq!(
+        uvm(&d, g.linear_base() - PAGE, ma << 12 | PTE_P_RW, 0),
+        EINVAL
+    );
+    assert_eq!(
+        uvm(
+            &d,
+            g.va_of(PhysAddr::new(g.nr_pages() * PAGE)),
+            ma << 12 | PTE_P_RW,
+            0
+        ),
+        EINVAL
+    );
+    let domu_frame = xen
+        .domu_guest()
+        .frame(xen.domu_grant(1)[0])
+        .unwrap()
+        .as_u64();
     assert_eq!(uvm(&d, va, domu_frame << 12 | PTE_P_RW, 0), EINVAL);
     assert_eq!(uvm(&d, va, ((16 << 20) >> 12) << 12 | PTE_P_RW, 0), EINVAL);
     assert_eq!(uvm(&d, va, ma << 12 | PTE_P_RW, 3), EINVAL);
-    assert_eq!(g.pte(pa), Some(ma << 12 | PTE_P_RW), "a refused update changed the PTE");
+    assert_eq!(
+        g.pte(pa),
+        Some(ma << 12 | PTE_P_RW),
+        "a refused update changed the PTE"
+    );
     // The domU has no page table to change.
     assert_eq!(uvm(&xen.domu(), va, 0, 0), EINVAL);
     // Point pa's va at pb's frame: the CPU now reaches pb's contents there.
     assert_eq!(uvm(&d, va, mb << 12 | PTE_P_RW, UVMF_INVLPG | UVMF_ALL), 0);
     assert!(g.check_pattern(a, 4096, 9));
     // The P2M no longer matches the page table.
-    assert!(matches!(xen.check_invariants(), Err(Violation::PteP2mMismatch { .. })));
+    assert!(matches!(
+        xen.check_invariants(),
+        Err(Violation::PteP2mMismatch { .. })
+    ));
     assert_eq!(uvm(&d, va, ma << 12 | PTE_P_RW, UVMF_INVLPG), 0);
     xen.check_invariants().unwrap();
     assert!(xen.tlb_violations().is_empty());
@@ -278,10 +336,13 @@ fn invariant_checker_catches_guest_mistakes() {
     let a = g.alloc_pages(2);
     let (pa, pb) = (a.as_u64() / PAGE, a.as_u64() / PAGE + 1);
     let (ma, mb) = (p2m(&g, pa), p2m(&g, pb));
-    let set = |pfn: u64, v: u64| g.p2m()[pfn as usize].store(v, std::sync::atomic::Ordering::Relaxed);
+    let set =
+        |pfn: u64, v: u64| g.p2m()[pfn as usize].store(v, std::sync::atomic::Ordering::Relaxed);
     // Zapped but the P2M still says the frame.
     assert_eq!(uvm(&d, g.va_of(a), 0, UVMF_INVLPG), 0);
-    assert!(matches!(xen.check_invariants(), Err(Violation::ZappedNotInvalid { pfn, .. }) if pfn == pa));
+    assert!(
+        matches!(xen.check_invariants(), Err(Violation::ZappedNotInvalid { pfn, .. }) if pfn == pa)
+    );
     set(pa, INVALID_ENTRY);
     xen.check_invariants().unwrap();
     assert_eq!(uvm(&d, g.va_of(a), ma << 12 | PTE_P_RW, UVMF_INVLPG), 0);
@@ -289,9 +350,16 @@ fn invariant_checker_catches_guest_mistakes() {
     // Two pfns naming one frame; a P2M entry naming another domain's frame.
     set(pb, ma);
     assert!(xen.check_invariants().is_err());
-    let domu_frame = xen.domu_guest().frame(xen.domu_grant(1)[0]).unwrap().as_u64();
+    let domu_frame = xen
+        .domu_guest()
+        .frame(xen.domu_grant(1)[0])
+        .unwrap()
+        .as_u64();
     set(pb, domu_frame);
-    assert!(matches!(xen.check_invariants(), Err(Violation::P2mNotOwned { .. })));
+    assert!(matches!(
+        xen.check_invariants(),
+        Err(Violation::P2mNotOwned { .. })
+    ));
     set(pb, mb);
     xen.check_invariants().unwrap();
 }
@@ -303,21 +371,42 @@ fn mmu_update_normal_pt_update_and_machphys() {
     let pa = a.as_u64() / PAGE;
     let ma = p2m(&g, pa);
     let mut reqs = [
-        MmuUpdate { ptr: g.pte_machine_addr(pa), val: 0 },
-        MmuUpdate { ptr: g.pte_machine_addr(pa), val: ma << 12 | PTE_P_RW },
-        MmuUpdate { ptr: ma << 12 | MMU_MACHPHYS_UPDATE, val: pa },
+        MmuUpdate {
+            ptr: g.pte_machine_addr(pa),
+            val: 0,
+        },
+        MmuUpdate {
+            ptr: g.pte_machine_addr(pa),
+            val: ma << 12 | PTE_P_RW,
+        },
+        MmuUpdate {
+            ptr: ma << 12 | MMU_MACHPHYS_UPDATE,
+            val: pa,
+        },
     ];
     assert_eq!(mmu_update(&d, &mut reqs), (0, 3));
     xen.check_invariants().unwrap();
     // A bad PTE address stops the batch; the count says how far it went.
     let mut reqs = [
-        MmuUpdate { ptr: g.pte_machine_addr(pa), val: ma << 12 | PTE_P_RW },
-        MmuUpdate { ptr: 0x1000, val: 0 },
-        MmuUpdate { ptr: g.pte_machine_addr(pa), val: 0 },
+        MmuUpdate {
+            ptr: g.pte_machine_addr(pa),
+            val: ma << 12 | PTE_P_RW,
+        },
+        MmuUpdate {
+            ptr: 0x1000,
+            val: 0,
+        },
+        MmuUpdate {
+            ptr: g.pte_machine_addr(pa),
+            val: 0,
+        },
     ];
     assert_eq!(mmu_update(&d, &mut reqs), (EINVAL, 1));
     // MACHPHYS_UPDATE of a frame dom0 does not own.
-    let mut reqs = [MmuUpdate { ptr: ((16 << 20) >> 12 << 12) | MMU_MACHPHYS_UPDATE, val: 1 }];
+    let mut reqs = [MmuUpdate {
+        ptr: ((16 << 20) >> 12 << 12) | MMU_MACHPHYS_UPDATE,
+        val: 1,
+    }];
     assert_eq!(mmu_update(&d, &mut reqs), (EINVAL, 0));
     assert_eq!(g.pte(pa), Some(ma << 12 | PTE_P_RW));
     assert_eq!(xen.counters().count(SimOp::MmuUpdate), 6);
@@ -332,9 +421,21 @@ fn multicall_runs_entries_in_order_and_reports_each_result() {
     let mut e = [
         uvm_entry(g.va_of(a), 0, 0),
         uvm_entry(g.linear_base() - PAGE, 0, 0),
-        MulticallEntry { op: 99, result: 0, args: [0; 6] },
-        MulticallEntry { op: u64::from(HYPERVISOR_MULTICALL), result: 0, args: [0; 6] },
-        MulticallEntry { op: u64::from(HYPERVISOR_XEN_VERSION), result: 0, args: [0; 6] },
+        MulticallEntry {
+            op: 99,
+            result: 0,
+            args: [0; 6],
+        },
+        MulticallEntry {
+            op: u64::from(HYPERVISOR_MULTICALL),
+            result: 0,
+            args: [0; 6],
+        },
+        MulticallEntry {
+            op: u64::from(HYPERVISOR_XEN_VERSION),
+            result: 0,
+            args: [0; 6],
+        },
         uvm_entry(g.va_of(a), ma << 12 | PTE_P_RW, UVMF_TLB_FLUSH | UVMF_ALL),
     ];
     assert_eq!(multicall(&d, &mut e), 0);

@@ -55,7 +55,12 @@ pub fn exchange(
 
 pub fn raw_exchange(dom: &Domain, x: &mut XenMemoryExchange) -> i64 {
     // SAFETY: `x` and its lists are live and valid for the call.
-    unsafe { dom.hypercall(HYPERVISOR_MEMORY_OP, [u64::from(XENMEM_EXCHANGE), addr(x), 0, 0, 0]) }
+    unsafe {
+        dom.hypercall(
+            HYPERVISOR_MEMORY_OP,
+            [u64::from(XENMEM_EXCHANGE), addr(x), 0, 0, 0],
+        )
+    }
 }
 
 pub fn uvm(dom: &Domain, va: u64, pte: u64, flags: u64) -> i64 {
@@ -87,7 +92,13 @@ pub fn mmu_update(dom: &Domain, reqs: &mut [MmuUpdate]) -> (i64, u32) {
     let rc = unsafe {
         dom.hypercall(
             HYPERVISOR_MMU_UPDATE,
-            [addr(reqs.as_mut_ptr()), reqs.len() as u64, addr(&mut done), u64::from(DOMID_SELF), 0],
+            [
+                addr(reqs.as_mut_ptr()),
+                reqs.len() as u64,
+                addr(&mut done),
+                u64::from(DOMID_SELF),
+                0,
+            ],
         )
     };
     (rc, done)
@@ -98,7 +109,13 @@ pub fn map_grants(dom: &Domain, ops: &mut [GnttabMapGrantRef]) -> i64 {
     unsafe {
         dom.hypercall(
             HYPERVISOR_GRANT_TABLE_OP,
-            [u64::from(GNTTABOP_MAP_GRANT_REF), addr(ops.as_mut_ptr()), ops.len() as u64, 0, 0],
+            [
+                u64::from(GNTTABOP_MAP_GRANT_REF),
+                addr(ops.as_mut_ptr()),
+                ops.len() as u64,
+                0,
+                0,
+            ],
         )
     }
 }
@@ -108,7 +125,13 @@ pub fn unmap_grants(dom: &Domain, ops: &mut [GnttabUnmapGrantRef]) -> i64 {
     unsafe {
         dom.hypercall(
             HYPERVISOR_GRANT_TABLE_OP,
-            [u64::from(GNTTABOP_UNMAP_GRANT_REF), addr(ops.as_mut_ptr()), ops.len() as u64, 0, 0],
+            [
+                u64::from(GNTTABOP_UNMAP_GRANT_REF),
+                addr(ops.as_mut_ptr()),
+                ops.len() as u64,
+                0,
+                0,
+            ],
         )
     }
 }
@@ -122,7 +145,10 @@ pub fn cache_flush(dom: &Domain, bus: u64, offset: u16, length: u16, op: u32) ->
     };
     // SAFETY: `cf` is live.
     unsafe {
-        dom.hypercall(HYPERVISOR_GRANT_TABLE_OP, [u64::from(GNTTABOP_CACHE_FLUSH), addr(&mut cf), 1, 0, 0])
+        dom.hypercall(
+            HYPERVISOR_GRANT_TABLE_OP,
+            [u64::from(GNTTABOP_CACHE_FLUSH), addr(&mut cf), 1, 0, 0],
+        )
     }
 }
 
@@ -138,12 +164,19 @@ pub fn m2p(g: &PvGuest, mfn: u64) -> u64 {
 /// INVALID), exchange `2^order` order-0 frames for one order-`order` extent below
 /// `2^bits`, remap (new frames on success, old ones on failure; global flush on the last
 /// entry). Returns the first MFN of the extent, or the exchange's rc.
-pub fn create_contiguous(g: &PvGuest, dom: &Domain, phys: PhysAddr, order: u32, bits: u8) -> Result<u64, i64> {
+pub fn create_contiguous(
+    g: &PvGuest,
+    dom: &Domain,
+    phys: PhysAddr,
+    order: u32,
+    bits: u8,
+) -> Result<u64, i64> {
     let n = 1u64 << order;
     let pfn0 = phys.as_u64() / PAGE;
     let mut in_frames: Vec<u64> = (0..n).map(|i| p2m(g, pfn0 + i)).collect();
-    let mut zap: Vec<MulticallEntry> =
-        (0..n).map(|i| uvm_entry(g.va_of(PhysAddr::new((pfn0 + i) * PAGE)), 0, 0)).collect();
+    let mut zap: Vec<MulticallEntry> = (0..n)
+        .map(|i| uvm_entry(g.va_of(PhysAddr::new((pfn0 + i) * PAGE)), 0, 0))
+        .collect();
     assert_eq!(multicall(dom, &mut zap), 0);
     assert!(zap.iter().all(|e| e.result == 0), "zap failed: {zap:?}");
     for i in 0..n {
@@ -152,16 +185,31 @@ pub fn create_contiguous(g: &PvGuest, dom: &Domain, phys: PhysAddr, order: u32, 
     let mut out = [pfn0];
     let (rc, done) = exchange(dom, &mut in_frames, 0, &mut out, order, bits);
     let ok = rc == 0 && done == n;
-    let target: Vec<u64> = if ok { (0..n).map(|i| out[0] + i).collect() } else { in_frames.clone() };
-    let last_flags = if order == 0 { UVMF_INVLPG | UVMF_ALL } else { UVMF_TLB_FLUSH | UVMF_ALL };
+    let target: Vec<u64> = if ok {
+        (0..n).map(|i| out[0] + i).collect()
+    } else {
+        in_frames.clone()
+    };
+    let last_flags = if order == 0 {
+        UVMF_INVLPG | UVMF_ALL
+    } else {
+        UVMF_TLB_FLUSH | UVMF_ALL
+    };
     let mut remap: Vec<MulticallEntry> = (0..n)
         .map(|i| {
             let flags = if i == n - 1 { last_flags } else { 0 };
-            uvm_entry(g.va_of(PhysAddr::new((pfn0 + i) * PAGE)), target[i as usize] << 12 | PTE_P_RW, flags)
+            uvm_entry(
+                g.va_of(PhysAddr::new((pfn0 + i) * PAGE)),
+                target[i as usize] << 12 | PTE_P_RW,
+                flags,
+            )
         })
         .collect();
     assert_eq!(multicall(dom, &mut remap), 0);
-    assert!(remap.iter().all(|e| e.result == 0), "remap failed: {remap:?}");
+    assert!(
+        remap.iter().all(|e| e.result == 0),
+        "remap failed: {remap:?}"
+    );
     for i in 0..n {
         g.p2m()[(pfn0 + i) as usize].store(target[i as usize], Ordering::Relaxed);
     }
