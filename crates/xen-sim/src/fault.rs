@@ -90,6 +90,25 @@ impl fmt::Display for SimOp {
     }
 }
 
+/// Something that names a counted operation: a [`SimOp`] or Xen's name of it
+/// (`"XENMEM_exchange"`, see [`SimOp::name`]).
+pub trait OpName {
+    /// The operation named, if any.
+    fn sim_op(&self) -> Option<SimOp>;
+}
+
+impl OpName for SimOp {
+    fn sim_op(&self) -> Option<SimOp> {
+        Some(*self)
+    }
+}
+
+impl OpName for &str {
+    fn sim_op(&self) -> Option<SimOp> {
+        SimOp::from_name(self)
+    }
+}
+
 /// A snapshot of the hypercall counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -100,16 +119,27 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// How many times `op` was performed (see [`SimOp`] for how batches count).
+    /// How many times `op` was performed (see [`SimOp`] for how batches count); `op` is a
+    /// [`SimOp`] or its name, and an unknown name counts 0.
     #[must_use]
-    pub fn count(&self, op: SimOp) -> u64 {
-        self.ops.get(&op).copied().unwrap_or(0)
+    pub fn count(&self, op: impl OpName) -> u64 {
+        op.sim_op().and_then(|op| self.ops.get(&op).copied()).unwrap_or(0)
     }
 
     /// As [`count`](Self::count), by Xen's name; 0 for an unknown name.
     #[must_use]
     pub fn by_name(&self, name: &str) -> u64 {
-        SimOp::from_name(name).map_or(0, |op| self.count(op))
+        self.count(name)
+    }
+
+    /// Hypercall traps per MiB of `bytes` (for benchmark reports); 0 for no bytes.
+    #[must_use]
+    pub fn traps_per_mib(&self, bytes: u64) -> f64 {
+        if bytes == 0 {
+            return 0.0;
+        }
+        // CAST: counters and byte totals stay far below 2^53 in practice.
+        self.traps as f64 * (1u64 << 20) as f64 / bytes as f64
     }
 
     /// Hypercall traps: entries into the hypervisor (a multicall of 32 entries is one).
@@ -297,6 +327,8 @@ mod tests {
         let mut c = Counters::default();
         c.bump(SimOp::MemoryExchange);
         assert_eq!(c.by_name("XENMEM_exchange"), 1);
+        assert_eq!(c.count("XENMEM_exchange"), 1);
+        assert_eq!(c.count("no such op"), 0);
         assert_eq!(c.count(SimOp::GrantMap), 0);
     }
 }

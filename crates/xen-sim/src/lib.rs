@@ -51,7 +51,7 @@ mod rng;
 
 pub use config::{SimArch, SimConfig};
 pub use device::{CacheViolation, CacheViolationKind, DmaFault, SimDevice};
-pub use fault::{Counters, Fault, SimOp};
+pub use fault::{Counters, Fault, OpName, SimOp};
 pub use grant::DomU;
 pub use guest::{ArmGuest, PvGuest, SimMemory};
 pub use hypercall::Domain;
