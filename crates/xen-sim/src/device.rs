@@ -23,7 +23,8 @@ pub enum DmaFault {
         /// Whether it was a write.
         write: bool,
     },
-    /// The access reaches a machine frame owned by no domain (a free or scrubbed frame).
+    /// The access reaches a machine frame owned by no domain (a free or scrubbed frame, or
+    /// one Xen keeps for itself).
     #[error("DMA {} at {bus}: frame owned by no domain", if *.write { "write" } else { "read" })]
     NotOwned {
         /// The first offending address.

@@ -123,7 +123,9 @@ impl Counters {
     /// [`SimOp`] or its name, and an unknown name counts 0.
     #[must_use]
     pub fn count(&self, op: impl OpName) -> u64 {
-        op.sim_op().and_then(|op| self.ops.get(&op).copied()).unwrap_or(0)
+        op.sim_op()
+            .and_then(|op| self.ops.get(&op).copied())
+            .unwrap_or(0)
     }
 
     /// As [`count`](Self::count), by Xen's name; 0 for an unknown name.

@@ -22,6 +22,9 @@ use crate::machine::{
 };
 use crate::{Domain, Inner, SimError};
 
+/// `-EOPNOTSUPP`'s errno.
+const EOPNOTSUPP_GNT: i64 = 95;
+
 /// The first grant reference handed out (Xen reserves 0..8).
 pub(crate) const FIRST_REF: GrantRef = 8;
 
@@ -319,6 +322,12 @@ fn cache_flush_one(st: &mut State, dom: DomId, op: &GnttabCacheFlush) -> i64 {
     if length == 0 || op.op == 0 {
         return 0;
     }
+    // Xen on x86 has no invalidate-only primitive (`invalidate_dcache_va_range` returns
+    // -EOPNOTSUPP there); cleaning is a write-back-and-invalidate.
+    let x86 = st.arch == SimArch::X86Pv;
+    if x86 && op.op == GNTTAB_CACHE_INVAL {
+        return -EOPNOTSUPP_GNT;
+    }
     // SAFETY: both union members are plain integers; the structure was read whole from the
     // guest, so `dev_bus_addr` is initialised.
     let addr = unsafe { op.a.dev_bus_addr };
@@ -345,7 +354,7 @@ fn cache_flush_one(st: &mut State, dom: DomId, op: &GnttabCacheFlush) -> i64 {
         offset as usize,
         length as usize,
         op.op & GNTTAB_CACHE_CLEAN != 0,
-        op.op & GNTTAB_CACHE_INVAL != 0,
+        x86 || op.op & GNTTAB_CACHE_INVAL != 0,
     );
     0
 }

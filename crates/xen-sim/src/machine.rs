@@ -681,7 +681,7 @@ impl State {
             let off = (a % PAGE) as usize;
             let chunk = (PAGE as usize - off).min(len - done);
             let idx = match self.layout.index(a / PAGE) {
-                Some(i) if self.owner[i] != OWNER_FREE => i,
+                Some(i) if self.dom_index(self.owner[i]).is_some() => i,
                 Some(_) => {
                     let f = DmaFault::NotOwned {
                         bus: BusAddr::new(a),

@@ -372,3 +372,30 @@ fn version_features_console_and_shutdown() {
     xen.reset_counters();
     assert_eq!(xen.counters().traps(), 0);
 }
+
+#[test]
+fn x86_cache_flush_and_frames_xen_keeps() {
+    let xen = Xen::new(SimConfig::x86_pv());
+    let (g, d) = (xen.pv_guest(), xen.dom0());
+    let p = g.alloc_pages(1);
+    let bus = g.machine_addr(p).unwrap().as_u64();
+    assert_eq!(cache_flush(&d, 0, 0, 0, 0), 0);
+    assert_eq!(cache_flush(&d, bus, 0, 64, xen_abi::GNTTAB_CACHE_CLEAN), 0);
+    // x86 Xen has no invalidate-only primitive.
+    assert_eq!(
+        cache_flush(&d, bus, 0, 64, xen_abi::GNTTAB_CACHE_INVAL),
+        -95
+    );
+    // Frames Xen took for itself are not DMA targets.
+    assert!(xen.hog_free_frames_below(32 << 20) > 0);
+    let dev = xen.device(DmaMask::BITS_32, true);
+    assert!(matches!(
+        dev.read(BusAddr::new(16 << 20), 8),
+        Err(DmaFault::NotOwned { .. })
+    ));
+    assert_eq!(
+        xen.owner_of(swiotlb_core::Bfn::new((16 << 20) >> 12)),
+        Some(xen_abi::DOMID_XEN)
+    );
+    xen.check_invariants().unwrap();
+}
