@@ -229,16 +229,19 @@ impl PvGuest {
             "xen-sim: alignment {align_pages} not a power of two"
         );
         let mut st = self.inner.lock();
-        let first = st.pv_next_pfn.div_ceil(align_pages) * align_pages;
+        let first = st
+            .pv_next_pfn
+            .div_ceil(align_pages)
+            .checked_mul(align_pages);
         let end = first
-            .checked_add(n)
+            .and_then(|f| f.checked_add(n))
             .filter(|&e| e <= self.inner.cfg.dom0_pages);
         let Some(end) = end else {
             drop(st);
             panic!("xen-sim: PvGuest::alloc_aligned({n}, {align_pages}): dom0 has no pages left");
         };
         st.pv_next_pfn = end;
-        PhysAddr::new(first * PAGE)
+        PhysAddr::new((end - n) * PAGE)
     }
 }
 
@@ -328,10 +331,11 @@ impl ArmGuest {
             let (base, frames) = st.arm_banks[bank];
             // Keep the first 16 pages of bank 0 for the kernel image, as a real dom0 would.
             let from = if bank == 0 { used.max(16) } else { used };
-            let first = (base + from).div_ceil(align_pages) * align_pages;
-            if first + n <= base + frames {
-                st.arm_next = (bank, first + n - base);
-                return PhysAddr::new(first * PAGE);
+            let first = (base + from).div_ceil(align_pages).checked_mul(align_pages);
+            let end = first.and_then(|f| f.checked_add(n));
+            if let Some(end) = end.filter(|&e| e <= base + frames) {
+                st.arm_next = (bank, end - base);
+                return PhysAddr::new((end - n) * PAGE);
             }
             st.arm_next = (bank + 1, 0);
         }
