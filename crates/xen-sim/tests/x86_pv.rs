@@ -444,3 +444,63 @@ fn multicall_runs_entries_in_order_and_reports_each_result() {
     xen.check_invariants().unwrap();
     assert_eq!(xen.counters().tlb_flushes(), 1);
 }
+
+#[test]
+fn dom0_may_exchange_above_order_9_and_the_limits_are_configurable() {
+    let (xen, g, d) = machine();
+    let buf = g.alloc_aligned(1024, 1024);
+    let mfn = create_contiguous(&g, &d, buf, 10, 32).unwrap();
+    assert_eq!(mfn % 1024, 0);
+    xen.check_invariants().unwrap();
+    let strict = Xen::new(SimConfig::x86_pv().with_max_orders(9, 9));
+    let (g2, d2) = (strict.pv_guest(), strict.dom0());
+    let buf = g2.alloc_aligned(1024, 1024);
+    assert_eq!(create_contiguous(&g2, &d2, buf, 10, 32), Err(EPERM));
+    strict.check_invariants().unwrap();
+}
+
+#[test]
+fn the_domu_exchanges_its_own_frames() {
+    let (xen, _g, _d) = machine();
+    let u = xen.domu_guest();
+    let r = u.grant_pages(4);
+    let frames: Vec<u64> = r.iter().map(|&r| u.frame(r).unwrap().as_u64()).collect();
+    for &r in &r {
+        u.revoke(r).unwrap();
+    }
+    let mut inp = frames.clone();
+    let mut out = [0u64];
+    // The domU's pages 0..4 (granted in order) become one order-2 extent at pfn 0.
+    assert_eq!(exchange(&xen.domu(), &mut inp, 0, &mut out, 2, 32), (0, 4));
+    assert_eq!(out[0] % 4, 0);
+    let r = u.grant_page(1, 0, false).unwrap();
+    assert_eq!(u.frame(r).unwrap().as_u64(), out[0] + 1);
+    xen.check_invariants().unwrap();
+}
+
+#[test]
+fn memory_is_shared_safely_between_threads() {
+    use swiotlb_core::PhysMemory;
+    let (xen, g, d) = machine();
+    let bufs: Vec<PhysAddr> = (0..4).map(|_| g.alloc_aligned(8, 8)).collect();
+    std::thread::scope(|s| {
+        for (t, &b) in bufs.iter().enumerate() {
+            let (g, d) = (g.clone(), d.clone());
+            s.spawn(move || {
+                let mem = g.memory();
+                for round in 0..20u64 {
+                    g.fill_pattern(b, 4 * 4096, round);
+                    // SAFETY: the two halves of this thread's buffer are disjoint and no
+                    // reference covers them.
+                    unsafe { mem.copy(PhysAddr::new(b.as_u64() + 4 * 4096), b, 4 * 4096) };
+                    assert!(g.check_pattern(PhysAddr::new(b.as_u64() + 4 * 4096), 4 * 4096, round));
+                    if round % 5 == 0 {
+                        assert!(create_contiguous(&g, &d, b, 3, 32).is_ok(), "thread {t}");
+                    }
+                }
+            });
+        }
+    });
+    xen.check_invariants().unwrap();
+    assert_eq!(xen.counters().count(SimOp::MemoryExchange), 16);
+}
