@@ -223,7 +223,15 @@ pub fn step_name(name: &str) -> Result<&'static str, String> {
         .map(|s| s.name)
         .ok_or_else(|| {
             let known: Vec<&str> = all.iter().map(|s| s.name).collect();
-            format!("unknown step `{name}`; the steps are: {}", known.join(", "))
+            let planned = if PLANNED.iter().any(|(p, _)| *p == name) {
+                " (it is planned, not yet a step)"
+            } else {
+                ""
+            };
+            format!(
+                "unknown step `{name}`{planned}; the steps are: {}",
+                known.join(", ")
+            )
         })
 }
 
@@ -543,6 +551,13 @@ mod tests {
             summary(&results).lines().last(),
             Some("ci: 1 passed, 0 failed")
         );
+    }
+
+    #[test]
+    fn planned_step_is_named_as_planned() {
+        let err = step_name("loom").unwrap_err();
+        assert!(err.contains("planned"), "{err}");
+        assert_eq!(step_name("miri"), Ok("miri"));
     }
 
     #[test]
