@@ -85,7 +85,11 @@ impl Layout {
 
     /// One past the highest MFN of RAM.
     pub(crate) fn mfn_end(&self) -> u64 {
-        self.high_base_mfn + self.high_frames
+        if self.high_frames == 0 {
+            self.low_base_mfn + self.low_frames
+        } else {
+            self.high_base_mfn + self.high_frames
+        }
     }
 }
 
