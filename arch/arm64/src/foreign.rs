@@ -512,6 +512,10 @@ impl<S: EntryStorage> ForeignTable<S> {
     }
 
     /// Takes the shared lock for several lookups in a row.
+    ///
+    /// Do not call other methods of the table (or a platform using it) while holding the
+    /// view: if a writer is waiting, the nested shared lock waits for it, and it waits for
+    /// the view to be dropped.
     pub fn read(&self) -> ForeignTableView<'_, S> {
         ForeignTableView {
             guard: self.entries.read(),
@@ -732,6 +736,41 @@ mod tests {
         t.rm(pfn(6)).unwrap();
         t.ins(pfn(1), bfn(5), 1).unwrap();
         assert_eq!(t.len(), 16);
+    }
+
+    #[cfg_attr(miri, ignore)]
+    #[test]
+    fn bounded_table_full_at_tens_of_thousands() {
+        const N: usize = 65_536;
+        // 1.5 MiB: a static, as a kernel would place it, not the test thread's stack.
+        static TABLE: BoundedForeignTable<N> = BoundedForeignTable::new();
+        let t = &TABLE;
+        for i in 0..N as u64 {
+            t.ins(pfn(0x80000 + 2 * i), bfn(0x200000 + i), 1).unwrap();
+        }
+        assert_eq!(t.len(), N);
+        assert_eq!(
+            t.ins(pfn(0x10), bfn(1), 1),
+            Err(ForeignTableError::Full { capacity: N })
+        );
+        let last = 0x80000 + 2 * (N as u64 - 1);
+        assert_eq!(t.lookup(pfn(0x80000)), Some(bfn(0x200000)));
+        assert_eq!(t.lookup(pfn(last)), Some(bfn(0x200000 + N as u64 - 1)));
+        assert_eq!(t.lookup(pfn(last + 1)), None);
+        assert_eq!(t.lookup(pfn(0x80001)), None);
+        // Freeing one slot in the middle makes room for one more, in order.
+        t.rm(pfn(0x80000 + 2 * 1000)).unwrap();
+        t.ins(pfn(0x80000 + 2 * 1000 + 1), bfn(7), 1).unwrap();
+        assert_eq!(t.lookup(pfn(0x80000 + 2 * 1000 + 1)), Some(bfn(7)));
+        assert_eq!(
+            t.lookup(pfn(0x80000 + 2 * 1001)),
+            Some(bfn(0x200000 + 1001))
+        );
+        let view = t.read();
+        assert!(view.entries().windows(2).all(|w| w[0].pfn() < w[1].pfn()));
+        drop(view);
+        t.clr();
+        assert!(t.is_empty());
     }
 
     #[test]
