@@ -14,7 +14,7 @@
 //!
 //! One generic [`ForeignTable`] works over two storages: [`BoundedForeignTable`] keeps up to
 //! `N` entries in an [`ArrayVec`] without a heap (a `static` works, see
-//! [`BoundedForeignTable::new`]); with the `alloc` feature, [`UnboundedForeignTable`] keeps
+//! [`BoundedForeignTable::new`]); with the `alloc` feature, `UnboundedForeignTable` keeps
 //! them in a `Vec` and reports allocation failure as an error.
 
 use crate::lock::{ReadGuard, RwSpinLock};

@@ -8,7 +8,7 @@
 //! - [`ForeignTable`]: the foreign-mapping table (pfn, mfn, number of pages) for the pages
 //!   dom0 grant-maps from other domains; sorted, O(log n) lookups under a reader-writer spin
 //!   lock, bounded without a heap ([`BoundedForeignTable`]) or, with the `alloc` feature,
-//!   unbounded ([`UnboundedForeignTable`]); overlapping entries are refused.
+//!   unbounded (`UnboundedForeignTable`); overlapping entries are refused.
 //! - [`ForeignTable::record_grant_maps`] / [`ForeignTable::clear_grant_unmaps`]: recording
 //!   the results of `GNTTABOP_map_grant_ref` and clearing after `GNTTABOP_unmap_grant_ref`,
 //!   unmapping at once what cannot be recorded (the XSA-361 lesson).

@@ -4,8 +4,8 @@
 //! mapped or unmapped, so readers must not block each other and a writer must not starve.
 //! [`RwSpinLock`] gives exactly that with one `AtomicUsize`:
 //!
-//! - bit [`WRITER`] is set while a writer holds the lock;
-//! - bit [`WRITER_WAITING`] is set while a writer waits: new readers stay out until it has
+//! - bit `WRITER` is set while a writer holds the lock;
+//! - bit `WRITER_WAITING` is set while a writer waits: new readers stay out until it has
 //!   had its turn (writer preference);
 //! - the remaining low bits count the readers holding the lock.
 //!

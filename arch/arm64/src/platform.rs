@@ -128,7 +128,7 @@ pub enum Arm64InitError {
 /// cache maintenance per 4 KiB frame (local frames through `C`, foreign frames through
 /// Xen), and contiguous regions as the identity.
 ///
-/// - `H` makes hypercalls ([`crate::NativeHypercall`] on aarch64, a simulator in tests);
+/// - `H` makes hypercalls (`NativeHypercall` on aarch64, a simulator in tests);
 /// - `C` maintains the caches of local memory ([`crate::NoCacheOps`] if all devices are
 ///   coherent);
 /// - `M` reaches physical memory; [`Platform::create_contiguous_region`] zeroes through it, so
