@@ -21,6 +21,8 @@ pub enum SimOp {
     UpdateVaMapping,
     /// One request of `mmu_update`.
     MmuUpdate,
+    /// One operation of `mmuext_op`.
+    MmuextOp,
     /// One `GNTTABOP_map_grant_ref` element.
     GrantMap,
     /// One `GNTTABOP_unmap_grant_ref` element.
@@ -41,12 +43,13 @@ pub enum SimOp {
 
 impl SimOp {
     /// Every operation, in counter order.
-    pub const ALL: [SimOp; 13] = [
+    pub const ALL: [SimOp; 14] = [
         SimOp::MemoryExchange,
         SimOp::MemoryOther,
         SimOp::Multicall,
         SimOp::UpdateVaMapping,
         SimOp::MmuUpdate,
+        SimOp::MmuextOp,
         SimOp::GrantMap,
         SimOp::GrantUnmap,
         SimOp::CacheFlush,
@@ -66,6 +69,7 @@ impl SimOp {
             SimOp::Multicall => "multicall",
             SimOp::UpdateVaMapping => "update_va_mapping",
             SimOp::MmuUpdate => "mmu_update",
+            SimOp::MmuextOp => "mmuext_op",
             SimOp::GrantMap => "GNTTABOP_map_grant_ref",
             SimOp::GrantUnmap => "GNTTABOP_unmap_grant_ref",
             SimOp::CacheFlush => "GNTTABOP_cache_flush",

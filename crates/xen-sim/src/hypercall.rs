@@ -156,7 +156,7 @@ pub(crate) unsafe fn dispatch(
             HYPERVISOR_SCHED_OP => {
                 simple_op(st, SimOp::SchedOp, |st| sched_op(st, args[0], args[1]))
             }
-            HYPERVISOR_MMUEXT_OP => simple_op(st, SimOp::Other, |_| -ENOSYS),
+            HYPERVISOR_MMUEXT_OP => mmuext_op(st, dom, args[0], args[1], args[2], args[3]),
             _ => simple_op(st, SimOp::Other, |_| -ENOSYS),
         }
     }
@@ -378,6 +378,85 @@ unsafe fn mmu_update(
         if let Err(e) = r {
             rc = e;
             break;
+        }
+        n += 1;
+    }
+    // SAFETY: the caller guarantees `done` is null or a writable u32.
+    if done != 0 && !unsafe { gwrite::<u32>(done, u32::try_from(n).unwrap_or(u32::MAX)) } {
+        return -EFAULT;
+    }
+    rc
+}
+
+/// `MMUEXT_TLB_FLUSH_LOCAL`.
+const MMUEXT_TLB_FLUSH_LOCAL: u32 = 6;
+/// `MMUEXT_INVLPG_LOCAL`.
+const MMUEXT_INVLPG_LOCAL: u32 = 7;
+/// `MMUEXT_TLB_FLUSH_MULTI`.
+const MMUEXT_TLB_FLUSH_MULTI: u32 = 8;
+/// `MMUEXT_INVLPG_MULTI`.
+const MMUEXT_INVLPG_MULTI: u32 = 9;
+/// `MMUEXT_TLB_FLUSH_ALL`.
+const MMUEXT_TLB_FLUSH_ALL: u32 = 10;
+/// `MMUEXT_INVLPG_ALL`.
+const MMUEXT_INVLPG_ALL: u32 = 11;
+
+/// `mmuext_op(ops, count, done, domid)`: the TLB-flush commands (one vCPU, so local, multi
+/// and all flush alike); other commands are not modelled (`-ENOSYS`).
+///
+/// # Safety
+///
+/// `ops` must point at `count` readable `struct mmuext_op` (24 bytes: `u32 cmd`, padding,
+/// `arg1`, `arg2`) and `done` (if non-null) at a writable `u32`.
+unsafe fn mmuext_op(
+    st: &mut State,
+    dom: DomId,
+    ops: u64,
+    count: u64,
+    done: u64,
+    domid: u64,
+) -> i64 {
+    if st.arch != SimArch::X86Pv {
+        st.counters.bump(SimOp::MmuextOp);
+        return -ENOSYS;
+    }
+    if domid != u64::from(DOMID_SELF) && domid != u64::from(dom) {
+        st.counters.bump(SimOp::MmuextOp);
+        return -EPERM;
+    }
+    let mut rc = 0;
+    let mut n = 0u64;
+    while n < count {
+        let Some(addr) = elem::<[u64; 3]>(ops, n) else {
+            rc = -EFAULT;
+            break;
+        };
+        // SAFETY: the caller guarantees `count` operations at `ops`.
+        let Some([cmd, arg1, _]) = (unsafe { gread::<[u64; 3]>(addr) }) else {
+            rc = -EFAULT;
+            break;
+        };
+        st.counters.bump(SimOp::MmuextOp);
+        if let Some(errno) = st.faults.fail_nth(SimOp::MmuextOp) {
+            rc = -i64::from(errno);
+            break;
+        }
+        // CAST: `cmd` is the low 32 bits of the first word (little-endian).
+        match cmd as u32 {
+            MMUEXT_TLB_FLUSH_LOCAL | MMUEXT_TLB_FLUSH_MULTI | MMUEXT_TLB_FLUSH_ALL => {
+                st.tlb_pending.clear();
+                st.counters.tlb_flushes += 1;
+            }
+            MMUEXT_INVLPG_LOCAL | MMUEXT_INVLPG_MULTI | MMUEXT_INVLPG_ALL => {
+                if let Some(pfn) = arg1.checked_sub(st.linear_base).map(|off| off / PAGE) {
+                    st.tlb_pending.remove(&pfn);
+                }
+                st.counters.tlb_flushes += 1;
+            }
+            _ => {
+                rc = -ENOSYS;
+                break;
+            }
         }
         n += 1;
     }

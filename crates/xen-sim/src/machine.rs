@@ -187,6 +187,8 @@ pub(crate) struct State {
     pub(crate) arm_banks: Vec<(u64, u64)>,
     /// arm64: the foreign window of stage 2, IPA frame to MFN.
     pub(crate) stage2: BTreeMap<u64, u64>,
+    /// x86 PV: the linear map's base virtual address.
+    pub(crate) linear_base: u64,
     /// `(major, minor)` reported by `XENVER_version`.
     pub(crate) version: (u16, u16),
     pub(crate) counters: Counters,
@@ -339,6 +341,7 @@ impl State {
             tlb_violations: Vec::new(),
             arm_banks,
             stage2: BTreeMap::new(),
+            linear_base: cfg.linear_base,
             version: cfg.xen_version,
             counters: Counters::default(),
             faults: Faults::default(),

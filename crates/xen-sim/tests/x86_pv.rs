@@ -504,3 +504,46 @@ fn memory_is_shared_safely_between_threads() {
     xen.check_invariants().unwrap();
     assert_eq!(xen.counters().count(SimOp::MemoryExchange), 16);
 }
+
+#[test]
+fn mmuext_op_flushes_the_tlb() {
+    use xen_abi::{HYPERVISOR_MMUEXT_OP, Hypercall};
+    let (xen, g, d) = machine();
+    let a = g.alloc_pages(2);
+    let pa = a.as_u64() / PAGE;
+    let (ma, mb) = (p2m(&g, pa), p2m(&g, pa + 1));
+    let mmuext = |ops: &mut [[u64; 3]]| {
+        let mut done = 0u32;
+        // SAFETY: the ops and the counter are live.
+        let rc = unsafe {
+            d.hypercall(
+                HYPERVISOR_MMUEXT_OP,
+                [
+                    addr(ops.as_mut_ptr()),
+                    ops.len() as u64,
+                    addr(&mut done),
+                    u64::from(DOMID_SELF),
+                    0,
+                ],
+            )
+        };
+        (rc, done)
+    };
+    // Zap and remap without flushing, then MMUEXT_INVLPG_ALL for one page and
+    // MMUEXT_TLB_FLUSH_ALL for the rest.
+    for (p, m) in [(pa, ma), (pa + 1, mb)] {
+        let va = g.va_of(PhysAddr::new(p * PAGE));
+        assert_eq!(uvm(&d, va, 0, 0), 0);
+        assert_eq!(uvm(&d, va, m << 12 | PTE_P_RW, 0), 0);
+    }
+    assert_eq!(mmuext(&mut [[11, g.va_of(a), 0]]), (0, 1));
+    let mut b = [0u8; 1];
+    g.read(a, &mut b);
+    assert!(xen.tlb_violations().is_empty());
+    assert_eq!(mmuext(&mut [[10, 0, 0], [99, 0, 0]]), (ENOSYS, 1));
+    g.read(PhysAddr::new((pa + 1) * PAGE), &mut b);
+    assert!(xen.tlb_violations().is_empty());
+    assert_eq!(xen.counters().count("mmuext_op"), 3);
+    assert_eq!(xen.counters().tlb_flushes(), 2);
+    xen.check_invariants().unwrap();
+}
