@@ -125,6 +125,19 @@ impl SimDevice {
         self.inner.lock().devices[self.id].coherent
     }
 
+    /// The `swiotlb_core::Device` describing this device (its mask as both the streaming and
+    /// the coherent mask, its coherence), for the DMA engine under test.
+    #[must_use]
+    pub fn core_device(&self) -> swiotlb_core::Device {
+        let (mask, coherent) = {
+            let st = self.inner.lock();
+            (st.devices[self.id].mask, st.devices[self.id].coherent)
+        };
+        swiotlb_core::Device::new(mask)
+            .with_coherent_mask(mask)
+            .with_coherent(coherent)
+    }
+
     /// Reads `len` bytes at `bus`.
     ///
     /// # Errors

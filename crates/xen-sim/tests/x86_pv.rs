@@ -547,3 +547,24 @@ fn mmuext_op_flushes_the_tlb() {
     assert_eq!(xen.counters().tlb_flushes(), 2);
     xen.check_invariants().unwrap();
 }
+
+#[test]
+fn machines_are_deterministic_per_seed() {
+    let p2m_of = |seed| {
+        let xen = Xen::new(SimConfig::x86_pv().with_seed(seed));
+        let g = xen.pv_guest();
+        (0..64).map(|p| p2m(&g, p)).collect::<Vec<_>>()
+    };
+    assert_eq!(p2m_of(1), p2m_of(1));
+    assert_ne!(p2m_of(1), p2m_of(2));
+    let xen = Xen::new(SimConfig::x86_pv());
+    let dev = xen
+        .device(swiotlb_core::DmaMask::BITS_32, false)
+        .core_device();
+    assert_eq!(
+        dev,
+        swiotlb_core::Device::new(swiotlb_core::DmaMask::BITS_32).with_coherent(false)
+    );
+    assert!(Xen::try_new(SimConfig::x86_pv().with_low(0, 16)).is_err());
+    assert!(Xen::try_new(SimConfig::x86_pv().with_dom0_pages(1 << 20)).is_err());
+}
