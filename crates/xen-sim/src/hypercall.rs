@@ -526,6 +526,7 @@ unsafe fn exchange(inner: &Inner, st: &mut State, dom: DomId, arg: u64) -> i64 {
     if exch.nr_exchanged == inr.nr_extents {
         return 0;
     }
+    // CAST: usize fits u64; the lists are then read like every other guest address.
     let in_list = inr.extent_start.as_ptr().expose_provenance() as u64;
     let out_list = outr.extent_start.as_ptr().expose_provenance() as u64;
     if in_list == 0 || out_list == 0 {
