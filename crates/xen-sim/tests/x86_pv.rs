@@ -568,3 +568,40 @@ fn machines_are_deterministic_per_seed() {
     assert!(Xen::try_new(SimConfig::x86_pv().with_low(0, 16)).is_err());
     assert!(Xen::try_new(SimConfig::x86_pv().with_dom0_pages(1 << 20)).is_err());
 }
+
+#[test]
+fn a_linux_style_fixup_of_an_8_mib_pool() {
+    let (xen, g, d) = machine();
+    let pool = g.alloc_aligned(2048, 64);
+    let mut bits = 18u8;
+    let mut starts = Vec::new();
+    for seg in 0..32u64 {
+        let phys = PhysAddr::new(pool.as_u64() + seg * 64 * PAGE);
+        loop {
+            match create_contiguous(&g, &d, phys, 6, bits) {
+                Ok(mfn) => {
+                    starts.push(mfn);
+                    break;
+                }
+                Err(rc) => {
+                    assert_eq!(rc, ENOMEM);
+                    assert!(bits < 32, "segment {seg} found no memory below 4 GiB");
+                    bits += 1;
+                }
+            }
+        }
+    }
+    xen.check_invariants().unwrap();
+    for (seg, &mfn) in starts.iter().enumerate() {
+        assert_eq!(mfn % 64, 0);
+        assert!((mfn + 64) << 12 <= 1 << 32);
+        for i in 0..64 {
+            assert_eq!(p2m(&g, pool.as_u64() / PAGE + seg as u64 * 64 + i), mfn + i);
+        }
+    }
+    // 32 successful segments of 3 traps each, plus 7 failing attempts (18..=24 bits).
+    let c = xen.counters();
+    assert_eq!(c.count(SimOp::MemoryExchange), 32 + 7);
+    assert_eq!(c.traps(), 3 * (32 + 7));
+    assert!((c.traps_per_mib(8 << 20) - 117.0 / 8.0).abs() < 1e-9);
+}
