@@ -1,0 +1,173 @@
+//! The errors of the x86 PV platform.
+
+use swiotlb_core::{Pfn, PhysAddr, PlatformError};
+
+/// An error of [`X86PvPlatform`](crate::X86PvPlatform)'s contiguous-region operations.
+///
+/// Every variant that follows a hypercall says what state the region was left in; in all of
+/// them the guest is consistent (each page of the region is either mapped to a frame the
+/// domain owns with a matching P2M entry, or unmapped with an INVALID P2M entry, which only
+/// [`RemapFailed`](Self::RemapFailed) and [`PartialExchange`](Self::PartialExchange) can
+/// report) and no frame is lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum X86PvError {
+    /// The order is above the platform's maximum (see
+    /// [`X86PvPlatform::with_max_order`](crate::X86PvPlatform::with_max_order)).
+    #[error("order {order} exceeds the supported maximum {max}")]
+    OrderTooLarge {
+        /// The order asked for.
+        order: u32,
+        /// The largest accepted order.
+        max: u32,
+    },
+    /// The region does not start on a `4 KiB << order` boundary.
+    #[error("{phys} is not aligned to {align:#x}")]
+    Misaligned {
+        /// The start of the region.
+        phys: PhysAddr,
+        /// The alignment required.
+        align: u64,
+    },
+    /// The address limit cannot hold an extent of the order, or exceeds 64 bits.
+    #[error("address bits {bits} outside {min}..={max}")]
+    AddressBits {
+        /// The bits asked for.
+        bits: u32,
+        /// The smallest accepted (`12 + order`).
+        min: u32,
+        /// The largest accepted (64).
+        max: u32,
+    },
+    /// The region reaches beyond the P2M.
+    #[error("{frames} frames from {first} reach beyond the P2M of {p2m_len} entries")]
+    BeyondP2m {
+        /// The first frame of the region.
+        first: Pfn,
+        /// The frames in the region.
+        frames: u64,
+        /// The P2M's length.
+        p2m_len: u64,
+    },
+    /// A page of the region is not backed by a frame of the domain (its P2M entry is
+    /// INVALID, FOREIGN or IDENTITY), so it cannot be exchanged.
+    #[error("{pfn} has P2M entry {entry:#x}, not a local frame")]
+    NotLocal {
+        /// The page.
+        pfn: Pfn,
+        /// Its raw P2M entry.
+        entry: u64,
+    },
+    /// `destroy` was given a region that is not machine-contiguous.
+    #[error("{pfn} maps frame {found:#x} where the contiguous region needs {expected:#x}")]
+    NotContiguous {
+        /// The first page out of line.
+        pfn: Pfn,
+        /// The frame a contiguous region would have there.
+        expected: u64,
+        /// The frame it has.
+        found: u64,
+    },
+    /// Unmapping the region (the zap) failed; the pages already unmapped were mapped again
+    /// to their frames, so the region is as before.
+    #[error("unmapping {pfn} failed with errno {errno}; the region was restored")]
+    ZapFailed {
+        /// The first page whose unmapping failed.
+        pfn: Pfn,
+        /// The positive errno.
+        errno: i32,
+    },
+    /// `XENMEM_exchange` exchanged nothing; the original frames were mapped again, so the
+    /// region is as before.
+    #[error(
+        "XENMEM_exchange failed with errno {errno} ({nr_exchanged} of {nr_extents} extents); \
+         the original frames were remapped"
+    )]
+    ExchangeFailed {
+        /// The positive errno (`EIO` if Xen returned 0 without doing the exchange).
+        errno: i32,
+        /// Xen's progress report.
+        nr_exchanged: u64,
+        /// Input extents asked for.
+        nr_extents: u64,
+    },
+    /// `XENMEM_exchange` reported partial progress. Each page was mapped to the frame the
+    /// M2P assigns it (a new one if Xen exchanged it, the original otherwise); pages with no
+    /// such frame were left unmapped with an INVALID P2M entry (`unresolved`).
+    #[error(
+        "XENMEM_exchange did {nr_exchanged} of {nr_extents} extents (errno {errno}); \
+         pages remapped to the frames Xen assigned, {unresolved} left unmapped"
+    )]
+    PartialExchange {
+        /// The positive errno Xen returned (0 if none).
+        errno: i32,
+        /// Xen's progress report.
+        nr_exchanged: u64,
+        /// Input extents asked for.
+        nr_extents: u64,
+        /// Pages left unmapped with an INVALID P2M entry.
+        unresolved: u64,
+    },
+    /// Mapping a page failed even when retried alone; the failing pages were left unmapped
+    /// with an INVALID P2M entry (`stranded`), every other page is mapped. A create that
+    /// reports this did exchange the region.
+    #[error(
+        "remapping {pfn} failed with errno {errno}; {stranded} pages left unmapped \
+         (TLB flushed: {flushed})"
+    )]
+    RemapFailed {
+        /// The first page whose mapping failed.
+        pfn: Pfn,
+        /// The positive errno.
+        errno: i32,
+        /// Pages left unmapped.
+        stranded: u64,
+        /// Whether the final global TLB flush was done.
+        flushed: bool,
+    },
+    /// Xen returned an extent that is not aligned to its order or not below the limit. The
+    /// region is mapped to it (consistent), but the caller's requirement is not met.
+    #[error("Xen returned frame {mfn:#x} for an order-{order} extent below 2^{bits}")]
+    ExtentOutOfRange {
+        /// The first frame returned.
+        mfn: u64,
+        /// The order.
+        order: u32,
+        /// The address limit asked for.
+        bits: u32,
+    },
+}
+
+impl From<X86PvError> for PlatformError {
+    fn from(e: X86PvError) -> Self {
+        match e {
+            X86PvError::OrderTooLarge { order, max } => Self::OrderTooLarge { order, max },
+            X86PvError::Misaligned { phys, align } => Self::Misaligned { addr: phys, align },
+            X86PvError::AddressBits { bits, min, max } => Self::AddressBits { bits, min, max },
+            X86PvError::BeyondP2m { first, .. } => Self::NoTranslation { pfn: first },
+            X86PvError::NotLocal { pfn, .. } => Self::NoTranslation { pfn },
+            X86PvError::NotContiguous { .. } => Self::Unsupported {
+                what: "destroying a region that is not machine-contiguous",
+            },
+            X86PvError::ZapFailed { errno, .. } => Self::Hypercall {
+                op: "update_va_mapping (unmap)",
+                errno,
+            },
+            X86PvError::ExchangeFailed { errno, .. } => Self::Hypercall {
+                op: "XENMEM_exchange",
+                errno,
+            },
+            X86PvError::PartialExchange { errno, .. } => Self::Hypercall {
+                op: "XENMEM_exchange (partial)",
+                errno,
+            },
+            X86PvError::RemapFailed { errno, .. } => Self::Hypercall {
+                op: "update_va_mapping (remap)",
+                errno,
+            },
+            X86PvError::ExtentOutOfRange { .. } => Self::Exhausted {
+                what: "machine memory below the address limit",
+            },
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! [`X86PvPlatform`]: the `swiotlb_core::Platform` of an x86_64 PV guest.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use arrayvec::ArrayVec;
+use swiotlb_core::{
+    Bfn, BusAddr, Pfn, PhysAddr, PhysMemory, Platform, PlatformError, XEN_PAGE_SHIFT, XEN_PAGE_SIZE,
+};
+use xen_abi::{
+    DOMID_SELF, GuestHandle, HYPERVISOR_MEMORY_OP, HYPERVISOR_MULTICALL,
+    HYPERVISOR_UPDATE_VA_MAPPING, Hypercall, MulticallEntry, UVMF_ALL, UVMF_INVLPG, UVMF_TLB_FLUSH,
+    XENMEM_EXCHANGE, XenMemoryExchange, XenMemoryReservation,
+};
+
+use crate::error::X86PvError;
+use crate::p2m::{self, INVALID_M2P_ENTRY, INVALID_P2M_ENTRY, P2mEntry};
+use crate::sync::{SpinLock, Transition};
+
+/// Entries per multicall batch (Linux's `MC_BATCH`). The batch lives on the stack:
+/// `32 * 64` bytes.
+pub const MC_BATCH: usize = 32;
+
+/// Xen's `MAX_ORDER` on x86: the largest extent order `XENMEM_exchange` can accept at all.
+/// Whether a domain may use orders above 9 is Xen's decision (I/O capabilities).
+pub const XEN_MAX_ORDER: u32 = 20;
+
+/// PTE bit: present.
+pub const PTE_PRESENT: u64 = 1 << 0;
+/// PTE bit: writable.
+pub const PTE_RW: u64 = 1 << 1;
+/// PTE bit: accessed.
+pub const PTE_ACCESSED: u64 = 1 << 5;
+/// PTE bit: dirty.
+pub const PTE_DIRTY: u64 = 1 << 6;
+/// PTE bit: no-execute.
+pub const PTE_NX: u64 = 1 << 63;
+/// The machine-frame bits of an x86_64 PTE.
+pub const PTE_MFN_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// The default flags of a remapped page: present, writable, accessed, dirty and
+/// no-execute, Linux's `PAGE_KERNEL` without the global bit. DMA buffers hold data, never
+/// code, so NX is set; a kernel on a CPU without NX passes other flags to
+/// [`X86PvPlatform::with_pte_flags`].
+pub const DEFAULT_PTE_FLAGS: u64 = PTE_PRESENT | PTE_RW | PTE_ACCESSED | PTE_DIRTY | PTE_NX;
+
+/// Placed in a multicall entry's `result` before the call: Xen overwrites it for every
+/// entry it performs.
+const NOT_RUN: i64 = i64::MIN;
+/// `EIO`, reported when Xen returns success without doing what was asked.
+const EIO: i32 = 5;
+/// `EINVAL`, reported for a multicall entry that failed without an error code.
+const EINVAL: i32 = 22;
+
+/// The x86 PV platform: translation through the kernel's P2M and Xen's M2P, and
+/// machine-contiguous regions through `XENMEM_exchange`.
+///
+/// The kernel provides every resource: the P2M (`start_info.mfn_list`, indexed by pfn), the
+/// M2P (Xen's read-only table at `MACH2PHYS_VIRT_START`, indexed by mfn), the base of the
+/// linear map (pfn `p` is mapped at `linear_base + p * 4096`), the hypercall trap and a
+/// [`PhysMemory`] to zero regions. The platform writes only the P2M entries of regions it is
+/// asked to change, and only while it holds its lock.
+///
+/// # Invariants
+///
+/// `p2m` is this domain's P2M, `m2p` is Xen's M2P, and `linear_base` maps every pfn of the
+/// P2M at `linear_base + pfn * 4096` (established by [`new`](Self::new)'s caller).
+/// `max_order <= XEN_MAX_ORDER`.
+pub struct X86PvPlatform<'a, H, M> {
+    p2m: &'a [AtomicU64],
+    m2p: &'a [AtomicU64],
+    linear_base: u64,
+    hyp: H,
+    mem: M,
+    pte_flags: u64,
+    max_order: u32,
+    lock: SpinLock,
+    transition: Transition,
+}
+
+impl<H, M> fmt::Debug for X86PvPlatform<'_, H, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("X86PvPlatform")
+            .field("p2m_len", &self.p2m.len())
+            .field("m2p_len", &self.m2p.len())
+            .field("linear_base", &format_args!("{:#x}", self.linear_base))
+            .field("pte_flags", &format_args!("{:#x}", self.pte_flags))
+            .field("max_order", &self.max_order)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one page after an exchange, as the M2P tells it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resolved {
+    /// Mapped to the frame the exchange produced.
+    New(u64),
+    /// Mapped to its frame from before the exchange.
+    Old(u64),
+    /// No frame of the domain is assigned to it.
+    Nothing,
+}
+
+impl Resolved {
+    fn mfn(self) -> Option<u64> {
+        match self {
+            Self::New(m) | Self::Old(m) => Some(m),
+            Self::Nothing => None,
+        }
+    }
+}
+
+/// The result of a remap: every page mapped, or the first failure and the counts.
+#[derive(Clone, Copy, Debug, Default)]
+struct RemapReport {
+    first_failure: Option<(u64, i32)>,
+    stranded: u64,
+    flushed: bool,
+}
+
+impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
+    /// Creates the platform over the kernel's tables.
+    ///
+    /// Defaults: PTE flags [`DEFAULT_PTE_FLAGS`], largest order [`XEN_MAX_ORDER`].
+    ///
+    /// # Safety
+    ///
+    /// - `p2m` is this domain's P2M (entry `pfn` holds the machine frame of `pfn` in Linux's
+    ///   encoding), no other code writes the entries of a region while it is passed to
+    ///   [`create_contiguous`](Self::create_contiguous) or
+    ///   [`destroy_contiguous`](Self::destroy_contiguous), and Xen may read and write it
+    ///   through its address (it is ordinary guest memory mapped in this address space);
+    /// - `m2p` is Xen's machine-to-phys table;
+    /// - pfn `p` of the P2M is mapped at `linear_base + p * 4096`, and `mem` reaches the
+    ///   same memory by physical address;
+    /// - `hyp` performs hypercalls as this domain.
+    pub unsafe fn new(
+        p2m: &'a [AtomicU64],
+        m2p: &'a [AtomicU64],
+        linear_base: u64,
+        hyp: H,
+        mem: M,
+    ) -> Self {
+        // INVARIANT: the tables and the base are the caller's promise; the order is the
+        // constant maximum.
+        Self {
+            p2m,
+            m2p,
+            linear_base,
+            hyp,
+            mem,
+            pte_flags: DEFAULT_PTE_FLAGS,
+            max_order: XEN_MAX_ORDER,
+            lock: SpinLock::new(),
+            transition: Transition::new(),
+        }
+    }
+
+    /// Sets the flags of the PTEs written when pages are remapped (the frame bits are
+    /// ignored). Use it for a CPU without NX, or to add the global bit.
+    #[must_use]
+    pub fn with_pte_flags(mut self, flags: u64) -> Self {
+        self.pte_flags = (flags & !PTE_MFN_MASK) | PTE_PRESENT;
+        self
+    }
+
+    /// Sets the largest order accepted, at most [`XEN_MAX_ORDER`] (larger values are
+    /// clamped). Xen itself refuses orders above 9 to a domain without I/O capabilities.
+    #[must_use]
+    pub fn with_max_order(mut self, order: u32) -> Self {
+        // INVARIANT: clamped to the constant maximum.
+        self.max_order = order.min(XEN_MAX_ORDER);
+        self
+    }
+
+    /// The largest order accepted.
+    #[must_use]
+    pub fn max_order(&self) -> u32 {
+        self.max_order
+    }
+
+    /// The PTE flags of remapped pages.
+    #[must_use]
+    pub fn pte_flags(&self) -> u64 {
+        self.pte_flags
+    }
+
+    /// The hypercall implementation.
+    #[must_use]
+    pub fn hypercall(&self) -> &H {
+        &self.hyp
+    }
+
+    /// `pfn_to_bfn`: the machine frame of `pfn` (Linux's `pfn_to_mfn`: own, foreign and
+    /// identity frames translate, an INVALID entry does not; a pfn beyond the P2M is an
+    /// identity frame). `None` also for a page of a region in transition.
+    #[must_use]
+    pub fn pfn_to_mfn(&self, pfn: Pfn) -> Option<Bfn> {
+        let p = pfn.as_u64();
+        let (_, mfn) = self
+            .transition
+            .read(|| p2m::pfn_to_mfn(self.p2m, p).map(|m| (p, m)))?;
+        Bfn::try_new(mfn)
+    }
+
+    /// `bfn_to_local_pfn`: the domain's own pfn of machine frame `bfn`, through the M2P and
+    /// the round-trip check. `None` for foreign, identity, unowned frames and the frames of
+    /// a region in transition.
+    #[must_use]
+    pub fn mfn_to_local_pfn(&self, bfn: Bfn) -> Option<Pfn> {
+        let m = bfn.as_u64();
+        let (pfn, _) = self
+            .transition
+            .read(|| p2m::mfn_to_local_pfn(self.p2m, self.m2p, m).map(|p| (p, m)))?;
+        Pfn::try_new(pfn)
+    }
+
+    /// Whether the `len` bytes at `phys` are machine-contiguous: every 4 KiB frame of the
+    /// range translates, and each to the frame after the previous one (the negation of
+    /// Linux's `range_straddles_page_boundary`). An empty range is contiguous; a range
+    /// that wraps the address space is not.
+    #[must_use]
+    pub fn is_bus_contiguous(&self, phys: PhysAddr, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some(last) = phys.checked_last(len) else {
+            return false;
+        };
+        let (first, last) = (phys.frame(), last.frame());
+        let Some(b0) = self.pfn_to_mfn(first) else {
+            return false;
+        };
+        let frames = last.as_u64() - first.as_u64();
+        (1..=frames).all(|i| {
+            let want = b0.as_u64().checked_add(i);
+            first
+                .checked_add(i)
+                .and_then(|p| self.pfn_to_mfn(p))
+                .is_some_and(|b| Some(b.as_u64()) == want)
+        })
+    }
+
+    /// Makes the `2^order` pages at `phys` machine-contiguous below `2^address_bits` and
+    /// returns the bus address of `phys`; the contents are zeroed. See the crate docs for
+    /// the protocol, and [`X86PvError`] for the state each error leaves.
+    ///
+    /// # Safety
+    ///
+    /// As [`Platform::create_contiguous_region`]: the caller owns the region exclusively
+    /// (no CPU reference, no device access) for the duration of the call.
+    pub unsafe fn create_contiguous(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        address_bits: u32,
+    ) -> Result<BusAddr, X86PvError> {
+        let (pfn0, n) = self.region(phys, order)?;
+        let min = order + XEN_PAGE_SHIFT;
+        if !(min..=64).contains(&address_bits) {
+            return Err(X86PvError::AddressBits {
+                bits: address_bits,
+                min,
+                max: 64,
+            });
+        }
+        self.check_local(pfn0, n)?;
+        // SAFETY: the caller owns the region exclusively; `region` checked it is inside the
+        // P2M, which the kernel maps and `mem` reaches.
+        unsafe { self.zero(phys, n) };
+        let _guard = self.lock.lock();
+        self.transition.open(pfn0, n);
+        let r = self.create_locked(pfn0, n, order, address_bits);
+        self.transition.close();
+        r
+    }
+
+    /// Gives back a region made contiguous by [`create_contiguous`](Self::create_contiguous):
+    /// exchanges its extent for `2^order` frames anywhere. The contents are zeroed.
+    ///
+    /// # Safety
+    ///
+    /// As [`create_contiguous`](Self::create_contiguous).
+    pub unsafe fn destroy_contiguous(&self, phys: PhysAddr, order: u32) -> Result<(), X86PvError> {
+        let (pfn0, n) = self.region(phys, order)?;
+        self.check_local(pfn0, n)?;
+        let e0 = self.p2m_load(pfn0);
+        for i in 1..n {
+            let found = self.p2m_load(pfn0 + i);
+            let expected = e0.wrapping_add(i);
+            if found != expected {
+                return Err(X86PvError::NotContiguous {
+                    pfn: pfn_of(pfn0 + i),
+                    expected,
+                    found,
+                });
+            }
+        }
+        // SAFETY: as in `create_contiguous`.
+        unsafe { self.zero(phys, n) };
+        let _guard = self.lock.lock();
+        self.transition.open(pfn0, n);
+        let r = self.destroy_locked(pfn0, n, order, e0);
+        self.transition.close();
+        r
+    }
+
+    fn create_locked(
+        &self,
+        pfn0: u64,
+        n: u64,
+        order: u32,
+        bits: u32,
+    ) -> Result<BusAddr, X86PvError> {
+        self.zap_or_restore(pfn0, n)?;
+        // The input list is the region's own P2M entries: they hold exactly the frames
+        // being given up, in order, and stay untouched until the exchange returns. The
+        // output list is the GPFN of the extent's first page, which Xen overwrites with
+        // the extent's first frame.
+        let mut out = pfn0;
+        let mut x = XenMemoryExchange {
+            in_: XenMemoryReservation {
+                extent_start: GuestHandle::new(self.p2m_ptr(pfn0)),
+                nr_extents: n,
+                extent_order: 0,
+                mem_flags: 0,
+                domid: DOMID_SELF,
+            },
+            out: XenMemoryReservation {
+                extent_start: GuestHandle::new(&raw mut out),
+                nr_extents: 1,
+                extent_order: order,
+                // CAST: `bits <= 64` was checked; it fits the 8-bit field.
+                mem_flags: xen_abi::mem_flags(bits as u8, xen_abi::XenMemFlags::empty()),
+                domid: DOMID_SELF,
+            },
+            nr_exchanged: 0,
+        };
+        let rc = self.exchange(&mut x);
+        // Each page goes to the frame the M2P assigns it: the new extent's if Xen exchanged
+        // it, its old frame otherwise.
+        let resolve = |i: u64| {
+            let pfn = pfn0 + i;
+            if let Some(m) = out.checked_add(i)
+                && x.nr_exchanged != 0
+                && self.m2p_load(m) == pfn
+            {
+                return Resolved::New(m);
+            }
+            let old = self.p2m_load(pfn);
+            if self.m2p_load(old) == pfn {
+                Resolved::Old(old)
+            } else {
+                Resolved::Nothing
+            }
+        };
+        let mut counts = [0u64; 3];
+        let report = self.remap(pfn0, n, |i| {
+            let r = resolve(i);
+            counts[match r {
+                Resolved::New(_) => 0,
+                Resolved::Old(_) => 1,
+                Resolved::Nothing => 2,
+            }] += 1;
+            r.mfn()
+        });
+        let errno = errno_of(rc);
+        if counts[0] == n {
+            remap_result(report)?;
+            let below = out
+                .checked_add(n)
+                .and_then(|end| end.checked_mul(XEN_PAGE_SIZE))
+                .is_some_and(|end| bits == 64 || end <= 1u64 << bits);
+            if !out.is_multiple_of(n) || !below {
+                return Err(X86PvError::ExtentOutOfRange {
+                    mfn: out,
+                    order,
+                    bits,
+                });
+            }
+            let bfn = Bfn::try_new(out).ok_or(X86PvError::ExtentOutOfRange {
+                mfn: out,
+                order,
+                bits,
+            })?;
+            return Ok(bfn.start());
+        }
+        if counts[1] == n {
+            remap_result(report)?;
+            return Err(X86PvError::ExchangeFailed {
+                errno: if errno == 0 { EIO } else { errno },
+                nr_exchanged: x.nr_exchanged,
+                nr_extents: n,
+            });
+        }
+        Err(X86PvError::PartialExchange {
+            errno,
+            nr_exchanged: x.nr_exchanged,
+            nr_extents: n,
+            unresolved: counts[2],
+        })
+    }
+
+    fn destroy_locked(&self, pfn0: u64, n: u64, order: u32, e0: u64) -> Result<(), X86PvError> {
+        self.zap_or_restore(pfn0, n)?;
+        // The output list is the region's own P2M entries, loaded with the GPFNs; Xen
+        // overwrites each with the page's new frame, which is then its final P2M value. The
+        // old frames are `e0 + i`, so nothing else needs to be kept.
+        for i in 0..n {
+            self.p2m[idx(pfn0 + i)].store(pfn0 + i, Ordering::Relaxed);
+        }
+        let mut inp = e0;
+        let mut x = XenMemoryExchange {
+            in_: XenMemoryReservation {
+                extent_start: GuestHandle::new(&raw mut inp),
+                nr_extents: 1,
+                extent_order: order,
+                mem_flags: 0,
+                domid: DOMID_SELF,
+            },
+            out: XenMemoryReservation {
+                extent_start: GuestHandle::new(self.p2m_ptr(pfn0)),
+                nr_extents: n,
+                extent_order: 0,
+                mem_flags: 0,
+                domid: DOMID_SELF,
+            },
+            nr_exchanged: 0,
+        };
+        let rc = self.exchange(&mut x);
+        let resolve = |i: u64| {
+            let pfn = pfn0 + i;
+            let new = self.p2m_load(pfn);
+            if x.nr_exchanged != 0 && self.m2p_load(new) == pfn {
+                return Resolved::New(new);
+            }
+            match e0.checked_add(i) {
+                Some(old) if self.m2p_load(old) == pfn => Resolved::Old(old),
+                _ => Resolved::Nothing,
+            }
+        };
+        let mut counts = [0u64; 3];
+        let report = self.remap(pfn0, n, |i| {
+            let r = resolve(i);
+            counts[match r {
+                Resolved::New(_) => 0,
+                Resolved::Old(_) => 1,
+                Resolved::Nothing => 2,
+            }] += 1;
+            r.mfn()
+        });
+        let errno = errno_of(rc);
+        if counts[0] == n {
+            return remap_result(report);
+        }
+        if counts[1] == n {
+            remap_result(report)?;
+            return Err(X86PvError::ExchangeFailed {
+                errno: if errno == 0 { EIO } else { errno },
+                nr_exchanged: x.nr_exchanged,
+                nr_extents: 1,
+            });
+        }
+        Err(X86PvError::PartialExchange {
+            errno,
+            nr_exchanged: x.nr_exchanged,
+            nr_extents: 1,
+            unresolved: counts[2],
+        })
+    }
+
+    /// Unmaps the `n` pages from `pfn0` in multicall batches, without a flush (the remap's
+    /// last entry flushes). On a failure, maps every page of the batches issued so far back
+    /// to its P2M frame (the P2M is not changed by the zap) and reports the failure.
+    fn zap_or_restore(&self, pfn0: u64, n: u64) -> Result<(), X86PvError> {
+        let mut start = 0;
+        while start < n {
+            let end = n.min(start + MC_BATCH as u64);
+            let mut batch: ArrayVec<MulticallEntry, MC_BATCH> = (start..end)
+                .map(|i| uvm_entry(self.va_of(pfn0 + i), 0, 0))
+                .collect();
+            let rc = self.multicall(&mut batch);
+            let failed = batch
+                .iter()
+                .zip(start..)
+                .find_map(|(e, i)| (e.result != 0).then(|| (i, entry_errno(e.result, rc))));
+            if let Some((i, errno)) = failed {
+                let report = self.remap(pfn0, end, |j| Some(self.p2m_load(pfn0 + j)));
+                remap_result(report)?;
+                return Err(X86PvError::ZapFailed {
+                    pfn: pfn_of(pfn0 + i),
+                    errno,
+                });
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Maps page `i` (of the `n` from `pfn0`) to frame `mfn_of(i)` and sets its P2M entry;
+    /// `None` leaves the page unmapped with an INVALID P2M entry. Batched multicalls; the
+    /// last entry flushes the TLB on all CPUs. An entry that fails is retried alone once;
+    /// if that fails too the page is left unmapped with an INVALID P2M entry.
+    fn remap<F: FnMut(u64) -> Option<u64>>(&self, pfn0: u64, n: u64, mut mfn_of: F) -> RemapReport {
+        let mut report = RemapReport::default();
+        let last_flags = if n == 1 {
+            UVMF_INVLPG | UVMF_ALL
+        } else {
+            UVMF_TLB_FLUSH | UVMF_ALL
+        };
+        let mut start = 0;
+        while start < n {
+            let end = n.min(start + MC_BATCH as u64);
+            let mut targets: ArrayVec<Option<u64>, MC_BATCH> = ArrayVec::new();
+            let mut batch: ArrayVec<MulticallEntry, MC_BATCH> = ArrayVec::new();
+            for i in start..end {
+                let target = mfn_of(i);
+                let flags = if i + 1 == n { last_flags } else { 0 };
+                targets.push(target);
+                batch.push(uvm_entry(self.va_of(pfn0 + i), self.pte(target), flags));
+            }
+            let rc = self.multicall(&mut batch);
+            for ((e, target), i) in batch.iter().zip(&targets).zip(start..) {
+                let pfn = pfn0 + i;
+                let is_last = i + 1 == n;
+                let mut ok = e.result == 0;
+                let mut errno = entry_errno(e.result, rc);
+                if !ok {
+                    let flags = if is_last {
+                        last_flags
+                    } else {
+                        UVMF_INVLPG | UVMF_ALL
+                    };
+                    let rc = self.update_va_mapping(self.va_of(pfn), self.pte(*target), flags);
+                    ok = rc == 0;
+                    errno = errno_of(rc);
+                }
+                if is_last {
+                    report.flushed = ok;
+                }
+                let entry = match (*target, ok) {
+                    (Some(m), true) => m,
+                    (Some(_), false) => {
+                        report.stranded += 1;
+                        report.first_failure.get_or_insert((pfn, errno));
+                        INVALID_P2M_ENTRY
+                    }
+                    (None, ok) => {
+                        if !ok {
+                            report.first_failure.get_or_insert((pfn, errno));
+                        }
+                        INVALID_P2M_ENTRY
+                    }
+                };
+                self.p2m[idx(pfn)].store(entry, Ordering::Release);
+            }
+            start = end;
+        }
+        report
+    }
+
+    /// Checks the order and alignment and that the region lies in the P2M; returns the
+    /// first pfn and the page count.
+    fn region(&self, phys: PhysAddr, order: u32) -> Result<(u64, u64), X86PvError> {
+        if order > self.max_order {
+            return Err(X86PvError::OrderTooLarge {
+                order,
+                max: self.max_order,
+            });
+        }
+        // `max_order <= 20`, so the shifts cannot overflow.
+        let n = 1u64 << order;
+        let align = XEN_PAGE_SIZE << order;
+        if !phys.is_aligned(align) {
+            return Err(X86PvError::Misaligned { phys, align });
+        }
+        let pfn0 = phys.frame().as_u64();
+        // CAST: usize is 64 bits on the targets this crate supports.
+        let p2m_len = self.p2m.len() as u64;
+        if pfn0.checked_add(n).is_none_or(|end| end > p2m_len) {
+            return Err(X86PvError::BeyondP2m {
+                first: phys.frame(),
+                frames: n,
+                p2m_len,
+            });
+        }
+        Ok((pfn0, n))
+    }
+
+    /// Checks that every page of the region is backed by a local frame.
+    fn check_local(&self, pfn0: u64, n: u64) -> Result<(), X86PvError> {
+        for pfn in pfn0..pfn0 + n {
+            let entry = self.p2m_load(pfn);
+            if !matches!(P2mEntry::decode(entry), P2mEntry::Local(_)) {
+                return Err(X86PvError::NotLocal {
+                    pfn: pfn_of(pfn),
+                    entry,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Zeroes the `n` pages at `phys`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the pages exclusively and they are in the P2M.
+    unsafe fn zero(&self, phys: PhysAddr, n: u64) {
+        // CAST: `n <= 2^20`, so `n * 4096 <= 2^32` fits usize on 64-bit targets.
+        let len = (n * XEN_PAGE_SIZE) as usize;
+        // SAFETY: the caller owns the range; `mem` reaches the region (`new`'s contract).
+        unsafe { self.mem.fill(phys, 0, len) };
+    }
+
+    fn p2m_load(&self, pfn: u64) -> u64 {
+        self.p2m[idx(pfn)].load(Ordering::Acquire)
+    }
+
+    fn m2p_load(&self, mfn: u64) -> u64 {
+        usize::try_from(mfn)
+            .ok()
+            .and_then(|i| self.m2p.get(i))
+            .map_or(INVALID_M2P_ENTRY, |e| e.load(Ordering::Acquire))
+    }
+
+    /// The address of P2M entry `pfn`, as Xen reads and writes guest lists.
+    fn p2m_ptr(&self, pfn: u64) -> *mut u64 {
+        // `AtomicU64` has the layout of `u64` and permits writes through a shared
+        // reference, so Xen may read and write the entries through this pointer.
+        self.p2m[idx(pfn)..].as_ptr().cast::<u64>().cast_mut()
+    }
+
+    fn va_of(&self, pfn: u64) -> u64 {
+        self.linear_base.wrapping_add(pfn << XEN_PAGE_SHIFT)
+    }
+
+    fn pte(&self, mfn: Option<u64>) -> u64 {
+        mfn.map_or(0, |m| {
+            ((m << XEN_PAGE_SHIFT) & PTE_MFN_MASK) | self.pte_flags
+        })
+    }
+
+    fn exchange(&self, x: &mut XenMemoryExchange) -> i64 {
+        // SAFETY: `x` and its lists (a local or the region's P2M entries, which are
+        // ordinary memory of this address space) are valid for the call; the exchange
+        // gives up frames the caller owns exclusively and has unmapped.
+        unsafe {
+            self.hyp.hypercall(
+                HYPERVISOR_MEMORY_OP,
+                [u64::from(XENMEM_EXCHANGE), addr_of(x), 0, 0, 0],
+            )
+        }
+    }
+
+    fn multicall(&self, batch: &mut [MulticallEntry]) -> i64 {
+        for e in batch.iter_mut() {
+            e.result = NOT_RUN;
+        }
+        // CAST: at most MC_BATCH entries.
+        let nr = batch.len() as u64;
+        // SAFETY: the entries are valid for the call; each is an update_va_mapping of a page
+        // of a region the caller owns exclusively, with no pointer arguments.
+        unsafe {
+            self.hyp.hypercall(
+                HYPERVISOR_MULTICALL,
+                [addr_of(batch.as_mut_ptr()), nr, 0, 0, 0],
+            )
+        }
+    }
+
+    fn update_va_mapping(&self, va: u64, pte: u64, flags: u64) -> i64 {
+        // SAFETY: update_va_mapping takes no pointer; it maps a page of a region the caller
+        // owns exclusively to a frame of the domain (or unmaps it).
+        unsafe {
+            self.hyp
+                .hypercall(HYPERVISOR_UPDATE_VA_MAPPING, [va, pte, flags, 0, 0])
+        }
+    }
+}
+
+// SAFETY: `pfn_to_bfn` and `bfn_to_local_pfn` follow Linux's P2M/M2P rules over the tables
+// `new`'s caller vouched for; the round trip rejects frames that are not the domain's own.
+// `create_contiguous_region` returns only an extent Xen allocated for the region, checked
+// aligned and below the limit, after remapping every page to it. Changes to shared state
+// (P2M entries, mappings) happen under the spin lock; readers see pages in transition as
+// untranslatable.
+unsafe impl<H: Hypercall + Sync, M: PhysMemory> Platform for X86PvPlatform<'_, H, M> {
+    fn pfn_to_bfn(&self, pfn: Pfn) -> Option<Bfn> {
+        self.pfn_to_mfn(pfn)
+    }
+
+    fn bfn_to_local_pfn(&self, bfn: Bfn) -> Option<Pfn> {
+        self.mfn_to_local_pfn(bfn)
+    }
+
+    unsafe fn create_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        address_bits: u32,
+    ) -> Result<BusAddr, PlatformError> {
+        // SAFETY: the trait's contract is `create_contiguous`'s.
+        Ok(unsafe { self.create_contiguous(phys, order, address_bits) }?)
+    }
+
+    unsafe fn destroy_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+    ) -> Result<(), PlatformError> {
+        // SAFETY: the trait's contract is `destroy_contiguous`'s.
+        Ok(unsafe { self.destroy_contiguous(phys, order) }?)
+    }
+}
+
+fn uvm_entry(va: u64, pte: u64, flags: u64) -> MulticallEntry {
+    MulticallEntry {
+        op: u64::from(HYPERVISOR_UPDATE_VA_MAPPING),
+        result: 0,
+        args: [va, pte, flags, 0, 0, 0],
+    }
+}
+
+/// The exposed address of `p`, as a guest handle or hypercall argument.
+fn addr_of<T>(p: *mut T) -> u64 {
+    // CAST: usize is 64 bits on the targets this crate supports.
+    p.expose_provenance() as u64
+}
+
+fn idx(pfn: u64) -> usize {
+    // CAST: only called for pfns checked to be inside the P2M slice.
+    pfn as usize
+}
+
+fn pfn_of(pfn: u64) -> Pfn {
+    Pfn::try_new(pfn).unwrap_or(Pfn::MAX)
+}
+
+/// The positive errno of a hypercall result (0 for success or a positive result).
+fn errno_of(rc: i64) -> i32 {
+    if rc >= 0 {
+        0
+    } else {
+        i32::try_from(rc.unsigned_abs()).unwrap_or(i32::MAX)
+    }
+}
+
+/// The errno of a failed multicall entry: its result, or the multicall's own error if Xen
+/// did not run it.
+fn entry_errno(result: i64, multicall_rc: i64) -> i32 {
+    let rc = if result == NOT_RUN {
+        multicall_rc
+    } else {
+        result
+    };
+    match errno_of(rc) {
+        0 => EINVAL,
+        e => e,
+    }
+}
+
+fn remap_result(report: RemapReport) -> Result<(), X86PvError> {
+    match report.first_failure {
+        None if report.flushed => Ok(()),
+        None => Err(X86PvError::RemapFailed {
+            pfn: Pfn::MAX,
+            errno: EIO,
+            stranded: 0,
+            flushed: false,
+        }),
+        Some((pfn, errno)) => Err(X86PvError::RemapFailed {
+            pfn: pfn_of(pfn),
+            errno,
+            stranded: report.stranded,
+            flushed: report.flushed,
+        }),
+    }
+}
