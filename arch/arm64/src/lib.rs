@@ -50,7 +50,10 @@
 //!
 //! let xen = NoHypervisor; // `NativeHypercall` in a real aarch64 dom0
 //! let config = Arm64Config::new(DomainMapping::Direct, true);
-//! let platform = Arm64Platform::new(&xen, &FOREIGN, NoCacheOps, &NoMemory, config);
+//! // SAFETY: the example's "hypervisor" and "memory" are inert and no device sees the
+//! // answers; a kernel vouches here that Xen maps it 1:1 and that its `PhysMemory` reaches its
+//! // RAM.
+//! let platform = unsafe { Arm64Platform::new(&xen, &FOREIGN, NoCacheOps, &NoMemory, config) };
 //!
 //! // A grant-mapped page at dom0 frame 0x48000 whose machine frame is 0x7a123.
 //! // SAFETY: in a real kernel this follows a successful GNTTABOP_map_grant_ref.

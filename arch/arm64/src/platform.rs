@@ -154,8 +154,18 @@ where
 {
     /// Assembles a platform from a configuration (probed with [`Arm64Config::probe`], or
     /// stated by the kernel).
+    ///
+    /// # Safety
+    ///
+    /// The platform's answers go to devices, so what it is built from must be true:
+    /// - `config.mapping` describes this domain (a stated [`DomainMapping::Direct`] or
+    ///   [`DomainMapping::AssumedDirect`] only if Xen really maps its own memory 1:1);
+    /// - `hyp` makes this domain's hypercalls to the Xen it runs on;
+    /// - `mem` reaches every region later passed to
+    ///   [`Platform::create_contiguous_region`] and [`Platform::destroy_contiguous_region`]
+    ///   (dom0's RAM), which they zero through it.
     #[must_use]
-    pub const fn new(
+    pub const unsafe fn new(
         hyp: &'a H,
         table: &'a ForeignTable<S>,
         cache: C,
@@ -176,7 +186,11 @@ where
     /// # Errors
     ///
     /// As [`Arm64Config::probe`].
-    pub fn probe(
+    ///
+    /// # Safety
+    ///
+    /// As for [`new`](Self::new), except that the configuration comes from Xen.
+    pub unsafe fn probe(
         hyp: &'a H,
         table: &'a ForeignTable<S>,
         cache: C,
@@ -184,7 +198,8 @@ where
         options: ProbeOptions,
     ) -> Result<Self, Arm64InitError> {
         let config = Arm64Config::probe(hyp, options)?;
-        Ok(Self::new(hyp, table, cache, mem, config))
+        // SAFETY: the configuration is Xen's answer; the caller vouches for `hyp` and `mem`.
+        Ok(unsafe { Self::new(hyp, table, cache, mem, config) })
     }
 
     /// The configuration in force.
@@ -379,8 +394,9 @@ where
 
 // SAFETY:
 // - pfn_to_bfn returns the identity for own frames of a direct-mapped domain (Xen's 1:1
-//   mapping), the recorded machine frame for foreign frames (whose correctness the unsafe
-//   table mutators make the kernel promise), and nothing when the domain is not direct-mapped;
+//   mapping, which the unsafe constructors make the kernel vouch for), the recorded machine
+//   frame for foreign frames (whose correctness the unsafe table mutators make the kernel
+//   promise), and nothing when the domain is not direct-mapped;
 // - bfn_to_local_pfn answers only frames whose translation is that very bus frame and that
 //   are not in the foreign table;
 // - create_contiguous_region returns the identity of a 1:1 region of own (non-foreign)
@@ -491,7 +507,7 @@ where
             });
         }
         // SAFETY: the caller owns the region exclusively (this function's contract), and the
-        // type's contract makes `M` reach it.
+        // constructor's contract makes `M` reach it.
         unsafe { self.zero(phys, size)? };
         // 1:1: the bus address of own memory is its physical address.
         Ok(BusAddr::new(phys.as_u64()))
@@ -623,6 +639,30 @@ mod tests {
         }
     }
 
+    /// [`Arm64Platform::new`] over the fakes.
+    fn fake_platform<'a, C: CacheOps, S: EntryStorage + Send + Sync>(
+        xen: &'a FakeXen,
+        table: &'a ForeignTable<S>,
+        cache: C,
+        mem: &'a FakeMem,
+        config: Arm64Config,
+    ) -> Arm64Platform<'a, FakeXen, C, FakeMem, S> {
+        // SAFETY: no device sees these answers and FakeMem touches no memory.
+        unsafe { Arm64Platform::new(xen, table, cache, mem, config) }
+    }
+
+    /// [`Arm64Platform::probe`] over the fakes.
+    fn fake_probe<'a, C: CacheOps, S: EntryStorage + Send + Sync>(
+        xen: &'a FakeXen,
+        table: &'a ForeignTable<S>,
+        cache: C,
+        mem: &'a FakeMem,
+        options: ProbeOptions,
+    ) -> Result<Arm64Platform<'a, FakeXen, C, FakeMem, S>, Arm64InitError> {
+        // SAFETY: as in `fake_platform`.
+        unsafe { Arm64Platform::probe(xen, table, cache, mem, options) }
+    }
+
     const DIRECT: u32 = 1 << XENFEAT_DIRECT_MAPPED;
     const ENOSYS: i64 = -38;
 
@@ -669,8 +709,7 @@ mod tests {
         let xen = FakeXen::new(DIRECT, 0);
         let table = BoundedForeignTable::<8>::new();
         let mem = FakeMem::default();
-        let p =
-            Arm64Platform::probe(&xen, &table, NoCacheOps, &mem, ProbeOptions::default()).unwrap();
+        let p = fake_probe(&xen, &table, NoCacheOps, &mem, ProbeOptions::default()).unwrap();
         table.ins(Pfn::new(0x48000), Bfn::new(0x7a123), 2).unwrap();
         assert_eq!(p.pfn_to_bfn(Pfn::new(0x60000)), Some(Bfn::new(0x60000)));
         assert_eq!(p.pfn_to_bfn(Pfn::new(0x48001)), Some(Bfn::new(0x7a124)));
@@ -684,7 +723,7 @@ mod tests {
         assert!(!p.is_bus_contiguous(PhysAddr::new(0x47ff_f800), 0x1000));
         assert!(!p.is_bus_contiguous(PhysAddr::new(u64::MAX - 10), 100));
 
-        let not_direct = Arm64Platform::new(
+        let not_direct = fake_platform(
             &xen,
             &table,
             NoCacheOps,
@@ -705,7 +744,7 @@ mod tests {
         let foreign = (PhysAddr::new(0x4800_0010), BusAddr::new(0x7a12_3010));
         for cache_flush in [true, false] {
             let config = Arm64Config::new(DomainMapping::Direct, cache_flush);
-            let p = Arm64Platform::new(&xen, &table, NoCacheOps, &mem, config);
+            let p = fake_platform(&xen, &table, NoCacheOps, &mem, config);
             let nc = noncoherent();
             let coherent = Device::new(DmaMask::FULL);
             assert!(!p.needs_bounce(&nc, local.0, local.1));
@@ -723,7 +762,7 @@ mod tests {
         cache_flush: bool,
     ) -> Arm64Platform<'a, FakeXen, &'a RecordingCache, FakeMem, ArrayVecStorage> {
         let config = Arm64Config::new(DomainMapping::Direct, cache_flush);
-        Arm64Platform::new(xen, table, cache, mem, config)
+        fake_platform(xen, table, cache, mem, config)
     }
 
     type ArrayVecStorage = arrayvec::ArrayVec<crate::ForeignEntry, 8>;
@@ -877,7 +916,7 @@ mod tests {
             Err(PlatformError::Unsupported { .. })
         ));
 
-        let none = Arm64Platform::new(
+        let none = fake_platform(
             &xen,
             &table,
             NoCacheOps,
@@ -964,7 +1003,7 @@ mod tests {
             "failed calls zero nothing"
         );
 
-        let not_direct = Arm64Platform::new(
+        let not_direct = fake_platform(
             &xen,
             &table,
             &cache,

@@ -7,14 +7,15 @@ use swiotlb_core::{
     Bfn, BusAddr, Device, DmaDirection, DmaMask, PhysAddr, Platform, PlatformError,
 };
 use swiotlb_xen_arm64::{
-    Arm64Config, Arm64Platform, BoundedForeignTable, CacheOps, DomainMapping, ProbeOptions,
+    Arm64Config, Arm64Platform, BoundedForeignTable, CacheOps, DomainMapping, EntryStorage,
+    ForeignTable, ProbeOptions,
 };
 use xen_abi::{
     GNTMAP_HOST_MAP, GNTST_GENERAL_ERROR, GNTST_OKAY, GNTTAB_CACHE_CLEAN, GNTTAB_CACHE_INVAL,
     GNTTABOP_CACHE_FLUSH, GNTTABOP_MAP_GRANT_REF, GNTTABOP_UNMAP_GRANT_REF, GnttabCacheFlush,
     GnttabMapGrantRef, GnttabUnmapGrantRef, GrantRef, HYPERVISOR_GRANT_TABLE_OP, Hypercall,
 };
-use xen_sim::{ArmGuest, CacheViolationKind, Domain, Fault, SimConfig, SimOp, Xen};
+use xen_sim::{ArmGuest, CacheViolationKind, Domain, Fault, SimConfig, SimMemory, SimOp, Xen};
 
 const PAGE: u64 = 4096;
 
@@ -70,6 +71,24 @@ unsafe impl Hypercall for Recorder<'_> {
         // SAFETY: the caller's guarantees are passed on unchanged.
         unsafe { self.dom.hypercall(op, args) }
     }
+}
+
+/// Probes the simulated Xen as dom0 and assembles the platform.
+fn probe<'a, H, C, S>(
+    xen: &'a H,
+    table: &'a ForeignTable<S>,
+    cache: C,
+    mem: &'a SimMemory,
+) -> Arm64Platform<'a, H, C, SimMemory, S>
+where
+    H: Hypercall + Sync,
+    C: CacheOps,
+    S: EntryStorage + Send + Sync,
+{
+    // SAFETY: `xen` makes dom0's hypercalls to the simulator, and `mem` is the simulated
+    // CPU's view of dom0's memory, which reaches all of its RAM.
+    unsafe { Arm64Platform::probe(xen, table, cache, mem, ProbeOptions::initial_domain()) }
+        .expect("probe the simulated Xen")
 }
 
 /// A simulated arm64 machine with `n` granted pages mapped into dom0's foreign window.
@@ -185,14 +204,7 @@ fn foreign_pages_translate_and_flush_per_page() {
     let table = BoundedForeignTable::<64>::new();
     let mem = fx.guest.memory();
     let xen = Recorder::new(&fx.dom0);
-    let platform = Arm64Platform::probe(
-        &xen,
-        &table,
-        SimCache(fx.guest.clone()),
-        &mem,
-        ProbeOptions::initial_domain(),
-    )
-    .unwrap();
+    let platform = probe(&xen, &table, SimCache(fx.guest.clone()), &mem);
     assert_eq!(
         platform.config(),
         Arm64Config::new(DomainMapping::Direct, true)
@@ -333,14 +345,7 @@ fn cache_model_catches_a_missing_clean_and_a_missing_inval() {
     let fx = Fixture::new(SimConfig::arm64(), 2);
     let table = BoundedForeignTable::<8>::new();
     let mem = fx.guest.memory();
-    let platform = Arm64Platform::probe(
-        &fx.dom0,
-        &table,
-        SimCache(fx.guest.clone()),
-        &mem,
-        ProbeOptions::initial_domain(),
-    )
-    .unwrap();
+    let platform = probe(&fx.dom0, &table, SimCache(fx.guest.clone()), &mem);
     let mut maps = fx.map_ops();
     // SAFETY: `maps` are the untouched results of dom0's map, not used yet.
     unsafe { platform.record_grant_maps(&mut maps) };
@@ -403,14 +408,7 @@ fn local_pages_use_the_kernel_hook() {
     let fx = Fixture::new(SimConfig::arm64(), 0);
     let table = BoundedForeignTable::<8>::new();
     let mem = fx.guest.memory();
-    let platform = Arm64Platform::probe(
-        &fx.dom0,
-        &table,
-        SimCache(fx.guest.clone()),
-        &mem,
-        ProbeOptions::initial_domain(),
-    )
-    .unwrap();
+    let platform = probe(&fx.dom0, &table, SimCache(fx.guest.clone()), &mem);
     let dev = noncoherent();
     let sim_dev = fx.xen.device(DmaMask::FULL, false);
     let phys = fx.guest.alloc_pages(3);
@@ -462,14 +460,7 @@ fn a_kernel_hook_that_skips_the_clean_is_caught() {
     let fx = Fixture::new(SimConfig::arm64(), 0);
     let table = BoundedForeignTable::<8>::new();
     let mem = fx.guest.memory();
-    let platform = Arm64Platform::probe(
-        &fx.dom0,
-        &table,
-        ForgetfulCache,
-        &mem,
-        ProbeOptions::initial_domain(),
-    )
-    .unwrap();
+    let platform = probe(&fx.dom0, &table, ForgetfulCache, &mem);
     let sim_dev = fx.xen.device(DmaMask::FULL, false);
     let phys = fx.guest.alloc_pages(1);
     let bus = BusAddr::new(phys.as_u64());
@@ -487,14 +478,7 @@ fn enosys_probe_bounces_foreign_pages_for_noncoherent_devices() {
     let fx = Fixture::new(SimConfig::arm64().with_cache_flush(false), 1);
     let table = BoundedForeignTable::<8>::new();
     let mem = fx.guest.memory();
-    let platform = Arm64Platform::probe(
-        &fx.dom0,
-        &table,
-        SimCache(fx.guest.clone()),
-        &mem,
-        ProbeOptions::initial_domain(),
-    )
-    .unwrap();
+    let platform = probe(&fx.dom0, &table, SimCache(fx.guest.clone()), &mem);
     assert!(!platform.config().cache_flush);
     let mut maps = fx.map_ops();
     // SAFETY: as above.
@@ -519,14 +503,7 @@ fn grant_map_failures_and_a_full_table() {
     let fx = Fixture::new(SimConfig::arm64(), 3);
     let table = BoundedForeignTable::<1>::new();
     let mem = fx.guest.memory();
-    let platform = Arm64Platform::probe(
-        &fx.dom0,
-        &table,
-        SimCache(fx.guest.clone()),
-        &mem,
-        ProbeOptions::initial_domain(),
-    )
-    .unwrap();
+    let platform = probe(&fx.dom0, &table, SimCache(fx.guest.clone()), &mem);
     fx.xen.inject(Fault::GrantMap {
         nth: 2,
         status: GNTST_GENERAL_ERROR,
@@ -583,14 +560,7 @@ fn contiguous_regions_are_identity_and_zeroed() {
     let fx = Fixture::new(SimConfig::arm64(), 1);
     let table = BoundedForeignTable::<8>::new();
     let mem = fx.guest.memory();
-    let platform = Arm64Platform::probe(
-        &fx.dom0,
-        &table,
-        SimCache(fx.guest.clone()),
-        &mem,
-        ProbeOptions::initial_domain(),
-    )
-    .unwrap();
+    let platform = probe(&fx.dom0, &table, SimCache(fx.guest.clone()), &mem);
     let phys = fx.guest.alloc_aligned(16, 16);
     fx.guest.write(phys, &[0x5a; 4096]);
     // SAFETY: the test owns the freshly allocated region.
@@ -617,14 +587,7 @@ fn cache_flush_errors_surface() {
     let fx = Fixture::new(SimConfig::arm64(), 1);
     let table = BoundedForeignTable::<8>::new();
     let mem = fx.guest.memory();
-    let platform = Arm64Platform::probe(
-        &fx.dom0,
-        &table,
-        SimCache(fx.guest.clone()),
-        &mem,
-        ProbeOptions::initial_domain(),
-    )
-    .unwrap();
+    let platform = probe(&fx.dom0, &table, SimCache(fx.guest.clone()), &mem);
     let mut maps = fx.map_ops();
     // SAFETY: `maps` are the untouched results of dom0's map, not used yet.
     unsafe { platform.record_grant_maps(&mut maps) };
