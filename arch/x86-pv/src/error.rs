@@ -112,12 +112,15 @@ pub enum X86PvError {
     /// with an INVALID P2M entry (`stranded`), every other page is mapped. A create that
     /// reports this did exchange the region.
     #[error(
-        "remapping {pfn} failed with errno {errno}; {stranded} pages left unmapped \
-         (TLB flushed: {flushed})"
+        "remapping {pfn} to frame {mfn:?} failed with errno {errno}; {stranded} pages left \
+         unmapped (TLB flushed: {flushed})"
     )]
     RemapFailed {
         /// The first page whose mapping failed.
         pfn: Pfn,
+        /// The frame that page should have been mapped to (still owned by the domain, for
+        /// the kernel to map later), if there was one.
+        mfn: Option<u64>,
         /// The positive errno.
         errno: i32,
         /// Pages left unmapped.

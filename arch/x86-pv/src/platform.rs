@@ -112,7 +112,7 @@ impl Resolved {
 /// The result of a remap: every page mapped, or the first failure and the counts.
 #[derive(Clone, Copy, Debug, Default)]
 struct RemapReport {
-    first_failure: Option<(u64, i32)>,
+    first_failure: Option<(u64, Option<u64>, i32)>,
     stranded: u64,
     flushed: bool,
 }
@@ -539,14 +539,14 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
                 }
                 let entry = match (*target, ok) {
                     (Some(m), true) => m,
-                    (Some(_), false) => {
+                    (Some(m), false) => {
                         report.stranded += 1;
-                        report.first_failure.get_or_insert((pfn, errno));
+                        report.first_failure.get_or_insert((pfn, Some(m), errno));
                         INVALID_P2M_ENTRY
                     }
                     (None, ok) => {
                         if !ok {
-                            report.first_failure.get_or_insert((pfn, errno));
+                            report.first_failure.get_or_insert((pfn, None, errno));
                         }
                         INVALID_P2M_ENTRY
                     }
@@ -764,12 +764,14 @@ fn remap_result(report: RemapReport) -> Result<(), X86PvError> {
         None if report.flushed => Ok(()),
         None => Err(X86PvError::RemapFailed {
             pfn: Pfn::MAX,
+            mfn: None,
             errno: EIO,
             stranded: 0,
             flushed: false,
         }),
-        Some((pfn, errno)) => Err(X86PvError::RemapFailed {
+        Some((pfn, mfn, errno)) => Err(X86PvError::RemapFailed {
             pfn: pfn_of(pfn),
+            mfn,
             errno,
             stranded: report.stranded,
             flushed: report.flushed,

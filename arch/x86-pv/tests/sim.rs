@@ -1,0 +1,593 @@
+//! The x86 PV platform against the simulated Xen machine: contiguous regions at every
+//! address limit Linux's fixup tries, data zeroed where it must be and kept where it must
+//! be, the simulator's invariants after every step, and fault injection at every hypercall
+//! of create and destroy.
+
+use std::sync::atomic::Ordering;
+
+use swiotlb_core::{Bfn, Pfn, PhysAddr, Platform, PlatformError};
+use swiotlb_xen_x86_pv::{X86PvError, X86PvPlatform, p2m};
+use xen_sim::{Domain, Fault, PvGuest, SimConfig, SimMemory, SimOp, Xen};
+
+const PAGE: u64 = 4096;
+const ENOMEM: i32 = 12;
+
+type Pv<'a> = X86PvPlatform<'a, Domain, SimMemory>;
+
+fn machine() -> (Xen, PvGuest) {
+    let xen = Xen::new(SimConfig::x86_pv());
+    let g = xen.pv_guest();
+    (xen, g)
+}
+
+fn platform<'a>(xen: &Xen, g: &'a PvGuest) -> Pv<'a> {
+    // SAFETY: the simulator's P2M, M2P, linear map and memory of dom0, and dom0's
+    // hypercalls; the tests change only regions they allocated.
+    unsafe { X86PvPlatform::new(g.p2m(), g.m2p(), g.linear_base(), xen.dom0(), g.memory()) }
+}
+
+fn pfn0(phys: PhysAddr) -> u64 {
+    phys.as_u64() / PAGE
+}
+
+/// The machine frames the page table maps the `n` pages at `phys` to.
+fn frames(g: &PvGuest, phys: PhysAddr, n: u64) -> Vec<Option<u64>> {
+    (0..n)
+        .map(|i| {
+            g.machine_addr(PhysAddr::new(phys.as_u64() + i * PAGE))
+                .map(|b| b.as_u64() / PAGE)
+        })
+        .collect()
+}
+
+/// The number of valid local P2M entries: with the frame count the simulator checks, equal
+/// to dom0's page count exactly when no frame is lost.
+fn local_entries(g: &PvGuest) -> u64 {
+    g.p2m()
+        .iter()
+        .filter(|e| {
+            matches!(
+                p2m::P2mEntry::decode(e.load(Ordering::Relaxed)),
+                p2m::P2mEntry::Local(_)
+            )
+        })
+        .count() as u64
+}
+
+/// Everything a test checks after every step.
+fn check(xen: &Xen, g: &PvGuest) {
+    xen.check_invariants().expect("simulator invariants");
+    assert_eq!(local_entries(g), g.nr_pages(), "a frame was lost");
+    assert!(
+        xen.tlb_violations().is_empty(),
+        "{:?}",
+        xen.tlb_violations()
+    );
+}
+
+fn is_zero(g: &PvGuest, phys: PhysAddr, len: usize) -> bool {
+    let mut buf = vec![0xa5u8; len];
+    g.read(phys, &mut buf);
+    buf.iter().all(|&b| b == 0)
+}
+
+/// Asserts that the region is mapped to a contiguous extent at `bus`, below `2^bits`, and
+/// that P2M, M2P and page table agree.
+fn assert_contiguous(pv: &Pv<'_>, g: &PvGuest, phys: PhysAddr, order: u32, bus: u64, bits: u32) {
+    let n = 1u64 << order;
+    assert_eq!(bus % (PAGE << order), 0, "extent not naturally aligned");
+    assert!(
+        bus + (n * PAGE) <= 1u64 << bits,
+        "extent {bus:#x} not below 2^{bits}"
+    );
+    assert!(pv.is_bus_contiguous(phys, n * PAGE));
+    for i in 0..n {
+        let pfn = Pfn::new(pfn0(phys) + i);
+        let bfn = Bfn::new(bus / PAGE + i);
+        assert_eq!(pv.pfn_to_bfn(pfn), Some(bfn));
+        assert_eq!(pv.bfn_to_local_pfn(bfn), Some(pfn));
+        assert_eq!(
+            g.machine_addr(pfn.start()).map(|b| b.as_u64() / PAGE),
+            Some(bfn.as_u64())
+        );
+    }
+}
+
+#[test]
+fn the_p2m_is_scrambled_and_translates_through_the_m2p() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(64, 64);
+    assert!(
+        !pv.is_bus_contiguous(buf, 64 * PAGE),
+        "the simulator should scramble"
+    );
+    assert!(
+        pv.is_bus_contiguous(buf, PAGE),
+        "one frame is always contiguous"
+    );
+    assert!(pv.is_bus_contiguous(buf, 0));
+    for pfn in 0..g.nr_pages() {
+        let pfn = Pfn::new(pfn);
+        let bfn = pv.pfn_to_bfn(pfn).expect("every dom0 page has a frame");
+        assert_eq!(pv.bfn_to_local_pfn(bfn), Some(pfn));
+    }
+    // A free frame (M2P INVALID) is not local; a pfn beyond the P2M is identity.
+    let free = (0..g.m2p().len() as u64)
+        .find(|&m| g.m2p()[m as usize].load(Ordering::Relaxed) == p2m::INVALID_M2P_ENTRY)
+        .unwrap();
+    assert_eq!(pv.bfn_to_local_pfn(Bfn::new(free)), None);
+    let beyond = Pfn::new(g.nr_pages() + 5);
+    assert_eq!(pv.pfn_to_bfn(beyond), Some(Bfn::new(beyond.as_u64())));
+    check(&xen, &g);
+}
+
+#[test]
+fn create_at_rising_address_bits_like_the_fixup_then_destroy() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    for order in 0..=6u32 {
+        let n = 1u64 << order;
+        // Guard pages on both sides keep their contents.
+        let before = g.alloc_pages(1);
+        let buf = g.alloc_aligned(n, n);
+        let after = g.alloc_pages(1);
+        g.fill_pattern(before, PAGE as usize, 1);
+        g.fill_pattern(after, PAGE as usize, 2);
+        g.fill_pattern(buf, (n * PAGE) as usize, 3);
+        let original = frames(&g, buf, n);
+
+        let mut done = None;
+        for bits in 18..=32u32 {
+            // SAFETY: the test owns `buf` exclusively.
+            match unsafe { pv.create_contiguous_region(buf, order, bits) } {
+                Ok(bus) => {
+                    done = Some((bits, bus.as_u64()));
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(
+                        e,
+                        PlatformError::Hypercall {
+                            op: "XENMEM_exchange",
+                            errno: ENOMEM
+                        },
+                        "order {order} bits {bits}"
+                    );
+                    // Same frames, same mappings, zeroed contents.
+                    assert_eq!(frames(&g, buf, n), original);
+                    assert!(is_zero(&g, buf, (n * PAGE) as usize));
+                    check(&xen, &g);
+                }
+            }
+        }
+        let (bits, bus) = done.expect("some limit up to 32 bits succeeds");
+        assert!(bits > 18, "the machine has no RAM below 256 KiB");
+        check(&xen, &g);
+        assert_contiguous(&pv, &g, buf, order, bus, bits);
+        assert!(is_zero(&g, buf, (n * PAGE) as usize));
+        assert!(g.check_pattern(before, PAGE as usize, 1));
+        assert!(g.check_pattern(after, PAGE as usize, 2));
+        // The old frames are no longer the domain's.
+        for m in original.iter().flatten() {
+            if *m < bus / PAGE || *m >= bus / PAGE + n {
+                assert_eq!(pv.bfn_to_local_pfn(Bfn::new(*m)), None);
+            }
+        }
+        // The region is usable: write, then destroy (which zeroes).
+        g.fill_pattern(buf, (n * PAGE) as usize, 4);
+        assert!(g.check_pattern(buf, (n * PAGE) as usize, 4));
+        // SAFETY: as above.
+        unsafe { pv.destroy_contiguous_region(buf, order) }.unwrap();
+        check(&xen, &g);
+        assert!(is_zero(&g, buf, (n * PAGE) as usize));
+        assert!(g.check_pattern(before, PAGE as usize, 1));
+        assert!(g.check_pattern(after, PAGE as usize, 2));
+        let given = frames(&g, buf, n);
+        assert!(given.iter().all(Option::is_some));
+        for (i, m) in given.iter().enumerate() {
+            let pfn = Pfn::new(pfn0(buf) + i as u64);
+            assert_eq!(pv.pfn_to_bfn(pfn).map(Bfn::as_u64), *m);
+        }
+        // The extent went back to Xen: its frames are no longer dom0's.
+        if order > 0 {
+            let extent: Vec<u64> = (0..n).map(|i| bus / PAGE + i).collect();
+            assert!(extent.iter().any(|m| !given.contains(&Some(*m))));
+        }
+    }
+}
+
+#[test]
+fn exchanges_at_every_limit_from_18_to_32_bits_succeed_or_fail_cleanly() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let lowest_ram = xen.config().low_base;
+    for bits in 18..=32u32 {
+        let buf = g.alloc_aligned(16, 16);
+        // SAFETY: the test owns `buf` exclusively.
+        let r = unsafe { pv.create_contiguous(buf, 4, bits) };
+        check(&xen, &g);
+        if (1u64 << bits) <= lowest_ram {
+            assert!(
+                matches!(
+                    r,
+                    Err(X86PvError::ExchangeFailed {
+                        errno: ENOMEM,
+                        nr_exchanged: 0,
+                        nr_extents: 16
+                    })
+                ),
+                "{bits}: {r:?}"
+            );
+        } else {
+            let bus = r.unwrap().as_u64();
+            assert_contiguous(&pv, &g, buf, 4, bus, bits);
+            // SAFETY: as above.
+            unsafe { pv.destroy_contiguous(buf, 4) }.unwrap();
+            check(&xen, &g);
+        }
+    }
+}
+
+#[test]
+fn large_orders_use_no_scratch_and_follow_xen_s_limit() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    for order in [10u32, 12] {
+        let n = 1u64 << order;
+        let buf = g.alloc_aligned(n, n);
+        g.fill_pattern(buf, (n * PAGE) as usize, 9);
+        // SAFETY: the test owns `buf` exclusively.
+        let bus = unsafe { pv.create_contiguous(buf, order, 32) }
+            .unwrap()
+            .as_u64();
+        check(&xen, &g);
+        assert_contiguous(&pv, &g, buf, order, bus, 32);
+        assert!(is_zero(&g, buf, (n * PAGE) as usize));
+        // SAFETY: as above.
+        unsafe { pv.destroy_contiguous(buf, order) }.unwrap();
+        check(&xen, &g);
+    }
+    // Above the simulator's privileged limit (18), Xen refuses with EPERM; nothing changes.
+    let xen = Xen::new(SimConfig::x86_pv().with_max_orders(9, 10));
+    let g = xen.pv_guest();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(2048, 2048);
+    let before = frames(&g, buf, 2048);
+    // SAFETY: as above.
+    let r = unsafe { pv.create_contiguous(buf, 11, 32) };
+    assert!(
+        matches!(r, Err(X86PvError::ExchangeFailed { errno: 1, .. })),
+        "{r:?}"
+    );
+    assert_eq!(frames(&g, buf, 2048), before);
+    check(&xen, &g);
+}
+
+#[test]
+fn arguments_are_checked_before_any_hypercall() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g).with_max_order(12);
+    let buf = g.alloc_aligned(4, 4);
+    xen.reset_counters();
+    // SAFETY: every call below fails its checks before touching the region.
+    unsafe {
+        assert_eq!(
+            pv.create_contiguous(buf, 13, 40),
+            Err(X86PvError::OrderTooLarge { order: 13, max: 12 })
+        );
+        let odd = PhysAddr::new(buf.as_u64() + PAGE);
+        assert_eq!(
+            pv.create_contiguous(odd, 1, 32),
+            Err(X86PvError::Misaligned {
+                phys: odd,
+                align: 2 * PAGE
+            })
+        );
+        assert_eq!(
+            pv.create_contiguous(buf, 2, 13),
+            Err(X86PvError::AddressBits {
+                bits: 13,
+                min: 14,
+                max: 64
+            })
+        );
+        assert_eq!(
+            pv.create_contiguous(buf, 2, 65),
+            Err(X86PvError::AddressBits {
+                bits: 65,
+                min: 14,
+                max: 64
+            })
+        );
+        let end = PhysAddr::new(g.nr_pages() * PAGE);
+        assert!(matches!(
+            pv.create_contiguous(end, 0, 32),
+            Err(X86PvError::BeyondP2m { .. })
+        ));
+        // A scattered region is not a contiguous one to destroy.
+        assert!(matches!(
+            pv.destroy_contiguous(buf, 2),
+            Err(X86PvError::NotContiguous { .. })
+        ));
+        // A page without a local frame cannot be exchanged.
+        let saved = g.p2m()[pfn0(buf) as usize].swap(p2m::foreign_frame(5), Ordering::Relaxed);
+        assert!(matches!(
+            pv.create_contiguous(buf, 0, 32),
+            Err(X86PvError::NotLocal { .. })
+        ));
+        g.p2m()[pfn0(buf) as usize].store(saved, Ordering::Relaxed);
+    }
+    assert_eq!(xen.counters().traps(), 0);
+    check(&xen, &g);
+}
+
+/// The hypercall counts of one create (or destroy) of an order-6 region.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    multicalls: u64,
+    uvms: u64,
+    exchanges: u64,
+}
+
+fn counts(xen: &Xen) -> Counts {
+    let c = xen.counters();
+    Counts {
+        multicalls: c.count(SimOp::Multicall),
+        uvms: c.count(SimOp::UpdateVaMapping),
+        exchanges: c.count(SimOp::MemoryExchange),
+    }
+}
+
+/// Every fault to inject into a sequence with these counts.
+fn faults(c: Counts) -> Vec<Fault> {
+    let mut v = Vec::new();
+    for errno in [22, 12, 14] {
+        for nth in 1..=c.uvms {
+            v.push(Fault::FailNth {
+                op: SimOp::UpdateVaMapping,
+                nth,
+                errno,
+            });
+        }
+        for nth in 1..=c.multicalls {
+            v.push(Fault::FailNth {
+                op: SimOp::Multicall,
+                nth,
+                errno,
+            });
+        }
+        for nth in 1..=c.exchanges {
+            v.push(Fault::FailNth {
+                op: SimOp::MemoryExchange,
+                nth,
+                errno,
+            });
+        }
+    }
+    for nth_multicall in 1..=c.multicalls {
+        for entry in [0, 1, 31] {
+            v.push(Fault::MulticallEntry {
+                nth_multicall,
+                entry,
+                errno: 22,
+            });
+        }
+    }
+    for done_extents in [0, 1, 32, 63, 64] {
+        v.push(Fault::PartialExchange {
+            nth: 1,
+            done_extents,
+        });
+    }
+    v
+}
+
+const ORDER: u32 = 6;
+const N: u64 = 1 << ORDER;
+
+#[test]
+fn a_fault_at_any_hypercall_of_create_leaves_the_guest_consistent() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(N, N);
+    let guard = g.alloc_pages(1);
+    g.fill_pattern(guard, PAGE as usize, 7);
+
+    xen.reset_counters();
+    // SAFETY: the test owns `buf` exclusively.
+    unsafe { pv.create_contiguous(buf, ORDER, 32) }.unwrap();
+    let clean = counts(&xen);
+    assert_eq!(
+        (clean.multicalls, clean.uvms, clean.exchanges),
+        (4, 2 * N, 1),
+        "{clean:?}"
+    );
+    // SAFETY: as above.
+    unsafe { pv.destroy_contiguous(buf, ORDER) }.unwrap();
+    check(&xen, &g);
+
+    let mut outcomes = [0u32; 2];
+    for fault in faults(clean) {
+        let before = frames(&g, buf, N);
+        g.fill_pattern(buf, (N * PAGE) as usize, 8);
+        xen.clear_faults();
+        xen.inject(fault);
+        // SAFETY: as above.
+        let r = unsafe { pv.create_contiguous(buf, ORDER, 32) };
+        xen.clear_faults();
+        check(&xen, &g);
+        assert!(g.check_pattern(guard, PAGE as usize, 7), "{fault:?}");
+        assert!(
+            is_zero(&g, buf, (N * PAGE) as usize),
+            "{fault:?}: not zeroed"
+        );
+        match r {
+            Ok(bus) => {
+                outcomes[0] += 1;
+                assert_contiguous(&pv, &g, buf, ORDER, bus.as_u64(), 32);
+                // SAFETY: as above.
+                unsafe { pv.destroy_contiguous(buf, ORDER) }.unwrap();
+                check(&xen, &g);
+            }
+            Err(e) => {
+                outcomes[1] += 1;
+                assert!(
+                    matches!(
+                        e,
+                        X86PvError::ZapFailed { .. } | X86PvError::ExchangeFailed { .. }
+                    ),
+                    "{fault:?}: {e:?}"
+                );
+                // The original frames, mapped as before.
+                assert_eq!(frames(&g, buf, N), before, "{fault:?}");
+            }
+        }
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+}
+
+#[test]
+fn a_fault_at_any_hypercall_of_destroy_leaves_the_guest_consistent() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(N, N);
+    let guard = g.alloc_pages(1);
+    g.fill_pattern(guard, PAGE as usize, 7);
+
+    // SAFETY: the test owns `buf` exclusively.
+    unsafe { pv.create_contiguous(buf, ORDER, 32) }.unwrap();
+    xen.reset_counters();
+    // SAFETY: as above.
+    unsafe { pv.destroy_contiguous(buf, ORDER) }.unwrap();
+    let clean = counts(&xen);
+    assert_eq!(
+        (clean.multicalls, clean.uvms, clean.exchanges),
+        (4, 2 * N, 1),
+        "{clean:?}"
+    );
+
+    let mut outcomes = [0u32; 2];
+    for fault in faults(clean) {
+        // SAFETY: as above.
+        let bus = unsafe { pv.create_contiguous(buf, ORDER, 32) }
+            .unwrap_or_else(|e| panic!("setting up {fault:?}: {e:?}"))
+            .as_u64();
+        g.fill_pattern(buf, (N * PAGE) as usize, 8);
+        xen.inject(fault);
+        // SAFETY: as above.
+        let r = unsafe { pv.destroy_contiguous(buf, ORDER) };
+        xen.clear_faults();
+        check(&xen, &g);
+        assert!(g.check_pattern(guard, PAGE as usize, 7), "{fault:?}");
+        assert!(
+            is_zero(&g, buf, (N * PAGE) as usize),
+            "{fault:?}: not zeroed"
+        );
+        match r {
+            Ok(()) => outcomes[0] += 1,
+            Err(e) => {
+                outcomes[1] += 1;
+                assert!(
+                    matches!(
+                        e,
+                        X86PvError::ZapFailed { .. } | X86PvError::ExchangeFailed { .. }
+                    ),
+                    "{fault:?}: {e:?}"
+                );
+                // Still the contiguous extent, so it can be given back later.
+                assert_contiguous(&pv, &g, buf, ORDER, bus, 32);
+                // SAFETY: as above.
+                unsafe { pv.destroy_contiguous(buf, ORDER) }.unwrap();
+                check(&xen, &g);
+            }
+        }
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+}
+
+#[test]
+fn translations_of_other_pages_hold_while_regions_change_on_other_threads() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let regions: Vec<PhysAddr> = (0..2).map(|_| g.alloc_aligned(16, 16)).collect();
+    let watched = g.alloc_pages(64);
+    let expect: Vec<(Pfn, Bfn)> = (0..64)
+        .map(|i| {
+            let pfn = Pfn::new(pfn0(watched) + i);
+            (pfn, pv.pfn_to_bfn(pfn).unwrap())
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for &r in &regions {
+            let pv = &pv;
+            s.spawn(move || {
+                for _ in 0..20 {
+                    // SAFETY: each thread owns its region exclusively.
+                    unsafe {
+                        pv.create_contiguous(r, 4, 32).unwrap();
+                        pv.destroy_contiguous(r, 4).unwrap();
+                    }
+                }
+            });
+        }
+        let pv = &pv;
+        let expect = &expect;
+        s.spawn(move || {
+            for _ in 0..200 {
+                for &(pfn, bfn) in expect {
+                    assert_eq!(pv.pfn_to_bfn(pfn), Some(bfn));
+                    assert_eq!(pv.bfn_to_local_pfn(bfn), Some(pfn));
+                }
+            }
+        });
+    });
+    check(&xen, &g);
+}
+
+#[test]
+fn a_remap_that_fails_twice_strands_the_page_with_an_invalid_p2m_entry() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(N, N);
+    // The 65th update_va_mapping is the first remap entry (after 64 zaps); its retry alone
+    // comes after the 32 entries of that batch, as the 97th.
+    xen.inject(Fault::FailNth {
+        op: SimOp::UpdateVaMapping,
+        nth: 65,
+        errno: 22,
+    });
+    xen.inject(Fault::FailNth {
+        op: SimOp::UpdateVaMapping,
+        nth: 97,
+        errno: 22,
+    });
+    // SAFETY: the test owns `buf` exclusively.
+    let r = unsafe { pv.create_contiguous(buf, ORDER, 32) };
+    let Err(X86PvError::RemapFailed {
+        pfn,
+        mfn: Some(mfn),
+        errno: 22,
+        stranded: 1,
+        flushed: true,
+    }) = r
+    else {
+        panic!("{r:?}");
+    };
+    assert_eq!(pfn, buf.frame());
+    xen.check_invariants().unwrap();
+    assert!(xen.tlb_violations().is_empty());
+    assert_eq!(
+        g.p2m()[pfn0(buf) as usize].load(Ordering::Relaxed),
+        p2m::INVALID_P2M_ENTRY
+    );
+    assert_eq!(pv.pfn_to_bfn(buf.frame()), None);
+    // The frame is still dom0's: the error names it, and the kernel can map it again.
+    assert_eq!(xen.owner_of(Bfn::new(mfn)), Some(0));
+    assert_eq!(local_entries(&g), g.nr_pages() - 1);
+    // The other pages are mapped to the rest of the extent.
+    for i in 1..N {
+        let p = Pfn::new(pfn0(buf) + i);
+        assert_eq!(pv.pfn_to_bfn(p), Some(Bfn::new(mfn + i)));
+    }
+}
