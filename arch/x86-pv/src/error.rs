@@ -174,3 +174,63 @@ impl From<X86PvError> for PlatformError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_errors_keep_the_values_and_name_the_operation() {
+        let pfn = Pfn::new(7);
+        assert_eq!(
+            PlatformError::from(X86PvError::OrderTooLarge { order: 21, max: 20 }),
+            PlatformError::OrderTooLarge { order: 21, max: 20 }
+        );
+        let phys = PhysAddr::new(0x1000);
+        assert_eq!(
+            PlatformError::from(X86PvError::Misaligned {
+                phys,
+                align: 0x2000
+            }),
+            PlatformError::Misaligned {
+                addr: phys,
+                align: 0x2000
+            }
+        );
+        assert_eq!(
+            PlatformError::from(X86PvError::NotLocal { pfn, entry: !0 }),
+            PlatformError::NoTranslation { pfn }
+        );
+        assert_eq!(
+            PlatformError::from(X86PvError::ZapFailed { pfn, errno: 22 }),
+            PlatformError::Hypercall {
+                op: "update_va_mapping (unmap)",
+                errno: 22
+            }
+        );
+        assert_eq!(
+            PlatformError::from(X86PvError::ExchangeFailed {
+                errno: 12,
+                nr_exchanged: 0,
+                nr_extents: 64
+            }),
+            PlatformError::Hypercall {
+                op: "XENMEM_exchange",
+                errno: 12
+            }
+        );
+        assert_eq!(
+            PlatformError::from(X86PvError::RemapFailed {
+                pfn,
+                mfn: Some(3),
+                errno: 14,
+                stranded: 1,
+                flushed: true
+            }),
+            PlatformError::Hypercall {
+                op: "update_va_mapping (remap)",
+                errno: 14
+            }
+        );
+    }
+}

@@ -155,8 +155,9 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         }
     }
 
-    /// Sets the flags of the PTEs written when pages are remapped (the frame bits are
-    /// ignored). Use it for a CPU without NX, or to add the global bit.
+    /// Sets the flags of the PTEs written when pages are remapped. The frame bits of
+    /// `flags` are ignored and the present bit is always set. Use it for a CPU without NX
+    /// (clear [`PTE_NX`]), or to add the global bit.
     #[must_use]
     pub fn with_pte_flags(mut self, flags: u64) -> Self {
         self.pte_flags = (flags & !PTE_MFN_MASK) | PTE_PRESENT;
