@@ -17,6 +17,8 @@
 //! - **No heap, no order cap of 2 MiB.** The exchange's frame lists are the region's own
 //!   P2M entries (Xen reads them from guest memory), so any order Xen allows works with
 //!   only a 32-entry multicall batch on the stack.
+//! - **Boot.** [`boot`] finds the tables: the P2M from `start_info`, the M2P where
+//!   `XENMEM_machphys_mapping` says (or Linux's fixed fallback).
 //! - **The trap.** [`NativeHypercall`] issues `syscall` (only on `x86_64`); the simulator in
 //!   `xen-sim` implements the same [`xen_abi::Hypercall`] trait for tests.
 //!
@@ -65,6 +67,7 @@
 
 #![no_std]
 
+pub mod boot;
 mod error;
 #[cfg(target_arch = "x86_64")]
 mod native;
