@@ -37,8 +37,13 @@ pub const DEMO_ARGS: &[&str] = &[
     "pool-demo",
 ];
 
-/// The flags every Miri run uses.
+/// The Miri flags of the `miri` step (the pool's own pointer work).
 pub const MIRI_FLAGS: &str = "-Zmiri-strict-provenance";
+
+/// The Miri flags of steps whose tests hand pointers to a hypercall as integers, which the
+/// simulator turns back into pointers (`with_exposed_provenance`): strict provenance cannot
+/// apply to that interface.
+pub const MIRI_FLAGS_HYPERCALL: &str = "-Zmiri-permissive-provenance";
 
 /// Steps that belong in this list once the code they check exists, with what they will do.
 pub const PLANNED: &[(&str, &str)] = &[
@@ -126,14 +131,21 @@ fn no_std_build(target: &str) -> Vec<String> {
     out
 }
 
-/// The Miri flags: ours first, then whatever the developer already had in `MIRIFLAGS`.
-fn miri_flags() -> OsString {
-    let mut flags = OsString::from(MIRI_FLAGS);
+/// A Miri step's action: `cargo +nightly miri test ARGS` with `flags` first in `MIRIFLAGS`,
+/// then whatever the developer already had there.
+fn miri(test_args: &[&str], flags: &str) -> Action {
+    let mut miri_flags = OsString::from(flags);
     if let Some(extra) = std::env::var_os("MIRIFLAGS").filter(|v| !v.is_empty()) {
-        flags.push(" ");
-        flags.push(extra);
+        miri_flags.push(" ");
+        miri_flags.push(extra);
     }
-    flags
+    let mut all = args(&["miri", "test"]);
+    all.extend(args(test_args));
+    Action::Cargo {
+        toolchain: Some("nightly"),
+        args: all,
+        env: vec![("MIRIFLAGS", miri_flags)],
+    }
 }
 
 /// The steps, in the order they run.
@@ -206,11 +218,35 @@ fn steps() -> Vec<Step> {
         Step {
             name: "miri",
             about: "swiotlb-core tests under Miri with strict provenance",
-            action: Action::Cargo {
-                toolchain: Some("nightly"),
-                args: args(&["miri", "test", "-p", "swiotlb-core"]),
-                env: vec![("MIRIFLAGS", miri_flags())],
-            },
+            action: miri(&["-p", "swiotlb-core"], MIRI_FLAGS),
+        },
+        Step {
+            name: "miri-arm64",
+            about: "the arm64 foreign table and its lock under Miri with strict provenance",
+            action: miri(
+                &[
+                    "-p",
+                    "swiotlb-xen-arm64",
+                    "--lib",
+                    "--",
+                    "lock::",
+                    "foreign::",
+                ],
+                MIRI_FLAGS,
+            ),
+        },
+        Step {
+            name: "miri-x86-pv",
+            about: "the x86 PV platform's unsafe paths on a tiny simulated machine under Miri",
+            action: miri(
+                &["-p", "swiotlb-xen-x86-pv", "--test", "miri"],
+                MIRI_FLAGS_HYPERCALL,
+            ),
+        },
+        Step {
+            name: "miri-sim",
+            about: "the simulator's pointer decoding and memory copies under Miri",
+            action: miri(&["-p", "xen-sim", "--test", "miri"], MIRI_FLAGS_HYPERCALL),
         },
     ]
 }
@@ -337,10 +373,15 @@ pub fn run_demo(extra: &[String]) -> ExitCode {
     }
 }
 
+/// Whether the step called `name` runs under Miri (and so is left out by `--skip-miri`).
+fn is_miri(name: &str) -> bool {
+    name == "miri" || name.starts_with("miri-")
+}
+
 /// Whether `options` select the step called `name`.
 fn selected(options: &Options, name: &str) -> bool {
     let listed = options.only.is_empty() || options.only.contains(&name);
-    listed && !(options.skip_miri && name == "miri")
+    listed && !(options.skip_miri && is_miri(name))
 }
 
 /// The summary table and the closing `N passed, M failed` line.
@@ -447,7 +488,10 @@ mod tests {
                 "no-std-x86_64",
                 "no-std-aarch64",
                 "test-aarch64",
-                "miri"
+                "miri",
+                "miri-arm64",
+                "miri-x86-pv",
+                "miri-sim"
             ]
         );
         for (name, _) in PLANNED {
@@ -478,6 +522,13 @@ mod tests {
             line.contains("cargo +nightly miri test -p swiotlb-core"),
             "{line}"
         );
+        for step in all.iter().filter(|s| is_miri(s.name)) {
+            let line = describe(&step.action);
+            assert!(line.contains("cargo +nightly miri test -p "), "{line}");
+            let permissive = line.starts_with("MIRIFLAGS=-Zmiri-permissive-provenance");
+            let hypercalls = matches!(step.name, "miri-x86-pv" | "miri-sim");
+            assert_eq!(permissive, hypercalls, "{line}");
+        }
     }
 
     #[test]
@@ -491,6 +542,7 @@ mod tests {
             only: Vec::new(),
         };
         assert!(!selected(&no_miri, "miri"));
+        assert!(!selected(&no_miri, "miri-sim"));
         assert!(selected(&no_miri, "test"));
 
         let only = Options {
