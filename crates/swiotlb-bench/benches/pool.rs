@@ -24,7 +24,7 @@ fn pool(c: &mut Criterion) {
             // the fill and the measured mapping only, on this thread.
             unsafe {
                 let pool = linux_pool(&mem);
-                let _live = fragment(&pool, SEED, fill, orig_base());
+                let _live = fragment(&pool, SEED, fill, size, orig_base());
                 g.bench_with_input(
                     BenchmarkId::new("linux", format!("{fill}%")),
                     &size,

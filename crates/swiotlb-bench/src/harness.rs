@@ -149,8 +149,9 @@ fn fill_size(rng: &mut SplitMix64) -> usize {
 }
 
 /// Fills `pool` with random-size mappings until it is full, then unmaps a random subset until
-/// at most `fill_percent` of the slots are in use. Returns the mappings left live (handle
-/// and length).
+/// at most `fill_percent` of the slots are in use and a mapping of `measured_len` bytes
+/// fits (so a pool whose holes are all too small ends a little below the level rather than
+/// fail the measurement). Returns the mappings left live (handle and length).
 ///
 /// # Safety
 ///
@@ -160,6 +161,7 @@ pub unsafe fn fragment<P: BenchPool>(
     pool: &P,
     seed: u64,
     fill_percent: u32,
+    measured_len: usize,
     orig: PhysAddr,
 ) -> Vec<(P::Handle, usize)> {
     let mut rng = SplitMix64::new(seed);
@@ -189,7 +191,17 @@ pub unsafe fn fragment<P: BenchPool>(
     }
     let target = pool.total_slots() * fill_percent as usize / 100;
     let mut keep = live.into_iter();
-    while pool.used_slots() > target {
+    // SAFETY: `orig..orig + measured_len` lies in the originals room; a successful trial
+    // mapping is unmapped at once.
+    let fits = || match unsafe { pool.map(orig, measured_len) } {
+        Some(h) => {
+            // SAFETY: just mapped with this length.
+            unsafe { pool.unmap(h, measured_len) };
+            true
+        }
+        None => false,
+    };
+    while pool.used_slots() > target || !fits() {
         let Some((h, len)) = keep.next() else { break };
         // SAFETY: `h` is live on `pool` with length `len`.
         unsafe { pool.unmap(h, len) };
@@ -271,7 +283,7 @@ mod tests {
             // SAFETY: the pool alone uses its part of `mem`.
             let pool = unsafe { linux_pool(&mem) };
             // SAFETY: the originals room of `mem` is used by nothing else.
-            let live = unsafe { fragment(&pool, SEED, fill, orig_base()) };
+            let live = unsafe { fragment(&pool, SEED, fill, 65536, orig_base()) };
             let used = pool.used_slots();
             let target = POOL_SLOTS * fill as usize / 100;
             assert!(used <= target, "{used} > {target}");
@@ -309,8 +321,8 @@ mod tests {
         // SAFETY: the originals rooms are used by nothing else.
         let (la, lb) = unsafe {
             (
-                fragment(&pa, SEED, 50, orig_base()),
-                fragment(&pb, SEED, 50, orig_base()),
+                fragment(&pa, SEED, 50, 64, orig_base()),
+                fragment(&pb, SEED, 50, 64, orig_base()),
             )
         };
         assert_eq!(la, lb);
