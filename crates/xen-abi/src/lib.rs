@@ -10,12 +10,61 @@
 //! `__XEN_INTERFACE_VERSION__ = 0x00040e00`; a test compiles a C program against Debian's
 //! `libxen-dev` and compares every size, offset and constant.
 
+//!
+//! # What is here
+//!
+//! - [`consts`]: hypercall numbers and the `XENMEM_*`, `GNTTABOP_*`, `GNTMAP_*`, `GNTST_*`,
+//!   `GNTTAB_CACHE_*`, `MMU_*`, `MMUEXT_*`, `UVMF_*`, `XENFEAT_*`, `XENVER_*`, `SCHEDOP_*`,
+//!   `SHUTDOWN_*`, `CONSOLEIO_*` and `DOMID_*` constants, and the `XENMEMF_*` flags as
+//!   [`XenMemFlags`].
+//! - [`structs`]: the structures, with small constructors such as
+//!   [`MulticallEntry::update_va_mapping`].
+//! - [`Hypercall`]: the one entry point. The native traps are in the architecture crates.
+//! - [`ops`]: typed wrappers such as [`ops::memory_exchange`], [`ops::grant_map`],
+//!   [`ops::cache_flush`] and [`ops::has_feature`].
+//! - [`error`]: [`XenError`] (operation and [`Errno`]) and [`GntStatus`].
+//!
+//! Only 64-bit little-endian targets (x86_64 and aarch64) are supported; the layout
+//! assertions are compiled for them.
+//!
+//! # Example
+//!
+//! A fake hypervisor that knows only `XENVER_version`, and a typed call through it:
+//!
+//! ```
+//! use xen_abi::{ops, Errno, Hypercall, HYPERVISOR_XEN_VERSION, XENVER_VERSION};
+//!
+//! struct Fake;
+//!
+//! // SAFETY: `hypercall` reads and writes no memory at all.
+//! unsafe impl Hypercall for Fake {
+//!     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 {
+//!         if op == HYPERVISOR_XEN_VERSION && args[0] == u64::from(XENVER_VERSION) {
+//!             (4 << 16) | 17
+//!         } else {
+//!             -38 // ENOSYS
+//!         }
+//!     }
+//! }
+//!
+//! let v = ops::xen_version(&Fake).unwrap();
+//! assert_eq!((v.major, v.minor), (4, 17));
+//!
+//! let err = ops::get_features(&Fake, 0).unwrap_err();
+//! assert_eq!(err.errno, Errno::ENOSYS);
+//! assert_eq!(err.to_string(), "XENVER_get_features: ENOSYS (38)");
+//! ```
+
 #![no_std]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod consts;
+pub mod error;
+pub mod ops;
 pub mod structs;
 
 pub use consts::*;
+pub use error::{Errno, GntStatus, XenError, check, check_zero};
 pub use structs::*;
 
 /// The single entry point of every hypercall.

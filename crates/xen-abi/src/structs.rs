@@ -3,11 +3,23 @@
 //! x86_64 and aarch64 share these layouts (little-endian, natural alignment, 64-bit
 //! `xen_ulong_t` and `xen_pfn_t`). Guest handles are 8 bytes with 8-byte alignment on both: a
 //! pointer on x86_64, Arm's `union { T *p; uint64_t q; }` with `__aligned(8)`; one pointer
-//! wrapped in an `align(8)` struct has that layout on both.
+//! wrapped in an `align(8)` struct has that layout on both, and keeps the pointer's
+//! provenance for tools such as Miri. Only 64-bit targets are supported: on a 32-bit Arm the
+//! upper half of the handle would be padding instead of the zeroes Xen expects, and the
+//! layout assertions below are compiled for 64-bit targets only.
+//!
+//! Pointers that go into plain integer fields or hypercall arguments are converted with
+//! `expose_provenance`, so that a simulator can turn them back with
+//! `core::ptr::with_exposed_provenance_mut`.
 
 use core::marker::PhantomData;
 use core::ptr;
 use memoffset::offset_of;
+
+use crate::consts::{
+    DOMID_SELF, HYPERVISOR_MMU_UPDATE, HYPERVISOR_MMUEXT_OP, HYPERVISOR_UPDATE_VA_MAPPING,
+    MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
+};
 
 /// `xen_ulong_t` (64-bit on x86_64 and Arm).
 pub type XenUlong = u64;
@@ -100,6 +112,26 @@ pub struct XenMemoryReservation {
     pub domid: DomId,
 }
 
+impl XenMemoryReservation {
+    /// A reservation of `frames.len()` extents of order `extent_order` for `DOMID_SELF`,
+    /// whose frame list is `frames` (Xen reads it, and for populate and exchange-out
+    /// writes the new frames into it).
+    ///
+    /// The handle keeps a raw pointer to `frames`: the slice must stay alive and unmoved
+    /// while the structure is passed to Xen.
+    #[must_use]
+    pub fn with_frames(frames: &mut [XenPfn], extent_order: u32, mem_flags: u32) -> Self {
+        Self {
+            extent_start: GuestHandle::new(frames.as_mut_ptr()),
+            // CAST: usize to u64 is lossless on the supported 64-bit targets.
+            nr_extents: frames.len() as u64,
+            extent_order,
+            mem_flags,
+            domid: DOMID_SELF,
+        }
+    }
+}
+
 /// `struct xen_memory_exchange` (72 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -151,6 +183,27 @@ pub struct GnttabCacheFlush {
     pub op: u32,
 }
 
+impl GnttabCacheFlush {
+    /// A request for `op` (`GNTTAB_CACHE_*`) on `length` bytes at `offset` in the 4 KiB
+    /// page whose machine (bus) address is `dev_bus_addr`.
+    #[must_use]
+    pub const fn by_bus_addr(dev_bus_addr: u64, offset: u16, length: u16, op: u32) -> Self {
+        Self {
+            a: GnttabCacheFlushA { dev_bus_addr },
+            offset,
+            length,
+            op,
+        }
+    }
+
+    /// The zeroed request (length 0, op 0) that Linux sends to learn whether
+    /// `GNTTABOP_cache_flush` exists; Xen returns 0 for it without touching memory.
+    #[must_use]
+    pub const fn probe() -> Self {
+        Self::by_bus_addr(0, 0, 0, 0)
+    }
+}
+
 /// `struct multicall_entry` (64 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -163,6 +216,66 @@ pub struct MulticallEntry {
     pub args: [XenUlong; 6],
 }
 
+impl MulticallEntry {
+    /// An entry for hypercall `op` with `args` (unused ones zero) and a zero result.
+    #[must_use]
+    pub const fn new(op: u32, args: [XenUlong; 6]) -> Self {
+        Self {
+            // CAST: widening u32 to u64.
+            op: op as u64,
+            result: 0,
+            args,
+        }
+    }
+
+    /// `update_va_mapping(va, pte, flags)` (`MULTI_update_va_mapping` in Linux): point the
+    /// page-table entry of `va` at `pte`, with `UVMF_*` flags.
+    #[must_use]
+    pub const fn update_va_mapping(va: u64, pte: u64, flags: u64) -> Self {
+        Self::new(HYPERVISOR_UPDATE_VA_MAPPING, [va, pte, flags, 0, 0, 0])
+    }
+
+    /// `mmu_update(reqs, count, success_count, domid)`.
+    ///
+    /// The entry holds the exposed addresses of `reqs` and `success_count` (null for none):
+    /// both must stay valid until the multicall has run.
+    #[must_use]
+    pub fn mmu_update(reqs: &[MmuUpdate], success_count: *mut u32, domid: DomId) -> Self {
+        Self::new(
+            HYPERVISOR_MMU_UPDATE,
+            [
+                reqs.as_ptr().expose_provenance() as u64,
+                // CAST: usize to u64 is lossless on the supported 64-bit targets.
+                reqs.len() as u64,
+                success_count.expose_provenance() as u64,
+                u64::from(domid),
+                0,
+                0,
+            ],
+        )
+    }
+
+    /// `mmuext_op(ops, count, success_count, domid)`.
+    ///
+    /// The entry holds the exposed addresses of `ops` and `success_count` (null for none):
+    /// both must stay valid until the multicall has run.
+    #[must_use]
+    pub fn mmuext_op(ops: &[MmuextOp], success_count: *mut u32, domid: DomId) -> Self {
+        Self::new(
+            HYPERVISOR_MMUEXT_OP,
+            [
+                ops.as_ptr().expose_provenance() as u64,
+                // CAST: usize to u64 is lossless on the supported 64-bit targets.
+                ops.len() as u64,
+                success_count.expose_provenance() as u64,
+                u64::from(domid),
+                0,
+                0,
+            ],
+        )
+    }
+}
+
 /// `struct mmu_update` (16 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,6 +284,58 @@ pub struct MmuUpdate {
     pub ptr: u64,
     /// The new value.
     pub val: u64,
+}
+
+impl MmuUpdate {
+    /// An `MMU_NORMAL_PT_UPDATE`: write `val` into the page-table entry at machine address
+    /// `pte_maddr`. Returns `None` unless `pte_maddr` is 8-byte aligned (its low bits carry
+    /// the command).
+    #[must_use]
+    pub const fn normal(pte_maddr: u64, val: u64) -> Option<Self> {
+        if !pte_maddr.is_multiple_of(8) {
+            return None;
+        }
+        Some(Self {
+            ptr: pte_maddr | MMU_NORMAL_PT_UPDATE,
+            val,
+        })
+    }
+
+    /// An `MMU_MACHPHYS_UPDATE`: set the M2P entry of machine frame `mfn` to `pfn`
+    /// (`ptr = mfn << 12 | 1`). Returns `None` if `mfn << 12` overflows.
+    #[must_use]
+    pub const fn machphys(mfn: u64, pfn: u64) -> Option<Self> {
+        if mfn > (u64::MAX >> 12) {
+            return None;
+        }
+        Some(Self {
+            ptr: (mfn << 12) | MMU_MACHPHYS_UPDATE,
+            val: pfn,
+        })
+    }
+}
+
+/// `struct mmuext_op` (24 bytes, x86 PV).
+///
+/// Xen declares `arg1` and `arg2` as unions of same-sized integers (and, for `arg2`, a guest
+/// handle); here they are the 64-bit values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmuextOp {
+    /// `MMUEXT_*`.
+    pub cmd: u32,
+    /// `mfn` or `linear_addr`.
+    pub arg1: XenUlong,
+    /// `nr_ents`, `vcpumask` (a guest handle) or `src_mfn`.
+    pub arg2: XenUlong,
+}
+
+impl MmuextOp {
+    /// An operation `cmd` with its two arguments.
+    #[must_use]
+    pub const fn new(cmd: u32, arg1: u64, arg2: u64) -> Self {
+        Self { cmd, arg1, arg2 }
+    }
 }
 
 /// `struct gnttab_map_grant_ref` (32 bytes).
@@ -193,6 +358,23 @@ pub struct GnttabMapGrantRef {
     pub dev_bus_addr: u64,
 }
 
+impl GnttabMapGrantRef {
+    /// A request to map grant `ref_` of domain `dom` at `host_addr` with `GNTMAP_*` flags;
+    /// the output fields are zero.
+    #[must_use]
+    pub const fn new(host_addr: u64, flags: u32, ref_: GrantRef, dom: DomId) -> Self {
+        Self {
+            host_addr,
+            flags,
+            ref_,
+            dom,
+            status: 0,
+            handle: 0,
+            dev_bus_addr: 0,
+        }
+    }
+}
+
 /// `struct gnttab_unmap_grant_ref` (24 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -205,6 +387,20 @@ pub struct GnttabUnmapGrantRef {
     pub handle: GrantHandle,
     /// OUT: `GNTST_*`.
     pub status: i16,
+}
+
+impl GnttabUnmapGrantRef {
+    /// A request to undo the mapping that returned `handle`, at the same `host_addr` and
+    /// `dev_bus_addr`.
+    #[must_use]
+    pub const fn new(host_addr: u64, dev_bus_addr: u64, handle: GrantHandle) -> Self {
+        Self {
+            host_addr,
+            dev_bus_addr,
+            handle,
+            status: 0,
+        }
+    }
 }
 
 /// `struct xen_add_to_physmap` (24 bytes).
@@ -221,6 +417,36 @@ pub struct XenAddToPhysmap {
     pub idx: XenUlong,
     /// Where to map it in the physmap.
     pub gpfn: XenPfn,
+}
+
+/// `struct xen_feature_info` (8 bytes), the argument of `XENVER_get_features`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XenFeatureInfo {
+    /// IN: which 32-bit submap to return.
+    pub submap_idx: u32,
+    /// OUT: the submap; bit `n` is feature `32 * submap_idx + n`.
+    pub submap: u32,
+}
+
+/// `struct sched_shutdown` (4 bytes), the argument of `SCHEDOP_shutdown`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedShutdown {
+    /// `SHUTDOWN_*`.
+    pub reason: u32,
+}
+
+/// `struct xen_machphys_mapping` (24 bytes), the result of `XENMEM_machphys_mapping`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XenMachphysMapping {
+    /// Start of the read-only M2P mapping.
+    pub v_start: XenUlong,
+    /// End of the M2P mapping.
+    pub v_end: XenUlong,
+    /// The largest MFN the mapping covers.
+    pub max_mfn: XenUlong,
 }
 
 macro_rules! assert_layout {
@@ -251,4 +477,8 @@ mod layout {
     assert_layout!(XenAddToPhysmap, size 24, align 8, {
         domid @ 0, size @ 2, space @ 4, idx @ 8, gpfn @ 16,
     });
+    assert_layout!(MmuextOp, size 24, align 8, { cmd @ 0, arg1 @ 8, arg2 @ 16 });
+    assert_layout!(XenFeatureInfo, size 8, align 4, { submap_idx @ 0, submap @ 4 });
+    assert_layout!(SchedShutdown, size 4, align 4, { reason @ 0 });
+    assert_layout!(XenMachphysMapping, size 24, align 8, { v_start @ 0, v_end @ 8, max_mfn @ 16 });
 }
