@@ -8,9 +8,10 @@
 //! otherwise the test prints why and passes without comparing. `XEN_INCLUDE_DIR` overrides
 //! the directory holding `xen/` (default `/usr/include`).
 //!
-//! The Rust values are those of the host build. The compile-time layout assertions in
-//! `src/structs.rs` pin the aarch64 build to the same numbers, which is why the aarch64 C
-//! output is compared with the same table.
+//! The Rust values are those of the target the test is built for (x86_64 natively, or
+//! aarch64 when CI runs the crate's tests under qemu-user). The compile-time layout
+//! assertions in `src/structs.rs` pin both targets to the same numbers, which is why each C
+//! output can be compared with the same table.
 
 use std::collections::BTreeMap;
 use std::mem::{align_of, offset_of, size_of};
@@ -528,7 +529,13 @@ fn parse(output: &str) -> BTreeMap<String, i128> {
 
 /// Compares the C output of one target with the table, listing every difference.
 fn compare(target: &str, output: &str, x86: bool) {
-    let c = parse(output);
+    let mut c = parse(output);
+    let arch = format!("arch {target}");
+    assert_eq!(
+        c.remove(&arch),
+        Some(1),
+        "{target}: abi.c was not compiled for {target}"
+    );
     let table = rust_table();
     let mut errors = Vec::new();
     for r in table.iter().filter(|r| x86 || !r.x86_only) {
@@ -573,9 +580,6 @@ fn c_abi_x86_64() {
     if !tool_exists("cc") {
         return unavailable("no `cc` for x86_64");
     }
-    if !cfg!(target_arch = "x86_64") {
-        return unavailable("the host is not x86_64");
-    }
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xen-abi-c-x86_64");
     compile("cc", &[], &out);
     compare("x86_64", &run(&mut Command::new(&out)), true);
@@ -604,18 +608,23 @@ fn c_abi_aarch64() {
 
 #[test]
 fn compare_reports_a_wrong_value() {
-    let good: String = rust_table()
+    let rows: String = rust_table()
         .iter()
         .map(|r| format!("{} {}\n", r.key, r.value))
         .collect();
-    compare("self", &good, true);
+    let good = format!("arch x86_64 1\n{rows}");
+    compare("x86_64", &good, true);
     let bad = good.replace("const XENMEM_exchange 11", "const XENMEM_exchange 12");
-    let e = std::panic::catch_unwind(|| compare("self", &bad, true)).unwrap_err();
+    let e = std::panic::catch_unwind(|| compare("x86_64", &bad, true)).unwrap_err();
     let msg = e.downcast_ref::<String>().unwrap();
     assert!(
         msg.contains("const XENMEM_exchange: C 12, Rust XENMEM_EXCHANGE = 11"),
         "{msg}"
     );
     let extra = format!("{good}const XENMEM_bogus 1\n");
-    assert!(std::panic::catch_unwind(|| compare("self", &extra, true)).is_err());
+    assert!(std::panic::catch_unwind(|| compare("x86_64", &extra, true)).is_err());
+    let missing = good.replace("const DOMID_IDLE 32767\n", "");
+    assert!(std::panic::catch_unwind(|| compare("x86_64", &missing, true)).is_err());
+    // An output that does not say it is aarch64 is not taken as aarch64's.
+    assert!(std::panic::catch_unwind(|| compare("aarch64", &good, false)).is_err());
 }

@@ -46,6 +46,15 @@
 
 int main(void)
 {
+    /* The architecture the program was compiled for, as a line the test checks first. */
+#if defined(__x86_64__)
+    printf("arch x86_64 1\n");
+#elif defined(__aarch64__)
+    printf("arch aarch64 1\n");
+#else
+#error "only x86_64 and aarch64 are supported"
+#endif
+
     /* Scalar types. */
     SIZE("xen_ulong_t", xen_ulong_t);
     /* xen_long_t is not a public typedef on x86; multicall_entry.result has that type. */
