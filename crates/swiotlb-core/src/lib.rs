@@ -6,7 +6,6 @@
 //! This crate knows nothing of Xen. The Xen translation and contiguity hooks live in
 //! `swiotlb-xen-x86-pv` and `swiotlb-xen-arm64`; users normally depend on the `swiotlb-xen`
 //! facade.
-
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -17,8 +16,14 @@ extern crate std;
 
 pub mod addr;
 pub mod dma;
+pub mod error;
 pub mod hooks;
+pub mod linear;
+pub mod pool;
 
 pub use addr::{Bfn, BusAddr, Pfn, PhysAddr, XEN_PAGE_SHIFT, XEN_PAGE_SIZE};
 pub use dma::{Device, DmaAttrs, DmaDirection, DmaMask};
+pub use error::Error;
 pub use hooks::{PhysMemory, Platform, PlatformError};
+pub use linear::LinearMap;
+pub use pool::{BouncePool, Slot, Stats, max_mapping_size};

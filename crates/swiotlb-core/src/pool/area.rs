@@ -1,0 +1,137 @@
+//! Per-slot metadata ([`Slot`]) and per-area state.
+//!
+//! All metadata lives out of band, in storage the caller provides: nothing is ever read back
+//! from the pool memory, which a device (or another domain) may write at any time.
+
+use super::lock::SpinLock;
+use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+/// Marks a slot whose `orig` is unset (Linux's `INVALID_PHYS_ADDR`).
+pub(crate) const INVALID_PHYS: u64 = u64::MAX;
+
+/// Slot states.
+pub(crate) mod state {
+    /// Free.
+    pub(crate) const FREE: u8 = 0;
+    /// A pad slot in front of the first data slot of an allocation.
+    pub(crate) const PAD: u8 = 1;
+    /// A data slot after the first of a mapping or allocation.
+    pub(crate) const BODY: u8 = 2;
+    /// The first data slot of a streaming mapping whose copy-in is still running.
+    pub(crate) const RESERVED: u8 = 3;
+    /// The first data slot of a live streaming mapping.
+    pub(crate) const HEAD: u8 = 4;
+    /// The first data slot of a streaming mapping that an unmap has claimed.
+    pub(crate) const UNMAPPING: u8 = 5;
+    /// The first slot of a coherent allocation ([`super::super::BouncePool::alloc`]).
+    pub(crate) const COHERENT: u8 = 6;
+}
+
+/// The out-of-band metadata of one 2 KiB slot (Linux's `io_tlb_slot`, plus what this port
+/// needs to detect bad unmaps and to skip full segments quickly).
+///
+/// A pool needs one `Slot` per 2 KiB slot, in storage the caller provides (an array, a
+/// `&'static` slice, or with feature `alloc` a boxed slice the pool allocates). The fields
+/// are private; the pool initialises them in its constructor, so any `Slot` value will do.
+///
+/// The fields are atomics so that the pool can work through `&self` from many CPUs. Every
+/// write happens under the lock of the slot's area, except the state transitions of a
+/// mapping's first slot that mark the end of the copy-in and the claim by an unmap.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Linux's `orig_addr`: where the original bytes that belong at this slot's data
+    /// position live; [`INVALID_PHYS`] for free and pad slots.
+    pub(crate) orig: AtomicU64,
+    /// On slots whose index is a multiple of 64: bit `i` is set when slot `index + i` is
+    /// free. Two words describe one 128-slot segment; this bitmap replaces Linux's per-slot
+    /// free counts (which it determines exactly, see [`super::BouncePool::free_count`]).
+    pub(crate) free_bits: AtomicU64,
+    /// On the first data slot: the mapping (or allocation) size in bytes.
+    pub(crate) size: AtomicU32,
+    /// On data slots: the byte offset of the data inside the slot (the kept low bits of the
+    /// original address below 2 KiB).
+    pub(crate) offset: AtomicU16,
+    /// On data slots: the index of this slot among the allocation's data slots (0 for the
+    /// first).
+    pub(crate) k: AtomicU16,
+    /// On the first data slot: the number of pad slots in front of it (Linux's `pad_slots`).
+    pub(crate) pad: AtomicU16,
+    /// On the first data slot: the number of slots of the allocation, pad slots included.
+    pub(crate) nslots: AtomicU16,
+    /// One of the [`state`] values.
+    pub(crate) state: AtomicU8,
+}
+
+impl Slot {
+    /// A slot value for static storage, e.g. `[const { Slot::new() }; 1024]`.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            orig: AtomicU64::new(INVALID_PHYS),
+            free_bits: AtomicU64::new(0),
+            size: AtomicU32::new(0),
+            offset: AtomicU16::new(0),
+            k: AtomicU16::new(0),
+            pad: AtomicU16::new(0),
+            nslots: AtomicU16::new(0),
+            state: AtomicU8::new(state::FREE),
+        }
+    }
+
+    /// Resets the slot to free (the caller holds the area lock or owns the pool).
+    #[inline]
+    pub(crate) fn clear(&self) {
+        self.orig.store(INVALID_PHYS, Ordering::Relaxed);
+        self.size.store(0, Ordering::Relaxed);
+        self.offset.store(0, Ordering::Relaxed);
+        self.k.store(0, Ordering::Relaxed);
+        self.pad.store(0, Ordering::Relaxed);
+        self.nslots.store(0, Ordering::Relaxed);
+        self.state.store(state::FREE, Ordering::Release);
+    }
+}
+
+/// The mutable state of one area, protected by the area's lock.
+#[derive(Debug)]
+pub(crate) struct AreaState {
+    /// Slots allocated in this area.
+    pub(crate) used: usize,
+    /// Where the next search starts, relative to the area (Linux's `index`).
+    pub(crate) index: usize,
+}
+
+/// One area: a lock and counters. Aligned to a cache line so that areas used by different
+/// CPUs do not share one.
+#[repr(align(64))]
+pub(crate) struct Area {
+    pub(crate) lock: SpinLock<AreaState>,
+    /// Counters written only under `lock` (plain load and store, no read-modify-write) and
+    /// read without it by [`super::BouncePool::stats`].
+    pub(crate) maps: AtomicU64,
+    pub(crate) unmaps: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) bytes_bounced: AtomicU64,
+    pub(crate) overflow_attempts: AtomicU64,
+}
+
+impl Area {
+    pub(crate) const fn new() -> Self {
+        Self {
+            lock: SpinLock::new(AreaState { used: 0, index: 0 }),
+            maps: AtomicU64::new(0),
+            unmaps: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            bytes_bounced: AtomicU64::new(0),
+            overflow_attempts: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds `n` to a counter that only the holder of the area lock writes.
+#[inline]
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}

@@ -1,0 +1,913 @@
+//! The slot-based bounce pool (Linux's `io_tlb_pool` with `swiotlb_tbl_map_single`,
+//! `swiotlb_tbl_unmap_single`, the single syncs and `swiotlb_alloc`/`swiotlb_free`).
+//!
+//! The pool is a physically contiguous region split into 2 KiB slots, grouped in 128-slot
+//! segments (no mapping crosses a segment, so none exceeds 256 KiB), and divided into a
+//! power-of-two number of areas, each a whole number of segments with its own lock. A map
+//! takes a run of free slots in the area chosen from the CPU hint (falling through to the
+//! others), records where the original bytes live, and copies the original into the pool
+//! whatever the direction. Metadata lives out of band in [`Slot`] storage the caller
+//! provides; every copy goes through the [`PhysMemory`] hook.
+//!
+//! `docs/semantics.md` compares each rule with Linux's.
+
+mod area;
+mod lock;
+mod search;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use area::Slot;
+pub use lock::{SpinLock, SpinLockGuard};
+pub use stats::Stats;
+
+use crate::addr::PhysAddr;
+use crate::dma::{Device, DmaAttrs, DmaDirection};
+use crate::error::Error;
+use crate::hooks::PhysMemory;
+use area::{Area, INVALID_PHYS, bump, state};
+use arrayvec::ArrayVec;
+use core::sync::atomic::Ordering;
+use search::{Plan, give_run, search_area, seg_free, take_run};
+use stats::GlobalStats;
+
+/// log2 of the slot size (Linux's `IO_TLB_SHIFT`).
+pub const IO_TLB_SHIFT: u32 = 11;
+/// The slot size in bytes (Linux's `IO_TLB_SIZE`, 2 KiB).
+pub const IO_TLB_SIZE: usize = 1 << IO_TLB_SHIFT;
+/// Slots per segment (Linux's `IO_TLB_SEGSIZE`); no mapping crosses a segment.
+pub const IO_TLB_SEGSIZE: usize = 128;
+/// Bytes per segment: the largest possible allocation (256 KiB).
+pub const IO_TLB_SEGMENT_BYTES: usize = IO_TLB_SEGSIZE * IO_TLB_SIZE;
+/// The default pool size in slots (Linux's 64 MiB default).
+pub const IO_TLB_DEFAULT_SLABS: usize = (64 << 20) >> IO_TLB_SHIFT;
+/// The smallest pool Linux settles for when halving on failure (1 MiB).
+pub const IO_TLB_MIN_SLABS: usize = (1 << 20) >> IO_TLB_SHIFT;
+/// The page size behind the "streaming maps of a page or more are page aligned" rule.
+pub const PAGE_SIZE: u64 = 4096;
+/// The largest number of areas a pool supports.
+pub const MAX_AREAS: usize = 64;
+
+const SLOT_MASK: u64 = IO_TLB_SIZE as u64 - 1;
+
+/// Linux's `swiotlb_max_mapping_size(dev)`: 256 KiB less `min_align_mask` rounded up to a
+/// whole slot. With NVMe's `0xfff` that is 252 KiB.
+#[must_use]
+pub const fn max_mapping_size(dev: &Device) -> usize {
+    let m = dev.min_align_mask;
+    if m == 0 {
+        return IO_TLB_SEGMENT_BYTES;
+    }
+    // roundup(m, 2048) without overflow: masks at or above a segment leave nothing.
+    if m >= IO_TLB_SEGMENT_BYTES as u64 {
+        return 0;
+    }
+    // CAST: m < 256 KiB here.
+    let round = (m as usize).div_ceil(IO_TLB_SIZE) * IO_TLB_SIZE;
+    IO_TLB_SEGMENT_BYTES - round
+}
+
+/// Linux's `limit_nareas` with this port's invariant: halves `nareas` until every area is a
+/// whole, equal number of segments.
+#[must_use]
+pub const fn limit_nareas(nareas: usize, nslabs: usize) -> usize {
+    let segs = nslabs / IO_TLB_SEGSIZE;
+    let mut n = nareas;
+    while n > 1 && (segs < n || segs % n != 0) {
+        n /= 2;
+    }
+    n
+}
+
+/// A slot-based bounce pool over `[start, start + nslabs * 2 KiB)`.
+///
+/// `M` reaches the memory (the pool's and the originals'); `S` holds one [`Slot`] per slot
+/// (an array, a `&'static [Slot]`, or with feature `alloc` a `Box<[Slot]>`). `S::as_ref`
+/// must return the same slice every time.
+///
+/// All methods take `&self` and may be called from many CPUs at once. Each area has a spin
+/// lock held only for the slot search and metadata updates; the copies of map and unmap run
+/// outside it. Syncs copy under the area lock, which keeps a sync from racing an unmap of
+/// the same mapping past the unmap's return.
+///
+/// # Invariants
+///
+/// - `nslabs` is a non-zero multiple of 128, `nareas` a power of two dividing
+///   `nslabs / 128`, `area_nslabs = nslabs / nareas`, and `storage` holds at least `nslabs`
+///   slots.
+/// - Bit `i` of segment `s`'s free bitmap is set exactly when slot `128 s + i` is free; the
+///   free slots of an area number `area_nslabs - used`, and `stats.used` is the sum of the
+///   areas' `used` when no operation is in flight.
+/// - Every allocated run lies inside one segment and one area.
+pub struct BouncePool<M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot]> {
+    mem: M,
+    storage: S,
+    start: PhysAddr,
+    end: PhysAddr,
+    nslabs: usize,
+    area_nslabs: usize,
+    areas: ArrayVec<Area, MAX_AREAS>,
+    stats: GlobalStats,
+}
+
+impl<M: PhysMemory, S: AsRef<[Slot]>> core::fmt::Debug for BouncePool<M, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BouncePool")
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .field("nslabs", &self.nslabs)
+            .field("nareas", &self.areas.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a sync's bytes are: the original address, the pool address and the length.
+struct SyncRange {
+    orig: PhysAddr,
+    len: usize,
+}
+
+#[cfg(feature = "alloc")]
+impl<M: PhysMemory> BouncePool<M, alloc::boxed::Box<[Slot]>> {
+    /// As [`new`](BouncePool::new), with the metadata storage allocated on the heap.
+    ///
+    /// # Errors
+    ///
+    /// As for [`new`](BouncePool::new).
+    ///
+    /// # Safety
+    ///
+    /// As for [`new`](BouncePool::new).
+    pub unsafe fn new_boxed(
+        mem: M,
+        start: PhysAddr,
+        nslabs: usize,
+        nareas: usize,
+    ) -> Result<Self, Error> {
+        let storage: alloc::boxed::Box<[Slot]> = (0..nslabs).map(|_| Slot::new()).collect();
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::new(mem, start, nslabs, nareas, storage) }
+    }
+}
+
+impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
+    /// Builds a pool of `nslabs` 2 KiB slots starting at `start`, split into `nareas` areas,
+    /// with its metadata in `storage`, and zeroes the pool memory through `mem`.
+    ///
+    /// `nslabs` must be a non-zero multiple of 128 and `start` 2 KiB-aligned. The Xen layer
+    /// aligns its pool to a segment (256 KiB) so that pseudo-physical and machine addresses
+    /// agree in every bit the alignment rules look at. `nareas` must be a power of two up to
+    /// [`MAX_AREAS`]; it is lowered (as Linux's `limit_nareas`) until each area is a whole
+    /// number of segments. `storage` must hold at least `nslabs` slots; their previous
+    /// contents do not matter.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSlotCount`], [`Error::MisalignedStart`], [`Error::InvalidAreaCount`],
+    /// [`Error::StorageTooSmall`].
+    ///
+    /// # Safety
+    ///
+    /// `[start, start + nslabs * 2 KiB)` must be memory `mem` reaches, owned by the pool
+    /// alone for the pool's lifetime: no Rust reference to it, and no other user, except
+    /// devices given pool addresses by this pool.
+    pub unsafe fn new(
+        mem: M,
+        start: PhysAddr,
+        nslabs: usize,
+        nareas: usize,
+        storage: S,
+    ) -> Result<Self, Error> {
+        // CAST: usize is at most 64 bits on every supported target.
+        let bytes = (nslabs as u64).checked_mul(IO_TLB_SIZE as u64);
+        let end = bytes.and_then(|b| start.checked_add(b));
+        let end = match end {
+            Some(end) if nslabs != 0 && nslabs % IO_TLB_SEGSIZE == 0 => end,
+            _ => return Err(Error::InvalidSlotCount { nslabs }),
+        };
+        let byte_len = usize::try_from(nslabs * IO_TLB_SIZE)
+            .map_err(|_| Error::InvalidSlotCount { nslabs })?;
+        if !start.is_aligned(IO_TLB_SIZE as u64) {
+            return Err(Error::MisalignedStart { start });
+        }
+        if nareas == 0 || !nareas.is_power_of_two() || nareas > MAX_AREAS {
+            return Err(Error::InvalidAreaCount {
+                nareas,
+                max: MAX_AREAS,
+            });
+        }
+        let have = storage.as_ref().len();
+        if have < nslabs {
+            return Err(Error::StorageTooSmall { have, need: nslabs });
+        }
+        let nareas = limit_nareas(nareas, nslabs);
+        let mut areas = ArrayVec::new();
+        for _ in 0..nareas {
+            areas.push(Area::new());
+        }
+        let slots = &storage.as_ref()[..nslabs];
+        for (i, slot) in slots.iter().enumerate() {
+            slot.clear();
+            // Every slot starts free: both bitmap words of each segment are all ones.
+            let word = if i % 64 == 0 { u64::MAX } else { 0 };
+            slot.free_bits.store(word, Ordering::Relaxed);
+        }
+        // SAFETY: the caller gives the pool exclusive use of this range, which `mem`
+        // reaches.
+        unsafe { mem.fill(start, 0, byte_len) };
+        Ok(Self {
+            mem,
+            storage,
+            start,
+            end,
+            nslabs,
+            area_nslabs: nslabs / nareas,
+            areas,
+            stats: GlobalStats::default(),
+        })
+    }
+
+    #[inline]
+    fn slots(&self) -> &[Slot] {
+        &self.storage.as_ref()[..self.nslabs]
+    }
+
+    /// The first byte of the pool.
+    #[must_use]
+    pub fn start(&self) -> PhysAddr {
+        self.start
+    }
+
+    /// One past the last byte of the pool.
+    #[must_use]
+    pub fn end(&self) -> PhysAddr {
+        self.end
+    }
+
+    /// The number of 2 KiB slots.
+    #[must_use]
+    pub fn nslabs(&self) -> usize {
+        self.nslabs
+    }
+
+    /// The number of areas (after [`limit_nareas`]).
+    #[must_use]
+    pub fn nareas(&self) -> usize {
+        self.areas.len()
+    }
+
+    /// The memory hook the pool copies through.
+    #[must_use]
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Whether `phys` lies inside the pool (Linux's `swiotlb_find_pool` for one pool).
+    #[must_use]
+    pub fn contains(&self, phys: PhysAddr) -> bool {
+        self.start <= phys && phys < self.end
+    }
+
+    /// [`max_mapping_size`] as an associated function.
+    #[must_use]
+    pub const fn max_mapping_size(dev: &Device) -> usize {
+        max_mapping_size(dev)
+    }
+
+    /// A snapshot of the statistics.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats {
+            nslabs: self.nslabs,
+            nareas: self.areas.len(),
+            used: self.stats.used.load(Ordering::Relaxed),
+            high_water: self.stats.high_water.load(Ordering::Relaxed),
+            allocs: self.stats.allocs.load(Ordering::Relaxed),
+            frees: self.stats.frees.load(Ordering::Relaxed),
+            fail_full: self.stats.fail_full.load(Ordering::Relaxed),
+            fail_too_large: self.stats.fail_too_large.load(Ordering::Relaxed),
+            fail_invalid: self.stats.fail_invalid.load(Ordering::Relaxed),
+            fail_not_mapped: self.stats.fail_not_mapped.load(Ordering::Relaxed),
+            ..Stats::default()
+        };
+        for a in &self.areas {
+            s.maps += a.maps.load(Ordering::Relaxed);
+            s.unmaps += a.unmaps.load(Ordering::Relaxed);
+            s.syncs += a.syncs.load(Ordering::Relaxed);
+            s.bytes_bounced += a.bytes_bounced.load(Ordering::Relaxed);
+            s.overflow_attempts += a.overflow_attempts.load(Ordering::Relaxed);
+        }
+        s
+    }
+
+    /// Resets the high-water mark to the current use (writing 0 to debugfs
+    /// `io_tlb_used_hiwater`).
+    pub fn reset_high_water(&self) {
+        let used = self.stats.used.load(Ordering::Relaxed);
+        self.stats.high_water.store(used, Ordering::Relaxed);
+    }
+
+    /// Linux's free count of slot `index` (its `list` field): the number of free slots from
+    /// it to the end of its segment without a gap, 0 for a taken slot; `None` past the pool.
+    /// Takes the slot's area lock.
+    #[must_use]
+    pub fn free_count(&self, index: usize) -> Option<usize> {
+        if index >= self.nslabs {
+            return None;
+        }
+        let _guard = self.areas[index / self.area_nslabs].lock.lock();
+        let free = seg_free(self.slots(), index / IO_TLB_SEGSIZE);
+        // CAST: trailing_ones() <= 128.
+        Some((free >> (index % IO_TLB_SEGSIZE)).trailing_ones() as usize)
+    }
+
+    /// The slot index of a pool address, or `NotInPool`.
+    #[inline]
+    fn slot_index(&self, addr: PhysAddr) -> Result<usize, Error> {
+        match addr.offset_from(self.start) {
+            // CAST: the offset is below nslabs * 2 KiB, which fits in usize.
+            Some(off) if addr < self.end => Ok((off >> IO_TLB_SHIFT) as usize),
+            _ => Err(Error::NotInPool { addr }),
+        }
+    }
+
+    /// The pool address of slot `index` plus `offset`.
+    #[inline]
+    fn slot_addr(&self, index: usize, offset: u64) -> PhysAddr {
+        // CAST: index < nslabs; the sum stays below `end`, which did not overflow.
+        PhysAddr::new(self.start.as_u64() + ((index as u64) << IO_TLB_SHIFT) + offset)
+    }
+
+    /// Searches the areas from the one of `cpu`, takes a run matching `plan` and fills its
+    /// metadata. Returns the index of the first data slot.
+    fn find_slots(
+        &self,
+        plan: &Plan,
+        cpu: usize,
+        orig: Option<PhysAddr>,
+        size: usize,
+    ) -> Result<usize, Error> {
+        let nareas = self.areas.len();
+        let first_area = cpu & (nareas - 1);
+        let slots = self.slots();
+        for i in 0..nareas {
+            let a = (first_area + i) & (nareas - 1);
+            let area = &self.areas[a];
+            let mut st = area.lock.lock();
+            if plan.nslots > self.area_nslabs - st.used {
+                continue;
+            }
+            let base = a * self.area_nslabs;
+            let Some(g) = search_area(slots, base, self.area_nslabs, st.index, plan) else {
+                continue;
+            };
+            take_run(slots, g, plan.nslots);
+            let head = g + plan.pad;
+            for s in &slots[g..head] {
+                s.state.store(state::PAD, Ordering::Relaxed);
+            }
+            let orig_raw = orig.map_or(INVALID_PHYS, PhysAddr::as_u64);
+            for (k, s) in slots[head..g + plan.nslots].iter().enumerate() {
+                // CAST: k < 128.
+                let k16 = k as u16;
+                let o = orig.map_or(INVALID_PHYS, |o| {
+                    o.as_u64().saturating_add((k as u64) << IO_TLB_SHIFT)
+                });
+                s.orig.store(o, Ordering::Relaxed);
+                s.offset.store(plan.small_off, Ordering::Relaxed);
+                s.k.store(k16, Ordering::Relaxed);
+                if k > 0 {
+                    s.state.store(state::BODY, Ordering::Relaxed);
+                }
+            }
+            let h = &slots[head];
+            h.orig.store(orig_raw, Ordering::Relaxed);
+            // CAST: size <= 256 KiB and pad, nslots <= 128.
+            h.size.store(size as u32, Ordering::Relaxed);
+            h.pad.store(plan.pad as u16, Ordering::Relaxed);
+            h.nslots.store(plan.nslots as u16, Ordering::Relaxed);
+            let head_state = if orig.is_some() {
+                bump(&area.maps, 1);
+                // CAST: usize fits in u64.
+                bump(&area.bytes_bounced, size as u64);
+                state::RESERVED
+            } else {
+                state::COHERENT
+            };
+            h.state.store(head_state, Ordering::Release);
+            let mut next = g - base + plan.nslots;
+            if next >= self.area_nslabs {
+                next = 0;
+            }
+            st.index = next;
+            st.used += plan.nslots;
+            drop(st);
+            self.stats.inc_used(plan.nslots);
+            return Ok(head);
+        }
+        Err(Error::PoolFull {
+            size,
+            total: self.nslabs,
+            used: self.stats.used.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Frees the run whose first data slot is `head`. The caller holds the area lock.
+    fn release(&self, head: usize, st: &mut area::AreaState) -> usize {
+        let slots = self.slots();
+        let h = &slots[head];
+        let pad = usize::from(h.pad.load(Ordering::Relaxed));
+        let n = usize::from(h.nslots.load(Ordering::Relaxed));
+        let first = head - pad;
+        for s in &slots[first..first + n] {
+            s.clear();
+        }
+        give_run(slots, first, n);
+        st.used -= n;
+        n
+    }
+
+    /// Maps `size` bytes at `orig` for a device: takes slots, records the original and
+    /// copies it into the pool (whatever the direction, even with
+    /// [`DmaAttrs::SKIP_CPU_SYNC`]). Returns the pool address the device must use (Linux's
+    /// `swiotlb_tbl_map_single`; the caller translates it to a bus address).
+    ///
+    /// The pool address keeps the bits of `orig` selected by `dev.min_align_mask` (whole
+    /// pad slots are put in front when the kept offset is 2 KiB or more), the allocation is
+    /// aligned to `alloc_align_mask + 1` (page-aligned for maps of 4 KiB or more when neither
+    /// mask asks otherwise) and does not cross `dev.seg_boundary_mask + 1`. `cpu` picks the
+    /// first area to search.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroSize`], [`Error::TooLarge`], [`Error::AddressOverflow`],
+    /// [`Error::InvalidMask`], [`Error::ExceedsSegment`], [`Error::PoolFull`]. The pool is
+    /// unchanged after an error.
+    ///
+    /// # Safety
+    ///
+    /// `[orig, orig + size)` must be memory the pool's [`PhysMemory`] reaches, must stay
+    /// valid until the mapping is unmapped, and must not be covered by any Rust reference
+    /// until then (the pool reads it now and writes it at sync-for-CPU and unmap).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn map(
+        &self,
+        dev: &Device,
+        orig: PhysAddr,
+        size: usize,
+        alloc_align_mask: u64,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        cpu: usize,
+    ) -> Result<PhysAddr, Error> {
+        // The copy-in happens for every direction and attribute (CVE-2022-0854).
+        let _ = (dir, attrs);
+        let r = self.map_inner(dev, orig, size, alloc_align_mask, cpu);
+        r.map_err(|e| self.stats.fail(e))
+    }
+
+    #[inline]
+    fn map_inner(
+        &self,
+        dev: &Device,
+        orig: PhysAddr,
+        size: usize,
+        alloc_align_mask: u64,
+        cpu: usize,
+    ) -> Result<PhysAddr, Error> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let max = max_mapping_size(dev);
+        if size > max {
+            return Err(Error::TooLarge { size, max });
+        }
+        // CAST: usize fits in u64.
+        if orig.checked_last(size as u64).is_none() {
+            return Err(Error::AddressOverflow { addr: orig, size });
+        }
+        let plan = Plan::new(
+            self.start.as_u64(),
+            dev.min_align_mask,
+            dev.seg_boundary_mask,
+            Some(orig.as_u64()),
+            size,
+            alloc_align_mask,
+        )?;
+        let head = self.find_slots(&plan, cpu, Some(orig), size)?;
+        let tlb = self.slot_addr(head, u64::from(plan.small_off));
+        // SAFETY: the slots are ours (RESERVED), so the pool range `tlb..tlb + size`, which
+        // lies inside the allocation, is touched by nobody else; the caller vouches for the
+        // original range.
+        unsafe { self.mem.copy(tlb, orig, size) };
+        self.slots()[head]
+            .state
+            .store(state::HEAD, Ordering::Release);
+        Ok(tlb)
+    }
+
+    /// Unmaps the mapping that starts at `tlb_addr` (as returned by [`map`](Self::map)):
+    /// copies `size` bytes back to the original for [`DmaDirection::FromDevice`] and
+    /// [`DmaDirection::Bidirectional`] unless [`DmaAttrs::SKIP_CPU_SYNC`], then frees the
+    /// slots (Linux's `swiotlb_tbl_unmap_single`).
+    ///
+    /// The number of slots comes from the metadata, not from `size`. `size` is the length
+    /// copied back: it should be the mapped size; a larger value is clamped to the mapping
+    /// and counted in [`Stats::overflow_attempts`], a smaller one copies back only that
+    /// prefix.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroSize`], [`Error::NotInPool`], and [`Error::NotMapped`] when `tlb_addr`
+    /// is not the start of a live mapping (a double unmap, an address inside a mapping or
+    /// in a pad slot, a coherent allocation). The pool is unchanged after an error.
+    pub fn unmap(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), Error> {
+        let _ = dev;
+        self.unmap_inner(tlb_addr, size, dir, attrs)
+            .map_err(|e| self.stats.fail(e))
+    }
+
+    #[inline]
+    fn unmap_inner(
+        &self,
+        tlb_addr: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), Error> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let idx = self.slot_index(tlb_addr)?;
+        let not_mapped = Error::NotMapped { addr: tlb_addr };
+        let h = &self.slots()[idx];
+        let in_slot = (tlb_addr.as_u64() - self.start.as_u64()) & SLOT_MASK;
+        if h.state.load(Ordering::Relaxed) != state::HEAD
+            || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
+        {
+            return Err(not_mapped);
+        }
+        // Claim the mapping: only one unmap can move its head from HEAD to UNMAPPING.
+        if h.state
+            .compare_exchange(
+                state::HEAD,
+                state::UNMAPPING,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return Err(not_mapped);
+        }
+        if u64::from(h.offset.load(Ordering::Relaxed)) != in_slot {
+            // An address inside the first slot of a mapping but not its start.
+            h.state.store(state::HEAD, Ordering::Release);
+            return Err(not_mapped);
+        }
+        let msize = h.size.load(Ordering::Relaxed) as usize;
+        let overflow = size > msize;
+        let len = size.min(msize);
+        let copy_back = dir.from_device() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
+        if copy_back {
+            let orig = PhysAddr::new(h.orig.load(Ordering::Relaxed));
+            // SAFETY: the mapping is claimed, so its slots stay allocated; `len` is within
+            // the mapping in the pool and within the original, which the mapper vouched
+            // for until this unmap returns.
+            unsafe { self.mem.copy(orig, tlb_addr, len) };
+        }
+        let area = &self.areas[idx / self.area_nslabs];
+        let mut st = area.lock.lock();
+        let n = self.release(idx, &mut st);
+        bump(&area.unmaps, 1);
+        if copy_back {
+            // CAST: usize fits in u64.
+            bump(&area.bytes_bounced, len as u64);
+        }
+        if overflow {
+            bump(&area.overflow_attempts, 1);
+        }
+        drop(st);
+        self.stats.dec_used(n);
+        Ok(())
+    }
+
+    /// Validates a sync of `[tlb_addr, tlb_addr + size)` and returns the original range and
+    /// the clamped length. The caller holds the area lock of `idx`.
+    fn sync_range(
+        &self,
+        idx: usize,
+        tlb_addr: PhysAddr,
+        size: usize,
+        area: &Area,
+    ) -> Result<SyncRange, Error> {
+        let slots = self.slots();
+        let not_mapped = Error::NotMapped { addr: tlb_addr };
+        let s = &slots[idx];
+        let k = match s.state.load(Ordering::Acquire) {
+            state::HEAD => 0,
+            state::BODY => usize::from(s.k.load(Ordering::Relaxed)),
+            _ => return Err(not_mapped),
+        };
+        let head = idx.checked_sub(k).ok_or(not_mapped)?;
+        let h = &slots[head];
+        if h.state.load(Ordering::Acquire) != state::HEAD {
+            return Err(not_mapped);
+        }
+        let small_off = u64::from(h.offset.load(Ordering::Relaxed));
+        let msize = u64::from(h.size.load(Ordering::Relaxed));
+        let data_start = self.slot_addr(head, small_off);
+        // The position of `tlb_addr` in the mapping's data (Linux's signed tlb_offset,
+        // taken from the first data slot so that it is never negative inside the data).
+        let pos = tlb_addr.as_u64() - data_start.as_u64().min(tlb_addr.as_u64());
+        if tlb_addr < data_start || pos >= msize {
+            return Err(Error::SyncOutOfRange {
+                addr: tlb_addr,
+                size,
+                start: data_start,
+                end: PhysAddr::new(data_start.as_u64() + msize),
+            });
+        }
+        let remaining = msize - pos;
+        // CAST: usize fits in u64.
+        let len = if size as u64 > remaining {
+            bump(&area.overflow_attempts, 1);
+            // CAST: remaining <= 256 KiB.
+            remaining as usize
+        } else {
+            size
+        };
+        Ok(SyncRange {
+            orig: PhysAddr::new(h.orig.load(Ordering::Relaxed) + pos),
+            len,
+        })
+    }
+
+    fn sync(
+        &self,
+        tlb_addr: PhysAddr,
+        size: usize,
+        copy: bool,
+        to_pool: bool,
+    ) -> Result<(), Error> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let idx = self.slot_index(tlb_addr)?;
+        let area = &self.areas[idx / self.area_nslabs];
+        let _guard = area.lock.lock();
+        let r = self.sync_range(idx, tlb_addr, size, area)?;
+        if copy {
+            // SAFETY: the mapping is live and cannot be freed while we hold its area lock;
+            // both ranges lie within the mapping (pool side) and the original the mapper
+            // vouched for until unmap.
+            unsafe {
+                if to_pool {
+                    self.mem.copy(tlb_addr, r.orig, r.len);
+                } else {
+                    self.mem.copy(r.orig, tlb_addr, r.len);
+                }
+            }
+            // CAST: usize fits in u64.
+            bump(&area.bytes_bounced, r.len as u64);
+        }
+        bump(&area.syncs, 1);
+        Ok(())
+    }
+
+    /// Makes the device see the CPU's writes: copies original to pool for
+    /// [`DmaDirection::ToDevice`] and [`DmaDirection::Bidirectional`], nothing for
+    /// [`DmaDirection::FromDevice`] (Linux's `__swiotlb_sync_single_for_device`).
+    ///
+    /// `tlb_addr` may point anywhere inside a mapping's data (a partial sync); the original
+    /// bytes at the same position are copied. A range past the end of the mapping is
+    /// clamped and counted in [`Stats::overflow_attempts`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroSize`], [`Error::NotInPool`], [`Error::NotMapped`],
+    /// [`Error::SyncOutOfRange`] (an address in the first slot before the data). The
+    /// address is validated whatever the direction.
+    pub fn sync_for_device(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+    ) -> Result<(), Error> {
+        let _ = dev;
+        self.sync(tlb_addr, size, dir.to_device(), true)
+            .map_err(|e| self.stats.fail(e))
+    }
+
+    /// Makes the CPU see the device's writes: copies pool to original for
+    /// [`DmaDirection::FromDevice`] and [`DmaDirection::Bidirectional`], nothing for
+    /// [`DmaDirection::ToDevice`] (Linux's `__swiotlb_sync_single_for_cpu`).
+    ///
+    /// Partial syncs and clamping as for [`sync_for_device`](Self::sync_for_device).
+    ///
+    /// # Errors
+    ///
+    /// As for [`sync_for_device`](Self::sync_for_device).
+    pub fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+    ) -> Result<(), Error> {
+        let _ = dev;
+        self.sync(tlb_addr, size, dir.from_device(), false)
+            .map_err(|e| self.stats.fail(e))
+    }
+
+    /// Allocates `size` bytes of pool memory for coherent use (Linux's `swiotlb_alloc`, for
+    /// restricted pools): aligned to the size rounded up to a power-of-two number of 4 KiB
+    /// pages, within the device's segment boundary, zeroed, with no original and no copies.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroSize`], [`Error::ExceedsSegment`], [`Error::InvalidMask`],
+    /// [`Error::PoolFull`].
+    pub fn alloc(&self, dev: &Device, size: usize, cpu: usize) -> Result<PhysAddr, Error> {
+        self.alloc_inner(dev, size, cpu)
+            .map_err(|e| self.stats.fail(e))
+    }
+
+    fn alloc_inner(&self, dev: &Device, size: usize, cpu: usize) -> Result<PhysAddr, Error> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if size > IO_TLB_SEGMENT_BYTES {
+            return Err(Error::ExceedsSegment {
+                // CAST: usize fits in u64.
+                alloc_size: size as u64,
+                max: IO_TLB_SEGMENT_BYTES as u64,
+            });
+        }
+        // (1 << (get_order(size) + PAGE_SHIFT)) - 1.
+        // CAST: usize fits in u64.
+        let align = (size as u64).div_ceil(PAGE_SIZE).next_power_of_two() * PAGE_SIZE - 1;
+        let plan = Plan::new(
+            self.start.as_u64(),
+            dev.min_align_mask,
+            dev.seg_boundary_mask,
+            None,
+            size,
+            align,
+        )?;
+        let head = self.find_slots(&plan, cpu, None, size)?;
+        let addr = self.slot_addr(head, 0);
+        // SAFETY: the slots are ours (COHERENT, returned to nobody yet), inside the pool.
+        unsafe { self.mem.fill(addr, 0, size) };
+        self.stats.allocs.fetch_add(1, Ordering::Relaxed);
+        Ok(addr)
+    }
+
+    /// Frees a coherent allocation made by [`alloc`](Self::alloc) (Linux's `swiotlb_free`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInPool`], [`Error::NotMapped`] when `addr` is not the start of a live
+    /// coherent allocation. The pool is unchanged after an error.
+    pub fn free(&self, dev: &Device, addr: PhysAddr) -> Result<(), Error> {
+        let _ = dev;
+        self.free_inner(addr).map_err(|e| self.stats.fail(e))
+    }
+
+    fn free_inner(&self, addr: PhysAddr) -> Result<(), Error> {
+        let idx = self.slot_index(addr)?;
+        let area = &self.areas[idx / self.area_nslabs];
+        let mut st = area.lock.lock();
+        let h = &self.slots()[idx];
+        let in_slot = (addr.as_u64() - self.start.as_u64()) & SLOT_MASK;
+        if h.state.load(Ordering::Acquire) != state::COHERENT || in_slot != 0 {
+            return Err(Error::NotMapped { addr });
+        }
+        let n = self.release(idx, &mut st);
+        drop(st);
+        self.stats.dec_used(n);
+        self.stats.frees.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checks the pool's internal invariants, taking each area lock in turn: the free
+    /// bitmaps agree with the slot states, every area's `used` matches its bitmaps, every
+    /// allocation lies in one segment with consistent metadata, and the pool-wide `used`
+    /// is the sum of the areas'. Meant for tests and debugging; call it while no operation
+    /// is in flight for the `used` sum to be exact.
+    ///
+    /// # Errors
+    ///
+    /// A description of the first violation found, with the slot index involved.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let slots = self.slots();
+        let mut total = 0;
+        for (a, area) in self.areas.iter().enumerate() {
+            let st = area.lock.lock();
+            let base = a * self.area_nslabs;
+            let mut used = 0;
+            let mut i = base;
+            while i < base + self.area_nslabs {
+                let free = seg_free(slots, i / IO_TLB_SEGSIZE);
+                let is_free = free >> (i % IO_TLB_SEGSIZE) & 1 == 1;
+                let s = &slots[i];
+                let stt = s.state.load(Ordering::Acquire);
+                if is_free != (stt == state::FREE) {
+                    return Err(InvariantViolation {
+                        slot: i,
+                        what: "free bitmap disagrees with the slot state",
+                    });
+                }
+                if is_free {
+                    if s.orig.load(Ordering::Relaxed) != INVALID_PHYS {
+                        return Err(InvariantViolation {
+                            slot: i,
+                            what: "free slot with an original address",
+                        });
+                    }
+                    i += 1;
+                    continue;
+                }
+                // The start of an allocation: pad slots, then the first data slot.
+                let mut pad = 0;
+                while i + pad < slots.len()
+                    && slots[i + pad].state.load(Ordering::Acquire) == state::PAD
+                {
+                    pad += 1;
+                }
+                let head = i + pad;
+                let h = slots.get(head).ok_or(InvariantViolation {
+                    slot: i,
+                    what: "pad slots at the end of the pool",
+                })?;
+                let hs = h.state.load(Ordering::Acquire);
+                if !matches!(
+                    hs,
+                    state::HEAD | state::RESERVED | state::UNMAPPING | state::COHERENT
+                ) {
+                    return Err(InvariantViolation {
+                        slot: head,
+                        what: "allocation without a first data slot",
+                    });
+                }
+                let n = usize::from(h.nslots.load(Ordering::Relaxed));
+                if usize::from(h.pad.load(Ordering::Relaxed)) != pad || n <= pad {
+                    return Err(InvariantViolation {
+                        slot: head,
+                        what: "pad or slot count disagrees with the slots",
+                    });
+                }
+                if i / IO_TLB_SEGSIZE != (i + n - 1) / IO_TLB_SEGSIZE {
+                    return Err(InvariantViolation {
+                        slot: i,
+                        what: "allocation crosses a segment",
+                    });
+                }
+                for (k, s) in slots[head + 1..i + n].iter().enumerate() {
+                    if s.state.load(Ordering::Acquire) != state::BODY
+                        || usize::from(s.k.load(Ordering::Relaxed)) != k + 1
+                    {
+                        return Err(InvariantViolation {
+                            slot: head + 1 + k,
+                            what: "data slot with a wrong state or index",
+                        });
+                    }
+                }
+                used += n;
+                i += n;
+            }
+            if used != st.used {
+                return Err(InvariantViolation {
+                    slot: base,
+                    what: "area used count disagrees with its slots",
+                });
+            }
+            total += used;
+        }
+        if total != self.stats.used.load(Ordering::Relaxed) {
+            return Err(InvariantViolation {
+                slot: 0,
+                what: "pool used count disagrees with the areas",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A broken pool invariant found by [`BouncePool::check_invariants`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("pool invariant broken at slot {slot}: {what}")]
+pub struct InvariantViolation {
+    /// The slot where the violation was found.
+    pub slot: usize,
+    /// What is wrong.
+    pub what: &'static str,
+}

@@ -1,0 +1,329 @@
+//! The slot search and the free-slot bookkeeping.
+//!
+//! Linux keeps, per slot, the number of free slots from it to the end of its segment, and
+//! searches an area slot by slot (stepping by the alignment stride). This port keeps the same
+//! information as one 128-bit free bitmap per segment. A search then treats a segment at a
+//! time: it skips a segment that has fewer free slots than needed in O(1), and finds every
+//! position in a segment where a long enough free run starts, with the right alignment, with
+//! a handful of shifts and ands. The alignment, minimum-alignment and segment-boundary rules
+//! are those of Linux's `swiotlb_search_pool_area`, checked on the same addresses.
+
+use super::area::Slot;
+use super::{IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
+use crate::error::Error;
+use core::sync::atomic::Ordering;
+
+/// The slot geometry and alignment constraints of one request, computed before any lock is
+/// taken.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    /// Slots to take, pad slots included (Linux's `nr_slots(alloc_size)`).
+    pub(crate) nslots: usize,
+    /// Whole slots in front of the first data slot.
+    pub(crate) pad: usize,
+    /// The offset of the data inside the first data slot (below 2 KiB).
+    pub(crate) small_off: u16,
+    /// Candidate first slots are `g` with `g % stride == phase` (global slot indices).
+    stride: u64,
+    phase: u64,
+    /// Segment boundary in slots (`get_max_slots(boundary_mask)`) and the pool's offset
+    /// inside a boundary, in slots.
+    max_slots: u64,
+    shift: u64,
+}
+
+/// Whether `mask` is of the form `2^n - 1` (zero included).
+#[inline]
+pub(crate) const fn is_low_mask(mask: u64) -> bool {
+    mask & mask.wrapping_add(1) == 0
+}
+
+impl Plan {
+    /// Computes the plan of a request of `size` bytes whose original starts at `orig`
+    /// (`None` for a coherent allocation), for a pool starting at `pool_start`.
+    ///
+    /// Mirrors `swiotlb_tbl_map_single` (offset and size) and the set-up part of
+    /// `swiotlb_search_pool_area` (alignment, stride, boundary).
+    pub(crate) fn new(
+        pool_start: u64,
+        min_align_mask: u64,
+        seg_boundary_mask: u64,
+        orig: Option<u64>,
+        size: usize,
+        alloc_align_mask: u64,
+    ) -> Result<Self, Error> {
+        if !is_low_mask(alloc_align_mask) {
+            return Err(Error::InvalidMask {
+                what: "alloc_align_mask",
+                mask: alloc_align_mask,
+            });
+        }
+        if !is_low_mask(min_align_mask) {
+            return Err(Error::InvalidMask {
+                what: "min_align_mask",
+                mask: min_align_mask,
+            });
+        }
+        if !is_low_mask(seg_boundary_mask) {
+            return Err(Error::InvalidMask {
+                what: "seg_boundary_mask",
+                mask: seg_boundary_mask,
+            });
+        }
+        let seg_bytes = (IO_TLB_SEGSIZE as u64) << IO_TLB_SHIFT;
+        let io_tlb_mask = IO_TLB_SIZE as u64 - 1;
+        let orig_raw = orig.unwrap_or(0);
+        // swiotlb_align_offset(dev, alloc_align_mask, orig).
+        let offset = orig_raw & min_align_mask & (alloc_align_mask | io_tlb_mask);
+        // CAST: usize is at most 64 bits on every supported target.
+        let alloc_size = (size as u64)
+            .checked_add(offset)
+            .and_then(|s| s.checked_add(alloc_align_mask))
+            .map(|s| s & !alloc_align_mask)
+            .filter(|&s| s <= seg_bytes)
+            .ok_or(Error::ExceedsSegment {
+                alloc_size: (size as u64)
+                    .saturating_add(offset)
+                    .saturating_add(alloc_align_mask)
+                    & !alloc_align_mask,
+                max: seg_bytes,
+            })?;
+        // CAST: alloc_size <= 256 KiB, so the slot count is at most 128.
+        let nslots = alloc_size.div_ceil(IO_TLB_SIZE as u64) as usize;
+
+        // The search's alignment: page alignment for large streaming maps when no mask asks
+        // otherwise, at least slot alignment, and the min_align bits above that.
+        let mut align = alloc_align_mask;
+        if align == 0 && min_align_mask == 0 && alloc_size >= PAGE_SIZE {
+            align = PAGE_SIZE - 1;
+        }
+        align |= io_tlb_mask;
+        let iotlb_align = if orig.is_some() {
+            min_align_mask & !align
+        } else {
+            0
+        };
+        // Both are low masks, so their union is one too and the stride a power of two.
+        let m = align | iotlb_align;
+        let stride = (m >> IO_TLB_SHIFT) + 1;
+        let target = (orig_raw & iotlb_align) >> IO_TLB_SHIFT;
+        let phase = target.wrapping_sub(pool_start >> IO_TLB_SHIFT) & (stride - 1);
+        let max_slots = (seg_boundary_mask >> IO_TLB_SHIFT) + 1;
+        let shift = (pool_start & seg_boundary_mask) >> IO_TLB_SHIFT;
+        Ok(Self {
+            nslots,
+            // CAST: offset < 256 KiB, so pad < 128; small_off < 2048.
+            pad: (offset >> IO_TLB_SHIFT) as usize,
+            small_off: (offset & io_tlb_mask) as u16,
+            stride,
+            phase,
+            max_slots,
+            shift,
+        })
+    }
+
+    /// The mask of positions in the segment starting at global slot `base` that satisfy
+    /// the alignment rules.
+    #[inline]
+    fn aligned_positions(&self, base: u64) -> u128 {
+        let seg = IO_TLB_SEGSIZE as u64;
+        let p0 = self.phase.wrapping_sub(base) & (self.stride - 1);
+        if p0 >= seg {
+            return 0;
+        }
+        if self.stride >= seg {
+            return 1u128 << p0;
+        }
+        // A bit every `stride` positions, starting at 0, then moved to `p0`.
+        let mut pattern: u128 = 1;
+        let mut width = self.stride;
+        while width < seg {
+            pattern |= pattern << width;
+            width <<= 1;
+        }
+        pattern << p0
+    }
+
+    /// Linux's `iommu_is_span_boundary` for a run of `nslots` starting at global slot `g`.
+    #[inline]
+    fn spans_boundary(&self, g: u64) -> bool {
+        let s = self.shift.wrapping_add(g) & (self.max_slots - 1);
+        s + self.nslots as u64 > self.max_slots
+    }
+}
+
+/// The free bitmap of segment `seg`.
+#[inline]
+pub(crate) fn seg_free(slots: &[Slot], seg: usize) -> u128 {
+    let b = seg * IO_TLB_SEGSIZE;
+    let lo = slots[b].free_bits.load(Ordering::Relaxed);
+    let hi = slots[b + 64].free_bits.load(Ordering::Relaxed);
+    u128::from(lo) | (u128::from(hi) << 64)
+}
+
+/// Stores the free bitmap of segment `seg`.
+#[inline]
+pub(crate) fn set_seg_free(slots: &[Slot], seg: usize, bits: u128) {
+    let b = seg * IO_TLB_SEGSIZE;
+    // CAST: deliberate truncation to the low and high halves.
+    slots[b].free_bits.store(bits as u64, Ordering::Relaxed);
+    slots[b + 64]
+        .free_bits
+        .store((bits >> 64) as u64, Ordering::Relaxed);
+}
+
+/// The mask of `n` bits starting at bit `p` (with `p + n <= 128`).
+#[inline]
+pub(crate) fn run_mask(p: usize, n: usize) -> u128 {
+    let ones = if n >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << n) - 1
+    };
+    ones << p
+}
+
+/// The positions where a run of at least `n` set bits of `free` starts (runs end at bit
+/// 127, the end of the segment, as Linux's free counts do).
+#[inline]
+pub(crate) fn run_starts(free: u128, n: usize) -> u128 {
+    let mut r = free;
+    let mut k = 1;
+    while k < n {
+        let t = core::cmp::min(k, n - k);
+        r &= r >> t;
+        k += t;
+    }
+    r
+}
+
+/// Searches the area of `area_nslabs` slots starting at global slot `area_base` for a run
+/// matching `plan`, starting with the segment that holds the area-relative slot `index`.
+/// Returns the global index of the first slot of the run. The caller holds the area lock.
+pub(crate) fn search_area(
+    slots: &[Slot],
+    area_base: usize,
+    area_nslabs: usize,
+    index: usize,
+    plan: &Plan,
+) -> Option<usize> {
+    let n = plan.nslots;
+    if plan.nslots as u64 > plan.max_slots {
+        return None;
+    }
+    let nsegs = area_nslabs / IO_TLB_SEGSIZE;
+    let first_seg = area_base / IO_TLB_SEGSIZE;
+    let start = (index / IO_TLB_SEGSIZE) % nsegs;
+    // A run of `n` free slots needs at least `n` free bits; `n` <= 128 by construction.
+    for i in 0..nsegs {
+        let mut rel = start + i;
+        if rel >= nsegs {
+            rel -= nsegs;
+        }
+        let seg = first_seg + rel;
+        let free = seg_free(slots, seg);
+        // CAST: count_ones() <= 128.
+        if (free.count_ones() as usize) < n {
+            continue;
+        }
+        let base = seg * IO_TLB_SEGSIZE;
+        // CAST: slot indices fit in u64.
+        let mut cand = run_starts(free, n) & plan.aligned_positions(base as u64);
+        while cand != 0 {
+            // CAST: trailing_zeros() < 128.
+            let p = cand.trailing_zeros() as usize;
+            let g = base + p;
+            if !plan.spans_boundary(g as u64) {
+                return Some(g);
+            }
+            cand &= cand - 1;
+        }
+    }
+    None
+}
+
+/// Marks `n` slots from global slot `g` as taken in the free bitmap (all in one segment).
+#[inline]
+pub(crate) fn take_run(slots: &[Slot], g: usize, n: usize) {
+    let seg = g / IO_TLB_SEGSIZE;
+    let bits = seg_free(slots, seg);
+    let mask = run_mask(g % IO_TLB_SEGSIZE, n);
+    debug_assert_eq!(bits & mask, mask, "taking slots that are not free");
+    set_seg_free(slots, seg, bits & !mask);
+}
+
+/// Marks `n` slots from global slot `g` as free in the free bitmap (all in one segment).
+#[inline]
+pub(crate) fn give_run(slots: &[Slot], g: usize, n: usize) {
+    let seg = g / IO_TLB_SEGSIZE;
+    let bits = seg_free(slots, seg);
+    let mask = run_mask(g % IO_TLB_SEGSIZE, n);
+    debug_assert_eq!(bits & mask, 0, "freeing slots that are free");
+    set_seg_free(slots, seg, bits | mask);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_starts_finds_runs_within_the_segment() {
+        let free: u128 = 0b1110_0111_1000;
+        assert_eq!(run_starts(free, 1), free);
+        assert_eq!(run_starts(free, 3), 0b0010_0001_1000);
+        assert_eq!(run_starts(free, 4), 0b0000_0000_1000);
+        assert_eq!(run_starts(free, 5), 0);
+        assert_eq!(run_starts(u128::MAX, 128), 1);
+        assert_eq!(run_starts(u128::MAX, 127), 0b11);
+        assert_eq!(run_starts(u128::MAX << 1, 128), 0);
+    }
+
+    #[test]
+    fn aligned_positions_follow_stride_and_phase() {
+        let plan = Plan::new(0, 0, u64::MAX, Some(0), 4096, 0).unwrap();
+        // A 4 KiB streaming map is page aligned: every second slot.
+        assert_eq!(plan.stride, 2);
+        let m = plan.aligned_positions(0);
+        assert_eq!(m.count_ones(), 64);
+        assert_eq!(m & 0b11, 0b01);
+        // NVMe: bit 11 of the original must be kept.
+        let plan = Plan::new(0, 0xfff, u64::MAX, Some(0x1800), 100, 0).unwrap();
+        assert_eq!(plan.stride, 2);
+        assert_eq!(plan.aligned_positions(0) & 0b11, 0b10);
+        assert_eq!(plan.small_off, 0);
+        // A stride beyond a segment selects at most one position per segment.
+        let plan = Plan::new(0, (1 << 20) - 1, u64::MAX, Some(0), 100, 0).unwrap();
+        assert_eq!(plan.aligned_positions(0), 1);
+        assert_eq!(plan.aligned_positions(128), 0);
+        assert_eq!(plan.aligned_positions(512), 1);
+    }
+
+    #[test]
+    fn plan_rejects_non_low_masks_and_oversized_allocations() {
+        assert!(matches!(
+            Plan::new(0, 0, u64::MAX, Some(0), 1, 0x1000),
+            Err(Error::InvalidMask {
+                what: "alloc_align_mask",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Plan::new(0, 0x1001, u64::MAX, Some(0), 1, 0),
+            Err(Error::InvalidMask {
+                what: "min_align_mask",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Plan::new(0, 0, 0xf0, Some(0), 1, 0),
+            Err(Error::InvalidMask {
+                what: "seg_boundary_mask",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Plan::new(0, 0, u64::MAX, Some(0x7ff), 256 * 1024, u64::MAX),
+            Err(Error::ExceedsSegment { .. })
+        ));
+    }
+}

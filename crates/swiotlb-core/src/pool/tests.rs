@@ -1,0 +1,815 @@
+//! Unit tests, one (or a few) per rule of the pool.
+
+use super::*;
+use crate::linear::LinearMap;
+use crate::{DmaMask, Error};
+use std::boxed::Box;
+use std::vec;
+use std::vec::Vec;
+
+const POOL_BASE: u64 = 0x4000_0000;
+const ORIG_BYTES: usize = 1 << 20;
+
+type Pool = BouncePool<LinearMap, Vec<Slot>>;
+
+/// A pool followed by 1 MiB of "original" memory, in one heap allocation reached only
+/// through raw pointers.
+struct Fixture {
+    base: *mut u8,
+    len: usize,
+    pool: Pool,
+}
+
+impl Fixture {
+    fn new(nslabs: usize, nareas: usize) -> Self {
+        let len = nslabs * IO_TLB_SIZE + ORIG_BYTES;
+        let base = Box::into_raw(vec![0x5au8; len].into_boxed_slice()).cast::<u8>();
+        // SAFETY: `base..base + len` is one live allocation freed only in `Drop`, after the
+        // pool; nothing else references it.
+        let mem = unsafe { LinearMap::new(base, PhysAddr::new(POOL_BASE), len) };
+        let storage = (0..nslabs).map(|_| Slot::new()).collect();
+        // SAFETY: the pool range is the start of the allocation and is used by the pool alone.
+        let pool = unsafe { Pool::new(mem, PhysAddr::new(POOL_BASE), nslabs, nareas, storage) }
+            .expect("valid configuration");
+        Self { base, len, pool }
+    }
+
+    /// The physical address of byte `off` of the original region.
+    fn orig(&self, off: u64) -> PhysAddr {
+        PhysAddr::new(self.pool.end().as_u64() + off)
+    }
+
+    fn ptr(&self, addr: PhysAddr, len: usize) -> *mut u8 {
+        let off = usize::try_from(addr.as_u64() - POOL_BASE).unwrap();
+        assert!(off + len <= self.len);
+        // SAFETY: checked to be inside the allocation.
+        unsafe { self.base.add(off) }
+    }
+
+    /// Writes bytes as the CPU (original) or the device (pool) would.
+    fn write(&self, addr: PhysAddr, bytes: &[u8]) {
+        // SAFETY: inside the allocation; no reference covers it.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(addr, bytes.len()), bytes.len())
+        }
+    }
+
+    fn fill(&self, addr: PhysAddr, byte: u8, len: usize) {
+        // SAFETY: inside the allocation; no reference covers it.
+        unsafe { core::ptr::write_bytes(self.ptr(addr, len), byte, len) }
+    }
+
+    fn read(&self, addr: PhysAddr, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        // SAFETY: inside the allocation; no reference covers it.
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr(addr, len), v.as_mut_ptr(), len) }
+        v
+    }
+
+    fn map(
+        &self,
+        dev: &Device,
+        orig: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+    ) -> Result<PhysAddr, Error> {
+        self.map_full(dev, orig, size, 0, dir, DmaAttrs::empty(), 0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn map_full(
+        &self,
+        dev: &Device,
+        orig: PhysAddr,
+        size: usize,
+        align: u64,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        cpu: usize,
+    ) -> Result<PhysAddr, Error> {
+        // SAFETY: tests only pass originals inside the fixture's original region (or ranges
+        // the pool rejects before touching memory).
+        unsafe { self.pool.map(dev, orig, size, align, dir, attrs, cpu) }
+    }
+
+    fn slot_of(&self, tlb: PhysAddr) -> usize {
+        usize::try_from((tlb.as_u64() - POOL_BASE) >> IO_TLB_SHIFT).unwrap()
+    }
+
+    fn check(&self) {
+        self.pool.check_invariants().expect("pool invariants hold");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `Box::into_raw` of a slice of `len` bytes.
+        drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(self.base, self.len)) });
+    }
+}
+
+fn dev() -> Device {
+    Device::new(DmaMask::FULL)
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+const TD: DmaDirection = DmaDirection::ToDevice;
+const FD: DmaDirection = DmaDirection::FromDevice;
+const BI: DmaDirection = DmaDirection::Bidirectional;
+const NONE: DmaAttrs = DmaAttrs::empty();
+
+#[test]
+fn init_zeroes_pool_and_sets_every_slot_free() {
+    let f = Fixture::new(256, 1);
+    assert_eq!(
+        f.read(f.pool.start(), 256 * IO_TLB_SIZE),
+        vec![0u8; 256 * IO_TLB_SIZE]
+    );
+    assert_eq!(f.pool.free_count(0), Some(128));
+    assert_eq!(f.pool.free_count(127), Some(1));
+    assert_eq!(f.pool.free_count(130), Some(126));
+    assert_eq!(f.pool.free_count(256), None);
+    assert_eq!(f.pool.end().as_u64(), POOL_BASE + 256 * 2048);
+    f.check();
+}
+
+#[test]
+fn init_rejects_bad_configuration() {
+    let mem = || {
+        // SAFETY: the map is never used for a copy: every construction below fails before
+        // zeroing.
+        unsafe {
+            LinearMap::new(
+                core::ptr::NonNull::<u8>::dangling().as_ptr(),
+                PhysAddr::new(0),
+                0,
+            )
+        }
+    };
+    let st = || (0..256).map(|_| Slot::new()).collect::<Vec<_>>();
+    let start = PhysAddr::new(POOL_BASE);
+    // SAFETY (all calls): they fail validation before touching memory.
+    unsafe {
+        assert_eq!(
+            Pool::new(mem(), start, 0, 1, st()).unwrap_err(),
+            Error::InvalidSlotCount { nslabs: 0 }
+        );
+        assert_eq!(
+            Pool::new(mem(), start, 100, 1, st()).unwrap_err(),
+            Error::InvalidSlotCount { nslabs: 100 }
+        );
+        assert_eq!(
+            Pool::new(mem(), PhysAddr::new(u64::MAX - 4095), 128, 1, st()).unwrap_err(),
+            Error::InvalidSlotCount { nslabs: 128 }
+        );
+        assert_eq!(
+            Pool::new(mem(), PhysAddr::new(POOL_BASE + 1024), 128, 1, st()).unwrap_err(),
+            Error::MisalignedStart {
+                start: PhysAddr::new(POOL_BASE + 1024)
+            }
+        );
+        assert_eq!(
+            Pool::new(mem(), start, 128, 3, st()).unwrap_err(),
+            Error::InvalidAreaCount {
+                nareas: 3,
+                max: MAX_AREAS
+            }
+        );
+        assert_eq!(
+            Pool::new(mem(), start, 128, 0, st()).unwrap_err(),
+            Error::InvalidAreaCount {
+                nareas: 0,
+                max: MAX_AREAS
+            }
+        );
+        assert_eq!(
+            Pool::new(mem(), start, 128, 128, st()).unwrap_err(),
+            Error::InvalidAreaCount {
+                nareas: 128,
+                max: MAX_AREAS
+            }
+        );
+        assert_eq!(
+            Pool::new(mem(), start, 384, 1, st()).unwrap_err(),
+            Error::StorageTooSmall {
+                have: 256,
+                need: 384
+            }
+        );
+    }
+}
+
+#[test]
+fn areas_are_power_of_two_whole_segments_limited_like_linux() {
+    assert_eq!(limit_nareas(4, 256), 2);
+    assert_eq!(limit_nareas(2, 384), 1);
+    assert_eq!(limit_nareas(4, 512), 4);
+    assert_eq!(limit_nareas(8, 128 * 12), 4);
+    assert_eq!(limit_nareas(1, 128), 1);
+    let f = Fixture::new(256, 4);
+    assert_eq!(f.pool.nareas(), 2);
+}
+
+#[test]
+fn area_chosen_from_cpu_hint_with_fall_through() {
+    let f = Fixture::new(256, 2);
+    let d = dev();
+    let a = f.map_full(&d, f.orig(0), 100, 0, TD, NONE, 1).unwrap();
+    assert!(f.slot_of(a) >= 128, "cpu 1 starts in area 1");
+    let b = f.map_full(&d, f.orig(0), 100, 0, TD, NONE, 2).unwrap();
+    assert!(f.slot_of(b) < 128, "cpu 2 starts in area 0 (2 & 1)");
+    // Fill what is left of area 1 with one-slot maps; the next map from cpu 1 falls through.
+    for _ in 0..127 {
+        let t = f.map_full(&d, f.orig(0), 100, 0, TD, NONE, 1).unwrap();
+        assert!(f.slot_of(t) >= 128);
+    }
+    let c = f.map_full(&d, f.orig(0), 100, 0, TD, NONE, 1).unwrap();
+    assert!(f.slot_of(c) < 128, "area 1 is full, area 0 takes the map");
+    f.check();
+}
+
+#[test]
+fn slots_are_2k_and_no_mapping_crosses_a_segment() {
+    let f = Fixture::new(256, 1);
+    let d = dev().with_min_align_mask(0x1);
+    let a = f.map(&d, f.orig(0), 100 * 2048, TD).unwrap();
+    assert_eq!(f.pool.stats().used, 100);
+    let b = f.map(&d, f.orig(0), 100 * 2048, TD).unwrap();
+    assert_eq!(
+        f.slot_of(b) / 128,
+        1,
+        "28 slots left in segment 0 are too few"
+    );
+    assert_eq!((f.slot_of(b) + 99) / 128, 1);
+    let c = f.map(&d, f.orig(0), 2049, TD).unwrap();
+    assert_eq!(f.stats_used(), 202);
+    assert_eq!(f.slot_of(c) / 128, (f.slot_of(c) + 1) / 128);
+    for (t, n) in [(a, 100 * 2048), (b, 100 * 2048), (c, 2049)] {
+        f.pool.unmap(&d, t, n, TD, NONE).unwrap();
+    }
+    assert_eq!(f.stats_used(), 0);
+    assert_eq!(f.pool.free_count(0), Some(128));
+    f.check();
+}
+
+impl Fixture {
+    fn stats_used(&self) -> usize {
+        self.pool.stats().used
+    }
+}
+
+#[test]
+fn free_counts_match_linux_worked_example() {
+    let f = Fixture::new(128, 1);
+    // min_align_mask 1 turns off the page-alignment default, so runs pack from slot 0.
+    let d = dev().with_min_align_mask(0x1);
+    let a = f.map(&d, f.orig(0), 3 * 2048, TD).unwrap();
+    assert_eq!(f.slot_of(a), 0);
+    assert_eq!(f.pool.free_count(0), Some(0));
+    assert_eq!(f.pool.free_count(3), Some(125));
+    f.pool.unmap(&d, a, 3 * 2048, TD, NONE).unwrap();
+    assert_eq!(f.pool.free_count(0), Some(128));
+    let five = f.map(&d, f.orig(0), 5 * 2048, TD).unwrap();
+    let three = f.map(&d, f.orig(0), 3 * 2048, TD).unwrap();
+    assert_eq!(f.slot_of(three), 5);
+    f.pool.unmap(&d, five, 5 * 2048, TD, NONE).unwrap();
+    for i in 0..5 {
+        assert_eq!(f.pool.free_count(i), Some(5 - i), "slot {i}");
+    }
+    assert_eq!(f.pool.free_count(8), Some(120));
+    f.check();
+}
+
+#[test]
+fn metadata_out_of_band_survives_device_scribbling_the_pool() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    let data = pattern(1, 3000);
+    f.write(f.orig(0), &data);
+    let t = f.map(&d, f.orig(0), 3000, BI).unwrap();
+    // A hostile device overwrites the whole pool, metadata would be gone if it lived there.
+    f.fill(f.pool.start(), 0xff, 128 * IO_TLB_SIZE);
+    f.check();
+    f.pool.unmap(&d, t, 3000, BI, NONE).unwrap();
+    assert_eq!(f.read(f.orig(0), 3000), vec![0xff; 3000]);
+    assert_eq!(f.stats_used(), 0);
+    f.check();
+}
+
+#[test]
+fn nvme_min_align_mask_keeps_low_12_bits() {
+    let f = Fixture::new(256, 1);
+    let d = dev().with_min_align_mask(0xfff);
+    let mut maps = Vec::new();
+    for (i, low) in [0x0u64, 0x123, 0x7ff, 0x800, 0xabc, 0xfff, 0x1800, 0x1001]
+        .into_iter()
+        .enumerate()
+    {
+        let orig = f.orig(0x10000 * i as u64 + low);
+        let data = pattern(i as u8, 5000);
+        f.write(orig, &data);
+        let t = f.map(&d, orig, 5000, TD).unwrap();
+        assert_eq!(t.as_u64() & 0xfff, orig.as_u64() & 0xfff, "orig {orig}");
+        assert_eq!(f.read(t, 5000), data);
+        maps.push(t);
+    }
+    for t in maps {
+        f.pool.unmap(&d, t, 5000, TD, NONE).unwrap();
+    }
+    f.check();
+}
+
+#[test]
+fn min_align_offset_of_2k_or_more_uses_pad_slots() {
+    let f = Fixture::new(128, 1);
+    // dma-iommu style: both masks are the IOVA granule.
+    let d = dev().with_min_align_mask(0xfff);
+    let orig = f.orig(0x4abc);
+    let data = pattern(9, 1000);
+    f.write(orig, &data);
+    let t = f.map_full(&d, orig, 1000, 0xfff, TD, NONE, 0).unwrap();
+    assert_eq!(t.as_u64() & 0xfff, 0xabc);
+    let first = t.as_u64() - 0xabc;
+    assert_eq!(
+        first % 4096,
+        0,
+        "the allocation starts page aligned at the pad slot"
+    );
+    assert_eq!(f.stats_used(), 2, "one pad slot and one data slot");
+    let pad_slot = f.slot_of(PhysAddr::new(first));
+    assert_eq!(f.pool.free_count(pad_slot), Some(0));
+    assert_eq!(f.read(t, 1000), data);
+    // The pad slot is not a mapping.
+    assert_eq!(
+        f.pool.unmap(&d, PhysAddr::new(first), 1000, TD, NONE),
+        Err(Error::NotMapped {
+            addr: PhysAddr::new(first)
+        })
+    );
+    f.pool.unmap(&d, t, 1000, TD, NONE).unwrap();
+    assert_eq!(f.pool.free_count(0), Some(128));
+    f.check();
+}
+
+#[test]
+fn alloc_align_mask_aligns_the_allocation() {
+    let f = Fixture::new(256, 1);
+    let d = dev();
+    let _occupy = f.map(&d, f.orig(0), 100, TD).unwrap();
+    for mask in [0x3fffu64, 0xffff, 0x1_ffff] {
+        let t = f
+            .map_full(&d, f.orig(0x10), 100, mask, TD, NONE, 0)
+            .unwrap();
+        assert_eq!(t.as_u64() & mask, 0, "mask {mask:#x}");
+    }
+    f.check();
+}
+
+#[test]
+fn streaming_maps_of_a_page_or_more_are_page_aligned_unless_a_mask_says_otherwise() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    let a = f.map(&d, f.orig(0), 100, TD).unwrap();
+    assert_eq!(f.slot_of(a), 0);
+    // Without a min_align_mask a page-sized map skips the unaligned slot 1.
+    let b = f.map(&d, f.orig(0), 4096, TD).unwrap();
+    assert_eq!(b.as_u64() % 4096, 0);
+    assert_eq!(f.slot_of(b), 2);
+    f.pool.unmap(&d, b, 4096, TD, NONE).unwrap();
+    // With a min_align_mask the default does not apply: slots 1 and 2 are taken.
+    let d1 = dev().with_min_align_mask(0x1);
+    let e = f.map(&d1, f.orig(0), 4096, TD).unwrap();
+    assert_eq!(f.slot_of(e), 1);
+    f.pool.unmap(&d1, e, 4096, TD, NONE).unwrap();
+    // Below a page only slot alignment applies.
+    let c = f.map(&d, f.orig(0), 2048, TD).unwrap();
+    assert_eq!(f.slot_of(c), 1);
+    f.check();
+}
+
+#[test]
+fn segment_boundary_mask_is_never_crossed() {
+    let f = Fixture::new(128, 1);
+    let d = dev()
+        .with_seg_boundary_mask(0x1fff)
+        .with_min_align_mask(0x1);
+    let a = f.map(&d, f.orig(0), 100, TD).unwrap();
+    assert_eq!(f.slot_of(a), 0);
+    let b = f.map(&d, f.orig(0), 4 * 2048, TD).unwrap();
+    assert_eq!(
+        f.slot_of(b),
+        4,
+        "slots 1..=4 would cross the 8 KiB boundary"
+    );
+    // A run longer than the boundary never fits.
+    assert!(matches!(
+        f.map(&d, f.orig(0), 5 * 2048, TD),
+        Err(Error::PoolFull { .. })
+    ));
+    f.check();
+}
+
+#[test]
+fn map_copies_original_whatever_the_direction_cve_2022_0854() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    for (i, (dir, attrs)) in [
+        (TD, NONE),
+        (FD, NONE),
+        (BI, NONE),
+        (FD, DmaAttrs::SKIP_CPU_SYNC),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = pattern(i as u8, 1500);
+        f.write(f.orig(0), &data);
+        let t = f.map_full(&d, f.orig(0), 1500, 0, dir, attrs, 0).unwrap();
+        assert_eq!(f.read(t, 1500), data, "{dir:?} {attrs:?}");
+        f.pool
+            .unmap(&d, t, 1500, dir, DmaAttrs::SKIP_CPU_SYNC)
+            .unwrap();
+    }
+}
+
+#[test]
+fn partial_from_device_write_leaves_unwritten_bytes_unchanged() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    // A previous user leaves a secret in the slots.
+    f.write(f.orig(0), &[0x55; 4000]);
+    let t = f.map(&d, f.orig(0), 4000, TD).unwrap();
+    f.pool.unmap(&d, t, 4000, TD, NONE).unwrap();
+    // The next FromDevice map gets the same slots; the device writes only 100 bytes.
+    let buf = f.orig(0x8000);
+    f.write(buf, &[0x11; 4000]);
+    let t2 = f.map(&d, buf, 4000, FD).unwrap();
+    assert_eq!(t2, t, "the same slots are reused");
+    f.write(t2, &[0xee; 100]);
+    f.pool.unmap(&d, t2, 4000, FD, NONE).unwrap();
+    let back = f.read(buf, 4000);
+    assert_eq!(&back[..100], &[0xee; 100][..]);
+    assert_eq!(&back[100..], &[0x11; 3900][..], "no stale bounce data");
+}
+
+#[test]
+fn unmap_copies_back_for_from_device_and_bidirectional_unless_skip_cpu_sync() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    for (dir, attrs, expect_copy) in [
+        (TD, NONE, false),
+        (FD, NONE, true),
+        (BI, NONE, true),
+        (FD, DmaAttrs::SKIP_CPU_SYNC, false),
+        (BI, DmaAttrs::SKIP_CPU_SYNC, false),
+    ] {
+        f.write(f.orig(0), &[1; 600]);
+        let t = f.map(&d, f.orig(0), 600, dir).unwrap();
+        f.write(t, &[2; 600]);
+        f.pool.unmap(&d, t, 600, dir, attrs).unwrap();
+        let want = if expect_copy { 2 } else { 1 };
+        assert_eq!(f.read(f.orig(0), 600), vec![want; 600], "{dir:?} {attrs:?}");
+    }
+}
+
+#[test]
+fn sync_copies_by_direction() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    for dir in [TD, FD, BI] {
+        f.write(f.orig(0), &[1; 300]);
+        let t = f.map(&d, f.orig(0), 300, dir).unwrap();
+        // CPU updates the original, then syncs for the device.
+        f.write(f.orig(0), &[3; 300]);
+        f.pool.sync_for_device(&d, t, 300, dir).unwrap();
+        let want = if dir.to_device() { 3 } else { 1 };
+        assert_eq!(f.read(t, 300), vec![want; 300], "for_device {dir:?}");
+        // The device writes, then the CPU syncs.
+        f.write(t, &[4; 300]);
+        f.pool.sync_for_cpu(&d, t, 300, dir).unwrap();
+        let want = if dir.from_device() { 4 } else { 3 };
+        assert_eq!(f.read(f.orig(0), 300), vec![want; 300], "for_cpu {dir:?}");
+        f.pool
+            .unmap(&d, t, 300, dir, DmaAttrs::SKIP_CPU_SYNC)
+            .unwrap();
+    }
+    assert_eq!(f.pool.stats().syncs, 6);
+}
+
+#[test]
+fn partial_sync_at_negative_in_slot_offset_copies_the_right_bytes() {
+    let f = Fixture::new(128, 1);
+    let d = dev().with_min_align_mask(0xfff);
+    let orig = f.orig(0x700);
+    f.write(orig, &pattern(7, 8192));
+    let t = f.map(&d, orig, 8192, FD).unwrap();
+    assert_eq!(t.as_u64() & 0x7ff, 0x700);
+    // tlb + 0x900 lies in the second slot at in-slot offset 0x100 < 0x700: Linux's
+    // negative tlb_offset case.
+    let at = PhysAddr::new(t.as_u64() + 0x900);
+    f.write(at, &[0xcc; 16]);
+    f.pool.sync_for_cpu(&d, at, 16, FD).unwrap();
+    let back = f.read(orig, 8192);
+    let want = pattern(7, 8192);
+    assert_eq!(&back[0x900..0x910], &[0xcc; 16][..]);
+    assert_eq!(&back[..0x900], &want[..0x900]);
+    assert_eq!(&back[0x910..], &want[0x910..]);
+    // And for the device: the CPU changes bytes 0x1000.. and syncs only those.
+    f.write(PhysAddr::new(orig.as_u64() + 0x1000), &[0xdd; 32]);
+    let at = PhysAddr::new(t.as_u64() + 0x1000);
+    f.pool.sync_for_device(&d, at, 32, BI).unwrap();
+    assert_eq!(f.read(at, 32), vec![0xdd; 32]);
+    assert_eq!(
+        f.read(PhysAddr::new(t.as_u64() + 0x1020), 1)[0],
+        want[0x1020]
+    );
+}
+
+#[test]
+fn copy_lengths_are_clamped_to_the_mapping_and_counted() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    f.write(f.orig(0), &[1; 2000]);
+    f.write(f.orig(2000), &[9; 100]); // Guard bytes after the original.
+    let t = f.map(&d, f.orig(0), 2000, FD).unwrap();
+    f.fill(t, 2, 2048);
+    let mid = PhysAddr::new(t.as_u64() + 1000);
+    f.pool.sync_for_cpu(&d, mid, 5000, FD).unwrap();
+    assert_eq!(f.pool.stats().overflow_attempts, 1);
+    assert_eq!(f.read(f.orig(0), 2000)[1000..], [2; 1000][..]);
+    assert_eq!(
+        f.read(f.orig(2000), 100),
+        vec![9; 100],
+        "nothing past the mapping"
+    );
+    f.pool.unmap(&d, t, 4096, FD, NONE).unwrap();
+    assert_eq!(f.pool.stats().overflow_attempts, 2);
+    assert_eq!(f.read(f.orig(0), 2000), vec![2; 2000]);
+    assert_eq!(f.read(f.orig(2000), 100), vec![9; 100]);
+}
+
+#[test]
+fn max_mapping_size_is_256k_less_rounded_min_align_mask() {
+    assert_eq!(max_mapping_size(&dev()), 256 * 1024);
+    assert_eq!(
+        max_mapping_size(&dev().with_min_align_mask(0xfff)),
+        252 * 1024
+    );
+    assert_eq!(
+        max_mapping_size(&dev().with_min_align_mask(0x7ff)),
+        254 * 1024
+    );
+    assert_eq!(
+        max_mapping_size(&dev().with_min_align_mask(0x1)),
+        254 * 1024
+    );
+    assert_eq!(
+        Pool::max_mapping_size(&dev().with_min_align_mask(u64::MAX)),
+        0
+    );
+    let f = Fixture::new(256, 1);
+    let nvme = dev().with_min_align_mask(0xfff);
+    assert_eq!(
+        f.map(&nvme, f.orig(0xfff), 252 * 1024 + 1, TD),
+        Err(Error::TooLarge {
+            size: 252 * 1024 + 1,
+            max: 252 * 1024
+        })
+    );
+    // The largest NVMe map fits with the worst low bits.
+    let t = f.map(&nvme, f.orig(0xfff), 252 * 1024, TD).unwrap();
+    assert_eq!(t.as_u64() & 0xfff, 0xfff);
+    let t2 = f.map(&dev(), f.orig(0), 256 * 1024, TD).unwrap();
+    f.pool.unmap(&nvme, t, 252 * 1024, TD, NONE).unwrap();
+    f.pool.unmap(&dev(), t2, 256 * 1024, TD, NONE).unwrap();
+    f.check();
+}
+
+#[test]
+fn statistics_count_slots_maps_bytes_and_failures() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    let a = f.map(&d, f.orig(0), 5000, BI).unwrap();
+    let b = f.map(&d, f.orig(0), 100, TD).unwrap();
+    let s = f.pool.stats();
+    assert_eq!(
+        (s.nslabs, s.nareas, s.used, s.high_water, s.maps),
+        (128, 1, 4, 4, 2)
+    );
+    assert_eq!(s.bytes_bounced, 5100);
+    f.pool.unmap(&d, a, 5000, BI, NONE).unwrap();
+    let s = f.pool.stats();
+    assert_eq!(
+        (s.used, s.high_water, s.unmaps, s.bytes_bounced),
+        (1, 4, 1, 10_100)
+    );
+    f.pool.reset_high_water();
+    assert_eq!(f.pool.stats().high_water, 1);
+    let _ = f.map(&d, f.orig(0), 0, TD);
+    let _ = f.map(&d, f.orig(0), 1 << 20, TD);
+    let _ = f.pool.unmap(&d, a, 5000, BI, NONE);
+    let _ = f.map(&d, f.orig(0), 256 * 1024, TD);
+    let s = f.pool.stats();
+    assert_eq!(
+        (
+            s.fail_invalid,
+            s.fail_too_large,
+            s.fail_not_mapped,
+            s.fail_full
+        ),
+        (1, 1, 1, 1)
+    );
+    f.pool.unmap(&d, b, 100, TD, NONE).unwrap();
+    assert_eq!(f.pool.stats().used, 0);
+}
+
+/// Everything observable about the pool's state.
+fn snapshot(f: &Fixture) -> (Vec<Option<usize>>, usize, Vec<u8>) {
+    let n = f.pool.nslabs();
+    (
+        (0..n).map(|i| f.pool.free_count(i)).collect(),
+        f.pool.stats().used,
+        f.read(f.pool.start(), n * IO_TLB_SIZE),
+    )
+}
+
+#[test]
+fn bad_input_returns_typed_errors_and_leaves_the_pool_unchanged() {
+    let f = Fixture::new(256, 2);
+    let d = dev();
+    f.write(f.orig(0), &pattern(3, 8192));
+    let t = f.map(&d, f.orig(0), 8192, BI).unwrap();
+    let before = snapshot(&f);
+    let inside = PhysAddr::new(t.as_u64() + 2048);
+    let outside = PhysAddr::new(POOL_BASE - 1);
+    let cases: Vec<(Result<(), Error>, Error)> = vec![
+        (f.map(&d, f.orig(0), 0, TD).map(drop), Error::ZeroSize),
+        (
+            f.map(&d, f.orig(0), 300_000, TD).map(drop),
+            Error::TooLarge {
+                size: 300_000,
+                max: 262_144,
+            },
+        ),
+        (
+            f.map(&d, PhysAddr::new(u64::MAX - 10), 100, TD).map(drop),
+            Error::AddressOverflow {
+                addr: PhysAddr::new(u64::MAX - 10),
+                size: 100,
+            },
+        ),
+        (
+            f.map_full(&d, f.orig(0), 100, 0x1001, TD, NONE, 0)
+                .map(drop),
+            Error::InvalidMask {
+                what: "alloc_align_mask",
+                mask: 0x1001,
+            },
+        ),
+        (
+            f.pool.unmap(&d, outside, 10, BI, NONE),
+            Error::NotInPool { addr: outside },
+        ),
+        (
+            f.pool.unmap(&d, f.pool.end(), 10, BI, NONE),
+            Error::NotInPool { addr: f.pool.end() },
+        ),
+        (
+            f.pool.unmap(&d, inside, 10, BI, NONE),
+            Error::NotMapped { addr: inside },
+        ),
+        (
+            f.pool
+                .unmap(&d, PhysAddr::new(t.as_u64() + 1), 10, BI, NONE),
+            Error::NotMapped {
+                addr: PhysAddr::new(t.as_u64() + 1),
+            },
+        ),
+        (f.pool.unmap(&d, t, 0, BI, NONE), Error::ZeroSize),
+        (
+            f.pool
+                .sync_for_cpu(&d, f.pool.start().checked_add(200 * 2048).unwrap(), 10, BI),
+            Error::NotMapped {
+                addr: f.pool.start().checked_add(200 * 2048).unwrap(),
+            },
+        ),
+        (
+            f.pool.sync_for_device(&d, outside, 10, BI),
+            Error::NotInPool { addr: outside },
+        ),
+        (f.pool.free(&d, t), Error::NotMapped { addr: t }),
+    ];
+    for (got, want) in cases {
+        assert_eq!(got, Err(want));
+    }
+    // A sync inside the mapping's slots but past its data.
+    let d2 = dev().with_min_align_mask(0x7ff);
+    let orig = f.orig(0x10_000 + 0x400);
+    let t2 = f.map(&d2, orig, 100, TD).unwrap();
+    let before2 = snapshot(&f);
+    let early = PhysAddr::new(t2.as_u64() - 0x10);
+    assert_eq!(
+        f.pool.sync_for_device(&d2, early, 4, TD),
+        Err(Error::SyncOutOfRange {
+            addr: early,
+            size: 4,
+            start: t2,
+            end: PhysAddr::new(t2.as_u64() + 100)
+        })
+    );
+    let late = PhysAddr::new(t2.as_u64() + 100);
+    assert!(matches!(
+        f.pool.sync_for_cpu(&d2, late, 4, TD),
+        Err(Error::SyncOutOfRange { .. })
+    ));
+    assert_eq!(snapshot(&f), before2);
+    f.pool.unmap(&d2, t2, 100, TD, NONE).unwrap();
+    // The slots are as before (the pool bytes keep the unmapped data, as in Linux).
+    let now = snapshot(&f);
+    assert_eq!((now.0, now.1), (before.0, before.1));
+    // Double unmap.
+    f.pool.unmap(&d, t, 8192, BI, NONE).unwrap();
+    let after = snapshot(&f);
+    assert_eq!(
+        f.pool.unmap(&d, t, 8192, BI, NONE),
+        Err(Error::NotMapped { addr: t })
+    );
+    assert_eq!(
+        f.pool.sync_for_cpu(&d, t, 8192, BI),
+        Err(Error::NotMapped { addr: t })
+    );
+    assert_eq!(snapshot(&f), after);
+    f.check();
+}
+
+#[test]
+fn pool_full_reports_size_total_and_used() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    let t = f.map(&d, f.orig(0), 200 * 1024, TD).unwrap();
+    let before = snapshot(&f);
+    assert_eq!(
+        f.map(&d, f.orig(0), 100 * 1024, TD),
+        Err(Error::PoolFull {
+            size: 100 * 1024,
+            total: 128,
+            used: 100
+        })
+    );
+    assert_eq!(snapshot(&f), before);
+    f.pool.unmap(&d, t, 200 * 1024, TD, NONE).unwrap();
+    f.check();
+}
+
+#[test]
+fn coherent_alloc_is_page_aligned_to_its_order_zeroed_and_freed() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    let _occupy = f.map(&d, f.orig(0), 100, TD).unwrap();
+    f.fill(f.pool.start().checked_add(2048).unwrap(), 0x77, 64 * 1024);
+    let a = f.pool.alloc(&d, 5000, 0).unwrap();
+    assert_eq!(
+        a.as_u64() % 8192,
+        0,
+        "5000 bytes is order 1: 8 KiB alignment"
+    );
+    assert_eq!(f.read(a, 5000), vec![0; 5000]);
+    assert_eq!(
+        f.pool.unmap(&d, a, 5000, TD, NONE),
+        Err(Error::NotMapped { addr: a })
+    );
+    assert_eq!(
+        f.pool.sync_for_cpu(&d, a, 10, FD),
+        Err(Error::NotMapped { addr: a })
+    );
+    f.check();
+    f.pool.free(&d, a).unwrap();
+    assert_eq!(f.pool.free(&d, a), Err(Error::NotMapped { addr: a }));
+    let s = f.pool.stats();
+    assert_eq!((s.allocs, s.frees, s.used), (1, 1, 1));
+    assert_eq!(f.pool.alloc(&d, 0, 0), Err(Error::ZeroSize));
+    f.check();
+}
+
+#[test]
+fn static_storage_and_send_sync() {
+    fn assert_sync<T: Sync + Send>() {}
+    assert_sync::<BouncePool<LinearMap, &'static [Slot]>>();
+    static SLOTS: [Slot; 128] = [const { Slot::new() }; 128];
+    let mut buf = vec![0u8; 128 * IO_TLB_SIZE];
+    // SAFETY: `buf` outlives the pool and is not referenced while the pool lives.
+    let mem = unsafe { LinearMap::new(buf.as_mut_ptr(), PhysAddr::new(0), buf.len()) };
+    // SAFETY: the pool owns the whole buffer.
+    let pool = unsafe { BouncePool::new(mem, PhysAddr::new(0), 128, 1, &SLOTS[..]) }.unwrap();
+    let d = dev();
+    let t = pool.alloc(&d, 100, 0).unwrap();
+    pool.free(&d, t).unwrap();
+    pool.check_invariants().unwrap();
+    drop(pool);
+    drop(buf);
+}
