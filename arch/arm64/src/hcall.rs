@@ -1,85 +1,39 @@
-//! The few hypercalls this crate makes, marshalled through [`xen_abi::Hypercall`].
+//! The few hypercalls this crate makes, through `xen_abi`'s typed wrappers, and how their
+//! errors become [`PlatformError`]s.
 
-use xen_abi::{
-    GNTTABOP_CACHE_FLUSH, GNTTABOP_UNMAP_GRANT_REF, GnttabCacheFlush, GnttabUnmapGrantRef,
-    HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_XEN_VERSION, Hypercall, XENVER_GET_FEATURES,
-};
+use swiotlb_core::PlatformError;
+use xen_abi::{GntStatus, GnttabCacheFlush, GnttabUnmapGrantRef, Hypercall, XenError, ops};
 
-/// `ENOSYS`: the hypercall or sub-operation does not exist.
-pub(crate) const ENOSYS: i32 = 38;
-
-/// `struct xen_feature_info` (8 bytes): one 32-bit word of the feature bitmap.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct XenFeatureInfo {
-    /// IN: which 32-bit word.
-    submap_idx: u32,
-    /// OUT: the word.
-    submap: u32,
-}
-
-const _: () = assert!(core::mem::size_of::<XenFeatureInfo>() == 8);
-
-/// Turns Xen's result into `Ok(value)` or `Err(errno)` (a positive errno).
-pub(crate) fn check(ret: i64) -> Result<i64, i32> {
-    if ret >= 0 {
-        Ok(ret)
-    } else {
-        // A result below -i32::MAX is not an errno Xen returns; saturate rather than wrap.
-        Err(ret
-            .checked_neg()
-            .and_then(|e| i32::try_from(e).ok())
-            .unwrap_or(i32::MAX))
+/// A Xen error as the platform hooks report it.
+pub(crate) fn platform_error(e: XenError) -> PlatformError {
+    PlatformError::Hypercall {
+        op: e.op,
+        // A value beyond i32 is not an errno Xen returns; saturate rather than wrap.
+        errno: i32::try_from(e.errno.value()).unwrap_or(i32::MAX),
     }
 }
 
-/// The argument word for a pointer handed to Xen.
-fn arg<T>(p: *mut T) -> u64 {
-    // CAST: usize is at most 64 bits on every supported target; the provenance is exposed so
-    // that a simulated hypervisor may turn the word back into a pointer.
-    p.expose_provenance() as u64
-}
-
-/// `XENVER_get_features` for word `submap_idx` of the feature bitmap.
-pub(crate) fn get_features<H: Hypercall + ?Sized>(hyp: &H, submap_idx: u32) -> Result<u32, i32> {
-    let mut info = XenFeatureInfo {
-        submap_idx,
-        submap: 0,
-    };
-    // SAFETY: `info` is a live, writable `xen_feature_info` for the whole call, which is all
-    // XENVER_get_features reads and writes; it changes nothing else.
-    let ret = unsafe {
-        hyp.hypercall(
-            HYPERVISOR_XEN_VERSION,
-            [u64::from(XENVER_GET_FEATURES), arg(&raw mut info), 0, 0, 0],
-        )
-    };
-    check(ret).map(|_| info.submap)
-}
-
 /// `GNTTABOP_cache_flush` of one request.
-pub(crate) fn cache_flush<H: Hypercall + ?Sized>(
+///
+/// # Safety
+///
+/// As for [`ops::cache_flush`]: an invalidate discards what the CPU wrote to the range and did
+/// not clean, so the caller must mean that.
+pub(crate) unsafe fn cache_flush<H: Hypercall + ?Sized>(
     hyp: &H,
     req: &mut GnttabCacheFlush,
-) -> Result<(), i32> {
-    // SAFETY: `req` is a live `gnttab_cache_flush` for the whole call and the count is 1.
-    // Cache maintenance changes no memory contents and no mapping.
-    let ret = unsafe {
-        hyp.hypercall(
-            HYPERVISOR_GRANT_TABLE_OP,
-            [u64::from(GNTTABOP_CACHE_FLUSH), arg(req), 1, 0, 0],
-        )
-    };
-    check(ret).map(|_| ())
+) -> Result<(), XenError> {
+    // SAFETY: forwarded from the caller.
+    unsafe { ops::cache_flush(hyp, req) }
 }
 
 /// How an unmap failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum UnmapFailure {
-    /// The hypercall itself failed with this errno.
-    Hypercall(i32),
-    /// The hypercall succeeded but the request's status is this `GNTST_*` code.
-    Status(i16),
+    /// The hypercall itself failed.
+    Hypercall(XenError),
+    /// The hypercall succeeded but the request's status is not `GNTST_okay`.
+    Status(GntStatus),
 }
 
 /// `GNTTABOP_unmap_grant_ref` of one request; `Ok` only if the hypercall and the request's
@@ -93,31 +47,34 @@ pub(crate) unsafe fn unmap_grant<H: Hypercall + ?Sized>(
     hyp: &H,
     req: &mut GnttabUnmapGrantRef,
 ) -> Result<(), UnmapFailure> {
-    // SAFETY: `req` is a live `gnttab_unmap_grant_ref` for the whole call and the count is 1;
-    // the caller guarantees the mapping may go.
-    let ret = unsafe {
-        hyp.hypercall(
-            HYPERVISOR_GRANT_TABLE_OP,
-            [u64::from(GNTTABOP_UNMAP_GRANT_REF), arg(req), 1, 0, 0],
-        )
-    };
-    check(ret).map_err(UnmapFailure::Hypercall)?;
-    if req.status == xen_abi::GNTST_OKAY {
-        Ok(())
-    } else {
-        Err(UnmapFailure::Status(req.status))
-    }
+    // SAFETY: the caller guarantees the mapping may go.
+    unsafe { ops::grant_unmap(hyp, core::slice::from_mut(req)) }
+        .map_err(UnmapFailure::Hypercall)?;
+    GntStatus(req.status).ok().map_err(UnmapFailure::Status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xen_abi::Errno;
 
     #[test]
-    fn check_maps_results() {
-        assert_eq!(check(0), Ok(0));
-        assert_eq!(check(5), Ok(5));
-        assert_eq!(check(-38), Err(38));
-        assert_eq!(check(i64::MIN), Err(i32::MAX));
+    fn xen_errors_keep_op_and_errno() {
+        let e = XenError::new("GNTTABOP_cache_flush", Errno::EINVAL);
+        assert_eq!(
+            platform_error(e),
+            PlatformError::Hypercall {
+                op: "GNTTABOP_cache_flush",
+                errno: 22
+            }
+        );
+        let odd = XenError::new("x", Errno::new(i64::MAX));
+        assert!(matches!(
+            platform_error(odd),
+            PlatformError::Hypercall {
+                errno: i32::MAX,
+                ..
+            }
+        ));
     }
 }

@@ -9,8 +9,8 @@ use swiotlb_core::{
     XEN_PAGE_SHIFT, XEN_PAGE_SIZE,
 };
 use xen_abi::{
-    GnttabCacheFlush, GnttabCacheFlushA, GnttabMapGrantRef, GnttabUnmapGrantRef, Hypercall,
-    XENFEAT_DIRECT_MAPPED, XENFEAT_NOT_DIRECT_MAPPED,
+    GnttabCacheFlush, GnttabMapGrantRef, GnttabUnmapGrantRef, Hypercall, XENFEAT_DIRECT_MAPPED,
+    XENFEAT_NOT_DIRECT_MAPPED, XenError, ops,
 };
 
 /// The largest order [`Platform::create_contiguous_region`] accepts: a region of
@@ -92,8 +92,7 @@ impl Arm64Config {
         hyp: &H,
         options: ProbeOptions,
     ) -> Result<Self, Arm64InitError> {
-        let features =
-            hcall::get_features(hyp, 0).map_err(|errno| Arm64InitError::Features { errno })?;
+        let features = ops::get_features(hyp, 0).map_err(Arm64InitError::Features)?;
         let has = |bit: u32| features & (1 << bit) != 0;
         let mapping = if has(XENFEAT_DIRECT_MAPPED) {
             DomainMapping::Direct
@@ -102,8 +101,7 @@ impl Arm64Config {
         } else {
             DomainMapping::AssumedDirect
         };
-        let mut zeroed = GnttabCacheFlush::default();
-        let cache_flush = hcall::cache_flush(hyp, &mut zeroed) != Err(hcall::ENOSYS);
+        let cache_flush = ops::cache_flush_probe(hyp);
         Ok(Self {
             mapping,
             cache_flush,
@@ -116,11 +114,8 @@ impl Arm64Config {
 #[non_exhaustive]
 pub enum Arm64InitError {
     /// `XENVER_get_features` failed.
-    #[error("XENVER_get_features failed with errno {errno}")]
-    Features {
-        /// The positive errno.
-        errno: i32,
-    },
+    #[error("cannot read Xen's features: {0}")]
+    Features(XenError),
 }
 
 /// The arm64 dom0 platform: 1:1 translation except for the frames in the foreign table,
@@ -258,18 +253,13 @@ where
         // CAST: the offset is below 4096 and the length at most 4096 (one frame), so both fit
         // in 16 bits.
         let (offset, length) = (bus.frame_offset() as u16, len as u16);
-        let mut req = GnttabCacheFlush {
-            a: GnttabCacheFlushA {
-                dev_bus_addr: bus.frame().start().as_u64(),
-            },
-            offset,
-            length,
-            op,
-        };
-        hcall::cache_flush(self.hyp, &mut req).map_err(|errno| PlatformError::Hypercall {
-            op: "GNTTABOP_cache_flush",
-            errno,
-        })
+        let mut req =
+            GnttabCacheFlush::by_bus_addr(bus.frame().start().as_u64(), offset, length, op);
+        // SAFETY: the range is part of a DMA mapping being synced. An invalidate here (for a
+        // device write, or before the CPU reads what the device wrote) discards CPU-written
+        // data only where the DMA API gives the device the last word, which is what the
+        // caller of the sync asked for.
+        unsafe { hcall::cache_flush(self.hyp, &mut req) }.map_err(hcall::platform_error)
     }
 
     /// Runs `m` over `[phys, phys + len)` (device address `bus`), frame by frame: runs of
@@ -700,7 +690,10 @@ mod tests {
         xen.features = Err(ENOSYS);
         assert_eq!(
             Arm64Config::probe(&xen, dom0),
-            Err(Arm64InitError::Features { errno: 38 })
+            Err(Arm64InitError::Features(XenError::new(
+                "XENVER_get_features",
+                xen_abi::Errno::ENOSYS
+            )))
         );
     }
 

@@ -12,8 +12,8 @@ use swiotlb_xen_arm64::{
 };
 use xen_abi::{
     GNTMAP_HOST_MAP, GNTST_GENERAL_ERROR, GNTST_OKAY, GNTTAB_CACHE_CLEAN, GNTTAB_CACHE_INVAL,
-    GNTTABOP_CACHE_FLUSH, GNTTABOP_MAP_GRANT_REF, GNTTABOP_UNMAP_GRANT_REF, GnttabCacheFlush,
-    GnttabMapGrantRef, GnttabUnmapGrantRef, GrantRef, HYPERVISOR_GRANT_TABLE_OP, Hypercall,
+    GNTTABOP_CACHE_FLUSH, GnttabCacheFlush, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantRef,
+    HYPERVISOR_GRANT_TABLE_OP, Hypercall, ops,
 };
 use xen_sim::{ArmGuest, CacheViolationKind, Domain, Fault, SimConfig, SimMemory, SimOp, Xen};
 
@@ -137,19 +137,8 @@ impl Fixture {
             })
             .collect();
         // SAFETY: the requests point at dom0's foreign window, which nothing else uses.
-        let ret = unsafe {
-            self.dom0.hypercall(
-                HYPERVISOR_GRANT_TABLE_OP,
-                [
-                    u64::from(GNTTABOP_MAP_GRANT_REF),
-                    ops.as_mut_ptr().expose_provenance() as u64,
-                    ops.len() as u64,
-                    0,
-                    0,
-                ],
-            )
-        };
-        assert_eq!(ret, 0);
+        let ret = unsafe { ops::grant_map(&self.dom0, &mut ops) };
+        assert_eq!(ret, Ok(()));
         ops
     }
 
@@ -166,19 +155,8 @@ impl Fixture {
             })
             .collect();
         // SAFETY: the mappings are the test's own and no longer used.
-        let ret = unsafe {
-            self.dom0.hypercall(
-                HYPERVISOR_GRANT_TABLE_OP,
-                [
-                    u64::from(GNTTABOP_UNMAP_GRANT_REF),
-                    ops.as_mut_ptr().expose_provenance() as u64,
-                    ops.len() as u64,
-                    0,
-                    0,
-                ],
-            )
-        };
-        assert_eq!(ret, 0);
+        let ret = unsafe { ops::grant_unmap(&self.dom0, &mut ops) };
+        assert_eq!(ret, Ok(()));
         ops
     }
 
@@ -535,19 +513,8 @@ fn grant_map_failures_and_a_full_table() {
         ..Default::default()
     }];
     // SAFETY: dom0's own foreign window, where nothing is mapped.
-    let ret = unsafe {
-        fx.dom0.hypercall(
-            HYPERVISOR_GRANT_TABLE_OP,
-            [
-                u64::from(GNTTABOP_MAP_GRANT_REF),
-                again.as_mut_ptr().expose_provenance() as u64,
-                1,
-                0,
-                0,
-            ],
-        )
-    };
-    assert_eq!((ret, again[0].status), (0, GNTST_OKAY));
+    let ret = unsafe { ops::grant_map(&fx.dom0, &mut again) };
+    assert_eq!((ret, again[0].status), (Ok(()), GNTST_OKAY));
     assert_eq!(
         fx.guest.stage2_lookup(ipa),
         Some(BusAddr::new(again[0].dev_bus_addr))
