@@ -592,3 +592,73 @@ fn cache_flush_errors_surface() {
     unsafe { platform.clear_grant_unmaps(&unmaps) };
     fx.check();
 }
+
+#[test]
+fn translations_stay_right_while_grants_come_and_go() {
+    let fx = Fixture::new(SimConfig::arm64(), 8);
+    let table = BoundedForeignTable::<16>::new();
+    let mem = fx.guest.memory();
+    let platform = probe(&fx.dom0, &table, SimCache(fx.guest.clone()), &mem);
+    // Pages 0..4 stay mapped; pages 4..8 are mapped and unmapped over and over.
+    let mut maps = fx.map_ops();
+    let (steady, churn) = maps.split_at_mut(4);
+    // SAFETY: untouched results of dom0's map, not used yet.
+    assert_eq!(unsafe { platform.record_grant_maps(steady) }.recorded, 4);
+    let unmaps = fx.unmap(churn);
+    // SAFETY: the grants are unmapped and the frames not used for DMA.
+    unsafe { platform.clear_grant_unmaps(&unmaps) };
+    let churn_template: Vec<GnttabMapGrantRef> = churn
+        .iter()
+        .map(|m| GnttabMapGrantRef {
+            host_addr: m.host_addr,
+            flags: GNTMAP_HOST_MAP,
+            ref_: m.ref_,
+            dom: m.dom,
+            ..Default::default()
+        })
+        .collect();
+    let rounds = 200;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..rounds {
+                let mut ops = churn_template.clone();
+                // SAFETY: dom0's own foreign window, unused between rounds.
+                unsafe { ops::grant_map(&fx.dom0, &mut ops) }.unwrap();
+                // SAFETY: untouched results of the map, not used yet.
+                let s = unsafe { platform.record_grant_maps(&mut ops) };
+                assert_eq!(s.recorded, 4);
+                for m in &ops {
+                    let pfn = PhysAddr::new(m.host_addr).frame();
+                    assert_eq!(
+                        platform.pfn_to_bfn(pfn).map(|b| b.start().as_u64()),
+                        Some(m.dev_bus_addr)
+                    );
+                }
+                let unmaps = fx.unmap(&ops);
+                // SAFETY: unmapped, and nothing uses the frames for DMA.
+                assert_eq!(unsafe { platform.clear_grant_unmaps(&unmaps) }.cleared, 4);
+            }
+        });
+        for _ in 0..2 {
+            s.spawn(|| {
+                for k in 0..rounds * 10 {
+                    let m = &steady[k % 4];
+                    let pfn = PhysAddr::new(m.host_addr).frame();
+                    assert_eq!(
+                        platform.pfn_to_bfn(pfn).map(|b| b.start().as_u64()),
+                        Some(m.dev_bus_addr),
+                        "a steady mapping moved"
+                    );
+                    let local = fx.guest.foreign_window_base().frame();
+                    let below = local.checked_sub(1).unwrap();
+                    assert_eq!(
+                        platform.pfn_to_bfn(below).map(|b| b.as_u64()),
+                        Some(below.as_u64())
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(table.len(), 4);
+    fx.check();
+}
