@@ -15,13 +15,45 @@ const NBUFS: usize = 16;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Map { buf: usize, low: u64, size: usize, dir: u8, kind: u8, cpu: usize },
-    Unmap { pick: usize, skip: bool, extra: usize },
-    SyncCpu { pick: usize, off: usize, len: usize },
-    SyncDev { pick: usize, off: usize, len: usize },
-    DevWrite { pick: usize, off: usize, len: usize, byte: u8 },
-    CpuWrite { pick: usize, off: usize, len: usize, byte: u8 },
-    Bogus { slot: usize, off: u64 },
+    Map {
+        buf: usize,
+        low: u64,
+        size: usize,
+        dir: u8,
+        kind: u8,
+        cpu: usize,
+    },
+    Unmap {
+        pick: usize,
+        skip: bool,
+        extra: usize,
+    },
+    SyncCpu {
+        pick: usize,
+        off: usize,
+        len: usize,
+    },
+    SyncDev {
+        pick: usize,
+        off: usize,
+        len: usize,
+    },
+    DevWrite {
+        pick: usize,
+        off: usize,
+        len: usize,
+        byte: u8,
+    },
+    CpuWrite {
+        pick: usize,
+        off: usize,
+        len: usize,
+        byte: u8,
+    },
+    Bogus {
+        slot: usize,
+        off: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -74,7 +106,11 @@ fn linux_nslots(dev: &Device, orig: u64, size: usize, align: u64) -> usize {
 }
 
 fn dir_of(d: u8) -> DmaDirection {
-    [DmaDirection::ToDevice, DmaDirection::FromDevice, DmaDirection::Bidirectional][d as usize]
+    [
+        DmaDirection::ToDevice,
+        DmaDirection::FromDevice,
+        DmaDirection::Bidirectional,
+    ][d as usize]
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -83,7 +119,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut seed = 1u8;
     for op in ops {
         match op {
-            Op::Map { buf, low, size, dir, kind, cpu } => {
+            Op::Map {
+                buf,
+                low,
+                size,
+                dir,
+                kind,
+                cpu,
+            } => {
                 if live.iter().any(|l| l.buf == buf) {
                     continue;
                 }
@@ -96,7 +139,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let used = f.pool.stats().used;
                 // SAFETY: the original lies inside the fixture's buffer `buf`, which no other
                 // live mapping uses.
-                match unsafe { f.pool.map(&dev, orig, size, align, dir, DmaAttrs::empty(), cpu) } {
+                match unsafe {
+                    f.pool
+                        .map(&dev, orig, size, align, dir, DmaAttrs::empty(), cpu)
+                } {
                     Ok(tlb) => {
                         let mask = dev.min_align_mask;
                         prop_assert_eq!(tlb.as_u64() & mask, orig.as_u64() & mask);
@@ -104,8 +150,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(f.pool.stats().used, used + nslots);
                         prop_assert_eq!(f.read(tlb, size), data.clone());
                         live.push(Live {
-                            buf, orig, tlb, size, dir, dev, nslots,
-                            orig_bytes: data.clone(), dev_bytes: data,
+                            buf,
+                            orig,
+                            tlb,
+                            size,
+                            dir,
+                            dev,
+                            nslots,
+                            orig_bytes: data.clone(),
+                            dev_bytes: data,
                         });
                     }
                     Err(Error::PoolFull { used: u, total, .. }) => {
@@ -122,9 +175,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let mut l = live.swap_remove(pick % live.len());
-                let attrs = if skip { DmaAttrs::SKIP_CPU_SYNC } else { DmaAttrs::empty() };
+                let attrs = if skip {
+                    DmaAttrs::SKIP_CPU_SYNC
+                } else {
+                    DmaAttrs::empty()
+                };
                 let used = f.pool.stats().used;
-                f.pool.unmap(&l.dev, l.tlb, l.size + extra, l.dir, attrs).unwrap();
+                f.pool
+                    .unmap(&l.dev, l.tlb, l.size + extra, l.dir, attrs)
+                    .unwrap();
                 if l.dir.from_device() && !skip {
                     l.orig_bytes = l.dev_bytes.clone();
                 }
@@ -158,7 +217,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Op::DevWrite { pick, off, len, byte } | Op::CpuWrite { pick, off, len, byte } => {
+            Op::DevWrite {
+                pick,
+                off,
+                len,
+                byte,
+            }
+            | Op::CpuWrite {
+                pick,
+                off,
+                len,
+                byte,
+            } => {
                 if live.is_empty() {
                     continue;
                 }
@@ -183,13 +253,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let used = f.pool.stats().used;
                 let d = Device::new(DmaMask::FULL);
-                let r = f.pool.unmap(&d, addr, 16, DmaDirection::Bidirectional, DmaAttrs::empty());
+                let r = f
+                    .pool
+                    .unmap(&d, addr, 16, DmaDirection::Bidirectional, DmaAttrs::empty());
                 let rejected = matches!(r, Err(Error::NotMapped { .. } | Error::NotInPool { .. }));
                 prop_assert!(rejected, "bogus unmap of {} gave {:?}", addr, r);
                 prop_assert_eq!(f.pool.stats().used, used);
             }
         }
-        f.pool.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        f.pool
+            .check_invariants()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let total: usize = live.iter().map(|l| l.nslots).sum();
         prop_assert_eq!(f.pool.stats().used, total);
         for l in &live {
@@ -197,8 +271,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             prop_assert_eq!(f.read(l.tlb, l.size), l.dev_bytes.clone());
         }
         // Live mappings never overlap in the pool.
-        let mut spans: Vec<(u64, u64)> =
-            live.iter().map(|l| (l.tlb.as_u64(), l.tlb.as_u64() + l.size as u64)).collect();
+        let mut spans: Vec<(u64, u64)> = live
+            .iter()
+            .map(|l| (l.tlb.as_u64(), l.tlb.as_u64() + l.size as u64))
+            .collect();
         spans.sort_unstable();
         for w in spans.windows(2) {
             prop_assert!(w[0].1 <= w[1].0, "overlap {:x?}", w);

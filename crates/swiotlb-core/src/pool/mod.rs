@@ -74,7 +74,7 @@ pub const fn max_mapping_size(dev: &Device) -> usize {
 pub const fn limit_nareas(nareas: usize, nslabs: usize) -> usize {
     let segs = nslabs / IO_TLB_SEGSIZE;
     let mut n = nareas;
-    while n > 1 && (segs < n || segs % n != 0) {
+    while n > 1 && (segs < n || !segs.is_multiple_of(n)) {
         n /= 2;
     }
     n
@@ -183,11 +183,12 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let bytes = (nslabs as u64).checked_mul(IO_TLB_SIZE as u64);
         let end = bytes.and_then(|b| start.checked_add(b));
         let end = match end {
-            Some(end) if nslabs != 0 && nslabs % IO_TLB_SEGSIZE == 0 => end,
+            Some(end) if nslabs != 0 && nslabs.is_multiple_of(IO_TLB_SEGSIZE) => end,
             _ => return Err(Error::InvalidSlotCount { nslabs }),
         };
-        let byte_len = usize::try_from(nslabs * IO_TLB_SIZE)
-            .map_err(|_| Error::InvalidSlotCount { nslabs })?;
+        let byte_len = nslabs
+            .checked_mul(IO_TLB_SIZE)
+            .ok_or(Error::InvalidSlotCount { nslabs })?;
         if !start.is_aligned(IO_TLB_SIZE as u64) {
             return Err(Error::MisalignedStart { start });
         }

@@ -153,7 +153,7 @@ fn init_rejects_bad_configuration() {
     };
     let st = || (0..256).map(|_| Slot::new()).collect::<Vec<_>>();
     let start = PhysAddr::new(POOL_BASE);
-    // SAFETY (all calls): they fail validation before touching memory.
+    // SAFETY: every call below fails validation before touching memory.
     unsafe {
         assert_eq!(
             Pool::new(mem(), start, 0, 1, st()).unwrap_err(),
