@@ -1,4 +1,5 @@
-//! Map+unmap latency of the bounce pool against Linux's slot search and a bare `memcpy`.
+//! Map+unmap latency of the bounce pool (`swiotlb_core::BouncePool`, "ours") against
+//! Linux's slot search and a bare `memcpy`.
 //!
 //! For each size in [`SIZES`] and fill level in [`FILLS`] (fragmented, same seed for every
 //! implementation), one `ToDevice` map plus unmap per iteration, so the pool stays at its
@@ -6,33 +7,51 @@
 
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_main};
 use swiotlb_bench::harness::{
-    FILLS, ORIG_ROOM, SEED, SIZES, case_memory, fragment, linux_pool, memcpy_floor, orig_base,
-    round_trip,
+    BenchPool, FILLS, MemcpyFloor, SEED, SIZES, case_memory, fragment, linear_map, linux_pool,
+    orig_base, real_pool, round_trip,
 };
 
+/// Fragments `pool` to `fill` and measures the round trip of `size` bytes on it.
+fn case<P: BenchPool>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    pool: &P,
+    fill: u32,
+    size: usize,
+) {
+    // SAFETY: `pool` is fresh over a case memory whose originals room is used by the fill
+    // and the measured mapping only, on this thread.
+    let _live = unsafe { fragment(pool, SEED, fill, size, orig_base()) };
+    g.bench_with_input(
+        BenchmarkId::new(name, format!("{fill}%")),
+        &size,
+        |b, &s| {
+            // SAFETY: as above.
+            b.iter(|| unsafe { round_trip(pool, orig_base(), s) });
+        },
+    );
+}
+
 fn pool(c: &mut Criterion) {
-    let src = vec![0x5au8; ORIG_ROOM];
-    let mut dst = vec![0u8; ORIG_ROOM];
+    let mut floor = MemcpyFloor::new().expect("memcpy buffers");
     for size in SIZES {
         let mut g = c.benchmark_group(format!("map_unmap/{size}B"));
-        g.bench_function("memcpy", |b| b.iter(|| memcpy_floor(&mut dst, &src, size)));
+        g.bench_function("memcpy", |b| b.iter(|| floor.copy(size)));
         for fill in FILLS {
             let mem = case_memory().expect("benchmark memory");
-            // SAFETY: the pool alone uses its part of `mem`; the originals room is used by
-            // the fill and the measured mapping only, on this thread.
-            unsafe {
-                let pool = linux_pool(&mem);
-                let _live = fragment(&pool, SEED, fill, size, orig_base());
-                g.bench_with_input(
-                    BenchmarkId::new("linux", format!("{fill}%")),
-                    &size,
-                    |b, &s| {
-                        b.iter(|| round_trip(&pool, orig_base(), s));
-                    },
-                );
-            }
+            // SAFETY: the pool alone uses its part of `mem` and is dropped before it.
+            let ours = unsafe { real_pool(&mem) };
+            case(&mut g, "ours", &ours, fill, size);
+            drop(ours);
+            let mem = case_memory().expect("benchmark memory");
+            // SAFETY: as above; the map lives as long as the pool over it.
+            let map = unsafe { linear_map(&mem) };
+            // SAFETY: as above.
+            let linux = unsafe { linux_pool(&map, mem.base()) };
+            case(&mut g, "linux", &linux, fill, size);
         }
         g.finish();
     }

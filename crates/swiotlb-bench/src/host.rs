@@ -100,6 +100,14 @@ impl HostMemory {
         self.len
     }
 
+    /// The host address of the first byte, to describe the region to a
+    /// [`swiotlb_core::LinearMap`]. Accesses through it must follow the same rules as
+    /// [`write`](Self::write) and [`read`](Self::read).
+    #[must_use]
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
     /// Whether the region is empty (never: construction refuses a zero size).
     #[must_use]
     pub fn is_empty(&self) -> bool {

@@ -1,14 +1,17 @@
 //! Prints the pool benchmark as a Markdown table: median time of one `ToDevice` map+unmap
-//! round trip per size and fill level, for the Linux baseline, and of a bare `memcpy` of the
-//! same size, with the ratios `docs/performance.md` records.
+//! round trip per size and fill level, for the real pool (`swiotlb_core::BouncePool`) and
+//! the Linux baseline, and of a bare `memcpy` of the same size, with the ratios
+//! `docs/performance.md` records.
 //!
-//! `cargo run --release -p swiotlb-bench --bin pool-table [-- --quick]`
+//! `cargo run --release -p swiotlb-bench --bin pool-table [-- --quick] [--size BYTES]
+//! [--fill PERCENT]`: `--quick` times fewer, shorter batches; `--size` and `--fill` keep
+//! only the cases given (each may be repeated).
 
 use std::time::Duration;
 
 use swiotlb_bench::harness::{
-    BenchPool, FILLS, ORIG_ROOM, SEED, SIZES, case_memory, fragment, linux_pool, median_ns,
-    memcpy_floor, orig_base, round_trip,
+    BenchPool, FILLS, MemcpyFloor, SEED, SIZES, case_memory, fragment, linear_map, linux_pool,
+    median_ns, orig_base, real_pool, round_trip,
 };
 use swiotlb_bench::host::HostMemory;
 
@@ -50,8 +53,36 @@ fn memory() -> HostMemory {
     }
 }
 
+/// The values given after `flag` in `args`, or all of `all` if there are none. Exits with a
+/// message on a value that is not one of `all`.
+fn filter<T: Copy + PartialEq + std::str::FromStr + std::fmt::Debug>(
+    args: &[String],
+    flag: &str,
+    all: &[T],
+) -> Vec<T> {
+    let picked: Vec<T> = args
+        .windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| match w[1].parse::<T>() {
+            Ok(v) if all.contains(&v) => v,
+            _ => {
+                eprintln!("{flag} takes one of {all:?}, not {:?}", w[1]);
+                std::process::exit(2);
+            }
+        })
+        .collect();
+    if picked.is_empty() {
+        all.to_vec()
+    } else {
+        picked
+    }
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let sizes = filter(&args, "--size", &SIZES);
+    let fills = filter(&args, "--fill", &FILLS);
     let t = if quick {
         Timing {
             batches: 7,
@@ -63,24 +94,37 @@ fn main() {
             batch_time: Duration::from_millis(5),
         }
     };
-    let src = vec![0x5au8; ORIG_ROOM];
-    let mut dst = vec![0u8; ORIG_ROOM];
+    let mut copier = match MemcpyFloor::new() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot allocate the memcpy buffers: {e}");
+            std::process::exit(1);
+        }
+    };
 
-    println!("| size | fill (reached) | linux (ns) | memcpy (ns) | linux/memcpy |");
-    println!("|---:|---:|---:|---:|---:|");
-    for size in SIZES {
-        let floor = median_ns(
-            || memcpy_floor(&mut dst, &src, size),
-            t.batches,
-            t.batch_time,
-        );
-        for fill in FILLS {
+    println!(
+        "| size | fill (reached: ours / linux) | ours (ns) | linux (ns) | memcpy (ns) \
+         | ours/linux | ours/memcpy |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for size in sizes {
+        let floor = median_ns(|| copier.copy(size), t.batches, t.batch_time);
+        for fill in fills.iter().copied() {
             let mem = memory();
-            // SAFETY: the pool alone uses its part of the fresh memory.
-            let (linux, reached) = unsafe { measure(&linux_pool(&mem), fill, size, t) };
+            // SAFETY: the pool alone uses its part of the fresh memory, and is dropped
+            // before it.
+            let (ours, ours_fill) = unsafe { measure(&real_pool(&mem), fill, size, t) };
+            let mem = memory();
+            // SAFETY: as above; the map lives as long as the pool over it.
+            let (linux, linux_fill) = unsafe {
+                let map = linear_map(&mem);
+                measure(&linux_pool(&map, mem.base()), fill, size, t)
+            };
             println!(
-                "| {size} B | {fill}% ({reached:.1}%) | {linux:.1} | {floor:.1} | {:.2} |",
-                linux / floor,
+                "| {size} B | {fill}% ({ours_fill:.1}% / {linux_fill:.1}%) | {ours:.1} \
+                 | {linux:.1} | {floor:.1} | {:.2} | {:.2} |",
+                ours / linux,
+                ours / floor,
             );
         }
     }
