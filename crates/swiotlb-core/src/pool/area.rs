@@ -4,7 +4,7 @@
 //! from the pool memory, which a device (or another domain) may write at any time.
 
 use super::lock::SpinLock;
-use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Marks a slot whose `orig` is unset (Linux's `INVALID_PHYS_ADDR`).
 pub(crate) const INVALID_PHYS: u64 = u64::MAX;
@@ -105,6 +105,10 @@ pub(crate) struct AreaState {
 #[repr(align(64))]
 pub(crate) struct Area {
     pub(crate) lock: SpinLock<AreaState>,
+    /// A copy of `AreaState::used`, stored under `lock` and read without it, so that the
+    /// pool-wide use is a sum of per-area values and no map or unmap does a shared atomic
+    /// read-modify-write.
+    pub(crate) used: AtomicUsize,
     /// Counters written only under `lock` (plain load and store, no read-modify-write) and
     /// read without it by [`super::BouncePool::stats`].
     pub(crate) maps: AtomicU64,
@@ -118,6 +122,7 @@ impl Area {
     pub(crate) const fn new() -> Self {
         Self {
             lock: SpinLock::new(AreaState { used: 0, index: 0 }),
+            used: AtomicUsize::new(0),
             maps: AtomicU64::new(0),
             unmaps: AtomicU64::new(0),
             syncs: AtomicU64::new(0),

@@ -97,8 +97,8 @@ pub const fn limit_nareas(nareas: usize, nslabs: usize) -> usize {
 ///   `nslabs / 128`, `area_nslabs = nslabs / nareas`, and `storage` holds at least `nslabs`
 ///   slots.
 /// - Bit `i` of segment `s`'s free bitmap is set exactly when slot `128 s + i` is free; the
-///   free slots of an area number `area_nslabs - used`, and `stats.used` is the sum of the
-///   areas' `used` when no operation is in flight.
+///   free slots of an area number `area_nslabs - used`, and each area's `used` mirror equals
+///   its locked `used` whenever the lock is free.
 /// - Every allocated run lies inside one segment and one area.
 pub struct BouncePool<M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot]> {
     mem: M,
@@ -282,7 +282,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let mut s = Stats {
             nslabs: self.nslabs,
             nareas: self.areas.len(),
-            used: self.stats.used.load(Ordering::Relaxed),
+            used: self.used(),
             high_water: self.stats.high_water.load(Ordering::Relaxed),
             allocs: self.stats.allocs.load(Ordering::Relaxed),
             frees: self.stats.frees.load(Ordering::Relaxed),
@@ -305,8 +305,16 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     /// Resets the high-water mark to the current use (writing 0 to debugfs
     /// `io_tlb_used_hiwater`).
     pub fn reset_high_water(&self) {
-        let used = self.stats.used.load(Ordering::Relaxed);
-        self.stats.high_water.store(used, Ordering::Relaxed);
+        self.stats.high_water.store(self.used(), Ordering::Relaxed);
+    }
+
+    /// Slots in use: the sum of the areas' counts (each read without its lock).
+    #[inline]
+    fn used(&self) -> usize {
+        self.areas
+            .iter()
+            .map(|a| a.used.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Linux's free count of slot `index` (its `list` field): the number of free slots from
@@ -403,19 +411,20 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             }
             st.index = next;
             st.used += plan.nslots;
+            area.used.store(st.used, Ordering::Relaxed);
             drop(st);
-            self.stats.inc_used(plan.nslots);
+            self.stats.raise_high_water(self.used());
             return Ok(head);
         }
         Err(Error::PoolFull {
             size,
             total: self.nslabs,
-            used: self.stats.used.load(Ordering::Relaxed),
+            used: self.used(),
         })
     }
 
     /// Frees the run whose first data slot is `head`. The caller holds the area lock.
-    fn release(&self, head: usize, st: &mut area::AreaState) -> usize {
+    fn release(&self, head: usize, st: &mut area::AreaState) {
         let slots = self.slots();
         let h = &slots[head];
         let pad = usize::from(h.pad.load(Ordering::Relaxed));
@@ -426,7 +435,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         }
         give_run(slots, first, n);
         st.used -= n;
-        n
+        self.areas[first / self.area_nslabs]
+            .used
+            .store(st.used, Ordering::Relaxed);
     }
 
     /// Maps `size` bytes at `orig` for a device: takes slots, records the original and
@@ -551,6 +562,25 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let not_mapped = Error::NotMapped { addr: tlb_addr };
         let h = &self.slots()[idx];
         let in_slot = (tlb_addr.as_u64() - self.start.as_u64()) & SLOT_MASK;
+        let copy_back = dir.from_device() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
+        let area = &self.areas[idx / self.area_nslabs];
+        if !copy_back {
+            // Nothing to copy: validate and free in one critical section.
+            let mut st = area.lock.lock();
+            if h.state.load(Ordering::Relaxed) != state::HEAD
+                || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
+            {
+                return Err(not_mapped);
+            }
+            let overflow = size > h.size.load(Ordering::Relaxed) as usize;
+            self.release(idx, &mut st);
+            bump(&area.unmaps, 1);
+            if overflow {
+                bump(&area.overflow_attempts, 1);
+            }
+            drop(st);
+            return Ok(());
+        }
         if h.state.load(Ordering::Relaxed) != state::HEAD
             || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
         {
@@ -576,27 +606,22 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let msize = h.size.load(Ordering::Relaxed) as usize;
         let overflow = size > msize;
         let len = size.min(msize);
-        let copy_back = dir.from_device() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
-        if copy_back {
+        {
             let orig = PhysAddr::new(h.orig.load(Ordering::Relaxed));
             // SAFETY: the mapping is claimed, so its slots stay allocated; `len` is within
             // the mapping in the pool and within the original, which the mapper vouched
             // for until this unmap returns.
             unsafe { self.mem.copy(orig, tlb_addr, len) };
         }
-        let area = &self.areas[idx / self.area_nslabs];
         let mut st = area.lock.lock();
-        let n = self.release(idx, &mut st);
+        self.release(idx, &mut st);
         bump(&area.unmaps, 1);
-        if copy_back {
-            // CAST: usize fits in u64.
-            bump(&area.bytes_bounced, len as u64);
-        }
+        // CAST: usize fits in u64.
+        bump(&area.bytes_bounced, len as u64);
         if overflow {
             bump(&area.overflow_attempts, 1);
         }
         drop(st);
-        self.stats.dec_used(n);
         Ok(())
     }
 
@@ -792,9 +817,8 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         if h.state.load(Ordering::Acquire) != state::COHERENT || in_slot != 0 {
             return Err(Error::NotMapped { addr });
         }
-        let n = self.release(idx, &mut st);
+        self.release(idx, &mut st);
         drop(st);
-        self.stats.dec_used(n);
         self.stats.frees.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -893,7 +917,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             }
             total += used;
         }
-        if total != self.stats.used.load(Ordering::Relaxed) {
+        if total != self.used() {
             return Err(InvariantViolation {
                 slot: 0,
                 what: "pool used count disagrees with the areas",

@@ -49,7 +49,6 @@ pub struct Stats {
 /// The pool-wide counters (the per-area ones live in the areas).
 #[derive(Debug, Default)]
 pub(crate) struct GlobalStats {
-    pub(crate) used: AtomicUsize,
     pub(crate) high_water: AtomicUsize,
     pub(crate) allocs: AtomicU64,
     pub(crate) frees: AtomicU64,
@@ -60,19 +59,14 @@ pub(crate) struct GlobalStats {
 }
 
 impl GlobalStats {
-    /// Adds `n` used slots and raises the high-water mark (Linux's `inc_used_and_hiwater`).
+    /// Raises the high-water mark to `now` if it is higher (Linux's
+    /// `inc_used_and_hiwater`). The mark is read-mostly, so this is a plain load on the
+    /// fast path.
     #[inline]
-    pub(crate) fn inc_used(&self, n: usize) {
-        let now = self.used.fetch_add(n, Ordering::Relaxed) + n;
+    pub(crate) fn raise_high_water(&self, now: usize) {
         if now > self.high_water.load(Ordering::Relaxed) {
             self.high_water.fetch_max(now, Ordering::Relaxed);
         }
-    }
-
-    /// Subtracts `n` used slots.
-    #[inline]
-    pub(crate) fn dec_used(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Counts a failure by its cause and passes the error on.
