@@ -42,9 +42,10 @@ pub struct Slot {
     /// Linux's `orig_addr`: where the original bytes that belong at this slot's data
     /// position live; [`INVALID_PHYS`] for free and pad slots.
     pub(crate) orig: AtomicU64,
-    /// On slots whose index is a multiple of 64: bit `i` is set when slot `index + i` is
-    /// free. Two words describe one 128-slot segment; this bitmap replaces Linux's per-slot
-    /// free counts (which it determines exactly, see [`super::BouncePool::free_count`]).
+    /// On slots `2 s` and `2 s + 1` (for every segment `s`): the low and high halves of
+    /// segment `s`'s free bitmap, where bit `i` is set when slot `128 s + i` is free. The
+    /// bitmaps replace Linux's per-slot free counts, which they determine exactly (see
+    /// [`super::BouncePool::free_count`]); unused on the other slots.
     pub(crate) free_bits: AtomicU64,
     /// On the first data slot: the mapping (or allocation) size in bytes.
     pub(crate) size: AtomicU32,

@@ -208,10 +208,11 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             areas.push(Area::new());
         }
         let slots = &storage.as_ref()[..nslabs];
+        let nwords = 2 * (nslabs / IO_TLB_SEGSIZE);
         for (i, slot) in slots.iter().enumerate() {
             slot.clear();
             // Every slot starts free: both bitmap words of each segment are all ones.
-            let word = if i % 64 == 0 { u64::MAX } else { 0 };
+            let word = if i < nwords { u64::MAX } else { 0 };
             slot.free_bits.store(word, Ordering::Relaxed);
         }
         // SAFETY: the caller gives the pool exclusive use of this range, which `mem`

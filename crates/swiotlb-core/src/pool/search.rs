@@ -134,6 +134,9 @@ impl Plan {
         if self.stride >= seg {
             return 1u128 << p0;
         }
+        if self.stride == 1 {
+            return u128::MAX;
+        }
         // A bit every `stride` positions, starting at 0, then moved to `p0`.
         let mut pattern: u128 = 1;
         let mut width = self.stride;
@@ -152,22 +155,24 @@ impl Plan {
     }
 }
 
-/// The free bitmap of segment `seg`.
+/// The free bitmap of segment `seg`: the `free_bits` words of slots `2 seg` (low half) and
+/// `2 seg + 1` (high half), so that the bitmaps of consecutive segments are adjacent in
+/// memory and a search reads one cache line per segment.
 #[inline]
 pub(crate) fn seg_free(slots: &[Slot], seg: usize) -> u128 {
-    let b = seg * IO_TLB_SEGSIZE;
-    let lo = slots[b].free_bits.load(Ordering::Relaxed);
-    let hi = slots[b + 64].free_bits.load(Ordering::Relaxed);
+    let lo = slots[2 * seg].free_bits.load(Ordering::Relaxed);
+    let hi = slots[2 * seg + 1].free_bits.load(Ordering::Relaxed);
     u128::from(lo) | (u128::from(hi) << 64)
 }
 
 /// Stores the free bitmap of segment `seg`.
 #[inline]
 pub(crate) fn set_seg_free(slots: &[Slot], seg: usize, bits: u128) {
-    let b = seg * IO_TLB_SEGSIZE;
     // CAST: deliberate truncation to the low and high halves.
-    slots[b].free_bits.store(bits as u64, Ordering::Relaxed);
-    slots[b + 64]
+    slots[2 * seg]
+        .free_bits
+        .store(bits as u64, Ordering::Relaxed);
+    slots[2 * seg + 1]
         .free_bits
         .store((bits >> 64) as u64, Ordering::Relaxed);
 }
