@@ -326,10 +326,22 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         if index >= self.nslabs {
             return None;
         }
-        let _guard = self.areas[index / self.area_nslabs].lock.lock();
+        let _guard = self.areas[self.area_of(index)].lock.lock();
         let free = seg_free(self.slots(), index / IO_TLB_SEGSIZE);
         // CAST: trailing_ones() <= 128.
         Some((free >> (index % IO_TLB_SEGSIZE)).trailing_ones() as usize)
+    }
+
+    /// The area of slot `idx` (no division for one area or power-of-two area sizes).
+    #[inline]
+    fn area_of(&self, idx: usize) -> usize {
+        if self.areas.len() == 1 {
+            0
+        } else if self.area_nslabs.is_power_of_two() {
+            idx >> self.area_nslabs.trailing_zeros()
+        } else {
+            idx / self.area_nslabs
+        }
     }
 
     /// The slot index of a pool address, or `NotInPool`.
@@ -436,7 +448,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         }
         give_run(slots, first, n);
         st.used -= n;
-        self.areas[first / self.area_nslabs]
+        self.areas[self.area_of(first)]
             .used
             .store(st.used, Ordering::Relaxed);
     }
@@ -564,7 +576,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let h = &self.slots()[idx];
         let in_slot = (tlb_addr.as_u64() - self.start.as_u64()) & SLOT_MASK;
         let copy_back = dir.from_device() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
-        let area = &self.areas[idx / self.area_nslabs];
+        let area = &self.areas[self.area_of(idx)];
         if !copy_back {
             // Nothing to copy: validate and free in one critical section.
             let mut st = area.lock.lock();
@@ -688,7 +700,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             return Err(Error::ZeroSize);
         }
         let idx = self.slot_index(tlb_addr)?;
-        let area = &self.areas[idx / self.area_nslabs];
+        let area = &self.areas[self.area_of(idx)];
         let _guard = area.lock.lock();
         let r = self.sync_range(idx, tlb_addr, size, area)?;
         if copy {
@@ -811,7 +823,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
 
     fn free_inner(&self, addr: PhysAddr) -> Result<(), Error> {
         let idx = self.slot_index(addr)?;
-        let area = &self.areas[idx / self.area_nslabs];
+        let area = &self.areas[self.area_of(idx)];
         let mut st = area.lock.lock();
         let h = &self.slots()[idx];
         let in_slot = (addr.as_u64() - self.start.as_u64()) & SLOT_MASK;

@@ -44,6 +44,7 @@ impl Plan {
     ///
     /// Mirrors `swiotlb_tbl_map_single` (offset and size) and the set-up part of
     /// `swiotlb_search_pool_area` (alignment, stride, boundary).
+    #[inline]
     pub(crate) fn new(
         pool_start: u64,
         min_align_mask: u64,
@@ -218,7 +219,8 @@ pub(crate) fn search_area(
     }
     let nsegs = area_nslabs / IO_TLB_SEGSIZE;
     let first_seg = area_base / IO_TLB_SEGSIZE;
-    let start = (index / IO_TLB_SEGSIZE) % nsegs;
+    // `index` is below `area_nslabs`, so this is a segment of the area.
+    let start = index / IO_TLB_SEGSIZE;
     // A run of `n` free slots needs at least `n` free bits; `n` <= 128 by construction.
     for i in 0..nsegs {
         let mut rel = start + i;
