@@ -6,9 +6,11 @@
 //!   lists, areas, bounce), which is both the performance baseline and the test oracle;
 //! - a plain `memcpy` of the same size, the floor no bounce mapping can beat.
 //!
-//! [`host::HostMemory`] stands in for physical memory on the host. The benchmark itself is
-//! `benches/pool.rs` (criterion); `src/bin/pool-table.rs` prints the table that
-//! `docs/performance.md` records.
+//! [`host::HostMemory`] stands in for physical memory on the host, and [`harness`] holds what
+//! the benchmark and the table share (the fragmented fill, the [`harness::BenchPool`] view of
+//! both pools, the timing loop). The benchmark itself is `benches/pool.rs` (criterion);
+//! `src/bin/pool-table.rs` prints the table that `docs/performance.md` records;
+//! `tests/oracle.rs` checks the real pool against the Linux port.
 //!
 //! ```
 //! use swiotlb_bench::host::HostMemory;
