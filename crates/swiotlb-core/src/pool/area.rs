@@ -35,8 +35,8 @@ pub(crate) mod state {
 /// are private; the pool initialises them in its constructor, so any `Slot` value will do.
 ///
 /// The fields are atomics so that the pool can work through `&self` from many CPUs. Every
-/// write happens under the lock of the slot's area, except the state transitions of a
-/// mapping's first slot that mark the end of the copy-in and the claim by an unmap.
+/// write happens under the lock of the slot's area, except the state change of a mapping's
+/// first slot that marks the end of its copy-in (made by the mapper, which owns the slots).
 #[derive(Debug, Default)]
 pub struct Slot {
     /// Linux's `orig_addr`: where the original bytes that belong at this slot's data

@@ -88,8 +88,9 @@ pub const fn limit_nareas(nareas: usize, nslabs: usize) -> usize {
 ///
 /// All methods take `&self` and may be called from many CPUs at once. Each area has a spin
 /// lock held only for the slot search and metadata updates; the copies of map and unmap run
-/// outside it. Syncs copy under the area lock, which keeps a sync from racing an unmap of
-/// the same mapping past the unmap's return.
+/// outside it. Syncs copy under the area lock; an unmap that copies back first claims the
+/// mapping under that lock. So a sync never runs alongside an unmap's copy-back, and none
+/// runs after the unmap returns.
 ///
 /// # Invariants
 ///
@@ -594,27 +595,17 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             drop(st);
             return Ok(());
         }
-        if h.state.load(Ordering::Relaxed) != state::HEAD
-            || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
+        // Claim the mapping under the area lock: from here no sync (which copies only under
+        // the lock and only for a HEAD mapping) and no other unmap can touch it, so the
+        // copy-back below runs alone and outside the lock.
         {
-            return Err(not_mapped);
-        }
-        // Claim the mapping: only one unmap can move its head from HEAD to UNMAPPING.
-        if h.state
-            .compare_exchange(
-                state::HEAD,
-                state::UNMAPPING,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
-            return Err(not_mapped);
-        }
-        if u64::from(h.offset.load(Ordering::Relaxed)) != in_slot {
-            // An address inside the first slot of a mapping but not its start.
-            h.state.store(state::HEAD, Ordering::Release);
-            return Err(not_mapped);
+            let _guard = area.lock.lock();
+            if h.state.load(Ordering::Relaxed) != state::HEAD
+                || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
+            {
+                return Err(not_mapped);
+            }
+            h.state.store(state::UNMAPPING, Ordering::Relaxed);
         }
         let msize = h.size.load(Ordering::Relaxed) as usize;
         let overflow = size > msize;
