@@ -43,14 +43,14 @@ fn pool(c: &mut Criterion) {
         for fill in FILLS {
             let mem = case_memory().expect("benchmark memory");
             // SAFETY: the pool alone uses its part of `mem` and is dropped before it.
-            let ours = unsafe { real_pool(&mem) };
+            let ours = unsafe { real_pool(&mem) }.expect("benchmark pool");
             case(&mut g, "ours", &ours, fill, size);
             drop(ours);
             let mem = case_memory().expect("benchmark memory");
             // SAFETY: as above; the map lives as long as the pool over it.
             let map = unsafe { linear_map(&mem) };
             // SAFETY: as above.
-            let linux = unsafe { linux_pool(&map, mem.base()) };
+            let linux = unsafe { linux_pool(&map, mem.base()) }.expect("Linux pool");
             case(&mut g, "linux", &linux, fill, size);
         }
         g.finish();

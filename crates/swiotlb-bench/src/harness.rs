@@ -16,7 +16,7 @@ use swiotlb_core::{
 };
 
 use crate::host::HostMemory;
-use crate::linux::{IO_TLB_SIZE, LinuxPool, current_cpu};
+use crate::linux::{IO_TLB_SIZE, LinuxError, LinuxPool, current_cpu};
 use crate::rng::SplitMix64;
 
 /// Slots in the benchmark pool: Linux's default 64 MiB.
@@ -192,31 +192,41 @@ pub unsafe fn linear_map(mem: &HostMemory) -> LinearMap {
 /// A Linux baseline pool over the first [`POOL_SLOTS`] slots of `map`, which covers a
 /// [`case_memory`].
 ///
+/// # Errors
+///
+/// As [`LinuxPool::new`] (only a `start` whose pool would wrap can fail).
+///
 /// # Safety
 ///
 /// Nothing else uses the pool's part of the memory while the pool lives.
-#[must_use]
-pub unsafe fn linux_pool<M: PhysMemory + ?Sized>(mem: &M, start: PhysAddr) -> LinuxPool<'_, M> {
-    // SAFETY: as the caller promises; the geometry is valid by construction.
-    match unsafe { LinuxPool::new(mem, start, POOL_SLOTS, POOL_AREAS) } {
-        Ok(p) => p,
-        Err(e) => unreachable!("the benchmark geometry is valid: {e}"),
-    }
+pub unsafe fn linux_pool<M: PhysMemory + ?Sized>(
+    mem: &M,
+    start: PhysAddr,
+) -> Result<LinuxPool<'_, M>, LinuxError> {
+    // SAFETY: as the caller promises.
+    unsafe { LinuxPool::new(mem, start, POOL_SLOTS, POOL_AREAS) }
 }
 
 /// The real pool over the first [`POOL_SLOTS`] slots of `mem`, a [`case_memory`].
 ///
+/// # Errors
+///
+/// As [`BouncePool::new`] (only a `mem` too short or badly aligned for the pool can fail).
+///
 /// # Safety
 ///
 /// The pool must not outlive `mem`, and nothing else may use the pool's part of it.
-#[must_use]
-pub unsafe fn real_pool(mem: &HostMemory) -> RealPool {
-    // SAFETY: the map does not outlive `mem` (the caller keeps the pool, its owner, within
-    // `mem`'s life), and the pool's range is the start of the map's region.
-    match unsafe { BouncePool::new_boxed(linear_map(mem), mem.base(), POOL_SLOTS, POOL_AREAS) } {
-        Ok(p) => p,
-        Err(e) => unreachable!("the benchmark geometry is valid: {e}"),
+pub unsafe fn real_pool(mem: &HostMemory) -> Result<RealPool, swiotlb_core::Error> {
+    if mem.len() < POOL_SLOTS * IO_TLB_SIZE {
+        return Err(swiotlb_core::Error::StorageTooSmall {
+            have: mem.len() / IO_TLB_SIZE,
+            need: POOL_SLOTS,
+        });
     }
+    // SAFETY: the map does not outlive `mem` (the caller keeps the pool, its owner, within
+    // `mem`'s life), and the pool's range is the start of the map's region, which is long
+    // enough (checked above).
+    unsafe { BouncePool::new_boxed(linear_map(mem), mem.base(), POOL_SLOTS, POOL_AREAS) }
 }
 
 /// A random fill size: log-uniform over `64..=FILL_MAX`.
@@ -414,12 +424,12 @@ mod tests {
         let mem = case_memory().unwrap();
         for fill in FILLS {
             // SAFETY: each pool alone uses its part of `mem`, one after the other.
-            let linux = unsafe { linux_pool(&mem, mem.base()) };
+            let linux = unsafe { linux_pool(&mem, mem.base()) }.unwrap();
             check_fragment(&linux, fill, |i| usize::from(linux.free_count(i).unwrap()));
             linux.check_invariants().unwrap();
             drop(linux);
             // SAFETY: as above.
-            let real = unsafe { real_pool(&mem) };
+            let real = unsafe { real_pool(&mem) }.unwrap();
             check_fragment(&real, fill, |i| real.free_count(i).unwrap());
             real.check_invariants().unwrap();
         }
@@ -430,6 +440,7 @@ mod tests {
         let (a, b) = (case_memory().unwrap(), case_memory().unwrap());
         // SAFETY: each pool alone uses its memory.
         let (pa, pb) = unsafe { (linux_pool(&a, a.base()), real_pool(&b)) };
+        let (pa, pb) = (pa.unwrap(), pb.unwrap());
         // SAFETY: the originals rooms are used by nothing else.
         let (la, lb) = unsafe {
             (

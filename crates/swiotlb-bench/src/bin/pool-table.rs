@@ -13,7 +13,6 @@ use swiotlb_bench::harness::{
     BenchPool, FILLS, MemcpyFloor, SEED, SIZES, case_memory, fragment, linear_map, linux_pool,
     median_ns, orig_base, real_pool, round_trip,
 };
-use swiotlb_bench::host::HostMemory;
 
 /// How long and how often each case is timed.
 #[derive(Clone, Copy)]
@@ -43,14 +42,12 @@ unsafe fn measure<P: BenchPool>(pool: &P, fill: u32, size: usize, t: Timing) -> 
     (ns, reached)
 }
 
-fn memory() -> HostMemory {
-    match case_memory() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("cannot allocate the benchmark memory: {e}");
-            std::process::exit(1);
-        }
-    }
+/// The value of `r`, or exit with a message saying what could not be set up.
+fn or_exit<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
+    r.unwrap_or_else(|e| {
+        eprintln!("cannot set up {what}: {e}");
+        std::process::exit(1);
+    })
 }
 
 /// The values given after `flag` in `args`, or all of `all` if there are none. Exits with a
@@ -94,13 +91,7 @@ fn main() {
             batch_time: Duration::from_millis(5),
         }
     };
-    let mut copier = match MemcpyFloor::new() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot allocate the memcpy buffers: {e}");
-            std::process::exit(1);
-        }
-    };
+    let mut copier = or_exit(MemcpyFloor::new(), "the memcpy buffers");
 
     println!(
         "| size | fill (reached: ours / linux) | ours (ns) | linux (ns) | memcpy (ns) \
@@ -110,16 +101,19 @@ fn main() {
     for size in sizes {
         let floor = median_ns(|| copier.copy(size), t.batches, t.batch_time);
         for fill in fills.iter().copied() {
-            let mem = memory();
+            let mem = or_exit(case_memory(), "the benchmark memory");
             // SAFETY: the pool alone uses its part of the fresh memory, and is dropped
             // before it.
-            let (ours, ours_fill) = unsafe { measure(&real_pool(&mem), fill, size, t) };
-            let mem = memory();
-            // SAFETY: as above; the map lives as long as the pool over it.
-            let (linux, linux_fill) = unsafe {
-                let map = linear_map(&mem);
-                measure(&linux_pool(&map, mem.base()), fill, size, t)
-            };
+            let ours = or_exit(unsafe { real_pool(&mem) }, "the pool");
+            // SAFETY: `ours` is fresh over a case memory nothing else uses.
+            let (ours, ours_fill) = unsafe { measure(&ours, fill, size, t) };
+            let mem = or_exit(case_memory(), "the benchmark memory");
+            // SAFETY: the map and the pool over it live no longer than `mem`.
+            let map = unsafe { linear_map(&mem) };
+            // SAFETY: the pool alone uses its part of the memory.
+            let linux = or_exit(unsafe { linux_pool(&map, mem.base()) }, "the Linux pool");
+            // SAFETY: `linux` is fresh over a case memory nothing else uses.
+            let (linux, linux_fill) = unsafe { measure(&linux, fill, size, t) };
             println!(
                 "| {size} B | {fill}% ({ours_fill:.1}% / {linux_fill:.1}%) | {ours:.1} \
                  | {linux:.1} | {floor:.1} | {:.2} | {:.2} |",
