@@ -342,7 +342,7 @@ impl MemcpyFloor {
     pub fn new() -> Result<Self, crate::host::HostMemoryError> {
         let buf = HostMemory::new(PhysAddr::new(MEMORY_BASE), 2 * FLOOR_MAX, 4096)?;
         // SAFETY: the buffer is fresh and used by this thread alone.
-        unsafe { buf.fill(buf.base(), 0x5a, FLOOR_MAX) };
+        unsafe { buf.write(buf.base(), &vec![0x5a; FLOOR_MAX])? };
         Ok(Self { buf })
     }
 
@@ -422,9 +422,11 @@ mod tests {
     #[test]
     fn fragment_reaches_fill_and_sizes_fit() {
         let mem = case_memory().unwrap();
+        // SAFETY: the map does not outlive `mem`.
+        let map = unsafe { linear_map(&mem) };
         for fill in FILLS {
             // SAFETY: each pool alone uses its part of `mem`, one after the other.
-            let linux = unsafe { linux_pool(&mem, mem.base()) }.unwrap();
+            let linux = unsafe { linux_pool(&map, mem.base()) }.unwrap();
             check_fragment(&linux, fill, |i| usize::from(linux.free_count(i).unwrap()));
             linux.check_invariants().unwrap();
             drop(linux);
@@ -438,8 +440,10 @@ mod tests {
     #[test]
     fn same_seed_similar_fill() {
         let (a, b) = (case_memory().unwrap(), case_memory().unwrap());
+        // SAFETY: the map does not outlive `a`.
+        let map = unsafe { linear_map(&a) };
         // SAFETY: each pool alone uses its memory.
-        let (pa, pb) = unsafe { (linux_pool(&a, a.base()), real_pool(&b)) };
+        let (pa, pb) = unsafe { (linux_pool(&map, a.base()), real_pool(&b)) };
         let (pa, pb) = (pa.unwrap(), pb.unwrap());
         // SAFETY: the originals rooms are used by nothing else.
         let (la, lb) = unsafe {

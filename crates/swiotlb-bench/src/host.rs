@@ -1,11 +1,12 @@
 //! Host memory standing in for physical memory: one heap allocation placed at a notional
-//! physical base, reached through [`PhysMemory`] with a constant offset, as a kernel's linear
-//! map reaches RAM.
+//! physical base. Pools reach it through a [`swiotlb_core::LinearMap`] over
+//! [`HostMemory::as_mut_ptr`] (see [`crate::harness::linear_map`]), as a kernel's linear map
+//! reaches RAM; tests read and write it with [`HostMemory::write`] and [`HostMemory::read`].
 
 use core::ptr::NonNull;
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
-use swiotlb_core::{PhysAddr, PhysMemory};
+use swiotlb_core::PhysAddr;
 
 /// Why a [`HostMemory`] could not be created or accessed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +57,8 @@ pub struct HostMemory {
 }
 
 // SAFETY: `HostMemory` owns its allocation; every access goes through raw-pointer copies whose
-// callers promise (by the `unsafe` contracts) that concurrent accesses are disjoint.
+// callers promise (by the `unsafe` contracts here and of `LinearMap`) that concurrent
+// accesses are disjoint.
 unsafe impl Send for HostMemory {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for HostMemory {}
@@ -168,28 +170,6 @@ impl Drop for HostMemory {
     }
 }
 
-// SAFETY: `copy` and `fill` translate both ranges with a bounds check and touch exactly the
-// bytes asked for; they panic rather than reach outside the region. Disjoint concurrent
-// calls are fine because they only use raw pointers.
-unsafe impl PhysMemory for HostMemory {
-    unsafe fn copy(&self, dst: PhysAddr, src: PhysAddr, len: usize) {
-        let (Ok(d), Ok(s)) = (self.translate(dst, len), self.translate(src, len)) else {
-            panic!("HostMemory::copy {src}->{dst}+{len:#x} outside the region");
-        };
-        // SAFETY: both ranges are inside the allocation; the caller promises they do not
-        // overlap and that nothing else accesses them.
-        unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
-    }
-
-    unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize) {
-        let Ok(d) = self.translate(dst, len) else {
-            panic!("HostMemory::fill {dst}+{len:#x} outside the region");
-        };
-        // SAFETY: the range is inside the allocation and the caller excludes other access.
-        unsafe { core::ptr::write_bytes(d, byte, len) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,9 +181,8 @@ mod tests {
         // SAFETY: single-threaded test, nothing else touches the region.
         unsafe {
             m.write(a, &[1, 2, 3, 4]).unwrap();
-            m.copy(PhysAddr::new(0x1000_2000), a, 4);
             let mut out = [0; 4];
-            m.read(PhysAddr::new(0x1000_2000), &mut out).unwrap();
+            m.read(a, &mut out).unwrap();
             assert_eq!(out, [1, 2, 3, 4]);
             assert_eq!(
                 m.write(PhysAddr::new(0x1000_3fff), &[0, 0]),

@@ -13,13 +13,16 @@
 //! `tests/oracle.rs` checks the real pool against the Linux port.
 //!
 //! ```
+//! use swiotlb_bench::harness::linear_map;
 //! use swiotlb_bench::host::HostMemory;
 //! use swiotlb_bench::linux::LinuxPool;
 //! use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, PhysAddr};
 //!
 //! let mem = HostMemory::new(PhysAddr::new(0x8000_0000), 2 << 20, 4096).unwrap();
+//! // SAFETY: the map does not outlive `mem`.
+//! let map = unsafe { linear_map(&mem) };
 //! // SAFETY: the first MiB of `mem` is given to the pool alone.
-//! let pool = unsafe { LinuxPool::new(&mem, mem.base(), 512, 1) }.unwrap();
+//! let pool = unsafe { LinuxPool::new(&map, mem.base(), 512, 1) }.unwrap();
 //! let orig = PhysAddr::new(0x8010_0010);
 //! let dev = Device::new(DmaMask::BITS_32);
 //! // SAFETY: single-threaded; the original lies in `mem` outside the pool.

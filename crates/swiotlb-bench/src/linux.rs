@@ -929,9 +929,11 @@ pub fn check_mapping_rules(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::linear_map;
     use crate::host::HostMemory;
     use crate::rng::SplitMix64;
     use swiotlb_core::DmaMask;
+    use swiotlb_core::LinearMap;
 
     /// The pool's physical base: 1 MiB-aligned, below 4 GiB.
     const BASE: u64 = 0x8000_0000;
@@ -939,14 +941,33 @@ mod tests {
     const ORIG_ROOM: usize = 1 << 20;
     const NONE: DmaAttrs = DmaAttrs::empty();
 
-    fn memory(nslabs: usize) -> HostMemory {
-        HostMemory::new(PhysAddr::new(BASE), nslabs * IO_TLB_SIZE + ORIG_ROOM, 4096).unwrap()
+    /// Host memory for a pool of `nslabs` slots and its originals, with the [`LinearMap`]
+    /// the pool copies through.
+    struct Fixture {
+        map: LinearMap,
+        mem: HostMemory,
     }
 
-    fn pool(mem: &HostMemory, nslabs: usize, nareas: usize) -> LinuxPool<'_, HostMemory> {
+    impl core::ops::Deref for Fixture {
+        type Target = HostMemory;
+        fn deref(&self) -> &HostMemory {
+            &self.mem
+        }
+    }
+
+    fn memory(nslabs: usize) -> Fixture {
+        let mem =
+            HostMemory::new(PhysAddr::new(BASE), nslabs * IO_TLB_SIZE + ORIG_ROOM, 4096).unwrap();
+        // SAFETY: the map describes `mem`'s heap allocation, which moves with neither and is
+        // freed only when the fixture (holding both) is dropped.
+        let map = unsafe { linear_map(&mem) };
+        Fixture { map, mem }
+    }
+
+    fn pool(mem: &Fixture, nslabs: usize, nareas: usize) -> LinuxPool<'_, LinearMap> {
         // SAFETY: the first `nslabs` slots of `mem` belong to the pool; tests put originals
         // only after them.
-        unsafe { LinuxPool::new(mem, mem.base(), nslabs, nareas) }.unwrap()
+        unsafe { LinuxPool::new(&mem.map, mem.base(), nslabs, nareas) }.unwrap()
     }
 
     /// An address in the originals area, `off` bytes in.
@@ -959,7 +980,7 @@ mod tests {
     }
 
     fn map(
-        p: &LinuxPool<'_, HostMemory>,
+        p: &LinuxPool<'_, LinearMap>,
         dev: &Device,
         orig: PhysAddr,
         len: usize,
@@ -973,13 +994,13 @@ mod tests {
         m
     }
 
-    fn unmap(p: &LinuxPool<'_, HostMemory>, dev: &Device, m: &LinuxMapping, len: usize) {
+    fn unmap(p: &LinuxPool<'_, LinearMap>, dev: &Device, m: &LinuxMapping, len: usize) {
         // SAFETY: `m` is live on `p`.
         unsafe { p.unmap_single(dev, m.tlb_addr, len, DmaDirection::ToDevice, NONE) }.unwrap();
         p.check_invariants().unwrap();
     }
 
-    fn lists(p: &LinuxPool<'_, HostMemory>, r: core::ops::Range<usize>) -> Vec<u16> {
+    fn lists(p: &LinuxPool<'_, LinearMap>, r: core::ops::Range<usize>) -> Vec<u16> {
         r.map(|i| p.free_count(i).unwrap()).collect()
     }
 
@@ -996,7 +1017,7 @@ mod tests {
         p.check_invariants().unwrap();
         for (n, a) in [(0, 1), (100, 1), (256, 3), (256, 4), (128, 2)] {
             // SAFETY: geometry is rejected before the memory is touched.
-            let r = unsafe { LinuxPool::new(&mem, mem.base(), n, a) };
+            let r = unsafe { LinuxPool::new(&mem.map, mem.base(), n, a) };
             assert_eq!(
                 r.err(),
                 Some(LinuxError::Geometry {

@@ -53,9 +53,11 @@ fn real_pool_agrees_with_linux() {
     let new_mem = || HostMemory::new(PhysAddr::new(BASE), POOL_BYTES + ORIG_ROOM, 4096).unwrap();
     let (mem_l, mem_o) = (new_mem(), new_mem());
     let orig_base = PhysAddr::new(BASE + POOL_BYTES as u64);
+    // SAFETY: the map does not outlive `mem_l`.
+    let map_l = unsafe { linear_map(&mem_l) };
     // SAFETY: each pool alone uses the first NSLABS slots of its own memory; the tests put
     // originals only after them. The real pool's map does not outlive `mem_o`.
-    let linux = unsafe { LinuxPool::new(&mem_l, mem_l.base(), NSLABS, 2) }.unwrap();
+    let linux = unsafe { LinuxPool::new(&map_l, mem_l.base(), NSLABS, 2) }.unwrap();
     // SAFETY: as above.
     let ours: RealPool =
         unsafe { BouncePool::new_boxed(linear_map(&mem_o), mem_o.base(), NSLABS, 2) }.unwrap();
