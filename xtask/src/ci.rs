@@ -61,7 +61,7 @@ pub const PLANNED: &[(&str, &str)] = &[
 /// How `cargo xtask ci` was asked to run.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    /// Leave out the Miri step (it needs a nightly toolchain and is the slowest step).
+    /// Leave out the Miri steps (they need a nightly toolchain and are the slowest).
     pub skip_miri: bool,
     /// Run only these steps (all when empty), still in the fixed order.
     pub only: Vec<&'static str>,
@@ -119,16 +119,19 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// `cargo SUBCOMMAND -p P1 -p P2 ... --target TARGET`.
+fn per_target(subcommand: &str, packages: &[&str], target: &str) -> Vec<String> {
+    let mut out = args(&[subcommand]);
+    for package in packages {
+        out.extend(args(&["-p", package]));
+    }
+    out.extend(args(&["--target", target]));
+    out
+}
+
 /// `cargo build` of every `no_std` crate for `target`.
 fn no_std_build(target: &str) -> Vec<String> {
-    let mut out = args(&["build"]);
-    for krate in NO_STD_CRATES {
-        out.push("-p".to_owned());
-        out.push((*krate).to_owned());
-    }
-    out.push("--target".to_owned());
-    out.push(target.to_owned());
-    out
+    per_target("build", NO_STD_CRATES, target)
 }
 
 /// A Miri step's action: `cargo +nightly miri test ARGS` with `flags` first in `MIRIFLAGS`,
@@ -150,13 +153,6 @@ fn miri(test_args: &[&str], flags: &str) -> Action {
 
 /// The steps, in the order they run.
 fn steps() -> Vec<Step> {
-    let mut aarch64_test = args(&["test"]);
-    for krate in AARCH64_TEST_CRATES {
-        aarch64_test.push("-p".to_owned());
-        aarch64_test.push((*krate).to_owned());
-    }
-    aarch64_test.extend(args(&["--target", "aarch64-unknown-linux-gnu"]));
-
     let cargo = |args: Vec<String>| Action::Cargo {
         toolchain: None,
         args,
@@ -213,7 +209,11 @@ fn steps() -> Vec<Step> {
         Step {
             name: "test-aarch64",
             about: "core and ABI tests as aarch64 Linux binaries under qemu-user",
-            action: cargo(aarch64_test),
+            action: cargo(per_target(
+                "test",
+                AARCH64_TEST_CRATES,
+                "aarch64-unknown-linux-gnu",
+            )),
         },
         Step {
             name: "miri",
@@ -333,7 +333,7 @@ fn run_step(action: &Action, root: &Path) -> Outcome {
             match command.status() {
                 Ok(status) if status.success() => Outcome::Passed,
                 Ok(status) => {
-                    eprintln!("xtask: step command exited with {status}");
+                    eprintln!("xtask: `{}` exited with {status}", describe(action));
                     Outcome::Failed
                 }
                 Err(err) => {
@@ -355,21 +355,19 @@ fn run_step(action: &Action, root: &Path) -> Outcome {
 /// Runs the main job in the workspace root with `extra` arguments for it, and returns its
 /// exit status.
 pub fn run_demo(extra: &[String]) -> ExitCode {
-    let mut command = process::Command::new("cargo");
-    command.args(DEMO_ARGS).current_dir(workspace_root());
+    let mut all = args(DEMO_ARGS);
     if !extra.is_empty() {
-        command.arg("--").args(extra);
+        all.push("--".to_owned());
+        all.extend_from_slice(extra);
     }
-    match command.status() {
-        Ok(status) if status.success() => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!("xtask: the demo exited with {status}");
-            ExitCode::FAILURE
-        }
-        Err(err) => {
-            eprintln!("xtask: could not start cargo: {err}");
-            ExitCode::FAILURE
-        }
+    let action = Action::Cargo {
+        toolchain: None,
+        args: all,
+        env: Vec::new(),
+    };
+    match run_step(&action, &workspace_root()) {
+        Outcome::Passed => ExitCode::SUCCESS,
+        Outcome::Failed | Outcome::Skipped => ExitCode::FAILURE,
     }
 }
 
