@@ -7,6 +7,12 @@
 //!   non-zero if any failed. `--skip-miri` leaves out the Miri step, `--only STEP` (repeatable)
 //!   runs only the named steps, `--list` prints the steps.
 //! - `demo`: the main job, which the README's demo command runs; arguments after `--` go to it.
+//! - `xen-qemu [x86_64|aarch64|all]`: boot the bare-metal dom0 examples on the real Xen
+//!   hypervisor under QEMU and read their verdicts ([`xen_qemu`]).
+//! - `bench [--quick]`: the comparative benchmarks, one JSON line per figure ([`bench`]).
+//! - `fuzz [--smoke]`: the cargo-fuzz targets ([`fuzz`]).
+//! - `soak --minutes N`: concurrent map/unmap/sync on the simulator, every byte verified
+//!   ([`soak`]).
 //! - `help`: usage.
 //!
 //! The tool has no dependencies: it spawns `cargo` (and `cargo +nightly` for Miri) in the
@@ -14,9 +20,14 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod ci;
+mod fuzz;
 mod layering;
+mod loom;
 mod readme;
+mod soak;
+mod xen_qemu;
 
 use std::process::ExitCode;
 
@@ -27,10 +38,48 @@ enum Command {
     Ci(ci::Options),
     /// Run the main job with these arguments.
     Demo(Vec<String>),
+    /// Run one of the tools below with its own arguments.
+    Tool(Tool, Vec<String>),
     /// List the CI steps.
     ListSteps,
     /// Print usage.
     Help,
+}
+
+/// The commands that parse their own arguments, each in its own module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tool {
+    /// `xen-qemu`: [`xen_qemu::run`].
+    XenQemu,
+    /// `bench`: [`bench::run`].
+    Bench,
+    /// `fuzz`: [`fuzz::run`].
+    Fuzz,
+    /// `soak`: [`soak::run`].
+    Soak,
+}
+
+impl Tool {
+    /// The tool a command name selects.
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "xen-qemu" => Some(Self::XenQemu),
+            "bench" => Some(Self::Bench),
+            "fuzz" => Some(Self::Fuzz),
+            "soak" => Some(Self::Soak),
+            _ => None,
+        }
+    }
+
+    /// Runs the tool with its arguments.
+    fn run(self, args: &[String]) -> ExitCode {
+        match self {
+            Self::XenQemu => xen_qemu::run(args),
+            Self::Bench => bench::run(args),
+            Self::Fuzz => fuzz::run(args),
+            Self::Soak => soak::run(args),
+        }
+    }
 }
 
 /// Usage text, printed by `help` and after a command-line error.
@@ -41,6 +90,10 @@ commands:
   ci [--skip-miri] [--only STEP]...   run the CI steps in order (all of them by default)
   ci --list                            list the CI steps
   demo [-- ARGS]                       run the main job (the README's demo command)
+  xen-qemu [x86_64|aarch64|all]        boot the dom0 examples on real Xen under QEMU
+  bench [--quick]                      comparative benchmarks, one JSON line per figure
+  fuzz [--smoke]                       run the cargo-fuzz targets
+  soak --minutes N                     concurrent map/unmap/sync on the simulator
   help                                 print this text
 
 `--only` may be given several times; the steps still run in their fixed order.";
@@ -87,7 +140,13 @@ where
                 Ok(Command::Ci(options))
             }
         }
-        other => Err(format!("unknown command: {other}")),
+        other => match Tool::from_name(other) {
+            Some(tool) => Ok(Command::Tool(
+                tool,
+                args.map(|a| a.as_ref().to_owned()).collect(),
+            )),
+            None => Err(format!("unknown command: {other}")),
+        },
     }
 }
 
@@ -103,6 +162,7 @@ fn main() -> ExitCode {
         }
         Ok(Command::Ci(options)) => ci::run(&options),
         Ok(Command::Demo(extra)) => ci::run_demo(&extra),
+        Ok(Command::Tool(tool, args)) => tool.run(&args),
         Err(message) => {
             eprintln!("xtask: {message}\n\n{USAGE}");
             ExitCode::from(2)
@@ -167,6 +227,29 @@ mod tests {
         assert_eq!(
             parse_args(["demo", "-v"]),
             Ok(Command::Demo(vec!["-v".to_owned()]))
+        );
+    }
+
+    #[test]
+    fn tools_take_their_own_arguments() {
+        assert_eq!(
+            parse_args(["xen-qemu", "all"]),
+            Ok(Command::Tool(Tool::XenQemu, vec!["all".to_owned()]))
+        );
+        assert_eq!(
+            parse_args(["bench", "--quick"]),
+            Ok(Command::Tool(Tool::Bench, vec!["--quick".to_owned()]))
+        );
+        assert_eq!(
+            parse_args(["soak", "--minutes", "1"]),
+            Ok(Command::Tool(
+                Tool::Soak,
+                vec!["--minutes".to_owned(), "1".to_owned()]
+            ))
+        );
+        assert_eq!(
+            parse_args(["fuzz"]),
+            Ok(Command::Tool(Tool::Fuzz, Vec::new()))
         );
     }
 
