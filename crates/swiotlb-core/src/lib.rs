@@ -77,6 +77,7 @@ extern crate std;
 
 pub mod addr;
 pub mod dma;
+pub mod engine;
 pub mod error;
 pub mod hooks;
 pub mod linear;
@@ -84,6 +85,10 @@ pub mod pool;
 
 pub use addr::{Bfn, BusAddr, Pfn, PhysAddr, XEN_PAGE_SHIFT, XEN_PAGE_SIZE};
 pub use dma::{Device, DmaAttrs, DmaDirection, DmaMask};
+pub use engine::{
+    CoherentAlloc, DmaEngine, DmaError, EngineStats, NoPageAllocator, PageAllocator, SgEntry,
+    SgError,
+};
 pub use error::Error;
 pub use hooks::{PhysMemory, Platform, PlatformError};
 pub use linear::LinearMap;

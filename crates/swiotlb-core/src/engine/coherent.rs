@@ -1,0 +1,254 @@
+//! Coherent allocations: Linux's `xen_swiotlb_alloc_coherent`/`xen_swiotlb_free_coherent`.
+
+use super::DmaEngine;
+use super::error::DmaError;
+use super::pages::PageAllocator;
+use super::stats::bump;
+use crate::addr::{BusAddr, PhysAddr, XEN_PAGE_SHIFT, XEN_PAGE_SIZE};
+use crate::dma::Device;
+use crate::hooks::{PhysMemory, Platform};
+use crate::pool::Slot;
+
+/// The largest order [`DmaEngine::alloc_coherent`] asks of the page allocator (a block of
+/// `4 KiB << order` bytes must have a 64-bit size).
+pub const MAX_COHERENT_ORDER: u32 = 63 - XEN_PAGE_SHIFT;
+
+/// A coherent allocation: memory both the CPU (at [`phys`](Self::phys)) and the device (at
+/// [`bus`](Self::bus)) use without syncs.
+///
+/// The value is the allocation's record: it remembers whether the memory was exchanged
+/// (made contiguous) so that [`DmaEngine::free_coherent`] gives the exchange back, and since
+/// it is neither `Clone` nor `Copy` it can be freed only once. Dropping it leaks the pages
+/// (they stay allocated and, if exchanged, contiguous); give it to `free_coherent`.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a coherent allocation must be given back with free_coherent"]
+pub struct CoherentAlloc {
+    phys: PhysAddr,
+    bus: BusAddr,
+    size: usize,
+    order: u32,
+    exchanged: bool,
+}
+
+impl CoherentAlloc {
+    /// The physical address of the first byte (the CPU's side).
+    #[must_use]
+    pub fn phys(&self) -> PhysAddr {
+        self.phys
+    }
+
+    /// The bus address of the first byte (the device's side, Linux's `dma_handle`).
+    #[must_use]
+    pub fn bus(&self) -> BusAddr {
+        self.bus
+    }
+
+    /// The size asked for.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The order of the block behind it (`4 KiB << order` bytes).
+    #[must_use]
+    pub fn order(&self) -> u32 {
+        self.order
+    }
+
+    /// Whether the block was made contiguous with `create_contiguous_region` (and will be
+    /// given back with `destroy_contiguous_region`).
+    #[must_use]
+    pub fn is_exchanged(&self) -> bool {
+        self.exchanged
+    }
+}
+
+/// A failed [`DmaEngine::free_coherent`]: the error and the allocation, handed back so that
+/// nothing is leaked unknowingly (the caller may retry or keep it).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("freeing the coherent allocation at {} failed: {source}", alloc.phys)]
+pub struct CoherentFreeError {
+    /// The allocation, still allocated and still contiguous.
+    pub alloc: CoherentAlloc,
+    /// Why the platform refused to give the region back.
+    #[source]
+    pub source: DmaError,
+}
+
+/// Linux's `get_order`: the smallest order whose block holds `size` bytes (`size > 0`).
+fn get_order(size: usize) -> Option<u32> {
+    // CAST: usize fits in u64.
+    let frames = (size as u64).div_ceil(XEN_PAGE_SIZE);
+    let order = frames.next_power_of_two().trailing_zeros();
+    (order <= MAX_COHERENT_ORDER && frames.checked_next_power_of_two().is_some()).then_some(order)
+}
+
+impl<P, M, S, A> DmaEngine<P, M, S, A>
+where
+    P: Platform,
+    M: PhysMemory,
+    S: AsRef<[Slot]>,
+    A: PageAllocator,
+{
+    /// Linux's `xen_swiotlb_alloc_coherent`: allocates `size` bytes (rounded up to a
+    /// power-of-two number of 4 KiB pages) that `dev` reaches without bouncing, zeroed.
+    ///
+    /// The pages come from the [`PageAllocator`]. If they are not bus-contiguous, not
+    /// below the device's coherent mask, or naturally aligned physically but not on the
+    /// bus (Linux's `range_requires_alignment`), they are made contiguous with
+    /// [`Platform::create_contiguous_region`] below `2^coherent_mask.bits()`, which the
+    /// returned [`CoherentAlloc`] records. On arm64 (1:1) and for devices behind an IOMMU
+    /// they are used as they are.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ZeroSize`], [`DmaError::CoherentTooLarge`],
+    /// [`DmaError::CoherentNoMemory`], [`DmaError::CoherentMisaligned`],
+    /// [`DmaError::CoherentContiguous`], [`DmaError::CoherentUnreachable`]. The pages are
+    /// given back after any error.
+    pub fn alloc_coherent(&self, dev: &Device, size: usize) -> Result<CoherentAlloc, DmaError> {
+        let r = self.alloc_inner(dev, size);
+        match &r {
+            Ok(a) => {
+                bump(&self.counters.coherent_allocs);
+                if a.exchanged {
+                    bump(&self.counters.coherent_exchanged);
+                }
+            }
+            Err(_) => bump(&self.counters.coherent_failures),
+        }
+        r
+    }
+
+    fn alloc_inner(&self, dev: &Device, size: usize) -> Result<CoherentAlloc, DmaError> {
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        let order = get_order(size).ok_or(DmaError::CoherentTooLarge { size })?;
+        let block = XEN_PAGE_SIZE << order;
+        let phys = self
+            .pages
+            .alloc_pages(order)
+            .ok_or(DmaError::CoherentNoMemory { size, order })?;
+        let give_back = |err: DmaError| {
+            // SAFETY: the block was just allocated with this order and nobody else uses it.
+            unsafe { self.pages.free_pages(phys, order) };
+            err
+        };
+        if !phys.is_aligned(block) || phys.checked_last(block).is_none() {
+            return Err(give_back(DmaError::CoherentMisaligned { phys, order }));
+        }
+        // Linux checks `size` rounded up to 4 KiB against the mask.
+        let len = (size as u64).div_ceil(XEN_PAGE_SIZE) * XEN_PAGE_SIZE;
+        let mask = dev.coherent_dma_mask;
+        let unreachable = |bus| DmaError::CoherentUnreachable {
+            phys,
+            bus,
+            size,
+            mask,
+        };
+        if dev.behind_iommu {
+            let bus = BusAddr::new(phys.as_u64());
+            if !mask.covers(bus, len) {
+                return Err(give_back(unreachable(Some(bus))));
+            }
+            return Ok(CoherentAlloc {
+                phys,
+                bus,
+                size,
+                order,
+                exchanged: false,
+            });
+        }
+        if let Ok(bus) = self.contiguous_bus(phys, block)
+            && mask.covers(bus, len)
+            && bus.is_aligned(block)
+        {
+            return Ok(CoherentAlloc {
+                phys,
+                bus,
+                size,
+                order,
+                exchanged: false,
+            });
+        }
+        let address_bits = mask.bits();
+        // SAFETY: the block was just allocated, is aligned to its size (checked above) and
+        // is used by nobody else.
+        let bus = unsafe {
+            self.platform
+                .create_contiguous_region(phys, order, address_bits)
+        }
+        .map_err(|source| {
+            give_back(DmaError::CoherentContiguous {
+                phys,
+                order,
+                address_bits,
+                source,
+            })
+        })?;
+        if !mask.covers(bus, len) {
+            // The platform broke its promise; undo the exchange before giving the pages
+            // back. If even that fails, keep the pages out of the allocator.
+            // SAFETY: the region was made contiguous with this order just above.
+            if unsafe { self.platform.destroy_contiguous_region(phys, order) }.is_ok() {
+                return Err(give_back(unreachable(Some(bus))));
+            }
+            return Err(unreachable(Some(bus)));
+        }
+        Ok(CoherentAlloc {
+            phys,
+            bus,
+            size,
+            order,
+            exchanged: true,
+        })
+    }
+
+    /// Linux's `xen_swiotlb_free_coherent`: gives back the exchange (if the allocation was
+    /// made contiguous) and then the pages.
+    ///
+    /// Unlike Linux, which leaks the pages when the handle looks wrong, the record says
+    /// exactly what to undo; if the platform cannot give the region back, the allocation is
+    /// returned in the error, still allocated, for the caller to retry or keep.
+    ///
+    /// # Errors
+    ///
+    /// [`CoherentFreeError`] with [`DmaError::CoherentDestroy`].
+    ///
+    /// # Safety
+    ///
+    /// `alloc` must come from this engine's [`alloc_coherent`](Self::alloc_coherent), and
+    /// neither the CPU (no reference) nor any device may use the memory any more.
+    pub unsafe fn free_coherent(
+        &self,
+        dev: &Device,
+        alloc: CoherentAlloc,
+    ) -> Result<(), CoherentFreeError> {
+        let _ = dev;
+        if alloc.exchanged {
+            // SAFETY: the record says the region was made contiguous with this order, and
+            // the caller guarantees nobody uses it.
+            let r = unsafe {
+                self.platform
+                    .destroy_contiguous_region(alloc.phys, alloc.order)
+            };
+            if let Err(source) = r {
+                bump(&self.counters.coherent_failures);
+                return Err(CoherentFreeError {
+                    source: DmaError::CoherentDestroy {
+                        phys: alloc.phys,
+                        order: alloc.order,
+                        source,
+                    },
+                    alloc,
+                });
+            }
+        }
+        // SAFETY: the block came from this engine's allocator with this order (caller's
+        // promise) and nobody uses it.
+        unsafe { self.pages.free_pages(alloc.phys, alloc.order) };
+        bump(&self.counters.coherent_frees);
+        Ok(())
+    }
+}

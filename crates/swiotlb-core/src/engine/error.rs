@@ -1,0 +1,273 @@
+//! The errors of the DMA engine.
+
+use crate::addr::{BusAddr, PhysAddr};
+use crate::dma::DmaMask;
+use crate::error::Error as PoolError;
+use crate::hooks::PlatformError;
+use core::fmt;
+
+/// Why a streaming mapping could not be direct and had to go through the bounce pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BounceReason {
+    /// The device asks for every mapping to be bounced ([`crate::Device::force_bounce`]).
+    Forced,
+    /// A 4 KiB frame of the range has no bus translation.
+    Untranslatable,
+    /// The range is not bus-contiguous (Linux's `range_straddles_page_boundary`).
+    NotContiguous,
+    /// The bus range is not inside the device's DMA mask (Linux's `!dma_capable`).
+    OutsideMask,
+    /// The platform asks for it ([`crate::Platform::needs_bounce`], Linux's
+    /// `xen_arch_need_swiotlb`).
+    Platform,
+}
+
+impl BounceReason {
+    /// Every reason, in the order of [`crate::engine::EngineStats::bounced_by_reason`].
+    pub const ALL: [Self; 5] = [
+        Self::Forced,
+        Self::Untranslatable,
+        Self::NotContiguous,
+        Self::OutsideMask,
+        Self::Platform,
+    ];
+
+    /// The index of this reason in [`Self::ALL`].
+    #[must_use]
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Forced => 0,
+            Self::Untranslatable => 1,
+            Self::NotContiguous => 2,
+            Self::OutsideMask => 3,
+            Self::Platform => 4,
+        }
+    }
+}
+
+impl fmt::Display for BounceReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Forced => "bouncing is forced for the device",
+            Self::Untranslatable => "a frame has no bus translation",
+            Self::NotContiguous => "the range is not bus-contiguous",
+            Self::OutsideMask => "the range is outside the device's DMA mask",
+            Self::Platform => "the platform requires bouncing",
+        })
+    }
+}
+
+/// Why a DMA engine operation failed.
+///
+/// Every variant carries the addresses, sizes and limits involved. After an error of a map
+/// nothing stays mapped; after an error of an unmap the mapping is gone anyway unless the
+/// variant says otherwise (see each method).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DmaError {
+    /// A map, unmap, sync or allocation of zero bytes.
+    #[error("zero-sized DMA request")]
+    ZeroSize,
+    /// `phys + size` overflows the physical address space.
+    #[error("{phys}+{size:#x} overflows the physical address space")]
+    AddressOverflow {
+        /// The start address.
+        phys: PhysAddr,
+        /// The size.
+        size: usize,
+    },
+    /// `bus + size` overflows the bus address space.
+    #[error("{bus}+{size:#x} overflows the bus address space")]
+    BusOverflow {
+        /// The start address.
+        bus: BusAddr,
+        /// The size.
+        size: usize,
+    },
+    /// A mapping that cannot be bounced (MMIO, or a device behind an IOMMU) lies outside the
+    /// device's mask, or has no bus translation (`bus` is then `None`).
+    #[error("{phys}+{size:#x} is not reachable by the device (bus {bus:?}, mask {mask})")]
+    Unreachable {
+        /// The physical address.
+        phys: PhysAddr,
+        /// Its bus address, if it has one.
+        bus: Option<BusAddr>,
+        /// The size.
+        size: usize,
+        /// The device's DMA mask.
+        mask: DmaMask,
+    },
+    /// The mapping must be bounced but the engine has no bounce pool.
+    #[error("{phys}+{size:#x} must be bounced ({reason}) but there is no bounce pool")]
+    NoPool {
+        /// The physical address.
+        phys: PhysAddr,
+        /// The size.
+        size: usize,
+        /// Why it must be bounced.
+        reason: BounceReason,
+    },
+    /// The bounce pool refused the mapping (full, too large, bad alignment masks...).
+    #[error("bouncing {phys}+{size:#x} ({reason}) failed: {source}")]
+    Bounce {
+        /// The physical address.
+        phys: PhysAddr,
+        /// The size.
+        size: usize,
+        /// Why it had to be bounced.
+        reason: BounceReason,
+        /// The pool's error.
+        #[source]
+        source: PoolError,
+    },
+    /// The bounce buffer's bus address is outside the device's mask (Linux's second
+    /// `dma_capable` check); the bounce slots were given back.
+    #[error("bounce buffer {tlb} (bus {bus}) +{size:#x} is outside the device mask {mask}")]
+    BounceUnreachable {
+        /// The bounce buffer's physical address.
+        tlb: PhysAddr,
+        /// Its bus address.
+        bus: BusAddr,
+        /// The size.
+        size: usize,
+        /// The device's DMA mask.
+        mask: DmaMask,
+    },
+    /// The bounce buffer's frame has no bus translation (the pool's frames changed after the
+    /// engine checked them); the bounce slots were given back.
+    #[error("bounce buffer {tlb} has no bus translation")]
+    BounceUntranslatable {
+        /// The bounce buffer's physical address.
+        tlb: PhysAddr,
+    },
+    /// The platform's cache maintenance failed.
+    #[error("cache maintenance of {phys}/{bus}+{size:#x} failed: {source}")]
+    CacheMaintenance {
+        /// The physical address handed to the platform.
+        phys: PhysAddr,
+        /// The bus address handed to the platform.
+        bus: BusAddr,
+        /// The size.
+        size: usize,
+        /// The platform's error.
+        #[source]
+        source: PlatformError,
+    },
+    /// The pool refused an unmap or a sync of a bounced mapping (double unmap, an address
+    /// inside a mapping, a sync past its start...).
+    #[error("bounce buffer {tlb} (bus {bus}): {source}")]
+    Pool {
+        /// The bus address given.
+        bus: BusAddr,
+        /// The bounce buffer address it translates to.
+        tlb: PhysAddr,
+        /// The pool's error.
+        #[source]
+        source: PoolError,
+    },
+    /// A coherent allocation larger than the largest order the engine accepts.
+    #[error("coherent allocation of {size:#x} bytes is too large")]
+    CoherentTooLarge {
+        /// The size asked for.
+        size: usize,
+    },
+    /// The kernel's page allocator had no `2^order` pages.
+    #[error("no memory for a coherent allocation of {size:#x} bytes (order {order})")]
+    CoherentNoMemory {
+        /// The size asked for.
+        size: usize,
+        /// The order asked of the page allocator.
+        order: u32,
+    },
+    /// The kernel's page allocator returned a block not aligned to its size.
+    #[error("page allocator returned {phys}, not aligned for order {order}")]
+    CoherentMisaligned {
+        /// The block's address.
+        phys: PhysAddr,
+        /// The order asked for.
+        order: u32,
+    },
+    /// Making a coherent allocation bus-contiguous below the coherent mask failed; the pages
+    /// were given back to the allocator.
+    #[error("making {phys} (order {order}) contiguous below 2^{address_bits} failed: {source}")]
+    CoherentContiguous {
+        /// The block's address.
+        phys: PhysAddr,
+        /// Its order.
+        order: u32,
+        /// The address limit asked for.
+        address_bits: u32,
+        /// The platform's error.
+        #[source]
+        source: PlatformError,
+    },
+    /// A coherent allocation is still not below the device's coherent mask; it was given
+    /// back.
+    #[error("coherent buffer {phys} (bus {bus:?}) +{size:#x} is outside the coherent mask {mask}")]
+    CoherentUnreachable {
+        /// The block's address.
+        phys: PhysAddr,
+        /// Its bus address, if it has one.
+        bus: Option<BusAddr>,
+        /// The size.
+        size: usize,
+        /// The device's coherent DMA mask.
+        mask: DmaMask,
+    },
+    /// Giving back a contiguous region at free failed; the allocation was handed back to
+    /// the caller (see [`crate::engine::CoherentFreeError`]).
+    #[error("giving back the contiguous region {phys} (order {order}) failed: {source}")]
+    CoherentDestroy {
+        /// The block's address.
+        phys: PhysAddr,
+        /// Its order.
+        order: u32,
+        /// The platform's error.
+        #[source]
+        source: PlatformError,
+    },
+}
+
+/// Why a scatter-gather operation failed.
+///
+/// For [`map_sg`](crate::engine::DmaEngine::map_sg): the entry that failed, why, how many
+/// entries before it were unmapped again, and how many of those unmaps failed in turn (zero
+/// unless the platform's cache maintenance fails). For the unmap and sync loops, which go on
+/// after a failing entry: the first failing entry, its error and the number of entries that
+/// failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "scatter-gather entry {index} failed ({failures} failed in all, {unwound} unwound): {source}"
+)]
+pub struct SgError {
+    /// The index of the (first) entry that failed.
+    pub index: usize,
+    /// Its error.
+    #[source]
+    pub source: DmaError,
+    /// `map_sg`: entries mapped before `index` and unmapped again. Zero for the other loops.
+    pub unwound: usize,
+    /// Entries whose operation failed: for `map_sg` 1 plus the unwinding unmaps that failed;
+    /// for the other loops every failing entry.
+    pub failures: usize,
+}
+
+/// Why the engine refused its bounce pool at construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineInitError {
+    /// A frame of the pool has no bus translation.
+    #[error("bounce pool frame at {phys} has no bus translation")]
+    NoTranslation {
+        /// The frame's address.
+        phys: PhysAddr,
+    },
+    /// A 256 KiB segment of the pool is not bus-contiguous (a bounce buffer may span it).
+    #[error("bounce pool segment {segment} at {phys} is not bus-contiguous")]
+    SegmentNotContiguous {
+        /// The segment's index.
+        segment: usize,
+        /// The segment's address.
+        phys: PhysAddr,
+    },
+}

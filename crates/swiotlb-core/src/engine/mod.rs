@@ -1,0 +1,706 @@
+//! The DMA mapping engine: Linux's swiotlb-xen `dma_map_ops`, generic over the platform
+//! hooks.
+//!
+//! [`DmaEngine`] owns a [`Platform`] (translation, contiguity, cache maintenance), an
+//! optional [`BouncePool`] and a [`PageAllocator`] (the kernel's pages for coherent
+//! allocations and its `pfn_valid`), and offers the kernel's operations under their kernel
+//! names: [`map_page`](DmaEngine::map_page), [`unmap_page`](DmaEngine::unmap_page),
+//! [`sync_single_for_cpu`](DmaEngine::sync_single_for_cpu),
+//! [`sync_single_for_device`](DmaEngine::sync_single_for_device),
+//! [`map_sg`](DmaEngine::map_sg), [`unmap_sg`](DmaEngine::unmap_sg),
+//! [`sync_sg_for_cpu`](DmaEngine::sync_sg_for_cpu),
+//! [`sync_sg_for_device`](DmaEngine::sync_sg_for_device),
+//! [`alloc_coherent`](DmaEngine::alloc_coherent),
+//! [`free_coherent`](DmaEngine::free_coherent), [`dma_supported`](DmaEngine::dma_supported)
+//! and [`max_mapping_size`](DmaEngine::max_mapping_size).
+//!
+//! ## The decision
+//!
+//! A streaming map is **direct** (the bus address of the buffer itself) when the device is
+//! behind an IOMMU, the mapping is of MMIO ([`DmaAttrs::MMIO`]), or every 4 KiB frame of the
+//! range translates, the frames are bus-contiguous, the bus range is inside the device's
+//! mask, the platform does not ask to bounce and bouncing is not forced. Otherwise it is
+//! **bounced**: slots are taken from the pool, the original is copied in, the bounce
+//! address is translated and checked against the mask again (and given back with a
+//! [`DmaError::BounceUnreachable`] if still out of reach).
+//!
+//! Unmaps and syncs find out from the bus address alone whether a mapping was bounced, as
+//! Linux's `xen_swiotlb_find_pool`: the bus frame is translated back to the domain's own
+//! frame ([`Platform::bfn_to_local_pfn`]) and looked up in the pool's range.
+//!
+//! Cache maintenance (non-coherent devices only) follows Linux's order: map and sync for
+//! the device copy first, then clean; unmap and sync for the CPU invalidate first, then
+//! copy back. [`DmaAttrs::SKIP_CPU_SYNC`] skips the maintenance and the copy-back at
+//! unmap, as in Linux (the copy-in at map always happens). For a direct mapping the engine
+//! hands the platform the physical address of each run of the domain's own frames; a frame
+//! that is not the domain's own (a foreign page) is handed over one frame at a time with a
+//! physical address in the frame [`FOREIGN_PHYS_FRAME`], which no RAM occupies, so that the
+//! platform tells it from a local frame by comparing frames as Linux does.
+
+mod coherent;
+mod error;
+mod pages;
+mod sg;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use coherent::{CoherentAlloc, CoherentFreeError, MAX_COHERENT_ORDER};
+pub use error::{BounceReason, DmaError, EngineInitError, SgError};
+pub use pages::{NoPageAllocator, PageAllocator};
+pub use sg::SgEntry;
+pub use stats::EngineStats;
+
+use crate::addr::{BusAddr, Pfn, PhysAddr, XEN_PAGE_SIZE};
+use crate::dma::{Device, DmaAttrs, DmaDirection, DmaMask};
+use crate::hooks::{PhysMemory, Platform, PlatformError};
+use crate::pool::{self, BouncePool, IO_TLB_SEGMENT_BYTES, Slot};
+use stats::{Counters, bump};
+
+/// The frame whose addresses the engine hands to the platform's cache hooks for frames that
+/// are not the domain's own (foreign pages of direct mappings, found at unmap and sync time
+/// from the bus address alone). It is the last frame of the 64-bit space, which no RAM
+/// occupies; the in-frame offset is the bus address's.
+pub const FOREIGN_PHYS_FRAME: Pfn = Pfn::MAX;
+
+/// The CPU hint used when none is given: always area 0 first.
+fn cpu_zero() -> usize {
+    0
+}
+
+/// Which cache hook to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CacheOp {
+    ForDevice,
+    ForCpu,
+}
+
+/// A DMA mapping engine over platform `P`, with an optional bounce pool over memory `M`
+/// with slot storage `S`, and the kernel's page allocator `A`.
+///
+/// All operations take `&self` and may run on many CPUs at once; the pool and the platform
+/// do their own locking.
+///
+/// # Invariants
+///
+/// When there is a pool, every 4 KiB frame of it translates through the platform, each
+/// 256 KiB segment is bus-contiguous, and `pool_bus_top` is the highest bus address of the
+/// pool (checked by [`new`](Self::new)).
+pub struct DmaEngine<P, M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot], A = NoPageAllocator> {
+    platform: P,
+    pool: Option<BouncePool<M, S>>,
+    pool_bus_top: Option<BusAddr>,
+    pages: A,
+    cpu_hint: fn() -> usize,
+    counters: Counters,
+}
+
+impl<P, M: PhysMemory, S: AsRef<[Slot]>, A> core::fmt::Debug for DmaEngine<P, M, S, A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DmaEngine")
+            .field("pool", &self.pool)
+            .field("pool_bus_top", &self.pool_bus_top)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, M, S, A> DmaEngine<P, M, S, A>
+where
+    P: Platform,
+    M: PhysMemory,
+    S: AsRef<[Slot]>,
+    A: PageAllocator,
+{
+    /// Builds an engine. With a pool, checks that every frame of it translates and that
+    /// each 256 KiB segment is bus-contiguous (a bounce buffer may lie anywhere in a
+    /// segment), and records the pool's highest bus address for
+    /// [`dma_supported`](Self::dma_supported). Without a pool every mapping that needs
+    /// bouncing fails with [`DmaError::NoPool`].
+    ///
+    /// The CPU hint is 0 (see [`with_cpu_hint`](Self::with_cpu_hint)).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineInitError::NoTranslation`], [`EngineInitError::SegmentNotContiguous`].
+    ///
+    /// # Safety
+    ///
+    /// - The pool's physical addresses, the addresses later given to the map operations
+    ///   and those of `pages` are in the platform's physical address space, and the pool's
+    ///   [`PhysMemory`] reaches every buffer later mapped (it copies them).
+    /// - The translations of the pool's frames do not change while the engine lives.
+    pub unsafe fn new(
+        platform: P,
+        pool: Option<BouncePool<M, S>>,
+        pages: A,
+    ) -> Result<Self, EngineInitError> {
+        let pool_bus_top = match &pool {
+            Some(p) => Some(check_pool(&platform, p)?),
+            None => None,
+        };
+        // INVARIANT: `check_pool` verified translation, contiguity and the top.
+        Ok(Self {
+            platform,
+            pool,
+            pool_bus_top,
+            pages,
+            cpu_hint: cpu_zero,
+            counters: Counters::default(),
+        })
+    }
+
+    /// Sets the function giving the current CPU number, which picks the pool area a bounce
+    /// searches first (Linux uses `raw_smp_processor_id()`).
+    #[must_use]
+    pub fn with_cpu_hint(mut self, cpu: fn() -> usize) -> Self {
+        self.cpu_hint = cpu;
+        self
+    }
+
+    /// The platform.
+    #[must_use]
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The bounce pool, if any.
+    #[must_use]
+    pub fn pool(&self) -> Option<&BouncePool<M, S>> {
+        self.pool.as_ref()
+    }
+
+    /// The page allocator.
+    #[must_use]
+    pub fn pages(&self) -> &A {
+        &self.pages
+    }
+
+    /// The highest bus address of the pool (its last byte), if there is a pool.
+    #[must_use]
+    pub fn pool_bus_top(&self) -> Option<BusAddr> {
+        self.pool_bus_top
+    }
+
+    /// A snapshot of the engine's counters and its pool's.
+    #[must_use]
+    pub fn stats(&self) -> EngineStats {
+        self.counters
+            .snapshot(self.pool.as_ref().map(BouncePool::stats))
+    }
+
+    /// Takes the engine apart, giving back the platform, the pool and the page allocator.
+    #[must_use]
+    pub fn into_parts(self) -> (P, Option<BouncePool<M, S>>, A) {
+        (self.platform, self.pool, self.pages)
+    }
+
+    /// Linux's `xen_swiotlb_dma_supported`: whether a device with `mask` can use this
+    /// engine, i.e. reach every byte of the bounce pool (its real highest bus address, not a
+    /// pseudo-physical limit). Always `true` without a pool or for a device behind an
+    /// IOMMU.
+    #[must_use]
+    pub fn dma_supported(&self, dev: &Device, mask: DmaMask) -> bool {
+        if dev.behind_iommu {
+            return true;
+        }
+        self.pool_bus_top
+            .is_none_or(|top| top.as_u64() <= mask.as_u64())
+    }
+
+    /// Linux's `swiotlb_max_mapping_size`: the largest streaming mapping that can be
+    /// bounced for `dev` (256 KiB less its `min_align_mask`). Larger direct mappings still
+    /// work; without a pool there is no limit (`usize::MAX`).
+    #[must_use]
+    pub fn max_mapping_size(&self, dev: &Device) -> usize {
+        if self.pool.is_some() {
+            pool::max_mapping_size(dev)
+        } else {
+            usize::MAX
+        }
+    }
+
+    /// Linux's `xen_swiotlb_map_page` (`map_phys`): maps `size` bytes at `phys` for `dev`
+    /// and returns the bus address the device must use.
+    ///
+    /// Direct or bounced as the [module documentation](self) says. For a non-coherent device
+    /// the platform's `sync_for_device` runs on what the device will access (the buffer or
+    /// the bounce buffer) after the copy-in, unless [`DmaAttrs::SKIP_CPU_SYNC`].
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ZeroSize`], [`DmaError::AddressOverflow`], [`DmaError::Unreachable`]
+    /// (MMIO or IOMMU out of reach), [`DmaError::NoPool`], [`DmaError::Bounce`],
+    /// [`DmaError::BounceUnreachable`], [`DmaError::BounceUntranslatable`],
+    /// [`DmaError::CacheMaintenance`]. Nothing stays mapped after an error.
+    ///
+    /// # Safety
+    ///
+    /// `[phys, phys + size)` must be memory of the domain that stays valid until the
+    /// mapping is unmapped, and must not be covered by any Rust reference until then (the
+    /// engine may read it now and write it at sync-for-CPU and unmap; the device may access
+    /// it directly).
+    pub unsafe fn map_page(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        // SAFETY: the caller's promise, passed on.
+        let r = unsafe { self.map_inner(dev, phys, size, dir, attrs) };
+        if r.is_err() {
+            bump(&self.counters.map_failures);
+        }
+        r
+    }
+
+    /// # Safety
+    ///
+    /// As [`map_page`](Self::map_page).
+    unsafe fn map_inner(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<BusAddr, DmaError> {
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        // CAST: usize fits in u64.
+        let len = size as u64;
+        if phys.checked_last(len).is_none() {
+            return Err(DmaError::AddressOverflow { phys, size });
+        }
+        let cache = !dev.coherent && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
+        if attrs.contains(DmaAttrs::MMIO) || dev.behind_iommu {
+            // Never bounced. Behind an IOMMU the I/O address is the physical one (the IOMMU
+            // translates for the domain); MMIO is translated but must be contiguous.
+            let bus = if dev.behind_iommu {
+                Some(BusAddr::new(phys.as_u64()))
+            } else {
+                self.contiguous_bus(phys, len).ok()
+            };
+            let bus = match bus {
+                Some(b) if dev.dma_mask.covers(b, len) => b,
+                bus => {
+                    return Err(DmaError::Unreachable {
+                        phys,
+                        bus,
+                        size,
+                        mask: dev.dma_mask,
+                    });
+                }
+            };
+            if cache && !attrs.contains(DmaAttrs::MMIO) {
+                self.cache(dev, phys, bus, size, dir, CacheOp::ForDevice)?;
+            }
+            bump(&self.counters.direct_maps);
+            return Ok(bus);
+        }
+        let reason = match self.direct_bus(dev, phys, len) {
+            Ok(bus) => {
+                if cache {
+                    self.cache(dev, phys, bus, size, dir, CacheOp::ForDevice)?;
+                }
+                bump(&self.counters.direct_maps);
+                return Ok(bus);
+            }
+            Err(reason) => reason,
+        };
+        let Some(pool) = &self.pool else {
+            return Err(DmaError::NoPool { phys, size, reason });
+        };
+        let cpu = (self.cpu_hint)();
+        // SAFETY: the caller vouches for the original range until the unmap, and the pool's
+        // memory reaches it (`new`'s contract).
+        let tlb = unsafe { pool.map(dev, phys, size, 0, dir, attrs, cpu) }.map_err(|source| {
+            DmaError::Bounce {
+                phys,
+                size,
+                reason,
+                source,
+            }
+        })?;
+        let undo = |err: DmaError| {
+            // The slots were just taken by this call, so the unmap cannot fail; nothing is
+            // copied back (the device never saw the address).
+            let _ = pool.unmap(dev, tlb, size, dir, attrs | DmaAttrs::SKIP_CPU_SYNC);
+            err
+        };
+        let Some(bus) = self.phys_to_bus(tlb) else {
+            return Err(undo(DmaError::BounceUntranslatable { tlb }));
+        };
+        if !dev.dma_mask.covers(bus, len) {
+            return Err(undo(DmaError::BounceUnreachable {
+                tlb,
+                bus,
+                size,
+                mask: dev.dma_mask,
+            }));
+        }
+        if cache && let Err(e) = self.cache(dev, tlb, bus, size, dir, CacheOp::ForDevice) {
+            return Err(undo(e));
+        }
+        self.counters.bounced(reason);
+        Ok(bus)
+    }
+
+    /// Linux's `xen_swiotlb_unmap_page`: ends the mapping of `size` bytes at `bus`.
+    ///
+    /// For a non-coherent device the platform's `sync_for_cpu` runs first (unless
+    /// [`DmaAttrs::SKIP_CPU_SYNC`]); then a bounced mapping is copied back (for
+    /// [`DmaDirection::FromDevice`] and [`DmaDirection::Bidirectional`], unless
+    /// `SKIP_CPU_SYNC`) and its slots freed. A direct mapping needs nothing else.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ZeroSize`], [`DmaError::BusOverflow`], [`DmaError::Pool`] (not a live
+    /// bounce mapping: a double unmap, an address inside a mapping; nothing changed), and
+    /// [`DmaError::CacheMaintenance`], after which a bounced mapping is still copied back
+    /// and freed (the mapping is gone; the copied bytes may be stale).
+    pub fn unmap_page(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        let r = self.unmap_inner(dev, bus, size, dir, attrs);
+        if r.is_err() {
+            bump(&self.counters.unmap_sync_failures);
+        }
+        r
+    }
+
+    fn unmap_inner(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        self.check_bus(bus, size)?;
+        let cache = !dev.coherent && !attrs.intersects(DmaAttrs::SKIP_CPU_SYNC | DmaAttrs::MMIO);
+        if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
+            let cache_result = if cache {
+                self.cache(dev, tlb, bus, size, dir, CacheOp::ForCpu)
+            } else {
+                Ok(())
+            };
+            pool.unmap(dev, tlb, size, dir, attrs)
+                .map_err(|source| DmaError::Pool { bus, tlb, source })?;
+            bump(&self.counters.bounced_unmaps);
+            return cache_result;
+        }
+        if cache {
+            self.cache_direct(dev, bus, size, dir, CacheOp::ForCpu)?;
+        }
+        bump(&self.counters.direct_unmaps);
+        Ok(())
+    }
+
+    /// Linux's `xen_swiotlb_sync_single_for_cpu`: makes the device's writes to
+    /// `[bus, bus + size)` visible to the CPU. Cache maintenance first (non-coherent
+    /// devices), then, for a bounced mapping, the copy back (for `FromDevice` and
+    /// `Bidirectional`). `bus` may point inside a mapping (a partial sync).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ZeroSize`], [`DmaError::BusOverflow`], [`DmaError::CacheMaintenance`]
+    /// (nothing copied), [`DmaError::Pool`] (not inside a live bounce mapping).
+    pub fn sync_single_for_cpu(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        let r = self.sync_inner(dev, bus, size, dir, CacheOp::ForCpu);
+        if r.is_err() {
+            bump(&self.counters.unmap_sync_failures);
+        }
+        r
+    }
+
+    /// Linux's `xen_swiotlb_sync_single_for_device`: makes the CPU's writes to
+    /// `[bus, bus + size)` visible to the device. For a bounced mapping the copy first (for
+    /// `ToDevice` and `Bidirectional`), then cache maintenance (non-coherent devices).
+    ///
+    /// # Errors
+    ///
+    /// As [`sync_single_for_cpu`](Self::sync_single_for_cpu); a cache error comes after
+    /// the copy.
+    pub fn sync_single_for_device(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
+        let r = self.sync_inner(dev, bus, size, dir, CacheOp::ForDevice);
+        if r.is_err() {
+            bump(&self.counters.unmap_sync_failures);
+        }
+        r
+    }
+
+    fn sync_inner(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+        op: CacheOp,
+    ) -> Result<(), DmaError> {
+        self.check_bus(bus, size)?;
+        let cache = !dev.coherent;
+        if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
+            let pool_err = |source| DmaError::Pool { bus, tlb, source };
+            match op {
+                CacheOp::ForCpu => {
+                    if cache {
+                        self.cache(dev, tlb, bus, size, dir, op)?;
+                    }
+                    pool.sync_for_cpu(dev, tlb, size, dir).map_err(pool_err)
+                }
+                CacheOp::ForDevice => {
+                    pool.sync_for_device(dev, tlb, size, dir)
+                        .map_err(pool_err)?;
+                    if cache {
+                        self.cache(dev, tlb, bus, size, dir, op)?;
+                    }
+                    Ok(())
+                }
+            }
+        } else if cache {
+            self.cache_direct(dev, bus, size, dir, op)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a bus range given to an unmap or sync.
+    fn check_bus(&self, bus: BusAddr, size: usize) -> Result<(), DmaError> {
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        // CAST: usize fits in u64.
+        if bus.checked_last(size as u64).is_none() {
+            return Err(DmaError::BusOverflow { bus, size });
+        }
+        Ok(())
+    }
+
+    /// The bus address of `phys` (its frame's translation plus the offset).
+    #[inline]
+    fn phys_to_bus(&self, phys: PhysAddr) -> Option<BusAddr> {
+        self.platform
+            .pfn_to_bfn(phys.frame())
+            .map(|b| phys.with_bus_frame(b))
+    }
+
+    /// The bus address of `[phys, phys + len)` if every frame translates and the frames are
+    /// bus-contiguous (the negation of Linux's `range_straddles_page_boundary`). `len > 0`
+    /// and the range does not wrap.
+    fn contiguous_bus(&self, phys: PhysAddr, len: u64) -> Result<BusAddr, BounceReason> {
+        let first = phys.frame();
+        let b0 = self
+            .platform
+            .pfn_to_bfn(first)
+            .ok_or(BounceReason::Untranslatable)?;
+        // The caller checked that the range does not wrap.
+        let last = PhysAddr::new(phys.as_u64() + (len - 1)).frame();
+        for i in 1..=(last.as_u64() - first.as_u64()) {
+            // Cannot overflow: `first + i <= last`.
+            let pfn = Pfn::new(first.as_u64() + i);
+            let b = self
+                .platform
+                .pfn_to_bfn(pfn)
+                .ok_or(BounceReason::Untranslatable)?;
+            if Some(b.as_u64()) != b0.as_u64().checked_add(i) {
+                return Err(BounceReason::NotContiguous);
+            }
+        }
+        Ok(phys.with_bus_frame(b0))
+    }
+
+    /// The direct-mapping decision for a device not behind an IOMMU: the bus address, or
+    /// why the mapping must be bounced.
+    #[inline]
+    fn direct_bus(&self, dev: &Device, phys: PhysAddr, len: u64) -> Result<BusAddr, BounceReason> {
+        if dev.force_bounce {
+            return Err(BounceReason::Forced);
+        }
+        let bus = self.contiguous_bus(phys, len)?;
+        if !dev.dma_mask.covers(bus, len) {
+            return Err(BounceReason::OutsideMask);
+        }
+        if self.platform.needs_bounce(dev, phys, bus) {
+            return Err(BounceReason::Platform);
+        }
+        Ok(bus)
+    }
+
+    /// Linux's `xen_swiotlb_find_pool`: the pool and the bounce address when `bus` is the
+    /// bus address of a byte of the pool.
+    #[inline]
+    fn bounce_phys(&self, dev: &Device, bus: BusAddr) -> Option<(&BouncePool<M, S>, PhysAddr)> {
+        let pool = self.pool.as_ref()?;
+        if dev.behind_iommu {
+            return None;
+        }
+        let pfn = self.platform.bfn_to_local_pfn(bus.frame())?;
+        let phys = bus.with_phys_frame(pfn);
+        pool.contains(phys).then_some((pool, phys))
+    }
+
+    /// Runs a cache hook of the platform over a range whose physical address is known.
+    fn cache(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+        op: CacheOp,
+    ) -> Result<(), DmaError> {
+        let r = match op {
+            CacheOp::ForDevice => self.platform.sync_for_device(dev, phys, bus, size, dir),
+            CacheOp::ForCpu => self.platform.sync_for_cpu(dev, phys, bus, size, dir),
+        };
+        r.map_err(|source| {
+            bump(&self.counters.cache_failures);
+            DmaError::CacheMaintenance {
+                phys,
+                bus,
+                size,
+                source,
+            }
+        })
+    }
+
+    /// Runs a cache hook over a direct mapping known only by its bus address: runs of the
+    /// domain's own frames (translated back, `pfn_valid`, physically consecutive) in one
+    /// call each, other frames one at a time in [`FOREIGN_PHYS_FRAME`].
+    fn cache_direct(
+        &self,
+        dev: &Device,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+        op: CacheOp,
+    ) -> Result<(), DmaError> {
+        if dev.behind_iommu {
+            // The I/O address is the physical address.
+            return self.cache(dev, PhysAddr::new(bus.as_u64()), bus, size, dir, op);
+        }
+        // CAST: usize fits in u64.
+        let len = size as u64;
+        // A run of own frames: (physical start, bus start, length).
+        let mut run: Option<(PhysAddr, BusAddr, u64)> = None;
+        let mut done = 0u64;
+        while done < len {
+            // Cannot overflow: the caller checked `bus + len`.
+            let b = BusAddr::new(bus.as_u64() + done);
+            let chunk = (len - done).min(XEN_PAGE_SIZE - b.frame_offset());
+            let local = self
+                .platform
+                .bfn_to_local_pfn(b.frame())
+                .filter(|&p| self.pages.pfn_valid(p))
+                .map(|p| b.with_phys_frame(p));
+            match (local, run) {
+                (Some(p), Some((rp, rb, rl))) if rp.as_u64() + rl == p.as_u64() => {
+                    run = Some((rp, rb, rl + chunk));
+                }
+                (Some(p), _) => {
+                    if let Some((rp, rb, rl)) = run.take() {
+                        self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
+                    }
+                    run = Some((p, b, chunk));
+                }
+                (None, _) => {
+                    if let Some((rp, rb, rl)) = run.take() {
+                        self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
+                    }
+                    if b.frame().as_u64() == FOREIGN_PHYS_FRAME.as_u64() {
+                        bump(&self.counters.cache_failures);
+                        return Err(DmaError::CacheMaintenance {
+                            phys: FOREIGN_PHYS_FRAME.start(),
+                            bus: b,
+                            size: to_usize(chunk),
+                            source: PlatformError::Unsupported {
+                                what: "cache maintenance of a foreign page in the last bus frame",
+                            },
+                        });
+                    }
+                    let p = PhysAddr::new(FOREIGN_PHYS_FRAME.start().as_u64() | b.frame_offset());
+                    self.cache(dev, p, b, to_usize(chunk), dir, op)?;
+                }
+            }
+            done += chunk;
+        }
+        if let Some((rp, rb, rl)) = run {
+            self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
+        }
+        Ok(())
+    }
+}
+
+/// A length known to come from a `usize`.
+#[inline]
+fn to_usize(len: u64) -> usize {
+    // CAST: every caller passes a part of a range whose length was a usize.
+    len as usize
+}
+
+/// Checks the engine's invariant for a pool and returns its highest bus address.
+fn check_pool<P: Platform, M: PhysMemory, S: AsRef<[Slot]>>(
+    platform: &P,
+    pool: &BouncePool<M, S>,
+) -> Result<BusAddr, EngineInitError> {
+    let start = pool.start().as_u64();
+    let end = pool.end().as_u64();
+    let mut top = BusAddr::ZERO;
+    // CAST: 256 KiB fits in u64.
+    let seg_bytes = IO_TLB_SEGMENT_BYTES as u64;
+    let mut seg_start = start;
+    let mut segment = 0usize;
+    while seg_start < end {
+        // The pool holds whole segments (its constructor checked `nslabs`).
+        let seg_end = (seg_start + seg_bytes).min(end);
+        let seg_phys = PhysAddr::new(seg_start);
+        // A pool start only 2 KiB-aligned still starts its frame at the frame boundary.
+        let first = seg_phys.frame();
+        let last = PhysAddr::new(seg_end - 1).frame();
+        let b0 = platform
+            .pfn_to_bfn(first)
+            .ok_or(EngineInitError::NoTranslation {
+                phys: first.start(),
+            })?;
+        for i in 0..=(last.as_u64() - first.as_u64()) {
+            let pfn = Pfn::new(first.as_u64() + i);
+            let b = platform
+                .pfn_to_bfn(pfn)
+                .ok_or(EngineInitError::NoTranslation { phys: pfn.start() })?;
+            if Some(b.as_u64()) != b0.as_u64().checked_add(i) {
+                return Err(EngineInitError::SegmentNotContiguous {
+                    segment,
+                    phys: seg_phys,
+                });
+            }
+        }
+        let seg_top = PhysAddr::new(seg_end - 1).with_bus_frame(
+            // Cannot overflow: checked_add succeeded for every frame above.
+            crate::addr::Bfn::new(b0.as_u64() + (last.as_u64() - first.as_u64())),
+        );
+        top = top.max(seg_top);
+        seg_start = seg_end;
+        segment += 1;
+    }
+    Ok(top)
+}

@@ -1,0 +1,73 @@
+//! [`PageAllocator`]: the kernel's page allocator, as the engine needs it.
+
+use crate::addr::{Pfn, PhysAddr};
+
+/// The kernel's page allocator and its knowledge of its own RAM, as the DMA engine needs
+/// them: pages for coherent allocations (Linux's `__get_free_pages`/`free_pages`) and
+/// Linux's `pfn_valid` to tell the domain's own frames from others when a direct mapping is
+/// unmapped or synced.
+///
+/// # Implementation safety
+///
+/// - [`alloc_pages`](Self::alloc_pages) returns the first byte of `2^order` physically
+///   contiguous 4 KiB pages, aligned to `4 KiB << order`, zeroed, owned by the caller until
+///   given back with [`free_pages`](Self::free_pages), and reachable by the platform's
+///   `create_contiguous_region` (the kernel's RAM).
+/// - [`pfn_valid`](Self::pfn_valid) answers `true` only for frames of the domain's own RAM,
+///   which the kernel's cache-maintenance hooks can reach.
+/// - Both may be called from several CPUs at once.
+pub unsafe trait PageAllocator: Sync {
+    /// Allocates `2^order` zeroed, contiguous, naturally aligned 4 KiB pages; `None` when
+    /// there is no memory.
+    fn alloc_pages(&self, order: u32) -> Option<PhysAddr>;
+
+    /// Gives back pages from [`alloc_pages`](Self::alloc_pages).
+    ///
+    /// # Safety
+    ///
+    /// `phys` and `order` must be those of one live allocation of this allocator, which
+    /// nothing uses any more.
+    unsafe fn free_pages(&self, phys: PhysAddr, order: u32);
+
+    /// Linux's `pfn_valid`: whether `pfn` is a frame of the domain's own RAM. The default
+    /// answers `true`, which is right where [`crate::Platform::bfn_to_local_pfn`] already
+    /// answers only own RAM (x86 PV's M2P round trip) or no device is non-coherent.
+    fn pfn_valid(&self, pfn: Pfn) -> bool {
+        let _ = pfn;
+        true
+    }
+}
+
+/// A [`PageAllocator`] with no pages: coherent allocations fail with
+/// [`DmaError::CoherentNoMemory`](crate::engine::DmaError::CoherentNoMemory) and every frame
+/// is taken for the domain's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoPageAllocator;
+
+// SAFETY: hands out nothing; `pfn_valid`'s default is documented as the caller's choice.
+unsafe impl PageAllocator for NoPageAllocator {
+    fn alloc_pages(&self, order: u32) -> Option<PhysAddr> {
+        let _ = order;
+        None
+    }
+
+    unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
+        let _ = (phys, order);
+    }
+}
+
+// SAFETY: forwards to `A`, which upholds the contract.
+unsafe impl<A: PageAllocator + ?Sized> PageAllocator for &A {
+    fn alloc_pages(&self, order: u32) -> Option<PhysAddr> {
+        (**self).alloc_pages(order)
+    }
+
+    unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { (**self).free_pages(phys, order) }
+    }
+
+    fn pfn_valid(&self, pfn: Pfn) -> bool {
+        (**self).pfn_valid(pfn)
+    }
+}

@@ -1,0 +1,183 @@
+//! Scatter-gather lists: Linux's `xen_swiotlb_map_sg` and friends.
+
+use super::DmaEngine;
+use super::error::{DmaError, SgError};
+use super::pages::PageAllocator;
+use super::stats::bump;
+use crate::addr::{BusAddr, PhysAddr};
+use crate::dma::{Device, DmaAttrs, DmaDirection};
+use crate::hooks::{PhysMemory, Platform};
+use crate::pool::Slot;
+
+/// One entry of a scatter-gather list: the CPU side (`phys`, `length`) the caller fills in,
+/// and the device side (`dma_address`, `dma_length`) that
+/// [`map_sg`](DmaEngine::map_sg) fills in (Linux's `struct scatterlist` without the
+/// chaining).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SgEntry {
+    /// The physical address of the buffer.
+    pub phys: PhysAddr,
+    /// The buffer's length in bytes.
+    pub length: usize,
+    /// The bus address the device uses, after a successful map.
+    pub dma_address: BusAddr,
+    /// The mapped length (Linux's `sg_dma_len`), after a successful map; zero otherwise.
+    pub dma_length: usize,
+}
+
+impl SgEntry {
+    /// An unmapped entry for `length` bytes at `phys`.
+    #[must_use]
+    pub const fn new(phys: PhysAddr, length: usize) -> Self {
+        Self {
+            phys,
+            length,
+            dma_address: BusAddr::ZERO,
+            dma_length: 0,
+        }
+    }
+}
+
+impl<P, M, S, A> DmaEngine<P, M, S, A>
+where
+    P: Platform,
+    M: PhysMemory,
+    S: AsRef<[Slot]>,
+    A: PageAllocator,
+{
+    /// Linux's `xen_swiotlb_map_sg`: maps every entry with [`map_page`](Self::map_page),
+    /// filling in `dma_address` and `dma_length`, and returns the number of entries mapped
+    /// (all of them; entries are never merged).
+    ///
+    /// On the first failure, the entries mapped before it are unmapped again (with
+    /// [`DmaAttrs::SKIP_CPU_SYNC`]: the device never saw them), the `dma_length` of every
+    /// entry up to the failing one is set to zero (Linux zeroes only the first), and the
+    /// error says which entry failed and why.
+    ///
+    /// # Errors
+    ///
+    /// [`SgError`] with the failing entry's index and [`DmaError`].
+    ///
+    /// # Safety
+    ///
+    /// As [`map_page`](Self::map_page), for every entry's buffer.
+    pub unsafe fn map_sg(
+        &self,
+        dev: &Device,
+        sg: &mut [SgEntry],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<usize, SgError> {
+        for i in 0..sg.len() {
+            let e = sg[i];
+            // SAFETY: the caller's promise covers every entry.
+            match unsafe { self.map_page(dev, e.phys, e.length, dir, attrs) } {
+                Ok(bus) => {
+                    sg[i].dma_address = bus;
+                    sg[i].dma_length = e.length;
+                }
+                Err(source) => {
+                    let mut failures = 1;
+                    for done in &mut sg[..i] {
+                        let skip = attrs | DmaAttrs::SKIP_CPU_SYNC;
+                        if self
+                            .unmap_page(dev, done.dma_address, done.dma_length, dir, skip)
+                            .is_err()
+                        {
+                            failures += 1;
+                        }
+                        done.dma_length = 0;
+                    }
+                    sg[i].dma_length = 0;
+                    bump(&self.counters.sg_failures);
+                    return Err(SgError {
+                        index: i,
+                        source,
+                        unwound: i,
+                        failures,
+                    });
+                }
+            }
+        }
+        bump(&self.counters.sg_maps);
+        Ok(sg.len())
+    }
+
+    /// Linux's `xen_swiotlb_unmap_sg`: [`unmap_page`](Self::unmap_page) of every entry's
+    /// `dma_address` and `dma_length`. Goes on after a failing entry.
+    ///
+    /// # Errors
+    ///
+    /// [`SgError`] with the first failing entry and the number that failed.
+    pub fn unmap_sg(
+        &self,
+        dev: &Device,
+        sg: &[SgEntry],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), SgError> {
+        each(sg, |e| {
+            self.unmap_page(dev, e.dma_address, e.dma_length, dir, attrs)
+        })
+    }
+
+    /// Linux's `xen_swiotlb_sync_sg_for_cpu`:
+    /// [`sync_single_for_cpu`](Self::sync_single_for_cpu) of every entry's `dma_address`
+    /// and `length`. Goes on after a failing entry.
+    ///
+    /// # Errors
+    ///
+    /// [`SgError`] with the first failing entry and the number that failed.
+    pub fn sync_sg_for_cpu(
+        &self,
+        dev: &Device,
+        sg: &[SgEntry],
+        dir: DmaDirection,
+    ) -> Result<(), SgError> {
+        each(sg, |e| {
+            self.sync_single_for_cpu(dev, e.dma_address, e.length, dir)
+        })
+    }
+
+    /// Linux's `xen_swiotlb_sync_sg_for_device`:
+    /// [`sync_single_for_device`](Self::sync_single_for_device) of every entry's
+    /// `dma_address` and `length`. Goes on after a failing entry.
+    ///
+    /// # Errors
+    ///
+    /// [`SgError`] with the first failing entry and the number that failed.
+    pub fn sync_sg_for_device(
+        &self,
+        dev: &Device,
+        sg: &[SgEntry],
+        dir: DmaDirection,
+    ) -> Result<(), SgError> {
+        each(sg, |e| {
+            self.sync_single_for_device(dev, e.dma_address, e.length, dir)
+        })
+    }
+}
+
+/// Runs `f` on every entry and reports the first failure and the count.
+fn each(
+    sg: &[SgEntry],
+    mut f: impl FnMut(&SgEntry) -> Result<(), DmaError>,
+) -> Result<(), SgError> {
+    let mut first: Option<(usize, DmaError)> = None;
+    let mut failures = 0;
+    for (i, e) in sg.iter().enumerate() {
+        if let Err(err) = f(e) {
+            failures += 1;
+            first.get_or_insert((i, err));
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some((index, source)) => Err(SgError {
+            index,
+            source,
+            unwound: 0,
+            failures,
+        }),
+    }
+}
