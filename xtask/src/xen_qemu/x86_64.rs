@@ -62,6 +62,13 @@ pub fn run(root: &Path) -> Result<(), String> {
             tail(&run.console, 25)
         )
     })?;
+    if run.timed_out {
+        return Err(format!(
+            "the kernel passed {checks} checks but QEMU did not exit within {} s (console: {})",
+            LIMIT.as_secs(),
+            log.display()
+        ));
+    }
     println!(
         "xen-qemu: XEN-QEMU {ARCH}: PASS ({checks} checks); QEMU ran {:.1} s (console: {})",
         run.elapsed.as_secs_f64(),

@@ -1,0 +1,520 @@
+//! # sim-dom0
+//!
+//! The project's main job on the simulated Xen machine: a dom0 backend serving a guest's
+//! network and block traffic (pages the guest grants) to a DMA device that reaches only the
+//! low 4 GiB, through the `swiotlb-xen` DMA engine, on an x86 PV dom0 and an arm64 dom0.
+//! Every byte the device reads or writes is checked, the simulator's and the pool's
+//! invariants are checked as it goes, and a short report says what happened.
+//!
+//! `cargo run -p sim-dom0 -- --help` lists the options; `docs/demo.md` explains the run and
+//! shows a report.
+//!
+//! Exit status: 0 when every check passed, 1 on a verification failure (a wrong byte, a DMA
+//! fault, a cache violation, a broken invariant), 2 for a bad command line, 3 when the set-up
+//! or a DMA operation failed.
+
+mod backend;
+mod grants;
+mod pool;
+mod report;
+mod sim;
+mod workload;
+
+use std::fmt;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Arg, ArgAction, Command, value_parser};
+use swiotlb_core::{DmaMask, Platform};
+use swiotlb_xen_arm64::{Arm64Platform, ProbeOptions, UnboundedForeignTable};
+use swiotlb_xen_x86_pv::p2m;
+use xen_sim::{SimConfig, Xen};
+
+use crate::backend::{RunOptions, SKB_PAGES, Target};
+use crate::grants::{ArmGrants, PvGrants};
+use crate::report::{Hypercalls, Report};
+use crate::sim::{SimCache, SimPages};
+use crate::workload::MAX_SEGMENTS;
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A check failed: a wrong byte, a DMA fault, a cache violation, a broken invariant.
+    Verify(String),
+    /// A DMA operation failed.
+    Dma(String),
+    /// The simulated machine could not be set up as the run needs.
+    Setup(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Verify(_) => 1,
+            Failure::Dma(_) | Failure::Setup(_) => 3,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Verify(m) => write!(f, "VERIFICATION FAILED: {m}"),
+            Failure::Dma(m) => write!(f, "DMA operation failed: {m}"),
+            Failure::Setup(m) => write!(f, "set-up failed: {m}"),
+        }
+    }
+}
+
+/// The platforms the demo runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arch {
+    X86Pv,
+    Arm64,
+}
+
+impl Arch {
+    fn name(self) -> &'static str {
+        match self {
+            Arch::X86Pv => "x86-pv",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+/// The command line.
+#[derive(Clone, Debug)]
+struct Options {
+    archs: Vec<Arch>,
+    dma_bits: u32,
+    transfers: u64,
+    seed: u64,
+    queue_depth: usize,
+    pool_mib: u64,
+    coherent: Option<bool>,
+    check_every: u64,
+    corrupt: Option<u64>,
+    quiet: bool,
+}
+
+/// Pages the guest has, and how many it grants to dom0 for its traffic.
+const DOMU_PAGES: u64 = 1024;
+/// Pages the guest grants to dom0.
+const GRANTED_PAGES: usize = 768;
+/// The seed when none is given.
+const DEFAULT_SEED: u64 = 0x5eed_d0d0;
+
+fn command() -> Command {
+    Command::new("sim-dom0")
+        .about(
+            "A dom0 backend on the simulated Xen machine: the guest's network and block \
+             traffic to a DMA device through swiotlb-xen, every byte verified.",
+        )
+        .arg(
+            Arg::new("arch")
+                .long("arch")
+                .value_parser(["x86-pv", "arm64", "both"])
+                .default_value("both")
+                .help("platform to run on; `both` runs x86-pv, then arm64"),
+        )
+        .arg(
+            Arg::new("dma-bits")
+                .long("dma-bits")
+                .value_parser(value_parser!(u32).range(12..=64))
+                .default_value("32")
+                .help("DMA address bits of the device (its streaming and coherent mask)"),
+        )
+        .arg(
+            Arg::new("transfers")
+                .long("transfers")
+                .value_parser(value_parser!(u64).range(1..))
+                .default_value("3000")
+                .help("transfers per platform (packets and block requests)"),
+        )
+        .arg(
+            Arg::new("seed")
+                .long("seed")
+                .value_parser(parse_u64)
+                .help("seed of the machine's layout and of the workload (decimal or 0x hex)"),
+        )
+        .arg(
+            Arg::new("queue-depth")
+                .long("queue-depth")
+                .value_parser(value_parser!(u64).range(1..=32))
+                .default_value("16")
+                .help("requests in flight at once"),
+        )
+        .arg(
+            Arg::new("pool-mib")
+                .long("pool-mib")
+                .value_parser(value_parser!(u64).range(1..=32))
+                .default_value("4")
+                .help("bounce pool size asked of the initialisation policy, in MiB"),
+        )
+        .arg(
+            Arg::new("coherent")
+                .long("coherent")
+                .action(ArgAction::SetTrue)
+                .conflicts_with("non-coherent")
+                .help("make the device cache-coherent (the default on x86-pv)"),
+        )
+        .arg(
+            Arg::new("non-coherent")
+                .long("non-coherent")
+                .action(ArgAction::SetTrue)
+                .help("make the device non-coherent (the default on arm64; arm64 only)"),
+        )
+        .arg(
+            Arg::new("check-every")
+                .long("check-every")
+                .value_parser(value_parser!(u64).range(1..))
+                .default_value("64")
+                .help("check the simulator's and the pool's invariants every N transfers"),
+        )
+        .arg(
+            Arg::new("quiet")
+                .long("quiet")
+                .action(ArgAction::SetTrue)
+                .help("no progress lines on stderr"),
+        )
+        .arg(
+            Arg::new("inject-corruption")
+                .long("inject-corruption")
+                .value_parser(value_parser!(u64))
+                .hide(true)
+                .help("test only: the device corrupts one byte of transfer N"),
+        )
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => s.replace('_', "").parse(),
+    };
+    r.map_err(|e| format!("{s:?} is not a number: {e}"))
+}
+
+fn options() -> Result<Options, clap::Error> {
+    let m = command().try_get_matches()?;
+    let archs = match m.get_one::<String>("arch").map(String::as_str) {
+        Some("x86-pv") => vec![Arch::X86Pv],
+        Some("arm64") => vec![Arch::Arm64],
+        _ => vec![Arch::X86Pv, Arch::Arm64],
+    };
+    let coherent = if m.get_flag("coherent") {
+        Some(true)
+    } else if m.get_flag("non-coherent") {
+        Some(false)
+    } else {
+        None
+    };
+    if coherent == Some(false) && archs.contains(&Arch::X86Pv) {
+        return Err(command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--non-coherent needs --arch arm64: x86 keeps DMA cache-coherent",
+        ));
+    }
+    let get = |name: &str| m.get_one::<u64>(name).copied();
+    Ok(Options {
+        archs,
+        dma_bits: m.get_one::<u32>("dma-bits").copied().unwrap_or(32),
+        transfers: get("transfers").unwrap_or(3000),
+        seed: get("seed").unwrap_or(DEFAULT_SEED),
+        // CAST: at most 32.
+        queue_depth: get("queue-depth").unwrap_or(16) as usize,
+        pool_mib: get("pool-mib").unwrap_or(4),
+        coherent,
+        check_every: get("check-every").unwrap_or(64),
+        corrupt: get("inject-corruption"),
+        quiet: m.get_flag("quiet"),
+    })
+}
+
+fn main() -> ExitCode {
+    let opts = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    for &arch in &opts.archs {
+        let result = match arch {
+            Arch::X86Pv => run_x86(&opts),
+            Arch::Arm64 => run_arm64(&opts),
+        };
+        match result {
+            Ok(report) => println!("{report}"),
+            Err(e) => {
+                eprintln!("sim-dom0: {}: {e}", arch.name());
+                return ExitCode::from(e.exit_code());
+            }
+        }
+    }
+    println!("sim-dom0: PASS");
+    ExitCode::SUCCESS
+}
+
+fn run_options(opts: &Options, arch: Arch) -> RunOptions {
+    RunOptions {
+        transfers: opts.transfers,
+        seed: opts.seed,
+        queue_depth: opts.queue_depth,
+        check_every: opts.check_every,
+        corrupt: opts.corrupt,
+        progress: (!opts.quiet).then_some(Duration::from_secs(1)),
+        label: arch.name().to_owned(),
+    }
+}
+
+fn mask(opts: &Options) -> Result<DmaMask, Failure> {
+    DmaMask::from_bits(opts.dma_bits)
+        .ok_or_else(|| Failure::Setup(format!("no DMA mask of {} bits", opts.dma_bits)))
+}
+
+/// The x86 PV dom0: a scrambled P2M, the guest's pages mapped over ballooned-out pages.
+fn run_x86(opts: &Options) -> Result<Report, Failure> {
+    let xen = Xen::new(
+        SimConfig::x86_pv()
+            .with_seed(opts.seed)
+            .with_domu_pages(DOMU_PAGES),
+    );
+    let free_before = xen.free_frames();
+    let g = xen.pv_guest();
+    let dom0 = xen.dom0();
+    let device = xen.device(mask(opts)?, true);
+    let dev = device.core_device();
+    let pages = SimPages::pv(&g, 64);
+    let grants = PvGrants::new(&g, &dom0, opts.queue_depth * MAX_SEGMENTS)
+        .map_err(|e| Failure::Setup(e.to_string()))?;
+    let skbs = (0..opts.queue_depth)
+        .map(|_| g.alloc_pages(SKB_PAGES))
+        .collect();
+    let domu_refs = xen.domu_grant(GRANTED_PAGES);
+    let before_init = xen.counters();
+    let init = pool::init(
+        sim::pv_platform(&xen, &g),
+        &g.memory(),
+        opts.pool_mib,
+        |n| g.alloc_aligned(n, n),
+    )?;
+    let engine = pool::engine(init.pool, &pages)?;
+    check_supported(&engine, &dev, opts)?;
+    let after_init = xen.counters();
+    let target = Target {
+        xen: &xen,
+        mem: g.memory(),
+        device: device.clone(),
+        dev,
+        grants: &grants,
+        domu: xen.domu_guest(),
+        domu_id: xen.domu().id(),
+        domu_refs,
+        skbs,
+        coherent_written: &|_, _| {},
+    };
+    let run = backend::run(&engine, &target, &run_options(opts, Arch::X86Pv))?;
+    let after_run = xen.counters();
+    let engine_stats = engine.stats();
+    let pool_bus_top = engine.pool_bus_top().map_or(0, |b| b.as_u64());
+    drop(engine);
+    grants
+        .restore()
+        .map_err(|e| Failure::Setup(e.to_string()))?;
+    // No frame lost: every pfn of dom0 has its own frame again, and Xen agrees.
+    let local = g
+        .p2m()
+        .iter()
+        .filter(|e| {
+            matches!(
+                p2m::P2mEntry::decode(e.load(Ordering::Relaxed)),
+                p2m::P2mEntry::Local(_)
+            )
+        })
+        .count() as u64;
+    if local != g.nr_pages() {
+        return Err(Failure::Verify(format!(
+            "dom0 lost frames: {local} of {} pfns have their own frame",
+            g.nr_pages()
+        )));
+    }
+    finish(
+        &xen,
+        opts,
+        Arch::X86Pv,
+        true,
+        init.summary,
+        pool_bus_top,
+        Hypercalls::between(&before_init, &after_init),
+        Hypercalls::between(&after_init, &after_run),
+        run,
+        engine_stats,
+        free_before,
+        pages.in_use(),
+    )
+}
+
+/// The arm64 dom0: 1:1, the guest's pages mapped in the foreign window and recorded in the
+/// platform's foreign table.
+fn run_arm64(opts: &Options) -> Result<Report, Failure> {
+    let xen = Xen::new(
+        SimConfig::arm64()
+            .with_seed(opts.seed)
+            .with_domu_pages(DOMU_PAGES),
+    );
+    let free_before = xen.free_frames();
+    let g = xen.arm_guest();
+    let dom0 = xen.dom0();
+    let coherent = opts.coherent.unwrap_or(false);
+    let device = xen.device(mask(opts)?, coherent);
+    let dev = device.core_device();
+    let pages = SimPages::arm(&g, 64);
+    let table = UnboundedForeignTable::default();
+    let mem = g.memory();
+    let grants = ArmGrants::new(
+        &table,
+        &dom0,
+        g.foreign_window_base(),
+        opts.queue_depth * MAX_SEGMENTS,
+    );
+    let skbs = (0..opts.queue_depth)
+        .map(|_| g.alloc_pages(SKB_PAGES))
+        .collect();
+    let domu_refs = xen.domu_grant(GRANTED_PAGES);
+    let before_init = xen.counters();
+    // SAFETY: dom0's hypercalls and the simulated CPU's view of dom0's memory, which
+    // reaches all of its RAM; the simulated Xen maps dom0 1:1 and says so.
+    let platform = unsafe {
+        Arm64Platform::probe(
+            &dom0,
+            &table,
+            SimCache(g.clone()),
+            &mem,
+            ProbeOptions::initial_domain(),
+        )
+    }
+    .map_err(|e| Failure::Setup(format!("probing Xen: {e}")))?;
+    let init = pool::init(platform, &mem, opts.pool_mib, |n| g.alloc_aligned(n, n))?;
+    let engine = pool::engine(init.pool, &pages)?;
+    check_supported(&engine, &dev, opts)?;
+    let after_init = xen.counters();
+    let clean = |phys, len| {
+        if !coherent {
+            g.cache_clean(phys, len);
+        }
+    };
+    let target = Target {
+        xen: &xen,
+        mem: g.memory(),
+        device: device.clone(),
+        dev,
+        grants: &grants,
+        domu: xen.domu_guest(),
+        domu_id: xen.domu().id(),
+        domu_refs,
+        skbs,
+        coherent_written: &clean,
+    };
+    let run = backend::run(&engine, &target, &run_options(opts, Arch::Arm64))?;
+    let after_run = xen.counters();
+    let engine_stats = engine.stats();
+    let pool_bus_top = engine.pool_bus_top().map_or(0, |b| b.as_u64());
+    drop(engine);
+    if !table.is_empty() {
+        return Err(Failure::Verify(format!(
+            "{} foreign table entries left after every grant was unmapped",
+            table.len()
+        )));
+    }
+    finish(
+        &xen,
+        opts,
+        Arch::Arm64,
+        coherent,
+        init.summary,
+        pool_bus_top,
+        Hypercalls::between(&before_init, &after_init),
+        Hypercalls::between(&after_init, &after_run),
+        run,
+        engine_stats,
+        free_before,
+        pages.in_use(),
+    )
+}
+
+fn check_supported<
+    P: Platform,
+    S: AsRef<[swiotlb_core::Slot]>,
+    A: swiotlb_core::engine::PageAllocator,
+>(
+    engine: &swiotlb_core::engine::DmaEngine<P, xen_sim::SimMemory, S, A>,
+    dev: &swiotlb_core::Device,
+    opts: &Options,
+) -> Result<(), Failure> {
+    if engine.dma_supported(dev, dev.dma_mask) {
+        Ok(())
+    } else {
+        Err(Failure::Setup(format!(
+            "a {}-bit device cannot use this pool: its highest bus address is {:#x} \
+             (dma_supported is false)",
+            opts.dma_bits,
+            engine.pool_bus_top().map_or(0, |b| b.as_u64())
+        )))
+    }
+}
+
+/// The end-of-run checks shared by both platforms, and the report.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call per platform, all named"
+)]
+fn finish(
+    xen: &Xen,
+    opts: &Options,
+    arch: Arch,
+    coherent: bool,
+    init: pool::Summary,
+    pool_bus_top: u64,
+    init_hypercalls: Hypercalls,
+    run_hypercalls: Hypercalls,
+    run: backend::RunStats,
+    engine: swiotlb_core::engine::EngineStats,
+    free_before: u64,
+    coherent_pages: usize,
+) -> Result<Report, Failure> {
+    xen.check_invariants()
+        .map_err(|v| Failure::Verify(format!("simulator invariant broken at the end: {v}")))?;
+    if coherent_pages != 0 {
+        return Err(Failure::Verify(format!(
+            "{coherent_pages} coherent pages not given back"
+        )));
+    }
+    let free_after = xen.free_frames();
+    if free_after != free_before {
+        return Err(Failure::Verify(format!(
+            "the machine had {free_before} free frames before and {free_after} after"
+        )));
+    }
+    if engine.map_failures + engine.unmap_sync_failures + engine.cache_failures != 0 {
+        return Err(Failure::Verify(format!(
+            "the engine counted failures: {engine:?}"
+        )));
+    }
+    Ok(Report {
+        arch: arch.name(),
+        dma_bits: opts.dma_bits,
+        coherent,
+        seed: opts.seed,
+        queue_depth: opts.queue_depth,
+        pool_init: init.line,
+        pool_slots: init.nslabs,
+        pool_bus_top,
+        init_hypercalls,
+        pool_bytes: init.bytes,
+        run,
+        engine,
+        run_hypercalls,
+        free_frames: (free_before, free_after),
+    })
+}

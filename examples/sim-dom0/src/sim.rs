@@ -1,0 +1,159 @@
+//! What a dom0 kernel provides to the DMA engine, on the simulated machine: the platforms
+//! built over the simulator's tables, the kernel's cache maintenance (arm64) and its page
+//! allocator.
+//!
+//! This file and `grants.rs` are the simulator fixtures of both the `sim-dom0` example and
+//! the `swiotlb-xen` integration tests (which include them with `#[path]`), so that the tests
+//! and the demo drive the library through the very same set-up.
+
+use std::sync::Mutex;
+
+use swiotlb_core::engine::PageAllocator;
+use swiotlb_core::{Pfn, PhysAddr};
+use swiotlb_xen_arm64::CacheOps;
+use swiotlb_xen_x86_pv::X86PvPlatform;
+use xen_sim::{ArmGuest, Domain, PvGuest, SimMemory, Xen};
+
+const PAGE: u64 = 4096;
+
+/// The x86 PV platform of dom0 on the simulated machine: dom0's P2M, the M2P, the linear
+/// map, dom0's hypercalls and the CPU's view of memory.
+pub type SimPv<'a> = X86PvPlatform<'a, Domain, SimMemory>;
+
+/// Builds dom0's x86 PV platform over the simulator's tables.
+#[must_use]
+pub fn pv_platform<'a>(xen: &Xen, guest: &'a PvGuest) -> SimPv<'a> {
+    // SAFETY: these are the simulated dom0's own P2M, M2P, linear map and memory, and its
+    // hypercalls; the simulator checks every change Xen would check.
+    unsafe {
+        X86PvPlatform::new(
+            guest.p2m(),
+            guest.m2p(),
+            guest.linear_base(),
+            xen.dom0(),
+            guest.memory(),
+        )
+    }
+}
+
+/// The arm64 kernel's cache maintenance of its own memory (`dcache_clean_poc` and
+/// `dcache_inval_poc`), done by the simulated CPU so that the cache model sees it.
+#[derive(Clone, Debug)]
+pub struct SimCache(pub ArmGuest);
+
+impl CacheOps for SimCache {
+    fn clean(&self, phys: PhysAddr, len: usize) {
+        self.0.cache_clean(phys, len);
+    }
+
+    fn invalidate(&self, phys: PhysAddr, len: usize) {
+        self.0.cache_invalidate(phys, len);
+    }
+}
+
+/// Which simulated guest a [`SimPages`] serves.
+#[derive(Clone, Debug)]
+enum Guest {
+    Pv(PvGuest),
+    Arm(ArmGuest),
+}
+
+impl Guest {
+    fn memory(&self) -> SimMemory {
+        match self {
+            Guest::Pv(g) => g.memory(),
+            Guest::Arm(g) => g.memory(),
+        }
+    }
+}
+
+/// The kernel's page allocator for coherent allocations: a naturally aligned region of the
+/// simulated dom0 handed out in naturally aligned power-of-two blocks (first fit), zeroed on
+/// allocation. It also answers `pfn_valid` for dom0's own RAM.
+#[derive(Debug)]
+pub struct SimPages {
+    guest: Guest,
+    base: PhysAddr,
+    used: Mutex<Vec<bool>>,
+}
+
+impl SimPages {
+    /// Reserves `pages` (a power of two) naturally aligned pages of the x86 PV dom0.
+    #[must_use]
+    pub fn pv(guest: &PvGuest, pages: u64) -> Self {
+        Self::new(
+            Guest::Pv(guest.clone()),
+            guest.alloc_aligned(pages, pages),
+            pages,
+        )
+    }
+
+    /// Reserves `pages` (a power of two) naturally aligned pages of the arm64 dom0.
+    #[must_use]
+    pub fn arm(guest: &ArmGuest, pages: u64) -> Self {
+        Self::new(
+            Guest::Arm(guest.clone()),
+            guest.alloc_aligned(pages, pages),
+            pages,
+        )
+    }
+
+    fn new(guest: Guest, base: PhysAddr, pages: u64) -> Self {
+        // CAST: a test region's page count fits usize.
+        Self {
+            guest,
+            base,
+            used: Mutex::new(vec![false; pages as usize]),
+        }
+    }
+
+    /// Pages handed out and not given back.
+    #[must_use]
+    pub fn in_use(&self) -> usize {
+        self.lock().iter().filter(|&&u| u).count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<bool>> {
+        self.used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+// SAFETY: blocks come from a region of dom0's RAM reserved for this allocator alone,
+// naturally aligned, zeroed through the CPU before they are handed out, and handed out at
+// most once until freed (the `used` map, under a mutex). `pfn_valid` is true only for dom0's
+// own RAM.
+unsafe impl PageAllocator for SimPages {
+    fn alloc_pages(&self, order: u32) -> Option<PhysAddr> {
+        let n = 1usize.checked_shl(order)?;
+        let mut used = self.lock();
+        let first = (0..used.len())
+            .step_by(n)
+            .find(|&i| i + n <= used.len() && used[i..i + n].iter().all(|&u| !u))?;
+        used[first..first + n].fill(true);
+        drop(used);
+        // CAST: indices and sizes of a test region fit u64.
+        let phys = PhysAddr::new(self.base.as_u64() + first as u64 * PAGE);
+        self.guest
+            .memory()
+            .write(phys, &vec![0u8; n * PAGE as usize]);
+        Some(phys)
+    }
+
+    unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
+        // CAST: the caller gives back a block of this region.
+        let first = ((phys.as_u64() - self.base.as_u64()) / PAGE) as usize;
+        let n = 1usize << order;
+        let mut used = self.lock();
+        debug_assert!(used[first..first + n].iter().all(|&u| u), "double free");
+        used[first..first + n].fill(false);
+    }
+
+    fn pfn_valid(&self, pfn: Pfn) -> bool {
+        match &self.guest {
+            Guest::Pv(g) => pfn.as_u64() < g.nr_pages(),
+            Guest::Arm(g) => g.is_ram(pfn.start()),
+        }
+    }
+}

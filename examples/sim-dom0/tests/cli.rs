@@ -1,0 +1,121 @@
+//! Runs the `sim-dom0` binary briefly and checks its report and its exit status, including
+//! the failure path (a corrupted byte must make it fail loudly).
+
+use std::process::{Command, Output};
+
+fn sim_dom0(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sim-dom0"))
+        .args(args)
+        .output()
+        .expect("run sim-dom0")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The number after `key` on the report line that starts with `line`.
+fn number_after(report: &str, line: &str, key: &str) -> u64 {
+    let l = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(line))
+        .unwrap_or_else(|| panic!("no {line:?} line in:\n{report}"));
+    let rest = &l[l.find(key).unwrap_or_else(|| panic!("no {key:?} in {l:?}")) + key.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {key:?} in {l:?}"))
+}
+
+#[test]
+fn both_platforms_pass_and_report() {
+    let out = sim_dom0(&["--transfers", "300", "--quiet"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(stdout.ends_with("sim-dom0: PASS\n"), "{stdout}");
+    let reports: Vec<&str> = stdout.split("sim-dom0 report: ").skip(1).collect();
+    assert_eq!(reports.len(), 2, "{stdout}");
+    assert!(reports[0].starts_with("x86-pv, 32-bit coherent device"));
+    assert!(reports[1].starts_with("arm64, 32-bit non-coherent device"));
+    for r in reports {
+        assert_eq!(number_after(r, "transfers", "transfers"), 300, "{r}");
+        let maps = number_after(r, "mappings", "mappings");
+        let direct = number_after(r, "mappings", "direct");
+        let bounced = number_after(r, "mappings", "bounced");
+        assert_eq!(direct + bounced, maps, "{r}");
+        assert_eq!(maps, number_after(r, "transfers", "of payload,"), "{r}");
+        // A 32-bit device on these machines needs both paths.
+        assert!(direct > 0 && bounced > 0, "{r}");
+        assert_eq!(number_after(r, "mappings", "failed"), 0, "{r}");
+        assert!(number_after(r, "pool  ", "high-water") > 0, "{r}");
+        assert!(
+            number_after(r, "run hypercalls", "GNTTABOP_map_grant_ref") > 0,
+            "{r}"
+        );
+        assert!(r.contains("0 DMA faults, 0 cache violations"), "{r}");
+    }
+    let arm = stdout
+        .split("sim-dom0 report: arm64")
+        .nth(1)
+        .unwrap_or_default();
+    // Foreign pages used directly by a non-coherent device are flushed through Xen.
+    assert!(
+        number_after(arm, "run hypercalls", "GNTTABOP_cache_flush") > 0,
+        "{arm}"
+    );
+}
+
+#[test]
+fn a_corrupted_byte_fails_the_run() {
+    for id in ["0", "3"] {
+        let out = sim_dom0(&[
+            "--arch",
+            "x86-pv",
+            "--transfers",
+            "20",
+            "--quiet",
+            "--inject-corruption",
+            id,
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("VERIFICATION FAILED"), "{stderr}");
+        assert!(stderr.contains(&format!(" #{id} (")), "{stderr}");
+        assert!(!text(&out.stdout).contains("PASS"));
+    }
+}
+
+#[test]
+fn bad_options_are_usage_errors() {
+    for args in [
+        &["--arch", "riscv"][..],
+        &["--transfers", "0"],
+        &["--non-coherent"],
+        &["--dma-bits", "99"],
+    ] {
+        let out = sim_dom0(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_device_that_cannot_reach_the_pool_is_refused() {
+    let out = sim_dom0(&["--arch", "arm64", "--dma-bits", "20", "--transfers", "5"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("dma_supported"), "{stderr}");
+}

@@ -1,0 +1,487 @@
+//! The checks, one console line each, and the verdict.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use swiotlb_core::{Bfn, LinearMap, Pfn, PhysAddr, PlatformError};
+use swiotlb_xen_x86_pv::{X86PvError, X86PvPlatform, boot as pvboot, p2m as p2menc};
+use xen_abi::{DOMID_SELF, GuestHandle, XENMEM_CURRENT_RESERVATION, XenMemoryExchange};
+
+use crate::console::Line;
+use crate::hyp::{COUNTERS, Counted, Counts};
+use crate::{VIRT_BASE, fmt_line, kprintln};
+
+/// The platform the checks use: the native trap (counted) and the kernel's linear map.
+pub type Pv = X86PvPlatform<'static, Counted, LinearMap>;
+
+/// The outcome of one check: details to print either way.
+pub type Outcome = Result<Line, Line>;
+
+/// A page-aligned, `ALIGN`-aligned block of `.bss`.
+#[repr(C, align(65536))]
+pub struct Block64K<const N: usize>(pub [u8; N]);
+
+/// A 64 KiB region (order 4) for the contiguous-region checks.
+static mut REGION: Block64K<65536> = Block64K([0; 65536]);
+
+/// Xen's `start_info` magic for a 64-bit PV guest (followed by a version suffix or NUL).
+const START_INFO_MAGIC: &[u8] = b"xen-3.0-x86_64";
+/// 4 GiB in frames.
+const FRAMES_4G: u64 = 1 << 20;
+
+/// The check lines printed so far.
+#[derive(Debug, Default)]
+pub struct Report {
+    ok: u32,
+    failed: u32,
+}
+
+impl Report {
+    /// Prints the line of check `name` and counts it.
+    pub fn record(&mut self, name: &str, outcome: Outcome) {
+        match outcome {
+            Ok(details) => {
+                self.ok += 1;
+                kprintln!("XEN-QEMU x86_64 check {name}: ok {details}");
+            }
+            Err(details) => {
+                self.failed += 1;
+                kprintln!("XEN-QEMU x86_64 check {name}: FAIL {details}");
+            }
+        }
+    }
+
+    /// The final line.
+    pub fn verdict(&self) -> Line {
+        if self.failed == 0 && self.ok > 0 {
+            fmt_line!("XEN-QEMU x86_64: PASS ({} checks)", self.ok)
+        } else {
+            fmt_line!(
+                "XEN-QEMU x86_64: FAIL ({} of {} checks failed)",
+                self.failed,
+                self.ok + self.failed
+            )
+        }
+    }
+}
+
+/// Fails the check with a formatted message unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            return Err(fmt_line!($($arg)*));
+        }
+    };
+}
+
+/// What the kernel was given at boot.
+pub struct Env {
+    /// The P2M (`start_info.mfn_list`).
+    pub p2m: &'static [AtomicU64],
+    /// Xen's M2P.
+    pub m2p: &'static [AtomicU64],
+    /// The platform over both.
+    pub pv: Pv,
+}
+
+/// The pseudo-physical address of a kernel virtual address.
+pub fn phys_of<T>(p: *const T) -> PhysAddr {
+    PhysAddr::new(p.addr() as u64 - VIRT_BASE)
+}
+
+/// The kernel virtual address of a pseudo-physical address.
+pub fn virt_of(phys: PhysAddr) -> *mut u8 {
+    core::ptr::with_exposed_provenance_mut((phys.as_u64() + VIRT_BASE) as usize)
+}
+
+impl Env {
+    /// The raw P2M word of `pfn`.
+    pub fn p2m_raw(&self, pfn: u64) -> u64 {
+        p2menc::raw_entry(self.p2m, pfn)
+    }
+
+    /// The M2P word of `mfn` (INVALID beyond the table).
+    pub fn m2p_raw(&self, mfn: u64) -> u64 {
+        usize::try_from(mfn)
+            .ok()
+            .and_then(|i| self.m2p.get(i))
+            .map_or(p2menc::INVALID_M2P_ENTRY, |e| e.load(Ordering::Acquire))
+    }
+
+    /// Whether `pfn` is a local frame whose M2P entry points back at it.
+    pub fn round_trips(&self, pfn: u64) -> bool {
+        let raw = self.p2m_raw(pfn);
+        matches!(p2menc::P2mEntry::decode(raw), p2menc::P2mEntry::Local(_))
+            && self.m2p_raw(raw) == pfn
+    }
+}
+
+/// `XENMEM_current_reservation`: the pages the domain owns.
+pub fn reservation() -> Result<u64, xen_abi::XenError> {
+    let mut domid = DOMID_SELF;
+    // SAFETY: Xen reads the one domid_t at the pointer.
+    unsafe { xen_abi::ops::memory_op(&Counted, XENMEM_CURRENT_RESERVATION, &raw mut domid) }
+}
+
+/// Runs every check and returns the verdict line.
+pub fn run(start_info: *const u8) -> Line {
+    kprintln!("x86_64-pv-dom0: started, start_info at {start_info:p}");
+    let mut report = Report::default();
+    let env = match setup(start_info) {
+        Ok((env, details)) => {
+            report.record("boot", Ok(details));
+            env
+        }
+        Err(details) => {
+            report.record("boot", Err(details));
+            return report.verdict();
+        }
+    };
+    // REGION is used by these checks only, one at a time, never through a reference.
+    let region = phys_of(&raw const REGION);
+    let created = contiguous_create(&env, region);
+    let bus = created.as_ref().ok().map(|(_, _, bus)| *bus);
+    let old = created.as_ref().ok().map(|(_, old, _)| *old);
+    report.record("create-contiguous", created.map(|(l, _, _)| l));
+    report.record("destroy-contiguous", contiguous_destroy(&env, region, bus));
+    report.record("exchange-refused", exchange_refused(&env, region, old));
+    report.record("bad-input-platform", bad_input_platform(&env, region));
+    report.verdict()
+}
+
+/// Finds the tables, builds the platform and checks every P2M entry against the M2P.
+fn setup(start_info: *const u8) -> Result<(Env, Line), Line> {
+    // SAFETY: Xen passes the start_info page, mapped, in %rsi; the magic is its first bytes.
+    let magic = unsafe { core::slice::from_raw_parts(start_info, START_INFO_MAGIC.len()) };
+    ensure!(
+        magic == START_INFO_MAGIC,
+        "start_info magic {:?}, expected {:?}",
+        core::str::from_utf8(magic).unwrap_or("?"),
+        "xen-3.0-x86_64"
+    );
+    let version = xen_abi::ops::xen_version(&Counted).map_err(|e| fmt_line!("{e}"))?;
+    // SAFETY: start_info is Xen's page and the P2M it names is mapped and writable; nothing
+    // else in this kernel writes it.
+    let p2m = unsafe { pvboot::p2m_from_start_info(start_info) };
+    let (m2p_start, m2p_entries) = pvboot::m2p_location(&Counted);
+    // SAFETY: Xen maps the M2P read-only at the place it reported.
+    let m2p = unsafe { pvboot::m2p_at(m2p_start, m2p_entries) };
+    unsafe extern "C" {
+        /// The end of the image (`link.ld`), page-aligned.
+        static _end: u8;
+    }
+    // Only the address of the linker symbol is taken.
+    let image_end = phys_of(&raw const _end);
+    // SAFETY: Xen maps pfn p at VIRT_BASE + p * 4096 for the whole initial mapping, which
+    // covers the image; the region holds the image's own statics, which the checks reach only
+    // through raw pointers while the pool or platform uses them.
+    let mem = unsafe {
+        LinearMap::new(
+            core::ptr::with_exposed_provenance_mut(VIRT_BASE as usize),
+            PhysAddr::new(0),
+            image_end.as_u64() as usize,
+        )
+    };
+    // SAFETY: the P2M is this domain's, the M2P Xen's, the linear base the initial mapping's;
+    // `Counted` traps as this domain.
+    let pv = unsafe { X86PvPlatform::new(p2m, m2p, VIRT_BASE, Counted, mem) };
+    let env = Env { p2m, m2p, pv };
+    let (mut min, mut max, mut above_4g, mut breaks) = (u64::MAX, 0, 0u64, 0u64);
+    for pfn in 0..p2m.len() as u64 {
+        ensure!(
+            env.round_trips(pfn),
+            "pfn {pfn:#x}: P2M {:#x}, M2P of it {:#x}",
+            env.p2m_raw(pfn),
+            env.m2p_raw(env.p2m_raw(pfn))
+        );
+        let mfn = env.p2m_raw(pfn);
+        min = min.min(mfn);
+        max = max.max(mfn);
+        above_4g += u64::from(mfn >= FRAMES_4G);
+        if pfn > 0 && mfn != env.p2m_raw(pfn - 1).wrapping_add(1) {
+            breaks += 1;
+        }
+    }
+    let line = fmt_line!(
+        "Xen {version}, {} pages, P2M/M2P round trip for every pfn, mfns {min:#x}..={max:#x} \
+         ({above_4g} above 4 GiB, {breaks} machine discontinuities), M2P at {m2p_start:#x} \
+         ({m2p_entries} entries), image end {image_end}",
+        p2m.len()
+    );
+    Ok((env, line))
+}
+
+/// The machine frames of the `n` pages from `pfn0`.
+fn frames<const N: usize>(env: &Env, pfn0: u64) -> [u64; N] {
+    core::array::from_fn(|i| env.p2m_raw(pfn0 + i as u64))
+}
+
+/// Checks that the `n` pages from `pfn0` read back a pattern written through the CPU.
+fn usable(phys: PhysAddr, len: usize, seed: u8) -> Result<(), Line> {
+    let p = virt_of(phys);
+    for i in (0..len).step_by(512) {
+        // SAFETY: the region is mapped (checked by the caller's P2M checks) and owned by the
+        // check; raw volatile accesses, no references.
+        unsafe { p.add(i).write_volatile(seed ^ (i >> 9) as u8) };
+    }
+    for i in (0..len).step_by(512) {
+        // SAFETY: as above.
+        let got = unsafe { p.add(i).read_volatile() };
+        ensure!(
+            got == seed ^ (i >> 9) as u8,
+            "byte {i} of {phys} reads {got:#x} after a write"
+        );
+    }
+    Ok(())
+}
+
+/// Whether the `len` bytes at `phys` read as zero.
+fn zeroed(phys: PhysAddr, len: usize) -> bool {
+    let p = virt_of(phys);
+    // SAFETY: as in `usable`.
+    (0..len).all(|i| unsafe { p.add(i).read_volatile() } == 0)
+}
+
+/// `create_contiguous_region` of the 64 KiB region below 4 GiB with the real exchange.
+fn contiguous_create(env: &Env, region: PhysAddr) -> Result<(Line, [u64; 16], u64), Line> {
+    let pfn0 = region.frame().as_u64();
+    let old: [u64; 16] = frames(env, pfn0);
+    usable(region, 65536, 0x5a)?;
+    let before_pages = reservation().map_err(|e| fmt_line!("{e}"))?;
+    let c0 = COUNTERS.snapshot();
+    // SAFETY: the region is a static only this check touches, through raw pointers.
+    let bus = unsafe { env.pv.create_contiguous(region, 4, 32) }
+        .map_err(|e| fmt_line!("create_contiguous({region}, 4, 32): {e}"))?;
+    let calls = COUNTERS.snapshot().since(c0);
+    let b0 = bus.frame().as_u64();
+    ensure!(
+        b0 % 16 == 0 && b0 + 16 <= FRAMES_4G,
+        "extent {bus} not aligned to 64 KiB or not below 4 GiB"
+    );
+    for i in 0..16u64 {
+        let pfn = pfn0 + i;
+        ensure!(
+            env.p2m_raw(pfn) == b0 + i && env.m2p_raw(b0 + i) == pfn,
+            "page {i}: P2M {:#x}, M2P {:#x}, expected {:#x} <-> {pfn:#x}",
+            env.p2m_raw(pfn),
+            env.m2p_raw(b0 + i),
+            b0 + i
+        );
+        ensure!(
+            env.pv.mfn_to_local_pfn(Bfn::new(b0 + i)) == Some(Pfn::new(pfn)),
+            "bfn_to_local_pfn({:#x}) does not give {pfn:#x}",
+            b0 + i
+        );
+        let o = old[i as usize];
+        ensure!(
+            env.m2p_raw(o) != pfn && env.pv.mfn_to_local_pfn(Bfn::new(o)).is_none(),
+            "old frame {o:#x} of page {i} still maps to it"
+        );
+    }
+    ensure!(
+        env.pv.is_bus_contiguous(region, 65536),
+        "is_bus_contiguous says no"
+    );
+    ensure!(zeroed(region, 65536), "the region was not zeroed");
+    usable(region, 65536, 0xa5)?;
+    let after_pages = reservation().map_err(|e| fmt_line!("{e}"))?;
+    ensure!(
+        before_pages == after_pages,
+        "reservation {before_pages} pages before, {after_pages} after"
+    );
+    ensure!(calls.exchanges == 1, "{} exchanges", calls.exchanges);
+    let line = fmt_line!(
+        "order 4 at {region}: frames {:#x}..{:#x} (scattered: {}) -> extent {bus}, below 4 GiB, \
+         P2M and M2P agree, old frames released, zeroed, mapped, reservation {after_pages} \
+         pages unchanged; {} hypercalls ({} exchange, {} multicalls)",
+        old[0],
+        old[15],
+        old.windows(2).any(|w| w[1] != w[0] + 1),
+        calls.total,
+        calls.exchanges,
+        calls.multicalls
+    );
+    Ok((line, old, bus.as_u64()))
+}
+
+/// `destroy_contiguous_region` of the region made contiguous before.
+fn contiguous_destroy(env: &Env, region: PhysAddr, bus: Option<u64>) -> Outcome {
+    let Some(bus) = bus else {
+        return Err(fmt_line!("nothing to destroy: create failed"));
+    };
+    let pfn0 = region.frame().as_u64();
+    let b0 = bus >> 12;
+    let before_pages = reservation().map_err(|e| fmt_line!("{e}"))?;
+    let c0 = COUNTERS.snapshot();
+    // SAFETY: as in `contiguous_create`.
+    unsafe { env.pv.destroy_contiguous(region, 4) }
+        .map_err(|e| fmt_line!("destroy_contiguous({region}, 4): {e}"))?;
+    let calls = COUNTERS.snapshot().since(c0);
+    let new: [u64; 16] = frames(env, pfn0);
+    for i in 0..16u64 {
+        let pfn = pfn0 + i;
+        ensure!(
+            env.round_trips(pfn),
+            "page {i}: P2M {:#x} does not round-trip",
+            env.p2m_raw(pfn)
+        );
+        ensure!(
+            new[i as usize] != b0 + i,
+            "page {i} is still on extent frame {:#x}",
+            b0 + i
+        );
+        ensure!(
+            env.m2p_raw(b0 + i) != pfn,
+            "extent frame {:#x} still maps to page {i}",
+            b0 + i
+        );
+    }
+    ensure!(zeroed(region, 65536), "the region was not zeroed");
+    usable(region, 65536, 0x3c)?;
+    let after_pages = reservation().map_err(|e| fmt_line!("{e}"))?;
+    ensure!(
+        before_pages == after_pages,
+        "reservation {before_pages} pages before, {after_pages} after"
+    );
+    Ok(fmt_line!(
+        "extent {bus:#x} given back: pages now on frames {:#x}..{:#x}, P2M/M2P agree, extent \
+         frames no longer ours, reservation {after_pages} unchanged; {} hypercalls ({} exchange)",
+        new[0],
+        new[15],
+        calls.total,
+        calls.exchanges
+    ))
+}
+
+/// An exchange Xen refuses: below 2^12 (only frame 0), and a frame the domain gave back.
+fn exchange_refused(env: &Env, region: PhysAddr, old: Option<[u64; 16]>) -> Outcome {
+    let pfn0 = region.frame().as_u64();
+    let before: [u64; 16] = frames(env, pfn0);
+    let c0 = COUNTERS.snapshot();
+    // SAFETY: as in `contiguous_create`.
+    let r = unsafe { env.pv.create_contiguous(region, 0, 12) };
+    let calls = COUNTERS.snapshot().since(c0);
+    let Err(X86PvError::ExchangeFailed {
+        errno,
+        nr_exchanged: 0,
+        nr_extents: 1,
+    }) = r
+    else {
+        return Err(fmt_line!("create below 2^12: {r:?}"));
+    };
+    let text = fmt_line!("{}", PlatformError::from(r.unwrap_err()));
+    ensure!(
+        text.contains("XENMEM_exchange") && errno > 0,
+        "the error does not name the op: {text}"
+    );
+    ensure!(calls.exchanges == 1, "{} exchanges", calls.exchanges);
+    let after: [u64; 16] = frames(env, pfn0);
+    ensure!(before == after, "P2M changed by a refused exchange");
+    ensure!(
+        (0..16).all(|i| env.round_trips(pfn0 + i)),
+        "M2P inconsistent after the refusal"
+    );
+    usable(region, 4096, 0x11)?;
+    // A frame the domain no longer owns (one it gave back in the create check).
+    let Some(old) = old else {
+        return Err(fmt_line!("no released frame to try: create failed"));
+    };
+    let mut inp = old[0];
+    let mut out = pfn0;
+    let mut x = XenMemoryExchange::default();
+    x.in_.extent_start = GuestHandle::new(&raw mut inp);
+    x.in_.nr_extents = 1;
+    x.in_.domid = DOMID_SELF;
+    x.out.extent_start = GuestHandle::new(&raw mut out);
+    x.out.nr_extents = 1;
+    x.out.domid = DOMID_SELF;
+    // SAFETY: both lists are locals valid for the call; the input frame is not this domain's,
+    // so Xen must refuse and change nothing of ours.
+    let raw = unsafe { xen_abi::ops::memory_exchange(&Counted, &mut x) };
+    let Err(e) = raw else {
+        return Err(fmt_line!("Xen exchanged frame {:#x} we do not own", old[0]));
+    };
+    ensure!(
+        e.op == "XENMEM_exchange" && x.nr_exchanged == 0,
+        "{e}, nr_exchanged {}",
+        x.nr_exchanged
+    );
+    ensure!(
+        frames::<16>(env, pfn0) == after,
+        "P2M changed by the refused raw exchange"
+    );
+    Ok(fmt_line!(
+        "below 2^12: `{text}` (ExchangeFailed errno {errno}, region unchanged and usable, \
+         {} hypercalls); foreign frame {:#x}: `{e}`",
+        calls.total,
+        old[0]
+    ))
+}
+
+/// Bad arguments to the platform: documented errors, no hypercall, nothing changed.
+fn bad_input_platform(env: &Env, region: PhysAddr) -> Outcome {
+    let pfn0 = region.frame().as_u64();
+    let before: [u64; 16] = frames(env, pfn0);
+    let c0 = COUNTERS.snapshot();
+    let nr = env.p2m.len() as u64;
+    let misaligned = PhysAddr::new(region.as_u64() + 4096);
+    let beyond = PhysAddr::new(nr << 12);
+    // SAFETY: every call below is refused before any change (checked after).
+    let results = unsafe {
+        [
+            env.pv.create_contiguous(misaligned, 4, 32),
+            env.pv.create_contiguous(region, 21, 64),
+            env.pv.create_contiguous(region, 4, 15),
+            env.pv.create_contiguous(region, 4, 65),
+            env.pv.create_contiguous(beyond, 0, 32),
+        ]
+    };
+    let expected = [
+        X86PvError::Misaligned {
+            phys: misaligned,
+            align: 65536,
+        },
+        X86PvError::OrderTooLarge { order: 21, max: 20 },
+        X86PvError::AddressBits {
+            bits: 15,
+            min: 16,
+            max: 64,
+        },
+        X86PvError::AddressBits {
+            bits: 65,
+            min: 16,
+            max: 64,
+        },
+        X86PvError::BeyondP2m {
+            first: Pfn::new(nr),
+            frames: 1,
+            p2m_len: nr,
+        },
+    ];
+    for (got, want) in results.iter().zip(&expected) {
+        ensure!(*got == Err(*want), "got {got:?}, expected {want:?}");
+    }
+    // Destroying a region that is not machine-contiguous: two pages with non-adjacent frames
+    // if the region has them (it is scattered after the destroy check, unless Xen handed out
+    // adjacent frames).
+    let mut destroy_note = fmt_line!("no scattered pair to refuse a destroy on");
+    if let Some(i) = (0..8).find(|&i| before[2 * i + 1] != before[2 * i] + 1) {
+        let at = PhysAddr::new(region.as_u64() + (2 * i as u64) * 4096);
+        // SAFETY: refused before any change.
+        let got = unsafe { env.pv.destroy_contiguous(at, 1) };
+        ensure!(
+            matches!(got, Err(X86PvError::NotContiguous { .. })),
+            "destroy of a scattered pair: {got:?}"
+        );
+        destroy_note = fmt_line!(
+            "destroy of {at} (order 1, scattered): {:?}",
+            got.unwrap_err()
+        );
+    }
+    let calls = COUNTERS.snapshot().since(c0);
+    ensure!(calls == Counts::default(), "{} hypercalls", calls.total);
+    ensure!(frames::<16>(env, pfn0) == before, "P2M changed");
+    Ok(fmt_line!(
+        "misaligned, order 21, address bits 15 and 65, beyond the P2M: the documented errors; \
+         {destroy_note}; 0 hypercalls, P2M unchanged"
+    ))
+}
