@@ -1,1 +1,1190 @@
+//! Unit tests of the engine: a host-memory platform with a scrambled pfn -> bfn table, a
+//! "device" that reads and writes through that table, and one test (or a few) per decision.
 
+use super::*;
+use crate::addr::Bfn;
+use crate::error::Error;
+use crate::linear::LinearMap;
+use std::boxed::Box;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::vec;
+use std::vec::Vec;
+
+const PHYS_BASE: u64 = 0x10_0000;
+const FRAMES: u64 = 0x400;
+const POOL_PFN: u64 = 0x100;
+const POOL_FRAMES: u64 = 0x80; // 512 KiB, two segments.
+const POOL_BFN: u64 = 0x5000;
+const ORIG_PFN: u64 = 0x180;
+const COH_PFN: u64 = 0x380;
+const COH_FRAMES: u64 = 0x180;
+const UNTRANSLATABLE_J: u64 = 200;
+const FOREIGN_J: u64 = 210;
+const FOREIGN_BFN: u64 = 0x9_0000;
+const EXCHANGE_BFN: u64 = 0x6000;
+
+/// Blocks of four frames stay contiguous, the blocks are in reverse order.
+fn perm(j: u64, blocks: u64) -> u64 {
+    (blocks - 1 - j / 4) * 4 + j % 4
+}
+
+/// The physical address of byte `off` after the start of original frame `j`.
+fn orig(j: u64, off: u64) -> PhysAddr {
+    PhysAddr::new((ORIG_PFN + j) * 4096 + off)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    ForDevice,
+    ForCpu,
+}
+
+#[derive(Clone, Debug)]
+struct CacheEvent {
+    op: Op,
+    phys: PhysAddr,
+    bus: BusAddr,
+    len: usize,
+    /// The bytes of the watched CPU range when the hook ran.
+    watched: Vec<u8>,
+    /// What the device saw at `bus` when the hook ran.
+    device: Vec<u8>,
+}
+
+/// Host memory reached through a raw base pointer.
+#[derive(Clone, Copy)]
+struct Host {
+    base: *mut u8,
+}
+
+// SAFETY: a description of the test's allocation; tests use disjoint ranges.
+unsafe impl Send for Host {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Host {}
+
+impl Host {
+    fn ptr(self, phys: PhysAddr, len: usize) -> *mut u8 {
+        let off = phys
+            .as_u64()
+            .checked_sub(PHYS_BASE)
+            .expect("below the region");
+        assert!(off + len as u64 <= FRAMES * 4096, "past the region");
+        // SAFETY: checked to be inside the allocation.
+        unsafe { self.base.add(usize::try_from(off).unwrap()) }
+    }
+
+    fn read(self, phys: PhysAddr, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        // SAFETY: inside the allocation; no reference covers it.
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr(phys, len), v.as_mut_ptr(), len) };
+        v
+    }
+
+    fn write(self, phys: PhysAddr, data: &[u8]) {
+        // SAFETY: inside the allocation; no reference covers it.
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr(phys, data.len()), data.len())
+        };
+    }
+
+    fn zero(self, phys: PhysAddr, len: usize) {
+        // SAFETY: inside the allocation; no reference covers it.
+        unsafe { core::ptr::write_bytes(self.ptr(phys, len), 0, len) };
+    }
+}
+
+struct TestPlatform {
+    host: Host,
+    p2m: RwLock<HashMap<u64, u64>>,
+    /// The device's view: every bus frame that reaches memory, foreign ones included.
+    m2p: RwLock<HashMap<u64, u64>>,
+    foreign: HashSet<u64>,
+    /// Answer foreign bus frames with the identity (arm64) instead of `None` (x86 PV).
+    foreign_identity: bool,
+    needs_bounce: AtomicBool,
+    fail_create: AtomicBool,
+    fail_destroy: AtomicBool,
+    fail_cache: AtomicBool,
+    next_exchange: AtomicU64,
+    next_give_back: AtomicU64,
+    creates: AtomicU64,
+    destroys: AtomicU64,
+    watch: Mutex<Option<(PhysAddr, usize)>>,
+    events: Mutex<Vec<CacheEvent>>,
+}
+
+impl TestPlatform {
+    fn new(host: Host, contiguous_pool: bool) -> Self {
+        let mut p2m = HashMap::new();
+        for i in 0..POOL_FRAMES {
+            // A broken pool swaps two frames of the second segment.
+            let k = if !contiguous_pool && (i == 40 || i == 41) {
+                81 - i
+            } else {
+                i
+            };
+            p2m.insert(POOL_PFN + i, POOL_BFN + k);
+        }
+        for j in 0..512 {
+            let b = if j < 256 {
+                0x8000 + perm(j, 64)
+            } else {
+                0x10_0000 + perm(j - 256, 64)
+            };
+            p2m.insert(ORIG_PFN + j, b);
+        }
+        for k in 0..COH_FRAMES {
+            p2m.insert(COH_PFN + k, 0x20_0000 + perm(k, COH_FRAMES / 4));
+        }
+        p2m.remove(&(ORIG_PFN + UNTRANSLATABLE_J));
+        p2m.insert(ORIG_PFN + FOREIGN_J, FOREIGN_BFN);
+        let m2p = p2m.iter().map(|(&p, &b)| (b, p)).collect();
+        Self {
+            host,
+            p2m: RwLock::new(p2m),
+            m2p: RwLock::new(m2p),
+            foreign: [ORIG_PFN + FOREIGN_J].into_iter().collect(),
+            foreign_identity: false,
+            needs_bounce: AtomicBool::new(false),
+            fail_create: AtomicBool::new(false),
+            fail_destroy: AtomicBool::new(false),
+            fail_cache: AtomicBool::new(false),
+            next_exchange: AtomicU64::new(EXCHANGE_BFN),
+            next_give_back: AtomicU64::new(0x40_0000),
+            creates: AtomicU64::new(0),
+            destroys: AtomicU64::new(0),
+            watch: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn bus_to_phys(&self, bus: BusAddr) -> Option<PhysAddr> {
+        let m2p = self.m2p.read().unwrap();
+        m2p.get(&bus.frame().as_u64())
+            .map(|&p| bus.with_phys_frame(Pfn::new(p)))
+    }
+
+    /// What the device reads at `bus`, frame by frame through its view.
+    fn dev_read(&self, bus: BusAddr, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut done = 0;
+        while done < len {
+            let b = BusAddr::new(bus.as_u64() + done as u64);
+            let chunk = (len - done).min(4096 - b.frame_offset() as usize);
+            let p = self
+                .bus_to_phys(b)
+                .expect("device access to an unbacked bus frame");
+            out.extend(self.host.read(p, chunk));
+            done += chunk;
+        }
+        out
+    }
+
+    fn dev_write(&self, bus: BusAddr, data: &[u8]) {
+        let mut done = 0;
+        while done < data.len() {
+            let b = BusAddr::new(bus.as_u64() + done as u64);
+            let chunk = (data.len() - done).min(4096 - b.frame_offset() as usize);
+            let p = self
+                .bus_to_phys(b)
+                .expect("device access to an unbacked bus frame");
+            self.host.write(p, &data[done..done + chunk]);
+            done += chunk;
+        }
+    }
+
+    fn record(
+        &self,
+        op: Op,
+        phys: PhysAddr,
+        bus: BusAddr,
+        len: usize,
+    ) -> Result<(), PlatformError> {
+        if self.fail_cache.load(Ordering::Relaxed) {
+            return Err(PlatformError::Hypercall {
+                op: "GNTTABOP_cache_flush",
+                errno: 22,
+            });
+        }
+        let watched = match *self.watch.lock().unwrap() {
+            Some((p, n)) => self.host.read(p, n),
+            None => Vec::new(),
+        };
+        let device = self.dev_read(bus, len);
+        self.events.lock().unwrap().push(CacheEvent {
+            op,
+            phys,
+            bus,
+            len,
+            watched,
+            device,
+        });
+        Ok(())
+    }
+
+    fn take_events(&self) -> Vec<CacheEvent> {
+        core::mem::take(&mut *self.events.lock().unwrap())
+    }
+}
+
+// SAFETY: the tables describe the test's memory exactly: `pfn_to_bfn` and the device view
+// agree, `bfn_to_local_pfn` answers only own frames (or, with `foreign_identity`, the
+// identity as arm64 does, which the engine must filter with `pfn_valid`), and
+// `create_contiguous_region` returns a contiguous range below the limit.
+unsafe impl Platform for TestPlatform {
+    fn pfn_to_bfn(&self, pfn: Pfn) -> Option<Bfn> {
+        self.p2m
+            .read()
+            .unwrap()
+            .get(&pfn.as_u64())
+            .map(|&b| Bfn::new(b))
+    }
+
+    fn bfn_to_local_pfn(&self, bfn: Bfn) -> Option<Pfn> {
+        let p = *self.m2p.read().unwrap().get(&bfn.as_u64())?;
+        if self.foreign.contains(&p) {
+            return self.foreign_identity.then_some(Pfn::new(bfn.as_u64()));
+        }
+        Some(Pfn::new(p))
+    }
+
+    fn needs_bounce(&self, dev: &Device, phys: PhysAddr, bus: BusAddr) -> bool {
+        let _ = (dev, phys, bus);
+        self.needs_bounce.load(Ordering::Relaxed)
+    }
+
+    fn sync_for_device(
+        &self,
+        _dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        len: usize,
+        _dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        self.record(Op::ForDevice, phys, bus, len)
+    }
+
+    fn sync_for_cpu(
+        &self,
+        _dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        len: usize,
+        _dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        self.record(Op::ForCpu, phys, bus, len)
+    }
+
+    unsafe fn create_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        address_bits: u32,
+    ) -> Result<BusAddr, PlatformError> {
+        let n = 1u64 << order;
+        if !phys.is_aligned(4096 << order) {
+            return Err(PlatformError::Misaligned {
+                addr: phys,
+                align: 4096 << order,
+            });
+        }
+        if self.fail_create.load(Ordering::Relaxed) {
+            return Err(PlatformError::Hypercall {
+                op: "XENMEM_exchange",
+                errno: 12,
+            });
+        }
+        let first = self.next_exchange.load(Ordering::Relaxed).div_ceil(n) * n;
+        if address_bits < 64 && (first + n) << 12 > 1u64 << address_bits {
+            return Err(PlatformError::Exhausted {
+                what: "machine memory below the limit",
+            });
+        }
+        self.next_exchange.store(first + n, Ordering::Relaxed);
+        let mut p2m = self.p2m.write().unwrap();
+        let mut m2p = self.m2p.write().unwrap();
+        let pfn0 = phys.frame().as_u64();
+        for i in 0..n {
+            if let Some(old) = p2m.insert(pfn0 + i, first + i) {
+                m2p.remove(&old);
+            }
+            m2p.insert(first + i, pfn0 + i);
+        }
+        self.host.zero(phys, (n * 4096) as usize);
+        self.creates.fetch_add(1, Ordering::Relaxed);
+        Ok(Bfn::new(first).start())
+    }
+
+    unsafe fn destroy_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+    ) -> Result<(), PlatformError> {
+        if self.fail_destroy.load(Ordering::Relaxed) {
+            return Err(PlatformError::Hypercall {
+                op: "XENMEM_exchange",
+                errno: 12,
+            });
+        }
+        let n = 1u64 << order;
+        let mut p2m = self.p2m.write().unwrap();
+        let mut m2p = self.m2p.write().unwrap();
+        let pfn0 = phys.frame().as_u64();
+        for i in 0..n {
+            // Scatter: every other frame of a high range.
+            let b = self.next_give_back.fetch_add(2, Ordering::Relaxed);
+            if let Some(old) = p2m.insert(pfn0 + i, b) {
+                m2p.remove(&old);
+            }
+            m2p.insert(b, pfn0 + i);
+        }
+        self.host.zero(phys, (n * 4096) as usize);
+        self.destroys.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A first-fit allocator of naturally aligned blocks over the coherent region.
+struct TestPages {
+    host: Host,
+    used: Mutex<Vec<bool>>,
+    live: Mutex<HashMap<u64, u32>>,
+    /// `pfn_valid` answers from the region (true) or always `true` (false).
+    check_ram: bool,
+}
+
+impl TestPages {
+    fn new(host: Host, check_ram: bool) -> Self {
+        Self {
+            host,
+            used: Mutex::new(vec![false; COH_FRAMES as usize]),
+            live: Mutex::new(HashMap::new()),
+            check_ram,
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.live.lock().unwrap().len()
+    }
+}
+
+// SAFETY: hands out disjoint, naturally aligned, zeroed blocks of the test's memory;
+// `pfn_valid` answers the test's RAM exactly when `check_ram`.
+unsafe impl PageAllocator for TestPages {
+    fn alloc_pages(&self, order: u32) -> Option<PhysAddr> {
+        let n = 1usize << order;
+        let mut used = self.used.lock().unwrap();
+        let start = (0..used.len())
+            .step_by(n)
+            .find(|&s| s + n <= used.len() && used[s..s + n].iter().all(|u| !u))?;
+        used[start..start + n].iter_mut().for_each(|u| *u = true);
+        let phys = PhysAddr::new((COH_PFN + start as u64) * 4096);
+        self.host.zero(phys, n * 4096);
+        self.live.lock().unwrap().insert(phys.as_u64(), order);
+        Some(phys)
+    }
+
+    unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
+        assert_eq!(
+            self.live.lock().unwrap().remove(&phys.as_u64()),
+            Some(order)
+        );
+        let start = (phys.frame().as_u64() - COH_PFN) as usize;
+        let mut used = self.used.lock().unwrap();
+        used[start..start + (1 << order)]
+            .iter_mut()
+            .for_each(|u| *u = false);
+    }
+
+    fn pfn_valid(&self, pfn: Pfn) -> bool {
+        !self.check_ram || (PHYS_BASE / 4096..PHYS_BASE / 4096 + FRAMES).contains(&pfn.as_u64())
+    }
+}
+
+type Engine = DmaEngine<TestPlatform, LinearMap, Vec<Slot>, TestPages>;
+
+/// The engine and its memory; fields drop in order, the engine before the memory.
+struct Fixture {
+    engine: Engine,
+    host: Host,
+    _mem: OwnedMem,
+}
+
+struct Setup {
+    pool: bool,
+    contiguous_pool: bool,
+    foreign_identity: bool,
+    check_ram: bool,
+    cpu: Option<fn() -> usize>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            pool: true,
+            contiguous_pool: true,
+            foreign_identity: false,
+            check_ram: true,
+            cpu: None,
+        }
+    }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::with(Setup::default()).expect("valid engine")
+    }
+
+    fn with(s: Setup) -> Result<Self, EngineInitError> {
+        let len = (FRAMES * 4096) as usize;
+        let base = Box::into_raw(vec![0x5au8; len].into_boxed_slice()).cast::<u8>();
+        let host = Host { base };
+        let mem_owner = OwnedMem { base, len };
+        let mut platform = TestPlatform::new(host, s.contiguous_pool);
+        platform.foreign_identity = s.foreign_identity;
+        let pages = TestPages::new(host, s.check_ram);
+        let pool = if s.pool {
+            // SAFETY: the allocation lives until the fixture drops, after the engine.
+            let mem = unsafe { LinearMap::new(base, PhysAddr::new(PHYS_BASE), len) };
+            let nslabs = (POOL_FRAMES * 2) as usize;
+            let storage = (0..nslabs).map(|_| Slot::new()).collect();
+            // SAFETY: the pool frames are used by the pool alone.
+            Some(
+                unsafe { BouncePool::new(mem, PhysAddr::new(POOL_PFN * 4096), nslabs, 2, storage) }
+                    .unwrap(),
+            )
+        } else {
+            None
+        };
+        // SAFETY: pool, originals and coherent pages are all in the region the platform
+        // translates and the LinearMap reaches; the pool's translations never change.
+        let mut engine = unsafe { Engine::new(platform, pool, pages) }?;
+        if let Some(cpu) = s.cpu {
+            engine = engine.with_cpu_hint(cpu);
+        }
+        Ok(Self {
+            engine,
+            host,
+            _mem: mem_owner,
+        })
+    }
+
+    fn p(&self) -> &TestPlatform {
+        self.engine.platform()
+    }
+
+    fn used(&self) -> usize {
+        self.engine.pool().map_or(0, |p| p.stats().used)
+    }
+
+    fn map(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+    ) -> Result<BusAddr, DmaError> {
+        // SAFETY: the test's originals are reached only through raw pointers.
+        unsafe {
+            self.engine
+                .map_page(dev, phys, size, dir, DmaAttrs::empty())
+        }
+    }
+}
+
+/// The test memory, freed on drop.
+struct OwnedMem {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Drop for OwnedMem {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `Box::into_raw` of `len` bytes, and its users (the engine)
+        // are gone.
+        drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(self.base, self.len)) });
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+const DEV32: Device = Device::new(DmaMask::BITS_32);
+const DEV64: Device = Device::new(DmaMask::FULL);
+const BIDI: DmaDirection = DmaDirection::Bidirectional;
+
+#[test]
+fn contiguous_range_in_mask_is_direct() {
+    let fx = Fixture::new();
+    let phys = orig(0, 0x123);
+    fx.host.write(phys, &pattern(1, 8000));
+    let bus = fx.map(&DEV32, phys, 8000, BIDI).unwrap();
+    assert_eq!(bus.as_u64(), (0x8000 + perm(0, 64)) * 4096 + 0x123);
+    assert_eq!(fx.p().dev_read(bus, 8000), pattern(1, 8000));
+    assert_eq!(fx.used(), 0);
+    fx.p().dev_write(bus, &pattern(2, 8000));
+    fx.engine
+        .unmap_page(&DEV32, bus, 8000, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(fx.host.read(phys, 8000), pattern(2, 8000));
+    let st = fx.engine.stats();
+    assert_eq!(
+        (st.direct_maps, st.bounced_maps, st.direct_unmaps),
+        (1, 0, 1)
+    );
+}
+
+#[test]
+fn direct_maps_are_not_capped_at_a_segment() {
+    let fx = Fixture::new();
+    // Frames 0..=3 are one contiguous block: 16 KiB fits, and a larger range straddles.
+    assert!(fx.map(&DEV64, orig(0, 0), 16384, BIDI).is_ok());
+    // Identity platform for the size test: a device behind an IOMMU maps 1 MiB directly.
+    let dev = DEV64.with_iommu(true);
+    let bus = fx.map(&dev, orig(0, 0), 1 << 20, BIDI).unwrap();
+    assert_eq!(bus.as_u64(), orig(0, 0).as_u64());
+    assert!(fx.engine.max_mapping_size(&dev) < 1 << 20);
+}
+
+/// Maps `len` bytes at `phys` and checks that the mapping is bounced for `reason`, that the
+/// device sees the original, that its writes come back at unmap and that the slots go back.
+fn check_bounce(fx: &Fixture, dev: &Device, phys: PhysAddr, len: usize, reason: BounceReason) {
+    fx.host.write(phys, &pattern(7, len));
+    let before = fx.engine.stats().bounced_by_reason[reason.index()];
+    let bus = fx.map(dev, phys, len, BIDI).unwrap();
+    assert!(dev.dma_mask.covers(bus, len as u64));
+    assert_eq!(
+        fx.engine.stats().bounced_by_reason[reason.index()],
+        before + 1
+    );
+    let tlb = fx.p().bus_to_phys(bus).unwrap();
+    assert!(
+        fx.engine.pool().unwrap().contains(tlb),
+        "{bus} is not a bounce buffer"
+    );
+    assert_eq!(fx.p().dev_read(bus, len), pattern(7, len));
+    fx.p().dev_write(bus, &pattern(8, len));
+    assert_eq!(
+        fx.host.read(phys, len),
+        pattern(7, len),
+        "copied back before the unmap"
+    );
+    fx.engine
+        .unmap_page(dev, bus, len, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(fx.host.read(phys, len), pattern(8, len));
+    assert_eq!(fx.used(), 0);
+    fx.engine.pool().unwrap().check_invariants().unwrap();
+}
+
+#[test]
+fn straddling_range_is_bounced() {
+    let fx = Fixture::new();
+    check_bounce(
+        &fx,
+        &DEV32,
+        orig(3, 2048),
+        4096,
+        BounceReason::NotContiguous,
+    );
+}
+
+#[test]
+fn range_outside_mask_is_bounced_and_high_device_maps_it_directly() {
+    let fx = Fixture::new();
+    check_bounce(&fx, &DEV32, orig(256, 100), 3000, BounceReason::OutsideMask);
+    let bus = fx.map(&DEV64, orig(256, 100), 3000, BIDI).unwrap();
+    assert!(bus.as_u64() >= 1 << 32);
+    assert_eq!(fx.used(), 0);
+}
+
+#[test]
+fn untranslatable_frame_is_bounced() {
+    let fx = Fixture::new();
+    check_bounce(
+        &fx,
+        &DEV64,
+        orig(UNTRANSLATABLE_J, 0),
+        512,
+        BounceReason::Untranslatable,
+    );
+}
+
+#[test]
+fn forced_and_platform_bounces() {
+    let fx = Fixture::new();
+    check_bounce(
+        &fx,
+        &DEV64.with_force_bounce(true),
+        orig(0, 0),
+        4096,
+        BounceReason::Forced,
+    );
+    fx.p().needs_bounce.store(true, Ordering::Relaxed);
+    check_bounce(&fx, &DEV64, orig(0, 0), 4096, BounceReason::Platform);
+}
+
+#[test]
+fn iommu_device_gets_the_physical_address_and_is_never_bounced() {
+    let fx = Fixture::new();
+    let dev = DEV32.with_iommu(true).with_force_bounce(true);
+    let phys = orig(3, 2048); // straddles in bus space, irrelevant behind an IOMMU
+    assert_eq!(
+        fx.map(&dev, phys, 4096, BIDI).unwrap().as_u64(),
+        phys.as_u64()
+    );
+    assert_eq!(fx.used(), 0);
+    let narrow = Device::new(DmaMask::from_bits(20).unwrap()).with_iommu(true);
+    assert!(matches!(
+        fx.map(&narrow, phys, 4096, BIDI),
+        Err(DmaError::Unreachable { .. })
+    ));
+}
+
+#[test]
+fn mmio_is_translated_never_bounced() {
+    let fx = Fixture::new();
+    // SAFETY: nothing is read or written for MMIO.
+    let map = |dev: &Device, phys, len| unsafe {
+        fx.engine.map_page(dev, phys, len, BIDI, DmaAttrs::MMIO)
+    };
+    let bus = map(&DEV32, orig(0, 0), 4096).unwrap();
+    assert_eq!(bus.as_u64(), (0x8000 + perm(0, 64)) * 4096);
+    assert!(matches!(
+        map(&DEV32, orig(256, 0), 4096),
+        Err(DmaError::Unreachable { bus: Some(_), .. })
+    ));
+    assert!(matches!(
+        map(&DEV64, orig(UNTRANSLATABLE_J, 0), 16),
+        Err(DmaError::Unreachable { bus: None, .. })
+    ));
+    assert_eq!(fx.used(), 0);
+    assert!(fx.p().take_events().is_empty());
+}
+
+#[test]
+fn bounce_above_the_mask_is_given_back() {
+    let fx = Fixture::new();
+    // The pool sits at bus 0x500_0000..0x508_0000: a 26-bit device cannot reach it.
+    let dev = Device::new(DmaMask::from_bits(26).unwrap());
+    let err = fx.map(&dev, orig(256, 0), 100, BIDI).unwrap_err();
+    assert!(
+        matches!(err, DmaError::BounceUnreachable { bus, size: 100, .. } if bus.as_u64() >= 0x500_0000),
+        "{err:?}"
+    );
+    assert_eq!(fx.used(), 0);
+    assert_eq!(fx.engine.stats().map_failures, 1);
+    assert!(!fx.engine.dma_supported(&dev, dev.dma_mask));
+    assert!(
+        fx.engine
+            .dma_supported(&dev, DmaMask::from_bits(27).unwrap())
+    );
+    assert_eq!(fx.engine.pool_bus_top(), Some(BusAddr::new(0x507_ffff)));
+}
+
+#[test]
+fn no_pool_and_full_pool_fail_with_the_reason() {
+    let fx = Fixture::with(Setup {
+        pool: false,
+        ..Setup::default()
+    })
+    .unwrap();
+    assert_eq!(
+        fx.map(&DEV32, orig(3, 2048), 4096, BIDI),
+        Err(DmaError::NoPool {
+            phys: orig(3, 2048),
+            size: 4096,
+            reason: BounceReason::NotContiguous
+        })
+    );
+    assert!(
+        fx.engine
+            .dma_supported(&DEV32, DmaMask::from_bits(12).unwrap())
+    );
+    assert_eq!(fx.engine.max_mapping_size(&DEV32), usize::MAX);
+
+    let fx = Fixture::new();
+    let err = fx.map(&DEV32, orig(256, 0), 300 << 10, BIDI).unwrap_err();
+    assert!(matches!(
+        err,
+        DmaError::Bounce {
+            source: Error::TooLarge { .. },
+            reason: BounceReason::NotContiguous,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let fx = Fixture::new();
+    assert_eq!(fx.map(&DEV32, orig(0, 0), 0, BIDI), Err(DmaError::ZeroSize));
+    let top = PhysAddr::new(u64::MAX - 10);
+    assert_eq!(
+        fx.map(&DEV32, top, 100, BIDI),
+        Err(DmaError::AddressOverflow {
+            phys: top,
+            size: 100
+        })
+    );
+    let bus = BusAddr::new(u64::MAX);
+    assert_eq!(
+        fx.engine
+            .unmap_page(&DEV32, bus, 2, BIDI, DmaAttrs::empty()),
+        Err(DmaError::BusOverflow { bus, size: 2 })
+    );
+    assert_eq!(
+        fx.engine
+            .sync_single_for_cpu(&DEV32, BusAddr::new(0x1000), 0, BIDI),
+        Err(DmaError::ZeroSize)
+    );
+}
+
+#[test]
+fn double_unmap_and_inner_unmap_are_caught() {
+    let fx = Fixture::new();
+    let bus = fx.map(&DEV32, orig(256, 0), 5000, BIDI).unwrap();
+    let inner = BusAddr::new(bus.as_u64() + 2048);
+    assert!(matches!(
+        fx.engine
+            .unmap_page(&DEV32, inner, 100, BIDI, DmaAttrs::empty()),
+        Err(DmaError::Pool {
+            source: Error::NotMapped { .. },
+            ..
+        })
+    ));
+    fx.engine
+        .unmap_page(&DEV32, bus, 5000, BIDI, DmaAttrs::empty())
+        .unwrap();
+    let again = fx
+        .engine
+        .unmap_page(&DEV32, bus, 5000, BIDI, DmaAttrs::empty());
+    assert!(matches!(
+        again,
+        Err(DmaError::Pool {
+            source: Error::NotMapped { .. },
+            ..
+        })
+    ));
+    assert_eq!(fx.engine.stats().unmap_sync_failures, 2);
+    assert_eq!(fx.used(), 0);
+}
+
+#[test]
+fn partial_syncs_of_a_bounce_copy_the_right_bytes() {
+    let fx = Fixture::new();
+    let phys = orig(256, 0);
+    fx.host.write(phys, &pattern(1, 6000));
+    let bus = fx.map(&DEV32, phys, 6000, BIDI).unwrap();
+    // The device writes the middle; a partial sync for the CPU brings exactly that back.
+    let mid = BusAddr::new(bus.as_u64() + 1000);
+    fx.p().dev_write(mid, &pattern(9, 500));
+    fx.engine
+        .sync_single_for_cpu(&DEV32, mid, 500, BIDI)
+        .unwrap();
+    let mut want = pattern(1, 6000);
+    want[1000..1500].copy_from_slice(&pattern(9, 500));
+    assert_eq!(fx.host.read(phys, 6000), want);
+    // The CPU writes the tail; a sync for the device sends it.
+    let tail = PhysAddr::new(phys.as_u64() + 5000);
+    fx.host.write(tail, &pattern(4, 1000));
+    fx.engine
+        .sync_single_for_device(&DEV32, BusAddr::new(bus.as_u64() + 5000), 1000, BIDI)
+        .unwrap();
+    assert_eq!(
+        fx.p().dev_read(BusAddr::new(bus.as_u64() + 5000), 1000),
+        pattern(4, 1000)
+    );
+    // ToDevice syncs for the CPU copy nothing back.
+    fx.p().dev_write(bus, &[0xee; 10]);
+    fx.engine
+        .sync_single_for_cpu(&DEV32, bus, 10, DmaDirection::ToDevice)
+        .unwrap();
+    assert_eq!(fx.host.read(phys, 10), want[..10]);
+    fx.engine
+        .unmap_page(&DEV32, bus, 6000, DmaDirection::ToDevice, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(fx.host.read(phys, 10), want[..10]);
+    assert_eq!(fx.used(), 0);
+}
+
+#[test]
+fn non_coherent_bounce_follows_linux_order() {
+    let fx = Fixture::new();
+    let dev = DEV32.with_coherent(false);
+    let phys = orig(256, 64);
+    fx.host.write(phys, &pattern(3, 3000));
+    *fx.p().watch.lock().unwrap() = Some((phys, 3000));
+    let bus = fx.map(&dev, phys, 3000, BIDI).unwrap();
+    let ev = fx.p().take_events();
+    assert_eq!(ev.len(), 1);
+    // Map: the copy-in happened before the clean (the device view already holds the data),
+    // and the hook got the bounce buffer's addresses.
+    assert_eq!(ev[0].op, Op::ForDevice);
+    assert_eq!((ev[0].bus, ev[0].len), (bus, 3000));
+    assert!(fx.engine.pool().unwrap().contains(ev[0].phys));
+    assert_eq!(ev[0].device, pattern(3, 3000));
+
+    fx.p().dev_write(bus, &pattern(5, 3000));
+    fx.engine
+        .sync_single_for_cpu(&dev, bus, 3000, BIDI)
+        .unwrap();
+    let ev = fx.p().take_events();
+    // Sync for the CPU: invalidate before the copy back (the original still holds the old
+    // bytes when the hook runs).
+    assert_eq!(ev[0].op, Op::ForCpu);
+    assert_eq!(ev[0].watched, pattern(3, 3000));
+    assert_eq!(fx.host.read(phys, 3000), pattern(5, 3000));
+
+    fx.host.write(phys, &pattern(6, 3000));
+    fx.engine
+        .sync_single_for_device(&dev, bus, 3000, BIDI)
+        .unwrap();
+    let ev = fx.p().take_events();
+    // Sync for the device: copy, then clean.
+    assert_eq!(ev[0].op, Op::ForDevice);
+    assert_eq!(ev[0].device, pattern(6, 3000));
+
+    fx.p().dev_write(bus, &pattern(7, 3000));
+    fx.engine
+        .unmap_page(&dev, bus, 3000, BIDI, DmaAttrs::empty())
+        .unwrap();
+    let ev = fx.p().take_events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].op, Op::ForCpu);
+    assert_eq!(ev[0].watched, pattern(6, 3000));
+    assert_eq!(fx.host.read(phys, 3000), pattern(7, 3000));
+}
+
+#[test]
+fn skip_cpu_sync_skips_cache_and_copy_back_but_not_copy_in() {
+    let fx = Fixture::new();
+    let dev = DEV32.with_coherent(false);
+    let phys = orig(256, 0);
+    fx.host.write(phys, &pattern(1, 100));
+    let skip = DmaAttrs::SKIP_CPU_SYNC;
+    // SAFETY: the original is reached only through raw pointers.
+    let bus = unsafe { fx.engine.map_page(&dev, phys, 100, BIDI, skip) }.unwrap();
+    assert_eq!(fx.p().dev_read(bus, 100), pattern(1, 100));
+    fx.p().dev_write(bus, &pattern(2, 100));
+    fx.engine.unmap_page(&dev, bus, 100, BIDI, skip).unwrap();
+    assert_eq!(fx.host.read(phys, 100), pattern(1, 100));
+    assert!(fx.p().take_events().is_empty());
+}
+
+#[test]
+fn coherent_devices_get_no_cache_maintenance() {
+    let fx = Fixture::new();
+    let bus = fx.map(&DEV32, orig(256, 0), 100, BIDI).unwrap();
+    fx.engine
+        .sync_single_for_device(&DEV32, bus, 100, BIDI)
+        .unwrap();
+    fx.engine
+        .unmap_page(&DEV32, bus, 100, BIDI, DmaAttrs::empty())
+        .unwrap();
+    let bus = fx.map(&DEV32, orig(0, 0), 100, BIDI).unwrap();
+    fx.engine
+        .unmap_page(&DEV32, bus, 100, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert!(fx.p().take_events().is_empty());
+}
+
+#[test]
+fn direct_non_coherent_unmap_finds_local_runs_and_foreign_frames() {
+    for foreign_identity in [false, true] {
+        let fx = Fixture::with(Setup {
+            foreign_identity,
+            ..Setup::default()
+        })
+        .unwrap();
+        let dev = DEV64.with_coherent(false);
+        // Local: frames 0..=3 are one block; the hook gets one call with the physical address.
+        let bus = fx.map(&dev, orig(0, 16), 10000, BIDI).unwrap();
+        fx.engine
+            .unmap_page(&dev, bus, 10000, BIDI, DmaAttrs::empty())
+            .unwrap();
+        let ev = fx.p().take_events();
+        assert_eq!(ev.len(), 2);
+        assert_eq!(
+            (ev[0].op, ev[0].phys, ev[0].len),
+            (Op::ForDevice, orig(0, 16), 10000)
+        );
+        assert_eq!(
+            (ev[1].op, ev[1].phys, ev[1].bus, ev[1].len),
+            (Op::ForCpu, orig(0, 16), bus, 10000)
+        );
+
+        // Foreign: map knows the physical address; unmap and sync only know the bus
+        // address, so the hook gets the frame FOREIGN_PHYS_FRAME with the bus offset.
+        let phys = orig(FOREIGN_J, 0x80);
+        let bus = fx.map(&dev, phys, 256, BIDI).unwrap();
+        assert_eq!(bus.as_u64(), FOREIGN_BFN * 4096 + 0x80);
+        fx.engine.sync_single_for_cpu(&dev, bus, 256, BIDI).unwrap();
+        fx.engine
+            .unmap_page(&dev, bus, 256, BIDI, DmaAttrs::empty())
+            .unwrap();
+        let ev = fx.p().take_events();
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[0].phys, phys);
+        for e in &ev[1..] {
+            assert_eq!(e.op, Op::ForCpu);
+            assert_eq!(e.phys.frame(), FOREIGN_PHYS_FRAME);
+            assert_eq!(e.phys.frame_offset(), 0x80);
+            assert_eq!((e.bus, e.len), (bus, 256));
+        }
+        assert_eq!(fx.used(), 0);
+    }
+}
+
+#[test]
+fn without_pfn_valid_an_identity_foreign_frame_reads_as_local() {
+    // What `pfn_valid` is for: arm64 answers foreign bus frames with the identity.
+    let fx = Fixture::with(Setup {
+        foreign_identity: true,
+        check_ram: false,
+        ..Setup::default()
+    })
+    .unwrap();
+    let dev = DEV64.with_coherent(false);
+    let bus = fx.map(&dev, orig(FOREIGN_J, 0), 64, BIDI).unwrap();
+    fx.p().take_events();
+    fx.engine
+        .unmap_page(&dev, bus, 64, BIDI, DmaAttrs::empty())
+        .unwrap();
+    let ev = fx.p().take_events();
+    assert_eq!(ev[0].phys.as_u64(), bus.as_u64());
+}
+
+#[test]
+fn cache_errors_are_reported_and_never_leak_slots() {
+    let fx = Fixture::new();
+    let dev = DEV32.with_coherent(false);
+    fx.p().fail_cache.store(true, Ordering::Relaxed);
+    let err = fx.map(&dev, orig(256, 0), 100, BIDI).unwrap_err();
+    assert!(matches!(err, DmaError::CacheMaintenance { .. }));
+    assert_eq!(fx.used(), 0);
+    fx.p().fail_cache.store(false, Ordering::Relaxed);
+    let phys = orig(256, 0);
+    fx.host.write(phys, &pattern(1, 100));
+    let bus = fx.map(&dev, phys, 100, BIDI).unwrap();
+    fx.p().dev_write(bus, &pattern(2, 100));
+    fx.p().fail_cache.store(true, Ordering::Relaxed);
+    let err = fx
+        .engine
+        .unmap_page(&dev, bus, 100, BIDI, DmaAttrs::empty());
+    assert!(matches!(err, Err(DmaError::CacheMaintenance { .. })));
+    // The mapping is gone and its data came back regardless.
+    assert_eq!(fx.used(), 0);
+    assert_eq!(fx.host.read(phys, 100), pattern(2, 100));
+    assert_eq!(fx.engine.stats().cache_failures, 2);
+}
+
+#[test]
+fn map_sg_maps_mixed_entries_and_unwinds_on_failure() {
+    let fx = Fixture::new();
+    let mut sg = [
+        SgEntry::new(orig(0, 0), 4096),    // direct
+        SgEntry::new(orig(3, 2048), 4096), // straddles: bounced
+        SgEntry::new(orig(256, 10), 2000), // high: bounced
+    ];
+    for (i, e) in sg.iter().enumerate() {
+        fx.host.write(e.phys, &pattern(i as u8, e.length));
+    }
+    // SAFETY: the originals are reached only through raw pointers.
+    let mapped = unsafe { fx.engine.map_sg(&DEV32, &mut sg, BIDI, DmaAttrs::empty()) };
+    assert_eq!(mapped, Ok(3));
+    for (i, e) in sg.iter().enumerate() {
+        assert_eq!(e.dma_length, e.length);
+        assert_eq!(
+            fx.p().dev_read(e.dma_address, e.length),
+            pattern(i as u8, e.length)
+        );
+        fx.p()
+            .dev_write(e.dma_address, &pattern(i as u8 + 100, e.length));
+    }
+    assert_eq!(fx.used(), 2 + 1);
+    fx.engine.sync_sg_for_cpu(&DEV32, &sg, BIDI).unwrap();
+    for (i, e) in sg.iter().enumerate() {
+        assert_eq!(
+            fx.host.read(e.phys, e.length),
+            pattern(i as u8 + 100, e.length)
+        );
+    }
+    fx.engine.sync_sg_for_device(&DEV32, &sg, BIDI).unwrap();
+    fx.engine
+        .unmap_sg(&DEV32, &sg, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(fx.used(), 0);
+    // A second unmap of the list fails for the two bounced entries, not the direct one.
+    let err = fx
+        .engine
+        .unmap_sg(&DEV32, &sg, BIDI, DmaAttrs::empty())
+        .unwrap_err();
+    assert_eq!((err.index, err.failures), (1, 2));
+
+    // The third entry is too large to bounce: the first two are unwound.
+    let mut sg = [
+        SgEntry::new(orig(256, 0), 4096),
+        SgEntry::new(orig(0, 0), 4096),
+        SgEntry::new(orig(300, 0), 300 << 10),
+        SgEntry::new(orig(0, 0), 4096),
+    ];
+    // SAFETY: as above.
+    let err = unsafe { fx.engine.map_sg(&DEV32, &mut sg, BIDI, DmaAttrs::empty()) }.unwrap_err();
+    assert_eq!((err.index, err.unwound, err.failures), (2, 2, 1));
+    assert!(matches!(
+        err.source,
+        DmaError::Bounce {
+            source: Error::TooLarge { .. },
+            ..
+        }
+    ));
+    assert!(sg[..3].iter().all(|e| e.dma_length == 0));
+    assert_eq!(fx.used(), 0);
+    let st = fx.engine.stats();
+    assert_eq!((st.sg_maps, st.sg_failures), (1, 1));
+    // SAFETY: an empty list maps nothing.
+    let mapped = unsafe { fx.engine.map_sg(&DEV32, &mut [], BIDI, DmaAttrs::empty()) };
+    assert_eq!(mapped, Ok(0));
+}
+
+#[test]
+fn coherent_allocations_are_exchanged_when_needed_and_given_back() {
+    let fx = Fixture::new();
+    // The coherent region is above 4 GiB and scrambled: a 32-bit device needs an exchange.
+    let a = fx.engine.alloc_coherent(&DEV32, 10000).unwrap();
+    assert_eq!(a.order(), 2);
+    assert!(a.is_exchanged());
+    assert!(DmaMask::BITS_32.covers(a.bus(), 16384));
+    assert!(a.bus().is_aligned(16384));
+    assert_eq!(fx.p().dev_read(a.bus(), 16384), vec![0; 16384]);
+    fx.p().dev_write(a.bus(), &pattern(1, 16384));
+    assert_eq!(fx.host.read(a.phys(), 16384), pattern(1, 16384));
+    // A 64-bit device takes one 4-frame block as it is (contiguous and aligned).
+    let b = fx.engine.alloc_coherent(&DEV64, 16384).unwrap();
+    assert!(!b.is_exchanged());
+    // Eight frames span two reversed blocks: not contiguous, exchanged even for 64 bits.
+    let c = fx.engine.alloc_coherent(&DEV64, 32768).unwrap();
+    assert!(c.is_exchanged());
+    assert_eq!(fx.p().creates.load(Ordering::Relaxed), 2);
+    assert_eq!(fx.engine.pages().live(), 3);
+    for x in [a, b, c] {
+        // SAFETY: nothing uses the allocations any more.
+        unsafe { fx.engine.free_coherent(&DEV32, x) }.unwrap();
+    }
+    assert_eq!(fx.p().destroys.load(Ordering::Relaxed), 2);
+    assert_eq!(fx.engine.pages().live(), 0);
+    let st = fx.engine.stats();
+    assert_eq!(
+        (st.coherent_allocs, st.coherent_exchanged, st.coherent_frees),
+        (3, 2, 3)
+    );
+}
+
+#[test]
+fn coherent_failures_give_everything_back() {
+    let fx = Fixture::new();
+    assert_eq!(fx.engine.alloc_coherent(&DEV32, 0), Err(DmaError::ZeroSize));
+    assert_eq!(
+        fx.engine.alloc_coherent(&DEV32, usize::MAX),
+        Err(DmaError::CoherentTooLarge { size: usize::MAX })
+    );
+    // More than the allocator has.
+    assert!(matches!(
+        fx.engine.alloc_coherent(&DEV32, 4 << 20),
+        Err(DmaError::CoherentNoMemory { order: 10, .. })
+    ));
+    fx.p().fail_create.store(true, Ordering::Relaxed);
+    let err = fx.engine.alloc_coherent(&DEV32, 4096).unwrap_err();
+    assert!(matches!(
+        err,
+        DmaError::CoherentContiguous {
+            order: 0,
+            address_bits: 32,
+            ..
+        }
+    ));
+    assert_eq!(fx.engine.pages().live(), 0);
+    fx.p().fail_create.store(false, Ordering::Relaxed);
+    // A limit the platform cannot meet (its exchange frames start at bus 0x600_0000).
+    let dev = DEV32.with_coherent_mask(DmaMask::from_bits(24).unwrap());
+    assert!(matches!(
+        fx.engine.alloc_coherent(&dev, 4096),
+        Err(DmaError::CoherentContiguous {
+            address_bits: 24,
+            ..
+        })
+    ));
+    assert_eq!(fx.engine.pages().live(), 0);
+
+    // A failing give-back hands the allocation back, still exchanged.
+    let a = fx.engine.alloc_coherent(&DEV32, 4096).unwrap();
+    fx.p().fail_destroy.store(true, Ordering::Relaxed);
+    // SAFETY: nothing uses the allocation.
+    let err = unsafe { fx.engine.free_coherent(&DEV32, a) }.unwrap_err();
+    assert!(matches!(
+        err.source,
+        DmaError::CoherentDestroy { order: 0, .. }
+    ));
+    assert!(err.alloc.is_exchanged());
+    assert_eq!(fx.engine.pages().live(), 1);
+    fx.p().fail_destroy.store(false, Ordering::Relaxed);
+    // SAFETY: as above.
+    unsafe { fx.engine.free_coherent(&DEV32, err.alloc) }.unwrap();
+    assert_eq!(fx.engine.pages().live(), 0);
+    assert_eq!(fx.engine.stats().coherent_failures, 6);
+}
+
+#[test]
+fn iommu_coherent_allocations_are_not_exchanged() {
+    let fx = Fixture::new();
+    let a = fx
+        .engine
+        .alloc_coherent(&DEV32.with_iommu(true), 8192)
+        .unwrap();
+    assert!(!a.is_exchanged());
+    assert_eq!(a.bus().as_u64(), a.phys().as_u64());
+    // SAFETY: nothing uses the allocation.
+    unsafe { fx.engine.free_coherent(&DEV32, a) }.unwrap();
+}
+
+#[test]
+fn a_pool_segment_that_is_not_contiguous_is_refused() {
+    let err = Fixture::with(Setup {
+        contiguous_pool: false,
+        ..Setup::default()
+    })
+    .err()
+    .unwrap();
+    assert_eq!(
+        err,
+        EngineInitError::SegmentNotContiguous {
+            segment: 0,
+            phys: PhysAddr::new(POOL_PFN * 4096)
+        }
+    );
+}
+
+#[test]
+fn cpu_hint_picks_the_area() {
+    fn cpu_one() -> usize {
+        1
+    }
+    let fx = Fixture::with(Setup {
+        cpu: Some(cpu_one),
+        ..Setup::default()
+    })
+    .unwrap();
+    let bus = fx.map(&DEV32, orig(256, 0), 100, BIDI).unwrap();
+    let tlb = fx.p().bus_to_phys(bus).unwrap();
+    // Area 1 is the second segment.
+    assert!(tlb.as_u64() >= (POOL_PFN + POOL_FRAMES / 2) * 4096);
+    fx.engine
+        .unmap_page(&DEV32, bus, 100, BIDI, DmaAttrs::empty())
+        .unwrap();
+}
