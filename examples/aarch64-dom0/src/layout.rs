@@ -1,0 +1,54 @@
+//! What dom0 and the domU agree on, and the guest memory layout Xen 4.17 gives them
+//! (`xen/include/public/arch-arm.h`).
+
+/// The domain id Xen gives the first dom0less domU.
+pub const DOMU_ID: u16 = 1;
+
+/// The first grant reference the domU uses: references 0..7 are reserved
+/// (`GNTTAB_NR_RESERVED_ENTRIES`).
+pub const FIRST_REF: u32 = 8;
+
+/// How many pages the domU grants.
+pub const NR_GRANTS: usize = 4;
+
+/// `GUEST_GNTTAB_BASE`: where a domU maps its grant-table frames.
+pub const GUEST_GNTTAB_BASE: u64 = 0x3800_0000;
+
+/// `GUEST_PL011_BASE`: the domU's emulated PL011 (`vpl011`).
+pub const GUEST_PL011_BASE: u64 = 0x2200_0000;
+
+/// `GUEST_RAM0_BASE`: the start of a domU's RAM, where Xen loads its kernel.
+pub const GUEST_RAM0_BASE: u64 = 0x4000_0000;
+
+/// dom0's first (1:1) RAM bank with QEMU `-m 2G` and `dom0_mem=512M`: Xen allocates it at the
+/// same machine address every boot.
+pub const DOM0_RAM_BASE: u64 = 0x6000_0000;
+
+/// The size of dom0's RAM (`dom0_mem=512M`).
+pub const DOM0_RAM_SIZE: u64 = 512 << 20;
+
+/// Where dom0 maps the domU's grants (`host_addr`): guest-physical addresses outside dom0's
+/// RAM and outside QEMU's `virt` devices and RAM, so a grant mapping never replaces a page
+/// dom0 uses (Linux takes ballooned-out or "unpopulated" pages for the same reason).
+pub const FOREIGN_WINDOW: u64 = 0x1_0000_0000;
+
+/// The size of the foreign window in dom0's identity map.
+pub const FOREIGN_WINDOW_SIZE: u64 = 1 << 30;
+
+/// The page (index) into which dom0's simulated device writes the reply pattern.
+pub const REPLY_PAGE: usize = 1;
+
+/// Where in that page the reply starts.
+pub const REPLY_AT: usize = 0x100;
+
+/// How many bytes the reply has.
+pub const REPLY_LEN: usize = 0x800;
+
+/// The page (index) in which the domU acknowledges that it saw the reply.
+pub const ACK_PAGE: usize = 2;
+
+/// Where in that page the acknowledgement goes (outside the bytes dom0 checks before).
+pub const ACK_AT: usize = 0xf00;
+
+/// The acknowledgement.
+pub const ACK: [u8; 8] = *b"DOMU-ACK";
