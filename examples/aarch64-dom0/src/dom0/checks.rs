@@ -17,7 +17,7 @@ use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::{AtomicU32, Ordering};
 use swiotlb_core::{
     Bfn, BouncePool, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError, DmaMask,
-    PageAllocator, Pfn, PhysAddr, Platform, PlatformError, Slot,
+    PageAllocator, Pfn, PhysAddr, Platform, PlatformError, SgEntry, Slot,
 };
 use swiotlb_xen_arm64::{
     Arm64Config, Arm64Platform, BoundedForeignTable, DomainMapping, ForeignEntry, ProbeOptions,
@@ -925,7 +925,85 @@ fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped) {
         ),
     );
 
-    // 7. Unmap the grants and clear the table; the window frames translate 1:1 again, and
+    // 7. A scatter-gather list of every granted page and one page of dom0's own,
+    //    Bidirectional: each foreign entry maps to its machine address with one Xen flush per
+    //    page (CLEAN), a partial sync for the CPU flushes only its range (INVAL), the unmap
+    //    invalidates every foreign page again; the local page goes through the kernel's hook.
+    let own = PhysAddr::new(buf as u64);
+    let mut sg = [SgEntry::default(); NR_GRANTS + 1];
+    for (e, g) in sg.iter_mut().zip(&grants.list) {
+        *e = SgEntry::new(PhysAddr::new(g.host), 4096);
+    }
+    sg[NR_GRANTS] = SgEntry::new(own, 4096);
+    let mut snapshot = [[0u8; 4096]; NR_GRANTS + 1];
+    for (e, snap) in sg.iter().zip(snapshot.iter_mut()) {
+        cpu_read(e.phys.as_u64(), snap);
+    }
+    let flushes = XEN.flush_counts().0;
+    // SAFETY: the window pages and BUF stay mapped and unreferenced until unmap_sg below (the
+    // domU is idle after its acknowledgement).
+    let res = unsafe {
+        engine.map_sg(
+            &noncoherent,
+            &mut sg,
+            DmaDirection::Bidirectional,
+            DmaAttrs::empty(),
+        )
+    };
+    let map_flushes = XEN.flush_counts().0 - flushes;
+    let addressed = sg[..NR_GRANTS]
+        .iter()
+        .zip(&grants.list)
+        .all(|(e, g)| e.dma_address.as_u64() == g.bus)
+        && sg[NR_GRANTS].dma_address.as_u64() == own.as_u64();
+    let mut seen = [0u8; 4096];
+    let device_sees = sg
+        .iter()
+        .zip(&snapshot)
+        .all(|(e, snap)| device.read(e.dma_address.as_u64(), &mut seen) && seen == *snap);
+    let g = grants.list[1];
+    let partial = engine.sync_single_for_cpu(
+        &noncoherent,
+        BusAddr::new(g.bus + 0x200),
+        0x100,
+        DmaDirection::Bidirectional,
+    );
+    let partial_flush = XEN.last_flush();
+    let unmapped = engine.unmap_sg(
+        &noncoherent,
+        &sg,
+        DmaDirection::Bidirectional,
+        DmaAttrs::empty(),
+    );
+    let total = XEN.flush_counts().0 - flushes;
+    let nr = NR_GRANTS as u64;
+    r.check(
+        "map-sg-foreign",
+        res == Ok(NR_GRANTS + 1)
+            && addressed
+            && device_sees
+            && map_flushes == nr
+            && partial.is_ok()
+            && partial_flush
+                == Some(Flush {
+                    bus: g.bus,
+                    offset: 0x200,
+                    length: 0x100,
+                    op: GNTTAB_CACHE_INVAL,
+                    rc: 0,
+                })
+            && unmapped.is_ok()
+            && total == 2 * nr + 1,
+        format_args!(
+            "map_sg of {NR_GRANTS} granted pages + 1 own page -> {res:?}, each at its machine \
+             (own: 1:1) address: {addressed}, device reads match: {device_sees}; Xen flushes: \
+             {map_flushes} at map, partial sync {partial_flush:?}, {total} in all \
+             ({} expected); unmap_sg {unmapped:?}",
+            2 * nr + 1
+        ),
+    );
+
+    // 8. Unmap the grants and clear the table; the window frames translate 1:1 again, and
     //    Xen refuses to flush a page dom0 no longer holds.
     let mut unmaps = mapped
         .handles
