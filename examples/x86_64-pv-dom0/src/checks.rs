@@ -72,6 +72,7 @@ macro_rules! ensure {
         }
     };
 }
+pub(crate) use ensure;
 
 /// What the kernel was given at boot.
 pub struct Env {
@@ -79,8 +80,6 @@ pub struct Env {
     pub p2m: &'static [AtomicU64],
     /// Xen's M2P.
     pub m2p: &'static [AtomicU64],
-    /// The platform over both.
-    pub pv: Pv,
 }
 
 /// The pseudo-physical address of a kernel virtual address.
@@ -115,6 +114,31 @@ impl Env {
     }
 }
 
+/// The pseudo-physical end of the kernel image (`_end` in `link.ld`), page-aligned.
+pub fn image_end() -> PhysAddr {
+    unsafe extern "C" {
+        /// The end of the image (`link.ld`), page-aligned.
+        static _end: u8;
+    }
+    // Only the address of the linker symbol is taken.
+    phys_of(&raw const _end)
+}
+
+/// A [`LinearMap`] over the kernel image, pseudo-physical 0 up to [`image_end`], which holds
+/// every buffer, the pool and the coherent pages (all statics of the image).
+pub fn image_map() -> LinearMap {
+    // SAFETY: Xen maps pfn p at VIRT_BASE + p * 4096 for the whole initial mapping, which
+    // covers the image; the statics in it that the library copies are reached only through
+    // raw pointers while the pool or platform uses them.
+    unsafe {
+        LinearMap::new(
+            core::ptr::with_exposed_provenance_mut(VIRT_BASE as usize),
+            PhysAddr::new(0),
+            image_end().as_u64() as usize,
+        )
+    }
+}
+
 /// `XENMEM_current_reservation`: the pages the domain owns.
 pub fn reservation() -> Result<u64, xen_abi::XenError> {
     let mut domid = DOMID_SELF;
@@ -126,10 +150,10 @@ pub fn reservation() -> Result<u64, xen_abi::XenError> {
 pub fn run(start_info: *const u8) -> Line {
     kprintln!("x86_64-pv-dom0: started, start_info at {start_info:p}");
     let mut report = Report::default();
-    let env = match setup(start_info) {
-        Ok((env, details)) => {
+    let (env, pv) = match setup(start_info) {
+        Ok((env, pv, details)) => {
             report.record("boot", Ok(details));
-            env
+            (env, pv)
         }
         Err(details) => {
             report.record("boot", Err(details));
@@ -138,18 +162,22 @@ pub fn run(start_info: *const u8) -> Line {
     };
     // REGION is used by these checks only, one at a time, never through a reference.
     let region = phys_of(&raw const REGION);
-    let created = contiguous_create(&env, region);
+    let created = contiguous_create(&env, &pv, region);
     let bus = created.as_ref().ok().map(|(_, _, bus)| *bus);
     let old = created.as_ref().ok().map(|(_, old, _)| *old);
     report.record("create-contiguous", created.map(|(l, _, _)| l));
-    report.record("destroy-contiguous", contiguous_destroy(&env, region, bus));
-    report.record("exchange-refused", exchange_refused(&env, region, old));
-    report.record("bad-input-platform", bad_input_platform(&env, region));
+    report.record(
+        "destroy-contiguous",
+        contiguous_destroy(&env, &pv, region, bus),
+    );
+    report.record("exchange-refused", exchange_refused(&env, &pv, region, old));
+    report.record("bad-input-platform", bad_input_platform(&env, &pv, region));
+    crate::dma::run(&env, pv, &mut report);
     report.verdict()
 }
 
 /// Finds the tables, builds the platform and checks every P2M entry against the M2P.
-fn setup(start_info: *const u8) -> Result<(Env, Line), Line> {
+fn setup(start_info: *const u8) -> Result<(Env, Pv, Line), Line> {
     // SAFETY: Xen passes the start_info page, mapped, in %rsi; the magic is its first bytes.
     let magic = unsafe { core::slice::from_raw_parts(start_info, START_INFO_MAGIC.len()) };
     ensure!(
@@ -165,26 +193,13 @@ fn setup(start_info: *const u8) -> Result<(Env, Line), Line> {
     let (m2p_start, m2p_entries) = pvboot::m2p_location(&Counted);
     // SAFETY: Xen maps the M2P read-only at the place it reported.
     let m2p = unsafe { pvboot::m2p_at(m2p_start, m2p_entries) };
-    unsafe extern "C" {
-        /// The end of the image (`link.ld`), page-aligned.
-        static _end: u8;
-    }
-    // Only the address of the linker symbol is taken.
-    let image_end = phys_of(&raw const _end);
-    // SAFETY: Xen maps pfn p at VIRT_BASE + p * 4096 for the whole initial mapping, which
-    // covers the image; the region holds the image's own statics, which the checks reach only
-    // through raw pointers while the pool or platform uses them.
-    let mem = unsafe {
-        LinearMap::new(
-            core::ptr::with_exposed_provenance_mut(VIRT_BASE as usize),
-            PhysAddr::new(0),
-            image_end.as_u64() as usize,
-        )
-    };
+    let image_end = image_end();
+    let mem = image_map();
     // SAFETY: the P2M is this domain's, the M2P Xen's, the linear base the initial mapping's;
     // `Counted` traps as this domain.
     let pv = unsafe { X86PvPlatform::new(p2m, m2p, VIRT_BASE, Counted, mem) };
-    let env = Env { p2m, m2p, pv };
+    let env = Env { p2m, m2p };
+    crate::pages::NR_PAGES.store(p2m.len() as u64, Ordering::Relaxed);
     let (mut min, mut max, mut above_4g, mut breaks) = (u64::MAX, 0, 0u64, 0u64);
     for pfn in 0..p2m.len() as u64 {
         ensure!(
@@ -207,7 +222,7 @@ fn setup(start_info: *const u8) -> Result<(Env, Line), Line> {
          ({m2p_entries} entries), image end {image_end}",
         p2m.len()
     );
-    Ok((env, line))
+    Ok((env, pv, line))
 }
 
 /// The machine frames of the `n` pages from `pfn0`.
@@ -242,14 +257,14 @@ fn zeroed(phys: PhysAddr, len: usize) -> bool {
 }
 
 /// `create_contiguous_region` of the 64 KiB region below 4 GiB with the real exchange.
-fn contiguous_create(env: &Env, region: PhysAddr) -> Result<(Line, [u64; 16], u64), Line> {
+fn contiguous_create(env: &Env, pv: &Pv, region: PhysAddr) -> Result<(Line, [u64; 16], u64), Line> {
     let pfn0 = region.frame().as_u64();
     let old: [u64; 16] = frames(env, pfn0);
     usable(region, 65536, 0x5a)?;
     let before_pages = reservation().map_err(|e| fmt_line!("{e}"))?;
     let c0 = COUNTERS.snapshot();
     // SAFETY: the region is a static only this check touches, through raw pointers.
-    let bus = unsafe { env.pv.create_contiguous(region, 4, 32) }
+    let bus = unsafe { pv.create_contiguous(region, 4, 32) }
         .map_err(|e| fmt_line!("create_contiguous({region}, 4, 32): {e}"))?;
     let calls = COUNTERS.snapshot().since(c0);
     let b0 = bus.frame().as_u64();
@@ -267,18 +282,18 @@ fn contiguous_create(env: &Env, region: PhysAddr) -> Result<(Line, [u64; 16], u6
             b0 + i
         );
         ensure!(
-            env.pv.mfn_to_local_pfn(Bfn::new(b0 + i)) == Some(Pfn::new(pfn)),
+            pv.mfn_to_local_pfn(Bfn::new(b0 + i)) == Some(Pfn::new(pfn)),
             "bfn_to_local_pfn({:#x}) does not give {pfn:#x}",
             b0 + i
         );
         let o = old[i as usize];
         ensure!(
-            env.m2p_raw(o) != pfn && env.pv.mfn_to_local_pfn(Bfn::new(o)).is_none(),
+            env.m2p_raw(o) != pfn && pv.mfn_to_local_pfn(Bfn::new(o)).is_none(),
             "old frame {o:#x} of page {i} still maps to it"
         );
     }
     ensure!(
-        env.pv.is_bus_contiguous(region, 65536),
+        pv.is_bus_contiguous(region, 65536),
         "is_bus_contiguous says no"
     );
     ensure!(zeroed(region, 65536), "the region was not zeroed");
@@ -304,7 +319,7 @@ fn contiguous_create(env: &Env, region: PhysAddr) -> Result<(Line, [u64; 16], u6
 }
 
 /// `destroy_contiguous_region` of the region made contiguous before.
-fn contiguous_destroy(env: &Env, region: PhysAddr, bus: Option<u64>) -> Outcome {
+fn contiguous_destroy(env: &Env, pv: &Pv, region: PhysAddr, bus: Option<u64>) -> Outcome {
     let Some(bus) = bus else {
         return Err(fmt_line!("nothing to destroy: create failed"));
     };
@@ -313,7 +328,7 @@ fn contiguous_destroy(env: &Env, region: PhysAddr, bus: Option<u64>) -> Outcome 
     let before_pages = reservation().map_err(|e| fmt_line!("{e}"))?;
     let c0 = COUNTERS.snapshot();
     // SAFETY: as in `contiguous_create`.
-    unsafe { env.pv.destroy_contiguous(region, 4) }
+    unsafe { pv.destroy_contiguous(region, 4) }
         .map_err(|e| fmt_line!("destroy_contiguous({region}, 4): {e}"))?;
     let calls = COUNTERS.snapshot().since(c0);
     let new: [u64; 16] = frames(env, pfn0);
@@ -353,12 +368,12 @@ fn contiguous_destroy(env: &Env, region: PhysAddr, bus: Option<u64>) -> Outcome 
 }
 
 /// An exchange Xen refuses: below 2^12 (only frame 0), and a frame the domain gave back.
-fn exchange_refused(env: &Env, region: PhysAddr, old: Option<[u64; 16]>) -> Outcome {
+fn exchange_refused(env: &Env, pv: &Pv, region: PhysAddr, old: Option<[u64; 16]>) -> Outcome {
     let pfn0 = region.frame().as_u64();
     let before: [u64; 16] = frames(env, pfn0);
     let c0 = COUNTERS.snapshot();
     // SAFETY: as in `contiguous_create`.
-    let r = unsafe { env.pv.create_contiguous(region, 0, 12) };
+    let r = unsafe { pv.create_contiguous(region, 0, 12) };
     let calls = COUNTERS.snapshot().since(c0);
     let Err(X86PvError::ExchangeFailed {
         errno,
@@ -418,7 +433,7 @@ fn exchange_refused(env: &Env, region: PhysAddr, old: Option<[u64; 16]>) -> Outc
 }
 
 /// Bad arguments to the platform: documented errors, no hypercall, nothing changed.
-fn bad_input_platform(env: &Env, region: PhysAddr) -> Outcome {
+fn bad_input_platform(env: &Env, pv: &Pv, region: PhysAddr) -> Outcome {
     let pfn0 = region.frame().as_u64();
     let before: [u64; 16] = frames(env, pfn0);
     let c0 = COUNTERS.snapshot();
@@ -428,11 +443,11 @@ fn bad_input_platform(env: &Env, region: PhysAddr) -> Outcome {
     // SAFETY: every call below is refused before any change (checked after).
     let results = unsafe {
         [
-            env.pv.create_contiguous(misaligned, 4, 32),
-            env.pv.create_contiguous(region, 21, 64),
-            env.pv.create_contiguous(region, 4, 15),
-            env.pv.create_contiguous(region, 4, 65),
-            env.pv.create_contiguous(beyond, 0, 32),
+            pv.create_contiguous(misaligned, 4, 32),
+            pv.create_contiguous(region, 21, 64),
+            pv.create_contiguous(region, 4, 15),
+            pv.create_contiguous(region, 4, 65),
+            pv.create_contiguous(beyond, 0, 32),
         ]
     };
     let expected = [
@@ -467,7 +482,7 @@ fn bad_input_platform(env: &Env, region: PhysAddr) -> Outcome {
     if let Some(i) = (0..8).find(|&i| before[2 * i + 1] != before[2 * i] + 1) {
         let at = PhysAddr::new(region.as_u64() + (2 * i as u64) * 4096);
         // SAFETY: refused before any change.
-        let got = unsafe { env.pv.destroy_contiguous(at, 1) };
+        let got = unsafe { pv.destroy_contiguous(at, 1) };
         ensure!(
             matches!(got, Err(X86PvError::NotContiguous { .. })),
             "destroy of a scattered pair: {got:?}"

@@ -28,7 +28,11 @@ mod checks;
 #[cfg(target_arch = "x86_64")]
 mod console;
 #[cfg(target_arch = "x86_64")]
+mod dma;
+#[cfg(target_arch = "x86_64")]
 mod hyp;
+#[cfg(target_arch = "x86_64")]
+mod pages;
 
 /// The virtual address of pseudo-physical frame 0: the `.note.Xen` VIRT_BASE, and the
 /// `VIRT_BASE` of `link.ld`.

@@ -1,0 +1,572 @@
+//! The DMA checks: the bounce pool made machine-contiguous with real exchanges, streaming
+//! maps that straddle machine discontinuities or lie above a device's mask, scatter-gather,
+//! coherent allocations, and the engine's error paths.
+
+use swiotlb_core::engine::{BounceReason, DmaEngine, DmaError, SgEntry};
+use swiotlb_core::{
+    Bfn, BouncePool, BusAddr, Device, DmaAttrs, DmaDirection, DmaMask, Error, LinearMap, Pfn,
+    PhysAddr, Platform, PlatformError, Slot,
+};
+
+use crate::checks::{
+    Block64K, Env, Outcome, Pv, Report, ensure, image_map, phys_of, reservation, virt_of,
+};
+use crate::console::Line;
+use crate::fmt_line;
+use crate::hyp::COUNTERS;
+use crate::pages::{ALLOCATOR, Pages};
+
+/// The bounce pool's size: 4 MiB, 2048 slots of 2 KiB.
+pub const POOL_BYTES: usize = 4 << 20;
+/// The pool's slots.
+const NSLABS: usize = POOL_BYTES / 2048;
+
+/// The pool's memory, aligned to 2 MiB so that it splits into order-9 chunks.
+#[repr(C, align(2097152))]
+struct PoolArea([u8; POOL_BYTES]);
+
+/// The bounce pool, reached only through the pool's `LinearMap`.
+static mut POOL: PoolArea = PoolArea([0; POOL_BYTES]);
+/// The pool's slot storage.
+static SLOTS: [Slot; NSLABS] = [const { Slot::new() }; NSLABS];
+/// The buffers the checks map: 16 pages.
+static mut BUF: Block64K<65536> = Block64K([0; 65536]);
+
+/// The engine the checks use.
+pub type Engine = DmaEngine<Pv, LinearMap, &'static [Slot], &'static Pages>;
+
+/// 4 GiB.
+const GIB4: u64 = 1 << 32;
+
+/// Byte `i` of the pattern `seed`.
+fn pattern(seed: u8, i: usize) -> u8 {
+    seed.wrapping_add((i as u8).wrapping_mul(7)) ^ (i >> 8) as u8
+}
+
+/// Writes pattern `seed` over the `len` bytes at `phys`, through the CPU.
+fn fill(phys: PhysAddr, len: usize, seed: u8) {
+    let p = virt_of(phys);
+    for i in 0..len {
+        // SAFETY: the checks pass only ranges of the kernel's mapped statics that no
+        // reference covers and no one else uses at the time.
+        unsafe { p.add(i).write_volatile(pattern(seed, i)) };
+    }
+}
+
+/// The first byte of `phys..phys + len` that does not hold pattern `seed`.
+fn mismatch(phys: PhysAddr, len: usize, seed: u8) -> Option<usize> {
+    let p = virt_of(phys);
+    // SAFETY: as in `fill`.
+    (0..len).find(|&i| unsafe { p.add(i).read_volatile() } != pattern(seed, i))
+}
+
+/// Checks that the bytes at `phys` hold pattern `seed`.
+fn holds(what: &str, phys: PhysAddr, len: usize, seed: u8) -> Result<(), Line> {
+    match mismatch(phys, len, seed) {
+        None => Ok(()),
+        Some(i) => Err(fmt_line!("{what} at {phys}: byte {i} of {len} differs")),
+    }
+}
+
+/// The pseudo-physical address a bus address belongs to, through the M2P round trip.
+fn bus_to_phys(pv: &Pv, bus: BusAddr) -> Option<PhysAddr> {
+    let pfn = pv.bfn_to_local_pfn(bus.frame())?;
+    pfn.start().checked_add(bus.frame_offset())
+}
+
+/// Checks a bounced mapping: the bus range is under `mask`, machine-contiguous in the pool,
+/// and every frame of it maps back (M2P) to the pool page the slot is on. Returns the
+/// bounce buffer's pseudo-physical address.
+fn check_bounce(eng: &Engine, bus: BusAddr, len: usize, mask: DmaMask) -> Result<PhysAddr, Line> {
+    let pv = eng.platform();
+    ensure!(
+        mask.covers(bus, len as u64),
+        "{bus}+{len:#x} not under mask {:#x}",
+        mask.as_u64()
+    );
+    let tlb = bus_to_phys(pv, bus).ok_or_else(|| fmt_line!("{bus} is not a local frame"))?;
+    let pool = eng.pool().ok_or_else(|| fmt_line!("no pool"))?;
+    ensure!(
+        pool.contains(tlb),
+        "{bus} translates to {tlb}, outside the pool"
+    );
+    ensure!(
+        pv.is_bus_contiguous(tlb, len as u64),
+        "bounce {tlb}+{len:#x} not machine-contiguous"
+    );
+    let frames = (bus.frame_offset() + len as u64).div_ceil(4096);
+    for i in 0..frames {
+        let b = Bfn::new(bus.frame().as_u64() + i);
+        let want = Pfn::new(tlb.frame().as_u64() + i);
+        ensure!(
+            pv.bfn_to_local_pfn(b) == Some(want) && pv.pfn_to_bfn(want) == Some(b),
+            "bus frame {b} does not round-trip to {want}"
+        );
+    }
+    Ok(tlb)
+}
+
+/// Runs the DMA checks, consuming the platform (the engine owns it).
+pub fn run(env: &Env, pv: Pv, report: &mut Report) {
+    let eng = match pool_init(env, pv) {
+        Ok((eng, details)) => {
+            report.record("pool-init", Ok(details));
+            eng
+        }
+        Err(details) => {
+            report.record("pool-init", Err(details));
+            return;
+        }
+    };
+    report.record("map-straddle", map_straddle(env, &eng));
+    report.record("map-above-mask", map_above_mask(env, &eng));
+    report.record("map-sg", map_sg(&eng));
+    report.record("coherent", coherent(env, &eng));
+    report.record("bad-input-engine", bad_input_engine(&eng));
+}
+
+/// Makes the pool machine-contiguous below 4 GiB and builds the engine over it.
+fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, Line), Line> {
+    let pool_phys = phys_of(&raw const POOL);
+    let c0 = COUNTERS.snapshot();
+    // Until the facade's init lands: one order-9 exchange per 2 MiB chunk below 4 GiB.
+    let mut chunks = 0;
+    for c in 0..POOL_BYTES / (2 << 20) {
+        let chunk = PhysAddr::new(pool_phys.as_u64() + (c as u64) * (2 << 20));
+        // SAFETY: the pool's memory is not in use yet.
+        unsafe { pv.create_contiguous(chunk, 9, 32) }
+            .map_err(|e| fmt_line!("create_contiguous({chunk}, 9, 32): {e}"))?;
+        chunks += 1;
+    }
+    let calls = COUNTERS.snapshot().since(c0);
+    // The pool copies between its slots and the buffers through a map of the whole image.
+    let mem = image_map();
+    // SAFETY: the pool's memory belongs to the pool alone.
+    let pool = unsafe { BouncePool::new(mem, pool_phys, NSLABS, 1, &SLOTS[..]) }
+        .map_err(|e| fmt_line!("BouncePool::new: {e}"))?;
+    // SAFETY: the kernel's pseudo-physical addresses are the platform's; the pool's frames
+    // keep their translation while the engine lives; the pool's map covers the whole image,
+    // so every buffer the checks map and every coherent page.
+    let eng = unsafe { DmaEngine::new(pv, Some(pool), &ALLOCATOR) }
+        .map_err(|e| fmt_line!("DmaEngine::new: {e}"))?;
+    // Every 256 KiB segment machine-contiguous, below 4 GiB, and M2P-consistent.
+    let pfn0 = pool_phys.frame().as_u64();
+    let mut top = 0;
+    for seg in 0..POOL_BYTES / (256 << 10) {
+        let first = pfn0 + (seg as u64) * 64;
+        let b0 = env.p2m_raw(first);
+        for i in 0..64 {
+            ensure!(
+                env.p2m_raw(first + i) == b0 + i && env.m2p_raw(b0 + i) == first + i,
+                "segment {seg}: page {i} on frame {:#x}, expected {:#x}",
+                env.p2m_raw(first + i),
+                b0 + i
+            );
+        }
+        top = top.max((b0 + 64) << 12);
+    }
+    ensure!(top <= GIB4, "pool ends at bus {top:#x}, above 4 GiB");
+    let bus_top = eng.pool_bus_top().map_or(0, BusAddr::as_u64);
+    ensure!(
+        bus_top + 1 == top,
+        "pool_bus_top {bus_top:#x}, the P2M says {:#x}",
+        top - 1
+    );
+    let dev32 = Device::new(DmaMask::BITS_32);
+    ensure!(
+        eng.dma_supported(&dev32, DmaMask::BITS_32),
+        "dma_supported(32 bits) is false"
+    );
+    let mib = (POOL_BYTES >> 20) as u64;
+    Ok((
+        eng,
+        fmt_line!(
+            "{} MiB pool at {pool_phys} (was above 4 GiB): {chunks} chunks of order 9, every \
+             256 KiB segment machine-contiguous and M2P-consistent, bus top {bus_top:#x}; \
+             {} hypercalls ({} exchanges, {} multicalls) = {}.{} per MiB",
+            mib,
+            calls.total,
+            calls.exchanges,
+            calls.multicalls,
+            calls.total / mib,
+            (calls.total * 10 / mib) % 10
+        ),
+    ))
+}
+
+/// The buffer pages' pseudo-physical base.
+fn buf() -> PhysAddr {
+    phys_of(&raw const BUF)
+}
+
+/// Page `k` of the buffers.
+fn buf_page(k: u64) -> PhysAddr {
+    PhysAddr::new(buf().as_u64() + k * 4096)
+}
+
+/// Maps that cross page boundaries: direct over adjacent machine frames, bounced over a
+/// machine discontinuity made with a real exchange.
+fn map_straddle(env: &Env, eng: &Engine) -> Outcome {
+    let pv = eng.platform();
+    let dev = Device::new(DmaMask::FULL);
+    let dir = DmaDirection::Bidirectional;
+    let attrs = DmaAttrs::empty();
+    let k = 4;
+    let pk = buf_page(k).frame().as_u64();
+    // Pages k and k+1: move k+1 to another frame (below 4 GiB) so they are not adjacent.
+    // SAFETY: the page is one of the checks' buffers, not in use.
+    unsafe { pv.create_contiguous(buf_page(k + 1), 0, 32) }
+        .map_err(|e| fmt_line!("moving page {}: {e}", k + 1))?;
+    let (mk, mk1) = (env.p2m_raw(pk), env.p2m_raw(pk + 1));
+    ensure!(mk1 != mk + 1, "pages still adjacent: {mk:#x}, {mk1:#x}");
+    // Pages k-1 and k are adjacent in both spaces (the initial mapping is contiguous).
+    let mp = env.p2m_raw(pk - 1);
+    ensure!(mk == mp + 1, "pages {} and {k} not machine-adjacent", k - 1);
+
+    // Direct: across the contiguous boundary k-1 | k.
+    let direct = PhysAddr::new(buf_page(k).as_u64() - 1000);
+    fill(direct, 3000, 0x31);
+    let s0 = eng.stats();
+    // SAFETY: the buffer is a static of the checks, unreferenced while mapped.
+    let bus = unsafe { eng.map_page(&dev, direct, 3000, dir, attrs) }
+        .map_err(|e| fmt_line!("direct map: {e}"))?;
+    ensure!(
+        bus.as_u64() == (mp << 12) + 4096 - 1000,
+        "direct map gave {bus}, expected {:#x}",
+        (mp << 12) + 4096 - 1000
+    );
+    ensure!(
+        eng.stats().direct_maps == s0.direct_maps + 1,
+        "not counted as direct"
+    );
+    eng.unmap_page(&dev, bus, 3000, dir, attrs)
+        .map_err(|e| fmt_line!("direct unmap: {e}"))?;
+    holds("direct buffer", direct, 3000, 0x31)?;
+
+    // Bounced: across the discontinuity k | k+1.
+    let orig = PhysAddr::new(buf_page(k + 1).as_u64() - 1000);
+    let len = 3000;
+    fill(orig, len, 0x21);
+    let s0 = eng.stats();
+    // SAFETY: as above.
+    let bus = unsafe { eng.map_page(&dev, orig, len, dir, attrs) }
+        .map_err(|e| fmt_line!("straddling map: {e}"))?;
+    let s1 = eng.stats();
+    let reason = BounceReason::NotContiguous.index();
+    ensure!(
+        s1.bounced_by_reason[reason] == s0.bounced_by_reason[reason] + 1,
+        "not bounced as NotContiguous"
+    );
+    let tlb = check_bounce(eng, bus, len, DmaMask::FULL)?;
+    holds("bounce after map", tlb, len, 0x21)?;
+    // The device writes into the bounce buffer (what its DMA would leave in memory).
+    fill(tlb, len, 0x77);
+    eng.unmap_page(&dev, bus, len, dir, attrs)
+        .map_err(|e| fmt_line!("straddling unmap: {e}"))?;
+    holds("original after unmap", orig, len, 0x77)?;
+    ensure!(
+        eng.pool().is_some_and(|p| p.stats().used == 0),
+        "slots still used after unmap"
+    );
+    Ok(fmt_line!(
+        "pages {} | {k} on frames {mp:#x} | {mk:#x}: direct {bus_direct:#x}; pages {k} | {} on \
+         {mk:#x} | {mk1:#x} (moved by an exchange): bounced to {bus} (pool {tlb}), \
+         contiguous, M2P round trip, bytes copied in, device bytes copied back",
+        k - 1,
+        k + 1,
+        bus_direct = (mp << 12) + 4096 - 1000
+    ))
+}
+
+/// The mask the above-mask checks use: 32 bits when the buffers are above 4 GiB (dom0's
+/// memory is, with `-m 6G`), else the narrowest mask that still holds the pool.
+fn device_mask(env: &Env, eng: &Engine) -> Result<(DmaMask, &'static str), Line> {
+    let frame = env.p2m_raw(buf_page(8).frame().as_u64());
+    if frame << 12 >= GIB4 {
+        return Ok((DmaMask::BITS_32, "32-bit device, buffers above 4 GiB"));
+    }
+    let top = eng.pool_bus_top().map_or(0, BusAddr::as_u64);
+    let bits = 64 - top.leading_zeros();
+    let mask = DmaMask::from_bits(bits).ok_or_else(|| fmt_line!("no mask of {bits} bits"))?;
+    ensure!(
+        frame << 12 > mask.as_u64(),
+        "buffers at {:#x} are under every mask that holds the pool",
+        frame << 12
+    );
+    Ok((mask, "narrower device mask, dom0 below 4 GiB"))
+}
+
+/// Maps of buffers above the device's mask: bounced under it, bytes both ways, syncs.
+fn map_above_mask(env: &Env, eng: &Engine) -> Outcome {
+    let (mask, how) = device_mask(env, eng)?;
+    let dev = Device::new(mask).with_min_align_mask(0xfff);
+    let attrs = DmaAttrs::empty();
+    let orig = PhysAddr::new(buf_page(8).as_u64() + 0x234);
+    let len = 5000;
+    let orig_bus = (env.p2m_raw(orig.frame().as_u64()) << 12) + 0x234;
+    fill(orig, len, 0x42);
+    let s0 = eng.stats();
+    // SAFETY: as in `map_straddle`.
+    let bus = unsafe { eng.map_page(&dev, orig, len, DmaDirection::Bidirectional, attrs) }
+        .map_err(|e| fmt_line!("map: {e}"))?;
+    let reason = BounceReason::OutsideMask.index();
+    ensure!(
+        eng.stats().bounced_by_reason[reason] == s0.bounced_by_reason[reason] + 1,
+        "not bounced as OutsideMask"
+    );
+    ensure!(
+        bus.as_u64() & 0xfff == 0x234,
+        "min_align_mask 0xfff not kept: {bus}"
+    );
+    let tlb = check_bounce(eng, bus, len, mask)?;
+    holds("bounce after map", tlb, len, 0x42)?;
+    // Device writes, the CPU syncs and reads; the CPU writes, syncs for the device.
+    fill(tlb, len, 0x55);
+    eng.sync_single_for_cpu(&dev, bus, len, DmaDirection::Bidirectional)
+        .map_err(|e| fmt_line!("sync_for_cpu: {e}"))?;
+    holds("original after sync_for_cpu", orig, len, 0x55)?;
+    fill(orig, len, 0x66);
+    eng.sync_single_for_device(&dev, bus, len, DmaDirection::Bidirectional)
+        .map_err(|e| fmt_line!("sync_for_device: {e}"))?;
+    holds("bounce after sync_for_device", tlb, len, 0x66)?;
+    // A ToDevice unmap copies nothing back.
+    fill(tlb, len, 0x99);
+    eng.unmap_page(&dev, bus, len, DmaDirection::ToDevice, attrs)
+        .map_err(|e| fmt_line!("unmap: {e}"))?;
+    holds("original after a ToDevice unmap", orig, len, 0x66)?;
+    Ok(fmt_line!(
+        "{how}: buffer {orig} (bus {orig_bus:#x}) +{len:#x} bounced to {bus} under {:#x}, \
+         offset kept, contiguous, M2P round trip; map, sync_for_cpu, sync_for_device copy the \
+         right bytes, a ToDevice unmap copies none",
+        mask.as_u64()
+    ))
+}
+
+/// A scatter-gather list for the above-mask device: every entry bounced under the mask,
+/// device data copied back at unmap.
+fn map_sg(eng: &Engine) -> Outcome {
+    let env_mask = DmaMask::BITS_32;
+    let top = eng.pool_bus_top().map_or(0, BusAddr::as_u64);
+    ensure!(top < GIB4, "pool above 4 GiB");
+    let dev = Device::new(env_mask);
+    let entries = [
+        (PhysAddr::new(buf_page(10).as_u64() + 0x10), 100usize),
+        (PhysAddr::new(buf_page(11).as_u64() + 0x800), 6000),
+        (PhysAddr::new(buf_page(5).as_u64() - 1500), 3000),
+    ];
+    let mut sg = entries.map(|(p, l)| SgEntry::new(p, l));
+    for (i, (p, l)) in entries.iter().enumerate() {
+        fill(*p, *l, 0x10 + i as u8);
+    }
+    // SAFETY: as in `map_straddle`.
+    let n = unsafe { eng.map_sg(&dev, &mut sg, DmaDirection::FromDevice, DmaAttrs::empty()) }
+        .map_err(|e| fmt_line!("map_sg: {e}"))?;
+    ensure!(n == 3, "map_sg mapped {n} entries");
+    let mut low = u64::MAX;
+    for (i, e) in sg.iter().enumerate() {
+        ensure!(
+            e.dma_length == e.length,
+            "entry {i}: dma_length {}",
+            e.dma_length
+        );
+        let tlb = check_bounce(eng, e.dma_address, e.length, env_mask)
+            .map_err(|m| fmt_line!("entry {i}: {m}"))?;
+        // Linux copies the original in at every map, whatever the direction.
+        holds("bounce after map_sg", tlb, e.length, 0x10 + i as u8)?;
+        fill(tlb, e.length, 0xa0 + i as u8);
+        low = low.min(e.dma_address.as_u64());
+    }
+    eng.unmap_sg(&dev, &sg, DmaDirection::FromDevice, DmaAttrs::empty())
+        .map_err(|e| fmt_line!("unmap_sg: {e}"))?;
+    for (i, (p, l)) in entries.iter().enumerate() {
+        holds("original after unmap_sg", *p, *l, 0xa0 + i as u8)?;
+    }
+    ensure!(
+        eng.pool().is_some_and(|p| p.stats().used == 0),
+        "slots still used after unmap_sg"
+    );
+    Ok(fmt_line!(
+        "3 entries (one straddling the moved page) for a 32-bit device: all bounced under \
+         4 GiB (lowest {low:#x}), device data copied back at unmap_sg"
+    ))
+}
+
+/// Coherent allocations: exchanged below the coherent mask and given back; direct when the
+/// pages already fit; refused exchange.
+fn coherent(env: &Env, eng: &Engine) -> Outcome {
+    let pv = eng.platform();
+    let used0 = ALLOCATOR.used();
+    let pages0 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    let dev = Device::new(DmaMask::FULL).with_coherent_mask(DmaMask::BITS_32);
+    let c0 = COUNTERS.snapshot();
+    let a = eng
+        .alloc_coherent(&dev, 16384)
+        .map_err(|e| fmt_line!("alloc_coherent(16 KiB): {e}"))?;
+    let (phys, bus) = (a.phys(), a.bus());
+    let pfn0 = phys.frame().as_u64();
+    let b0 = bus.frame().as_u64();
+    ensure!(a.is_exchanged(), "16 KiB above 4 GiB was not exchanged");
+    ensure!(
+        b0 % 4 == 0 && bus.as_u64() + 16384 <= GIB4,
+        "bus {bus} not aligned or not below 4 GiB"
+    );
+    for i in 0..4 {
+        ensure!(
+            env.p2m_raw(pfn0 + i) == b0 + i && env.m2p_raw(b0 + i) == pfn0 + i,
+            "page {i} not on bus frame {:#x}",
+            b0 + i
+        );
+    }
+    fill(phys, 16384, 0x5e);
+    holds("coherent memory", phys, 16384, 0x5e)?;
+    // SAFETY: nothing uses the allocation any more.
+    unsafe { eng.free_coherent(&dev, a) }.map_err(|e| fmt_line!("free_coherent: {}", e.source))?;
+    let calls = COUNTERS.snapshot().since(c0);
+    for i in 0..4 {
+        ensure!(
+            env.round_trips(pfn0 + i) && env.p2m_raw(pfn0 + i) != b0 + i,
+            "page {i} after free: P2M {:#x}",
+            env.p2m_raw(pfn0 + i)
+        );
+        ensure!(
+            pv.bfn_to_local_pfn(Bfn::new(b0 + i)).is_none(),
+            "extent frame {:#x} still ours",
+            b0 + i
+        );
+    }
+    ensure!(
+        ALLOCATOR.used() == used0,
+        "pages not given back to the allocator"
+    );
+    let pages1 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    ensure!(pages0 == pages1, "reservation {pages0} -> {pages1}");
+
+    // A device that reaches everything: the pages are used as they are.
+    let dev64 = Device::new(DmaMask::FULL);
+    let d = eng
+        .alloc_coherent(&dev64, 4096)
+        .map_err(|e| fmt_line!("alloc_coherent(4 KiB, 64-bit): {e}"))?;
+    let direct_ok =
+        !d.is_exchanged() && d.bus().as_u64() == env.p2m_raw(d.phys().frame().as_u64()) << 12;
+    // SAFETY: unused.
+    unsafe { eng.free_coherent(&dev64, d) }
+        .map_err(|e| fmt_line!("free_coherent: {}", e.source))?;
+    ensure!(
+        direct_ok,
+        "64-bit coherent allocation was exchanged or mistranslated"
+    );
+
+    // A coherent mask of 13 bits: Xen has no frame there, the exchange is refused.
+    let tiny = DmaMask::from_bits(13).ok_or_else(|| fmt_line!("no 13-bit mask"))?;
+    let devt = Device::new(DmaMask::FULL).with_coherent_mask(tiny);
+    let r = eng.alloc_coherent(&devt, 4096);
+    let Err(
+        e @ DmaError::CoherentContiguous {
+            source: PlatformError::Hypercall { op, errno },
+            ..
+        },
+    ) = r
+    else {
+        return Err(fmt_line!("13-bit coherent allocation: {r:?}"));
+    };
+    ensure!(
+        op == "XENMEM_exchange" && errno > 0,
+        "the error does not name the exchange: {e}"
+    );
+    ensure!(
+        ALLOCATOR.used() == used0,
+        "refused allocation kept its pages"
+    );
+    Ok(fmt_line!(
+        "16 KiB for a 32-bit coherent mask: exchanged to {bus}, contiguous, M2P agrees; \
+         freed: frames exchanged back, extent released, pages and reservation ({pages1}) back; \
+         {} hypercalls; 64-bit device: used in place; 13-bit mask: `{e}`",
+        calls.total
+    ))
+}
+
+/// Bad input to the engine: documented errors, nothing left mapped.
+fn bad_input_engine(eng: &Engine) -> Outcome {
+    let dev = Device::new(DmaMask::BITS_32);
+    let dir = DmaDirection::ToDevice;
+    let attrs = DmaAttrs::empty();
+    let pool = eng.pool().ok_or_else(|| fmt_line!("no pool"))?;
+    let s0 = pool.stats();
+    // SAFETY: every map below is refused before touching memory (checked by the results).
+    let zero = unsafe { eng.map_page(&dev, buf(), 0, dir, attrs) };
+    ensure!(zero == Err(DmaError::ZeroSize), "zero size: {zero:?}");
+    let far = PhysAddr::new(u64::MAX - 10);
+    // SAFETY: as above.
+    let overflow = unsafe { eng.map_page(&dev, far, 100, dir, attrs) };
+    ensure!(
+        matches!(overflow, Err(DmaError::AddressOverflow { size: 100, .. })),
+        "overflow: {overflow:?}"
+    );
+    // Larger than a bounce can be (the kernel image from its start: only read, and refused
+    // before any copy).
+    let image = PhysAddr::new(0x20_0000);
+    let big = 300 * 1024;
+    // SAFETY: as above.
+    let too_large = unsafe { eng.map_page(&dev.with_force_bounce(true), image, big, dir, attrs) };
+    ensure!(
+        matches!(
+            too_large,
+            Err(DmaError::Bounce {
+                source: Error::TooLarge { .. },
+                ..
+            })
+        ),
+        "300 KiB bounce: {too_large:?}"
+    );
+    // Unmap of a pool address nothing mapped, and a double unmap.
+    let pool_bus = eng
+        .platform()
+        .pfn_to_bfn(pool.start().frame())
+        .ok_or_else(|| fmt_line!("pool start untranslatable"))?
+        .start();
+    let stray = BusAddr::new(pool_bus.as_u64() + 0x800);
+    let unknown = eng.unmap_page(&dev, stray, 64, dir, attrs);
+    ensure!(
+        matches!(
+            unknown,
+            Err(DmaError::Pool {
+                source: Error::NotMapped { .. },
+                ..
+            })
+        ),
+        "unmap of an unmapped pool address: {unknown:?}"
+    );
+    let orig = buf_page(12);
+    fill(orig, 64, 1);
+    // SAFETY: as in `map_straddle`.
+    let bus =
+        unsafe { eng.map_page(&dev, orig, 64, dir, attrs) }.map_err(|e| fmt_line!("map: {e}"))?;
+    eng.unmap_page(&dev, bus, 64, dir, attrs)
+        .map_err(|e| fmt_line!("unmap: {e}"))?;
+    let double = eng.unmap_page(&dev, bus, 64, dir, attrs);
+    ensure!(
+        matches!(
+            double,
+            Err(DmaError::Pool {
+                source: Error::NotMapped { .. },
+                ..
+            })
+        ),
+        "double unmap: {double:?}"
+    );
+    let narrow = DmaMask::from_bits(24).ok_or_else(|| fmt_line!("no 24-bit mask"))?;
+    ensure!(
+        !eng.dma_supported(&dev, narrow),
+        "dma_supported(24 bits) with a pool at {pool_bus}"
+    );
+    let s1 = pool.stats();
+    ensure!(
+        s1.used == 0 && s1.used == s0.used,
+        "{} slots left in use",
+        s1.used
+    );
+    Ok(fmt_line!(
+        "zero size, overflow, 300 KiB bounce, unmap of an unmapped pool address ({stray}), \
+         double unmap: documented errors; dma_supported(24 bits) false; no slot left in use"
+    ))
+}
