@@ -13,6 +13,7 @@ use swiotlb_bench::harness::{
     BenchPool, FILLS, MemcpyFloor, SEED, SIZES, case_memory, fragment, linear_map, linux_pool,
     orig_base, real_pool, round_trip,
 };
+use swiotlb_core::DmaDirection;
 
 /// Fragments `pool` to `fill` and measures the round trip of `size` bytes on it.
 fn case<P: BenchPool>(
@@ -30,7 +31,7 @@ fn case<P: BenchPool>(
         &size,
         |b, &s| {
             // SAFETY: as above.
-            b.iter(|| unsafe { round_trip(pool, orig_base(), s) });
+            b.iter(|| unsafe { round_trip(pool, orig_base(), s, DmaDirection::ToDevice) });
         },
     );
 }

@@ -17,6 +17,7 @@ use swiotlb_core::{
 
 use crate::host::HostMemory;
 use crate::linux::{IO_TLB_SIZE, LinuxError, LinuxPool, current_cpu};
+use crate::peers::{Bitmap, BitmapPool, Buddy, BuddyPool, PeerPool};
 use crate::rng::SplitMix64;
 
 /// Slots in the benchmark pool: Linux's default 64 MiB.
@@ -24,9 +25,9 @@ pub const POOL_SLOTS: usize = 32768;
 /// Areas in the benchmark pool: `roundup_pow_of_two(num_possible_cpus())` on two CPUs.
 pub const POOL_AREAS: usize = 2;
 /// Mapping sizes measured, in bytes.
-pub const SIZES: [usize; 4] = [64, 1500, 4096, 65536];
+pub const SIZES: [usize; 5] = [64, 1500, 4096, 65536, 262_144];
 /// Fill levels measured, in percent of the pool's slots.
-pub const FILLS: [u32; 3] = [0, 50, 90];
+pub const FILLS: [u32; 6] = [0, 25, 50, 75, 90, 95];
 /// The seed of the fragmented fill.
 pub const SEED: u64 = 0x5_3710_7100;
 /// The physical base of the benchmark memory (below 4 GiB, 1 MiB-aligned).
@@ -42,33 +43,38 @@ pub fn bench_device() -> Device {
     Device::new(DmaMask::BITS_32)
 }
 
-/// A pool under test, seen as the benchmark sees it: streaming `ToDevice` maps and unmaps
-/// for [`bench_device`].
-pub trait BenchPool {
+/// A pool under test, seen as the benchmark sees it: streaming maps and unmaps for
+/// [`bench_device`] in a given direction. A map copies the original into the pool (for
+/// every direction, as Linux does); an unmap copies the pool back to the original for
+/// [`DmaDirection::FromDevice`] and [`DmaDirection::Bidirectional`].
+pub trait BenchPool: Sync {
     /// What an unmap needs back from a map.
-    type Handle;
+    type Handle: Send;
 
-    /// Slots in the pool.
+    /// Slots (2 KiB units) in the pool.
     fn total_slots(&self) -> usize;
 
-    /// Slots in use.
+    /// Slots in use, including any a pool takes beyond the request (rounding, padding).
     fn used_slots(&self) -> usize;
+
+    /// The bounce address of a live mapping: where the device reads and writes.
+    fn bounce_addr(&self, handle: &Self::Handle) -> PhysAddr;
 
     /// Maps `len` bytes at `orig` for [`bench_device`], `None` if the pool has no room.
     ///
     /// # Safety
     ///
     /// `orig..orig + len` is memory the pool's `PhysMemory` reaches, outside the pool, and no
-    /// reference covers it.
-    unsafe fn map(&self, orig: PhysAddr, len: usize) -> Option<Self::Handle>;
+    /// reference covers it until the unmap.
+    unsafe fn map(&self, orig: PhysAddr, len: usize, dir: DmaDirection) -> Option<Self::Handle>;
 
-    /// Unmaps a mapping of `len` bytes.
+    /// Unmaps a mapping of `len` bytes, copying back if `dir` says so.
     ///
     /// # Safety
     ///
-    /// `handle` comes from [`map`](Self::map) on this pool with the same `len` and is not
-    /// unmapped yet.
-    unsafe fn unmap(&self, handle: Self::Handle, len: usize);
+    /// `handle` comes from [`map`](Self::map) on this pool with the same `len` and `dir` and
+    /// is not unmapped yet.
+    unsafe fn unmap(&self, handle: Self::Handle, len: usize, dir: DmaDirection);
 }
 
 impl<M: PhysMemory + ?Sized> BenchPool for LinuxPool<'_, M> {
@@ -82,28 +88,21 @@ impl<M: PhysMemory + ?Sized> BenchPool for LinuxPool<'_, M> {
         self.used()
     }
 
-    unsafe fn map(&self, orig: PhysAddr, len: usize) -> Option<PhysAddr> {
+    fn bounce_addr(&self, handle: &PhysAddr) -> PhysAddr {
+        *handle
+    }
+
+    unsafe fn map(&self, orig: PhysAddr, len: usize, dir: DmaDirection) -> Option<PhysAddr> {
         let dev = bench_device();
         // SAFETY: as the caller promises.
-        let m = unsafe {
-            self.map_single(
-                &dev,
-                orig,
-                len,
-                0,
-                DmaDirection::ToDevice,
-                DmaAttrs::NO_WARN,
-            )
-        };
+        let m = unsafe { self.map_single(&dev, orig, len, 0, dir, DmaAttrs::NO_WARN) };
         m.ok().map(|m| m.tlb_addr)
     }
 
-    unsafe fn unmap(&self, handle: PhysAddr, len: usize) {
+    unsafe fn unmap(&self, handle: PhysAddr, len: usize, dir: DmaDirection) {
         let dev = bench_device();
         // SAFETY: as the caller promises.
-        let r = unsafe {
-            self.unmap_single(&dev, handle, len, DmaDirection::ToDevice, DmaAttrs::empty())
-        };
+        let r = unsafe { self.unmap_single(&dev, handle, len, dir, DmaAttrs::empty()) };
         debug_assert!(r.is_ok(), "unmap of a live mapping failed: {r:?}");
     }
 }
@@ -112,7 +111,7 @@ impl<M: PhysMemory + ?Sized> BenchPool for LinuxPool<'_, M> {
 /// [`LinearMap`].
 pub type RealPool = BouncePool<LinearMap, Box<[Slot]>>;
 
-impl<M: PhysMemory, S: AsRef<[Slot]>> BenchPool for BouncePool<M, S> {
+impl<M: PhysMemory, S: AsRef<[Slot]> + Sync> BenchPool for BouncePool<M, S> {
     type Handle = PhysAddr;
 
     fn total_slots(&self) -> usize {
@@ -123,7 +122,11 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BenchPool for BouncePool<M, S> {
         self.stats().used
     }
 
-    unsafe fn map(&self, orig: PhysAddr, len: usize) -> Option<PhysAddr> {
+    fn bounce_addr(&self, handle: &PhysAddr) -> PhysAddr {
+        *handle
+    }
+
+    unsafe fn map(&self, orig: PhysAddr, len: usize, dir: DmaDirection) -> Option<PhysAddr> {
         let dev = bench_device();
         // SAFETY: as the caller promises.
         let m = unsafe {
@@ -133,7 +136,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BenchPool for BouncePool<M, S> {
                 orig,
                 len,
                 0,
-                DmaDirection::ToDevice,
+                dir,
                 DmaAttrs::NO_WARN,
                 current_cpu(),
             )
@@ -141,16 +144,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BenchPool for BouncePool<M, S> {
         m.ok()
     }
 
-    unsafe fn unmap(&self, handle: PhysAddr, len: usize) {
+    unsafe fn unmap(&self, handle: PhysAddr, len: usize, dir: DmaDirection) {
         let dev = bench_device();
-        let r = BouncePool::unmap(
-            self,
-            &dev,
-            handle,
-            len,
-            DmaDirection::ToDevice,
-            DmaAttrs::empty(),
-        );
+        let r = BouncePool::unmap(self, &dev, handle, len, dir, DmaAttrs::empty());
         debug_assert!(r.is_ok(), "unmap of a live mapping failed: {r:?}");
     }
 }
@@ -229,6 +225,39 @@ pub unsafe fn real_pool(mem: &HostMemory) -> Result<RealPool, swiotlb_core::Erro
     unsafe { BouncePool::new_boxed(linear_map(mem), mem.base(), POOL_SLOTS, POOL_AREAS) }
 }
 
+/// The `buddy_system_allocator` peer over the first [`POOL_SLOTS`] slots of `mem`, a
+/// [`case_memory`].
+///
+/// # Safety
+///
+/// As [`real_pool`].
+#[must_use]
+pub unsafe fn buddy_pool(mem: &HostMemory) -> BuddyPool {
+    // SAFETY: as the caller promises; the map does not outlive `mem`.
+    unsafe {
+        PeerPool::new(
+            Buddy::new(POOL_SLOTS),
+            linear_map(mem),
+            mem.base(),
+            POOL_SLOTS,
+        )
+    }
+}
+
+/// The `bitmap-allocator` peer over the first [`POOL_SLOTS`] slots of `mem`, a
+/// [`case_memory`].
+///
+/// # Safety
+///
+/// As [`real_pool`].
+#[must_use]
+pub unsafe fn bitmap_pool(mem: &HostMemory) -> BitmapPool {
+    // POOL_SLOTS is far below the bitmap's capacity.
+    let bitmap = Bitmap::new(POOL_SLOTS).unwrap_or_else(|| unreachable!());
+    // SAFETY: as the caller promises; the map does not outlive `mem`.
+    unsafe { PeerPool::new(bitmap, linear_map(mem), mem.base(), POOL_SLOTS) }
+}
+
 /// A random fill size: log-uniform over `64..=FILL_MAX`.
 fn fill_size(rng: &mut SplitMix64) -> usize {
     let max_exp = u64::from(FILL_MAX.ilog2());
@@ -264,7 +293,7 @@ pub unsafe fn fragment<P: BenchPool>(
             break;
         };
         // SAFETY: `at..at + len` lies in the originals room, as the caller promises.
-        match unsafe { pool.map(at, len) } {
+        match unsafe { pool.map(at, len, DmaDirection::ToDevice) } {
             Some(h) => {
                 misses = 0;
                 live.push((h, len));
@@ -282,10 +311,10 @@ pub unsafe fn fragment<P: BenchPool>(
     let mut keep = live.into_iter();
     // SAFETY: `orig..orig + measured_len` lies in the originals room; a successful trial
     // mapping is unmapped at once.
-    let fits = || match unsafe { pool.map(orig, measured_len) } {
+    let fits = || match unsafe { pool.map(orig, measured_len, DmaDirection::ToDevice) } {
         Some(h) => {
             // SAFETY: just mapped with this length.
-            unsafe { pool.unmap(h, measured_len) };
+            unsafe { pool.unmap(h, measured_len, DmaDirection::ToDevice) };
             true
         }
         None => false,
@@ -293,12 +322,13 @@ pub unsafe fn fragment<P: BenchPool>(
     while pool.used_slots() > target || !fits() {
         let Some((h, len)) = keep.next() else { break };
         // SAFETY: `h` is live on `pool` with length `len`.
-        unsafe { pool.unmap(h, len) };
+        unsafe { pool.unmap(h, len, DmaDirection::ToDevice) };
     }
     keep.collect()
 }
 
-/// One measured round trip: map `len` bytes of `orig` for the device, then unmap.
+/// One measured round trip: map `len` bytes of `orig` for the device in direction `dir`,
+/// then unmap (which copies back for `FromDevice` and `Bidirectional`).
 ///
 /// # Safety
 ///
@@ -308,9 +338,9 @@ pub unsafe fn fragment<P: BenchPool>(
 ///
 /// If the pool has no room: a benchmark case must be set up so that the mapping fits.
 #[inline]
-pub unsafe fn round_trip<P: BenchPool>(pool: &P, orig: PhysAddr, len: usize) {
+pub unsafe fn round_trip<P: BenchPool>(pool: &P, orig: PhysAddr, len: usize, dir: DmaDirection) {
     // SAFETY: as the caller promises.
-    let h = unsafe { pool.map(black_box(orig), black_box(len)) };
+    let h = unsafe { pool.map(black_box(orig), black_box(len), dir) };
     let Some(h) = h else {
         panic!(
             "no room for {len} bytes at {}% use",
@@ -318,7 +348,7 @@ pub unsafe fn round_trip<P: BenchPool>(pool: &P, orig: PhysAddr, len: usize) {
         );
     };
     // SAFETY: `h` was just mapped with `len`.
-    unsafe { pool.unmap(black_box(h), len) };
+    unsafe { pool.unmap(black_box(h), len, dir) };
 }
 
 /// The floor: a bare copy between two page-aligned buffers, aligned as the pools' copies
@@ -410,10 +440,10 @@ mod tests {
         if fill > 0 {
             assert!(runs > 50, "only {runs} free runs at {fill}%");
         }
-        for size in SIZES {
+        for size in SIZES.into_iter().filter(|&s| s <= 65536) {
             for _ in 0..4 {
                 // SAFETY: the original lies in the originals room.
-                unsafe { round_trip(pool, orig_base(), size) };
+                unsafe { round_trip(pool, orig_base(), size, DmaDirection::Bidirectional) };
             }
         }
         assert_eq!(pool.used_slots(), used);

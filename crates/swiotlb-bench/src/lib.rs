@@ -40,7 +40,15 @@
 //! assert_eq!(pool.used(), 0);
 //! ```
 
+pub mod compare;
+pub mod fixup;
+pub mod foreign;
 pub mod harness;
 pub mod host;
 pub mod linux;
+pub mod mapbench;
+pub mod peers;
+pub mod report;
 pub mod rng;
+pub mod suite;
+pub mod svg;
