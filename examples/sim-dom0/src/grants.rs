@@ -116,7 +116,11 @@ impl Slots {
             )));
         }
         let at = self.free.len() - n;
-        Ok(self.free.split_off(at))
+        // The free list is kept highest first: fresh slots come out in ascending order, so
+        // that a batch lands on neighbouring pages.
+        let mut taken = self.free.split_off(at);
+        taken.reverse();
+        Ok(taken)
     }
 }
 
