@@ -1,0 +1,466 @@
+//! The DMA engine on a simulated arm64 dom0 (1:1): a 32-bit and a 64-bit device, pages
+//! granted by the domU and mapped in dom0's foreign window, non-coherent devices under the
+//! simulator's cache model (with and without `GNTTABOP_cache_flush`), IOMMU devices, forced
+//! bouncing, scatter-gather lists and coherent allocations. Every byte the device reads or
+//! writes is checked, and the simulator's and the pool's invariants after every step.
+
+mod common;
+
+use common::grants::{GrantMapper, MappedGrant};
+use common::*;
+use swiotlb_core::engine::{BounceReason, DmaError, SgEntry};
+use swiotlb_core::{BusAddr, Device, DmaAttrs, DmaDirection, DmaMask, Error, PhysAddr};
+use xen_sim::{CacheViolationKind, SimConfig, SimOp};
+
+const MIB: u64 = 1 << 20;
+const GIB4: u64 = 1 << 32;
+
+/// dom0 RAM at or above 4 GiB: bank 0 (below 4 GiB) is skipped by asking for more pages
+/// than it has left.
+fn high_ram(arm: &Arm, pages: u64) -> PhysAddr {
+    let (_, bank0) = arm.guest.ram_banks()[0];
+    let p = arm.guest.alloc_pages(bank0 / PAGE - 16);
+    assert!(p.as_u64() >= GIB4, "bank 1 lies above 4 GiB");
+    assert!(pages <= bank0 / PAGE - 16);
+    p
+}
+
+/// The domU grants `n` pages and dom0 maps them in its foreign window.
+fn foreign(arm: &Arm, n: usize) -> (common::grants::ArmGrants<'_, Storage>, Vec<MappedGrant>) {
+    let refs = arm.xen.domu_grant(n);
+    let grants = arm.grants(n);
+    let mapped = grants.map(arm.xen.domu().id(), &refs).expect("map grants");
+    assert_eq!(arm.table.len(), n);
+    (grants, mapped)
+}
+
+/// The foreign page's data goes to the device and the device's data comes back to the domU,
+/// for `dev` (the simulated `sdev`). Returns whether the mapping was bounced.
+fn foreign_roundtrip(
+    arm: &Arm,
+    engine: &ArmEngine<'_>,
+    sdev: &xen_sim::SimDevice,
+    dev: &Device,
+    g: &MappedGrant,
+    seed: u64,
+) -> bool {
+    let domu = arm.xen.domu_guest();
+    let data = pattern(seed, 4096);
+    domu.write_page(g.gref, 0, &data).unwrap();
+    let none = DmaAttrs::empty();
+    // SAFETY: the foreign page stays mapped until after the unmap.
+    let bus = unsafe { engine.map_page(dev, g.phys, 4096, DmaDirection::ToDevice, none) }.unwrap();
+    let bounced = is_bounced(engine, bus);
+    if !bounced {
+        assert_eq!(
+            bus, g.machine,
+            "a foreign page is used at its machine address"
+        );
+    }
+    same(
+        &sdev.read(bus, 4096).unwrap(),
+        &data,
+        "the device read the domU's page",
+    );
+    engine
+        .unmap_page(dev, bus, 4096, DmaDirection::ToDevice, none)
+        .unwrap();
+    check(&arm.xen, engine, &[sdev]);
+    let back = pattern(seed + 1, 4096);
+    // SAFETY: as above.
+    let bus =
+        unsafe { engine.map_page(dev, g.phys, 4096, DmaDirection::FromDevice, none) }.unwrap();
+    assert_eq!(is_bounced(engine, bus), bounced);
+    sdev.write(bus, &back).unwrap();
+    engine
+        .unmap_page(dev, bus, 4096, DmaDirection::FromDevice, none)
+        .unwrap();
+    same(&domu.read_page(g.gref).unwrap(), &back, "the domU received");
+    check(&arm.xen, engine, &[sdev]);
+    bounced
+}
+
+#[test]
+fn a_32_bit_device_bounces_memory_above_4_gib_and_a_64_bit_device_does_not() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let d32 = arm.xen.device(DmaMask::BITS_32, true);
+    let d64 = arm.xen.device(DmaMask::FULL, true);
+    let low = arm.guest.alloc_pages(16);
+    let high = high_ram(&arm, 16);
+    for (buf, len) in [(low, 40_000), (high, 40_000), (high, 100)] {
+        let phys = at(buf, 300);
+        let s = exercise(
+            &arm.xen,
+            &engine,
+            &d32,
+            &d32.core_device(),
+            &arm.mem,
+            phys,
+            len,
+            1,
+            &no_iommu,
+        );
+        assert_eq!(s.bounced, [buf == high; 3], "32-bit device at {phys}");
+        let s = exercise(
+            &arm.xen,
+            &engine,
+            &d64,
+            &d64.core_device(),
+            &arm.mem,
+            phys,
+            len,
+            2,
+            &no_iommu,
+        );
+        assert_eq!(s.bounced, [false; 3], "64-bit device");
+        assert_eq!(s.bus, [BusAddr::new(phys.as_u64()); 3], "1:1");
+    }
+    let st = engine.stats();
+    assert_eq!(st.bounced_by_reason[BounceReason::OutsideMask.index()], 6);
+    assert_eq!(st.bounced_maps, 6);
+}
+
+#[test]
+fn foreign_pages_are_used_at_their_machine_address_or_bounced() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let d32 = arm.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    let (grants, mapped) = foreign(&arm, 24);
+    let mut seen = [0, 0];
+    for (i, g) in mapped.iter().enumerate() {
+        assert_ne!(
+            g.phys.as_u64(),
+            g.machine.as_u64(),
+            "a foreign frame is not 1:1"
+        );
+        let bounced = foreign_roundtrip(&arm, &engine, &d32, &dev, g, i as u64 * 2);
+        assert_eq!(bounced, g.machine.as_u64() >= GIB4, "frame {}", g.machine);
+        seen[usize::from(bounced)] += 1;
+    }
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "frames on both sides of 4 GiB: {seen:?}"
+    );
+    // Neighbours in the window are not machine neighbours: a buffer across two is bounced.
+    let s = exercise(
+        &arm.xen,
+        &engine,
+        &d32,
+        &dev,
+        &arm.mem,
+        at(mapped[0].phys, 4000),
+        200,
+        9,
+        &no_iommu,
+    );
+    assert_eq!(s.bounced, [true; 3]);
+    assert!(engine.stats().bounced_by_reason[BounceReason::NotContiguous.index()] >= 3);
+    grants.unmap(&mapped).unwrap();
+    assert!(arm.table.is_empty());
+    check(&arm.xen, &engine, &[&d32]);
+}
+
+#[test]
+fn a_non_coherent_device_leaves_no_cache_violation() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let d32 = arm.xen.device(DmaMask::BITS_32, false);
+    let dev = d32.core_device();
+    assert!(!dev.coherent);
+    // Own memory below and above 4 GiB (direct with the kernel's cache maintenance, and
+    // bounced), every direction and the syncs.
+    let low = arm.guest.alloc_pages(4);
+    let high = high_ram(&arm, 4);
+    for (buf, bounced) in [(low, false), (high, true)] {
+        let s = exercise(
+            &arm.xen,
+            &engine,
+            &d32,
+            &dev,
+            &arm.mem,
+            at(buf, 64),
+            3 * 4096,
+            3,
+            &no_iommu,
+        );
+        assert_eq!(s.bounced, [bounced; 3]);
+    }
+    // Foreign pages: direct ones are maintained through GNTTABOP_cache_flush.
+    let (grants, mapped) = foreign(&arm, 16);
+    let flushes = arm.xen.counters().count(SimOp::CacheFlush);
+    let mut direct = 0;
+    for (i, g) in mapped.iter().enumerate() {
+        if !foreign_roundtrip(&arm, &engine, &d32, &dev, g, 40 + 2 * i as u64) {
+            direct += 1;
+        }
+    }
+    assert!(direct > 0);
+    assert!(
+        arm.xen.counters().count(SimOp::CacheFlush) - flushes >= 2 * direct,
+        "every direct foreign mapping is flushed at map and unmap"
+    );
+    grants.unmap(&mapped).unwrap();
+    check(&arm.xen, &engine, &[&d32]);
+}
+
+#[test]
+fn the_cache_model_catches_a_skipped_sync() {
+    // The control experiment: the same transfer without the cache maintenance is caught, so
+    // the absence of violations elsewhere means something.
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let d64 = arm.xen.device(DmaMask::FULL, false);
+    let dev = d64.core_device();
+    let buf = arm.guest.alloc_pages(1);
+    arm.mem.write(buf, &pattern(1, 4096));
+    let attrs = DmaAttrs::SKIP_CPU_SYNC;
+    // SAFETY: the buffer is the test's until the unmap.
+    let bus = unsafe { engine.map_page(&dev, buf, 4096, DmaDirection::ToDevice, attrs) }.unwrap();
+    d64.read(bus, 4096).unwrap();
+    engine
+        .unmap_page(&dev, bus, 4096, DmaDirection::ToDevice, attrs)
+        .unwrap();
+    let v = arm.xen.cache_violations();
+    assert!(
+        !v.is_empty()
+            && v.iter()
+                .all(|v| v.kind == CacheViolationKind::DeviceReadDirty),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn without_gnttabop_cache_flush_foreign_pages_are_bounced_for_non_coherent_devices() {
+    let arm = Arm::with_config(SimConfig::arm64().with_cache_flush(false));
+    let engine = arm.engine(MIB);
+    assert!(!engine.platform().config().cache_flush);
+    let probes = arm.xen.counters().count(SimOp::CacheFlush);
+    let d64 = arm.xen.device(DmaMask::FULL, false);
+    let (grants, mapped) = foreign(&arm, 4);
+    for (i, g) in mapped.iter().enumerate() {
+        assert!(foreign_roundtrip(
+            &arm,
+            &engine,
+            &d64,
+            &d64.core_device(),
+            g,
+            2 * i as u64
+        ));
+    }
+    assert_eq!(
+        engine.stats().bounced_by_reason[BounceReason::Platform.index()],
+        8
+    );
+    // Own pages are still direct, maintained by the kernel's cache operations.
+    let buf = arm.guest.alloc_pages(1);
+    let s = exercise(
+        &arm.xen,
+        &engine,
+        &d64,
+        &d64.core_device(),
+        &arm.mem,
+        buf,
+        4096,
+        5,
+        &no_iommu,
+    );
+    assert_eq!(s.bounced, [false; 3]);
+    // A coherent device needs no maintenance: foreign pages are direct.
+    let coherent = arm.xen.device(DmaMask::FULL, true);
+    assert!(!foreign_roundtrip(
+        &arm,
+        &engine,
+        &coherent,
+        &coherent.core_device(),
+        &mapped[0],
+        99
+    ));
+    assert_eq!(
+        arm.xen.counters().count(SimOp::CacheFlush),
+        probes,
+        "no cache flush after the probe"
+    );
+    grants.unmap(&mapped).unwrap();
+    check(&arm.xen, &engine, &[&d64, &coherent]);
+}
+
+#[test]
+fn iommu_and_forced_bouncing() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    // Behind an IOMMU, a 32-bit device is given guest addresses as they are, even above
+    // 4 GiB here (the IOMMU maps them; the simulated device stands for its far side).
+    let behind = arm.xen.device(DmaMask::FULL, true);
+    let dev = Device::new(DmaMask::FULL).with_iommu(true);
+    let high = high_ram(&arm, 2);
+    let maps = engine.stats().pool.unwrap().maps;
+    let s = exercise(
+        &arm.xen,
+        &engine,
+        &behind,
+        &dev,
+        &arm.mem,
+        at(high, 8),
+        5000,
+        1,
+        &no_iommu,
+    );
+    assert_eq!(s.bounced, [false; 3]);
+    assert_eq!(s.bus, [BusAddr::new(high.as_u64() + 8); 3]);
+    assert_eq!(
+        engine.stats().pool.unwrap().maps,
+        maps,
+        "the pool was not touched"
+    );
+    // Forced bouncing bounces even low, contiguous memory.
+    let d32 = arm.xen.device(DmaMask::BITS_32, false);
+    let forced = d32.core_device().with_force_bounce(true);
+    let low = arm.guest.alloc_pages(2);
+    let s = exercise(
+        &arm.xen,
+        &engine,
+        &d32,
+        &forced,
+        &arm.mem,
+        at(low, 1),
+        6000,
+        2,
+        &no_iommu,
+    );
+    assert_eq!(s.bounced, [true; 3]);
+    assert_eq!(
+        engine.stats().bounced_by_reason[BounceReason::Forced.index()],
+        3
+    );
+}
+
+#[test]
+fn scatter_gather_lists_of_own_and_foreign_pages() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let d32 = arm.xen.device(DmaMask::BITS_32, false);
+    let dev = d32.core_device();
+    let (grants, mapped) = foreign(&arm, 6);
+    let low = arm.guest.alloc_pages(4);
+    let high = high_ram(&arm, 4);
+    let domu = arm.xen.domu_guest();
+    let mut sg: Vec<SgEntry> = mapped
+        .iter()
+        .map(|g| SgEntry::new(at(g.phys, 512), 3072))
+        .chain([SgEntry::new(at(low, 100), 9000), SgEntry::new(high, 8192)])
+        .collect();
+    // Block write: the domU's and dom0's data reach the device.
+    let datas: Vec<Vec<u8>> = sg
+        .iter()
+        .enumerate()
+        .map(|(i, e)| pattern(i as u64, e.length))
+        .collect();
+    for (i, (e, d)) in sg.iter().zip(&datas).enumerate() {
+        match mapped.get(i) {
+            Some(g) => domu.write_page(g.gref, 512, d).unwrap(),
+            None => arm.mem.write(e.phys, d),
+        }
+    }
+    // SAFETY: the buffers stay mapped and unreferenced until unmap_sg.
+    unsafe { engine.map_sg(&dev, &mut sg, DmaDirection::ToDevice, DmaAttrs::empty()) }.unwrap();
+    check(&arm.xen, &engine, &[&d32]);
+    for (e, d) in sg.iter().zip(&datas) {
+        same(
+            &d32.read(e.dma_address, e.dma_length).unwrap(),
+            d,
+            "the device read",
+        );
+    }
+    engine
+        .unmap_sg(&dev, &sg, DmaDirection::ToDevice, DmaAttrs::empty())
+        .unwrap();
+    check(&arm.xen, &engine, &[&d32]);
+    // Block read: the device's data reach the domU and dom0.
+    for e in &mut sg {
+        *e = SgEntry::new(e.phys, e.length);
+    }
+    // SAFETY: as above.
+    unsafe { engine.map_sg(&dev, &mut sg, DmaDirection::FromDevice, DmaAttrs::empty()) }.unwrap();
+    let back: Vec<Vec<u8>> = sg
+        .iter()
+        .enumerate()
+        .map(|(i, e)| pattern(100 + i as u64, e.length))
+        .collect();
+    for (e, d) in sg.iter().zip(&back) {
+        d32.write(e.dma_address, d).unwrap();
+    }
+    engine
+        .unmap_sg(&dev, &sg, DmaDirection::FromDevice, DmaAttrs::empty())
+        .unwrap();
+    for (i, (e, d)) in sg.iter().zip(&back).enumerate() {
+        let got = match mapped.get(i) {
+            Some(g) => domu.read_page(g.gref).unwrap()[512..512 + e.length].to_vec(),
+            None => {
+                let mut b = vec![0u8; e.length];
+                arm.mem.read(e.phys, &mut b);
+                b
+            }
+        };
+        same(&got, d, "after the sg unmap");
+    }
+    check(&arm.xen, &engine, &[&d32]);
+    // A failure in the middle: 300 KiB above 4 GiB must be bounced and is larger than any
+    // bounce; what was mapped before it is unmapped, and every slot comes back.
+    let used = pool_used(&engine);
+    let mut bad = [
+        SgEntry::new(high, 4096),
+        SgEntry::new(mapped[0].phys, 4096),
+        SgEntry::new(at(high, 8192), 300 * 1024),
+        SgEntry::new(low, 64),
+    ];
+    // SAFETY: as above.
+    let err = unsafe {
+        engine.map_sg(
+            &dev,
+            &mut bad,
+            DmaDirection::Bidirectional,
+            DmaAttrs::empty(),
+        )
+    }
+    .unwrap_err();
+    assert_eq!((err.index, err.unwound), (2, 2));
+    assert!(
+        matches!(
+            err.source,
+            DmaError::Bounce {
+                source: Error::TooLarge { .. } | Error::ExceedsSegment { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(pool_used(&engine), used);
+    check(&arm.xen, &engine, &[&d32]);
+    grants.unmap(&mapped).unwrap();
+    assert!(arm.table.is_empty());
+}
+
+#[test]
+fn coherent_allocations_are_direct() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let d32 = arm.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    for (i, size) in [64usize, 4096, 20_000, 65536].into_iter().enumerate() {
+        let a = engine.alloc_coherent(&dev, size).unwrap();
+        assert!(!a.is_exchanged(), "1:1 memory needs no exchange");
+        assert_eq!(a.bus().as_u64(), a.phys().as_u64());
+        assert!(a.bus().as_u64() + size as u64 <= GIB4);
+        let data = pattern(i as u64, size);
+        arm.mem.write(a.phys(), &data);
+        same(&d32.read(a.bus(), size).unwrap(), &data, "the device read");
+        // SAFETY: nothing uses the allocation any more.
+        unsafe { engine.free_coherent(&dev, a) }.unwrap();
+        check(&arm.xen, &engine, &[&d32]);
+    }
+    assert_eq!(engine.pages().in_use(), 0);
+    assert_eq!(arm.xen.counters().count(SimOp::MemoryExchange), 0);
+    assert!(engine.dma_supported(&dev, DmaMask::BITS_32));
+}

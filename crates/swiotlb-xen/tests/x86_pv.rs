@@ -1,0 +1,539 @@
+//! The DMA engine on a simulated x86 PV dom0: a scrambled P2M, 32-bit and 64-bit devices,
+//! buffers that straddle machine discontinuities, foreign pages, IOMMU devices, forced
+//! bouncing, scatter-gather lists (with a failure in the middle) and coherent allocations.
+//! Every byte the device reads or writes is checked, and the simulator's and the pool's
+//! invariants after every step.
+
+mod common;
+
+use common::*;
+use swiotlb_core::engine::{BounceReason, DmaError, SgEntry};
+use swiotlb_core::{BusAddr, DmaAttrs, DmaDirection, DmaMask, Error, PhysAddr, Platform};
+use xen_sim::SimOp;
+
+const MIB: u64 = 1 << 20;
+const GIB4: u64 = 1 << 32;
+
+/// The first page of `pages` pages at `buf` whose frame lies below (or at or above) 4 GiB.
+fn page_where(pv: &Pv, buf: PhysAddr, pages: u64, low: bool) -> PhysAddr {
+    (0..pages)
+        .map(|i| at(buf, i * PAGE))
+        .find(|&p| (pv.machine(p).as_u64() < GIB4) == low)
+        .expect("the scrambled P2M has frames in both regions")
+}
+
+#[test]
+fn a_32_bit_device_bounces_what_it_cannot_reach_and_a_64_bit_device_does_not() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let d64 = pv.xen.device(DmaMask::FULL, true);
+    let buf = pv.guest.alloc_pages(64);
+    let cpu = pv.guest.memory();
+    for (low, offset, len) in [
+        (true, 0, 4096),
+        (false, 0, 4096),
+        (true, 100, 1000),
+        (false, 3000, 1096),
+    ] {
+        let page = page_where(&pv, buf, 64, low);
+        let phys = at(page, offset);
+        let machine = pv.machine(phys);
+        let s = exercise(
+            &pv.xen,
+            &engine,
+            &d32,
+            &d32.core_device(),
+            &cpu,
+            phys,
+            len,
+            offset,
+            &no_iommu,
+        );
+        assert_eq!(s.bounced[0], !low, "32-bit device, frame {machine}");
+        if low {
+            assert_eq!(s.bus[0], machine, "a reachable page is used where it is");
+        } else {
+            assert!(s.bus.iter().all(|b| b.as_u64() + len as u64 <= GIB4));
+        }
+        let s = exercise(
+            &pv.xen,
+            &engine,
+            &d64,
+            &d64.core_device(),
+            &cpu,
+            phys,
+            len,
+            offset,
+            &no_iommu,
+        );
+        assert_eq!(s.bounced, [false; 3], "64-bit device");
+        assert_eq!(s.bus, [machine; 3]);
+    }
+    let st = engine.stats();
+    assert_eq!(st.bounced_by_reason[BounceReason::OutsideMask.index()], 6);
+    assert_eq!(st.bounced_maps, 6);
+    assert_eq!(st.direct_maps, 18);
+    assert_eq!(st.map_failures + st.unmap_sync_failures, 0);
+}
+
+#[test]
+fn buffers_that_straddle_a_machine_discontinuity_are_bounced() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let d64 = pv.xen.device(DmaMask::FULL, true);
+    let dev = d64.core_device();
+    let cpu = pv.guest.memory();
+    // 16 scrambled pages: no two neighbours are machine neighbours here.
+    let buf = pv.guest.alloc_pages(16);
+    assert!(!engine.platform().is_bus_contiguous(buf, 16 * PAGE));
+    for (offset, len) in [(4000, 200), (0, 8192), (2048, 60 * 1024)] {
+        let s = exercise(
+            &pv.xen,
+            &engine,
+            &d64,
+            &dev,
+            &cpu,
+            at(buf, offset),
+            len,
+            offset,
+            &no_iommu,
+        );
+        assert_eq!(s.bounced, [true; 3], "{len} bytes at +{offset}");
+    }
+    assert_eq!(
+        engine.stats().bounced_by_reason[BounceReason::NotContiguous.index()],
+        9
+    );
+    // The same straddle over two pages made machine-contiguous is direct.
+    let pair = pv.guest.alloc_aligned(2, 2);
+    // SAFETY: the pages are the test's and unused.
+    let bus = unsafe { engine.platform().create_contiguous_region(pair, 1, 40) }.unwrap();
+    let s = exercise(
+        &pv.xen,
+        &engine,
+        &d64,
+        &dev,
+        &cpu,
+        at(pair, 4000),
+        200,
+        9,
+        &no_iommu,
+    );
+    assert_eq!(s.bounced, [false; 3]);
+    assert_eq!(s.bus[0].as_u64(), bus.as_u64() + 4000);
+    // SAFETY: as above; made contiguous with order 1.
+    unsafe { engine.platform().destroy_contiguous_region(pair, 1) }.unwrap();
+    check(&pv.xen, &engine, &[&d64]);
+    assert_eq!(pv.local_entries(), pv.guest.nr_pages());
+}
+
+#[test]
+fn foreign_pages_granted_by_the_domu() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    let domu = pv.xen.domu_guest();
+    let refs = domu.grant_pages(24);
+    let grants = grants::PvGrants::new(&pv.guest, &pv.dom0, 24).unwrap();
+    use grants::GrantMapper;
+    let mapped = grants.map(pv.xen.domu().id(), &refs).unwrap();
+    check(&pv.xen, &engine, &[&d32]);
+    let (mut low, mut high) = (0, 0);
+    for (i, g) in mapped.iter().enumerate() {
+        // The domU's data reaches the device; the device's data reaches the domU.
+        let data = pattern(100 + i as u64, 4096);
+        domu.write_page(g.gref, 0, &data).unwrap();
+        // SAFETY: the foreign page stays mapped until after the unmap.
+        let bus = unsafe {
+            engine.map_page(
+                &dev,
+                g.phys,
+                4096,
+                DmaDirection::ToDevice,
+                DmaAttrs::empty(),
+            )
+        }
+        .unwrap();
+        let reachable = g.machine.as_u64() < GIB4;
+        assert_eq!(
+            is_bounced(&engine, bus),
+            !reachable,
+            "foreign frame {}",
+            g.machine
+        );
+        if reachable {
+            low += 1;
+            assert_eq!(
+                bus, g.machine,
+                "a reachable foreign page is used where it is"
+            );
+        } else {
+            high += 1;
+        }
+        same(&d32.read(bus, 4096).unwrap(), &data, "the device read");
+        engine
+            .unmap_page(&dev, bus, 4096, DmaDirection::ToDevice, DmaAttrs::empty())
+            .unwrap();
+        let back = pattern(200 + i as u64, 4096);
+        // SAFETY: as above.
+        let bus = unsafe {
+            engine.map_page(
+                &dev,
+                g.phys,
+                4096,
+                DmaDirection::FromDevice,
+                DmaAttrs::empty(),
+            )
+        }
+        .unwrap();
+        d32.write(bus, &back).unwrap();
+        engine
+            .unmap_page(&dev, bus, 4096, DmaDirection::FromDevice, DmaAttrs::empty())
+            .unwrap();
+        same(&domu.read_page(g.gref).unwrap(), &back, "the domU received");
+        check(&pv.xen, &engine, &[&d32]);
+    }
+    assert!(low > 0 && high > 0, "{low} low, {high} high foreign frames");
+    // Two foreign pages side by side in dom0 are not machine neighbours: a buffer across
+    // them is bounced, and both halves arrive.
+    let s = exercise(
+        &pv.xen,
+        &engine,
+        &d32,
+        &dev,
+        &pv.guest.memory(),
+        at(mapped[0].phys, 3000),
+        2000,
+        7,
+        &no_iommu,
+    );
+    assert_eq!(s.bounced, [true; 3]);
+    grants.unmap(&mapped).unwrap();
+    grants.restore().unwrap();
+    check(&pv.xen, &engine, &[&d32]);
+    assert_eq!(pv.local_entries(), pv.guest.nr_pages(), "a frame was lost");
+}
+
+#[test]
+fn a_device_behind_an_iommu_gets_the_physical_address() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    // A 32-bit device behind an IOMMU: it uses 32-bit addresses (IOVAs, here the guest's
+    // own), which the IOMMU translates to machine addresses anywhere; the simulated device
+    // stands for the IOMMU's side and reaches all machine memory.
+    let behind = pv.xen.device(DmaMask::FULL, true);
+    let dev = swiotlb_core::Device::new(DmaMask::BITS_32).with_iommu(true);
+    let buf = pv.guest.alloc_pages(16);
+    assert!(buf.as_u64() + 16 * PAGE <= GIB4);
+    // The IOMMU translates the guest's addresses page by page to machine addresses.
+    let iommu = |bus: BusAddr, len: usize| {
+        let mut out = Vec::new();
+        let mut a = bus.as_u64();
+        let end = a + len as u64;
+        while a < end {
+            let n = (PAGE - a % PAGE).min(end - a);
+            out.push((pv.machine(PhysAddr::new(a)), n as usize));
+            a += n;
+        }
+        out
+    };
+    let used = engine.stats().pool.unwrap().maps;
+    let s = exercise(
+        &pv.xen,
+        &engine,
+        &behind,
+        &dev,
+        &pv.guest.memory(),
+        at(buf, 512),
+        15 * 4096,
+        3,
+        &iommu,
+    );
+    assert!(
+        (0..16).any(|i| pv.machine(at(buf, i * PAGE)).as_u64() >= GIB4),
+        "some pages lie beyond the device's own reach"
+    );
+    assert_eq!(s.bounced, [false; 3]);
+    assert_eq!(
+        s.bus,
+        [BusAddr::new(buf.as_u64() + 512); 3],
+        "no translation"
+    );
+    assert_eq!(
+        engine.stats().pool.unwrap().maps,
+        used,
+        "the pool was not touched"
+    );
+    assert!(engine.dma_supported(&dev, DmaMask::from_bits(16).unwrap()));
+}
+
+#[test]
+fn forced_bouncing_bounces_even_what_the_device_reaches() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let d64 = pv.xen.device(DmaMask::FULL, true);
+    let dev = d64.core_device().with_force_bounce(true);
+    let page = pv.guest.alloc_pages(1);
+    let copied = engine.stats().pool.unwrap().bytes_bounced;
+    let s = exercise(
+        &pv.xen,
+        &engine,
+        &d64,
+        &dev,
+        &pv.guest.memory(),
+        at(page, 10),
+        3000,
+        5,
+        &no_iommu,
+    );
+    assert_eq!(s.bounced, [true; 3]);
+    let st = engine.stats();
+    assert_eq!(st.bounced_by_reason[BounceReason::Forced.index()], 3);
+    assert!(st.pool.unwrap().bytes_bounced - copied >= 3 * 3000);
+}
+
+#[test]
+fn scatter_gather_lists_map_verify_and_unwind() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    let cpu = pv.guest.memory();
+    let buf = pv.guest.alloc_pages(32);
+    let low = page_where(&pv, buf, 32, true);
+    let high = page_where(&pv, buf, 32, false);
+    let mut sg = [
+        SgEntry::new(low, 4096),
+        SgEntry::new(at(high, 512), 1024),
+        SgEntry::new(at(buf, 4096 * 8 + 3000), 9000),
+        SgEntry::new(at(buf, 4096 * 30 + 100), 64),
+    ];
+    let in_reach = |p: PhysAddr| pv.machine(p).as_u64() < GIB4;
+    let expect_bounced = [false, true, true, !in_reach(sg[3].phys)];
+    let datas: Vec<Vec<u8>> = sg
+        .iter()
+        .enumerate()
+        .map(|(i, e)| pattern(i as u64, e.length))
+        .collect();
+    for (e, d) in sg.iter().zip(&datas) {
+        cpu.write(e.phys, d);
+    }
+    // SAFETY: the buffers are the test's until unmap_sg.
+    let n =
+        unsafe { engine.map_sg(&dev, &mut sg, DmaDirection::ToDevice, DmaAttrs::empty()) }.unwrap();
+    assert_eq!(n, 4);
+    check(&pv.xen, &engine, &[&d32]);
+    for (e, d) in sg.iter().zip(&datas) {
+        assert_eq!(e.dma_length, e.length);
+        same(
+            &d32.read(e.dma_address, e.dma_length).unwrap(),
+            d,
+            "the device read",
+        );
+    }
+    assert_eq!(
+        [0, 1, 2, 3].map(|i| is_bounced(&engine, sg[i].dma_address)),
+        expect_bounced
+    );
+    engine
+        .unmap_sg(&dev, &sg, DmaDirection::ToDevice, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(pool_used(&engine), 0);
+    check(&pv.xen, &engine, &[&d32]);
+
+    // From the device, with a partial sync of the list before the unmap.
+    let mut sg2 = [sg[1], sg[2]].map(|e| SgEntry::new(e.phys, e.length));
+    // SAFETY: as above.
+    unsafe { engine.map_sg(&dev, &mut sg2, DmaDirection::FromDevice, DmaAttrs::empty()) }.unwrap();
+    let back: Vec<Vec<u8>> = sg2
+        .iter()
+        .enumerate()
+        .map(|(i, e)| pattern(50 + i as u64, e.length))
+        .collect();
+    for (e, d) in sg2.iter().zip(&back) {
+        d32.write(e.dma_address, d).unwrap();
+    }
+    engine
+        .sync_sg_for_cpu(&dev, &sg2, DmaDirection::FromDevice)
+        .unwrap();
+    for (e, d) in sg2.iter().zip(&back) {
+        let mut got = vec![0u8; e.length];
+        cpu.read(e.phys, &mut got);
+        same(&got, d, "after sync_sg_for_cpu");
+    }
+    engine
+        .unmap_sg(&dev, &sg2, DmaDirection::FromDevice, DmaAttrs::empty())
+        .unwrap();
+    check(&pv.xen, &engine, &[&d32]);
+
+    // A failure in the middle: the third entry cannot be bounced (larger than a segment),
+    // the two before it are unmapped again and the pool is as it was.
+    let used = pool_used(&engine);
+    let big = pv.guest.alloc_pages(80);
+    let mut sg3 = [
+        SgEntry::new(high, 2048),
+        SgEntry::new(at(buf, 4096 * 20), 20_000),
+        SgEntry::new(big, 300 * 1024),
+        SgEntry::new(low, 512),
+    ];
+    // SAFETY: as above.
+    let err = unsafe { engine.map_sg(&dev, &mut sg3, DmaDirection::ToDevice, DmaAttrs::empty()) }
+        .unwrap_err();
+    assert_eq!((err.index, err.unwound, err.failures), (2, 2, 1));
+    assert!(
+        matches!(
+            err.source,
+            DmaError::Bounce {
+                source: Error::TooLarge { .. } | Error::ExceedsSegment { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(sg3[..=2].iter().all(|e| e.dma_length == 0));
+    assert_eq!(
+        pool_used(&engine),
+        used,
+        "the unwinding gave every slot back"
+    );
+    check(&pv.xen, &engine, &[&d32]);
+    assert_eq!(engine.stats().sg_failures, 1);
+}
+
+#[test]
+fn a_full_pool_fails_an_sg_list_in_the_middle_and_unwinds() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    let buf = pv.guest.alloc_pages(5 * 64);
+    // Five scrambled 256 KiB buffers need five segments; the pool has four.
+    let mut sg: Vec<SgEntry> = (0..5)
+        .map(|i| SgEntry::new(at(buf, i * 256 * 1024), 256 * 1024))
+        .collect();
+    let free_before: Vec<_> = (0..4)
+        .map(|i| engine.pool().unwrap().free_count(i))
+        .collect();
+    // SAFETY: the buffers are the test's.
+    let err = unsafe { engine.map_sg(&dev, &mut sg, DmaDirection::ToDevice, DmaAttrs::empty()) }
+        .unwrap_err();
+    assert_eq!((err.index, err.unwound), (4, 4));
+    assert!(
+        matches!(
+            err.source,
+            DmaError::Bounce {
+                source: Error::PoolFull { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let free_after: Vec<_> = (0..4)
+        .map(|i| engine.pool().unwrap().free_count(i))
+        .collect();
+    assert_eq!(free_after, free_before);
+    assert_eq!(pool_used(&engine), 0);
+    check(&pv.xen, &engine, &[&d32]);
+}
+
+#[test]
+fn coherent_allocations_are_contiguous_below_the_mask_and_given_back() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    let cpu = pv.guest.memory();
+    let free_before = pv.xen.free_frames();
+    let exchanges_before = pv.xen.counters().count(SimOp::MemoryExchange);
+    let mut allocs = Vec::new();
+    for (i, size) in [100usize, 4096, 5000, 16384, 40_000, 65536]
+        .into_iter()
+        .enumerate()
+    {
+        let a = engine.alloc_coherent(&dev, size).unwrap();
+        let pages = 1u64 << a.order();
+        assert!(
+            a.bus().as_u64() + pages * PAGE <= GIB4,
+            "below the coherent mask"
+        );
+        assert_eq!(
+            a.bus().as_u64() % (pages * PAGE),
+            0,
+            "naturally aligned on the bus"
+        );
+        for p in 0..pages {
+            assert_eq!(
+                pv.machine(at(a.phys(), p * PAGE)).as_u64(),
+                a.bus().as_u64() + p * PAGE,
+                "bus-contiguous"
+            );
+        }
+        let mut zero = vec![0xffu8; size];
+        cpu.read(a.phys(), &mut zero);
+        assert!(zero.iter().all(|&b| b == 0), "zeroed");
+        // Both sides see each other's writes without syncs.
+        let data = pattern(i as u64, size);
+        cpu.write(a.phys(), &data);
+        same(&d32.read(a.bus(), size).unwrap(), &data, "the device read");
+        let back = pattern(10 + i as u64, size);
+        d32.write(a.bus(), &back).unwrap();
+        let mut got = vec![0u8; size];
+        cpu.read(a.phys(), &mut got);
+        same(&got, &back, "the CPU read");
+        check(&pv.xen, &engine, &[&d32]);
+        allocs.push(a);
+    }
+    let st = engine.stats();
+    assert!(
+        st.coherent_exchanged >= 4,
+        "the scrambled P2M needs exchanges: {st:?}"
+    );
+    let exchanged = allocs.iter().filter(|a| a.is_exchanged()).count() as u64;
+    assert_eq!(
+        pv.xen.counters().count(SimOp::MemoryExchange) - exchanges_before,
+        exchanged
+    );
+    for a in allocs {
+        // SAFETY: nothing uses the allocation any more.
+        unsafe { engine.free_coherent(&dev, a) }.unwrap();
+        check(&pv.xen, &engine, &[&d32]);
+    }
+    assert_eq!(engine.pages().in_use(), 0);
+    assert_eq!(
+        pv.xen.counters().count(SimOp::MemoryExchange) - exchanges_before,
+        2 * exchanged,
+        "every exchange given back"
+    );
+    assert_eq!(pv.xen.free_frames(), free_before, "no machine frame lost");
+    assert_eq!(
+        pv.local_entries(),
+        pv.guest.nr_pages(),
+        "every pfn has its own frame"
+    );
+    // A one-page allocation for a 64-bit device needs no exchange.
+    let d64 = pv.xen.device(DmaMask::FULL, true).core_device();
+    let a = engine.alloc_coherent(&d64, 4096).unwrap();
+    assert!(!a.is_exchanged());
+    // SAFETY: unused.
+    unsafe { engine.free_coherent(&d64, a) }.unwrap();
+}
+
+#[test]
+fn dma_supported_answers_from_the_pools_real_bus_addresses() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let top = engine.pool_bus_top().unwrap().as_u64();
+    let dev = pv.xen.device(DmaMask::BITS_32, true).core_device();
+    assert!(top < GIB4);
+    assert!(engine.dma_supported(&dev, DmaMask::BITS_32));
+    let bits = 64 - top.leading_zeros();
+    assert!(engine.dma_supported(&dev, DmaMask::from_bits(bits).unwrap()));
+    assert!(!engine.dma_supported(&dev, DmaMask::from_bits(bits - 1).unwrap()));
+    assert_eq!(engine.max_mapping_size(&dev), 256 * 1024);
+    assert_eq!(
+        engine.max_mapping_size(&dev.with_min_align_mask(0xfff)),
+        256 * 1024 - 4096
+    );
+}
