@@ -658,8 +658,14 @@ fn to_usize(len: u64) -> usize {
     len as usize
 }
 
-/// Checks the engine's invariant for a pool and returns its highest bus address.
-fn check_pool<P: Platform, M: PhysMemory, S: AsRef<[Slot]>>(
+/// Checks what [`DmaEngine::new`] requires of a pool under `platform` (every frame
+/// translates, each 256 KiB segment is bus-contiguous) and returns the pool's highest bus
+/// address (its last byte). Lets a caller check before handing the platform to the engine.
+///
+/// # Errors
+///
+/// [`EngineInitError::NoTranslation`], [`EngineInitError::SegmentNotContiguous`].
+pub fn check_pool<P: Platform, M: PhysMemory, S: AsRef<[Slot]>>(
     platform: &P,
     pool: &BouncePool<M, S>,
 ) -> Result<BusAddr, EngineInitError> {
@@ -703,4 +709,65 @@ fn check_pool<P: Platform, M: PhysMemory, S: AsRef<[Slot]>>(
         segment += 1;
     }
     Ok(top)
+}
+
+/// A borrowed platform is a platform: an engine may own its platform or borrow it (for
+/// example to give chunks back through it after the engine is gone).
+// SAFETY: every method forwards to `P`, which upholds the contract.
+unsafe impl<P: Platform + ?Sized> Platform for &P {
+    #[inline]
+    fn pfn_to_bfn(&self, pfn: Pfn) -> Option<crate::addr::Bfn> {
+        (**self).pfn_to_bfn(pfn)
+    }
+
+    #[inline]
+    fn bfn_to_local_pfn(&self, bfn: crate::addr::Bfn) -> Option<Pfn> {
+        (**self).bfn_to_local_pfn(bfn)
+    }
+
+    #[inline]
+    fn needs_bounce(&self, dev: &Device, phys: PhysAddr, bus: BusAddr) -> bool {
+        (**self).needs_bounce(dev, phys, bus)
+    }
+
+    fn sync_for_device(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        (**self).sync_for_device(dev, phys, bus, len, dir)
+    }
+
+    fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        (**self).sync_for_cpu(dev, phys, bus, len, dir)
+    }
+
+    unsafe fn create_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        address_bits: u32,
+    ) -> Result<BusAddr, PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).create_contiguous_region(phys, order, address_bits) }
+    }
+
+    unsafe fn destroy_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+    ) -> Result<(), PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).destroy_contiguous_region(phys, order) }
+    }
 }

@@ -1,0 +1,588 @@
+//! The Xen pool initialisation policy (Linux's `xen_swiotlb_fixup` and the halving retry of
+//! `swiotlb_init_remap`, improved): make a bounce pool bus-contiguous and DMA-reachable,
+//! build the [`BouncePool`] and the [`DmaEngine`] over it, and report what it took.
+//!
+//! For a pool of `bytes` at `phys` (aligned to a 256 KiB segment):
+//!
+//! 1. The pool is cut into naturally aligned power-of-two **chunks**, each as large as the
+//!    pseudo-physical alignment, the remaining size and the current order cap allow (never
+//!    smaller than a segment). A chunk that is already bus-contiguous, aligned to a segment
+//!    on the bus and below `2^max_address_bits` is kept as it is (no hypercall: the arm64 1:1
+//!    case, or memory Xen handed out contiguous).
+//! 2. Any other chunk is made contiguous with [`Platform::create_contiguous_region`], with
+//!    `address_bits` rising from the smallest that fits the chunk up to
+//!    [`InitOptions::max_address_bits`] (32, Linux's `MAX_DMA_BITS`), never going back down
+//!    for later chunks (as Linux). An "order too large" answer (`OrderTooLarge`, or `EPERM`
+//!    from `XENMEM_exchange`) lowers the order cap at once; exhausting the address bits
+//!    with a chunk larger than a segment splits it.
+//! 3. When even a segment cannot be made contiguous, the pool is **halved** (keeping whole
+//!    segments): chunks beyond the new end are given back with
+//!    [`Platform::destroy_contiguous_region`], chunks inside it are kept, and the work goes
+//!    on from the end of the last kept chunk, down to [`InitOptions::min_bytes`] (1 MiB).
+//! 4. The pool and the engine are built; the engine checks every segment again and records
+//!    the pool's real highest bus address for `dma_supported`.
+//!
+//! Linux makes one `XENMEM_exchange` per 256 KiB segment (256 for the default 64 MiB); a
+//! pool aligned to its size needs one per chunk here (one for 64 MiB when Xen allows order
+//! 14, 32 with Xen's unprivileged limit of order 9).
+//!
+//! After any error everything exchanged so far has been given back, except what the error
+//! names ([`InitError::GiveBack`]).
+
+#[cfg(test)]
+mod tests;
+
+use arrayvec::ArrayVec;
+use swiotlb_core::engine::{EngineInitError, check_pool};
+use swiotlb_core::pool::{IO_TLB_SEGMENT_BYTES, IO_TLB_SIZE};
+use swiotlb_core::{
+    BouncePool, BusAddr, DmaEngine, PageAllocator, PhysAddr, PhysMemory, Platform, PlatformError,
+    Slot, XEN_PAGE_SHIFT, XEN_PAGE_SIZE,
+};
+
+/// The order of a 256 KiB segment in 4 KiB frames.
+pub const SEGMENT_ORDER: u32 = 6;
+/// The smallest pool the halving settles for by default (Linux: 1 MiB, 512 slots).
+pub const MIN_POOL_BYTES: usize = 1 << 20;
+/// Linux's `MAX_DMA_BITS`: the highest address limit asked of Xen.
+pub const MAX_DMA_BITS: u32 = 32;
+/// The most chunks an [`InitReport`] records; a pool needing more (tiny order caps on a
+/// huge pool) is halved until it fits.
+pub const MAX_CHUNKS: usize = 64;
+/// The default order cap: 4096 frames (16 MiB), Xen's default limit for the hardware
+/// domain (`CONFIG_HWDOM_MAX_ORDER`). Larger orders are refused by Xen with `EPERM`, which
+/// lowers the cap anyway.
+pub const DEFAULT_MAX_ORDER: u32 = 12;
+
+const EPERM: i32 = 1;
+// CAST: 256 KiB fits in u64.
+const SEGMENT: u64 = IO_TLB_SEGMENT_BYTES as u64;
+
+/// Options of [`init`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InitOptions {
+    /// Pool areas (locks); a power of two, lowered until each area is whole segments.
+    /// Default 1; kernels use their CPU count.
+    pub nareas: usize,
+    /// The smallest pool the halving accepts (default [`MIN_POOL_BYTES`]).
+    pub min_bytes: usize,
+    /// The largest chunk order tried first (default [`DEFAULT_MAX_ORDER`]; at least
+    /// [`SEGMENT_ORDER`]).
+    pub max_order: u32,
+    /// The highest address limit asked for (default [`MAX_DMA_BITS`]).
+    pub max_address_bits: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            nareas: 1,
+            min_bytes: MIN_POOL_BYTES,
+            max_order: DEFAULT_MAX_ORDER,
+            max_address_bits: MAX_DMA_BITS,
+        }
+    }
+}
+
+impl InitOptions {
+    /// Sets the number of areas.
+    #[must_use]
+    pub fn with_nareas(mut self, nareas: usize) -> Self {
+        self.nareas = nareas;
+        self
+    }
+
+    /// Sets the smallest acceptable pool.
+    #[must_use]
+    pub fn with_min_bytes(mut self, bytes: usize) -> Self {
+        self.min_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest chunk order tried.
+    #[must_use]
+    pub fn with_max_order(mut self, order: u32) -> Self {
+        self.max_order = order;
+        self
+    }
+
+    /// Sets the highest address limit asked for.
+    #[must_use]
+    pub fn with_max_address_bits(mut self, bits: u32) -> Self {
+        self.max_address_bits = bits;
+        self
+    }
+}
+
+/// One chunk of the pool: `4 KiB << order` bytes at `phys`, bus-contiguous at `bus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// The chunk's first byte.
+    pub phys: PhysAddr,
+    /// Its bus address.
+    pub bus: BusAddr,
+    /// Its order in 4 KiB frames.
+    pub order: u32,
+    /// The address limit it was exchanged below, or `None` if it was already contiguous and
+    /// kept as it was (nothing to give back).
+    pub address_bits: Option<u32>,
+}
+
+impl Chunk {
+    /// The chunk's size in bytes.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        XEN_PAGE_SIZE << self.order
+    }
+
+    /// Whether the chunk was made contiguous (and must be given back at teardown).
+    #[must_use]
+    pub fn is_exchanged(&self) -> bool {
+        self.address_bits.is_some()
+    }
+}
+
+/// What [`init`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InitReport {
+    /// The pool's first byte.
+    pub phys: PhysAddr,
+    /// The size asked for.
+    pub requested_bytes: usize,
+    /// The size of the pool built (after any halving).
+    pub bytes: usize,
+    /// Its slots.
+    pub nslabs: usize,
+    /// The chunks of the pool, in address order.
+    pub chunks: ArrayVec<Chunk, MAX_CHUNKS>,
+    /// Calls of `create_contiguous_region` (each one `XENMEM_exchange` plus the remapping
+    /// multicalls on x86 PV), successful or not.
+    pub create_calls: u32,
+    /// Of those, the ones that failed.
+    pub create_failures: u32,
+    /// Calls of `destroy_contiguous_region` (chunks given back after a halving).
+    pub destroy_calls: u32,
+    /// Times the pool was halved.
+    pub halvings: u32,
+    /// The pool's highest bus address (its last byte).
+    pub bus_top: BusAddr,
+}
+
+impl InitReport {
+    /// The chunks that were exchanged (not kept as they were).
+    pub fn exchanged(&self) -> impl Iterator<Item = &Chunk> {
+        self.chunks.iter().filter(|c| c.is_exchanged())
+    }
+
+    /// The highest address limit any chunk needed, if any was exchanged.
+    #[must_use]
+    pub fn max_address_bits_used(&self) -> Option<u32> {
+        self.chunks.iter().filter_map(|c| c.address_bits).max()
+    }
+
+    /// The smallest and largest chunk orders.
+    #[must_use]
+    pub fn order_range(&self) -> Option<(u32, u32)> {
+        let min = self.chunks.iter().map(|c| c.order).min()?;
+        let max = self.chunks.iter().map(|c| c.order).max()?;
+        Some((min, max))
+    }
+}
+
+/// Why [`init`] (or [`release`]) failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The pool's start is not aligned to a 256 KiB segment.
+    #[error("pool start {phys} is not aligned to {align:#x}")]
+    Misaligned {
+        /// The pool's start.
+        phys: PhysAddr,
+        /// The alignment needed.
+        align: u64,
+    },
+    /// The size is not a whole number of segments, or overflows.
+    #[error("pool size {bytes:#x} is not a non-zero multiple of 256 KiB")]
+    BadSize {
+        /// The size asked for.
+        bytes: usize,
+    },
+    /// The pool asked for is smaller than the minimum.
+    #[error("pool size {bytes:#x} is below the minimum {min:#x}")]
+    TooSmall {
+        /// The size asked for.
+        bytes: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// Not even the minimum pool could be made contiguous: Linux's "Failed to get contiguous
+    /// memory for DMA from Xen! You either: don't have the permissions, do not have enough
+    /// free memory under 4GB, or the hypervisor does not support the mapping exchange".
+    /// Everything exchanged was given back.
+    #[error(
+        "no contiguous memory for a {min:#x}-byte pool below 2^{address_bits} (last: {phys}, order {order}: {source})"
+    )]
+    Exhausted {
+        /// The minimum size that failed.
+        min: usize,
+        /// The address limit last tried.
+        address_bits: u32,
+        /// The chunk that failed last.
+        phys: PhysAddr,
+        /// Its order.
+        order: u32,
+        /// The platform's last error.
+        #[source]
+        source: PlatformError,
+    },
+    /// A chunk could not be given back (after a halving, after an error, or in
+    /// [`release`]); it stays exchanged and is the caller's to deal with.
+    #[error("giving back the chunk {phys} (order {order}) failed: {source}")]
+    GiveBack {
+        /// The chunk.
+        phys: PhysAddr,
+        /// Its order.
+        order: u32,
+        /// The platform's error.
+        #[source]
+        source: PlatformError,
+    },
+    /// The bounce pool refused the configuration (areas, storage).
+    #[error("bounce pool: {0}")]
+    Pool(#[source] swiotlb_core::Error),
+    /// The engine refused the pool (a frame without translation, a segment not
+    /// contiguous).
+    #[error("engine: {0}")]
+    Engine(#[source] EngineInitError),
+}
+
+/// What [`init`] returns: the engine over the new pool and the report, or the error.
+pub type InitResult<P, M, S, A> = Result<(DmaEngine<P, M, S, A>, InitReport), InitError>;
+
+/// How a failed chunk is handled.
+enum Next {
+    /// Try the same chunk again (a higher limit, or a smaller order).
+    Retry,
+    /// Give up on this chunk: halve the pool.
+    Halve(PlatformError),
+}
+
+/// The fix-up loop's state.
+struct Fixup<'p, P> {
+    platform: &'p P,
+    start: u64,
+    end: u64,
+    cursor: u64,
+    bits: u32,
+    cap: u32,
+    max_bits: u32,
+    report: InitReport,
+}
+
+impl<P: Platform> Fixup<'_, P> {
+    /// The chunk order at the cursor.
+    fn order(&self) -> u32 {
+        let align = self.cursor.trailing_zeros().saturating_sub(XEN_PAGE_SHIFT);
+        let remaining = self.end - self.cursor;
+        let fits = (63 - remaining.leading_zeros()).saturating_sub(XEN_PAGE_SHIFT);
+        align.min(fits).min(self.cap).max(SEGMENT_ORDER)
+    }
+
+    /// The bus address of the chunk if it can be kept as it is.
+    fn usable_as_is(&self, phys: PhysAddr, order: u32) -> Option<BusAddr> {
+        let n = 1u64 << order;
+        let b0 = self.platform.pfn_to_bfn(phys.frame())?;
+        for i in 1..n {
+            let pfn = phys.frame().checked_add(i)?;
+            if self.platform.pfn_to_bfn(pfn)?.as_u64() != b0.as_u64().checked_add(i)? {
+                return None;
+            }
+        }
+        let bus = b0.start();
+        let last = bus.checked_last(XEN_PAGE_SIZE << order)?;
+        let below = self.max_bits >= 64 || last.as_u64() >> self.max_bits == 0;
+        (bus.is_aligned(SEGMENT) && below).then_some(bus)
+    }
+
+    /// Works on the chunk at the cursor.
+    fn step(&mut self) -> Result<(), PlatformError> {
+        let order = self.order();
+        let phys = PhysAddr::new(self.cursor);
+        let bytes = XEN_PAGE_SIZE << order;
+        if self.report.chunks.is_full() {
+            return Err(PlatformError::Exhausted {
+                what: "chunk records (InitReport::chunks)",
+            });
+        }
+        if let Some(bus) = self.usable_as_is(phys, order) {
+            self.report.chunks.push(Chunk {
+                phys,
+                bus,
+                order,
+                address_bits: None,
+            });
+            self.cursor += bytes;
+            return Ok(());
+        }
+        loop {
+            let bits = self.bits.max(order + XEN_PAGE_SHIFT);
+            self.report.create_calls += 1;
+            // SAFETY: the chunk is part of the pool region the caller of `init` owns
+            // exclusively, aligned to its size (its order never exceeds the cursor's
+            // alignment).
+            let r = unsafe { self.platform.create_contiguous_region(phys, order, bits) };
+            let err = match r {
+                Ok(bus) if bus.is_aligned(SEGMENT) && bus.checked_last(bytes).is_some() => {
+                    self.bits = bits;
+                    self.report.chunks.push(Chunk {
+                        phys,
+                        bus,
+                        order,
+                        address_bits: Some(bits),
+                    });
+                    self.cursor += bytes;
+                    return Ok(());
+                }
+                Ok(_) => {
+                    // A platform that breaks its promise: give it back and stop.
+                    // SAFETY: just made contiguous with this order.
+                    let _ = unsafe { self.platform.destroy_contiguous_region(phys, order) };
+                    self.report.destroy_calls += 1;
+                    self.report.create_failures += 1;
+                    return Err(PlatformError::Misaligned {
+                        addr: phys,
+                        align: SEGMENT,
+                    });
+                }
+                Err(e) => e,
+            };
+            self.report.create_failures += 1;
+            match self.classify(err, order, bits) {
+                Next::Retry => {
+                    if self.order() != order {
+                        // A smaller chunk now: start it afresh.
+                        return self.step();
+                    }
+                }
+                Next::Halve(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decides what to do after `err` for a chunk of `order` tried below `2^bits`.
+    fn classify(&mut self, err: PlatformError, order: u32, bits: u32) -> Next {
+        let too_large = match err {
+            PlatformError::OrderTooLarge { max, .. } => {
+                self.cap = self.cap.min(max.max(SEGMENT_ORDER));
+                true
+            }
+            PlatformError::Hypercall { errno: EPERM, .. } => true,
+            _ => false,
+        };
+        if too_large {
+            if order > SEGMENT_ORDER {
+                self.cap = self.cap.min(order - 1);
+                return Next::Retry;
+            }
+            return Next::Halve(err);
+        }
+        if bits < self.max_bits {
+            self.bits = bits + 1;
+            return Next::Retry;
+        }
+        if order > SEGMENT_ORDER {
+            // Nothing this large below the limit: smaller extents may still be found.
+            self.cap = order - 1;
+            return Next::Retry;
+        }
+        Next::Halve(err)
+    }
+
+    /// Gives back every exchanged chunk that ends past `new_end`; returns the first failure.
+    fn give_back_from(&mut self, new_end: u64) -> Result<(), InitError> {
+        let mut first = None;
+        while let Some(c) = self.report.chunks.last().copied() {
+            if c.phys.as_u64() + c.bytes() <= new_end {
+                break;
+            }
+            self.report.chunks.pop();
+            if c.is_exchanged() {
+                self.report.destroy_calls += 1;
+                // SAFETY: the chunk was made contiguous with this order by this fix-up and
+                // is still owned exclusively by it.
+                let r = unsafe { self.platform.destroy_contiguous_region(c.phys, c.order) };
+                if let Err(source) = r {
+                    first.get_or_insert(InitError::GiveBack {
+                        phys: c.phys,
+                        order: c.order,
+                        source,
+                    });
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Initialises swiotlb-xen over the pool region `[phys, phys + bytes)`: makes it
+/// bus-contiguous per the [module policy](self), builds the [`BouncePool`] (slot metadata
+/// in `storage`, copies through `mem`) and the [`DmaEngine`], and reports what it did.
+///
+/// # Errors
+///
+/// [`InitError::Misaligned`], [`InitError::BadSize`], [`InitError::TooSmall`],
+/// [`InitError::Exhausted`], [`InitError::GiveBack`], [`InitError::Pool`],
+/// [`InitError::Engine`]. After an error every chunk exchanged has been given back, except
+/// one named by `GiveBack`.
+///
+/// # Safety
+///
+/// - `[phys, phys + bytes)` is memory of the domain that the caller gives to the pool for
+///   the engine's lifetime (and, after [`release`], back): no Rust reference to it, no
+///   other user;
+/// - `mem` reaches that memory and every buffer later mapped, by physical address, in the
+///   platform's physical address space, as does `pages`;
+/// - the translation of the region's frames changes only through this function (and
+///   [`release`]) while the engine lives.
+pub unsafe fn init<P, M, S, A>(
+    platform: P,
+    mem: M,
+    phys: PhysAddr,
+    bytes: usize,
+    storage: S,
+    pages: A,
+    options: InitOptions,
+) -> InitResult<P, M, S, A>
+where
+    P: Platform,
+    M: PhysMemory,
+    S: AsRef<[Slot]>,
+    A: PageAllocator,
+{
+    if !phys.is_aligned(SEGMENT) {
+        return Err(InitError::Misaligned {
+            phys,
+            align: SEGMENT,
+        });
+    }
+    // CAST: usize fits in u64.
+    let end = phys.checked_add(bytes as u64);
+    let Some(end) = end.filter(|_| bytes != 0 && bytes.is_multiple_of(IO_TLB_SEGMENT_BYTES)) else {
+        return Err(InitError::BadSize { bytes });
+    };
+    let min = options.min_bytes.max(IO_TLB_SEGMENT_BYTES);
+    if bytes < min {
+        return Err(InitError::TooSmall { bytes, min });
+    }
+    let mut fx = Fixup {
+        platform: &platform,
+        start: phys.as_u64(),
+        end: end.as_u64(),
+        cursor: phys.as_u64(),
+        bits: SEGMENT_ORDER + XEN_PAGE_SHIFT,
+        cap: options.max_order.max(SEGMENT_ORDER),
+        max_bits: options.max_address_bits,
+        report: InitReport {
+            phys,
+            requested_bytes: bytes,
+            bytes,
+            nslabs: 0,
+            chunks: ArrayVec::new(),
+            create_calls: 0,
+            create_failures: 0,
+            destroy_calls: 0,
+            halvings: 0,
+            bus_top: BusAddr::ZERO,
+        },
+    };
+    while fx.cursor < fx.end {
+        let Err(source) = fx.step() else { continue };
+        let size = fx.end - fx.start;
+        let half = (size / 2) / SEGMENT * SEGMENT;
+        // CAST: `min` is a usize.
+        if half < min as u64 {
+            let order = fx.order();
+            let failed_at = PhysAddr::new(fx.cursor);
+            fx.give_back_from(fx.start)?;
+            return Err(InitError::Exhausted {
+                min,
+                address_bits: fx.bits,
+                phys: failed_at,
+                order,
+                source,
+            });
+        }
+        let new_end = fx.start + half;
+        if let Err(e) = fx.give_back_from(new_end) {
+            // Give back the rest too, then name the chunk that stayed.
+            let _ = fx.give_back_from(fx.start);
+            return Err(e);
+        }
+        fx.end = new_end;
+        fx.report.halvings += 1;
+        fx.cursor = fx
+            .report
+            .chunks
+            .last()
+            .map_or(fx.start, |c| c.phys.as_u64() + c.bytes());
+    }
+    let size = fx.end - fx.start;
+    // CAST: `size` is at most the `bytes` asked for.
+    let size = size as usize;
+    fx.report.bytes = size;
+    fx.report.nslabs = size / IO_TLB_SIZE;
+    let nslabs = fx.report.nslabs;
+    let mut report = fx.report;
+    // SAFETY: the caller gives the region to the pool alone, and `mem` reaches it.
+    let built = unsafe { BouncePool::new(mem, phys, nslabs, options.nareas, storage) }
+        .map_err(InitError::Pool)
+        .and_then(|pool| match check_pool(&platform, &pool) {
+            Ok(_) => Ok(pool),
+            Err(e) => Err(InitError::Engine(e)),
+        });
+    let pool = match built {
+        Ok(p) => p,
+        Err(e) => {
+            // SAFETY: no pool and no engine exist; the chunks are unused.
+            unsafe { release(&platform, &report) }?;
+            return Err(e);
+        }
+    };
+    // SAFETY: the caller's promises cover the engine's contract: pool, buffers and pages
+    // are in the platform's space and the pool's translations no longer change.
+    let engine =
+        unsafe { DmaEngine::new(platform, Some(pool), pages) }.map_err(InitError::Engine)?;
+    report.bus_top = engine.pool_bus_top().unwrap_or(BusAddr::ZERO);
+    Ok((engine, report))
+}
+
+/// Gives back every exchanged chunk of a pool built by [`init`] (the teardown of a pool
+/// whose engine is gone, or tests checking that nothing leaks). Goes on after a failing
+/// chunk.
+///
+/// # Errors
+///
+/// [`InitError::GiveBack`] for the first chunk that could not be given back.
+///
+/// # Safety
+///
+/// Nothing uses the pool any more (the engine is dropped or never maps again, no device
+/// holds a bounce address), and `report` describes chunks of `platform` not given back
+/// yet.
+pub unsafe fn release<P: Platform>(platform: &P, report: &InitReport) -> Result<(), InitError> {
+    let mut first = None;
+    for c in report.exchanged() {
+        // SAFETY: the caller guarantees nobody uses the chunk, which `init` made contiguous
+        // with this order.
+        if let Err(source) = unsafe { platform.destroy_contiguous_region(c.phys, c.order) } {
+            first.get_or_insert(InitError::GiveBack {
+                phys: c.phys,
+                order: c.order,
+                source,
+            });
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
