@@ -8,8 +8,8 @@
 //! includes the failed attempts, the zap and remap multicalls and the exchanges, as on a
 //! real machine.
 //!
-//! The facade's own pool initialisation is measured on the same machine by
-//! [`FixupCount::from_counters`] around its call, so both figures come from one counter.
+//! The facade's own pool initialisation ([`crate::sim::facade_fixup`]) is measured on the
+//! same machine with the same counters, so both figures count the same thing.
 
 use std::sync::atomic::Ordering;
 
@@ -147,16 +147,6 @@ pub unsafe fn linux_fixup(
         off += SEGMENT_BYTES;
     }
     Ok(FixupCount::from_counters(&xen.counters(), bytes, dma_bits))
-}
-
-/// The facade's pool initialisation on the default machine, counted.
-///
-/// # Errors
-///
-/// Until the facade's `init` is built, always.
-pub fn facade_fixup(bytes: u64) -> Result<FixupCount, String> {
-    let _ = bytes;
-    Err("the facade's pool init (swiotlb_xen::init) is not built yet".into())
 }
 
 /// Whether every 4 KiB frame of `bytes` at `phys` is dom0's own, in one machine-contiguous

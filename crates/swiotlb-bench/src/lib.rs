@@ -50,5 +50,6 @@ pub mod mapbench;
 pub mod peers;
 pub mod report;
 pub mod rng;
+pub mod sim;
 pub mod suite;
 pub mod svg;

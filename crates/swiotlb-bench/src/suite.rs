@@ -456,30 +456,28 @@ pub fn fixup_figures() -> Result<Vec<Figure>, String> {
             "per_mib",
         ),
     ];
-    match fixup::facade_fixup(bytes) {
-        Ok(ours) => {
-            v.insert(
-                0,
-                Figure::new("fixup_hypercalls_per_mib", ours.traps_per_mib(), "per_mib")
-                    .with("traps", ours.traps as f64)
-                    .with("exchanges", ours.exchanges as f64)
-                    .with("pool_mib", (ours.bytes >> 20) as f64)
-                    .with("max_address_bits", f64::from(ours.max_bits)),
-            );
-            v.insert(
-                1,
-                Figure::new(
-                    "fixup_exchanges_per_mib",
-                    ours.exchanges_per_mib(),
-                    "per_mib",
-                ),
-            );
-        }
-        Err(e) => v.insert(
-            0,
-            Figure::new("fixup_hypercalls_per_mib", f64::NAN, "per_mib").note("error", e),
+    let (ours, report) = crate::sim::facade_fixup(bytes)?;
+    let orders = report
+        .order_range()
+        .map_or_else(|| "none".to_string(), |(a, b)| format!("{a}..={b}"));
+    v.insert(
+        0,
+        Figure::new("fixup_hypercalls_per_mib", ours.traps_per_mib(), "per_mib")
+            .with("traps", ours.traps as f64)
+            .with("exchanges", ours.exchanges as f64)
+            .with("chunks", report.chunks.len() as f64)
+            .with("pool_mib", (ours.bytes >> 20) as f64)
+            .with("max_address_bits", f64::from(ours.max_bits))
+            .note("chunk_orders", orders),
+    );
+    v.insert(
+        1,
+        Figure::new(
+            "fixup_exchanges_per_mib",
+            ours.exchanges_per_mib(),
+            "per_mib",
         ),
-    }
+    );
     Ok(v)
 }
 
