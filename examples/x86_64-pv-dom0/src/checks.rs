@@ -2,8 +2,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use swiotlb_core::{Bfn, LinearMap, Pfn, PhysAddr, PlatformError};
-use swiotlb_xen_x86_pv::{X86PvError, X86PvPlatform, boot as pvboot, p2m as p2menc};
+use swiotlb_xen::x86_pv::{X86PvError, X86PvPlatform, boot as pvboot, p2m as p2menc};
+use swiotlb_xen::{Bfn, LinearMap, Pfn, PhysAddr, PlatformError};
 use xen_abi::{DOMID_SELF, GuestHandle, XENMEM_CURRENT_RESERVATION, XenMemoryExchange};
 
 use crate::console::Line;

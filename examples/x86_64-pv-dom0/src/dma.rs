@@ -2,10 +2,11 @@
 //! maps that straddle machine discontinuities or lie above a device's mask, scatter-gather,
 //! coherent allocations, and the engine's error paths.
 
-use swiotlb_core::engine::{BounceReason, DmaEngine, DmaError, SgEntry};
-use swiotlb_core::{
-    Bfn, BouncePool, BusAddr, Device, DmaAttrs, DmaDirection, DmaMask, Error, LinearMap, Pfn,
-    PhysAddr, Platform, PlatformError, Slot,
+use swiotlb_xen::init::{self, InitError, InitOptions, InitReport};
+use swiotlb_xen::swiotlb_core::Error;
+use swiotlb_xen::{
+    Bfn, BounceReason, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError, DmaMask,
+    LinearMap, NoPageAllocator, Pfn, PhysAddr, Platform, PlatformError, SgEntry, Slot,
 };
 
 use crate::checks::{
@@ -21,14 +22,25 @@ pub const POOL_BYTES: usize = 4 << 20;
 /// The pool's slots.
 const NSLABS: usize = POOL_BYTES / 2048;
 
-/// The pool's memory, aligned to 2 MiB so that it splits into order-9 chunks.
-#[repr(C, align(2097152))]
+/// The pool's memory, aligned to its size so that the facade makes it contiguous with one
+/// exchange (order 10).
+#[repr(C, align(4194304))]
 struct PoolArea([u8; POOL_BYTES]);
 
 /// The bounce pool, reached only through the pool's `LinearMap`.
 static mut POOL: PoolArea = PoolArea([0; POOL_BYTES]);
 /// The pool's slot storage.
 static SLOTS: [Slot; NSLABS] = [const { Slot::new() }; NSLABS];
+/// The size of the pool the refused initialisation tries.
+const SMALL_POOL_BYTES: usize = 256 << 10;
+/// The region of the refused initialisation, one segment.
+#[repr(C, align(262144))]
+struct SmallPool([u8; SMALL_POOL_BYTES]);
+/// The refused pool's memory.
+static mut SMALL_POOL: SmallPool = SmallPool([0; SMALL_POOL_BYTES]);
+/// The refused pool's slots.
+static SMALL_SLOTS: [Slot; SMALL_POOL_BYTES / 2048] =
+    [const { Slot::new() }; SMALL_POOL_BYTES / 2048];
 /// The buffers the checks map: 16 pages.
 static mut BUF: Block64K<65536> = Block64K([0; 65536]);
 
@@ -108,10 +120,10 @@ fn check_bounce(eng: &Engine, bus: BusAddr, len: usize, mask: DmaMask) -> Result
 
 /// Runs the DMA checks, consuming the platform (the engine owns it).
 pub fn run(env: &Env, pv: Pv, report: &mut Report) {
-    let eng = match pool_init(env, pv) {
-        Ok((eng, details)) => {
+    let (eng, init) = match pool_init(env, pv) {
+        Ok((eng, init, details)) => {
             report.record("pool-init", Ok(details));
-            eng
+            (eng, init)
         }
         Err(details) => {
             report.record("pool-init", Err(details));
@@ -123,32 +135,41 @@ pub fn run(env: &Env, pv: Pv, report: &mut Report) {
     report.record("map-sg", map_sg(&eng));
     report.record("coherent", coherent(env, &eng));
     report.record("bad-input-engine", bad_input_engine(&eng));
+    report.record("pool-init-refused", pool_init_refused(env, &eng));
+    report.record("pool-release", pool_release(env, eng, &init));
 }
 
-/// Makes the pool machine-contiguous below 4 GiB and builds the engine over it.
-fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, Line), Line> {
+/// Makes the pool machine-contiguous below 4 GiB and builds the engine over it, with the
+/// facade's initialisation policy (`swiotlb_xen::init`).
+fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
     let pool_phys = phys_of(&raw const POOL);
     let c0 = COUNTERS.snapshot();
-    // Until the facade's init lands: one order-9 exchange per 2 MiB chunk below 4 GiB.
-    let mut chunks = 0;
-    for c in 0..POOL_BYTES / (2 << 20) {
-        let chunk = PhysAddr::new(pool_phys.as_u64() + (c as u64) * (2 << 20));
-        // SAFETY: the pool's memory is not in use yet.
-        unsafe { pv.create_contiguous(chunk, 9, 32) }
-            .map_err(|e| fmt_line!("create_contiguous({chunk}, 9, 32): {e}"))?;
-        chunks += 1;
+    let pages0 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    // SAFETY: the pool's memory is a static given to the pool alone; the image map reaches
+    // it, every buffer the checks map and every coherent page, at the platform's
+    // pseudo-physical addresses; the pool's translation changes only through `init`.
+    let (eng, init) = unsafe {
+        init::init(
+            pv,
+            image_map(),
+            pool_phys,
+            POOL_BYTES,
+            &SLOTS[..],
+            &ALLOCATOR,
+            InitOptions::default(),
+        )
     }
+    .map_err(|e| fmt_line!("swiotlb_xen::init::init: {e}"))?;
     let calls = COUNTERS.snapshot().since(c0);
-    // The pool copies between its slots and the buffers through a map of the whole image.
-    let mem = image_map();
-    // SAFETY: the pool's memory belongs to the pool alone.
-    let pool = unsafe { BouncePool::new(mem, pool_phys, NSLABS, 1, &SLOTS[..]) }
-        .map_err(|e| fmt_line!("BouncePool::new: {e}"))?;
-    // SAFETY: the kernel's pseudo-physical addresses are the platform's; the pool's frames
-    // keep their translation while the engine lives; the pool's map covers the whole image,
-    // so every buffer the checks map and every coherent page.
-    let eng = unsafe { DmaEngine::new(pv, Some(pool), &ALLOCATOR) }
-        .map_err(|e| fmt_line!("DmaEngine::new: {e}"))?;
+    ensure!(
+        init.bytes == POOL_BYTES && init.nslabs == NSLABS && init.halvings == 0,
+        "init built {:#x} bytes, {} slots, {} halvings",
+        init.bytes,
+        init.nslabs,
+        init.halvings
+    );
+    let pages1 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    ensure!(pages0 == pages1, "reservation {pages0} -> {pages1}");
     // Every 256 KiB segment machine-contiguous, below 4 GiB, and M2P-consistent.
     let pfn0 = pool_phys.frame().as_u64();
     let mut top = 0;
@@ -177,20 +198,131 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, Line), Line> {
         eng.dma_supported(&dev32, DmaMask::BITS_32),
         "dma_supported(32 bits) is false"
     );
+    ensure!(
+        init.bus_top.as_u64() == bus_top,
+        "InitReport bus_top {}, engine {bus_top:#x}",
+        init.bus_top
+    );
     let mib = (POOL_BYTES >> 20) as u64;
+    let (lo, hi) = init.order_range().unwrap_or((0, 0));
     Ok((
         eng,
+        init.clone(),
         fmt_line!(
-            "{} MiB pool at {pool_phys} (was above 4 GiB): {chunks} chunks of order 9, every \
-             256 KiB segment machine-contiguous and M2P-consistent, bus top {bus_top:#x}; \
-             {} hypercalls ({} exchanges, {} multicalls) = {}.{} per MiB",
-            mib,
+            "{mib} MiB pool at {pool_phys} (above 4 GiB at boot) through swiotlb_xen::init: {} \
+             chunks of order {lo}..={hi}, {} exchanged below 2^{}, every 256 KiB segment \
+             machine-contiguous and M2P-consistent, bus top {bus_top:#x}, reservation \
+             unchanged; {} hypercalls ({} exchanges, {} multicalls) = {}.{:02} per MiB \
+             ({}.{:02} exchanges per MiB; Linux: 4)",
+            init.chunks.len(),
+            init.exchanged().count(),
+            init.max_address_bits_used().unwrap_or(0),
             calls.total,
             calls.exchanges,
             calls.multicalls,
             calls.total / mib,
-            (calls.total * 10 / mib) % 10
+            (calls.total * 100 / mib) % 100,
+            calls.exchanges / mib,
+            (calls.exchanges * 100 / mib) % 100
         ),
+    ))
+}
+
+/// The facade's initialisation when Xen has no memory below the limit: a 256 KiB pool that
+/// must lie below 2^20, where dom0 gets nothing. Every exchange is refused; the error names
+/// the last one, and the region is as before.
+fn pool_init_refused(env: &Env, eng: &Engine) -> Outcome {
+    let region = phys_of(&raw const SMALL_POOL);
+    let pfn0 = region.frame().as_u64();
+    let before: [u64; 64] = core::array::from_fn(|i| env.p2m_raw(pfn0 + i as u64));
+    // The engine's platform, borrowed (`&P` is a platform too).
+    let pv = eng.platform();
+    let options = InitOptions::default()
+        .with_min_bytes(SMALL_POOL_BYTES)
+        .with_max_address_bits(20);
+    let c0 = COUNTERS.snapshot();
+    // SAFETY: the small pool is a static only this check uses.
+    let r = unsafe {
+        init::init(
+            pv,
+            image_map(),
+            region,
+            SMALL_POOL_BYTES,
+            &SMALL_SLOTS[..],
+            NoPageAllocator,
+            options,
+        )
+    };
+    let calls = COUNTERS.snapshot().since(c0);
+    let e = match r {
+        Err(
+            e @ InitError::Exhausted {
+                source: PlatformError::Hypercall { op, errno },
+                ..
+            },
+        ) if op == "XENMEM_exchange" && errno > 0 => e,
+        Err(e) => {
+            return Err(fmt_line!(
+                "expected Exhausted by XENMEM_exchange, got `{e}`"
+            ));
+        }
+        Ok((_, report)) => return Err(fmt_line!("Xen gave memory below 1 MiB: {report:?}")),
+    };
+    let after: [u64; 64] = core::array::from_fn(|i| env.p2m_raw(pfn0 + i as u64));
+    ensure!(before == after, "the region's frames changed");
+    ensure!(
+        (0..64).all(|i| env.round_trips(pfn0 + i)),
+        "M2P inconsistent after the refusal"
+    );
+    fill(region, SMALL_POOL_BYTES, 0x3d);
+    holds("refused pool", region, SMALL_POOL_BYTES, 0x3d)?;
+    Ok(fmt_line!(
+        "256 KiB below 2^20: `{e}` after {} exchanges; frames unchanged, M2P consistent, \
+         memory usable",
+        calls.exchanges
+    ))
+}
+
+/// Tears the engine down and gives the pool's exchanged chunks back
+/// (`swiotlb_xen::init::release`): nothing leaked, the tables consistent.
+fn pool_release(env: &Env, eng: Engine, init: &InitReport) -> Outcome {
+    let pool_phys = init.phys;
+    let pfn0 = pool_phys.frame().as_u64();
+    let pages0 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    let (pv, pool, _) = eng.into_parts();
+    drop(pool);
+    let c0 = COUNTERS.snapshot();
+    // SAFETY: the engine and its pool are gone; nothing uses the pool's memory.
+    unsafe { init::release(&pv, init) }.map_err(|e| fmt_line!("release: {e}"))?;
+    let calls = COUNTERS.snapshot().since(c0);
+    let frames = (POOL_BYTES / 4096) as u64;
+    let mut still = 0;
+    for i in 0..frames {
+        ensure!(
+            env.round_trips(pfn0 + i),
+            "pool page {i} does not round-trip after release"
+        );
+        if init.chunks.iter().any(|c| {
+            (c.bus.frame().as_u64()..c.bus.frame().as_u64() + (1 << c.order))
+                .contains(&env.p2m_raw(pfn0 + i))
+        }) {
+            still += 1;
+        }
+    }
+    ensure!(still == 0, "{still} pool pages still on their chunk frames");
+    let pages1 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    ensure!(pages0 == pages1, "reservation {pages0} -> {pages1}");
+    ensure!(
+        calls.exchanges == init.exchanged().count() as u64,
+        "{} exchanges for {} chunks",
+        calls.exchanges,
+        init.exchanged().count()
+    );
+    Ok(fmt_line!(
+        "{} chunks given back with {} exchanges: every pool page on a new frame, P2M/M2P \
+         agree, reservation {pages1} unchanged",
+        init.exchanged().count(),
+        calls.exchanges
     ))
 }
 
@@ -554,10 +686,17 @@ fn bad_input_engine(eng: &Engine) -> Outcome {
         ),
         "double unmap: {double:?}"
     );
-    let narrow = DmaMask::from_bits(24).ok_or_else(|| fmt_line!("no 24-bit mask"))?;
+    // dma_supported answers from the pool's real bus top: false for a mask one bit short of
+    // it, true for the mask that just holds it.
+    let top = eng.pool_bus_top().map_or(0, BusAddr::as_u64);
+    let bits = 64 - top.leading_zeros();
+    let (fits, short) = (DmaMask::from_bits(bits), DmaMask::from_bits(bits - 1));
+    let (Some(fits), Some(short)) = (fits, short) else {
+        return Err(fmt_line!("no mask of {bits} bits"));
+    };
     ensure!(
-        !eng.dma_supported(&dev, narrow),
-        "dma_supported(24 bits) with a pool at {pool_bus}"
+        eng.dma_supported(&dev, fits) && !eng.dma_supported(&dev, short),
+        "dma_supported wrong around the pool top {top:#x} ({bits} bits)"
     );
     let s1 = pool.stats();
     ensure!(
@@ -567,6 +706,8 @@ fn bad_input_engine(eng: &Engine) -> Outcome {
     );
     Ok(fmt_line!(
         "zero size, overflow, 300 KiB bounce, unmap of an unmapped pool address ({stray}), \
-         double unmap: documented errors; dma_supported(24 bits) false; no slot left in use"
+         double unmap: documented errors; dma_supported true for {bits} bits, false for {} (pool \
+         top {top:#x}); no slot left in use",
+        bits - 1
     ))
 }

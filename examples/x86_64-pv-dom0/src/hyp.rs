@@ -2,14 +2,13 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use swiotlb_xen_x86_pv::NativeHypercall;
 use xen_abi::{
     HYPERVISOR_MEMORY_OP, HYPERVISOR_MULTICALL, HYPERVISOR_UPDATE_VA_MAPPING, Hypercall,
     XENMEM_EXCHANGE,
 };
 
-/// The native `syscall` trap (re-exported under a short name).
-pub use swiotlb_xen_x86_pv::NativeHypercall as Native;
+/// The native `syscall` trap: the facade's `native::Hypercall` (x86 PV's `NativeHypercall`).
+pub use swiotlb_xen::native::Hypercall as Native;
 
 /// Hypercall counters, by kind.
 #[derive(Debug)]
@@ -91,7 +90,7 @@ unsafe impl Hypercall for Counted {
             _ => {}
         }
         // SAFETY: the caller's contract is the trait's, passed on unchanged.
-        unsafe { NativeHypercall.hypercall(op, args) }
+        unsafe { Native.hypercall(op, args) }
     }
 }
 

@@ -2,8 +2,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use swiotlb_core::engine::PageAllocator;
-use swiotlb_core::{Pfn, PhysAddr};
+use swiotlb_xen::{PageAllocator, Pfn, PhysAddr};
 
 use crate::checks::{phys_of, virt_of};
 
