@@ -162,16 +162,19 @@ fn run<'a>(
 }
 
 #[test]
-fn one_exchange_for_an_aligned_pool_with_bits_rising_from_the_smallest() {
+fn a_segment_probes_the_limit_then_chunks_double() {
     let region = Region::new(8 * MIB);
     let p = Scripted::new();
     let (engine, report) = run(&region, &p, 8 * MIB, InitOptions::default()).unwrap();
-    assert_eq!(report.chunks.len(), 1);
-    assert_eq!(report.chunks[0].order, 11);
-    // 8 MiB needs 23 bits; 23..=26 fail, 27 works.
-    let bits: Vec<u32> = p.calls.lock().unwrap().iter().map(|c| c.2).collect();
-    assert_eq!(bits, [23, 24, 25, 26, 27]);
-    assert_eq!((report.create_calls, report.create_failures), (5, 4));
+    let orders: Vec<u32> = report.chunks.iter().map(|c| c.order).collect();
+    assert_eq!(orders, [6, 6, 7, 8, 9, 10]);
+    // The probe climbs from 18 bits (a segment) to 27; every later chunk starts at 27.
+    let calls = p.calls.lock().unwrap().clone();
+    let bits: Vec<u32> = calls.iter().map(|c| c.2).collect();
+    assert_eq!(bits[..10], [18, 19, 20, 21, 22, 23, 24, 25, 26, 27]);
+    assert!(calls[..10].iter().all(|c| c.1 == 6 && c.0 == BASE));
+    assert!(bits[10..].iter().all(|&b| b == 27));
+    assert_eq!((report.create_calls, report.create_failures), (15, 9));
     assert_eq!(report.max_address_bits_used(), Some(27));
     assert_eq!(report.bus_top, BusAddr::new(BASE + 8 * MIB as u64 - 1));
     assert_eq!(engine.pool_bus_top(), Some(report.bus_top));
@@ -186,14 +189,18 @@ fn one_exchange_for_an_aligned_pool_with_bits_rising_from_the_smallest() {
 fn chunks_follow_alignment_and_size_and_bits_never_go_down() {
     let region = Region::new(7 * MIB);
     let p = Scripted::new();
-    // 7 MiB at a 64 MiB boundary: 4 MiB + 2 MiB + 1 MiB.
+    // 7 MiB at a 64 MiB boundary: the probe segment, then each chunk as large as the
+    // cursor's alignment and the remaining size allow.
     let (_e, report) = run(&region, &p, 7 * MIB, InitOptions::default()).unwrap();
     let orders: Vec<u32> = report.chunks.iter().map(|c| c.order).collect();
-    assert_eq!(orders, [10, 9, 8]);
-    let calls = p.calls.lock().unwrap().clone();
-    // The first chunk climbs 22..=27; the later ones start at 27.
-    assert_eq!(calls.len(), 6 + 2);
-    assert!(calls[6..].iter().all(|c| c.2 == 27));
+    assert_eq!(orders, [6, 6, 7, 8, 9, 9, 8]);
+    let mut at = BASE;
+    for c in &report.chunks {
+        assert_eq!(c.phys.as_u64(), at);
+        assert!(c.phys.is_aligned(c.bytes()));
+        at += c.bytes();
+    }
+    assert_eq!(at, BASE + 7 * MIB as u64);
 }
 
 #[test]
@@ -203,10 +210,11 @@ fn a_small_order_cap_lowers_the_chunks_at_once() {
     p.max_order = 7;
     p.need_bits = 0;
     let (_e, report) = run(&region, &p, 4 * MIB, InitOptions::default()).unwrap();
-    assert!(report.chunks.iter().all(|c| c.order == 7));
-    assert_eq!(report.chunks.len(), 8);
-    // One refusal (order 10), then eight successes.
-    assert_eq!((report.create_calls, report.create_failures), (9, 1));
+    let orders: Vec<u32> = report.chunks.iter().map(|c| c.order).collect();
+    // The probe, then 6 and 7 by alignment; the first order 8 is refused and the cap drops
+    // to 7 for good.
+    assert_eq!(orders, [6, 6, 7, 7, 7, 7, 7, 7, 7]);
+    assert_eq!((report.create_calls, report.create_failures), (10, 1));
 }
 
 #[test]
@@ -216,13 +224,14 @@ fn failure_halves_the_pool_keeping_chunks_inside_and_giving_back_the_rest() {
     p.fail_from = BASE + 3 * MIB as u64;
     let opts = InitOptions::default().with_max_order(8); // 1 MiB chunks
     let (engine, report) = run(&region, &p, 8 * MIB, opts).unwrap();
-    // 8 MiB fails at 3 MiB -> 4 MiB still needs 3..4 MiB -> 2 MiB: chunk 2 given back.
+    // Chunks 0.25+0.25+0.5+1 MiB and 2..3 MiB; 8 MiB fails at 3 MiB -> 4 MiB still needs
+    // 3..4 MiB -> 2 MiB: the chunk at 2 MiB is given back, the four below kept.
     assert_eq!(report.bytes, 2 * MIB);
     assert_eq!(report.requested_bytes, 8 * MIB);
     assert_eq!(report.halvings, 2);
-    assert_eq!(report.chunks.len(), 2);
+    assert_eq!(report.chunks.len(), 4);
     assert_eq!(report.destroy_calls, 1);
-    assert_eq!(p.outstanding(), 2);
+    assert_eq!(p.outstanding(), 4);
     assert_eq!(engine.pool().unwrap().nslabs(), 1024);
     drop(engine);
     // SAFETY: the engine is gone.
@@ -441,21 +450,90 @@ mod sim {
         let c = xen.counters();
         // Linux: one exchange per 256 KiB segment, 64 for 16 MiB, plus failures.
         let exchanges = c.count(SimOp::MemoryExchange);
-        assert_eq!(report.chunks.len(), 1);
-        assert_eq!(report.exchanged().count(), 1);
-        // init's calls plus release's one give-back.
-        assert_eq!(exchanges, u64::from(report.create_calls) + 1);
+        // The probe segment, then chunks doubling up to 8 MiB: 7 instead of 64.
+        assert_eq!(report.chunks.len(), 7);
+        assert_eq!(report.order_range(), Some((6, 11)));
+        // init's calls, plus release's give-backs.
+        let n = report.exchanged().count() as u64;
+        assert_eq!(exchanges, u64::from(report.create_calls) + n);
         assert!(exchanges < 64, "{exchanges} exchanges");
         assert!(report.bus_top.as_u64() < 1 << 32);
         assert_eq!(xen.free_frames(), free_before);
+    }
+
+    /// The figures for the issue: traps (hypercall entries) and `XENMEM_exchange`s per MiB
+    /// of pool, ours against one exchange per segment (Linux's `xen_swiotlb_fixup`, which
+    /// `max_order(6)` reproduces: same rising bits, one 256 KiB extent per call).
+    #[test]
+    fn hypercalls_per_mib_against_one_exchange_per_segment() {
+        let mut figures = Vec::new();
+        for (name, max_order) in [("ours (order cap 12)", 12), ("per segment (Linux)", 6)] {
+            for mib in [4, 8, 16] {
+                // 256 MiB of machine memory below 4 GiB.
+                let xen = Xen::new(SimConfig::x86_pv().with_low(16 << 20, 65536));
+                xen.reset_counters();
+                let guest = xen.pv_guest();
+                // SAFETY: the simulated dom0's own tables, linear map, hypercalls, memory.
+                let platform = unsafe {
+                    X86PvPlatform::new(
+                        guest.p2m(),
+                        guest.m2p(),
+                        guest.linear_base(),
+                        xen.dom0(),
+                        guest.memory(),
+                    )
+                };
+                let pages = (mib as u64) << 8;
+                let pool = guest.alloc_aligned(pages, pages);
+                let storage: Vec<Slot> = (0..mib * 512).map(|_| Slot::new()).collect();
+                // SAFETY: the pool pages are the engine's alone.
+                let (_engine, report) = unsafe {
+                    init(
+                        platform,
+                        guest.memory(),
+                        pool,
+                        mib * MIB,
+                        storage,
+                        NoPageAllocator,
+                        InitOptions::default().with_max_order(max_order),
+                    )
+                }
+                .unwrap();
+                assert_eq!(report.bytes, mib * MIB);
+                let c = xen.counters();
+                let per_mib = |n: u64| n as f64 / mib as f64;
+                figures.push((
+                    name,
+                    mib,
+                    report.chunks.len(),
+                    per_mib(c.count(SimOp::MemoryExchange)),
+                    per_mib(c.traps()),
+                ));
+                xen.check_invariants().unwrap();
+            }
+        }
+        for (name, mib, chunks, ex, traps) in &figures {
+            std::println!(
+                "{name:22} {mib:3} MiB: {chunks:3} chunks, {ex:6.2} exchanges/MiB, {traps:7.2} traps/MiB"
+            );
+        }
+        for i in 0..3 {
+            let (ours, linux) = (&figures[i], &figures[i + 3]);
+            assert!(
+                ours.3 < linux.3 && ours.4 < linux.4,
+                "{ours:?} vs {linux:?}"
+            );
+        }
     }
 
     #[test]
     fn x86_pv_with_xens_order_limit_uses_order_9_chunks() {
         let xen = Xen::new(SimConfig::x86_pv().with_max_orders(9, 9));
         let report = x86(&xen, 16, InitOptions::default()).unwrap();
-        assert_eq!(report.order_range(), Some((9, 9)));
-        assert_eq!(report.chunks.len(), 8);
+        // 0.25 + 0.25 + 0.5 + 1 + 2 MiB, then six 2 MiB chunks: Xen's limit answers EPERM
+        // once (order 10) and the cap stays at 9.
+        assert_eq!(report.order_range(), Some((6, 9)));
+        assert_eq!(report.chunks.len(), 5 + 6);
     }
 
     #[test]
