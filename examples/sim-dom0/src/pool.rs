@@ -1,73 +1,108 @@
-//! The bounce pool's initialisation and the engine over it.
+//! The bounce pool, set up by the facade's Xen initialisation policy
+//! (`swiotlb_xen::init`), and given back at the end.
+
+use std::fmt::Write as _;
 
 use swiotlb_core::engine::DmaEngine;
-use swiotlb_core::{BouncePool, PhysAddr, Platform, Slot};
+use swiotlb_core::{PhysAddr, Platform, Slot};
+use swiotlb_xen::init::{self, InitOptions, InitReport};
 use xen_sim::SimMemory;
 
 use crate::Failure;
 use crate::sim::SimPages;
 
-/// What the initialisation did.
-#[derive(Clone, Debug)]
-pub struct Summary {
-    /// One line for the report.
-    pub line: String,
-    /// Slots in the pool.
-    pub nslabs: usize,
-    /// Bytes in the pool.
-    pub bytes: u64,
-}
-
-/// The platform and the pool, ready for the engine.
-pub struct Init<P> {
-    /// The platform and the pool.
-    pub pool: (P, BouncePool<SimMemory, Box<[Slot]>>),
-    /// What was done.
-    pub summary: Summary,
-}
-
-/// The engine of the demo.
+/// The engine of the demo: the platform `P`, the simulated CPU's memory, slot metadata on
+/// the heap, and the simulated kernel's page allocator.
 pub type Engine<'a, P> = DmaEngine<P, SimMemory, Box<[Slot]>, &'a SimPages>;
 
-/// Initialises a pool of `mib` MiB with memory from `alloc(pages)` (naturally aligned).
-pub fn init<P: Platform>(
+/// Bytes in a MiB.
+const MIB: u64 = 1 << 20;
+
+/// Gives `mib` MiB of dom0 memory, aligned to its size (rounded up to a power of two) so
+/// that the policy needs the fewest chunks, to the facade's initialisation, and returns the
+/// engine and what the initialisation did.
+///
+/// `alloc(pages, align)` hands out `pages` pages of dom0 aligned to `align` pages.
+///
+/// # Errors
+///
+/// [`Failure::Setup`] with the policy's error.
+pub fn init<'a, P: Platform>(
     platform: P,
     mem: &SimMemory,
     mib: u64,
-    alloc: impl Fn(u64) -> PhysAddr,
-) -> Result<Init<P>, Failure> {
-    const SEG_PAGES: u64 = 64;
-    let pages = mib * 256;
-    let start = alloc(pages);
-    for s in 0..pages / SEG_PAGES {
-        let phys = PhysAddr::new(start.as_u64() + s * SEG_PAGES * 4096);
-        // SAFETY: the region is fresh, naturally aligned and used by nobody else.
-        unsafe { platform.create_contiguous_region(phys, 6, 32) }
-            .map_err(|e| Failure::Setup(format!("pool segment {s}: {e}")))?;
+    pages: &'a SimPages,
+    alloc: impl Fn(u64, u64) -> PhysAddr,
+) -> Result<(Engine<'a, P>, InitReport), Failure> {
+    let nr = mib * MIB / 4096;
+    let region = alloc(nr, nr.next_power_of_two());
+    // CAST: a few MiB.
+    let bytes = (mib * MIB) as usize;
+    let storage: Box<[Slot]> = (0..bytes / 2048).map(|_| Slot::new()).collect();
+    // SAFETY: the region is fresh dom0 memory given to the pool alone; the simulated CPU's
+    // memory reaches it and every buffer the backend maps, in the platform's physical
+    // space, as the page allocator's pages; only the policy changes its translation.
+    unsafe {
+        init::init(
+            platform,
+            mem.clone(),
+            region,
+            bytes,
+            storage,
+            pages,
+            InitOptions::default().with_nareas(4),
+        )
     }
-    // CAST: a few MiB of slots.
-    let nslabs = (pages * 2) as usize;
-    // SAFETY: the region belongs to the pool alone.
-    let pool = unsafe { BouncePool::new_boxed(mem.clone(), start, nslabs, 4) }
-        .map_err(|e| Failure::Setup(format!("pool: {e}")))?;
-    Ok(Init {
-        pool: (platform, pool),
-        summary: Summary {
-            line: format!("{mib} MiB at {start}, {} segments", pages / SEG_PAGES),
-            nslabs,
-            bytes: pages * 4096,
-        },
-    })
+    .map_err(|e| Failure::Setup(format!("swiotlb-xen pool initialisation: {e}")))
 }
 
-/// The engine over the platform and pool of `init`, with `pages` for coherent allocations.
-pub fn engine<P: Platform>(
-    parts: (P, BouncePool<SimMemory, Box<[Slot]>>),
-    pages: &SimPages,
-) -> Result<Engine<'_, P>, Failure> {
-    let (platform, pool) = parts;
-    // SAFETY: the pool and every buffer mapped are dom0's memory as the platform sees it,
-    // reached by the same SimMemory, and the pool's translations stay fixed.
-    unsafe { DmaEngine::new(platform, Some(pool), pages) }
-        .map_err(|e| Failure::Setup(format!("engine: {e}")))
+/// Takes the engine apart and gives the pool's exchanged chunks back.
+///
+/// # Errors
+///
+/// [`Failure::Verify`] if a chunk cannot be given back.
+pub fn release<P: Platform>(engine: Engine<'_, P>, report: &InitReport) -> Result<(), Failure> {
+    let (platform, pool, _) = engine.into_parts();
+    drop(pool);
+    // SAFETY: the engine and its pool are gone, no device holds a bounce address, and the
+    // chunks were not given back before.
+    unsafe { init::release(&platform, report) }
+        .map_err(|e| Failure::Verify(format!("giving the pool back: {e}")))
+}
+
+/// One line saying what the initialisation did.
+#[must_use]
+pub fn summary(r: &InitReport) -> String {
+    let mut s = format!(
+        "{} MiB at {} (asked {} MiB), {} slots",
+        r.bytes as u64 / MIB,
+        r.phys,
+        r.requested_bytes as u64 / MIB,
+        r.nslabs
+    );
+    let exchanged = r.exchanged().count();
+    let kept = r.chunks.len() - exchanged;
+    let _ = write!(s, "; {} chunk(s)", r.chunks.len());
+    if let Some((lo, hi)) = r.order_range() {
+        if lo == hi {
+            let _ = write!(s, " of order {lo}");
+        } else {
+            let _ = write!(s, " of orders {lo}..={hi}");
+        }
+    }
+    match r.max_address_bits_used() {
+        Some(bits) => {
+            let _ = write!(s, ", {exchanged} exchanged below 2^{bits}");
+        }
+        None => s.push_str(", none exchanged"),
+    }
+    if kept > 0 && exchanged > 0 {
+        let _ = write!(s, ", {kept} already contiguous");
+    }
+    let _ = write!(
+        s,
+        "; {} create_contiguous_region call(s), {} failed, {} halving(s)",
+        r.create_calls, r.create_failures, r.halvings
+    );
+    s
 }
