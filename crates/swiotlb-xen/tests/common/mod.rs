@@ -18,7 +18,8 @@ pub mod sim;
 use std::sync::atomic::Ordering;
 
 use swiotlb_core::engine::{DmaEngine, PageAllocator};
-use swiotlb_core::{BouncePool, BusAddr, PhysAddr, Platform, Slot};
+use swiotlb_core::{BusAddr, PhysAddr, Platform, Slot};
+use swiotlb_xen::init::{InitOptions, InitReport};
 use swiotlb_xen_arm64::{Arm64Platform, BoundedForeignTable, ForeignEntry, ProbeOptions};
 use swiotlb_xen_x86_pv::p2m;
 use xen_sim::{ArmGuest, Domain, PvGuest, SimConfig, SimDevice, SimMemory, Xen, pattern_byte};
@@ -62,7 +63,8 @@ impl Pv {
 
     /// The engine with a bounce pool of `pool_bytes` and 64 pages for coherent allocations.
     pub fn engine(&self, pool_bytes: u64) -> PvEngine<'_> {
-        let pool = self.guest.alloc_aligned(pool_bytes / PAGE, SEGMENT / PAGE);
+        let n = pool_bytes / PAGE;
+        let pool = self.guest.alloc_aligned(n, n.next_power_of_two());
         let pages = SimPages::pv(&self.guest, 64);
         build_engine(
             sim::pv_platform(&self.xen, &self.guest),
@@ -142,7 +144,8 @@ impl Arm {
 
     /// The engine with a bounce pool of `pool_bytes` and 64 pages for coherent allocations.
     pub fn engine(&self, pool_bytes: u64) -> ArmEngine<'_> {
-        let pool = self.guest.alloc_aligned(pool_bytes / PAGE, SEGMENT / PAGE);
+        let n = pool_bytes / PAGE;
+        let pool = self.guest.alloc_aligned(n, n.next_power_of_two());
         let pages = SimPages::arm(&self.guest, 64);
         build_engine(self.platform(), self.mem.clone(), pool, pool_bytes, pages)
     }
@@ -158,8 +161,34 @@ impl Arm {
     }
 }
 
-/// Builds the engine over a pool of `bytes` at `pool`, made bus-contiguous per segment
-/// below 4 GiB.
+/// Builds the engine over a pool of `bytes` at `pool` with the facade's Xen
+/// initialisation policy, and returns it with the policy's report.
+pub fn init_engine<P: Platform, A: PageAllocator>(
+    platform: P,
+    mem: SimMemory,
+    pool: PhysAddr,
+    bytes: u64,
+    pages: A,
+) -> (DmaEngine<P, SimMemory, Box<[Slot]>, A>, InitReport) {
+    // CAST: test pools are a few MiB.
+    let storage: Box<[Slot]> = (0..bytes / 2048).map(|_| Slot::new()).collect();
+    // SAFETY: the region is fresh dom0 memory given to the pool alone; the simulated CPU's
+    // memory reaches it and every buffer the tests map, as it does the pages.
+    unsafe {
+        swiotlb_xen::init::init(
+            platform,
+            mem,
+            pool,
+            bytes as usize,
+            storage,
+            pages,
+            InitOptions::default(),
+        )
+    }
+    .expect("swiotlb-xen pool initialisation")
+}
+
+/// As [`init_engine`], without the report.
 pub fn build_engine<P: Platform, A: PageAllocator>(
     platform: P,
     mem: SimMemory,
@@ -167,18 +196,7 @@ pub fn build_engine<P: Platform, A: PageAllocator>(
     bytes: u64,
     pages: A,
 ) -> DmaEngine<P, SimMemory, Box<[Slot]>, A> {
-    for s in 0..bytes / SEGMENT {
-        let phys = PhysAddr::new(pool.as_u64() + s * SEGMENT);
-        // SAFETY: the region is fresh, aligned and nobody else uses it.
-        unsafe { platform.create_contiguous_region(phys, 6, 32) }.expect("pool segment");
-    }
-    // CAST: test pools are a few MiB.
-    let nslabs = (bytes / 2048) as usize;
-    // SAFETY: the region belongs to the pool alone.
-    let pool = unsafe { BouncePool::new_boxed(mem, pool, nslabs, 1) }.expect("pool");
-    // SAFETY: pool, buffers and pages are dom0's memory as the platform sees it, reached by
-    // the same SimMemory, and the pool's translations stay fixed.
-    unsafe { DmaEngine::new(platform, Some(pool), pages) }.expect("engine")
+    init_engine(platform, mem, pool, bytes, pages).0
 }
 
 /// What every test checks after every step: the simulator's invariants, the pool's, no
