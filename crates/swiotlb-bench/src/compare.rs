@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use swiotlb_core::{DmaDirection, PhysAddr};
 
 use crate::harness::{
-    BenchPool, ORIG_ROOM, SEED, bitmap_pool, buddy_pool, case_memory, fragment, linear_map,
-    linux_pool, median_ns, orig_base, real_pool, round_trip,
+    BenchPool, CpuStopwatch, ORIG_ROOM, SEED, bitmap_pool, buddy_pool, case_memory, fragment,
+    linear_map, linux_pool, median_ns, orig_base, real_pool, round_trip,
 };
 use crate::host::{HostMemory, HostMemoryError};
 use crate::linux::LinuxError;
@@ -196,6 +196,17 @@ impl PoolVisitor for LatencyCase {
     }
 }
 
+/// Round trips per second, summed over threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rate {
+    /// Per wall-clock second: what the machine delivered, other work on it included.
+    pub wall: f64,
+    /// Per second of each thread's own CPU time: what the threads would deliver with a CPU
+    /// each (time spent descheduled is not counted; time spinning on a lock is, time asleep
+    /// in a mutex is not).
+    pub cpu: f64,
+}
+
 /// Round trips per second of `threads` threads mapping `size` bytes in `dir` on `pool` for
 /// `duration`, each thread with its own original.
 ///
@@ -209,11 +220,11 @@ pub unsafe fn throughput<P: BenchPool>(
     size: usize,
     dir: DmaDirection,
     duration: Duration,
-) -> f64 {
+) -> Rate {
     let threads = threads.max(1);
     let stride = ORIG_ROOM / threads;
     let start = Barrier::new(threads);
-    let total: u64 = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 let start = &start;
@@ -222,6 +233,7 @@ pub unsafe fn throughput<P: BenchPool>(
                     let orig = PhysAddr::new(orig_base().as_u64() + (t * stride) as u64);
                     start.wait();
                     let t0 = Instant::now();
+                    let cpu = CpuStopwatch::start();
                     let mut n = 0u64;
                     while t0.elapsed() < duration {
                         for _ in 0..64 {
@@ -230,37 +242,51 @@ pub unsafe fn throughput<P: BenchPool>(
                         }
                         n += 64;
                     }
-                    (n, t0.elapsed())
+                    (n, t0.elapsed(), cpu.elapsed_ns())
                 })
             })
             .collect();
         workers
             .into_iter()
             .map(|w| match w.join() {
-                // CAST: rates are far below 2^53.
-                Ok((n, el)) => (n as f64 / el.as_secs_f64()) as u64,
+                // CAST: counts are far below 2^53.
+                Ok((n, wall, cpu)) => Rate {
+                    wall: n as f64 / wall.as_secs_f64(),
+                    cpu: n as f64 * 1e9 / cpu.max(1.0),
+                },
                 Err(e) => std::panic::resume_unwind(e),
             })
-            .sum()
-    });
-    // CAST: as above.
-    total as f64
+            .fold(Rate::default(), |a, b| Rate {
+                wall: a.wall + b.wall,
+                cpu: a.cpu + b.cpu,
+            })
+    })
 }
 
 /// The scaling of one pool: round trips per second with 1 and 2 threads.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Scaling {
-    /// Median round trips per second, one thread.
+    /// Median round trips per wall-clock second, one thread.
     pub one: f64,
-    /// Median round trips per second, two threads together.
+    /// Median round trips per wall-clock second, two threads together.
     pub two: f64,
+    /// As `one`, per second of the thread's CPU time ([`Rate::cpu`]).
+    pub one_cpu: f64,
+    /// As `two`, per second of each thread's CPU time, summed.
+    pub two_cpu: f64,
 }
 
 impl Scaling {
-    /// `two / one`: 2.0 is perfect scaling, 1.0 none, below 1.0 contention.
+    /// `two / one` (wall clock): 2.0 is perfect scaling, 1.0 none, below 1.0 contention.
     #[must_use]
     pub fn ratio(&self) -> f64 {
         self.two / self.one
+    }
+
+    /// `two_cpu / one_cpu`: the scaling with a CPU per thread, whatever else runs.
+    #[must_use]
+    pub fn cpu_ratio(&self) -> f64 {
+        self.two_cpu / self.one_cpu
     }
 }
 
@@ -285,17 +311,24 @@ impl PoolVisitor for ScalingCase {
         // SAFETY: fresh pool over a case memory; the fill uses the originals room before
         // the measured threads do, and keeps only `ToDevice` mappings, which never write it.
         let _live = unsafe { fragment(pool, SEED, self.fill, self.size, orig_base()) };
-        let (mut one, mut two) = (Vec::new(), Vec::new());
+        let (mut one, mut two, mut one_cpu, mut two_cpu) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..self.rounds.max(1) {
             let dir = DmaDirection::ToDevice;
             // SAFETY: the room is the threads' alone now; sizes are at most 256 KiB.
-            one.push(unsafe { throughput(pool, 1, self.size, dir, self.run) });
+            let a = unsafe { throughput(pool, 1, self.size, dir, self.run) };
             // SAFETY: as above.
-            two.push(unsafe { throughput(pool, 2, self.size, dir, self.run) });
+            let b = unsafe { throughput(pool, 2, self.size, dir, self.run) };
+            one.push(a.wall);
+            one_cpu.push(a.cpu);
+            two.push(b.wall);
+            two_cpu.push(b.cpu);
         }
         Scaling {
             one: median(&mut one),
             two: median(&mut two),
+            one_cpu: median(&mut one_cpu),
+            two_cpu: median(&mut two_cpu),
         }
     }
 }
@@ -612,7 +645,7 @@ mod tests {
     fn two_threads_map_on_one_pool() {
         struct Run;
         impl PoolVisitor for Run {
-            type Out = (f64, f64, usize);
+            type Out = (Rate, Rate, usize);
             fn visit<P: BenchPool>(self, pool: &P, _: &HostMemory) -> Self::Out {
                 let d = Duration::from_millis(20);
                 // SAFETY: fresh pool, nothing else uses the room.
@@ -627,7 +660,8 @@ mod tests {
         }
         for imp in Impl::ALL {
             let (one, two, used) = with_pool(imp, Run).unwrap();
-            assert!(one > 0.0 && two > 0.0, "{}", imp.name());
+            assert!(one.wall > 0.0 && two.wall > 0.0, "{}", imp.name());
+            assert!(one.cpu > 0.0 && two.cpu > 0.0, "{}", imp.name());
             assert_eq!(used, 0, "{}", imp.name());
         }
     }

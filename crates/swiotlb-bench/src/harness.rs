@@ -389,28 +389,85 @@ impl MemcpyFloor {
     }
 }
 
-/// The median time of one call of `f`, in nanoseconds, over `batches` batches each lasting
-/// at least `batch_time` (the first, calibrating batches also warm up).
+/// A stopwatch of the calling thread's CPU time (Linux's `CLOCK_THREAD_CPUTIME_ID`), so that
+/// time the thread spends descheduled, while other work runs on a shared machine, is not
+/// counted. Where that clock is not available it measures wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuStopwatch {
+    /// Thread CPU time at the start, if the clock works.
+    cpu: Option<u64>,
+    /// Wall-clock start, the fallback.
+    wall: Instant,
+}
+
+/// This thread's CPU time in nanoseconds, `None` where the clock is not available.
+#[must_use]
+pub fn thread_cpu_ns() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is one Linux defines.
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        let secs = u64::try_from(ts.tv_sec).ok()?;
+        let nanos = u64::try_from(ts.tv_nsec).ok()?;
+        (r == 0).then(|| secs * 1_000_000_000 + nanos)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+impl CpuStopwatch {
+    /// Starts.
+    #[must_use]
+    pub fn start() -> Self {
+        Self {
+            cpu: thread_cpu_ns(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds of this thread's CPU time since the start (wall-clock time without the
+    /// clock).
+    #[must_use]
+    pub fn elapsed_ns(&self) -> f64 {
+        match (self.cpu, thread_cpu_ns()) {
+            // CAST: differences of a benchmark's CPU time are far below 2^53 ns.
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64,
+            _ => self.wall.elapsed().as_secs_f64() * 1e9,
+        }
+    }
+}
+
+/// The median time of one call of `f`, in nanoseconds of the thread's CPU time
+/// ([`CpuStopwatch`]), over `batches` batches each lasting at least `batch_time` (the
+/// first, calibrating batches also warm up).
 pub fn median_ns(mut f: impl FnMut(), batches: usize, batch_time: Duration) -> f64 {
+    // CAST: a batch time in ns fits f64.
+    let batch_ns = batch_time.as_nanos() as f64;
     // Calibrate: double the iteration count until one batch lasts `batch_time`.
     let mut iters: u32 = 1;
     loop {
-        let t = Instant::now();
+        let t = CpuStopwatch::start();
         for _ in 0..iters {
             f();
         }
-        if t.elapsed() >= batch_time || iters >= 1 << 24 {
+        if t.elapsed_ns() >= batch_ns || iters >= 1 << 24 {
             break;
         }
         iters *= 2;
     }
     let mut samples: Vec<f64> = (0..batches.max(1))
         .map(|_| {
-            let t = Instant::now();
+            let t = CpuStopwatch::start();
             for _ in 0..iters {
                 f();
             }
-            t.elapsed().as_secs_f64() * 1e9 / f64::from(iters)
+            t.elapsed_ns() / f64::from(iters)
         })
         .collect();
     samples.sort_unstable_by(f64::total_cmp);
@@ -492,6 +549,27 @@ mod tests {
         let (ua, ub) = (pa.used_slots(), pb.used_slots());
         assert!(ua <= POOL_SLOTS / 2 && ub <= POOL_SLOTS / 2);
         assert!(ua.abs_diff(ub) < POOL_SLOTS / 50, "{ua} vs {ub}");
+    }
+
+    #[test]
+    fn cpu_stopwatch_counts_work_not_sleep() {
+        let t = CpuStopwatch::start();
+        std::thread::sleep(Duration::from_millis(30));
+        let slept = t.elapsed_ns();
+        if thread_cpu_ns().is_some() {
+            assert!(slept < 20e6, "{slept} ns of CPU while asleep");
+        }
+        let t = CpuStopwatch::start();
+        let w = Instant::now();
+        while w.elapsed() < Duration::from_millis(20) {
+            black_box(0);
+        }
+        // Busy for 20 ms of wall time: at least some of it on the CPU, never more.
+        let busy = t.elapsed_ns();
+        assert!(
+            busy > 1e6 && busy < 25e6 + w.elapsed().as_secs_f64() * 1e9,
+            "{busy}"
+        );
     }
 
     #[test]

@@ -192,6 +192,7 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
             Figure::new(key, s.ratio(), "ratio")
                 .with("one_thread_per_s", s.one)
                 .with("two_threads_per_s", s.two)
+                .with("cpu_time_ratio", s.cpu_ratio())
                 .with("size", f64::from(u32::try_from(hs).unwrap_or(u32::MAX)))
                 .with("fill", f64::from(hf)),
         );
@@ -336,14 +337,26 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
                 format!("{:.2}", s.one / 1e6),
                 format!("{:.2}", s.two / 1e6),
                 format!("{:.2}", s.ratio()),
+                format!("{:.2}", s.one_cpu / 1e6),
+                format!("{:.2}", s.two_cpu / 1e6),
+                format!("{:.2}", s.cpu_ratio()),
             ]
         })
         .collect();
     out.tables.push_str(&format!(
-        "\n### Scaling: {hs} B ToDevice round trips at {hf}% fill (millions per second)\n\n"
+        "\n### Scaling: {hs} B ToDevice round trips at {hf}% fill (millions per second; \
+         per wall-clock second, and per second of each thread's CPU time)\n\n"
     ));
     out.tables.push_str(&markdown_table(
-        &["pool", "1 thread", "2 threads", "2 / 1"],
+        &[
+            "pool",
+            "1 thread",
+            "2 threads",
+            "2 / 1",
+            "1 thread (CPU time)",
+            "2 threads (CPU time)",
+            "2 / 1 (CPU time)",
+        ],
         1,
         &srows,
     ));
@@ -399,17 +412,22 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
         .map(|(i, s)| {
             (
                 i.name().to_string(),
-                vec![s.one / 1e6, s.two / 1e6],
-                format!("{:.2}x", s.ratio()),
+                vec![s.one / 1e6, s.two / 1e6, s.one_cpu / 1e6, s.two_cpu / 1e6],
+                format!("{:.2}x / {:.2}x", s.ratio(), s.cpu_ratio()),
             )
         })
         .collect();
     out.svgs.push((
         "scaling.svg".into(),
         bar_chart(
-            &format!("{hs} B round trips at {hf}% fill, 1 and 2 threads"),
+            &format!("{hs} B round trips at {hf}% fill, 1 and 2 threads (2/1: wall / CPU)"),
             "millions of round trips per second",
-            &["1 thread", "2 threads"],
+            &[
+                "1 thread",
+                "2 threads",
+                "1 thread, CPU time",
+                "2 threads, CPU time",
+            ],
             &groups,
         ),
     ));

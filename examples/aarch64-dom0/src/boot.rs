@@ -18,7 +18,10 @@
 //! `extern "C" fn exception_handler(kind: u64, esr: u64, elr: u64, far: u64) -> !`.
 
 /// The stack size of each kernel.
-pub const STACK_SIZE: usize = 64 * 1024;
+pub const STACK_SIZE: usize = 256 * 1024;
+
+/// The byte [`paint_stack`] fills the unused stack with.
+const STACK_PAINT: u8 = 0x5c;
 
 /// The boot stack, in `.bss`.
 #[repr(C, align(16))]
@@ -85,6 +88,37 @@ example_vectors:
     "#,
     stack_size = const STACK_SIZE,
 );
+
+/// The current stack pointer.
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: reading `sp` has no side effect.
+    unsafe { core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack)) };
+    sp
+}
+
+/// Fills the stack below the current frame (less a 1 KiB margin) with a known byte, so that
+/// [`stack_untouched`] can tell how deep the stack went. There is no guard page: a kernel
+/// that ran past the bottom would overwrite what `.bss` holds below it.
+pub fn paint_stack() {
+    let bottom = core::ptr::addr_of_mut!(BOOT_STACK).cast::<u8>();
+    let used_from = stack_pointer().saturating_sub(1024);
+    let len = used_from.saturating_sub(bottom as usize).min(STACK_SIZE);
+    // SAFETY: `[bottom, bottom + len)` is the part of the boot stack below the live frames
+    // (sp less a margin); nothing references it.
+    unsafe { core::ptr::write_bytes(bottom, STACK_PAINT, len) };
+}
+
+/// How many bytes at the bottom of the stack still hold the paint of [`paint_stack`]: the
+/// stack never went deeper than `STACK_SIZE` minus this.
+#[must_use]
+pub fn stack_untouched() -> usize {
+    let bottom = core::ptr::addr_of!(BOOT_STACK).cast::<u8>();
+    (0..STACK_SIZE)
+        // SAFETY: within the boot stack, read below the live frames.
+        .take_while(|&i| unsafe { bottom.add(i).read_volatile() } == STACK_PAINT)
+        .count()
+}
 
 /// What an exception's vector number means (`kind` of `exception_handler`).
 #[must_use]

@@ -1,8 +1,8 @@
 //! What the kernels need from the CPU: the generic timer, barriers, and cache maintenance by
 //! address for the DMA layer's local pages.
 
-use swiotlb_core::PhysAddr;
-use swiotlb_xen_arm64::CacheOps;
+use swiotlb_xen::PhysAddr;
+use swiotlb_xen::arm64::CacheOps;
 
 /// The virtual counter (`CNTVCT_EL0`).
 #[must_use]

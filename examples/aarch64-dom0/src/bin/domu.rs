@@ -29,7 +29,7 @@ mod kernel {
     use aarch64_dom0::{boot, cpu, pattern};
     use core::fmt::Write;
     use core::ptr::{addr_of, addr_of_mut};
-    use swiotlb_xen_arm64::NativeHypercall;
+    use swiotlb_xen::native::Hypercall as NativeHypercall;
     use xen_abi::{DOMID_SELF, GTF_PERMIT_ACCESS, XENMAPSPACE_GRANT_TABLE, XenAddToPhysmap, ops};
 
     #[repr(C, align(4096))]

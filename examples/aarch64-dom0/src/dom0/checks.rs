@@ -15,12 +15,13 @@ use arrayvec::ArrayVec;
 use core::fmt::Write;
 use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::{AtomicU32, Ordering};
-use swiotlb_core::{
-    Bfn, BouncePool, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError, DmaMask,
-    PageAllocator, Pfn, PhysAddr, Platform, PlatformError, SgEntry, Slot,
-};
-use swiotlb_xen_arm64::{
+use swiotlb_xen::arm64::{
     Arm64Config, Arm64Platform, BoundedForeignTable, DomainMapping, ForeignEntry, ProbeOptions,
+};
+use swiotlb_xen::init::{InitOptions, init};
+use swiotlb_xen::{
+    Bfn, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError, DmaMask, PageAllocator, Pfn,
+    PhysAddr, Platform, PlatformError, SgEntry, Slot,
 };
 use xen_abi::{
     Errno, GNTMAP_HOST_MAP, GNTST_OKAY, GNTTAB_CACHE_CLEAN, GNTTAB_CACHE_INVAL, GnttabCacheFlush,
@@ -41,9 +42,9 @@ static MEMORY: IdentityMemory = IdentityMemory;
 struct Region([u8; 16384]);
 static mut REGION: Region = Region([0; 16384]);
 
-/// The bounce pool: two 256 KiB segments of dom0's RAM.
-const NSLABS: usize = 256;
-#[repr(C, align(262144))]
+/// The bounce pool: 1 MiB of dom0's RAM (the facade's smallest), aligned to its size.
+const NSLABS: usize = 512;
+#[repr(C, align(1048576))]
 struct PoolMem([u8; NSLABS * 2048]);
 static mut POOL_MEM: PoolMem = PoolMem([0; NSLABS * 2048]);
 static SLOTS: [Slot; NSLABS] = [const { Slot::new() }; NSLABS];
@@ -567,39 +568,54 @@ fn cpu_read(addr: u64, out: &mut [u8]) {
 fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped) {
     let grants = &mapped.grants;
     let pool_base = addr_of!(POOL_MEM) as u64;
-    // SAFETY: POOL_MEM is dom0's RAM used by the pool alone from now on (no reference).
-    let pool = unsafe {
-        BouncePool::new(
+    let pool_bytes = NSLABS * 2048;
+    // SAFETY: POOL_MEM is dom0's RAM, given to the pool alone from now on (no reference);
+    // IdentityMemory reaches it, every buffer mapped below (dom0's RAM and the foreign
+    // window) and the coherent pages, all in the platform's (1:1) physical space; nothing
+    // else changes the pool's translation.
+    let built = unsafe {
+        init(
+            platform,
             IdentityMemory,
             PhysAddr::new(pool_base),
-            NSLABS,
-            1,
+            pool_bytes,
             &SLOTS[..],
+            &PAGES,
+            InitOptions::default(),
         )
     };
-    let pool = match pool {
-        Ok(p) => p,
+    let (engine, report): (Engine, _) = match built {
+        Ok(b) => b,
         Err(e) => {
-            r.check("engine-init", false, format_args!("BouncePool::new: {e}"));
+            r.check(
+                "pool-init",
+                false,
+                format_args!("swiotlb_xen::init::init: {e}"),
+            );
             return;
         }
     };
-    // SAFETY: the pool, the buffers mapped below and the coherent pages are dom0's RAM or its
-    // foreign window, all in the platform's (1:1) physical space and reached by
-    // IdentityMemory; the pool's frames are dom0's own and never change translation.
-    let engine: Engine = match unsafe { DmaEngine::new(platform, Some(pool), &PAGES) } {
-        Ok(e) => e,
-        Err(e) => {
-            r.check("engine-init", false, format_args!("DmaEngine::new: {e}"));
-            return;
-        }
-    };
-    let top = engine.pool_bus_top();
-    let pool_end = pool_base + (NSLABS as u64) * 2048;
+    let pool_end = pool_base + pool_bytes as u64;
     r.check(
-        "engine-init",
-        top == Some(BusAddr::new(pool_end - 1)),
-        format_args!("bounce pool {pool_base:#x}..{pool_end:#x} (1:1), bus top {top:?}"),
+        "pool-init",
+        report.bytes == pool_bytes
+            && report.halvings == 0
+            && report.create_failures == 0
+            && report
+                .chunks
+                .iter()
+                .all(|c| c.bus.as_u64() == c.phys.as_u64())
+            && report.bus_top == BusAddr::new(pool_end - 1),
+        format_args!(
+            "swiotlb_xen::init::init ({} platform): {:#x} bytes at {pool_base:#x} in {} \
+             chunk(s), {} create_contiguous_region call(s) (1:1: nothing to exchange), \
+             bus top {}",
+            swiotlb_xen::native::ARCH,
+            report.bytes,
+            report.chunks.len(),
+            report.create_calls,
+            report.bus_top
+        ),
     );
     let dev32 = Device::new(DmaMask::BITS_32).with_coherent(false);
     let mask30 = DmaMask::from_bits(30).unwrap_or(DmaMask::BITS_32);

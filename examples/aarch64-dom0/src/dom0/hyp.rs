@@ -3,7 +3,7 @@
 //! accepted each one.
 
 use core::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use swiotlb_xen_arm64::NativeHypercall;
+use swiotlb_xen::native::Hypercall as NativeHypercall;
 use xen_abi::{GNTTABOP_CACHE_FLUSH, GnttabCacheFlush, HYPERVISOR_GRANT_TABLE_OP, Hypercall};
 
 /// One `GNTTABOP_cache_flush` as it went to Xen, and Xen's answer.

@@ -8,7 +8,7 @@
 use aarch64_dom0::layout::{
     DOM0_RAM_BASE, DOM0_RAM_SIZE, FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE, NR_GRANTS,
 };
-use swiotlb_core::{PhysAddr, PhysMemory};
+use swiotlb_xen::{PhysAddr, PhysMemory};
 
 /// Whether `[addr, addr + len)` lies inside `[base, base + size)`.
 fn inside(addr: u64, len: u64, base: u64, size: u64) -> bool {

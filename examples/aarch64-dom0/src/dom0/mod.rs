@@ -10,7 +10,7 @@ use aarch64_dom0::mmu::{self, Attr, BLOCK_1G, IdMap};
 use aarch64_dom0::report::Report;
 use core::fmt::{self, Write};
 use core::ptr::addr_of_mut;
-use swiotlb_xen_arm64::NativeHypercall;
+use swiotlb_xen::native::Hypercall as NativeHypercall;
 use xen_abi::{SHUTDOWN_POWEROFF, ops};
 
 /// Xen's console (`CONSOLEIO_write`), one hypercall per line.
@@ -98,8 +98,19 @@ extern "C" fn kernel_main(_dtb: u64, loaded_at: u64) -> ! {
         }
         mmu::enable(map);
     }
+    boot::paint_stack();
     let mut report = Report::new(XenConsole::new());
     checks::run(&mut report);
+    let untouched = boot::stack_untouched();
+    report.check(
+        "stack",
+        untouched > 0,
+        format_args!(
+            "at most {:#x} of {:#x} stack bytes used",
+            boot::STACK_SIZE - untouched,
+            boot::STACK_SIZE
+        ),
+    );
     report.finish();
     power_off()
 }
