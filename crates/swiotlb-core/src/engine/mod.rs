@@ -614,7 +614,9 @@ where
                 .filter(|&p| self.pages.pfn_valid(p))
                 .map(|p| b.with_phys_frame(p));
             match (local, run) {
-                (Some(p), Some((rp, rb, rl))) if rp.as_u64() + rl == p.as_u64() => {
+                (Some(p), Some((rp, rb, rl)))
+                    if rp.as_u64().checked_add(rl) == Some(p.as_u64()) =>
+                {
                     run = Some((rp, rb, rl + chunk));
                 }
                 (Some(p), _) => {
