@@ -358,7 +358,7 @@ fn contiguous_destroy(env: &Env, pv: &Pv, region: PhysAddr, bus: Option<u64>) ->
         "reservation {before_pages} pages before, {after_pages} after"
     );
     Ok(fmt_line!(
-        "extent {bus:#x} given back: pages now on frames {:#x}..{:#x}, P2M/M2P agree, extent \
+        "extent {bus:#x} given back: pages now on frames {:#x} (first) to {:#x} (last), P2M/M2P agree, extent \
          frames no longer ours, reservation {after_pages} unchanged; {} hypercalls ({} exchange)",
         new[0],
         new[15],

@@ -210,7 +210,7 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
         init.clone(),
         fmt_line!(
             "{mib} MiB pool at {pool_phys} (above 4 GiB at boot) through swiotlb_xen::init: {} \
-             chunks of order {lo}..={hi}, {} exchanged below 2^{}, every 256 KiB segment \
+             chunk(s) of order {lo}..={hi}, {} exchanged below 2^{}, every 256 KiB segment \
              machine-contiguous and M2P-consistent, bus top {bus_top:#x}, reservation \
              unchanged; {} hypercalls ({} exchanges, {} multicalls) = {}.{:02} per MiB \
              ({}.{:02} exchanges per MiB; Linux: 4)",
@@ -319,7 +319,7 @@ fn pool_release(env: &Env, eng: Engine, init: &InitReport) -> Outcome {
         init.exchanged().count()
     );
     Ok(fmt_line!(
-        "{} chunks given back with {} exchanges: every pool page on a new frame, P2M/M2P \
+        "{} chunk(s) given back with {} exchange(s): every pool page on a new frame, P2M/M2P \
          agree, reservation {pages1} unchanged",
         init.exchanged().count(),
         calls.exchanges
