@@ -204,19 +204,25 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
         init.bus_top
     );
     let mib = (POOL_BYTES >> 20) as u64;
-    let (lo, hi) = init.order_range().unwrap_or((0, 0));
+    // Each chunk as order/address bits ("-" when kept as it was).
+    let mut chunks = Line::new();
+    for c in &init.chunks {
+        let sep = if chunks.is_empty() { "" } else { " " };
+        let bits = c.address_bits.map_or(fmt_line!("-"), |b| fmt_line!("{b}"));
+        let _ = chunks.try_push_str(&fmt_line!("{sep}{}/{bits}", c.order));
+    }
     Ok((
         eng,
         init.clone(),
         fmt_line!(
             "{mib} MiB pool at {pool_phys} (above 4 GiB at boot) through swiotlb_xen::init: {} \
-             chunk(s) of order {lo}..={hi}, {} exchanged below 2^{}, every 256 KiB segment \
-             machine-contiguous and M2P-consistent, bus top {bus_top:#x}, reservation \
+             chunk(s) [order/bits: {chunks}], {} init create calls ({} refused), every 256 KiB \
+             segment machine-contiguous and M2P-consistent, bus top {bus_top:#x}, reservation \
              unchanged; {} hypercalls ({} exchanges, {} multicalls) = {}.{:02} per MiB \
-             ({}.{:02} exchanges per MiB; Linux: 4)",
+             ({}.{:02} exchanges per MiB; Linux: at least 4)",
             init.chunks.len(),
-            init.exchanged().count(),
-            init.max_address_bits_used().unwrap_or(0),
+            init.create_calls,
+            init.create_failures,
             calls.total,
             calls.exchanges,
             calls.multicalls,
