@@ -9,7 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use swiotlb_core::engine::{CoherentAlloc, DmaEngine, PageAllocator, SgEntry};
+use swiotlb_core::Error as PoolError;
+use swiotlb_core::engine::{CoherentAlloc, DmaEngine, DmaError, PageAllocator, SgEntry};
 use swiotlb_core::pool::Slot;
 use swiotlb_core::{BusAddr, Device, DmaAttrs, DmaDirection, PhysAddr, Platform};
 use xen_abi::{DomId, GrantRef};
@@ -84,6 +85,9 @@ pub struct RunStats {
     pub device_bytes: u64,
     /// Times the invariants were checked.
     pub checks: u64,
+    /// Requests whose mapping found the pool full and were retried after the requests in
+    /// flight completed.
+    pub deferred: u64,
     /// Bus address of the descriptor ring, and whether it had to be exchanged.
     pub ring: Option<(BusAddr, bool)>,
     /// Wall time of the transfers.
@@ -160,13 +164,32 @@ where
     let mut last_progress = start;
     let mut done = 0u64;
     let mut next_check = opts.check_every;
+    let mut deferred = None;
     while done < opts.transfers {
-        let n = (opts.transfers - done).min(opts.queue_depth as u64);
+        let want = (opts.transfers - done).min(opts.queue_depth as u64);
         let mut batch = Vec::new();
-        for _ in 0..n {
-            let req = workload.next_request();
-            batch.push(prepare(engine, t, opts, req, &mut free)?);
+        while (batch.len() as u64) < want {
+            let req = deferred.take().unwrap_or_else(|| workload.next_request());
+            match prepare(engine, t, opts, req, &mut free)? {
+                Prepared::Ready(f) => batch.push(f),
+                // The pool is full: run what is in flight first, then try again, as a
+                // driver does on a DMA mapping error. With nothing in flight it is a real
+                // failure.
+                Prepared::PoolFull(req, e) if batch.is_empty() => {
+                    return Err(Failure::Dma(format!(
+                        "{} #{}: the pool is full with nothing in flight: {e}",
+                        req.kind.name(),
+                        req.id
+                    )));
+                }
+                Prepared::PoolFull(req, _) => {
+                    stats.deferred += 1;
+                    deferred = Some(req);
+                    break;
+                }
+            }
         }
+        let n = batch.len() as u64;
         device_pass(t, opts, ring, &mut cursor, &batch, stats)?;
         for f in batch {
             complete(engine, t, f, &mut free, stats)?;
@@ -193,6 +216,25 @@ where
     Ok(())
 }
 
+/// What [`prepare`] made of a request.
+enum Prepared {
+    /// Mapped and ready for the device.
+    Ready(InFlight),
+    /// The bounce pool had no room: nothing stays mapped, the request is handed back.
+    PoolFull(Request, DmaError),
+}
+
+/// Whether a mapping failed only for want of free slots.
+fn pool_full(e: &DmaError) -> bool {
+    matches!(
+        e,
+        DmaError::Bounce {
+            source: PoolError::PoolFull { .. },
+            ..
+        }
+    )
+}
+
 /// Maps the guest's pages and the request's buffers (the CPU side before the device runs).
 fn prepare<P, S, A>(
     engine: &DmaEngine<P, SimMemory, S, A>,
@@ -200,7 +242,7 @@ fn prepare<P, S, A>(
     opts: &RunOptions,
     req: Request,
     free: &mut Free,
-) -> Result<InFlight, Failure>
+) -> Result<Prepared, Failure>
 where
     P: Platform,
     S: AsRef<[Slot]>,
@@ -257,14 +299,19 @@ where
             .collect();
         // SAFETY: the granted pages stay mapped until `complete`, which unmaps the sg
         // list first; nothing references them (all access is by physical address).
-        unsafe { engine.map_sg(&t.dev, &mut f.sg, dir, DmaAttrs::empty()) }.map_err(|e| {
-            Failure::Dma(format!(
-                "map_sg of {} #{} ({} entries): {e}",
-                f.req.kind.name(),
-                f.req.id,
-                f.sg.len()
-            ))
-        })?;
+        match unsafe { engine.map_sg(&t.dev, &mut f.sg, dir, DmaAttrs::empty()) } {
+            Ok(_) => {}
+            // map_sg unmapped what it had mapped before the failing entry.
+            Err(e) if pool_full(&e.source) => return give_back(t, f, free, e.source),
+            Err(e) => {
+                return Err(Failure::Dma(format!(
+                    "map_sg of {} #{} ({} entries): {e}",
+                    f.req.kind.name(),
+                    f.req.id,
+                    f.sg.len()
+                )));
+            }
+        }
     } else {
         let skb = free
             .skbs
@@ -280,21 +327,40 @@ where
         }
         // SAFETY: the socket buffer is dom0's own and stays allocated and unreferenced
         // until `complete` unmaps it.
-        let bus = unsafe { engine.map_page(&t.dev, at, f.req.len, dir, DmaAttrs::empty()) }
-            .map_err(|e| {
-                Failure::Dma(format!(
+        let bus = match unsafe { engine.map_page(&t.dev, at, f.req.len, dir, DmaAttrs::empty()) } {
+            Ok(bus) => bus,
+            Err(e) if pool_full(&e) => return give_back(t, f, free, e),
+            Err(e) => {
+                return Err(Failure::Dma(format!(
                     "map_page of {} #{} ({} bytes at {at}): {e}",
                     f.req.kind.name(),
                     f.req.id,
                     f.req.len
-                ))
-            })?;
+                )));
+            }
+        };
         let mut e = SgEntry::new(at, f.req.len);
         e.dma_address = bus;
         e.dma_length = f.req.len;
         f.sg.push(e);
     }
-    Ok(f)
+    Ok(Prepared::Ready(f))
+}
+
+/// Undoes a [`prepare`] whose DMA mapping failed for a full pool: unmaps the grants and
+/// gives the pages and the socket buffer back.
+fn give_back(
+    t: &Target<'_>,
+    f: InFlight,
+    free: &mut Free,
+    e: DmaError,
+) -> Result<Prepared, Failure> {
+    t.grants
+        .unmap(&f.grants)
+        .map_err(|e| Failure::Setup(e.to_string()))?;
+    free.refs.extend(&f.refs);
+    free.skbs.extend(f.skb);
+    Ok(Prepared::PoolFull(f.req, e))
 }
 
 /// The device: posts every segment of the batch to the ring (CPU), then reads each

@@ -140,7 +140,11 @@ impl fmt::Display for Report {
                 write!(f, "; {} {n}", reason_name(reason))?;
             }
         }
-        writeln!(f, "), failed {}", e.map_failures)?;
+        writeln!(
+            f,
+            "), failed {} (deferred for a full pool and retried: {})",
+            e.map_failures, r.deferred
+        )?;
         if let Some(p) = e.pool {
             writeln!(
                 f,

@@ -75,6 +75,37 @@ fn both_platforms_pass_and_report() {
 }
 
 #[test]
+fn a_full_pool_defers_requests_until_the_ones_in_flight_complete() {
+    let out = sim_dom0(&[
+        "--arch",
+        "x86-pv",
+        "--transfers",
+        "200",
+        "--pool-mib",
+        "1",
+        "--queue-depth",
+        "64",
+        "--force-bounce",
+        "--quiet",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(number_after(&stdout, "mappings", "direct"), 0, "{stdout}");
+    let deferred = number_after(&stdout, "mappings", "retried:");
+    assert!(deferred > 0, "{stdout}");
+    assert_eq!(
+        number_after(&stdout, "mappings", "failed"),
+        deferred,
+        "{stdout}"
+    );
+    assert_eq!(
+        number_after(&stdout, "pool  ", "high-water"),
+        512,
+        "{stdout}"
+    );
+}
+
+#[test]
 fn a_corrupted_byte_fails_the_run() {
     for id in ["0", "3"] {
         let out = sim_dom0(&[
