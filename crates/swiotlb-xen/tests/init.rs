@@ -6,10 +6,9 @@
 mod common;
 
 use common::*;
-use swiotlb_core::engine::DmaEngine;
 use swiotlb_core::{BusAddr, DmaMask, Platform, Slot};
 use swiotlb_xen::init::{self, InitError, InitOptions, InitReport};
-use xen_sim::{SimMemory, SimOp};
+use xen_sim::SimOp;
 
 const MIB: u64 = 1 << 20;
 const GIB4: u64 = 1 << 32;
@@ -36,10 +35,7 @@ fn assert_chunks_contiguous(pv: &Pv, r: &InitReport) {
 }
 
 /// Takes the engine apart and gives the pool back.
-fn release<P: Platform>(
-    engine: DmaEngine<P, SimMemory, Box<[Slot]>, SimPages>,
-    report: &InitReport,
-) {
+fn release<P: Platform>(engine: SimEngine<P, SimPages>, report: &InitReport) {
     let (platform, pool, _) = engine.into_parts();
     drop(pool);
     // SAFETY: the engine and pool are gone; the chunks were not given back before.

@@ -31,6 +31,9 @@ pub const PAGE: u64 = 4096;
 /// Bytes in a pool segment.
 pub const SEGMENT: u64 = 256 * 1024;
 
+/// An engine on the simulator: platform `P`, the simulated CPU's memory, slot metadata on
+/// the heap, page allocator `A`.
+pub type SimEngine<P, A> = DmaEngine<P, SimMemory, Box<[Slot]>, A>;
 /// The x86 PV engine under test.
 pub type PvEngine<'a> = DmaEngine<SimPv<'a>, SimMemory, Box<[Slot]>, SimPages>;
 /// Entries of the arm64 foreign table in the tests.
@@ -169,7 +172,7 @@ pub fn init_engine<P: Platform, A: PageAllocator>(
     pool: PhysAddr,
     bytes: u64,
     pages: A,
-) -> (DmaEngine<P, SimMemory, Box<[Slot]>, A>, InitReport) {
+) -> (SimEngine<P, A>, InitReport) {
     // CAST: test pools are a few MiB.
     let storage: Box<[Slot]> = (0..bytes / 2048).map(|_| Slot::new()).collect();
     // SAFETY: the region is fresh dom0 memory given to the pool alone; the simulated CPU's
@@ -195,7 +198,7 @@ pub fn build_engine<P: Platform, A: PageAllocator>(
     pool: PhysAddr,
     bytes: u64,
     pages: A,
-) -> DmaEngine<P, SimMemory, Box<[Slot]>, A> {
+) -> SimEngine<P, A> {
     init_engine(platform, mem, pool, bytes, pages).0
 }
 
@@ -203,7 +206,7 @@ pub fn build_engine<P: Platform, A: PageAllocator>(
 /// cache or TLB violation, no DMA fault on `devices`.
 pub fn check<P: Platform, A: PageAllocator>(
     xen: &Xen,
-    engine: &DmaEngine<P, SimMemory, Box<[Slot]>, A>,
+    engine: &SimEngine<P, A>,
     devices: &[&SimDevice],
 ) {
     xen.check_invariants().expect("simulator invariants");
@@ -223,17 +226,12 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Slots in use in the engine's pool.
-pub fn pool_used<P: Platform, A: PageAllocator>(
-    engine: &DmaEngine<P, SimMemory, Box<[Slot]>, A>,
-) -> usize {
+pub fn pool_used<P: Platform, A: PageAllocator>(engine: &SimEngine<P, A>) -> usize {
     engine.pool().map_or(0, |p| p.stats().used)
 }
 
 /// Whether `bus` lies in the pool (translated back through the platform).
-pub fn is_bounced<P: Platform, A: PageAllocator>(
-    engine: &DmaEngine<P, SimMemory, Box<[Slot]>, A>,
-    bus: BusAddr,
-) -> bool {
+pub fn is_bounced<P: Platform, A: PageAllocator>(engine: &SimEngine<P, A>, bus: BusAddr) -> bool {
     let Some(pool) = engine.pool() else {
         return false;
     };
@@ -274,7 +272,7 @@ pub struct Seen {
 )]
 pub fn exercise<P: Platform, A: PageAllocator>(
     xen: &Xen,
-    engine: &DmaEngine<P, SimMemory, Box<[Slot]>, A>,
+    engine: &SimEngine<P, A>,
     sdev: &SimDevice,
     dev: &swiotlb_core::Device,
     cpu: &SimMemory,
