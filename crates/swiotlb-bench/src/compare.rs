@@ -1,7 +1,8 @@
 //! The comparative benchmark: every pool under test ([`Impl`]) on the same fragmented fill,
 //! timed the same way, plus the check that each of them really bounces the data.
 //!
-//! - [`latency`]: the median time of one map+unmap round trip of a size at a fill level;
+//! - [`latency_all`]: the median time of one map+unmap round trip of a size at a fill level,
+//!   for every pool and the memcpy floor, measured in turns ([`interleaved_medians`]);
 //! - [`throughput`]: round trips per second with one or more threads mapping on the same
 //!   pool, each thread with its own original (its own "CPU", see
 //!   [`current_cpu`](crate::linux::current_cpu));
@@ -17,7 +18,7 @@ use swiotlb_core::{DmaDirection, PhysAddr};
 
 use crate::harness::{
     BenchPool, CpuStopwatch, ORIG_ROOM, SEED, bitmap_pool, buddy_pool, case_memory, fragment,
-    linear_map, linux_pool, median_ns, orig_base, real_pool, round_trip,
+    linear_map, linux_pool, orig_base, real_pool, round_trip,
 };
 use crate::host::{HostMemory, HostMemoryError};
 use crate::linux::LinuxError;
@@ -149,51 +150,117 @@ pub struct Latency {
     pub reached_fill: f64,
 }
 
-/// Fragments `pool` to `fill` percent and times the round trip of `size` bytes in `dir`.
-///
-/// # Safety
-///
-/// `pool` is fresh over a [`case_memory`] whose originals room nothing else uses.
-pub unsafe fn latency<P: BenchPool>(
-    pool: &P,
-    fill: u32,
-    size: usize,
-    dir: DmaDirection,
-    t: Timing,
-) -> Latency {
-    // SAFETY: the originals room is used by the fill and the measured mapping only.
-    let _live = unsafe { fragment(pool, SEED, fill, size, orig_base()) };
+/// The fill level of `pool`, in percent of its slots.
+fn fill_of<P: BenchPool>(pool: &P) -> f64 {
     // CAST: slot counts are far below 2^52, exact in f64.
-    let reached_fill = 100.0 * pool.used_slots() as f64 / pool.total_slots() as f64;
-    let ns = median_ns(
-        // SAFETY: as above.
-        || unsafe { round_trip(pool, orig_base(), size, dir) },
-        t.batches,
-        t.batch_time,
-    );
-    Latency { ns, reached_fill }
+    100.0 * pool.used_slots() as f64 / pool.total_slots() as f64
 }
 
-/// A [`PoolVisitor`] measuring [`latency`].
-#[derive(Clone, Copy, Debug)]
-pub struct LatencyCase {
-    /// Fill level, percent.
-    pub fill: u32,
-    /// Mapping size, bytes.
-    pub size: usize,
-    /// Direction of the measured mapping.
-    pub dir: DmaDirection,
-    /// Timing.
-    pub timing: Timing,
-}
-
-impl PoolVisitor for LatencyCase {
-    type Out = Latency;
-
-    fn visit<P: BenchPool>(self, pool: &P, _mem: &HostMemory) -> Latency {
-        // SAFETY: `with_pool` hands a fresh pool over a case memory.
-        unsafe { latency(pool, self.fill, self.size, self.dir, self.timing) }
+/// The medians of several timed operations measured in turns: each is calibrated to
+/// `t.batch_time`, then the batches go round-robin (one batch of each, `t.batches` times),
+/// so that whatever else the machine does at a given moment weighs on all of them alike.
+/// Times are the thread's CPU time per call ([`CpuStopwatch`]).
+pub fn interleaved_medians(fs: &mut [&mut dyn FnMut()], t: Timing) -> Vec<f64> {
+    // CAST: a batch time in ns fits f64.
+    let batch_ns = t.batch_time.as_nanos() as f64;
+    let iters: Vec<u32> = fs
+        .iter_mut()
+        .map(|f| {
+            let mut n: u32 = 1;
+            loop {
+                let w = CpuStopwatch::start();
+                for _ in 0..n {
+                    f();
+                }
+                if w.elapsed_ns() >= batch_ns || n >= 1 << 24 {
+                    return n;
+                }
+                n *= 2;
+            }
+        })
+        .collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(t.batches); fs.len()];
+    for _ in 0..t.batches.max(1) {
+        for (i, f) in fs.iter_mut().enumerate() {
+            let w = CpuStopwatch::start();
+            for _ in 0..iters[i] {
+                f();
+            }
+            samples[i].push(w.elapsed_ns() / f64::from(iters[i]));
+        }
     }
+    samples.iter_mut().map(|v| median(v)).collect()
+}
+
+/// One cell of the grid for every pool at once: the four pools ([`Impl::ALL`], in that
+/// order) each over its own fresh [`case_memory`], fragmented alike to `fill`, and the
+/// memcpy floor (`copies` copies of `size` bytes: 1 for `ToDevice`, 2 for a direction that
+/// also copies back), timed in turns by [`interleaved_medians`].
+///
+/// # Errors
+///
+/// If the memories or a pool cannot be set up.
+pub fn latency_all(
+    size: usize,
+    fill: u32,
+    dir: DmaDirection,
+    copies: u32,
+    t: Timing,
+) -> Result<([Latency; 4], f64), SetupError> {
+    let mems = [
+        case_memory()?,
+        case_memory()?,
+        case_memory()?,
+        case_memory()?,
+    ];
+    // SAFETY: each pool alone uses the pool part of its own memory, and is dropped (end of
+    // this function) before it; the originals rooms are used by the fill and the measured
+    // round trips only, on this thread.
+    let ours = unsafe { real_pool(&mems[0]) }?;
+    // SAFETY: the map does not outlive `mems[1]`.
+    let map = unsafe { linear_map(&mems[1]) };
+    // SAFETY: as above.
+    let linux = unsafe { linux_pool(&map, mems[1].base()) }?;
+    // SAFETY: as above.
+    let buddy = unsafe { buddy_pool(&mems[2]) };
+    // SAFETY: as above.
+    let bitmap = unsafe { bitmap_pool(&mems[3]) };
+    // SAFETY: as above.
+    let _live = unsafe {
+        (
+            fragment(&ours, SEED, fill, size, orig_base()),
+            fragment(&linux, SEED, fill, size, orig_base()),
+            fragment(&buddy, SEED, fill, size, orig_base()),
+            fragment(&bitmap, SEED, fill, size, orig_base()),
+        )
+    };
+    let reached = [
+        fill_of(&ours),
+        fill_of(&linux),
+        fill_of(&buddy),
+        fill_of(&bitmap),
+    ];
+    let mut floor = crate::harness::MemcpyFloor::new()?;
+    let o = orig_base();
+    // SAFETY: as above (for each of the four closures).
+    let mut f0 = || unsafe { round_trip(&ours, o, size, dir) };
+    // SAFETY: as above.
+    let mut f1 = || unsafe { round_trip(&linux, o, size, dir) };
+    // SAFETY: as above.
+    let mut f2 = || unsafe { round_trip(&buddy, o, size, dir) };
+    // SAFETY: as above.
+    let mut f3 = || unsafe { round_trip(&bitmap, o, size, dir) };
+    let mut f4 = || {
+        for _ in 0..copies {
+            floor.copy(black_box(size));
+        }
+    };
+    let m = interleaved_medians(&mut [&mut f0, &mut f1, &mut f2, &mut f3, &mut f4], t);
+    let lat = |i: usize| Latency {
+        ns: m[i],
+        reached_fill: reached[i],
+    };
+    Ok(([lat(0), lat(1), lat(2), lat(3)], m[4]))
 }
 
 /// Round trips per second, summed over threads.
@@ -501,25 +568,6 @@ impl PoolVisitor for CheckCopies {
     }
 }
 
-/// The floor of a size: the median of a bare page-aligned copy of `size` bytes
-/// ([`crate::harness::MemcpyFloor`]), and for `Bidirectional` two of them.
-///
-/// # Errors
-///
-/// If the buffers cannot be allocated.
-pub fn memcpy_ns(size: usize, copies: u32, t: Timing) -> Result<f64, HostMemoryError> {
-    let mut floor = crate::harness::MemcpyFloor::new()?;
-    Ok(median_ns(
-        || {
-            for _ in 0..copies {
-                floor.copy(black_box(size));
-            }
-        },
-        t.batches,
-        t.batch_time,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,6 +681,38 @@ mod tests {
             e.contains("overwritten") || e.contains("does not hold"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_pool_and_the_floor_in_one_cell() {
+        let t = Timing {
+            batches: 3,
+            batch_time: Duration::from_micros(300),
+        };
+        let (lat, floor) = latency_all(4096, 50, DmaDirection::Bidirectional, 2, t).unwrap();
+        for (i, l) in lat.iter().enumerate() {
+            assert!(l.ns > 0.0 && l.ns < 1e6, "{}: {l:?}", Impl::ALL[i].name());
+            assert!((45.0..=50.0).contains(&l.reached_fill), "{l:?}");
+        }
+        assert!(floor > 0.0 && floor < lat[0].ns * 10.0, "{floor}");
+    }
+
+    #[test]
+    fn interleaving_keeps_each_operation_apart() {
+        let (mut a, mut b) = (0u64, 0u64);
+        let t = Timing {
+            batches: 5,
+            batch_time: Duration::from_micros(200),
+        };
+        let mut fa = || a = black_box(a + 1);
+        let mut fb = || {
+            for _ in 0..50 {
+                b = black_box(b + 1);
+            }
+        };
+        let m = interleaved_medians(&mut [&mut fa, &mut fb], t);
+        assert_eq!(m.len(), 2);
+        assert!(m[1] > m[0], "{m:?}");
     }
 
     #[test]

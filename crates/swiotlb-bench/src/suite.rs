@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use swiotlb_core::DmaDirection;
 
-use crate::compare::{Impl, LatencyCase, ScalingCase, Timing, memcpy_ns, with_pool};
+use crate::compare::{Impl, Latency, ScalingCase, Timing, latency_all, with_pool};
 use crate::fixup;
 use crate::foreign::ForeignCase;
 use crate::harness::{FILLS, SIZES};
@@ -74,21 +74,15 @@ fn setup<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> Result<T, Stri
     r.map_err(|e| format!("cannot set up {what}: {e}"))
 }
 
-/// One latency cell.
-fn cell(
-    imp: Impl,
+/// One cell for every pool, and the floor.
+fn cells(
     size: usize,
     fill: u32,
     dir: DmaDirection,
     t: Timing,
-) -> Result<crate::compare::Latency, String> {
-    let case = LatencyCase {
-        fill,
-        size,
-        dir,
-        timing: t,
-    };
-    setup(with_pool(imp, case), imp.name())
+) -> Result<([Latency; 4], f64), String> {
+    let copies = if dir == DmaDirection::ToDevice { 1 } else { 2 };
+    setup(latency_all(size, fill, dir, copies, t), "the pools")
 }
 
 /// Runs the suite, calling `progress` with a line before each step.
@@ -116,15 +110,17 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
     let mut floor = Vec::new();
     let mut grid = Vec::new(); // (imp, size, fill, latency)
     for &size in &sizes {
-        progress(&format!("memcpy {size} B"));
-        let f = setup(memcpy_ns(size, 1, t), "the memcpy buffers")?;
-        floor.push((size, f));
+        let mut floors = Vec::new();
         for &fill in &fills {
             progress(&format!("map+unmap {size} B at {fill}% fill"));
-            for imp in Impl::ALL {
-                grid.push((imp, size, fill, cell(imp, size, fill, to_dev, t)?));
+            let (lat, f) = cells(size, fill, to_dev, t)?;
+            floors.push(f);
+            for (imp, l) in Impl::ALL.into_iter().zip(lat) {
+                grid.push((imp, size, fill, l));
             }
         }
+        // The floor does not depend on the fill: the median of its measurements.
+        floor.push((size, crate::compare::median(&mut floors)));
     }
     let ns_of = |imp: Impl, size: usize, fill: u32| {
         grid.iter()
@@ -251,7 +247,7 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
     }
     for &size in &sizes {
         for &fill in &fills {
-            let cells: Vec<f64> = Impl::ALL.iter().map(|&i| ns_of(i, size, fill)).collect();
+            let row_ns: Vec<f64> = Impl::ALL.iter().map(|&i| ns_of(i, size, fill)).collect();
             let reached: Vec<String> = Impl::ALL
                 .iter()
                 .map(|&i| {
@@ -264,10 +260,10 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
                 format!("{size} B"),
                 format!("{fill}% ({})", reached.join("/")),
             ];
-            r.extend(cells.iter().map(|c| format!("{c:.1}")));
+            r.extend(row_ns.iter().map(|c| format!("{c:.1}")));
             r.push(format!("{:.1}", floor_of(size)));
-            r.extend(cells[1..].iter().map(|c| format!("{:.2}", cells[0] / c)));
-            r.push(format!("{:.2}", cells[0] / floor_of(size)));
+            r.extend(row_ns[1..].iter().map(|c| format!("{:.2}", row_ns[0] / c)));
+            r.push(format!("{:.2}", row_ns[0] / floor_of(size)));
             rows.push(r);
         }
     }
@@ -297,17 +293,12 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
     let mut bidi = Vec::new();
     for &size in &sizes {
         progress(&format!("bidirectional {size} B at {hf}% fill"));
-        let floor2 = setup(memcpy_ns(size, 2, t), "the memcpy buffers")?;
+        let (lat, floor2) = cells(size, hf, DmaDirection::Bidirectional, t)?;
         let mut r = vec![format!("{size} B")];
-        let mut cells = Vec::new();
-        for imp in Impl::ALL {
-            let l = cell(imp, size, hf, DmaDirection::Bidirectional, t)?;
-            cells.push(l.ns);
-            r.push(format!("{:.1}", l.ns));
-        }
+        r.extend(lat.iter().map(|l| format!("{:.1}", l.ns)));
         r.push(format!("{floor2:.1}"));
-        r.push(format!("{:.2}", cells[0] / cells[1]));
-        r.push(format!("{:.2}", cells[0] / floor2));
+        r.push(format!("{:.2}", lat[0].ns / lat[1].ns));
+        r.push(format!("{:.2}", lat[0].ns / floor2));
         bidi.push(r);
     }
     out.tables.push_str(&format!(
