@@ -464,3 +464,118 @@ fn coherent_allocations_are_direct() {
     assert_eq!(arm.xen.counters().count(SimOp::MemoryExchange), 0);
     assert!(engine.dma_supported(&dev, DmaMask::BITS_32));
 }
+
+#[test]
+fn partial_syncs_move_only_the_bytes_asked_for() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let d32 = arm.xen.device(DmaMask::BITS_32, false);
+    let dev = d32.core_device();
+    let low = arm.guest.alloc_pages(2);
+    let high = high_ram(&arm, 2);
+    for (buf, bounced) in [(low, false), (high, true)] {
+        let len = 8192;
+        let before = pattern(1, len);
+        arm.mem.write(buf, &before);
+        // SAFETY: the buffer is the test's until the unmap.
+        let bus = unsafe {
+            engine.map_page(
+                &dev,
+                buf,
+                len,
+                DmaDirection::Bidirectional,
+                DmaAttrs::empty(),
+            )
+        }
+        .unwrap();
+        assert_eq!(is_bounced(&engine, bus), bounced);
+        // The device writes the whole buffer; the CPU syncs 1 KiB in the middle only.
+        let written = pattern(2, len);
+        d32.write(bus, &written).unwrap();
+        let (off, n) = (2048usize, 1024usize);
+        engine
+            .sync_single_for_cpu(
+                &dev,
+                BusAddr::new(bus.as_u64() + off as u64),
+                n,
+                DmaDirection::Bidirectional,
+            )
+            .unwrap();
+        let mut got = vec![0u8; n];
+        arm.mem.read(at(buf, off as u64), &mut got);
+        same(&got, &written[off..off + n], "the synced bytes");
+        if bounced {
+            // The rest is not copied back yet.
+            let mut rest = vec![0u8; 1024];
+            arm.mem.read(at(buf, 5000), &mut rest);
+            same(&rest, &before[5000..6024], "bytes outside the sync");
+        }
+        // The CPU changes 512 bytes and syncs them for the device.
+        let mine = pattern(3, 512);
+        arm.mem.write(at(buf, 4096), &mine);
+        engine
+            .sync_single_for_device(
+                &dev,
+                BusAddr::new(bus.as_u64() + 4096),
+                512,
+                DmaDirection::Bidirectional,
+            )
+            .unwrap();
+        same(
+            &d32.read(BusAddr::new(bus.as_u64() + 4096), 512).unwrap(),
+            &mine,
+            "the device read after sync_single_for_device",
+        );
+        engine
+            .unmap_page(
+                &dev,
+                bus,
+                len,
+                DmaDirection::Bidirectional,
+                DmaAttrs::empty(),
+            )
+            .unwrap();
+        check(&arm.xen, &engine, &[&d32]);
+    }
+}
+
+#[test]
+fn concurrent_foreign_and_local_mappings_for_a_non_coherent_device() {
+    let arm = Arm::new();
+    let engine = arm.engine(2 * MIB);
+    let d32 = arm.xen.device(DmaMask::BITS_32, false);
+    let dev = d32.core_device();
+    let (grants, mapped) = foreign(&arm, 16);
+    let locals: Vec<PhysAddr> = (0..4).map(|_| arm.guest.alloc_pages(4)).collect();
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            let (engine, d32, mem) = (&engine, &d32, arm.mem.clone());
+            let mine = &mapped[t * 4..t * 4 + 4];
+            let local = locals[t];
+            s.spawn(move || {
+                for i in 0..40u64 {
+                    let (phys, len) = if i % 2 == 0 {
+                        (mine[(i / 2) as usize % 4].phys, 4096)
+                    } else {
+                        (at(local, (i * 97) % 4096), 8000)
+                    };
+                    let data = pattern((t as u64) << 32 | i, len);
+                    mem.write(phys, &data);
+                    // SAFETY: the buffer is this thread's alone.
+                    let bus = unsafe {
+                        engine.map_page(&dev, phys, len, DmaDirection::ToDevice, DmaAttrs::empty())
+                    }
+                    .unwrap();
+                    same(&d32.read(bus, len).unwrap(), &data, "the device read");
+                    engine
+                        .unmap_page(&dev, bus, len, DmaDirection::ToDevice, DmaAttrs::empty())
+                        .unwrap();
+                }
+            });
+        }
+    });
+    check(&arm.xen, &engine, &[&d32]);
+    assert_eq!(pool_used(&engine), 0);
+    grants.unmap(&mapped).unwrap();
+    assert!(arm.table.is_empty());
+}

@@ -537,3 +537,112 @@ fn dma_supported_answers_from_the_pools_real_bus_addresses() {
         256 * 1024 - 4096
     );
 }
+
+#[test]
+fn the_coherent_mask_not_the_streaming_mask_bounds_coherent_allocations() {
+    let pv = Pv::new();
+    let engine = pv.engine(MIB);
+    let sdev = pv.xen.device(DmaMask::FULL, true);
+    // A 64-bit device whose coherent allocations must lie below 4 GiB (as many NICs).
+    let dev = sdev.core_device().with_coherent_mask(DmaMask::BITS_32);
+    let free = pv.xen.free_frames();
+    let allocs: Vec<_> = (0..8)
+        .map(|_| engine.alloc_coherent(&dev, 8192).unwrap())
+        .collect();
+    for (i, a) in allocs.iter().enumerate() {
+        assert!(a.bus().as_u64() + 8192 <= GIB4, "{i}: {}", a.bus());
+        let data = pattern(i as u64, 8192);
+        sdev.write(a.bus(), &data).unwrap();
+        let mut got = vec![0u8; 8192];
+        pv.guest.read(a.phys(), &mut got);
+        same(&got, &data, "the CPU read");
+    }
+    assert!(allocs.iter().any(|a| a.is_exchanged()));
+    // Streaming maps still use the 64-bit mask: a page above 4 GiB is direct.
+    let buf = pv.guest.alloc_pages(32);
+    let high = (0..32)
+        .map(|i| at(buf, i * PAGE))
+        .find(|&p| pv.machine(p).as_u64() >= GIB4)
+        .unwrap();
+    let s = exercise(
+        &pv.xen,
+        &engine,
+        &sdev,
+        &dev,
+        &pv.guest.memory(),
+        high,
+        4096,
+        3,
+        &no_iommu,
+    );
+    assert_eq!(s.bounced, [false; 3]);
+    for a in allocs {
+        // SAFETY: nothing uses the allocation any more.
+        unsafe { engine.free_coherent(&dev, a) }.unwrap();
+    }
+    check(&pv.xen, &engine, &[&sdev]);
+    assert_eq!(pv.xen.free_frames(), free);
+    assert_eq!(pv.local_entries(), pv.guest.nr_pages());
+}
+
+#[test]
+fn concurrent_maps_and_coherent_allocations_from_several_cpus() {
+    let pv = Pv::new();
+    let engine = pv.engine(2 * MIB);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    let bufs: Vec<PhysAddr> = (0..4).map(|_| pv.guest.alloc_pages(8)).collect();
+    std::thread::scope(|s| {
+        for (t, &buf) in bufs.iter().enumerate() {
+            let (engine, d32, cpu) = (&engine, &d32, pv.guest.memory());
+            s.spawn(move || {
+                for i in 0..60u64 {
+                    let len = 512 + (i as usize * 997 + t * 131) % (7 * 4096);
+                    let phys = at(buf, (i * 61) % 4096);
+                    let seed = (t as u64) << 32 | i;
+                    let data = pattern(seed, len);
+                    cpu.write(phys, &data);
+                    // SAFETY: the buffer is this thread's alone.
+                    let bus = unsafe {
+                        engine.map_page(
+                            &dev,
+                            phys,
+                            len,
+                            DmaDirection::Bidirectional,
+                            DmaAttrs::empty(),
+                        )
+                    }
+                    .unwrap();
+                    same(&d32.read(bus, len).unwrap(), &data, "the device read");
+                    let back = pattern(seed ^ 0xffff, len);
+                    d32.write(bus, &back).unwrap();
+                    engine
+                        .unmap_page(
+                            &dev,
+                            bus,
+                            len,
+                            DmaDirection::Bidirectional,
+                            DmaAttrs::empty(),
+                        )
+                        .unwrap();
+                    let mut got = vec![0u8; len];
+                    cpu.read(phys, &mut got);
+                    same(&got, &back, "the CPU read");
+                    if i % 10 == 0 {
+                        // Exchanges from several CPUs at once.
+                        let a = engine.alloc_coherent(&dev, 16384).unwrap();
+                        assert!(a.bus().as_u64() + 16384 <= GIB4);
+                        // SAFETY: unused.
+                        unsafe { engine.free_coherent(&dev, a) }.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    check(&pv.xen, &engine, &[&d32]);
+    assert_eq!(pool_used(&engine), 0);
+    assert_eq!(pv.local_entries(), pv.guest.nr_pages());
+    let st = engine.stats();
+    assert_eq!(st.direct_maps + st.bounced_maps, 240);
+    assert_eq!(st.coherent_allocs, st.coherent_frees);
+}
