@@ -37,6 +37,8 @@ pub struct FixupCount {
     pub traps: u64,
     /// `XENMEM_exchange` calls, failed ones included.
     pub exchanges: u64,
+    /// Multicalls (the batches of page-table updates that zap and remap the region).
+    pub multicalls: u64,
     /// The widest address bits used.
     pub max_bits: u32,
 }
@@ -49,6 +51,7 @@ impl FixupCount {
             bytes,
             traps: c.traps(),
             exchanges: c.count(SimOp::MemoryExchange),
+            multicalls: c.count(SimOp::Multicall),
             max_bits,
         }
     }

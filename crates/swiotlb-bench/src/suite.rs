@@ -457,8 +457,13 @@ pub fn fixup_figures() -> Result<Vec<Figure>, String> {
         )
         .with("traps", linux.traps as f64)
         .with("exchanges", linux.exchanges as f64)
+        .with("multicalls", linux.multicalls as f64)
         .with("pool_mib", (bytes >> 20) as f64)
-        .with("max_address_bits", f64::from(linux.max_bits)),
+        .with("max_address_bits", f64::from(linux.max_bits))
+        .with(
+            "failed_exchanges",
+            (linux.exchanges - bytes / fixup::SEGMENT_BYTES) as f64,
+        ),
         Figure::new(
             "linux_fixup_exchanges_per_mib",
             linux.exchanges_per_mib(),
@@ -474,6 +479,8 @@ pub fn fixup_figures() -> Result<Vec<Figure>, String> {
         Figure::new("fixup_hypercalls_per_mib", ours.traps_per_mib(), "per_mib")
             .with("traps", ours.traps as f64)
             .with("exchanges", ours.exchanges as f64)
+            .with("multicalls", ours.multicalls as f64)
+            .with("failed_exchanges", f64::from(report.create_failures))
             .with("chunks", report.chunks.len() as f64)
             .with("pool_mib", (ours.bytes >> 20) as f64)
             .with("max_address_bits", f64::from(ours.max_bits))
