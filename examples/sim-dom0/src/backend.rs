@@ -1,12 +1,17 @@
 //! The backend: dom0 serving the guest's network and block traffic to one DMA device
 //! through the DMA engine, verifying every byte.
 //!
-//! The device learns where to read and write only from a descriptor ring in coherent memory
-//! (`alloc_coherent`), as a real NIC or disk controller does; the ring is reached by its bus
-//! address. Requests are handled in batches of up to the queue depth: all mapped, then the
-//! device works through the ring, then all unmapped and completed, so that many mappings are
-//! live at once (the pool's high-water mark shows it).
+//! The device learns where to read and write only from descriptor rings in coherent memory
+//! (`alloc_coherent`), as a real multi-queue NIC or disk controller does; a ring is reached
+//! by its bus address. Each backend CPU (a thread) owns one queue: its ring, its socket
+//! buffers and its share of the guest's pages; all share the engine, its pool and the grant
+//! mappings. A queue handles requests in batches of up to the queue depth: all mapped, then
+//! the device works through the ring, then all unmapped and completed, so that many mappings
+//! are live at once (the pool's high-water mark shows it).
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use swiotlb_core::Error as PoolError;
@@ -34,7 +39,9 @@ pub struct RunOptions {
     pub transfers: u64,
     /// Seed of the workload and payloads.
     pub seed: u64,
-    /// Requests in flight at once.
+    /// Backend CPUs (threads), one queue each.
+    pub cpus: usize,
+    /// Requests in flight at once per queue.
     pub queue_depth: usize,
     /// Check the simulator's and the pool's invariants every this many transfers.
     pub check_every: u64,
@@ -57,19 +64,19 @@ pub struct Target<'a> {
     /// The device as the DMA layer knows it.
     pub dev: Device,
     /// How dom0 maps the guest's grants.
-    pub grants: &'a dyn GrantMapper,
+    pub grants: &'a (dyn GrantMapper + Sync),
     /// The guest.
     pub domu: DomU,
     /// The guest's domain id.
     pub domu_id: DomId,
     /// Pages the guest granted to dom0 for its traffic.
     pub domu_refs: Vec<GrantRef>,
-    /// dom0's socket buffers ([`SKB_BYTES`] each).
+    /// dom0's socket buffers ([`SKB_BYTES`] each), shared out between the queues.
     pub skbs: Vec<PhysAddr>,
     /// What the kernel does after the CPU wrote coherent memory that a non-coherent device
     /// will read (nothing on a real uncached mapping; the simulator's single cache model
     /// needs a clean, see `docs/demo.md`).
-    pub coherent_written: &'a dyn Fn(PhysAddr, usize),
+    pub coherent_written: &'a (dyn Fn(PhysAddr, usize) + Sync),
 }
 
 /// What a run did, beyond the engine's and the simulator's own counters.
@@ -88,8 +95,8 @@ pub struct RunStats {
     /// Requests whose mapping found the pool full and were retried after the requests in
     /// flight completed.
     pub deferred: u64,
-    /// Bus address of the descriptor ring, and whether it had to be exchanged.
-    pub ring: Option<(BusAddr, bool)>,
+    /// Bus address of each queue's descriptor ring, and whether it had to be exchanged.
+    pub rings: Vec<(BusAddr, bool)>,
     /// Wall time of the transfers.
     pub elapsed: Duration,
 }
@@ -105,19 +112,89 @@ struct InFlight {
     dir: DmaDirection,
 }
 
-/// Free lists of the guest's granted pages and of dom0's socket buffers.
+/// Free lists of the guest's granted pages and of dom0's socket buffers (indices into the
+/// target's lists).
 struct Free {
     refs: Vec<usize>,
     skbs: Vec<usize>,
 }
 
-/// Runs the workload. Every byte the device reads is compared with what the guest sent, and
-/// every byte the device writes is compared with what the guest receives.
+impl RunStats {
+    /// Adds another queue's counts.
+    fn merge(&mut self, o: RunStats) {
+        for (a, b) in self.per_kind.iter_mut().zip(o.per_kind) {
+            *a += b;
+        }
+        self.payload_bytes += o.payload_bytes;
+        self.segments += o.segments;
+        self.device_bytes += o.device_bytes;
+        self.checks += o.checks;
+        self.deferred += o.deferred;
+        self.rings.extend(o.rings);
+    }
+}
+
+thread_local! {
+    /// The backend CPU this thread stands for.
+    static CPU: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The backend CPU the calling thread stands for: the engine's CPU hint, which picks the
+/// pool area a bounce searches first (Linux's `raw_smp_processor_id()`).
+#[must_use]
+pub fn current_cpu() -> usize {
+    CPU.with(Cell::get)
+}
+
+/// What the queues share: progress for the progress line, a stop flag raised by a queue
+/// that failed, and the lock that makes the invariant checks see a quiet machine.
+#[derive(Debug, Default)]
+struct Shared {
+    done: AtomicU64,
+    bytes: AtomicU64,
+    in_flight: AtomicU64,
+    stop: AtomicBool,
+    /// Held for reading by a queue while it has DMA operations under way (a batch between
+    /// its first map and its last unmap, a coherent allocation or free), and for writing by
+    /// an invariant check: the simulator's and the pool's invariants hold between
+    /// operations, not in the middle of one on another CPU.
+    quiet: RwLock<()>,
+}
+
+impl Shared {
+    fn busy(&self) -> RwLockReadGuard<'_, ()> {
+        self.quiet.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the invariant checks with every other queue between operations.
+    fn check<P, S, A>(
+        &self,
+        engine: &DmaEngine<P, SimMemory, S, A>,
+        t: &Target<'_>,
+        stats: &mut RunStats,
+    ) -> Result<(), Failure>
+    where
+        P: Platform,
+        S: AsRef<[Slot]>,
+        A: PageAllocator,
+    {
+        let _quiet = self.quiet.write().unwrap_or_else(PoisonError::into_inner);
+        check(engine, t, stats)
+    }
+}
+
+/// How long a queue with nothing in flight waits for the others to free pool slots.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs the workload on `opts.cpus` queues, one thread each. Every byte the device reads
+/// is compared with what the guest sent, and every byte the device writes with what the
+/// guest receives.
 ///
 /// # Errors
 ///
 /// [`Failure::Verify`] for a wrong byte, a DMA fault, a cache violation or a broken
-/// invariant; [`Failure::Dma`] for a failed DMA operation.
+/// invariant; [`Failure::Dma`] for a failed DMA operation. With several queues, the first
+/// queue's failure (in CPU order) is returned; the others stop at their next batch.
 pub fn run<P, S, A>(
     engine: &DmaEngine<P, SimMemory, S, A>,
     t: &Target<'_>,
@@ -125,28 +202,112 @@ pub fn run<P, S, A>(
 ) -> Result<RunStats, Failure>
 where
     P: Platform,
-    S: AsRef<[Slot]>,
+    S: AsRef<[Slot]> + Sync,
     A: PageAllocator,
 {
+    let cpus = opts.cpus.max(1);
+    let shared = Shared::default();
+    let start = Instant::now();
+    let results: Vec<Result<RunStats, Failure>> = std::thread::scope(|scope| {
+        let queues: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                let shared = &shared;
+                scope.spawn(move || {
+                    CPU.with(|c| c.set(cpu));
+                    let r = run_queue(engine, t, opts, cpu, shared, start);
+                    if r.is_err() {
+                        shared.stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        queues
+            .into_iter()
+            .map(|q| {
+                q.join().unwrap_or_else(|_| {
+                    Err(Failure::Verify("a backend thread panicked".to_owned()))
+                })
+            })
+            .collect()
+    });
     let mut stats = RunStats::default();
-    let ring = engine
-        .alloc_coherent(&t.dev, RING_ENTRIES * DESC_BYTES)
-        .map_err(|e| Failure::Dma(format!("alloc_coherent of the descriptor ring: {e}")))?;
-    stats.ring = Some((ring.bus(), ring.is_exchanged()));
-    let result = run_with_ring(engine, t, opts, &ring, &mut stats);
-    // SAFETY: the device is idle and the CPU holds no reference to the ring.
-    let freed = unsafe { engine.free_coherent(&t.dev, ring) };
-    result?;
-    freed.map_err(|e| Failure::Dma(format!("free_coherent of the descriptor ring: {e}")))?;
+    for r in results {
+        stats.merge(r?);
+    }
+    stats.elapsed = start.elapsed();
     check(engine, t, &mut stats)?;
     Ok(stats)
 }
 
+/// One queue: its descriptor ring, its share of the transfers, the guest's pages and the
+/// socket buffers.
+fn run_queue<P, S, A>(
+    engine: &DmaEngine<P, SimMemory, S, A>,
+    t: &Target<'_>,
+    opts: &RunOptions,
+    cpu: usize,
+    shared: &Shared,
+    start: Instant,
+) -> Result<RunStats, Failure>
+where
+    P: Platform,
+    S: AsRef<[Slot]>,
+    A: PageAllocator,
+{
+    let cpus = opts.cpus.max(1);
+    let mut stats = RunStats::default();
+    let busy = shared.busy();
+    let ring = engine
+        .alloc_coherent(&t.dev, RING_ENTRIES * DESC_BYTES)
+        .map_err(|e| Failure::Dma(format!("alloc_coherent of a descriptor ring: {e}")))?;
+    drop(busy);
+    stats.rings.push((ring.bus(), ring.is_exchanged()));
+    // CAST: usize fits u64, and a share is at most the total.
+    let share = |n: usize, i: usize| (n * i / cpus)..(n * (i + 1) / cpus);
+    let mut free = Free {
+        refs: share(t.domu_refs.len(), cpu).rev().collect(),
+        skbs: share(t.skbs.len(), cpu).rev().collect(),
+    };
+    let (cpus64, cpu64) = (cpus as u64, cpu as u64);
+    let transfers = opts.transfers / cpus64 + u64::from(cpu64 < opts.transfers % cpus64);
+    // Transfer ids cpu, cpu + cpus, ...: unique across queues.
+    let mut workload = Workload::with_ids(opts.seed, cpu64, cpus64);
+    let result = run_with_ring(
+        engine,
+        t,
+        opts,
+        &ring,
+        &mut workload,
+        &mut free,
+        transfers,
+        shared,
+        start,
+        &mut stats,
+    );
+    let busy = shared.busy();
+    // SAFETY: the device is idle on this ring and the CPU holds no reference to it.
+    let freed = unsafe { engine.free_coherent(&t.dev, ring) };
+    drop(busy);
+    result?;
+    freed.map_err(|e| Failure::Dma(format!("free_coherent of a descriptor ring: {e}")))?;
+    Ok(stats)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one queue's state, named at the one call"
+)]
 fn run_with_ring<P, S, A>(
     engine: &DmaEngine<P, SimMemory, S, A>,
     t: &Target<'_>,
     opts: &RunOptions,
     ring: &CoherentAlloc,
+    workload: &mut Workload,
+    free: &mut Free,
+    transfers: u64,
+    shared: &Shared,
+    start: Instant,
     stats: &mut RunStats,
 ) -> Result<(), Failure>
 where
@@ -154,65 +315,85 @@ where
     S: AsRef<[Slot]>,
     A: PageAllocator,
 {
-    let mut workload = Workload::new(opts.seed);
-    let mut free = Free {
-        refs: (0..t.domu_refs.len()).rev().collect(),
-        skbs: (0..t.skbs.len()).rev().collect(),
-    };
     let mut cursor = 0usize;
-    let start = Instant::now();
     let mut last_progress = start;
     let mut done = 0u64;
     let mut next_check = opts.check_every;
     let mut deferred = None;
-    while done < opts.transfers {
-        let want = (opts.transfers - done).min(opts.queue_depth as u64);
+    let mut waiting_since: Option<Instant> = None;
+    while done < transfers && !shared.stop.load(Ordering::Relaxed) {
+        let want = (transfers - done).min(opts.queue_depth as u64);
         let mut batch = Vec::new();
+        let mut busy = Some(shared.busy());
         while (batch.len() as u64) < want {
             let req = deferred.take().unwrap_or_else(|| workload.next_request());
-            match prepare(engine, t, opts, req, &mut free)? {
+            match prepare(engine, t, opts, req, free)? {
                 Prepared::Ready(f) => batch.push(f),
                 // The pool is full: run what is in flight first, then try again, as a
-                // driver does on a DMA mapping error. With nothing in flight it is a real
-                // failure.
-                Prepared::PoolFull(req, e) if batch.is_empty() => {
-                    return Err(Failure::Dma(format!(
-                        "{} #{}: the pool is full with nothing in flight: {e}",
-                        req.kind.name(),
-                        req.id
-                    )));
-                }
-                Prepared::PoolFull(req, _) => {
+                // driver does on a DMA mapping error.
+                Prepared::PoolFull(req, _) if !batch.is_empty() => {
                     stats.deferred += 1;
                     deferred = Some(req);
                     break;
                 }
+                // Nothing of this queue in flight: wait for the other queues to free
+                // slots; with nothing in flight anywhere it is a real failure.
+                Prepared::PoolFull(req, e) => {
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if shared.in_flight.load(Ordering::Relaxed) == 0
+                        || since.elapsed() > POOL_WAIT
+                        || shared.stop.load(Ordering::Relaxed)
+                    {
+                        return Err(Failure::Dma(format!(
+                            "{} #{}: the pool is full with nothing of this queue in flight: {e}",
+                            req.kind.name(),
+                            req.id
+                        )));
+                    }
+                    stats.deferred += 1;
+                    deferred = Some(req);
+                    // Let a check run meanwhile.
+                    drop(busy.take());
+                    std::thread::sleep(Duration::from_millis(1));
+                    busy = Some(shared.busy());
+                }
             }
         }
+        waiting_since = None;
         let n = batch.len() as u64;
-        device_pass(t, opts, ring, &mut cursor, &batch, stats)?;
-        for f in batch {
-            complete(engine, t, f, &mut free, stats)?;
-        }
+        let bytes_before = stats.payload_bytes;
+        shared.in_flight.fetch_add(n, Ordering::Relaxed);
+        let r = device_pass(t, opts, ring, &mut cursor, &batch, stats).and_then(|()| {
+            batch
+                .into_iter()
+                .try_for_each(|f| complete(engine, t, f, free, stats))
+        });
+        shared.in_flight.fetch_sub(n, Ordering::Relaxed);
+        drop(busy);
+        r?;
         done += n;
-        if done >= next_check || done == opts.transfers {
-            check(engine, t, stats)?;
+        shared.done.fetch_add(n, Ordering::Relaxed);
+        shared
+            .bytes
+            .fetch_add(stats.payload_bytes - bytes_before, Ordering::Relaxed);
+        if done >= next_check || done == transfers {
+            shared.check(engine, t, stats)?;
             next_check = done + opts.check_every;
         }
-        if let Some(every) = opts.progress
+        if let Some(every) = opts.progress.filter(|_| current_cpu() == 0)
             && last_progress.elapsed() >= every
         {
             last_progress = Instant::now();
             eprintln!(
-                "sim-dom0: {}: {done}/{} transfers, {:.1} MiB, {:.1} s",
+                "sim-dom0: {}: {}/{} transfers, {:.1} MiB, {:.1} s",
                 opts.label,
+                shared.done.load(Ordering::Relaxed),
                 opts.transfers,
-                mib(stats.payload_bytes),
+                mib(shared.bytes.load(Ordering::Relaxed)),
                 start.elapsed().as_secs_f64()
             );
         }
     }
-    stats.elapsed = start.elapsed();
     Ok(())
 }
 

@@ -8,9 +8,9 @@
 //! - arm64: a granted page is mapped in dom0's foreign window (stage 2), and recorded in the
 //!   platform's foreign table, as Linux's `arch/arm/xen/p2m.c` does.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use swiotlb_core::{BusAddr, PhysAddr};
 use swiotlb_xen_arm64::{EntryStorage, ForeignTable};
@@ -99,6 +99,11 @@ struct Slots {
     total: usize,
 }
 
+/// Locks `slots` (a panicking holder does not make the free list unusable).
+fn lock(slots: &Mutex<Slots>) -> MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Slots {
     fn new(n: usize) -> Self {
         Self {
@@ -131,7 +136,7 @@ pub struct PvGrants {
     dom0: Domain,
     /// Per slot: the page, and its own PTE and P2M entry while it is ballooned out.
     pages: Vec<(PhysAddr, u64, u64)>,
-    slots: RefCell<Slots>,
+    slots: Mutex<Slots>,
 }
 
 impl PvGrants {
@@ -163,7 +168,7 @@ impl PvGrants {
             guest: guest.clone(),
             dom0: dom0.clone(),
             pages,
-            slots: RefCell::new(Slots::new(n)),
+            slots: Mutex::new(Slots::new(n)),
         })
     }
 
@@ -192,7 +197,7 @@ impl PvGrants {
 
 impl GrantMapper for PvGrants {
     fn map(&self, domid: DomId, refs: &[GrantRef]) -> Result<Vec<MappedGrant>, GrantError> {
-        let slots = self.slots.borrow_mut().take(refs.len())?;
+        let slots = lock(&self.slots).take(refs.len())?;
         let mut reqs: Vec<GnttabMapGrantRef> = slots
             .iter()
             .zip(refs)
@@ -220,7 +225,7 @@ impl GrantMapper for PvGrants {
                 mapped.push(g);
             } else {
                 bad.get_or_insert((req.ref_, req.status));
-                self.slots.borrow_mut().free.push(slot);
+                lock(&self.slots).free.push(slot);
             }
         }
         if let (Ok(()), None) = (ret, bad) {
@@ -250,15 +255,12 @@ impl GrantMapper for PvGrants {
                 "GNTTABOP_unmap_grant_ref: returned {ret:?}, first failed status {bad:?}"
             )));
         }
-        self.slots
-            .borrow_mut()
-            .free
-            .extend(grants.iter().map(|g| g.slot));
+        lock(&self.slots).free.extend(grants.iter().map(|g| g.slot));
         Ok(())
     }
 
     fn in_use(&self) -> usize {
-        let s = self.slots.borrow();
+        let s = lock(&self.slots);
         s.total - s.free.len()
     }
 }
@@ -268,7 +270,7 @@ pub struct ArmGrants<'a, S> {
     table: &'a ForeignTable<S>,
     dom0: Domain,
     window: PhysAddr,
-    slots: RefCell<Slots>,
+    slots: Mutex<Slots>,
 }
 
 impl<'a, S: EntryStorage> ArmGrants<'a, S> {
@@ -279,7 +281,7 @@ impl<'a, S: EntryStorage> ArmGrants<'a, S> {
             table,
             dom0: dom0.clone(),
             window,
-            slots: RefCell::new(Slots::new(n)),
+            slots: Mutex::new(Slots::new(n)),
         }
     }
 
@@ -291,7 +293,7 @@ impl<'a, S: EntryStorage> ArmGrants<'a, S> {
 
 impl<S: EntryStorage> GrantMapper for ArmGrants<'_, S> {
     fn map(&self, domid: DomId, refs: &[GrantRef]) -> Result<Vec<MappedGrant>, GrantError> {
-        let slots = self.slots.borrow_mut().take(refs.len())?;
+        let slots = lock(&self.slots).take(refs.len())?;
         let mut reqs: Vec<GnttabMapGrantRef> = slots
             .iter()
             .zip(refs)
@@ -314,7 +316,7 @@ impl<S: EntryStorage> GrantMapper for ArmGrants<'_, S> {
                 });
             } else {
                 bad.get_or_insert((req.ref_, req.status));
-                self.slots.borrow_mut().free.push(slot);
+                lock(&self.slots).free.push(slot);
             }
         }
         if ret.is_ok() && bad.is_none() {
@@ -339,15 +341,12 @@ impl<S: EntryStorage> GrantMapper for ArmGrants<'_, S> {
                 "GNTTABOP_unmap_grant_ref: returned {ret:?}, {summary:?}"
             )));
         }
-        self.slots
-            .borrow_mut()
-            .free
-            .extend(grants.iter().map(|g| g.slot));
+        lock(&self.slots).free.extend(grants.iter().map(|g| g.slot));
         Ok(())
     }
 
     fn in_use(&self) -> usize {
-        let s = self.slots.borrow();
+        let s = lock(&self.slots);
         s.total - s.free.len()
     }
 }

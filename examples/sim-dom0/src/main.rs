@@ -91,6 +91,7 @@ struct Options {
     dma_bits: u32,
     transfers: u64,
     seed: u64,
+    cpus: usize,
     queue_depth: usize,
     pool_mib: u64,
     coherent: Option<bool>,
@@ -100,8 +101,10 @@ struct Options {
     quiet: bool,
 }
 
-/// The most requests in flight.
+/// The most requests in flight, over all queues.
 const MAX_QUEUE_DEPTH: u64 = 64;
+/// The most backend CPUs.
+const MAX_CPUS: u64 = 8;
 /// Pages the guest has (8 MiB).
 const DOMU_PAGES: u64 = 2048;
 /// Pages the guest grants to dom0 for its traffic: enough for the deepest queue of the
@@ -144,11 +147,18 @@ fn command() -> Command {
                 .help("seed of the machine's layout and of the workload (decimal or 0x hex)"),
         )
         .arg(
+            Arg::new("cpus")
+                .long("cpus")
+                .value_parser(value_parser!(u64).range(1..=MAX_CPUS))
+                .default_value("2")
+                .help("backend CPUs (threads), each with its own device queue and ring"),
+        )
+        .arg(
             Arg::new("queue-depth")
                 .long("queue-depth")
                 .value_parser(value_parser!(u64).range(1..=MAX_QUEUE_DEPTH))
                 .default_value("16")
-                .help("requests in flight at once"),
+                .help("requests in flight at once per queue (at most 64 over all queues)"),
         )
         .arg(
             Arg::new("pool-mib")
@@ -227,13 +237,24 @@ fn options() -> Result<Options, clap::Error> {
         ));
     }
     let get = |name: &str| m.get_one::<u64>(name).copied();
+    let (cpus, queue_depth) = (get("cpus").unwrap_or(2), get("queue-depth").unwrap_or(16));
+    if cpus * queue_depth > MAX_QUEUE_DEPTH {
+        return Err(command().error(
+            clap::error::ErrorKind::ValueValidation,
+            format!(
+                "--cpus {cpus} × --queue-depth {queue_depth} requests in flight: at most \
+                 {MAX_QUEUE_DEPTH}"
+            ),
+        ));
+    }
     Ok(Options {
         archs,
         dma_bits: m.get_one::<u32>("dma-bits").copied().unwrap_or(32),
         transfers: get("transfers").unwrap_or(2000),
         seed: get("seed").unwrap_or_default(),
-        // CAST: at most MAX_QUEUE_DEPTH.
-        queue_depth: get("queue-depth").unwrap_or(16) as usize,
+        // CAST: at most MAX_CPUS and MAX_QUEUE_DEPTH.
+        cpus: cpus as usize,
+        queue_depth: queue_depth as usize,
         pool_mib: get("pool-mib").unwrap_or(4),
         coherent,
         check_every: get("check-every").unwrap_or(64),
@@ -273,6 +294,7 @@ fn run_options(opts: &Options, arch: Arch) -> RunOptions {
     RunOptions {
         transfers: opts.transfers,
         seed: opts.seed,
+        cpus: opts.cpus,
         queue_depth: opts.queue_depth,
         check_every: opts.check_every,
         corrupt: opts.corrupt,
@@ -299,9 +321,9 @@ fn run_x86(opts: &Options) -> Result<Report, Failure> {
     let device = xen.device(mask(opts)?, true);
     let dev = device.core_device().with_force_bounce(opts.force_bounce);
     let pages = SimPages::pv(&g, 64);
-    let grants = PvGrants::new(&g, &dom0, opts.queue_depth * MAX_SEGMENTS)
+    let grants = PvGrants::new(&g, &dom0, opts.cpus * opts.queue_depth * MAX_SEGMENTS)
         .map_err(|e| Failure::Setup(e.to_string()))?;
-    let skbs = (0..opts.queue_depth)
+    let skbs = (0..opts.cpus * opts.queue_depth)
         .map(|_| g.alloc_pages(SKB_PAGES))
         .collect();
     let domu_refs = xen.domu_grant(GRANTED_PAGES);
@@ -387,9 +409,9 @@ fn run_arm64(opts: &Options) -> Result<Report, Failure> {
         &table,
         &dom0,
         g.foreign_window_base(),
-        opts.queue_depth * MAX_SEGMENTS,
+        opts.cpus * opts.queue_depth * MAX_SEGMENTS,
     );
-    let skbs = (0..opts.queue_depth)
+    let skbs = (0..opts.cpus * opts.queue_depth)
         .map(|_| g.alloc_pages(SKB_PAGES))
         .collect();
     let domu_refs = xen.domu_grant(GRANTED_PAGES);
@@ -519,6 +541,7 @@ fn finish(
         dma_bits: opts.dma_bits,
         coherent,
         seed: opts.seed,
+        cpus: opts.cpus,
         queue_depth: opts.queue_depth,
         pool_init: pool::summary(init),
         pool_slots: init.nslabs,

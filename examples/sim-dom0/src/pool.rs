@@ -8,8 +8,8 @@ use swiotlb_core::{PhysAddr, Platform, Slot};
 use swiotlb_xen::init::{self, InitOptions, InitReport};
 use xen_sim::SimMemory;
 
-use crate::Failure;
 use crate::sim::SimPages;
+use crate::{Failure, backend};
 
 /// The engine of the demo: the platform `P`, the simulated CPU's memory, slot metadata on
 /// the heap, and the simulated kernel's page allocator.
@@ -53,6 +53,7 @@ pub fn init<'a, P: Platform>(
             InitOptions::default().with_nareas(4),
         )
     }
+    .map(|(engine, report)| (engine.with_cpu_hint(backend::current_cpu), report))
     .map_err(|e| Failure::Setup(format!("swiotlb-xen pool initialisation: {e}")))
 }
 

@@ -53,7 +53,9 @@ pub struct Report {
     pub coherent: bool,
     /// The run's seed.
     pub seed: u64,
-    /// The requests in flight at once.
+    /// Backend CPUs (queues).
+    pub cpus: usize,
+    /// The requests in flight at once per queue.
     pub queue_depth: usize,
     /// What the pool initialisation did, one line.
     pub pool_init: String,
@@ -82,7 +84,7 @@ impl fmt::Display for Report {
         let total: u64 = r.per_kind.iter().sum();
         writeln!(
             f,
-            "sim-dom0 report: {}, {}-bit {} device, seed {:#x}, queue depth {}",
+            "sim-dom0 report: {}, {}-bit {} device, seed {:#x}, {} CPU(s) with a queue of depth {} each",
             self.arch,
             self.dma_bits,
             if self.coherent {
@@ -91,6 +93,7 @@ impl fmt::Display for Report {
                 "non-coherent"
             },
             self.seed,
+            self.cpus,
             self.queue_depth
         )?;
         writeln!(f, "  pool init       {}", self.pool_init)?;
@@ -163,16 +166,24 @@ impl fmt::Display for Report {
                 self.pool_bus_top
             )?;
         }
-        if let Some((bus, exchanged)) = r.ring {
-            writeln!(
+        if !r.rings.is_empty() {
+            write!(
                 f,
-                "  descriptor ring alloc_coherent at {bus}{}",
-                if exchanged {
-                    ", made contiguous below the coherent mask and given back"
-                } else {
-                    ", used as allocated"
-                }
+                "  rings           {} by alloc_coherent at",
+                r.rings.len()
             )?;
+            for (i, (bus, _)) in r.rings.iter().enumerate() {
+                write!(f, "{} {:#x}", if i == 0 { "" } else { "," }, bus.as_u64())?;
+            }
+            let exchanged = r.rings.iter().filter(|(_, x)| *x).count();
+            if exchanged > 0 {
+                writeln!(
+                    f,
+                    "; {exchanged} made contiguous below the coherent mask, given back at the end"
+                )?;
+            } else {
+                writeln!(f, "; used as allocated")?;
+            }
         }
         writeln!(f, "  run hypercalls  {}", self.run_hypercalls)?;
         writeln!(

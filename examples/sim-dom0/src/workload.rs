@@ -142,15 +142,18 @@ pub const SKB_BYTES: usize = 2 * 4096;
 pub struct Workload {
     rng: Rng,
     next_id: u64,
+    step: u64,
 }
 
 impl Workload {
-    /// The stream of run `seed`.
+    /// One of `step` streams of run `seed` whose ids do not collide: ids `first`,
+    /// `first + step`, ...
     #[must_use]
-    pub fn new(seed: u64) -> Self {
+    pub fn with_ids(seed: u64, first: u64, step: u64) -> Self {
         Self {
-            rng: Rng::new(seed),
-            next_id: 0,
+            rng: Rng::new(seed ^ first.wrapping_mul(0xa076_1d64_78bd_642f)),
+            next_id: first,
+            step: step.max(1),
         }
     }
 
@@ -158,7 +161,7 @@ impl Workload {
     /// reads as writes).
     pub fn next_request(&mut self) -> Request {
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id += self.step;
         let r = &mut self.rng;
         let kind = Kind::ALL[r.range(0, 3)];
         if kind.is_block() {
@@ -209,7 +212,7 @@ mod tests {
 
     #[test]
     fn requests_stay_within_their_limits() {
-        let mut w = Workload::new(7);
+        let mut w = Workload::with_ids(7, 0, 1);
         let mut kinds = std::collections::BTreeMap::new();
         let mut straddles = 0;
         for _ in 0..4000 {
@@ -236,6 +239,20 @@ mod tests {
         assert!(
             straddles > 50,
             "some packets must straddle a page: {straddles}"
+        );
+    }
+
+    #[test]
+    fn streams_have_distinct_ids_and_traffic() {
+        let mut a = Workload::with_ids(7, 0, 2);
+        let mut b = Workload::with_ids(7, 1, 2);
+        let (ra, rb): (Vec<_>, Vec<_>) = (0..50)
+            .map(|_| (a.next_request(), b.next_request()))
+            .unzip();
+        assert!(ra.iter().all(|r| r.id % 2 == 0) && rb.iter().all(|r| r.id % 2 == 1));
+        assert_ne!(
+            ra.iter().map(|r| r.kind).collect::<Vec<_>>(),
+            rb.iter().map(|r| r.kind).collect::<Vec<_>>()
         );
     }
 

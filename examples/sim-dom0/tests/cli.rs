@@ -46,6 +46,8 @@ fn both_platforms_pass_and_report() {
     assert_eq!(reports.len(), 2, "{stdout}");
     assert!(reports[0].starts_with("x86-pv, 32-bit coherent device"));
     assert!(reports[1].starts_with("arm64, 32-bit non-coherent device"));
+    // Two backend CPUs by default, each with its own ring.
+    assert!(reports.iter().all(|r| r.contains("2 CPU(s)")));
     for r in reports {
         assert_eq!(number_after(r, "transfers", "transfers"), 300, "{r}");
         let maps = number_after(r, "mappings", "mappings");
@@ -62,6 +64,7 @@ fn both_platforms_pass_and_report() {
             "{r}"
         );
         assert!(r.contains("0 DMA faults, 0 cache violations"), "{r}");
+        assert_eq!(number_after(r, "rings", "rings"), 2, "{r}");
     }
     let arm = stdout
         .split("sim-dom0 report: arm64")
@@ -82,6 +85,8 @@ fn a_full_pool_defers_requests_until_the_ones_in_flight_complete() {
         "--transfers",
         "200",
         "--pool-mib",
+        "1",
+        "--cpus",
         "1",
         "--queue-depth",
         "64",
@@ -132,6 +137,7 @@ fn bad_options_are_usage_errors() {
         &["--transfers", "0"],
         &["--non-coherent"],
         &["--dma-bits", "99"],
+        &["--cpus", "4", "--queue-depth", "17"],
     ] {
         let out = sim_dom0(args);
         assert_eq!(
