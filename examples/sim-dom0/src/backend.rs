@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use swiotlb_core::Error as PoolError;
@@ -154,6 +154,8 @@ struct Shared {
     bytes: AtomicU64,
     in_flight: AtomicU64,
     stop: AtomicBool,
+    /// The first failure of any queue, in time.
+    failure: Mutex<Option<Failure>>,
     /// Held for reading by a queue while it has DMA operations under way (a batch between
     /// its first map and its last unmap, a coherent allocation or free), and for writing by
     /// an invariant check: the simulator's and the pool's invariants hold between
@@ -162,6 +164,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records a queue's failure (the first one is kept) and stops the other queues.
+    fn fail(&self, e: Failure) {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(e);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     fn busy(&self) -> RwLockReadGuard<'_, ()> {
         self.quiet.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -194,7 +205,7 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 ///
 /// [`Failure::Verify`] for a wrong byte, a DMA fault, a cache violation or a broken
 /// invariant; [`Failure::Dma`] for a failed DMA operation. With several queues, the first
-/// queue's failure (in CPU order) is returned; the others stop at their next batch.
+/// failure is returned; the other queues stop at their next batch.
 pub fn run<P, S, A>(
     engine: &DmaEngine<P, SimMemory, S, A>,
     t: &Target<'_>,
@@ -208,17 +219,20 @@ where
     let cpus = opts.cpus.max(1);
     let shared = Shared::default();
     let start = Instant::now();
-    let results: Vec<Result<RunStats, Failure>> = std::thread::scope(|scope| {
+    let results: Vec<Option<RunStats>> = std::thread::scope(|scope| {
         let queues: Vec<_> = (0..cpus)
             .map(|cpu| {
                 let shared = &shared;
                 scope.spawn(move || {
                     CPU.with(|c| c.set(cpu));
                     let r = run_queue(engine, t, opts, cpu, shared, start);
-                    if r.is_err() {
-                        shared.stop.store(true, Ordering::Relaxed);
+                    match r {
+                        Ok(stats) => Some(stats),
+                        Err(e) => {
+                            shared.fail(e);
+                            None
+                        }
                     }
-                    r
                 })
             })
             .collect();
@@ -226,14 +240,22 @@ where
             .into_iter()
             .map(|q| {
                 q.join().unwrap_or_else(|_| {
-                    Err(Failure::Verify("a backend thread panicked".to_owned()))
+                    shared.fail(Failure::Verify("a backend thread panicked".to_owned()));
+                    None
                 })
             })
             .collect()
     });
+    if let Some(e) = shared
+        .failure
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
+        return Err(e);
+    }
     let mut stats = RunStats::default();
-    for r in results {
-        stats.merge(r?);
+    for r in results.into_iter().flatten() {
+        stats.merge(r);
     }
     stats.elapsed = start.elapsed();
     check(engine, t, &mut stats)?;
@@ -263,12 +285,12 @@ where
         .map_err(|e| Failure::Dma(format!("alloc_coherent of a descriptor ring: {e}")))?;
     drop(busy);
     stats.rings.push((ring.bus(), ring.is_exchanged()));
-    // CAST: usize fits u64, and a share is at most the total.
     let share = |n: usize, i: usize| (n * i / cpus)..(n * (i + 1) / cpus);
     let mut free = Free {
         refs: share(t.domu_refs.len(), cpu).rev().collect(),
         skbs: share(t.skbs.len(), cpu).rev().collect(),
     };
+    // CAST: usize fits u64.
     let (cpus64, cpu64) = (cpus as u64, cpu as u64);
     let transfers = opts.transfers / cpus64 + u64::from(cpu64 < opts.transfers % cpus64);
     // Transfer ids cpu, cpu + cpus, ...: unique across queues.
@@ -339,10 +361,12 @@ where
                 // Nothing of this queue in flight: wait for the other queues to free
                 // slots; with nothing in flight anywhere it is a real failure.
                 Prepared::PoolFull(req, e) => {
+                    if shared.stop.load(Ordering::Relaxed) {
+                        // Another queue failed; its failure is the one to report.
+                        return Ok(());
+                    }
                     let since = *waiting_since.get_or_insert_with(Instant::now);
-                    if shared.in_flight.load(Ordering::Relaxed) == 0
-                        || since.elapsed() > POOL_WAIT
-                        || shared.stop.load(Ordering::Relaxed)
+                    if shared.in_flight.load(Ordering::Relaxed) == 0 || since.elapsed() > POOL_WAIT
                     {
                         return Err(Failure::Dma(format!(
                             "{} #{}: the pool is full with nothing of this queue in flight: {e}",
