@@ -344,6 +344,7 @@ where
     let mut deferred = None;
     let mut waiting_since: Option<Instant> = None;
     while done < transfers && !shared.stop.load(Ordering::Relaxed) {
+        // CAST: usize fits u64 (here and for the batch's length).
         let want = (transfers - done).min(opts.queue_depth as u64);
         let mut batch = Vec::new();
         let mut busy = Some(shared.busy());
@@ -384,6 +385,7 @@ where
             }
         }
         waiting_since = None;
+        // CAST: usize fits u64.
         let n = batch.len() as u64;
         let bytes_before = stats.payload_bytes;
         shared.in_flight.fetch_add(n, Ordering::Relaxed);
@@ -600,6 +602,7 @@ fn device_pass(
         // The device fetches the descriptors and performs them.
         let mut at = 0usize;
         for i in first..*cursor {
+            // CAST: an offset in the 16 KiB ring fits u64.
             let bus = BusAddr::new(ring.bus().as_u64() + ((i % RING_ENTRIES) * DESC_BYTES) as u64);
             let d = t
                 .device
@@ -804,4 +807,5 @@ pub fn mib(bytes: u64) -> f64 {
 }
 
 /// The socket buffers' size, for the set-up.
+// CAST: 2 fits u64.
 pub const SKB_PAGES: u64 = (SKB_BYTES / 4096) as u64;

@@ -74,6 +74,7 @@ pub fn release<P: Platform>(engine: Engine<'_, P>, report: &InitReport) -> Resul
 /// One line saying what the initialisation did.
 #[must_use]
 pub fn summary(r: &InitReport) -> String {
+    // CAST: pool sizes fit u64.
     let mut s = format!(
         "{} MiB at {} (asked {} MiB), {} slots",
         r.bytes as u64 / MIB,

@@ -135,6 +135,7 @@ unsafe impl PageAllocator for SimPages {
         drop(used);
         // CAST: indices and sizes of a test region fit u64.
         let phys = PhysAddr::new(self.base.as_u64() + first as u64 * PAGE);
+        // CAST: 4096 fits usize.
         self.guest
             .memory()
             .write(phys, &vec![0u8; n * PAGE as usize]);
