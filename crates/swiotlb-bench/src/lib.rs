@@ -1,16 +1,23 @@
 //! # swiotlb-bench
 //!
-//! Benchmarks of the `swiotlb-core` bounce pool, with two references to measure it against:
+//! Benchmarks of the `swiotlb-core` bounce pool and the `swiotlb-xen` facade against what a
+//! kernel developer would otherwise use:
 //!
 //! - [`linux`]: a straightforward port of Linux's swiotlb slot allocator (search, free-count
 //!   lists, areas, bounce), which is both the performance baseline and the test oracle;
+//! - [`peers`]: `buddy_system_allocator` and `bitmap-allocator`, each turned into a bounce
+//!   pool doing the same copies;
 //! - a plain `memcpy` of the same size, the floor no bounce mapping can beat.
 //!
 //! [`host::HostMemory`] stands in for physical memory on the host, and [`harness`] holds what
-//! the benchmark and the table share (the fragmented fill, the [`harness::BenchPool`] view of
-//! both pools, the timing loop). The benchmark itself is `benches/pool.rs` (criterion);
-//! `src/bin/pool-table.rs` prints the table that `docs/performance.md` records;
-//! `tests/oracle.rs` checks the real pool against the Linux port.
+//! every measurement shares (the fragmented fill, the [`harness::BenchPool`] view of a pool,
+//! the CPU-time timing loop). [`compare`] measures the pools in turns and checks that each
+//! really bounces the data; [`fixup`] and [`sim`] count the Xen pool initialisation's
+//! hypercalls on `xen-sim` (Linux's scheme and the facade's); [`foreign`] times arm64's
+//! foreign table against a `BTreeMap`; [`suite`] runs it all for `cargo xtask bench`, with
+//! [`report`] (JSON lines, tables) and [`svg`] (plots). [`mapbench`] is Linux's
+//! `dma_map_benchmark`, the `dma-map-bench` binary. `benches/pool.rs` runs the pool cases
+//! under criterion; `tests/oracle.rs` checks the real pool against the Linux port.
 //!
 //! ```
 //! use swiotlb_bench::harness::linear_map;
