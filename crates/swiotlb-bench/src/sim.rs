@@ -348,7 +348,7 @@ mod tests {
                 ..Options::default()
             };
             let (s, summary) = with_facade(arch, &o, Run(o)).unwrap().unwrap();
-            assert!(s.loops > 10, "{arch:?}: {s:?}");
+            assert!(s.loops > 0, "{arch:?}: {s:?}");
             assert!(summary.contains("engine:"), "{summary}");
             assert!(!summary.contains("BROKEN"), "{summary}");
         }
