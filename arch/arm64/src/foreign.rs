@@ -17,10 +17,10 @@
 //! [`BoundedForeignTable::new`]); with the `alloc` feature, `UnboundedForeignTable` keeps
 //! them in a `Vec` and reports allocation failure as an error.
 
-use crate::lock::{ReadGuard, RwSpinLock};
+use crate::lock::atomic::{AtomicUsize, Ordering};
+use crate::lock::{ReadGuard, RwSpinLock, const_fn_unless_loom};
 use arrayvec::ArrayVec;
 use core::fmt;
-use core::sync::atomic::{AtomicUsize, Ordering};
 use swiotlb_core::{Bfn, Pfn};
 
 #[cfg(feature = "alloc")]
@@ -309,19 +309,21 @@ pub type BoundedForeignTable<const N: usize> = ForeignTable<ArrayVec<ForeignEntr
 pub type UnboundedForeignTable = ForeignTable<Vec<ForeignEntry>>;
 
 impl<const N: usize> ForeignTable<ArrayVec<ForeignEntry, N>> {
-    /// An empty table of capacity `N`, usable in a `static`:
-    ///
-    /// ```
-    /// use swiotlb_xen_arm64::BoundedForeignTable;
-    /// static FOREIGN: BoundedForeignTable<1024> = BoundedForeignTable::new();
-    /// assert!(FOREIGN.is_empty());
-    /// assert_eq!(FOREIGN.capacity(), Some(1024));
-    /// ```
-    #[must_use]
-    pub const fn new() -> Self {
-        Self {
-            entries: RwSpinLock::new(ArrayVec::new_const()),
-            len: AtomicUsize::new(0),
+    const_fn_unless_loom! {
+        /// An empty table of capacity `N`, usable in a `static`:
+        ///
+        /// ```
+        /// use swiotlb_xen_arm64::BoundedForeignTable;
+        /// static FOREIGN: BoundedForeignTable<1024> = BoundedForeignTable::new();
+        /// assert!(FOREIGN.is_empty());
+        /// assert_eq!(FOREIGN.capacity(), Some(1024));
+        /// ```
+        #[must_use]
+        pub fn new() -> Self {
+            Self {
+                entries: RwSpinLock::new(ArrayVec::new_const()),
+                len: AtomicUsize::new(0),
+            }
         }
     }
 }
@@ -334,12 +336,14 @@ impl<const N: usize> Default for ForeignTable<ArrayVec<ForeignEntry, N>> {
 
 #[cfg(feature = "alloc")]
 impl ForeignTable<Vec<ForeignEntry>> {
-    /// An empty table that grows on the heap.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self {
-            entries: RwSpinLock::new(Vec::new()),
-            len: AtomicUsize::new(0),
+    const_fn_unless_loom! {
+        /// An empty table that grows on the heap.
+        #[must_use]
+        pub fn new() -> Self {
+            Self {
+                entries: RwSpinLock::new(Vec::new()),
+                len: AtomicUsize::new(0),
+            }
         }
     }
 

@@ -18,10 +18,53 @@
 //! that take the lock, or at least around the writers and never write from interrupt
 //! context.
 
-use core::cell::UnsafeCell;
+//!
+//! # Loom
+//!
+//! Built with `RUSTFLAGS="--cfg loom"`, the lock's cell and atomics (and the foreign table's
+//! length, through [`atomic`]) are loom's, so the loom models in `tests/loom.rs` explore the
+//! interleavings of readers, writers and the lock-free emptiness check.
+
+use self::atomic::{AtomicUsize, Ordering};
 use core::fmt;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicUsize, Ordering};
+
+#[cfg(not(loom))]
+use core::cell::UnsafeCell;
+#[cfg(loom)]
+use loom::cell::UnsafeCell;
+
+/// The atomic types of the lock and the foreign table: `core`'s, or loom's under
+/// `--cfg loom`.
+pub(crate) mod atomic {
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::AtomicUsize;
+    pub(crate) use core::sync::atomic::Ordering;
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::AtomicUsize;
+}
+
+/// Declares a `const fn` in normal builds and a plain `fn` under `--cfg loom`, whose atomics
+/// have no `const` constructors.
+macro_rules! const_fn_unless_loom {
+    ($(#[$attr:meta])* $vis:vis fn $($rest:tt)*) => {
+        #[cfg(not(loom))]
+        $(#[$attr])* $vis const fn $($rest)*
+        #[cfg(loom)]
+        $(#[$attr])* $vis fn $($rest)*
+    };
+}
+pub(crate) use const_fn_unless_loom;
+
+/// The body of a spin-wait loop: a CPU hint, or under `--cfg loom` a yield to the model's
+/// scheduler (a loom model must not spin).
+#[inline]
+fn spin_wait() {
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
 
 /// Set while a writer holds the lock.
 const WRITER: usize = 1 << (usize::BITS - 1);
@@ -49,12 +92,14 @@ unsafe impl<T: Send + Sync> Sync for RwSpinLock<T> {}
 unsafe impl<T: Send> Send for RwSpinLock<T> {}
 
 impl<T> RwSpinLock<T> {
-    /// Creates an unlocked lock around `value`.
-    #[must_use]
-    pub const fn new(value: T) -> Self {
-        Self {
-            state: AtomicUsize::new(0),
-            value: UnsafeCell::new(value),
+    const_fn_unless_loom! {
+        /// Creates an unlocked lock around `value`.
+        #[must_use]
+        pub fn new(value: T) -> Self {
+            Self {
+                state: AtomicUsize::new(0),
+                value: UnsafeCell::new(value),
+            }
         }
     }
 
@@ -64,7 +109,7 @@ impl<T> RwSpinLock<T> {
             if let Some(guard) = self.try_read() {
                 return guard;
             }
-            core::hint::spin_loop();
+            spin_wait();
         }
     }
 
@@ -79,7 +124,7 @@ impl<T> RwSpinLock<T> {
             .compare_exchange(state, state + 1, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             // INVARIANT: the reader count now includes this guard.
-            .map(|_| ReadGuard { lock: self })
+            .map(|_| ReadGuard::new(self))
     }
 
     /// Takes the lock exclusively, spinning until the readers and any other writer leave.
@@ -96,18 +141,23 @@ impl<T> RwSpinLock<T> {
                     .is_ok()
                 {
                     // INVARIANT: no reader and no other writer; WRITER is now set.
-                    return WriteGuard { lock: self };
+                    return WriteGuard::new(self);
                 }
             } else if state & WRITER_WAITING == 0 {
                 self.state.fetch_or(WRITER_WAITING, Ordering::Relaxed);
             }
-            core::hint::spin_loop();
+            spin_wait();
         }
     }
 
     /// Returns the value through an exclusive borrow (no locking needed).
     pub fn get_mut(&mut self) -> &mut T {
-        self.value.get_mut()
+        #[cfg(not(loom))]
+        let value = self.value.get_mut();
+        // SAFETY: `&mut self` excludes every other access for the borrow's lifetime.
+        #[cfg(loom)]
+        let value = unsafe { &mut *self.value.with_mut(|p| p) };
+        value
     }
 
     /// Consumes the lock and returns the value.
@@ -135,20 +185,44 @@ impl<T: fmt::Debug> fmt::Debug for RwSpinLock<T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ReadGuard<'a, T> {
     lock: &'a RwSpinLock<T>,
+    /// Under `--cfg loom`, the shared access loom tracks for as long as the guard lives.
+    #[cfg(loom)]
+    access: core::mem::ManuallyDrop<loom::cell::ConstPtr<T>>,
+}
+
+impl<'a, T> ReadGuard<'a, T> {
+    /// The guard of a shared lock the caller has just taken.
+    fn new(lock: &'a RwSpinLock<T>) -> Self {
+        Self {
+            lock,
+            #[cfg(loom)]
+            access: core::mem::ManuallyDrop::new(lock.value.get()),
+        }
+    }
 }
 
 impl<T> Deref for ReadGuard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
+        #[cfg(not(loom))]
+        let ptr = self.lock.value.get().cast_const();
+        #[cfg(loom)]
+        let ptr = self.access.with(|p| p);
         // SAFETY: a live read guard means no write guard is live (type invariant), so no
         // `&mut T` exists while this shared borrow does.
-        unsafe { &*self.lock.value.get() }
+        unsafe { &*ptr }
     }
 }
 
 impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
+        // SAFETY: `access` is dropped here once and not used again: the access ends before
+        // the lock is released.
+        #[cfg(loom)]
+        unsafe {
+            core::mem::ManuallyDrop::drop(&mut self.access);
+        }
         // INVARIANT: this guard leaves the reader count.
         self.lock.state.fetch_sub(1, Ordering::Release);
     }
@@ -158,6 +232,29 @@ impl<T> Drop for ReadGuard<'_, T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct WriteGuard<'a, T> {
     lock: &'a RwSpinLock<T>,
+    /// Under `--cfg loom`, the exclusive access loom tracks for as long as the guard lives.
+    #[cfg(loom)]
+    access: core::mem::ManuallyDrop<loom::cell::MutPtr<T>>,
+}
+
+impl<'a, T> WriteGuard<'a, T> {
+    /// The guard of an exclusive lock the caller has just taken.
+    fn new(lock: &'a RwSpinLock<T>) -> Self {
+        Self {
+            lock,
+            #[cfg(loom)]
+            access: core::mem::ManuallyDrop::new(lock.value.get_mut()),
+        }
+    }
+
+    /// A pointer to the value.
+    fn ptr(&self) -> *mut T {
+        #[cfg(not(loom))]
+        let ptr = self.lock.value.get();
+        #[cfg(loom)]
+        let ptr = self.access.with(|p| p);
+        ptr
+    }
 }
 
 impl<T> Deref for WriteGuard<'_, T> {
@@ -165,7 +262,7 @@ impl<T> Deref for WriteGuard<'_, T> {
 
     fn deref(&self) -> &T {
         // SAFETY: the write guard is the only guard alive (type invariant).
-        unsafe { &*self.lock.value.get() }
+        unsafe { &*self.ptr() }
     }
 }
 
@@ -173,18 +270,24 @@ impl<T> DerefMut for WriteGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the write guard is the only guard alive (type invariant), and `&mut self`
         // makes this borrow unique among the guard's own borrows.
-        unsafe { &mut *self.lock.value.get() }
+        unsafe { &mut *self.ptr() }
     }
 }
 
 impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
+        // SAFETY: `access` is dropped here once and not used again: the access ends before
+        // the lock is released.
+        #[cfg(loom)]
+        unsafe {
+            core::mem::ManuallyDrop::drop(&mut self.access);
+        }
         // INVARIANT: WRITER is cleared; a WRITER_WAITING bit set by another writer stays.
         self.lock.state.fetch_and(!WRITER, Ordering::Release);
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;

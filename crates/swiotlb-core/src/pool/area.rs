@@ -4,7 +4,8 @@
 //! from the pool memory, which a device (or another domain) may write at any time.
 
 use super::lock::SpinLock;
-use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use super::lock::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use super::lock::const_fn_unless_loom;
 
 /// Marks a slot whose `orig` is unset (Linux's `INVALID_PHYS_ADDR`).
 pub(crate) const INVALID_PHYS: u64 = u64::MAX;
@@ -64,18 +65,20 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// A slot value for static storage, e.g. `[const { Slot::new() }; 1024]`.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self {
-            orig: AtomicU64::new(INVALID_PHYS),
-            free_bits: AtomicU64::new(0),
-            size: AtomicU32::new(0),
-            offset: AtomicU16::new(0),
-            k: AtomicU16::new(0),
-            pad: AtomicU16::new(0),
-            nslots: AtomicU16::new(0),
-            state: AtomicU8::new(state::FREE),
+    const_fn_unless_loom! {
+        /// A slot value for static storage, e.g. `[const { Slot::new() }; 1024]`.
+        #[must_use]
+        pub fn new() -> Self {
+            Self {
+                orig: AtomicU64::new(INVALID_PHYS),
+                free_bits: AtomicU64::new(0),
+                size: AtomicU32::new(0),
+                offset: AtomicU16::new(0),
+                k: AtomicU16::new(0),
+                pad: AtomicU16::new(0),
+                nslots: AtomicU16::new(0),
+                state: AtomicU8::new(state::FREE),
+            }
         }
     }
 
@@ -120,15 +123,17 @@ pub(crate) struct Area {
 }
 
 impl Area {
-    pub(crate) const fn new() -> Self {
-        Self {
-            lock: SpinLock::new(AreaState { used: 0, index: 0 }),
-            used: AtomicUsize::new(0),
-            maps: AtomicU64::new(0),
-            unmaps: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-            bytes_bounced: AtomicU64::new(0),
-            overflow_attempts: AtomicU64::new(0),
+    const_fn_unless_loom! {
+        pub(crate) fn new() -> Self {
+            Self {
+                lock: SpinLock::new(AreaState { used: 0, index: 0 }),
+                used: AtomicUsize::new(0),
+                maps: AtomicU64::new(0),
+                unmaps: AtomicU64::new(0),
+                syncs: AtomicU64::new(0),
+                bytes_bounced: AtomicU64::new(0),
+                overflow_attempts: AtomicU64::new(0),
+            }
         }
     }
 }

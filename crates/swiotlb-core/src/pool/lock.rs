@@ -3,9 +3,55 @@
 //! The critical sections it protects are a few dozen instructions long (a bitmap search and
 //! some metadata stores); copies never run under it on the map and unmap paths.
 
-use core::cell::UnsafeCell;
+//!
+//! # Loom
+//!
+//! Built with `RUSTFLAGS="--cfg loom"`, the pool's lock, cell and atomics are loom's (see
+//! [`atomic`]), so the loom models in `tests/loom.rs` explore every interleaving of the
+//! pool's critical sections and lock-free accesses. Normal builds use `core`'s types.
+
+use self::atomic::{AtomicBool, Ordering};
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering};
+
+#[cfg(not(loom))]
+use core::cell::UnsafeCell;
+#[cfg(loom)]
+use loom::cell::UnsafeCell;
+
+/// The atomic types the pool uses: `core`'s, or loom's under `--cfg loom`.
+pub(crate) mod atomic {
+    pub(crate) use core::sync::atomic::Ordering;
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{
+        AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+    };
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{
+        AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+    };
+}
+
+/// Declares a `const fn` in normal builds and a plain `fn` under `--cfg loom`, whose atomics
+/// have no `const` constructors.
+macro_rules! const_fn_unless_loom {
+    ($(#[$attr:meta])* $vis:vis fn $($rest:tt)*) => {
+        #[cfg(not(loom))]
+        $(#[$attr])* $vis const fn $($rest)*
+        #[cfg(loom)]
+        $(#[$attr])* $vis fn $($rest)*
+    };
+}
+pub(crate) use const_fn_unless_loom;
+
+/// The body of a spin-wait loop: a CPU hint, or under `--cfg loom` a yield to the model's
+/// scheduler (a loom model must not spin).
+#[inline]
+pub(crate) fn spin_wait() {
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
 
 /// A test-and-test-and-set spin lock owning a `T`.
 ///
@@ -25,11 +71,13 @@ pub struct SpinLock<T> {
 unsafe impl<T: Send> Sync for SpinLock<T> {}
 
 impl<T> SpinLock<T> {
-    /// Creates an unlocked lock owning `value`.
-    pub const fn new(value: T) -> Self {
-        Self {
-            locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
+    const_fn_unless_loom! {
+        /// Creates an unlocked lock owning `value`.
+        pub fn new(value: T) -> Self {
+            Self {
+                locked: AtomicBool::new(false),
+                value: UnsafeCell::new(value),
+            }
         }
     }
 
@@ -43,10 +91,10 @@ impl<T> SpinLock<T> {
                 .is_ok()
             {
                 // INVARIANT: this call set `locked`, so it creates the only guard.
-                return SpinLockGuard { lock: self };
+                return SpinLockGuard::new(self);
             }
             while self.locked.load(Ordering::Relaxed) {
-                core::hint::spin_loop();
+                spin_wait();
             }
         }
     }
@@ -58,13 +106,38 @@ impl<T> SpinLock<T> {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             // INVARIANT: this call set `locked`, so it creates the only guard.
-            .map(|_| SpinLockGuard { lock: self })
+            .map(|_| SpinLockGuard::new(self))
     }
 }
 
 /// Exclusive access to the value of a [`SpinLock`]; releases the lock when dropped.
 pub struct SpinLockGuard<'a, T> {
     lock: &'a SpinLock<T>,
+    /// Under `--cfg loom`, the access loom tracks for as long as the guard lives.
+    #[cfg(loom)]
+    access: core::mem::ManuallyDrop<loom::cell::MutPtr<T>>,
+}
+
+impl<'a, T> SpinLockGuard<'a, T> {
+    /// The guard of `lock`, which the caller has just taken.
+    #[inline]
+    fn new(lock: &'a SpinLock<T>) -> Self {
+        Self {
+            lock,
+            #[cfg(loom)]
+            access: core::mem::ManuallyDrop::new(lock.value.get_mut()),
+        }
+    }
+
+    /// A pointer to the value.
+    #[inline]
+    fn ptr(&self) -> *mut T {
+        #[cfg(not(loom))]
+        let ptr = self.lock.value.get();
+        #[cfg(loom)]
+        let ptr = self.access.with(|p| p);
+        ptr
+    }
 }
 
 impl<T> Deref for SpinLockGuard<'_, T> {
@@ -74,7 +147,7 @@ impl<T> Deref for SpinLockGuard<'_, T> {
     fn deref(&self) -> &T {
         // SAFETY: a guard exists only while its lock is held by it (type invariant), so no
         // other reference to the value exists.
-        unsafe { &*self.lock.value.get() }
+        unsafe { &*self.ptr() }
     }
 }
 
@@ -82,18 +155,24 @@ impl<T> DerefMut for SpinLockGuard<'_, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`; `&mut self` makes this the only access through the guard.
-        unsafe { &mut *self.lock.value.get() }
+        unsafe { &mut *self.ptr() }
     }
 }
 
 impl<T> Drop for SpinLockGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        // SAFETY: `access` is dropped here once and not used again: the access ends before
+        // the lock is released.
+        #[cfg(loom)]
+        unsafe {
+            core::mem::ManuallyDrop::drop(&mut self.access);
+        }
         self.lock.locked.store(false, Ordering::Release);
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;

@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::hooks::PhysMemory;
 use area::{Area, INVALID_PHYS, bump, state};
 use arrayvec::ArrayVec;
-use core::sync::atomic::Ordering;
+use lock::atomic::Ordering;
 use search::{Plan, give_run, search_area, seg_free, take_run};
 use stats::GlobalStats;
 
