@@ -65,6 +65,15 @@ pub struct SuiteOutput {
     pub svgs: Vec<(String, String)>,
 }
 
+/// The figures `--quick` promises (and the full run too), by key.
+pub const HEADLINE_KEYS: [&str; 5] = [
+    "map_unmap_1500_fill90_vs_linux",
+    "map_unmap_1500_vs_memcpy",
+    "two_thread_scaling",
+    "fixup_hypercalls_per_mib",
+    "linux_fixup_hypercalls_per_mib",
+];
+
 /// Fill levels the scaling and headline cases use.
 pub const HEADLINE_FILL: u32 = 90;
 /// The headline size (an Ethernet frame).
@@ -513,6 +522,32 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn quick_run_has_every_headline_figure_once() {
+        let o = SuiteOptions {
+            quick: true,
+            svg_dir: None,
+        };
+        let mut steps = 0;
+        let out = run(&o, &mut |_| steps += 1).unwrap();
+        assert!(steps > 3);
+        assert!(out.tables.is_empty() && out.svgs.is_empty());
+        for key in HEADLINE_KEYS {
+            let f: Vec<&Figure> = out.figures.iter().filter(|f| f.key == key).collect();
+            assert_eq!(f.len(), 1, "{key}");
+            assert!(
+                f[0].value.is_finite() && f[0].value > 0.0,
+                "{key}: {:?}",
+                f[0]
+            );
+        }
+        // Every line is one JSON object with a key, a value and a unit.
+        for f in &out.figures {
+            let v: serde_json::Value = serde_json::from_str(&f.to_json()).unwrap();
+            assert!(v["key"].is_string() && v["unit"].is_string(), "{v}");
+        }
     }
 
     #[test]
