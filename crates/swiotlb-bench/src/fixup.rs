@@ -2,8 +2,9 @@
 //!
 //! [`linux_fixup`] runs Linux's `xen_swiotlb_fixup` scheme (`reference/linux-swiotlb-xen.md`
 //! §2.5) with this project's x86 PV platform on `xen-sim`: one `XENMEM_exchange` per
-//! 256 KiB segment (`create_contiguous` of order 6), address bits starting at 18 and rising
-//! by one on each failure, never reset between segments, up to 32. The simulator counts
+//! 256 KiB segment (`Platform::create_contiguous_region` of order 6, the call the facade
+//! makes), address bits starting at 18 and rising by one on each failure, never reset
+//! between segments, up to 32. The simulator counts
 //! every trap (a multicall is one trap however many entries it carries), so the count
 //! includes the failed attempts, the zap and remap multicalls and the exchanges, as on a
 //! real machine.
@@ -13,7 +14,7 @@
 
 use std::sync::atomic::Ordering;
 
-use swiotlb_core::PhysAddr;
+use swiotlb_core::{PhysAddr, Platform};
 use swiotlb_xen_x86_pv::{X86PvPlatform, p2m};
 use xen_sim::{Counters, PvGuest, SimConfig, SimOp, Xen};
 
@@ -136,7 +137,7 @@ pub unsafe fn linux_fixup(
         let seg = PhysAddr::new(phys.as_u64() + off);
         loop {
             // SAFETY: the segment is the caller's, used by nothing else.
-            match unsafe { pv.create_contiguous(seg, SEGMENT_ORDER, dma_bits) } {
+            match unsafe { pv.create_contiguous_region(seg, SEGMENT_ORDER, dma_bits) } {
                 Ok(_) => break,
                 Err(e) if dma_bits >= MAX_DMA_BITS => {
                     return Err(FixupError::Segment {
