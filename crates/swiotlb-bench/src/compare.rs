@@ -341,24 +341,18 @@ pub struct Scaling {
     pub one_cpu: f64,
     /// As `two`, per second of each thread's CPU time, summed.
     pub two_cpu: f64,
-}
-
-impl Scaling {
-    /// `two / one` (wall clock): 2.0 is perfect scaling, 1.0 none, below 1.0 contention.
-    #[must_use]
-    pub fn ratio(&self) -> f64 {
-        self.two / self.one
-    }
-
-    /// `two_cpu / one_cpu`: the scaling with a CPU per thread, whatever else runs.
-    #[must_use]
-    pub fn cpu_ratio(&self) -> f64 {
-        self.two_cpu / self.one_cpu
-    }
+    /// The median over rounds of each round's `two / one` (wall clock): 2.0 is perfect
+    /// scaling, 1.0 none, below 1.0 contention. Taken per round, the 1-thread and 2-thread
+    /// runs it compares are back to back, so load that comes and goes cancels out better
+    /// than in the ratio of the medians.
+    pub ratio: f64,
+    /// As `ratio`, per CPU second: the scaling with a CPU per thread, whatever else runs.
+    pub cpu_ratio: f64,
 }
 
 /// A [`PoolVisitor`] measuring [`Scaling`]: fragments to `fill`, then alternates 1-thread and
-/// 2-thread runs of `run` each, `rounds` times, and keeps the medians.
+/// 2-thread runs of `run` each, `rounds` times, and keeps the medians of the rates and of
+/// each round's ratios.
 #[derive(Clone, Copy, Debug)]
 pub struct ScalingCase {
     /// Fill level, percent.
@@ -380,6 +374,7 @@ impl PoolVisitor for ScalingCase {
         let _live = unsafe { fragment(pool, SEED, self.fill, self.size, orig_base()) };
         let (mut one, mut two, mut one_cpu, mut two_cpu) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ratio, mut cpu_ratio) = (Vec::new(), Vec::new());
         for _ in 0..self.rounds.max(1) {
             let dir = DmaDirection::ToDevice;
             // SAFETY: the room is the threads' alone now; sizes are at most 256 KiB.
@@ -390,12 +385,16 @@ impl PoolVisitor for ScalingCase {
             one_cpu.push(a.cpu);
             two.push(b.wall);
             two_cpu.push(b.cpu);
+            ratio.push(b.wall / a.wall);
+            cpu_ratio.push(b.cpu / a.cpu);
         }
         Scaling {
             one: median(&mut one),
             two: median(&mut two),
             one_cpu: median(&mut one_cpu),
             two_cpu: median(&mut two_cpu),
+            ratio: median(&mut ratio),
+            cpu_ratio: median(&mut cpu_ratio),
         }
     }
 }
