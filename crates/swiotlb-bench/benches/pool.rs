@@ -1,7 +1,8 @@
 //! Map+unmap latency of the bounce pool (`swiotlb_core::BouncePool`, "ours") against
 //! Linux's slot search and a bare `memcpy`.
 //!
-//! For each size in [`SIZES`] and fill level in [`FILLS`] (fragmented, same seed for every
+//! For each size in [`SIZES`] and fill level in [`FILLS`] (a subset of the grid `cargo xtask
+//! bench` measures, so that this stays short; fragmented, same seed for every
 //! implementation), one `ToDevice` map plus unmap per iteration, so the pool stays at its
 //! fill level. `cargo bench -p swiotlb-bench --bench pool [-- --quick]`.
 
@@ -10,10 +11,15 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_main};
 use swiotlb_bench::harness::{
-    BenchPool, FILLS, MemcpyFloor, SEED, SIZES, case_memory, fragment, linear_map, linux_pool,
-    orig_base, real_pool, round_trip,
+    BenchPool, MemcpyFloor, SEED, case_memory, fragment, linear_map, linux_pool, orig_base,
+    real_pool, round_trip,
 };
 use swiotlb_core::DmaDirection;
+
+/// Sizes measured here, bytes.
+const SIZES: [usize; 4] = [64, 1500, 4096, 65536];
+/// Fill levels measured here, percent.
+const FILLS: [u32; 3] = [0, 50, 90];
 
 /// Fragments `pool` to `fill` and measures the round trip of `size` bytes on it.
 fn case<P: BenchPool>(
