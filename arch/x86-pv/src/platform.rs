@@ -1,6 +1,7 @@
 //! [`X86PvPlatform`]: the `swiotlb_core::Platform` of an x86_64 PV guest.
 
 use core::fmt;
+use core::ops::RangeInclusive;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
@@ -48,6 +49,9 @@ pub const DEFAULT_PTE_FLAGS: u64 = PTE_PRESENT | PTE_RW | PTE_ACCESSED | PTE_DIR
 const NOT_RUN: i64 = i64::MIN;
 /// `EIO`, reported when Xen returns success without doing what was asked.
 const EIO: i32 = 5;
+
+/// `ENOMEM`: Xen has no memory that satisfies the exchange's address limit.
+const ENOMEM: i32 = swiotlb_core::hooks::ENOMEM;
 /// `EINVAL`, reported for a multicall entry that failed without an error code.
 const EINVAL: i32 = 22;
 
@@ -255,14 +259,36 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         order: u32,
         address_bits: u32,
     ) -> Result<BusAddr, X86PvError> {
+        // SAFETY: the caller's contract is `create_contiguous_rising`'s.
+        let r = unsafe { self.create_contiguous_rising(phys, order, address_bits, address_bits) };
+        r.map(|(bus, _)| bus)
+    }
+
+    /// Makes the `2^order` pages at `phys` machine-contiguous below the lowest limit
+    /// `2^bits`, for `bits` rising from `min_bits` to `max_bits`, that Xen can satisfy, and
+    /// returns the bus address of `phys` with the `bits` used; the contents are zeroed.
+    ///
+    /// The pages are unmapped once, the exchange is asked again with the next limit for as
+    /// long as Xen answers `ENOMEM` without exchanging anything, and the pages are remapped
+    /// once: a refused limit costs one hypercall, where Linux's fix-up (a whole
+    /// `xen_create_contiguous_region` per limit) pays the unmapping and remapping again.
+    ///
+    /// # Safety
+    ///
+    /// As [`create_contiguous`](Self::create_contiguous).
+    pub unsafe fn create_contiguous_rising(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        min_bits: u32,
+        max_bits: u32,
+    ) -> Result<(BusAddr, u32), X86PvError> {
         let (pfn0, n) = self.region(phys, order)?;
         let min = order + XEN_PAGE_SHIFT;
-        if !(min..=64).contains(&address_bits) {
-            return Err(X86PvError::AddressBits {
-                bits: address_bits,
-                min,
-                max: 64,
-            });
+        for bits in [min_bits, max_bits] {
+            if !(min..=64).contains(&bits) || min_bits > max_bits {
+                return Err(X86PvError::AddressBits { bits, min, max: 64 });
+            }
         }
         self.check_local(pfn0, n)?;
         // SAFETY: the caller owns the region exclusively; `region` checked it is inside the
@@ -270,7 +296,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         unsafe { self.zero(phys, n) };
         let _guard = self.lock.lock();
         self.transition.open(pfn0, n);
-        let r = self.create_locked(pfn0, n, order, address_bits);
+        let r = self.create_locked(pfn0, n, order, min_bits..=max_bits);
         self.transition.close();
         r
     }
@@ -310,33 +336,44 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         pfn0: u64,
         n: u64,
         order: u32,
-        bits: u32,
-    ) -> Result<BusAddr, X86PvError> {
+        limits: RangeInclusive<u32>,
+    ) -> Result<(BusAddr, u32), X86PvError> {
         self.zap_or_restore(pfn0, n)?;
         // The input list is the region's own P2M entries: they hold exactly the frames
-        // being given up, in order, and stay untouched until the exchange returns. The
+        // being given up, in order, and stay untouched until an exchange succeeds. The
         // output list is the GPFN of the extent's first page, which Xen overwrites with
         // the extent's first frame.
-        let mut out = pfn0;
-        let mut x = XenMemoryExchange {
-            in_: XenMemoryReservation {
-                extent_start: GuestHandle::new(self.p2m_ptr(pfn0)),
-                nr_extents: n,
-                extent_order: 0,
-                mem_flags: 0,
-                domid: DOMID_SELF,
-            },
-            out: XenMemoryReservation {
-                extent_start: GuestHandle::new(&raw mut out),
-                nr_extents: 1,
-                extent_order: order,
-                // CAST: `bits <= 64` was checked; it fits the 8-bit field.
-                mem_flags: xen_abi::mem_flags(bits as u8, xen_abi::XenMemFlags::empty()),
-                domid: DOMID_SELF,
-            },
-            nr_exchanged: 0,
+        let mut out: u64;
+        let mut bits = *limits.start();
+        let (rc, x) = loop {
+            out = pfn0;
+            let mut x = XenMemoryExchange {
+                in_: XenMemoryReservation {
+                    extent_start: GuestHandle::new(self.p2m_ptr(pfn0)),
+                    nr_extents: n,
+                    extent_order: 0,
+                    mem_flags: 0,
+                    domid: DOMID_SELF,
+                },
+                out: XenMemoryReservation {
+                    extent_start: GuestHandle::new(&raw mut out),
+                    nr_extents: 1,
+                    extent_order: order,
+                    // CAST: `bits <= 64` was checked; it fits the 8-bit field.
+                    mem_flags: xen_abi::mem_flags(bits as u8, xen_abi::XenMemFlags::empty()),
+                    domid: DOMID_SELF,
+                },
+                nr_exchanged: 0,
+            };
+            let rc = self.exchange(&mut x);
+            // Nothing below this limit and nothing exchanged: the pages are still the
+            // domain's and still unmapped, so the next limit costs one more exchange only.
+            if errno_of(rc) == ENOMEM && x.nr_exchanged == 0 && bits < *limits.end() {
+                bits += 1;
+                continue;
+            }
+            break (rc, x);
         };
-        let rc = self.exchange(&mut x);
         // Each page goes to the frame the M2P assigns it: the new extent's if Xen exchanged
         // it, its old frame otherwise.
         let resolve = |i: u64| {
@@ -383,7 +420,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
                 order,
                 bits,
             })?;
-            return Ok(bfn.start());
+            return Ok((bfn.start(), bits));
         }
         if counts[1] == n {
             remap_result(report)?;
@@ -702,6 +739,17 @@ unsafe impl<H: Hypercall + Sync, M: PhysMemory> Platform for X86PvPlatform<'_, H
     ) -> Result<BusAddr, PlatformError> {
         // SAFETY: the trait's contract is `create_contiguous`'s.
         Ok(unsafe { self.create_contiguous(phys, order, address_bits) }?)
+    }
+
+    unsafe fn create_contiguous_region_rising(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        min_bits: u32,
+        max_bits: u32,
+    ) -> Result<(BusAddr, u32), PlatformError> {
+        // SAFETY: the trait's contract is `create_contiguous_rising`'s.
+        Ok(unsafe { self.create_contiguous_rising(phys, order, min_bits, max_bits) }?)
     }
 
     unsafe fn destroy_contiguous_region(

@@ -230,6 +230,74 @@ fn exchanges_at_every_limit_from_18_to_32_bits_succeed_or_fail_cleanly() {
 }
 
 #[test]
+fn rising_limits_unmap_and_remap_once_and_pay_one_exchange_per_refused_limit() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    // Memory starts at 16 MiB (2^24): limits 18..=24 are refused, 25 fits an order-6 extent.
+    let lowest_ram = xen.config().low_base;
+    let fits = (18..=32u32).find(|&b| (1u64 << b) > lowest_ram).unwrap();
+    let order = 6;
+    let n = 1u64 << order;
+    let buf = g.alloc_aligned(n, n);
+    g.fill_pattern(buf, (n * PAGE) as usize, 3);
+    xen.reset_counters();
+    // SAFETY: the test owns `buf` exclusively.
+    let (bus, bits) = unsafe { pv.create_contiguous_rising(buf, order, 18, 32) }.unwrap();
+    check(&xen, &g);
+    assert_eq!(bits, fits);
+    assert_contiguous(&pv, &g, buf, order, bus.as_u64(), bits);
+    assert!(is_zero(&g, buf, (n * PAGE) as usize));
+    let c = xen.counters();
+    let batches = n.div_ceil(swiotlb_xen_x86_pv::MC_BATCH as u64);
+    assert_eq!(c.count(SimOp::MemoryExchange), u64::from(fits - 18) + 1);
+    assert_eq!(
+        c.count(SimOp::Multicall),
+        2 * batches,
+        "one unmapping, one remapping"
+    );
+    // The trait method takes the same path.
+    let buf2 = g.alloc_aligned(n, n);
+    // SAFETY: as above.
+    let r = unsafe { Platform::create_contiguous_region_rising(&pv, buf2, order, fits, 32) };
+    assert_eq!(r.map(|(_, b)| b), Ok(fits));
+    check(&xen, &g);
+    // No limit fits: every limit is tried once, then the original frames come back.
+    let buf3 = g.alloc_aligned(n, n);
+    let before = frames(&g, buf3, n);
+    xen.reset_counters();
+    // SAFETY: as above.
+    let r = unsafe { pv.create_contiguous_rising(buf3, order, 18, fits - 1) };
+    assert!(
+        matches!(r, Err(X86PvError::ExchangeFailed { errno: ENOMEM, .. })),
+        "{r:?}"
+    );
+    assert_eq!(frames(&g, buf3, n), before);
+    assert_eq!(
+        xen.counters().count(SimOp::MemoryExchange),
+        u64::from(fits - 18)
+    );
+    assert_eq!(xen.counters().count(SimOp::Multicall), 2 * batches);
+    check(&xen, &g);
+    // An empty or impossible range is refused before any hypercall.
+    xen.reset_counters();
+    // SAFETY: as above.
+    let r = unsafe { pv.create_contiguous_rising(buf3, order, 30, 29) };
+    assert!(matches!(r, Err(X86PvError::AddressBits { .. })), "{r:?}");
+    // SAFETY: as above.
+    let r = unsafe { pv.create_contiguous_rising(buf3, order, 17, 32) };
+    assert!(
+        matches!(r, Err(X86PvError::AddressBits { bits: 17, .. })),
+        "{r:?}"
+    );
+    assert_eq!(xen.counters().traps(), 0);
+    for b in [buf, buf2] {
+        // SAFETY: as above.
+        unsafe { pv.destroy_contiguous(b, order) }.unwrap();
+    }
+    check(&xen, &g);
+}
+
+#[test]
 fn large_orders_use_no_scratch_and_follow_xen_s_limit() {
     let (xen, g) = machine();
     let pv = platform(&xen, &g);

@@ -101,6 +101,17 @@ pub enum PlatformError {
     },
 }
 
+/// The errno a platform reports when no memory satisfies an allocation (`ENOMEM`).
+pub const ENOMEM: i32 = 12;
+
+impl PlatformError {
+    /// Whether the platform had no memory to satisfy the request (a hypercall failed with
+    /// [`ENOMEM`]): asking again with a higher address limit, or a smaller size, may succeed.
+    pub const fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::Hypercall { errno: ENOMEM, .. })
+    }
+}
+
 /// Translation, contiguity and cache-maintenance hooks of a platform.
 ///
 /// All frame arguments are 4 KiB Xen frames ([`crate::addr::XEN_PAGE_SIZE`]).
@@ -177,6 +188,55 @@ pub unsafe trait Platform: Sync {
         address_bits: u32,
     ) -> Result<BusAddr, PlatformError>;
 
+    /// Makes the `2^order` frames starting at `phys` bus-contiguous below the lowest limit
+    /// `2^bits`, for `bits` rising from `min_bits` to `max_bits`, that the platform can
+    /// satisfy; returns the bus address of `phys` and the `bits` used. The contents are
+    /// zeroed.
+    ///
+    /// The next limit is tried only when the platform reports that it has no memory below
+    /// the current one ([`PlatformError::is_out_of_memory`]); any other error ends the
+    /// search and is returned. After an error the region is as before.
+    ///
+    /// The default calls [`create_contiguous_region`](Self::create_contiguous_region) once
+    /// per limit. A platform whose attempts are expensive to set up and undo overrides it to
+    /// pay for that once: on x86 PV every attempt unmaps and remaps the whole region around
+    /// its one `XENMEM_exchange`, so the override keeps the region unmapped while it asks
+    /// for rising limits, and a refused limit costs one hypercall instead of
+    /// `2 * 2^order / 32 + 1`.
+    ///
+    /// # Errors
+    ///
+    /// [`PlatformError::AddressBits`] when `min_bits > max_bits`; otherwise the error of the
+    /// last attempt.
+    ///
+    /// # Safety
+    ///
+    /// As for [`create_contiguous_region`](Self::create_contiguous_region).
+    unsafe fn create_contiguous_region_rising(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        min_bits: u32,
+        max_bits: u32,
+    ) -> Result<(BusAddr, u32), PlatformError> {
+        if min_bits > max_bits {
+            return Err(PlatformError::AddressBits {
+                bits: min_bits,
+                min: min_bits,
+                max: max_bits,
+            });
+        }
+        let mut bits = min_bits;
+        loop {
+            // SAFETY: the caller's contract is `create_contiguous_region`'s.
+            match unsafe { self.create_contiguous_region(phys, order, bits) } {
+                Ok(bus) => return Ok((bus, bits)),
+                Err(e) if e.is_out_of_memory() && bits < max_bits => bits += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Gives back a region made contiguous by
     /// [`create_contiguous_region`](Self::create_contiguous_region). The contents are zeroed.
     ///
@@ -189,4 +249,184 @@ pub unsafe trait Platform: Sync {
         phys: PhysAddr,
         order: u32,
     ) -> Result<(), PlatformError>;
+}
+
+/// A borrowed platform is a platform: an engine may own its platform or borrow it (for
+/// example to give chunks back through it after the engine is gone).
+// SAFETY: every method forwards to `P`, which upholds the contract.
+unsafe impl<P: Platform + ?Sized> Platform for &P {
+    #[inline]
+    fn pfn_to_bfn(&self, pfn: Pfn) -> Option<Bfn> {
+        (**self).pfn_to_bfn(pfn)
+    }
+
+    #[inline]
+    fn bfn_to_local_pfn(&self, bfn: Bfn) -> Option<Pfn> {
+        (**self).bfn_to_local_pfn(bfn)
+    }
+
+    #[inline]
+    fn needs_bounce(&self, dev: &Device, phys: PhysAddr, bus: BusAddr) -> bool {
+        (**self).needs_bounce(dev, phys, bus)
+    }
+
+    fn sync_for_device(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        (**self).sync_for_device(dev, phys, bus, len, dir)
+    }
+
+    fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        (**self).sync_for_cpu(dev, phys, bus, len, dir)
+    }
+
+    unsafe fn create_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        address_bits: u32,
+    ) -> Result<BusAddr, PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).create_contiguous_region(phys, order, address_bits) }
+    }
+
+    unsafe fn create_contiguous_region_rising(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        min_bits: u32,
+        max_bits: u32,
+    ) -> Result<(BusAddr, u32), PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).create_contiguous_region_rising(phys, order, min_bits, max_bits) }
+    }
+
+    unsafe fn destroy_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+    ) -> Result<(), PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).destroy_contiguous_region(phys, order) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::{AtomicU32, Ordering};
+    use std::vec::Vec;
+
+    /// A platform with memory only at and above `2^floor_bits`, which records every limit
+    /// asked for; `fail` replaces the answer below the floor.
+    struct Floor {
+        floor_bits: u32,
+        fail: PlatformError,
+        asked: std::sync::Mutex<Vec<u32>>,
+        calls: AtomicU32,
+    }
+
+    // SAFETY: test-only platform; nothing reaches a device.
+    unsafe impl Platform for Floor {
+        fn pfn_to_bfn(&self, pfn: Pfn) -> Option<Bfn> {
+            Some(Bfn::new(pfn.as_u64()))
+        }
+        fn bfn_to_local_pfn(&self, bfn: Bfn) -> Option<Pfn> {
+            Some(Pfn::new(bfn.as_u64()))
+        }
+        unsafe fn create_contiguous_region(
+            &self,
+            phys: PhysAddr,
+            _order: u32,
+            address_bits: u32,
+        ) -> Result<BusAddr, PlatformError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.asked.lock().unwrap().push(address_bits);
+            if address_bits < self.floor_bits {
+                Err(self.fail)
+            } else {
+                Ok(BusAddr::new(phys.as_u64()))
+            }
+        }
+        unsafe fn destroy_contiguous_region(
+            &self,
+            _phys: PhysAddr,
+            _order: u32,
+        ) -> Result<(), PlatformError> {
+            Ok(())
+        }
+    }
+
+    fn floor(floor_bits: u32, fail: PlatformError) -> Floor {
+        Floor {
+            floor_bits,
+            fail,
+            asked: std::sync::Mutex::new(Vec::new()),
+            calls: AtomicU32::new(0),
+        }
+    }
+
+    const NO_MEMORY: PlatformError = PlatformError::Hypercall {
+        op: "XENMEM_exchange",
+        errno: ENOMEM,
+    };
+
+    #[test]
+    fn rising_tries_each_limit_until_one_fits() {
+        let p = floor(24, NO_MEMORY);
+        // SAFETY: the test platform touches no memory.
+        let r = unsafe { p.create_contiguous_region_rising(PhysAddr::new(0x4_0000), 6, 18, 32) };
+        assert_eq!(r, Ok((BusAddr::new(0x4_0000), 24)));
+        assert_eq!(*p.asked.lock().unwrap(), [18, 19, 20, 21, 22, 23, 24]);
+    }
+
+    #[test]
+    fn rising_stops_at_the_top_with_the_last_error() {
+        let p = floor(40, NO_MEMORY);
+        // SAFETY: the test platform touches no memory.
+        let r = unsafe { p.create_contiguous_region_rising(PhysAddr::new(0), 0, 30, 32) };
+        assert_eq!(r, Err(NO_MEMORY));
+        assert_eq!(*p.asked.lock().unwrap(), [30, 31, 32]);
+    }
+
+    #[test]
+    fn rising_gives_up_at_once_on_errors_other_than_no_memory() {
+        let einval = PlatformError::Hypercall {
+            op: "XENMEM_exchange",
+            errno: 22,
+        };
+        let p = floor(40, einval);
+        // SAFETY: the test platform touches no memory.
+        let r = unsafe { p.create_contiguous_region_rising(PhysAddr::new(0), 0, 20, 32) };
+        assert_eq!(r, Err(einval));
+        assert_eq!(p.calls.load(Ordering::Relaxed), 1);
+        assert!(!einval.is_out_of_memory());
+        assert!(NO_MEMORY.is_out_of_memory());
+    }
+
+    #[test]
+    fn rising_rejects_an_empty_range_without_a_call() {
+        let p = floor(0, NO_MEMORY);
+        // SAFETY: the test platform touches no memory.
+        let r = unsafe {
+            <&Floor as Platform>::create_contiguous_region_rising(&&p, PhysAddr::new(0), 0, 33, 32)
+        };
+        assert!(matches!(
+            r,
+            Err(PlatformError::AddressBits { bits: 33, .. })
+        ));
+        assert_eq!(p.calls.load(Ordering::Relaxed), 0);
+    }
 }
