@@ -73,6 +73,10 @@ fn map_request(host_addr: u64, gref: GrantRef, domid: DomId) -> GnttabMapGrantRe
         flags: GNTMAP_HOST_MAP,
         ref_: gref,
         dom: domid,
+        // Not GNTST_okay until Xen says so: a request Xen never reaches (the batch stopped
+        // at an earlier error) must not look mapped (Linux's gnttab_set_map_op writes an
+        // "arbitrary positive value" for the same reason).
+        status: 1,
         ..Default::default()
     }
 }
@@ -87,7 +91,8 @@ fn unmap_requests(
             host_addr: host_addr(g),
             dev_bus_addr: g.machine.as_u64(),
             handle: g.handle,
-            status: 0,
+            // As in `map_request`: an unmap Xen never reached must not look done.
+            status: 1,
         })
         .collect()
 }
