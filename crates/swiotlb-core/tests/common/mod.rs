@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod model;
+
 use swiotlb_core::pool::IO_TLB_SIZE;
 use swiotlb_core::{BouncePool, LinearMap, PhysAddr, Slot};
 
