@@ -9,15 +9,15 @@
 //!    (never smaller than a segment). A chunk that is already bus-contiguous, aligned to a
 //!    segment on the bus and below `2^max_address_bits` is kept as it is, with no
 //!    hypercall (the arm64 1:1 case, or memory Xen handed out contiguous).
-//! 2. Any other chunk is made contiguous with [`Platform::create_contiguous_region`], with
-//!    `address_bits` rising from the smallest that fits the chunk up to
-//!    [`InitOptions::max_address_bits`] (32, Linux's `MAX_DMA_BITS`), never going back down
-//!    for later chunks (as Linux). The **first** exchange is a single segment whatever the
-//!    chunk could be: it probes the address limit where failures are cheapest (on x86 PV a
-//!    failed exchange still unmaps and remaps every page of the chunk). An "order too
-//!    large" answer (`OrderTooLarge`, or `EPERM` from `XENMEM_exchange`) lowers the order
-//!    cap for good; exhausting the address bits with a chunk larger than a segment splits
-//!    it.
+//! 2. Any other chunk is made contiguous with
+//!    [`Platform::create_contiguous_region_rising`], with `address_bits` rising from the
+//!    smallest that fits the chunk up to [`InitOptions::max_address_bits`] (32, Linux's
+//!    `MAX_DMA_BITS`), never going back down for later chunks (as Linux). On x86 PV the
+//!    chunk is unmapped and remapped once around all the limits it tries, so a refused
+//!    limit costs one `XENMEM_exchange` (Linux pays the unmapping and remapping of its
+//!    segment again for every limit). An "order too large" answer (`OrderTooLarge`, or
+//!    `EPERM` from `XENMEM_exchange`) lowers the order cap for good; no room below the
+//!    highest limit for a chunk larger than a segment splits it.
 //! 3. When even a segment cannot be made contiguous, the pool is **halved** (keeping whole
 //!    segments): chunks beyond the new end are given back with
 //!    [`Platform::destroy_contiguous_region`], chunks inside it are kept, and the work goes
@@ -26,11 +26,12 @@
 //! 4. The pool and the engine are built; the engine checks every segment again and records
 //!    the pool's real highest bus address for `dma_supported`.
 //!
-//! Linux makes one `XENMEM_exchange` per 256 KiB segment (64 for 16 MiB). A pool aligned to
-//! its size needs the probe segment and then chunks that double (7 for 16 MiB: 256 KiB,
-//! 256 KiB, 512 KiB, ... 8 MiB). On the simulator's x86 PV dom0 that is 0.88 exchanges and
-//! 18.6 hypercall traps per MiB for 16 MiB, against 4.44 and 22.2 for one exchange per
-//! segment (`init::tests::sim::hypercalls_per_mib_against_one_exchange_per_segment`).
+//! Linux makes one `XENMEM_exchange` per 256 KiB segment (64 for 16 MiB), each with its
+//! unmapping and remapping. A pool aligned to its size is one chunk per power of two of its
+//! size (one for 16 MiB). On the simulator's x86 PV dom0 that is 0.12 exchanges and 16.1
+//! hypercall traps per MiB for 16 MiB, against 4.44 and 20.4 for one exchange per segment
+//! (`init::tests::sim::hypercalls_per_mib_against_one_exchange_per_segment`); what is left
+//! is the unmapping and remapping themselves, 32 pages per multicall as Linux batches them.
 //!
 //! After any error everything exchanged so far has been given back, except what the error
 //! names ([`InitError::GiveBack`]).
@@ -284,7 +285,6 @@ struct Fixup<'p, P> {
     bits: u32,
     cap: u32,
     max_bits: u32,
-    probed: bool,
     report: InitReport,
 }
 
@@ -313,13 +313,6 @@ impl<P: Platform> Fixup<'_, P> {
         (bus.is_aligned(SEGMENT) && below).then_some(bus)
     }
 
-    /// The order to exchange at the cursor: a single segment until one exchange has
-    /// succeeded (the cheapest probe of the address limit: on x86 PV a failed exchange
-    /// costs the unmapping and remapping of the whole chunk), then `order`.
-    fn exchange_order(&self, order: u32) -> u32 {
-        if self.probed { order } else { SEGMENT_ORDER }
-    }
-
     /// Works on the chunk at the cursor.
     fn step(&mut self) -> Result<(), PlatformError> {
         let phys = PhysAddr::new(self.cursor);
@@ -328,7 +321,7 @@ impl<P: Platform> Fixup<'_, P> {
                 what: "chunk records (InitReport::chunks)",
             });
         }
-        let order = self.order();
+        let mut order = self.order();
         if let Some(bus) = self.usable_as_is(phys, order) {
             self.report.chunks.push(Chunk {
                 phys,
@@ -339,19 +332,33 @@ impl<P: Platform> Fixup<'_, P> {
             self.cursor += XEN_PAGE_SIZE << order;
             return Ok(());
         }
-        let mut order = self.exchange_order(order);
         loop {
             let bytes = XEN_PAGE_SIZE << order;
-            let bits = self.bits.max(order + XEN_PAGE_SHIFT);
-            self.report.create_calls += 1;
-            // SAFETY: the chunk is part of the pool region the caller of `init` owns
-            // exclusively, aligned to its size (its order never exceeds the cursor's
-            // alignment).
-            let r = unsafe { self.platform.create_contiguous_region(phys, order, bits) };
+            let min_bits = self.bits.max(order + XEN_PAGE_SHIFT);
+            let r = if min_bits > self.max_bits {
+                // The chunk cannot lie below the highest limit at all.
+                Err(PlatformError::AddressBits {
+                    bits: min_bits,
+                    min: min_bits,
+                    max: self.max_bits,
+                })
+            } else {
+                self.report.create_calls += 1;
+                // SAFETY: the chunk is part of the pool region the caller of `init` owns
+                // exclusively, aligned to its size (its order never exceeds the cursor's
+                // alignment).
+                unsafe {
+                    self.platform.create_contiguous_region_rising(
+                        phys,
+                        order,
+                        min_bits,
+                        self.max_bits,
+                    )
+                }
+            };
             let err = match r {
-                Ok(bus) if bus.is_aligned(SEGMENT) && bus.checked_last(bytes).is_some() => {
+                Ok((bus, bits)) if bus.is_aligned(SEGMENT) && bus.checked_last(bytes).is_some() => {
                     self.bits = bits;
-                    self.probed = true;
                     self.report.chunks.push(Chunk {
                         phys,
                         bus,
@@ -374,39 +381,35 @@ impl<P: Platform> Fixup<'_, P> {
                 }
                 Err(e) => e,
             };
-            self.report.create_failures += 1;
-            match self.classify(err, order, bits) {
-                // A higher limit or a smaller chunk (the cap went down).
-                Next::Retry => order = self.exchange_order(self.order()),
+            if min_bits <= self.max_bits {
+                self.report.create_failures += 1;
+            }
+            match self.classify(err, order) {
+                // A smaller chunk (the cap went down).
+                Next::Retry => order = self.order(),
                 Next::Halve(e) => return Err(e),
             }
         }
     }
 
-    /// Decides what to do after `err` for a chunk of `order` tried below `2^bits`.
-    fn classify(&mut self, err: PlatformError, order: u32, bits: u32) -> Next {
-        let too_large = match err {
-            PlatformError::OrderTooLarge { max, .. } => {
-                self.cap = self.cap.min(max.max(SEGMENT_ORDER));
-                true
-            }
-            PlatformError::Hypercall { errno: EPERM, .. } => true,
-            _ => false,
-        };
-        if too_large {
-            if order > SEGMENT_ORDER {
-                self.cap = self.cap.min(order - 1);
-                return Next::Retry;
-            }
-            return Next::Halve(err);
+    /// Decides what to do after `err` for a chunk of `order` that was tried at every limit
+    /// from the current one to the highest.
+    fn classify(&mut self, err: PlatformError, order: u32) -> Next {
+        if let PlatformError::OrderTooLarge { max, .. } = err {
+            self.cap = self.cap.min(max.max(SEGMENT_ORDER));
         }
-        if bits < self.max_bits {
-            self.bits = bits + 1;
-            return Next::Retry;
-        }
-        if order > SEGMENT_ORDER {
-            // Nothing this large below the limit: smaller extents may still be found.
-            self.cap = order - 1;
+        // Xen refuses an order beyond the domain's limit with EPERM; no limit had room for
+        // an extent this large (ENOMEM); or it cannot lie below the highest limit at all. A
+        // smaller chunk may still fit; for a segment, the pool is halved.
+        let smaller_may_fit = err.is_out_of_memory()
+            || matches!(
+                err,
+                PlatformError::OrderTooLarge { .. }
+                    | PlatformError::Hypercall { errno: EPERM, .. }
+                    | PlatformError::AddressBits { .. }
+            );
+        if smaller_may_fit && order > SEGMENT_ORDER {
+            self.cap = self.cap.min(order - 1);
             return Next::Retry;
         }
         Next::Halve(err)
@@ -496,7 +499,6 @@ where
         bits: SEGMENT_ORDER + XEN_PAGE_SHIFT,
         cap: options.max_order.max(SEGMENT_ORDER),
         max_bits: options.max_address_bits,
-        probed: false,
         report: InitReport {
             phys,
             requested_bytes: bytes,
@@ -521,7 +523,7 @@ where
             fx.give_back_from(fx.start)?;
             return Err(InitError::Exhausted {
                 min,
-                address_bits: fx.bits,
+                address_bits: fx.max_bits,
                 phys: failed_at,
                 order,
                 source,

@@ -162,19 +162,21 @@ fn run<'a>(
 }
 
 #[test]
-fn a_segment_probes_the_limit_then_chunks_double() {
+fn one_call_climbs_the_limits_for_the_largest_chunk() {
     let region = Region::new(8 * MIB);
     let p = Scripted::new();
     let (engine, report) = run(&region, &p, 8 * MIB, InitOptions::default()).unwrap();
     let orders: Vec<u32> = report.chunks.iter().map(|c| c.order).collect();
-    assert_eq!(orders, [6, 6, 7, 8, 9, 10]);
-    // The probe climbs from 18 bits (a segment) to 27; every later chunk starts at 27.
+    // 8 MiB aligned to 64 MiB: one order-11 chunk, whose rising call starts at the smallest
+    // limit that can hold it (2^23) and climbs to 2^27.
+    assert_eq!(orders, [11]);
     let calls = p.calls.lock().unwrap().clone();
-    let bits: Vec<u32> = calls.iter().map(|c| c.2).collect();
-    assert_eq!(bits[..10], [18, 19, 20, 21, 22, 23, 24, 25, 26, 27]);
-    assert!(calls[..10].iter().all(|c| c.1 == 6 && c.0 == BASE));
-    assert!(bits[10..].iter().all(|&b| b == 27));
-    assert_eq!((report.create_calls, report.create_failures), (15, 9));
+    assert_eq!(
+        calls,
+        (23..=27).map(|b| (BASE, 11, b)).collect::<Vec<_>>(),
+        "(phys, order, bits) per create_contiguous_region"
+    );
+    assert_eq!((report.create_calls, report.create_failures), (1, 0));
     assert_eq!(report.max_address_bits_used(), Some(27));
     assert_eq!(report.bus_top, BusAddr::new(BASE + 8 * MIB as u64 - 1));
     assert_eq!(engine.pool_bus_top(), Some(report.bus_top));
@@ -189,11 +191,13 @@ fn a_segment_probes_the_limit_then_chunks_double() {
 fn chunks_follow_alignment_and_size_and_bits_never_go_down() {
     let region = Region::new(7 * MIB);
     let p = Scripted::new();
-    // 7 MiB at a 64 MiB boundary: the probe segment, then each chunk as large as the
-    // cursor's alignment and the remaining size allow.
+    // 7 MiB at a 64 MiB boundary: each chunk as large as the cursor's alignment and the
+    // remaining size allow; the limit found for the first is where the others start.
     let (_e, report) = run(&region, &p, 7 * MIB, InitOptions::default()).unwrap();
     let orders: Vec<u32> = report.chunks.iter().map(|c| c.order).collect();
-    assert_eq!(orders, [6, 6, 7, 8, 9, 9, 8]);
+    assert_eq!(orders, [10, 9, 8]);
+    let bits: Vec<u32> = p.calls.lock().unwrap().iter().map(|c| c.2).collect();
+    assert_eq!(bits, [22, 23, 24, 25, 26, 27, 27, 27]);
     let mut at = BASE;
     for c in &report.chunks {
         assert_eq!(c.phys.as_u64(), at);
@@ -211,10 +215,9 @@ fn a_small_order_cap_lowers_the_chunks_at_once() {
     p.need_bits = 0;
     let (_e, report) = run(&region, &p, 4 * MIB, InitOptions::default()).unwrap();
     let orders: Vec<u32> = report.chunks.iter().map(|c| c.order).collect();
-    // The probe, then 6 and 7 by alignment; the first order 8 is refused and the cap drops
-    // to 7 for good.
-    assert_eq!(orders, [6, 6, 7, 7, 7, 7, 7, 7, 7]);
-    assert_eq!((report.create_calls, report.create_failures), (10, 1));
+    // The first chunk (order 10) is refused and the cap drops to 7 for good.
+    assert_eq!(orders, [7; 8]);
+    assert_eq!((report.create_calls, report.create_failures), (9, 1));
 }
 
 #[test]
@@ -224,14 +227,16 @@ fn failure_halves_the_pool_keeping_chunks_inside_and_giving_back_the_rest() {
     p.fail_from = BASE + 3 * MIB as u64;
     let opts = InitOptions::default().with_max_order(8); // 1 MiB chunks
     let (engine, report) = run(&region, &p, 8 * MIB, opts).unwrap();
-    // Chunks 0.25+0.25+0.5+1 MiB and 2..3 MiB; 8 MiB fails at 3 MiB -> 4 MiB still needs
-    // 3..4 MiB -> 2 MiB: the chunk at 2 MiB is given back, the four below kept.
+    // 1 MiB chunks at 0, 1 and 2 MiB; at 3 MiB every order down to a segment fails, so
+    // 8 MiB -> 4 MiB, which still needs 3..4 MiB -> 2 MiB: the chunk at 2 MiB is given
+    // back, the two below kept.
     assert_eq!(report.bytes, 2 * MIB);
     assert_eq!(report.requested_bytes, 8 * MIB);
     assert_eq!(report.halvings, 2);
-    assert_eq!(report.chunks.len(), 4);
+    let orders: Vec<u32> = report.chunks.iter().map(|c| c.order).collect();
+    assert_eq!(orders, [8, 8]);
     assert_eq!(report.destroy_calls, 1);
-    assert_eq!(p.outstanding(), 4);
+    assert_eq!(p.outstanding(), 2);
     assert_eq!(engine.pool().unwrap().nslabs(), 1024);
     drop(engine);
     // SAFETY: the engine is gone.
@@ -450,12 +455,16 @@ mod sim {
         let c = xen.counters();
         // Linux: one exchange per 256 KiB segment, 64 for 16 MiB, plus failures.
         let exchanges = c.count(SimOp::MemoryExchange);
-        // The probe segment, then chunks doubling up to 8 MiB: 7 instead of 64.
-        assert_eq!(report.chunks.len(), 7);
-        assert_eq!(report.order_range(), Some((6, 11)));
-        // init's calls, plus release's give-backs.
+        // One 16 MiB chunk instead of 64 segments.
+        assert_eq!(report.chunks.len(), 1);
+        assert_eq!(report.order_range(), Some((12, 12)));
+        // Each of init's calls makes one exchange per limit it tries (at least one), and
+        // release one per chunk.
         let n = report.exchanged().count() as u64;
-        assert_eq!(exchanges, u64::from(report.create_calls) + n);
+        assert!(
+            exchanges > u64::from(report.create_calls) + n,
+            "{exchanges}"
+        );
         assert!(exchanges < 64, "{exchanges} exchanges");
         assert!(report.bus_top.as_u64() < 1 << 32);
         assert_eq!(xen.free_frames(), free_before);
@@ -530,10 +539,11 @@ mod sim {
     fn x86_pv_with_xens_order_limit_uses_order_9_chunks() {
         let xen = Xen::new(SimConfig::x86_pv().with_max_orders(9, 9));
         let report = x86(&xen, 16, InitOptions::default()).unwrap();
-        // 0.25 + 0.25 + 0.5 + 1 + 2 MiB, then six 2 MiB chunks: Xen's limit answers EPERM
-        // once (order 10) and the cap stays at 9.
-        assert_eq!(report.order_range(), Some((6, 9)));
-        assert_eq!(report.chunks.len(), 5 + 6);
+        // Xen's limit answers EPERM for orders 12, 11 and 10; the cap then stays at 9:
+        // eight 2 MiB chunks.
+        assert_eq!(report.order_range(), Some((9, 9)));
+        assert_eq!(report.chunks.len(), 8);
+        assert_eq!((report.create_calls, report.create_failures), (3 + 8, 3));
     }
 
     #[test]
