@@ -127,7 +127,7 @@ impl<P: Platform, A: PageAllocator> Target for FacadeTarget<P, A> {
             ));
         }
         out.push_str(&format!(
-            "; init: {} MiB in {} chunks, {} exchanges ({} failed), bus top {}",
+            "; init: {} MiB in {} chunks, {} create calls ({} failed), bus top {}",
             self.report.bytes >> 20,
             self.report.chunks.len(),
             self.report.create_calls,

@@ -481,7 +481,12 @@ pub fn fixup_figures() -> Result<Vec<Figure>, String> {
             .with("traps", ours.traps as f64)
             .with("exchanges", ours.exchanges as f64)
             .with("multicalls", ours.multicalls as f64)
-            .with("failed_exchanges", f64::from(report.create_failures))
+            // Exchanges that did not make a chunk: refused limits and refused orders.
+            .with(
+                "failed_exchanges",
+                ours.exchanges
+                    .saturating_sub(report.exchanged().count() as u64) as f64,
+            )
             .with("pool_mib", (ours.bytes >> 20) as f64)
             .with("max_address_bits", f64::from(ours.max_bits))
             .note("chunks_order_at_bits", chunks.join(" ")),
