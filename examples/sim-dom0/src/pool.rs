@@ -103,7 +103,7 @@ pub fn summary(r: &InitReport) -> String {
     }
     let _ = write!(
         s,
-        "; {} create_contiguous_region call(s), {} failed, {} halving(s)",
+        "; {} create_contiguous_region_rising call(s), {} failed, {} halving(s)",
         r.create_calls, r.create_failures, r.halvings
     );
     s
