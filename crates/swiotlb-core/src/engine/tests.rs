@@ -1284,6 +1284,61 @@ fn cpu_hint_picks_the_area() {
         .unwrap();
 }
 
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "thread interleavings are the pool's loom and stress tests' job"
+)]
+fn many_cpus_map_and_unmap_at_once() {
+    fn cpu() -> usize {
+        // Spread the threads over both areas.
+        std::thread::current().name().map_or(0, |n| n.len())
+    }
+    let fx = Fixture::with(Setup {
+        cpu: Some(cpu),
+        ..Setup::default()
+    })
+    .unwrap();
+    let (engine, host) = (&fx.engine, fx.host);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            std::thread::Builder::new()
+                .name("x".repeat(t as usize))
+                .spawn_scoped(s, move || {
+                    // Thread t owns original frames 256 + 16 t .. + 16 (above 4 GiB on the
+                    // bus: every map bounces for the 32-bit device), and frames 16 t ..
+                    // (some direct, some straddling).
+                    for i in 0..200u64 {
+                        let high = i % 2 == 0;
+                        let j = if high { 256 + 16 * t } else { 16 * t };
+                        let len = 1 + ((i * 7919 + t * 104_729) % 12_000) as usize;
+                        let phys = orig(j, (i * 131) % 4096);
+                        let seed = (i + t) as u8;
+                        host.write(phys, &pattern(seed, len));
+                        // SAFETY: the thread's own frames, reached only through raw
+                        // pointers.
+                        let bus =
+                            unsafe { engine.map_page(&DEV32, phys, len, BIDI, DmaAttrs::empty()) }
+                                .unwrap();
+                        assert_eq!(engine.platform().dev_read(bus, len), pattern(seed, len));
+                        engine.platform().dev_write(bus, &pattern(!seed, len));
+                        engine
+                            .unmap_page(&DEV32, bus, len, BIDI, DmaAttrs::empty())
+                            .unwrap();
+                        assert_eq!(host.read(phys, len), pattern(!seed, len));
+                    }
+                })
+                .unwrap();
+        }
+    });
+    let st = engine.stats();
+    assert_eq!(st.direct_maps + st.bounced_maps, 800);
+    assert!(st.bounced_by_reason[BounceReason::OutsideMask.index()] >= 400);
+    assert_eq!(st.direct_unmaps + st.bounced_unmaps, 800);
+    assert_eq!(fx.used(), 0);
+    engine.pool().unwrap().check_invariants().unwrap();
+}
+
 mod model {
     use super::*;
     use proptest::prelude::*;
