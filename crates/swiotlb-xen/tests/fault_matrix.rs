@@ -243,8 +243,8 @@ fn pool_init_case(fault: Option<Fault>) -> (bool, Counters, Result<(), InitError
     (fired, counters, r)
 }
 
-/// Every hypercall of the pool initialisation (x86 PV, a 1 MiB pool: one probe segment,
-/// doubling chunks, rising address limits) fails at every step: the initialisation either
+/// Every hypercall of the pool initialisation (x86 PV, a 1 MiB pool, its chunks made
+/// contiguous at rising address limits) fails at every step: the initialisation either
 /// succeeds (retrying at a higher address limit) and releases everything afterwards, or
 /// fails with nothing exchanged left behind and an error naming the hypercall and errno.
 #[test]
