@@ -77,7 +77,8 @@ pub struct InitOptions {
     /// The largest chunk order tried first (default [`DEFAULT_MAX_ORDER`]; at least
     /// [`SEGMENT_ORDER`]).
     pub max_order: u32,
-    /// The highest address limit asked for (default [`MAX_DMA_BITS`]).
+    /// The highest address limit asked for (default [`MAX_DMA_BITS`]; taken between 18, a
+    /// segment's, and 64). Chunks are never larger than the limit allows.
     pub max_address_bits: u32,
 }
 
@@ -491,14 +492,21 @@ where
     if bytes < min {
         return Err(InitError::TooSmall { bytes, min });
     }
+    // Limits between a segment's (18 bits) and the address space's.
+    let max_bits = options
+        .max_address_bits
+        .clamp(SEGMENT_ORDER + XEN_PAGE_SHIFT, 64);
     let mut fx = Fixup {
         platform: &platform,
         start: phys.as_u64(),
         end: end.as_u64(),
         cursor: phys.as_u64(),
         bits: SEGMENT_ORDER + XEN_PAGE_SHIFT,
-        cap: options.max_order.max(SEGMENT_ORDER),
-        max_bits: options.max_address_bits,
+        // A chunk must fit below the limit: the cap never exceeds `max_bits - 12`.
+        cap: options
+            .max_order
+            .clamp(SEGMENT_ORDER, max_bits - XEN_PAGE_SHIFT),
+        max_bits,
         report: InitReport {
             phys,
             requested_bytes: bytes,

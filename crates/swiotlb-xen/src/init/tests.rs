@@ -21,6 +21,8 @@ struct Scripted {
     max_order: u32,
     contiguous_first: bool,
     fail_destroy: bool,
+    /// Refuse limits below the chunk's own (identity) address, as Xen would.
+    enforce_limit: bool,
     exchanged: Mutex<HashMap<u64, u32>>,
     calls: Mutex<Vec<(u64, u32, u32)>>,
 }
@@ -33,6 +35,7 @@ impl Scripted {
             max_order: 20,
             contiguous_first: false,
             fail_destroy: false,
+            enforce_limit: false,
             exchanged: Mutex::new(HashMap::new()),
             calls: Mutex::new(Vec::new()),
         }
@@ -84,7 +87,10 @@ unsafe impl Platform for Scripted {
                 max: self.max_order,
             });
         }
-        if phys.as_u64() >= self.fail_from || address_bits < self.need_bits {
+        let above = self.enforce_limit
+            && address_bits < 64
+            && phys.as_u64() + (4096 << order) > 1 << address_bits;
+        if phys.as_u64() >= self.fail_from || address_bits < self.need_bits || above {
             return Err(PlatformError::Hypercall {
                 op: "XENMEM_exchange",
                 errno: 12,
@@ -618,4 +624,55 @@ mod sim {
             Some(BusAddr::new(pool.as_u64() + 4 * MIB as u64 - 1))
         );
     }
+}
+
+#[test]
+fn option_extremes_stay_bounded() {
+    let region = Region::new(2 * MIB);
+    let mut p = Scripted::new();
+    p.need_bits = 0;
+    p.enforce_limit = true;
+    // A limit of 19 bits holds at most 512 KiB chunks (and the scripted platform's frames,
+    // at 64 MiB, are above it: nothing can succeed, but the search ends).
+    let err = run(
+        &region,
+        &p,
+        2 * MIB,
+        InitOptions::default().with_max_address_bits(19),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, InitError::Exhausted { .. }), "{err:?}");
+    assert!(
+        p.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|c| c.1 + 12 <= 19 && c.2 <= 19)
+    );
+    // Absurd limits and orders are clamped, not looped over.
+    let p = Scripted::new();
+    let opts = InitOptions::default()
+        .with_max_address_bits(u32::MAX)
+        .with_max_order(u32::MAX);
+    let (_e, report) = run(&region, &p, 2 * MIB, opts).unwrap();
+    assert!(report.create_calls < 40, "{}", report.create_calls);
+    // And when nothing ever succeeds, the search still ends: limits stop at 64 bits and
+    // each order from 9 (2 MiB) down to a segment tries each limit once (the scripted
+    // platform takes one call per limit).
+    let mut p = Scripted::new();
+    p.fail_from = BASE;
+    let err = run(&region, &p, 2 * MIB, opts).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            InitError::Exhausted {
+                address_bits: 64,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let n = p.calls.lock().unwrap().len();
+    assert!(n < 400, "{n} calls");
 }
