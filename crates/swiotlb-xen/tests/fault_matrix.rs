@@ -611,3 +611,51 @@ fn foreign_cache_maintenance_fault_matrix_arm64() {
     grants.unmap(&m).unwrap();
     assert!(arm.table.is_empty());
 }
+
+/// The arm64 probe at initialisation (`xen_version` for the features, a zeroed
+/// `GNTTABOP_cache_flush` to see whether Xen has it): `xen_version` failing with each errno
+/// is an error naming the errno; the cache-flush probe is never an error: `ENOSYS` means "no
+/// cache flush" (foreign pages for non-coherent devices are then bounced), any other errno
+/// means the operation exists (Linux's rule).
+#[test]
+fn arm64_probe_fault_matrix() {
+    use swiotlb_xen_arm64::{Arm64Config, Arm64InitError, DomainMapping, ProbeOptions};
+    let arm = Arm::new();
+    arm.xen.reset_counters();
+    let clean = Arm64Config::probe(&arm.dom0, ProbeOptions::initial_domain()).unwrap();
+    assert!(clean.cache_flush && clean.mapping == DomainMapping::Direct);
+    let c = arm.xen.counters();
+    assert_eq!(
+        (c.count(SimOp::XenVersion), c.count(SimOp::CacheFlush)),
+        (1, 1),
+        "{c:?}"
+    );
+    let mut t = Tally::default();
+    for op in [SimOp::XenVersion, SimOp::CacheFlush] {
+        for errno in ERRNOS {
+            t.cases += 1;
+            arm.xen.inject(Fault::FailNth { op, nth: 1, errno });
+            let r = Arm64Config::probe(&arm.dom0, ProbeOptions::initial_domain());
+            if !arm.xen.pending_faults().is_empty() {
+                t.unreached += 1;
+            }
+            arm.xen.clear_faults();
+            arm.xen.check_invariants().unwrap();
+            match (op, r) {
+                (SimOp::XenVersion, Err(e @ Arm64InitError::Features(_))) => {
+                    t.err += 1;
+                    assert!(e.to_string().contains(&errno.to_string()), "{errno}: {e}");
+                }
+                (SimOp::CacheFlush, Ok(cfg)) => {
+                    t.ok += 1;
+                    // As Linux's xen_mm_init: only ENOSYS means "not there"; any other
+                    // answer to the zeroed request means the operation exists.
+                    assert_eq!(cfg.cache_flush, errno != 38, "{errno}");
+                    assert_eq!(cfg.mapping, DomainMapping::Direct);
+                }
+                (op, r) => panic!("{op:?} {errno}: {r:?}"),
+            }
+        }
+    }
+    t.report("arm64 probe (xen_version, GNTTABOP_cache_flush)");
+}
