@@ -999,6 +999,8 @@ mod tests {
                         core::slice::from_raw_parts_mut(ptr::<GnttabMapGrantRef>(a[1]), 2)
                     };
                     assert_eq!((r[1].ref_, r[1].dom, r[1].flags), (9, 1, 6));
+                    assert_eq!(r[0].status, GRANT_OP_PENDING, "not yet processed");
+                    r[0].status = 0;
                     r[0].handle = 3;
                     r[0].dev_bus_addr = 0x8_0000_0000;
                     r[1].status = GNTST_BAD_GNTREF;
@@ -1010,6 +1012,8 @@ mod tests {
                         core::slice::from_raw_parts_mut(ptr::<GnttabUnmapGrantRef>(a[1]), 2)
                     };
                     assert_eq!((r[0].handle, r[0].dev_bus_addr), (3, 0x8_0000_0000));
+                    assert_eq!(r[0].status, GRANT_OP_PENDING, "not yet processed");
+                    r[0].status = 0;
                     r[1].status = GNTST_BAD_HANDLE;
                     0
                 }

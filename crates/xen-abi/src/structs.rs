@@ -358,9 +358,18 @@ pub struct GnttabMapGrantRef {
     pub dev_bus_addr: u64,
 }
 
+/// The `status` a grant request carries until Xen processes it: a positive value, which no
+/// `GNTST_*` code is (they are 0 for okay and negative for errors), so that a request Xen
+/// never reached is not taken for a success (Linux's "arbitrary positive value").
+pub const GRANT_OP_PENDING: i16 = 1;
+
 impl GnttabMapGrantRef {
-    /// A request to map grant `ref_` of domain `dom` at `host_addr` with `GNTMAP_*` flags;
-    /// the output fields are zero.
+    /// A request to map grant `ref_` of domain `dom` at `host_addr` with `GNTMAP_*` flags.
+    ///
+    /// `status` starts at [`GRANT_OP_PENDING`], not at `GNTST_okay` (0): when Xen stops a
+    /// batch at a failing element it leaves the elements after it untouched, and those must
+    /// not read as mapped (Linux's `gnttab_set_map_op` does the same). The other output
+    /// fields are zero.
     #[must_use]
     pub const fn new(host_addr: u64, flags: u32, ref_: GrantRef, dom: DomId) -> Self {
         Self {
@@ -368,7 +377,7 @@ impl GnttabMapGrantRef {
             flags,
             ref_,
             dom,
-            status: 0,
+            status: GRANT_OP_PENDING,
             handle: 0,
             dev_bus_addr: 0,
         }
@@ -391,14 +400,15 @@ pub struct GnttabUnmapGrantRef {
 
 impl GnttabUnmapGrantRef {
     /// A request to undo the mapping that returned `handle`, at the same `host_addr` and
-    /// `dev_bus_addr`.
+    /// `dev_bus_addr`. `status` starts at [`GRANT_OP_PENDING`], as for
+    /// [`GnttabMapGrantRef::new`].
     #[must_use]
     pub const fn new(host_addr: u64, dev_bus_addr: u64, handle: GrantHandle) -> Self {
         Self {
             host_addr,
             dev_bus_addr,
             handle,
-            status: 0,
+            status: GRANT_OP_PENDING,
         }
     }
 }
