@@ -262,17 +262,20 @@ where
         unsafe { hcall::cache_flush(self.hyp, &mut req) }.map_err(hcall::platform_error)
     }
 
-    /// Runs `m` over `[phys, phys + len)` (device address `bus`), frame by frame: runs of
-    /// local frames go to the kernel's cache hook in one call, each foreign frame to Xen.
+    /// Runs `m` over `len` bytes at device address `bus` (CPU address `phys` when known),
+    /// frame by frame: runs of local frames go to the kernel's cache hook in one call, each
+    /// foreign 4 KiB frame to Xen (`GNTTABOP_cache_flush` by bus address).
     ///
-    /// A frame is foreign when its bus frame differs from its physical frame. Behind an IOMMU
-    /// the bus address is an I/O virtual address and says nothing about ownership; dom0 then
-    /// reaches every frame, foreign ones included, through its own mapping of `phys`, so the
-    /// whole range goes to the kernel's hook.
+    /// A frame is foreign when the CPU address is unknown (`phys` is `None`: the engine met a
+    /// bus frame that is not dom0's RAM, Linux's `!pfn_valid` case) or when its bus frame
+    /// differs from its physical frame. Behind an IOMMU the bus address is an I/O virtual
+    /// address and says nothing about ownership; dom0 then reaches every frame, foreign ones
+    /// included, through its own mapping of `phys`, so the whole range goes to the kernel's
+    /// hook (and a range without `phys` cannot be maintained).
     fn maintain(
         &self,
         dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         m: Maintenance,
@@ -288,16 +291,21 @@ where
         const WRAPS: PlatformError = PlatformError::Unsupported {
             what: "a sync range that wraps past the end of the address space",
         };
-        if phys.checked_last(len).is_none() {
+        if phys.is_some_and(|p| p.checked_last(len).is_none()) {
             return Err(WRAPS);
         }
         if dev.behind_iommu {
-            return self.maintain_local(phys, len, m.local);
+            return match phys {
+                Some(p) => self.maintain_local(p, len, m.local),
+                None => Err(PlatformError::Unsupported {
+                    what: "cache maintenance by I/O virtual address alone behind an IOMMU",
+                }),
+            };
         }
         if bus.checked_last(len).is_none() {
             return Err(WRAPS);
         }
-        if phys.frame_offset() != bus.frame_offset() {
+        if phys.is_some_and(|p| p.frame_offset() != bus.frame_offset()) {
             return Err(PlatformError::Unsupported {
                 what: "a sync whose physical and bus addresses differ in frame offset",
             });
@@ -307,10 +315,13 @@ where
         let mut done = 0u64;
         while done < len {
             // Cannot overflow: checked_last above bounds phys + len and bus + len.
-            let p = PhysAddr::new(phys.as_u64() + done);
             let b = BusAddr::new(bus.as_u64() + done);
-            let chunk = (len - done).min(XEN_PAGE_SIZE - p.frame_offset());
-            if p.frame().as_u64() == b.frame().as_u64() {
+            let chunk = (len - done).min(XEN_PAGE_SIZE - b.frame_offset());
+            // The CPU address of a local frame: the same frame number as its bus frame.
+            let local = phys
+                .map(|p| PhysAddr::new(p.as_u64() + done))
+                .filter(|p| p.frame().as_u64() == b.frame().as_u64());
+            if let Some(p) = local {
                 run = Some(match run {
                     Some((start, n)) => (start, n + chunk),
                     None => (p, chunk),
@@ -440,7 +451,7 @@ where
     fn sync_for_device(
         &self,
         dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         dir: DmaDirection,
@@ -454,7 +465,7 @@ where
     fn sync_for_cpu(
         &self,
         dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         dir: DmaDirection,
@@ -786,14 +797,15 @@ mod tests {
             (DmaDirection::Bidirectional, GNTTAB_CACHE_CLEAN),
             (DmaDirection::FromDevice, GNTTAB_CACHE_INVAL),
         ] {
-            p.sync_for_device(&dev, phys, bus, 0x2000, dir).unwrap();
+            p.sync_for_device(&dev, Some(phys), bus, 0x2000, dir)
+                .unwrap();
             assert_eq!(xen.flushes(), expect(op), "for device, {dir:?}");
         }
-        p.sync_for_cpu(&dev, phys, bus, 0x2000, DmaDirection::ToDevice)
+        p.sync_for_cpu(&dev, Some(phys), bus, 0x2000, DmaDirection::ToDevice)
             .unwrap();
         assert_eq!(xen.flushes(), []);
         for dir in [DmaDirection::FromDevice, DmaDirection::Bidirectional] {
-            p.sync_for_cpu(&dev, phys, bus, 0x2000, dir).unwrap();
+            p.sync_for_cpu(&dev, Some(phys), bus, 0x2000, dir).unwrap();
             assert_eq!(
                 xen.flushes(),
                 expect(GNTTAB_CACHE_INVAL),
@@ -803,7 +815,7 @@ mod tests {
         // A short range inside one frame.
         p.sync_for_device(
             &dev,
-            PhysAddr::new(0x4800_1ffc),
+            Some(PhysAddr::new(0x4800_1ffc)),
             BusAddr::new(0x7a12_4ffc),
             4,
             DmaDirection::ToDevice,
@@ -814,6 +826,70 @@ mod tests {
             cache.take().is_empty(),
             "foreign frames never go to the kernel hook"
         );
+    }
+
+    #[test]
+    fn unknown_cpu_addresses_are_foreign_and_flushed_by_bus_address_per_frame() {
+        let (xen, table, cache, mem) = (
+            FakeXen::new(DIRECT, 0),
+            BoundedForeignTable::<8>::new(),
+            RecordingCache::default(),
+            FakeMem::default(),
+        );
+        // No foreign table entry: `None` alone makes the range foreign, even where the bus
+        // frame number is one dom0 could own.
+        let p = platform(&xen, &table, &cache, &mem, true);
+        let dev = noncoherent();
+        let bus = BusAddr::new(0x6000_0f00);
+        p.sync_for_device(&dev, None, bus, 0x1200, DmaDirection::ToDevice)
+            .unwrap();
+        assert_eq!(
+            xen.flushes(),
+            [
+                (0x6000_0000, 0xf00, 0x100, GNTTAB_CACHE_CLEAN),
+                (0x6000_1000, 0, 0x1000, GNTTAB_CACHE_CLEAN),
+                (0x6000_2000, 0, 0x100, GNTTAB_CACHE_CLEAN),
+            ]
+        );
+        p.sync_for_cpu(&dev, None, bus, 0x10, DmaDirection::FromDevice)
+            .unwrap();
+        assert_eq!(
+            xen.flushes(),
+            [(0x6000_0000, 0xf00, 0x10, GNTTAB_CACHE_INVAL)]
+        );
+        p.sync_for_cpu(&dev, None, bus, 0x10, DmaDirection::ToDevice)
+            .unwrap();
+        assert_eq!(xen.flushes(), []);
+        // The last bus frame of the 64-bit space is a frame like any other.
+        let top = BusAddr::new(u64::MAX - 0xf);
+        p.sync_for_device(&dev, None, top, 0x10, DmaDirection::ToDevice)
+            .unwrap();
+        assert_eq!(
+            xen.flushes(),
+            [(0xffff_ffff_ffff_f000, 0xff0, 0x10, GNTTAB_CACHE_CLEAN)]
+        );
+        assert!(cache.take().is_empty(), "never the kernel hook");
+
+        let unsupported = |r| matches!(r, Err(PlatformError::Unsupported { .. }));
+        let to = DmaDirection::ToDevice;
+        // Wrapping, behind an IOMMU (an IOVA alone names no memory), no cache-flush op.
+        assert!(unsupported(p.sync_for_device(&dev, None, top, 0x11, to)));
+        assert!(unsupported(p.sync_for_device(
+            &dev.with_iommu(true),
+            None,
+            bus,
+            0x10,
+            to
+        )));
+        let no_flush = platform(&xen, &table, &cache, &mem, false);
+        assert!(unsupported(
+            no_flush.sync_for_device(&dev, None, bus, 0x10, to)
+        ));
+        assert_eq!(xen.flushes(), []);
+        // A coherent device needs nothing, known address or not.
+        p.sync_for_device(&Device::new(DmaMask::FULL), None, bus, 0x10, to)
+            .unwrap();
+        assert_eq!(xen.flushes(), []);
     }
 
     #[test]
@@ -833,30 +909,36 @@ mod tests {
             DmaDirection::FromDevice,
             DmaDirection::Bidirectional,
         ] {
-            p.sync_for_device(&dev, a, b, 0x3000, dir).unwrap();
+            p.sync_for_device(&dev, Some(a), b, 0x3000, dir).unwrap();
             assert_eq!(cache.take(), [Seen::Clean(0x6000_0123, 0x3000)]);
         }
-        p.sync_for_cpu(&dev, a, b, 0x3000, DmaDirection::ToDevice)
+        p.sync_for_cpu(&dev, Some(a), b, 0x3000, DmaDirection::ToDevice)
             .unwrap();
         assert_eq!(cache.take(), []);
-        p.sync_for_cpu(&dev, a, b, 0x3000, DmaDirection::FromDevice)
+        p.sync_for_cpu(&dev, Some(a), b, 0x3000, DmaDirection::FromDevice)
             .unwrap();
         assert_eq!(cache.take(), [Seen::Inval(0x6000_0123, 0x3000)]);
         // Behind an IOMMU the bus address is an IOVA: everything is maintained locally.
         let iova = BusAddr::new(0x1000_0123);
-        p.sync_for_device(&dev.with_iommu(true), a, iova, 0x10, DmaDirection::ToDevice)
-            .unwrap();
+        p.sync_for_device(
+            &dev.with_iommu(true),
+            Some(a),
+            iova,
+            0x10,
+            DmaDirection::ToDevice,
+        )
+        .unwrap();
         assert_eq!(cache.take(), [Seen::Clean(0x6000_0123, 0x10)]);
         // Coherent devices and empty ranges need nothing.
         p.sync_for_device(
             &Device::new(DmaMask::FULL),
-            a,
+            Some(a),
             b,
             0x10,
             DmaDirection::ToDevice,
         )
         .unwrap();
-        p.sync_for_device(&dev, a, b, 0, DmaDirection::ToDevice)
+        p.sync_for_device(&dev, Some(a), b, 0, DmaDirection::ToDevice)
             .unwrap();
         assert_eq!(cache.take(), []);
         assert_eq!(xen.flushes(), []);
@@ -877,7 +959,7 @@ mod tests {
         let failing = FakeXen::new(DIRECT, -22);
         let p = platform(&failing, &table, &cache, &mem, true);
         assert_eq!(
-            p.sync_for_device(&dev, phys, bus, 0x2000, to),
+            p.sync_for_device(&dev, Some(phys), bus, 0x2000, to),
             Err(PlatformError::Hypercall {
                 op: "GNTTABOP_cache_flush",
                 errno: 22
@@ -888,20 +970,20 @@ mod tests {
         let xen = FakeXen::new(DIRECT, 0);
         let no_flush = platform(&xen, &table, &cache, &mem, false);
         assert!(matches!(
-            no_flush.sync_for_device(&dev, phys, bus, 0x10, to),
+            no_flush.sync_for_device(&dev, Some(phys), bus, 0x10, to),
             Err(PlatformError::Unsupported { .. })
         ));
         assert_eq!(xen.flushes(), []);
 
         let p = platform(&xen, &table, &cache, &mem, true);
         assert!(matches!(
-            p.sync_for_device(&dev, phys, BusAddr::new(0x7a12_3008), 0x10, to),
+            p.sync_for_device(&dev, Some(phys), BusAddr::new(0x7a12_3008), 0x10, to),
             Err(PlatformError::Unsupported { .. })
         ));
         assert!(matches!(
             p.sync_for_device(
                 &dev,
-                PhysAddr::new(u64::MAX - 4),
+                Some(PhysAddr::new(u64::MAX - 4)),
                 BusAddr::new(u64::MAX - 4),
                 16,
                 to
@@ -918,7 +1000,7 @@ mod tests {
         );
         let local = PhysAddr::new(0x6000_0000);
         assert!(matches!(
-            none.sync_for_device(&dev, local, BusAddr::new(0x6000_0000), 0x10, to),
+            none.sync_for_device(&dev, Some(local), BusAddr::new(0x6000_0000), 0x10, to),
             Err(PlatformError::Unsupported { .. })
         ));
         assert_eq!(cache.take(), []);

@@ -244,7 +244,7 @@ fn foreign_pages_translate_and_flush_per_page() {
     fx.guest.write(phys, &data);
     fx.xen.reset_counters();
     platform
-        .sync_for_device(&dev, phys, bus, data.len(), DmaDirection::ToDevice)
+        .sync_for_device(&dev, Some(phys), bus, data.len(), DmaDirection::ToDevice)
         .unwrap();
     assert_eq!(
         xen.take(),
@@ -259,12 +259,24 @@ fn foreign_pages_translate_and_flush_per_page() {
         BusAddr::new(maps[3].dev_bus_addr),
     );
     platform
-        .sync_for_device(&dev, phys, bus, PAGE as usize, DmaDirection::FromDevice)
+        .sync_for_device(
+            &dev,
+            Some(phys),
+            bus,
+            PAGE as usize,
+            DmaDirection::FromDevice,
+        )
         .unwrap();
     let incoming = pattern(7, PAGE as usize);
     sim_dev.write(bus, &incoming).unwrap();
     platform
-        .sync_for_cpu(&dev, phys, bus, PAGE as usize, DmaDirection::FromDevice)
+        .sync_for_cpu(
+            &dev,
+            Some(phys),
+            bus,
+            PAGE as usize,
+            DmaDirection::FromDevice,
+        )
         .unwrap();
     assert_eq!(
         xen.take(),
@@ -281,12 +293,12 @@ fn foreign_pages_translate_and_flush_per_page() {
     let bus = BusAddr::new(maps[0].dev_bus_addr + 0xf00);
     fx.guest.write(phys, &[0x11; 0x100]);
     platform
-        .sync_for_device(&dev, phys, bus, 0x100, DmaDirection::Bidirectional)
+        .sync_for_device(&dev, Some(phys), bus, 0x100, DmaDirection::Bidirectional)
         .unwrap();
     assert_eq!(sim_dev.read(bus, 0x100).unwrap(), [0x11; 0x100]);
     sim_dev.write(bus, &[0x22; 0x100]).unwrap();
     platform
-        .sync_for_cpu(&dev, phys, bus, 0x100, DmaDirection::Bidirectional)
+        .sync_for_cpu(&dev, Some(phys), bus, 0x100, DmaDirection::Bidirectional)
         .unwrap();
     assert_eq!(
         xen.take(),
@@ -347,7 +359,7 @@ fn cache_model_catches_a_missing_clean_and_a_missing_inval() {
 
     // With the CLEAN the same read is fine.
     platform
-        .sync_for_device(&dev, phys, bus, 64, DmaDirection::ToDevice)
+        .sync_for_device(&dev, Some(phys), bus, 64, DmaDirection::ToDevice)
         .unwrap();
     assert_eq!(sim_dev.read(bus, 64).unwrap(), [0xaa; 64]);
     assert_eq!(fx.xen.cache_violations(), []);
@@ -358,7 +370,7 @@ fn cache_model_catches_a_missing_clean_and_a_missing_inval() {
         BusAddr::new(maps[1].dev_bus_addr),
     );
     platform
-        .sync_for_device(&dev, phys, bus, 64, DmaDirection::FromDevice)
+        .sync_for_device(&dev, Some(phys), bus, 64, DmaDirection::FromDevice)
         .unwrap();
     sim_dev.write(bus, &[0xbb; 64]).unwrap();
     let mut buf = [0u8; 64];
@@ -374,7 +386,7 @@ fn cache_model_catches_a_missing_clean_and_a_missing_inval() {
     // With the INVAL the CPU reads the device's data without a violation.
     sim_dev.write(bus, &[0xcc; 64]).unwrap();
     platform
-        .sync_for_cpu(&dev, phys, bus, 64, DmaDirection::FromDevice)
+        .sync_for_cpu(&dev, Some(phys), bus, 64, DmaDirection::FromDevice)
         .unwrap();
     fx.guest.read(phys, &mut buf);
     assert_eq!(buf, [0xcc; 64]);
@@ -399,7 +411,7 @@ fn local_pages_use_the_kernel_hook() {
     fx.guest.write(phys, &data);
     fx.xen.reset_counters();
     platform
-        .sync_for_device(&dev, phys, bus, data.len(), DmaDirection::ToDevice)
+        .sync_for_device(&dev, Some(phys), bus, data.len(), DmaDirection::ToDevice)
         .unwrap();
     assert_eq!(
         fx.xen.counters().count(SimOp::CacheFlush),
@@ -410,12 +422,12 @@ fn local_pages_use_the_kernel_hook() {
 
     // From the device: clean before (arm64's rule), invalidate after, the CPU reads the data.
     platform
-        .sync_for_device(&dev, phys, bus, data.len(), DmaDirection::FromDevice)
+        .sync_for_device(&dev, Some(phys), bus, data.len(), DmaDirection::FromDevice)
         .unwrap();
     let incoming = pattern(6, data.len());
     sim_dev.write(bus, &incoming).unwrap();
     platform
-        .sync_for_cpu(&dev, phys, bus, data.len(), DmaDirection::FromDevice)
+        .sync_for_cpu(&dev, Some(phys), bus, data.len(), DmaDirection::FromDevice)
         .unwrap();
     let mut buf = vec![0u8; data.len()];
     fx.guest.read(phys, &mut buf);
@@ -444,7 +456,7 @@ fn a_kernel_hook_that_skips_the_clean_is_caught() {
     let bus = BusAddr::new(phys.as_u64());
     fx.guest.write(phys, &[0x42; 128]);
     platform
-        .sync_for_device(&noncoherent(), phys, bus, 128, DmaDirection::ToDevice)
+        .sync_for_device(&noncoherent(), Some(phys), bus, 128, DmaDirection::ToDevice)
         .unwrap();
     let _ = sim_dev.read(bus, 128);
     let kinds: Vec<_> = fx.xen.cache_violations().iter().map(|v| v.kind).collect();
@@ -471,7 +483,7 @@ fn enosys_probe_bounces_foreign_pages_for_noncoherent_devices() {
     assert!(!platform.needs_bounce(&noncoherent(), local, BusAddr::new(local.as_u64())));
     // Cache maintenance of the foreign page is refused rather than skipped.
     assert!(matches!(
-        platform.sync_for_device(&noncoherent(), phys, bus, 16, DmaDirection::ToDevice),
+        platform.sync_for_device(&noncoherent(), Some(phys), bus, 16, DmaDirection::ToDevice),
         Err(PlatformError::Unsupported { .. })
     ));
 }
@@ -569,20 +581,20 @@ fn cache_flush_errors_surface() {
         errno: 14,
     });
     assert_eq!(
-        platform.sync_for_device(&dev, phys, bus, 64, DmaDirection::ToDevice),
+        platform.sync_for_device(&dev, Some(phys), bus, 64, DmaDirection::ToDevice),
         Err(PlatformError::Hypercall {
             op: "GNTTABOP_cache_flush",
             errno: 14
         })
     );
     platform
-        .sync_for_device(&dev, phys, bus, 64, DmaDirection::ToDevice)
+        .sync_for_device(&dev, Some(phys), bus, 64, DmaDirection::ToDevice)
         .unwrap();
 
     // After the grant is unmapped Xen refuses to flush the frame (-EINVAL on real Xen).
     let unmaps = fx.unmap(&maps);
     assert_eq!(
-        platform.sync_for_device(&dev, phys, bus, 64, DmaDirection::ToDevice),
+        platform.sync_for_device(&dev, Some(phys), bus, 64, DmaDirection::ToDevice),
         Err(PlatformError::Hypercall {
             op: "GNTTABOP_cache_flush",
             errno: 22

@@ -143,13 +143,29 @@ pub unsafe trait Platform: Sync {
         false
     }
 
-    /// Cache maintenance before the device accesses `len` bytes that the CPU reaches at
-    /// `phys` and the device at `bus`. Called only for non-coherent devices. The default does
+    /// Cache maintenance before the device accesses `len` bytes that the device reaches at
+    /// `bus` and the CPU at `phys`. Called only for non-coherent devices. The default does
     /// nothing (coherent platforms).
+    ///
+    /// # The `phys` argument
+    ///
+    /// - `Some(p)`: the CPU reaches the range at `p..p + len`, and `p` and `bus` have the same
+    ///   offset in their 4 KiB frame. The range may still hold foreign pages: on a platform
+    ///   where a frame's bus and physical frame numbers differ for foreign pages (arm64
+    ///   dom0), the platform decides frame by frame.
+    /// - `None`: the CPU address of these bytes is not known. The engine passes `None` only
+    ///   for a direct mapping at unmap or sync time (when it has only the bus address),
+    ///   only for bytes whose bus frames are not the domain's own RAM (the bus frame does not
+    ///   translate back with [`bfn_to_local_pfn`](Self::bfn_to_local_pfn), or translates to a
+    ///   frame the kernel's page allocator says is not RAM: Linux's `!pfn_valid` branch of
+    ///   `xen_dma_sync_for_device`), and never for a device behind an IOMMU. Every frame of
+    ///   the range is then foreign and can only be maintained by bus address (on arm64,
+    ///   `GNTTABOP_cache_flush`); the range may span several frames. A platform that cannot
+    ///   maintain memory by bus address returns an error.
     fn sync_for_device(
         &self,
         dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         dir: DmaDirection,
@@ -160,10 +176,13 @@ pub unsafe trait Platform: Sync {
 
     /// Cache maintenance before the CPU reads what the device wrote. Called only for
     /// non-coherent devices. The default does nothing.
+    ///
+    /// `phys` is as for [`sync_for_device`](Self::sync_for_device): `None` when the CPU
+    /// address is not known and every frame of the range is foreign.
     fn sync_for_cpu(
         &self,
         dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         dir: DmaDirection,
@@ -273,7 +292,7 @@ unsafe impl<P: Platform + ?Sized> Platform for &P {
     fn sync_for_device(
         &self,
         dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         dir: DmaDirection,
@@ -284,7 +303,7 @@ unsafe impl<P: Platform + ?Sized> Platform for &P {
     fn sync_for_cpu(
         &self,
         dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         dir: DmaDirection,

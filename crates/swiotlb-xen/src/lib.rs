@@ -100,7 +100,7 @@ pub mod init;
 pub use swiotlb_core;
 pub use swiotlb_core::engine::{
     BounceReason, CoherentAlloc, CoherentFreeError, DmaError, EngineInitError, EngineStats,
-    FOREIGN_PHYS_FRAME, NoPageAllocator, PageAllocator, SgEntry, SgError,
+    NoPageAllocator, PageAllocator, SgEntry, SgError,
 };
 pub use swiotlb_core::{
     Bfn, BouncePool, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaMask, LinearMap, Pfn,

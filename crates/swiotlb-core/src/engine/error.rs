@@ -141,10 +141,11 @@ pub enum DmaError {
         tlb: PhysAddr,
     },
     /// The platform's cache maintenance failed.
-    #[error("cache maintenance of {phys}/{bus}+{size:#x} failed: {source}")]
+    #[error("cache maintenance of {bus}+{size:#x} ({}) failed: {source}", CpuAddr(*.phys))]
     CacheMaintenance {
-        /// The physical address handed to the platform.
-        phys: PhysAddr,
+        /// The physical address handed to the platform; `None` for foreign bytes known
+        /// only by their bus address (see [`crate::Platform::sync_for_device`]).
+        phys: Option<PhysAddr>,
         /// The bus address handed to the platform.
         bus: BusAddr,
         /// The size.
@@ -270,4 +271,16 @@ pub enum EngineInitError {
         /// The segment's address.
         phys: PhysAddr,
     },
+}
+
+/// Displays the CPU address of a cache-maintenance range, or that it is unknown.
+struct CpuAddr(Option<PhysAddr>);
+
+impl fmt::Display for CpuAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(phys) => write!(f, "at {phys}"),
+            None => f.write_str("foreign, CPU address unknown"),
+        }
+    }
 }

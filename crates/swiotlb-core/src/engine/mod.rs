@@ -32,10 +32,10 @@
 //! the device copy first, then clean; unmap and sync for the CPU invalidate first, then
 //! copy back. [`DmaAttrs::SKIP_CPU_SYNC`] skips the maintenance and the copy-back at
 //! unmap, as in Linux (the copy-in at map always happens). For a direct mapping the engine
-//! hands the platform the physical address of each run of the domain's own frames; a frame
-//! that is not the domain's own (a foreign page) is handed over one frame at a time with a
-//! physical address in the frame [`FOREIGN_PHYS_FRAME`], which no RAM occupies, so that the
-//! platform tells it from a local frame by comparing frames as Linux does.
+//! hands the platform the physical address of each run of the domain's own frames, and each
+//! run of frames that are not the domain's own RAM (foreign pages) with no physical address
+//! (`None`): the platform maintains those by bus address, as Linux's `xen_dma_sync_for_cpu`
+//! does for a DMA address that is not `pfn_valid`.
 
 mod coherent;
 mod error;
@@ -53,15 +53,9 @@ pub use stats::EngineStats;
 
 use crate::addr::{BusAddr, Pfn, PhysAddr, XEN_PAGE_SIZE};
 use crate::dma::{Device, DmaAttrs, DmaDirection, DmaMask};
-use crate::hooks::{PhysMemory, Platform, PlatformError};
+use crate::hooks::{PhysMemory, Platform};
 use crate::pool::{self, BouncePool, IO_TLB_SEGMENT_BYTES, Slot};
 use stats::{Counters, bump};
-
-/// The frame whose addresses the engine hands to the platform's cache hooks for frames that
-/// are not the domain's own (foreign pages of direct mappings, found at unmap and sync time
-/// from the bus address alone). It is the last frame of the 64-bit space, which no RAM
-/// occupies; the in-frame offset is the bus address's.
-pub const FOREIGN_PHYS_FRAME: Pfn = Pfn::MAX;
 
 /// The CPU hint used when none is given: always area 0 first.
 fn cpu_zero() -> usize {
@@ -295,7 +289,7 @@ where
                 }
             };
             if cache && !attrs.contains(DmaAttrs::MMIO) {
-                self.cache(dev, phys, bus, size, dir, CacheOp::ForDevice)?;
+                self.cache(dev, Some(phys), bus, size, dir, CacheOp::ForDevice)?;
             }
             bump(&self.counters.direct_maps);
             return Ok(bus);
@@ -303,7 +297,7 @@ where
         let reason = match self.direct_bus(dev, phys, len) {
             Ok(bus) => {
                 if cache {
-                    self.cache(dev, phys, bus, size, dir, CacheOp::ForDevice)?;
+                    self.cache(dev, Some(phys), bus, size, dir, CacheOp::ForDevice)?;
                 }
                 bump(&self.counters.direct_maps);
                 return Ok(bus);
@@ -341,7 +335,7 @@ where
                 mask: dev.dma_mask,
             }));
         }
-        if cache && let Err(e) = self.cache(dev, tlb, bus, size, dir, CacheOp::ForDevice) {
+        if cache && let Err(e) = self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForDevice) {
             return Err(undo(e));
         }
         self.counters.bounced(reason);
@@ -388,7 +382,7 @@ where
         let cache = !dev.coherent && !attrs.intersects(DmaAttrs::SKIP_CPU_SYNC | DmaAttrs::MMIO);
         if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
             let cache_result = if cache {
-                self.cache(dev, tlb, bus, size, dir, CacheOp::ForCpu)
+                self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForCpu)
             } else {
                 Ok(())
             };
@@ -464,7 +458,7 @@ where
             match op {
                 CacheOp::ForCpu => {
                     if cache {
-                        self.cache(dev, tlb, bus, size, dir, op)?;
+                        self.cache(dev, Some(tlb), bus, size, dir, op)?;
                     }
                     pool.sync_for_cpu(dev, tlb, size, dir).map_err(pool_err)
                 }
@@ -472,7 +466,7 @@ where
                     pool.sync_for_device(dev, tlb, size, dir)
                         .map_err(pool_err)?;
                     if cache {
-                        self.cache(dev, tlb, bus, size, dir, op)?;
+                        self.cache(dev, Some(tlb), bus, size, dir, op)?;
                     }
                     Ok(())
                 }
@@ -559,11 +553,12 @@ where
         pool.contains(phys).then_some((pool, phys))
     }
 
-    /// Runs a cache hook of the platform over a range whose physical address is known.
+    /// Runs a cache hook of the platform over a range; `phys` is `None` for foreign bytes
+    /// known only by their bus address (see [`Platform::sync_for_device`]).
     fn cache(
         &self,
         dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         size: usize,
         dir: DmaDirection,
@@ -584,9 +579,9 @@ where
         })
     }
 
-    /// Runs a cache hook over a direct mapping known only by its bus address: runs of the
-    /// domain's own frames (translated back, `pfn_valid`, physically consecutive) in one
-    /// call each, other frames one at a time in [`FOREIGN_PHYS_FRAME`].
+    /// Runs a cache hook over a direct mapping known only by its bus address, in runs: the
+    /// domain's own frames (translated back, `pfn_valid`, physically consecutive) with their
+    /// physical address, and consecutive other frames (foreign pages) with `None`.
     fn cache_direct(
         &self,
         dev: &Device,
@@ -597,12 +592,13 @@ where
     ) -> Result<(), DmaError> {
         if dev.behind_iommu {
             // The I/O address is the physical address.
-            return self.cache(dev, PhysAddr::new(bus.as_u64()), bus, size, dir, op);
+            return self.cache(dev, Some(PhysAddr::new(bus.as_u64())), bus, size, dir, op);
         }
         // CAST: usize fits in u64.
         let len = size as u64;
-        // A run of own frames: (physical start, bus start, length).
-        let mut run: Option<(PhysAddr, BusAddr, u64)> = None;
+        // The run not yet handed over: (physical start or None for foreign, bus start,
+        // length).
+        let mut run: Option<(Option<PhysAddr>, BusAddr, u64)> = None;
         let mut done = 0u64;
         while done < len {
             // Cannot overflow: the caller checked `bus + len`.
@@ -613,37 +609,22 @@ where
                 .bfn_to_local_pfn(b.frame())
                 .filter(|&p| self.pages.pfn_valid(p))
                 .map(|p| b.with_phys_frame(p));
-            match (local, run) {
-                (Some(p), Some((rp, rb, rl)))
+            run = match (run, local) {
+                // Bus addresses of a run are consecutive by construction; a local run also
+                // needs consecutive physical addresses, a foreign run nothing more.
+                (Some((Some(rp), rb, rl)), Some(p))
                     if rp.as_u64().checked_add(rl) == Some(p.as_u64()) =>
                 {
-                    run = Some((rp, rb, rl + chunk));
+                    Some((Some(rp), rb, rl + chunk))
                 }
-                (Some(p), _) => {
-                    if let Some((rp, rb, rl)) = run.take() {
+                (Some((None, rb, rl)), None) => Some((None, rb, rl + chunk)),
+                (prev, phys) => {
+                    if let Some((rp, rb, rl)) = prev {
                         self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
                     }
-                    run = Some((p, b, chunk));
+                    Some((phys, b, chunk))
                 }
-                (None, _) => {
-                    if let Some((rp, rb, rl)) = run.take() {
-                        self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
-                    }
-                    if b.frame().as_u64() == FOREIGN_PHYS_FRAME.as_u64() {
-                        bump(&self.counters.cache_failures);
-                        return Err(DmaError::CacheMaintenance {
-                            phys: FOREIGN_PHYS_FRAME.start(),
-                            bus: b,
-                            size: to_usize(chunk),
-                            source: PlatformError::Unsupported {
-                                what: "cache maintenance of a foreign page in the last bus frame",
-                            },
-                        });
-                    }
-                    let p = PhysAddr::new(FOREIGN_PHYS_FRAME.start().as_u64() | b.frame_offset());
-                    self.cache(dev, p, b, to_usize(chunk), dir, op)?;
-                }
-            }
+            };
             done += chunk;
         }
         if let Some((rp, rb, rl)) = run {

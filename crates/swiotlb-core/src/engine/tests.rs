@@ -4,6 +4,7 @@
 use super::*;
 use crate::addr::Bfn;
 use crate::error::Error;
+use crate::hooks::PlatformError;
 use crate::linear::LinearMap;
 use std::boxed::Box;
 use std::collections::BTreeMap;
@@ -44,12 +45,14 @@ enum Op {
 #[derive(Clone, Debug)]
 struct CacheEvent {
     op: Op,
-    phys: PhysAddr,
+    /// `None`: foreign bytes known only by bus address.
+    phys: Option<PhysAddr>,
     bus: BusAddr,
     len: usize,
     /// The bytes of the watched CPU range when the hook ran.
     watched: Vec<u8>,
-    /// What the device saw at `bus` when the hook ran.
+    /// What the device saw at `bus` when the hook ran (empty if a bus frame of the range
+    /// reaches no memory).
     device: Vec<u8>,
 }
 
@@ -203,18 +206,21 @@ impl TestPlatform {
 
     /// What the device reads at `bus`, frame by frame through its view.
     fn dev_read(&self, bus: BusAddr, len: usize) -> Vec<u8> {
+        self.dev_try_read(bus, len)
+            .expect("device access to an unbacked bus frame")
+    }
+
+    /// What the device reads at `bus`, or `None` if a bus frame reaches no memory.
+    fn dev_try_read(&self, bus: BusAddr, len: usize) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(len);
         let mut done = 0;
         while done < len {
             let b = BusAddr::new(bus.as_u64() + done as u64);
             let chunk = (len - done).min(4096 - b.frame_offset() as usize);
-            let p = self
-                .bus_to_phys(b)
-                .expect("device access to an unbacked bus frame");
-            out.extend(self.host.read(p, chunk));
+            out.extend(self.host.read(self.bus_to_phys(b)?, chunk));
             done += chunk;
         }
-        out
+        Some(out)
     }
 
     fn dev_write(&self, bus: BusAddr, data: &[u8]) {
@@ -233,7 +239,7 @@ impl TestPlatform {
     fn record(
         &self,
         op: Op,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
     ) -> Result<(), PlatformError> {
@@ -247,7 +253,7 @@ impl TestPlatform {
             Some((p, n)) => self.host.read(p, n),
             None => Vec::new(),
         };
-        let device = self.dev_read(bus, len);
+        let device = self.dev_try_read(bus, len).unwrap_or_default();
         self.events.lock().unwrap().push(CacheEvent {
             op,
             phys,
@@ -293,7 +299,7 @@ unsafe impl Platform for TestPlatform {
     fn sync_for_device(
         &self,
         _dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         _dir: DmaDirection,
@@ -304,7 +310,7 @@ unsafe impl Platform for TestPlatform {
     fn sync_for_cpu(
         &self,
         _dev: &Device,
-        phys: PhysAddr,
+        phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
         _dir: DmaDirection,
@@ -898,7 +904,7 @@ fn non_coherent_bounce_follows_linux_order() {
     // and the hook got the bounce buffer's addresses.
     assert_eq!(ev[0].op, Op::ForDevice);
     assert_eq!((ev[0].bus, ev[0].len), (bus, 3000));
-    assert!(fx.engine.pool().unwrap().contains(ev[0].phys));
+    assert!(fx.engine.pool().unwrap().contains(ev[0].phys.unwrap()));
     assert_eq!(ev[0].device, pattern(3, 3000));
 
     fx.p().dev_write(bus, &pattern(5, 3000));
@@ -987,15 +993,16 @@ fn direct_non_coherent_unmap_finds_local_runs_and_foreign_frames() {
         assert_eq!(ev.len(), 2);
         assert_eq!(
             (ev[0].op, ev[0].phys, ev[0].len),
-            (Op::ForDevice, orig(0, 16), 10000)
+            (Op::ForDevice, Some(orig(0, 16)), 10000)
         );
         assert_eq!(
             (ev[1].op, ev[1].phys, ev[1].bus, ev[1].len),
-            (Op::ForCpu, orig(0, 16), bus, 10000)
+            (Op::ForCpu, Some(orig(0, 16)), bus, 10000)
         );
 
         // Foreign: map knows the physical address; unmap and sync only know the bus
-        // address, so the hook gets the frame FOREIGN_PHYS_FRAME with the bus offset.
+        // address, and the frame is not the domain's own RAM, so the hook gets no physical
+        // address and the exact bus range.
         let phys = orig(FOREIGN_J, 0x80);
         let bus = fx.map(&dev, phys, 256, BIDI).unwrap();
         assert_eq!(bus.as_u64(), FOREIGN_BFN * 4096 + 0x80);
@@ -1005,15 +1012,79 @@ fn direct_non_coherent_unmap_finds_local_runs_and_foreign_frames() {
             .unwrap();
         let ev = fx.p().take_events();
         assert_eq!(ev.len(), 3);
-        assert_eq!(ev[0].phys, phys);
+        assert_eq!(
+            (ev[0].op, ev[0].phys, ev[0].bus),
+            (Op::ForDevice, Some(phys), bus)
+        );
         for e in &ev[1..] {
             assert_eq!(e.op, Op::ForCpu);
-            assert_eq!(e.phys.frame(), FOREIGN_PHYS_FRAME);
-            assert_eq!(e.phys.frame_offset(), 0x80);
+            assert_eq!(e.phys, None);
             assert_eq!((e.bus, e.len), (bus, 256));
         }
         assert_eq!(fx.used(), 0);
     }
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "decision logic only: its copies and pointer work are those of the tests Miri runs"
+)]
+fn direct_syncs_hand_over_local_and_foreign_runs_with_exact_ranges() {
+    let fx = Fixture::new();
+    let dev = DEV64.with_coherent(false);
+    let ev_of = |bus: u64, len: usize| {
+        fx.engine
+            .sync_single_for_cpu(&dev, BusAddr::new(bus), len, BIDI)
+            .unwrap();
+        fx.p()
+            .take_events()
+            .into_iter()
+            .map(|e| {
+                assert_eq!(e.op, Op::ForCpu);
+                (e.phys, e.bus.as_u64(), e.len)
+            })
+            .collect::<Vec<_>>()
+    };
+    // Bus frame 0x80ff is original frame 3; 0x8100 and 0x8101 reach no frame of the domain:
+    // one local call with the physical address, then one call for both foreign frames.
+    assert_eq!(
+        ev_of(0x080f_f800, 0x800 + 0x1000 + 0x10),
+        [
+            (Some(orig(3, 0x800)), 0x080f_f800, 0x800),
+            (None, 0x0810_0000, 0x1010),
+        ]
+    );
+    // Foreign first (bus frame 0x7fff), then local (0x8000 is original frame 252).
+    assert_eq!(
+        ev_of(0x07ff_ff00, 0x200),
+        [
+            (None, 0x07ff_ff00, 0x100),
+            (Some(orig(252, 0)), 0x0800_0000, 0x100),
+        ]
+    );
+    // A failing hook on foreign bytes says so: no physical address, the exact bus range.
+    fx.p().fail_cache.store(true, Ordering::Relaxed);
+    let err = fx
+        .engine
+        .sync_single_for_device(&dev, BusAddr::new(0x0810_0010), 0x20, BIDI)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmaError::CacheMaintenance {
+                phys: None,
+                bus,
+                size: 0x20,
+                source: PlatformError::Hypercall { errno: 22, .. },
+            } if bus.as_u64() == 0x0810_0010
+        ),
+        "{err:?}"
+    );
+    assert!(
+        std::format!("{err}").contains("CPU address unknown"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1036,7 +1107,7 @@ fn without_pfn_valid_an_identity_foreign_frame_reads_as_local() {
         .unmap_page(&dev, bus, 64, BIDI, DmaAttrs::empty())
         .unwrap();
     let ev = fx.p().take_events();
-    assert_eq!(ev[0].phys.as_u64(), bus.as_u64());
+    assert_eq!(ev[0].phys, Some(PhysAddr::new(bus.as_u64())));
 }
 
 #[test]
