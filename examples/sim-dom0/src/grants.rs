@@ -67,33 +67,20 @@ pub trait GrantMapper {
     fn in_use(&self) -> usize;
 }
 
+/// A map request; its status is `GRANT_OP_PENDING` until Xen writes one, so that a request
+/// Xen never reaches (the batch stopped at an earlier error) does not look mapped.
 fn map_request(host_addr: u64, gref: GrantRef, domid: DomId) -> GnttabMapGrantRef {
-    GnttabMapGrantRef {
-        host_addr,
-        flags: GNTMAP_HOST_MAP,
-        ref_: gref,
-        dom: domid,
-        // Not GNTST_okay until Xen says so: a request Xen never reaches (the batch stopped
-        // at an earlier error) must not look mapped (Linux's gnttab_set_map_op writes an
-        // "arbitrary positive value" for the same reason).
-        status: 1,
-        ..Default::default()
-    }
+    GnttabMapGrantRef::new(host_addr, GNTMAP_HOST_MAP, gref, domid)
 }
 
+/// Unmap requests for `grants`, pending as in [`map_request`].
 fn unmap_requests(
     grants: &[MappedGrant],
     host_addr: impl Fn(&MappedGrant) -> u64,
 ) -> Vec<GnttabUnmapGrantRef> {
     grants
         .iter()
-        .map(|g| GnttabUnmapGrantRef {
-            host_addr: host_addr(g),
-            dev_bus_addr: g.machine.as_u64(),
-            handle: g.handle,
-            // As in `map_request`: an unmap Xen never reached must not look done.
-            status: 1,
-        })
+        .map(|g| GnttabUnmapGrantRef::new(host_addr(g), g.machine.as_u64(), g.handle))
         .collect()
 }
 
