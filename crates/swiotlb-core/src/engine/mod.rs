@@ -242,11 +242,8 @@ where
         attrs: DmaAttrs,
     ) -> Result<BusAddr, DmaError> {
         // SAFETY: the caller's promise, passed on.
-        let r = unsafe { self.map_inner(dev, phys, size, dir, attrs) };
-        if r.is_err() {
-            bump(&self.counters.map_failures);
-        }
-        r
+        unsafe { self.map_inner(dev, phys, size, dir, attrs) }
+            .inspect_err(|_| bump(&self.counters.map_failures))
     }
 
     /// # Safety
@@ -363,11 +360,8 @@ where
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
-        let r = self.unmap_inner(dev, bus, size, dir, attrs);
-        if r.is_err() {
-            bump(&self.counters.unmap_sync_failures);
-        }
-        r
+        self.unmap_inner(dev, bus, size, dir, attrs)
+            .inspect_err(|_| bump(&self.counters.unmap_sync_failures))
     }
 
     fn unmap_inner(
@@ -414,11 +408,8 @@ where
         size: usize,
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
-        let r = self.sync_inner(dev, bus, size, dir, CacheOp::ForCpu);
-        if r.is_err() {
-            bump(&self.counters.unmap_sync_failures);
-        }
-        r
+        self.sync_inner(dev, bus, size, dir, CacheOp::ForCpu)
+            .inspect_err(|_| bump(&self.counters.unmap_sync_failures))
     }
 
     /// Linux's `xen_swiotlb_sync_single_for_device`: makes the CPU's writes to
@@ -436,11 +427,8 @@ where
         size: usize,
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
-        let r = self.sync_inner(dev, bus, size, dir, CacheOp::ForDevice);
-        if r.is_err() {
-            bump(&self.counters.unmap_sync_failures);
-        }
-        r
+        self.sync_inner(dev, bus, size, dir, CacheOp::ForDevice)
+            .inspect_err(|_| bump(&self.counters.unmap_sync_failures))
     }
 
     fn sync_inner(
