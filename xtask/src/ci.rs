@@ -243,8 +243,15 @@ fn steps() -> Vec<Step> {
         },
         Step {
             name: "xen-qemu",
-            about: "the x86_64 PV and aarch64 dom0 examples boot on real Xen under QEMU and PASS",
+            about: "the x86_64 PV and aarch64 dom0 kernels boot on real Xen 4.17 and 4.20 under \
+                    QEMU, drive real devices and PASS with their pinned check counts",
             action: Action::Check(xen_qemu::ci),
+        },
+        Step {
+            name: "xen-qemu-mutants",
+            about: "kernels built with deliberate library faults boot on real Xen and every one \
+                    FAILs",
+            action: Action::Check(xen_qemu::ci_mutants),
         },
     ]
 }
@@ -490,7 +497,8 @@ mod tests {
                 "miri-sim",
                 "loom",
                 "fuzz-smoke",
-                "xen-qemu"
+                "xen-qemu",
+                "xen-qemu-mutants"
             ]
         );
         for (name, _) in PLANNED {

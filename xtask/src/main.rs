@@ -7,8 +7,9 @@
 //!   non-zero if any failed. `--skip-miri` leaves out the Miri step, `--only STEP` (repeatable)
 //!   runs only the named steps, `--list` prints the steps.
 //! - `demo`: the main job, which the README's demo command runs; arguments after `--` go to it.
-//! - `xen-qemu [x86_64|aarch64|all]`: boot the bare-metal dom0 examples on the real Xen
-//!   hypervisor under QEMU and read their verdicts ([`xen_qemu`]).
+//! - `xen-qemu [ARCH] [--xen VERSION]`: boot the bare-metal dom0 examples on each real Xen
+//!   release under QEMU and read their verdicts; `xen-qemu mutants` requires every kernel
+//!   built with a deliberate fault to fail ([`xen_qemu`]).
 //! - `bench [--quick]`: the comparative benchmarks, one JSON line per figure ([`bench`]).
 //! - `fuzz [--smoke]`: the cargo-fuzz targets ([`fuzz`]).
 //! - `soak --minutes N`: concurrent map/unmap/sync on the simulator, every byte verified
@@ -90,7 +91,8 @@ commands:
   ci [--skip-miri] [--only STEP]...   run the CI steps in order (all of them by default)
   ci --list                            list the CI steps
   demo [-- ARGS]                       run the main job (the README's demo command)
-  xen-qemu [x86_64|aarch64|all]        boot the dom0 examples on real Xen under QEMU
+  xen-qemu [ARCH] [--xen VERSION]      boot the dom0 examples on real Xen (4.17, 4.20) under QEMU
+  xen-qemu mutants [ARCH]              every kernel built with a deliberate fault must FAIL
   bench [--quick]                      comparative benchmarks, one JSON line per figure
   fuzz [--smoke]                       run the cargo-fuzz targets
   soak --minutes N                     concurrent map/unmap/sync on the simulator

@@ -1,27 +1,27 @@
-//! The aarch64 half of `xen-qemu`: Debian's Xen 4.17 hypervisor for arm64 boots the
+//! The aarch64 half of `xen-qemu`: Debian's Xen hypervisor for arm64 (each release of the
+//! matrix) boots the
 //! `examples/aarch64-dom0` kernel as its 1:1 dom0, next to the example's granting domU as a
 //! dom0less domain, on QEMU's `virt` machine (TCG, GICv3, EL2).
 //!
 //! Steps: fetch the arm64 hypervisor package without adding the architecture to dpkg (an
-//! `apt-get update` into a private lists directory, then `apt-get download`), unpack it;
+//! `apt-get update` into a private lists directory, then `apt-get download`: see
+//! [`fetch_xen_deb`]), unpack it;
 //! build both kernels for `aarch64-unknown-none` and turn the ELFs into raw arm64 Images; dump
 //! QEMU's device tree and add Xen's command line, the dom0 module and the domU node to
 //! `/chosen`; boot under `timeout`; read the verdict.
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{boot, build_dir, build_example, ensure_tools, fetch_deb, tail, unpack_deb, verdict};
+use super::{
+    Boot, Build, Kernel, XenRelease, boot, build_example, ensure_tools, fetch_xen_deb, unpack_deb,
+};
 
 /// The architecture's name in the verdict lines.
 const ARCH: &str = "aarch64";
-/// The hypervisor package (about 0.3 MB).
-const XEN_PACKAGE: &str = "xen-hypervisor-4.17-arm64";
-/// The arm64 Image in the package, which QEMU's `-kernel` loads.
-const XEN_IMAGE: &str = "boot/xen-4.17-arm64";
 /// The example's package; its binaries are the dom0 and the domU.
 const EXAMPLE: &str = "aarch64-dom0";
 /// The domU binary of the example package.
@@ -47,8 +47,23 @@ const DOMU_MEMORY_KIB: u64 = 128 * 1024;
 /// The arm64 Image magic at offset 56.
 const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
 
-/// Fetches the hypervisor, builds both kernels, boots them and checks the verdict.
-pub fn run(root: &Path) -> Result<(), String> {
+/// The number of check lines the kernel must print.
+pub(crate) const EXPECTED_CHECKS: usize = 34;
+/// How many of them are device DMA checks (names starting with `dev-`).
+pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 0;
+
+/// The built kernels and the device tree they boot with.
+pub(crate) struct Aarch64Kernel {
+    /// The dom0 Image.
+    dom0: PathBuf,
+    /// The domU Image.
+    domu: PathBuf,
+    /// QEMU's device tree with Xen's nodes added.
+    dtb: PathBuf,
+}
+
+/// Builds both kernels as `build` says, turns them into Images and writes the device tree.
+pub(crate) fn prepare(root: &Path, build: &Build) -> Result<Aarch64Kernel, String> {
     ensure_tools(&[
         ("qemu-system-aarch64", "qemu-system-arm"),
         ("dtc", "device-tree-compiler"),
@@ -56,117 +71,56 @@ pub fn run(root: &Path) -> Result<(), String> {
         ("dpkg", "dpkg"),
         ("apt-get", "apt"),
     ])?;
-    let dir = build_dir(root, ARCH)?;
+    let start = Instant::now();
+    let dom0_elf = build_example(root, EXAMPLE, TARGET, build)?;
+    let domu_elf = dom0_elf.with_file_name(DOMU_BIN);
+    let dom0 = build.out.join("dom0.img");
+    let domu = build.out.join("domu.img");
+    let dom0_len = write_image(&dom0_elf, &dom0)?;
+    let domu_len = write_image(&domu_elf, &domu)?;
+    let dtb = make_dtb(&build.out, dom0_len, domu_len)?;
+    println!(
+        "xen-qemu: images (dom0 {dom0_len} bytes, domU {domu_len} bytes) and device tree \
+         ready in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(Aarch64Kernel { dom0, domu, dtb })
+}
 
-    let fetch = Instant::now();
-    let xen = dir.join("pkg").join(XEN_IMAGE);
-    if !xen.is_file() {
-        let deb = fetch_arm64_deb(&dir)?;
-        unpack_deb(&deb, &dir.join("pkg"), XEN_IMAGE)?;
+impl Kernel for Aarch64Kernel {
+    fn boot(&self, root: &Path, release: &XenRelease, log: &Path) -> Result<Boot, String> {
+        let xen = hypervisor(root, release)?;
+        let argv = command_line(&xen, &self.dtb, &self.dom0, &self.domu);
+        boot(&argv, LIMIT, log)
     }
+
+    /// The domU must have printed (Xen relays its console as `DOM1: ...`).
+    fn after_pass(&self, console: &str) -> Result<String, String> {
+        let domu_lines = console.lines().filter(|l| l.contains("DOM1: ")).count();
+        if domu_lines == 0 {
+            return Err("dom0 passed but the domU printed nothing".to_owned());
+        }
+        Ok(format!(", {domu_lines} domU lines"))
+    }
+}
+
+/// The release's hypervisor Image, fetched and unpacked if missing.
+fn hypervisor(root: &Path, release: &XenRelease) -> Result<PathBuf, String> {
+    let dir = release.dir(root, ARCH)?;
+    let image = format!("boot/xen-{}-arm64", release.version);
+    let xen = dir.join("pkg").join(&image);
+    if xen.is_file() {
+        return Ok(xen);
+    }
+    let fetch = Instant::now();
+    let deb = fetch_xen_deb(&dir, release, "arm64")?;
+    unpack_deb(&deb, &dir.join("pkg"), &image)?;
     println!(
         "xen-qemu: hypervisor ready in {:.1} s: {}",
         fetch.elapsed().as_secs_f64(),
         xen.display()
     );
-
-    let build = Instant::now();
-    let dom0_elf = build_example(root, EXAMPLE, TARGET)?;
-    let domu_elf = dom0_elf.with_file_name(DOMU_BIN);
-    let dom0 = dir.join("dom0.img");
-    let domu = dir.join("domu.img");
-    let dom0_len = write_image(&dom0_elf, &dom0)?;
-    let domu_len = write_image(&domu_elf, &domu)?;
-    let dtb = make_dtb(&dir, dom0_len, domu_len)?;
-    println!(
-        "xen-qemu: images (dom0 {dom0_len} bytes, domU {domu_len} bytes) and device tree \
-         ready in {:.1} s",
-        build.elapsed().as_secs_f64()
-    );
-
-    let argv = command_line(&xen, &dtb, &dom0, &domu);
-    let log = dir.join("console.log");
-    let run = boot(&argv, LIMIT, &log)?;
-    let checks = verdict(ARCH, &run.console).map_err(|e| {
-        format!(
-            "{e}\n(console: {}{}; last lines:)\n{}",
-            log.display(),
-            if run.timed_out {
-                ", QEMU timed out"
-            } else {
-                ""
-            },
-            tail(&run.console, 25)
-        )
-    })?;
-    let domu_lines = run.console.lines().filter(|l| l.contains("DOM1: ")).count();
-    if domu_lines == 0 {
-        return Err(format!(
-            "dom0 passed {checks} checks but the domU printed nothing (console: {})",
-            log.display()
-        ));
-    }
-    if run.timed_out {
-        return Err(format!(
-            "the kernel passed {checks} checks but QEMU did not exit within {} s (console: {})",
-            LIMIT.as_secs(),
-            log.display()
-        ));
-    }
-    println!(
-        "xen-qemu: XEN-QEMU {ARCH}: PASS ({checks} checks, {domu_lines} domU lines); QEMU ran \
-         {:.1} s (console: {})",
-        run.elapsed.as_secs_f64(),
-        log.display()
-    );
-    Ok(())
-}
-
-/// The arm64 package's `.deb`, downloaded if missing. The package lists for arm64 go to a
-/// lists directory of our own, so the machine's dpkg architectures and apt lists are left
-/// alone (`../shared/REAL-XEN.md`).
-fn fetch_arm64_deb(dir: &Path) -> Result<std::path::PathBuf, String> {
-    let lists = dir.join("apt-lists");
-    fs::create_dir_all(lists.join("partial"))
-        .map_err(|e| format!("creating {}: {e}", lists.display()))?;
-    let options = vec![
-        "-oAPT::Architecture=arm64".to_owned(),
-        "-oAPT::Architectures=arm64".to_owned(),
-        format!("-oDir::State::Lists={}", lists.display()),
-    ];
-    let have_deb = fs::read_dir(dir)
-        .map_err(|e| format!("reading {}: {e}", dir.display()))?
-        .filter_map(Result::ok)
-        .any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(&format!("{XEN_PACKAGE}_")) && name.ends_with(".deb")
-        });
-    if !have_deb {
-        println!(
-            "xen-qemu: apt-get update (arm64 lists in {})",
-            lists.display()
-        );
-        let start = Instant::now();
-        let out = Command::new("apt-get")
-            .args(&options)
-            .args(["-q", "update"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("apt-get update: could not start: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "apt-get update (arm64) exited with {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        println!(
-            "xen-qemu: arm64 lists updated in {:.1} s",
-            start.elapsed().as_secs_f64()
-        );
-    }
-    fetch_deb(dir, XEN_PACKAGE, &options)
+    Ok(xen)
 }
 
 /// Turns the kernel ELF at `elf` into a raw arm64 Image at `out`; returns its length.

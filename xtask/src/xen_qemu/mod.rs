@@ -1,16 +1,29 @@
-//! `cargo xtask xen-qemu [x86_64|aarch64|all]`: boots the bare-metal dom0 examples on the real
-//! Xen hypervisor under QEMU and reads their verdicts (issue 7).
+//! `cargo xtask xen-qemu`: boots the bare-metal dom0 examples on the real Xen hypervisor
+//! under QEMU, on every Xen release of the matrix, and reads their verdicts; `mutants`
+//! boots kernels built with deliberate faults and requires every one to fail.
 //!
-//! Each architecture module fetches what it needs (Debian's Xen hypervisor package, downloaded
-//! and unpacked into the ignored build directory, never installed), builds its example, boots
-//! it under `timeout` with the serial console captured to a log file, and checks the verdict:
-//! every check line the kernel printed says `ok`, and the final line
-//! `XEN-QEMU <arch>: PASS (N checks)` appears with N equal to the number of `ok` lines.
+//! Each architecture module builds its example ([`Build`] says where and with which
+//! flags), fetches what a release needs (Debian's Xen hypervisor package, downloaded and
+//! unpacked into the ignored build directory, never installed; [`fetch_xen_deb`]), boots the
+//! kernel under `timeout` with the serial console captured to a log file, and checks the
+//! verdict with [`verdict`]: every check line says `ok`, the final line
+//! `XEN-QEMU <arch> xen-<version>: PASS (N checks, D device DMA checks)` names the release
+//! that booted, N and D equal the lines counted and the numbers the harness pins for the
+//! architecture, and QEMU never printed `EDU: clamping DMA` (the `edu` device was handed an
+//! address outside its DMA mask and really accessed other memory).
+//!
+//! ```text
+//! cargo xtask xen-qemu [ARCH] [--xen VERSION]   boot the matrix (default: all, all)
+//! cargo xtask xen-qemu mutants [ARCH] [--xen VERSION]
+//!                                               every mutant must fail (default xen 4.17)
+//! ARCH: x86_64 (or x86-pv), aarch64 (or arm64), all     VERSION: 4.17, 4.20, all
+//! ```
 //!
 //! The helpers shared by both architectures live here: [`build_dir`], [`ensure_tools`],
-//! [`fetch_deb`], [`unpack_deb`], [`build_example`], [`boot`] and [`verdict`].
+//! [`fetch_xen_deb`], [`unpack_deb`], [`build_example`], [`boot`] and [`verdict`].
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -19,28 +32,282 @@ use std::time::{Duration, Instant};
 mod aarch64;
 mod x86_64;
 
-/// The architectures, in the order `all` runs them.
-const ARCHES: &[&str] = &["x86_64", "aarch64"];
+/// A Xen release of the matrix: Debian's hypervisor packages of one suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct XenRelease {
+    /// The version as the packages and `XENVER_version` name it (`major.minor`).
+    pub version: &'static str,
+    /// The Debian suite that ships it.
+    pub suite: &'static str,
+}
 
-/// Runs the command with its arguments: `[x86_64|aarch64|all]`, default `all`.
+impl XenRelease {
+    /// The hypervisor package for Debian architecture `debarch` (`amd64`, `arm64`).
+    pub(crate) fn package(&self, debarch: &str) -> String {
+        format!("xen-hypervisor-{}-{debarch}", self.version)
+    }
+
+    /// The release's build directory for `arch` (packages, the unpacked hypervisor, console
+    /// logs): `<target dir>/xen-qemu/<arch>/xen-<version>`, created if missing.
+    pub(crate) fn dir(&self, root: &Path, arch: &str) -> Result<PathBuf, String> {
+        let dir = build_dir(root, arch)?.join(format!("xen-{}", self.version));
+        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+}
+
+/// The releases, oldest first: Debian 12's Xen 4.17 and Debian 13's Xen 4.20.
+pub(crate) const RELEASES: &[XenRelease] = &[
+    XenRelease {
+        version: "4.17",
+        suite: "bookworm",
+    },
+    XenRelease {
+        version: "4.20",
+        suite: "trixie",
+    },
+];
+
+/// An architecture of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arch {
+    /// The x86_64 PV dom0 (`examples/x86_64-pv-dom0`).
+    X86_64,
+    /// The arm64 1:1 dom0 with a granting domU (`examples/aarch64-dom0`).
+    Aarch64,
+}
+
+impl Arch {
+    /// Every architecture, in the order `all` runs them.
+    const ALL: [Self; 2] = [Self::X86_64, Self::Aarch64];
+
+    /// The name in the verdict lines.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The architectures a command-line name selects: the verdict name, the platform's
+    /// name (`x86-pv`, `arm64`, as the other tools take them), or `all`.
+    fn parse(name: &str) -> Option<Vec<Self>> {
+        match name {
+            "all" => Some(Self::ALL.to_vec()),
+            "x86_64" | "x86-pv" | "x86" => Some(vec![Self::X86_64]),
+            "aarch64" | "arm64" => Some(vec![Self::Aarch64]),
+            _ => None,
+        }
+    }
+
+    /// The numbers of checks and of device DMA checks the kernel must print.
+    const fn expected(self) -> (usize, usize) {
+        match self {
+            Self::X86_64 => (x86_64::EXPECTED_CHECKS, x86_64::EXPECTED_DEVICE_CHECKS),
+            Self::Aarch64 => (aarch64::EXPECTED_CHECKS, aarch64::EXPECTED_DEVICE_CHECKS),
+        }
+    }
+
+    /// Builds the architecture's kernel (and what it boots with) as `build` says.
+    fn prepare(self, root: &Path, build: &Build) -> Result<Box<dyn Kernel>, String> {
+        match self {
+            Self::X86_64 => Ok(Box::new(x86_64::prepare(root, build)?)),
+            Self::Aarch64 => Ok(Box::new(aarch64::prepare(root, build)?)),
+        }
+    }
+}
+
+/// A built kernel that can boot on a Xen release.
+pub(crate) trait Kernel {
+    /// Boots on `release` (fetching its hypervisor if needed) and returns what the console
+    /// printed; the console is written to `log`.
+    fn boot(&self, root: &Path, release: &XenRelease, log: &Path) -> Result<Boot, String>;
+
+    /// Checks of the architecture's own on a console that passed [`verdict`] (the domU
+    /// spoke, say); returns a note for the summary line.
+    fn after_pass(&self, _console: &str) -> Result<String, String> {
+        Ok(String::new())
+    }
+}
+
+/// How a kernel is built: where, and with which extra compiler flags.
+#[derive(Clone, Debug)]
+pub(crate) struct Build {
+    /// Cargo's target directory for the build.
+    pub target_dir: PathBuf,
+    /// Extra `RUSTFLAGS` (a mutant's `--cfg`), appended to the environment's.
+    pub rustflags: Option<String>,
+    /// Where the harness puts what it makes from the build (images, device trees).
+    pub out: PathBuf,
+}
+
+impl Build {
+    /// The ordinary build: the workspace's target directory, no extra flags; outputs go to
+    /// the architecture's build directory.
+    fn normal(root: &Path, arch: Arch) -> Result<Self, String> {
+        Ok(Self {
+            target_dir: target_dir(root),
+            rustflags: None,
+            out: build_dir(root, arch.name())?,
+        })
+    }
+
+    /// The build of `mutant`: `--cfg swiotlb_mutant="<name>"`, in a target directory of
+    /// its own (so the ordinary build stays cached), outputs under `mutants/<name>`.
+    fn mutant(root: &Path, arch: Arch, mutant: &Mutant) -> Result<Self, String> {
+        let out = build_dir(root, arch.name())?
+            .join("mutants")
+            .join(mutant.name);
+        fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+        Ok(Self {
+            target_dir: target_dir(root).join("mutants").join(mutant.name),
+            rustflags: Some(format!("--cfg swiotlb_mutant=\"{}\"", mutant.name)),
+            out,
+        })
+    }
+}
+
+/// A deliberate fault, compiled into the library only under `--cfg swiotlb_mutant="<name>"`
+/// (which only `cargo xtask xen-qemu mutants` sets). Every one must make the real-Xen run
+/// fail: a check that a mutant survives proves nothing about the fault it stands for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mutant {
+    /// The cfg value, as the library's `#[cfg(swiotlb_mutant = "...")]` spells it.
+    pub name: &'static str,
+    /// The architectures whose code it changes.
+    pub arches: &'static [Arch],
+    /// What it breaks.
+    pub what: &'static str,
+}
+
+/// The mutants. Their code is in the library crates (and, for a pool above the mask on
+/// arm64, in the kernel that places the pool); `docs/real-xen.md` lists which checks kill
+/// each.
+pub(crate) const MUTANTS: &[Mutant] = &[
+    Mutant {
+        name: "crosswise_remap",
+        arches: &[Arch::X86_64],
+        what: "after an exchange, the kernel mapping of page i gets the machine frame of \
+               page i^1 (P2M and bus addresses stay right)",
+    },
+    Mutant {
+        name: "foreign_off_by_one",
+        arches: &[Arch::Aarch64],
+        what: "a foreign page's bus address is one frame past the one Xen granted",
+    },
+    Mutant {
+        name: "mask_off_by_one",
+        arches: &[Arch::X86_64, Arch::Aarch64],
+        what: "the DMA mask check lets through one address bit more than the mask has",
+    },
+    Mutant {
+        name: "no_copy_back",
+        arches: &[Arch::X86_64, Arch::Aarch64],
+        what: "a bounced FromDevice mapping is never copied back to the original",
+    },
+    Mutant {
+        name: "slot_offset",
+        arches: &[Arch::X86_64, Arch::Aarch64],
+        what: "the bounce address is 64 bytes past the data's place in its slot",
+    },
+    Mutant {
+        name: "pool_above_mask",
+        arches: &[Arch::X86_64, Arch::Aarch64],
+        what: "the bounce pool is not made reachable below the device's mask",
+    },
+];
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    /// Boot the matrix of these architectures and releases.
+    Matrix(Vec<Arch>, Vec<XenRelease>),
+    /// Boot every mutant of these architectures on these releases.
+    Mutants(Vec<Arch>, Vec<XenRelease>),
+    /// Print the usage.
+    Help,
+}
+
+/// The usage text.
+const USAGE: &str = "usage: cargo xtask xen-qemu [ARCH] [--xen VERSION]\n       \
+     cargo xtask xen-qemu mutants [ARCH] [--xen VERSION]\n\
+     ARCH: x86_64 (or x86-pv), aarch64 (or arm64), all (default)\n\
+     VERSION: 4.17, 4.20 or all (default: all for the matrix, 4.17 for mutants)\n\
+     The matrix boots each kernel on each Xen release and pins its check counts; mutants\n\
+     boots kernels built with deliberate faults and fails unless every one FAILs.";
+
+/// Parses the arguments after `xen-qemu`.
+fn parse(args: &[String]) -> Result<Request, String> {
+    let mut mutants = false;
+    let mut arches = None;
+    let mut releases = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" | "help" => return Ok(Request::Help),
+            "mutants" if !mutants && arches.is_none() => mutants = true,
+            "--xen" => {
+                let v = it
+                    .next()
+                    .ok_or("--xen needs a version (4.17, 4.20 or all)")?;
+                releases = Some(parse_releases(v)?);
+            }
+            other if other.starts_with("--xen=") => {
+                releases = Some(parse_releases(&other["--xen=".len()..])?);
+            }
+            other if arches.is_none() && !other.starts_with('-') => {
+                arches = Some(Arch::parse(other).ok_or_else(|| {
+                    format!(
+                        "unknown architecture `{other}` (x86_64 or x86-pv, aarch64 or \
+                         arm64, all)"
+                    )
+                })?);
+            }
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    let arches = arches.unwrap_or_else(|| Arch::ALL.to_vec());
+    Ok(if mutants {
+        Request::Mutants(arches, releases.unwrap_or_else(|| vec![RELEASES[0]]))
+    } else {
+        Request::Matrix(arches, releases.unwrap_or_else(|| RELEASES.to_vec()))
+    })
+}
+
+/// The releases a `--xen` value selects.
+fn parse_releases(v: &str) -> Result<Vec<XenRelease>, String> {
+    if v == "all" {
+        return Ok(RELEASES.to_vec());
+    }
+    RELEASES
+        .iter()
+        .find(|r| r.version == v)
+        .map(|r| vec![*r])
+        .ok_or_else(|| {
+            let known: Vec<&str> = RELEASES.iter().map(|r| r.version).collect();
+            format!("unknown Xen version `{v}` ({} or all)", known.join(", "))
+        })
+}
+
+/// Runs the command with its arguments (see the module documentation).
 pub fn run(args: &[String]) -> ExitCode {
-    let which = match args {
-        [] => "all",
-        [one] => one.as_str(),
-        _ => {
-            eprintln!("usage: cargo xtask xen-qemu [x86_64|aarch64|all]");
+    let request = match parse(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("xtask xen-qemu: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let selected: Vec<&str> = match which {
-        "all" => ARCHES.to_vec(),
-        a if ARCHES.contains(&a) => vec![a],
-        other => {
-            eprintln!("xtask xen-qemu: unknown architecture `{other}` (x86_64, aarch64 or all)");
-            return ExitCode::from(2);
+    let root = workspace_root();
+    let result = match request {
+        Request::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
         }
+        Request::Matrix(arches, releases) => run_matrix(&root, &arches, &releases),
+        Request::Mutants(arches, releases) => run_mutants(&root, &arches, &releases),
     };
-    match run_arches(&workspace_root(), &selected) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("xtask xen-qemu: {message}");
@@ -49,36 +316,202 @@ pub fn run(args: &[String]) -> ExitCode {
     }
 }
 
-/// The `xen-qemu` CI step: every example boots and prints its PASS line.
+/// The `xen-qemu` CI step: every kernel boots on every release and passes.
 pub fn ci(root: &Path) -> Result<(), String> {
-    run_arches(root, ARCHES)
+    run_matrix(root, &Arch::ALL, RELEASES)
 }
 
-/// Runs every selected architecture (all of them, even after a failure) and reports the
-/// failures together.
-fn run_arches(root: &Path, arches: &[&str]) -> Result<(), String> {
-    let mut failures = Vec::new();
-    for arch in arches {
+/// The `xen-qemu-mutants` CI step: every mutant fails on the oldest release.
+pub fn ci_mutants(root: &Path) -> Result<(), String> {
+    run_mutants(root, &Arch::ALL, &RELEASES[..1])
+}
+
+/// The outcome of one kernel on one release.
+struct Cell {
+    arch: Arch,
+    release: XenRelease,
+    /// `Ok(summary)` or `Err(reason)`.
+    result: Result<String, String>,
+}
+
+/// Builds and boots every selected architecture on every selected release (all of them,
+/// even after a failure), prints the matrix, and reports the failures together.
+fn run_matrix(root: &Path, arches: &[Arch], releases: &[XenRelease]) -> Result<(), String> {
+    let mut cells = Vec::new();
+    for &arch in arches {
         let start = Instant::now();
-        println!("==> xen-qemu {arch}");
-        let result = match *arch {
-            "x86_64" => x86_64::run(root),
-            "aarch64" => aarch64::run(root),
-            other => Err(format!("unknown architecture {other}")),
-        };
-        let secs = start.elapsed().as_secs_f64();
-        match result {
-            Ok(()) => println!("==> xen-qemu {arch}: PASS in {secs:.1} s"),
-            Err(e) => {
-                println!("==> xen-qemu {arch}: FAILED in {secs:.1} s");
-                failures.push(format!("{arch}: {e}"));
+        println!("==> xen-qemu {}: build", arch.name());
+        let kernel = Build::normal(root, arch).and_then(|b| arch.prepare(root, &b));
+        println!(
+            "==> xen-qemu {}: built in {:.1} s",
+            arch.name(),
+            start.elapsed().as_secs_f64()
+        );
+        for release in releases {
+            let result = match &kernel {
+                Ok(k) => boot_and_judge(root, arch, k.as_ref(), release, None),
+                Err(e) => Err(format!("build: {e}")),
+            };
+            match &result {
+                Ok(s) => println!(
+                    "==> xen-qemu {} xen-{}: PASS {s}",
+                    arch.name(),
+                    release.version
+                ),
+                Err(_) => println!(
+                    "==> xen-qemu {} xen-{}: FAILED",
+                    arch.name(),
+                    release.version
+                ),
             }
+            cells.push(Cell {
+                arch,
+                release: *release,
+                result,
+            });
         }
     }
+    println!("{}", matrix_table(&cells, releases));
+    let failures: Vec<String> = cells
+        .iter()
+        .filter_map(|c| {
+            c.result
+                .as_ref()
+                .err()
+                .map(|e| format!("{} xen-{}: {e}", c.arch.name(), c.release.version))
+        })
+        .collect();
     if failures.is_empty() {
         Ok(())
     } else {
         Err(failures.join("\n"))
+    }
+}
+
+/// Boots `kernel` on `release` and judges the console: `Ok(summary)` when it passed.
+/// `log_name` overrides the console log's file name (mutants keep one log each).
+fn boot_and_judge(
+    root: &Path,
+    arch: Arch,
+    kernel: &dyn Kernel,
+    release: &XenRelease,
+    log_name: Option<&str>,
+) -> Result<String, String> {
+    let dir = release.dir(root, arch.name())?;
+    let log = dir.join(log_name.unwrap_or("console.log"));
+    let run = kernel.boot(root, release, &log)?;
+    let context = |e: String| {
+        format!(
+            "{e}\n(console: {}{}; last lines:)\n{}",
+            log.display(),
+            if run.timed_out {
+                ", QEMU timed out"
+            } else {
+                ""
+            },
+            tail(&run.console, 25)
+        )
+    };
+    let v =
+        verdict(arch.name(), release.version, &run.console, arch.expected()).map_err(context)?;
+    let note = kernel.after_pass(&run.console).map_err(context)?;
+    if run.timed_out {
+        return Err(format!(
+            "the kernel passed {} checks but QEMU did not exit in time (console: {})",
+            v.checks,
+            log.display()
+        ));
+    }
+    Ok(format!(
+        "({} checks, {} device DMA checks{note}); QEMU ran {:.1} s (console: {})",
+        v.checks,
+        v.device,
+        run.elapsed.as_secs_f64(),
+        log.display()
+    ))
+}
+
+/// The matrix as a table: one row per architecture, one column per release.
+fn matrix_table(cells: &[Cell], releases: &[XenRelease]) -> String {
+    let mut out = String::from("xen-qemu matrix:\n");
+    let _ = write!(out, "{:<10}", "");
+    for r in releases {
+        let _ = write!(out, " {:<34}", format!("xen-{}", r.version));
+    }
+    let mut arches: Vec<Arch> = cells.iter().map(|c| c.arch).collect();
+    arches.dedup();
+    for arch in arches {
+        let _ = write!(out, "\n{:<10}", arch.name());
+        for r in releases {
+            let text = match cells.iter().find(|c| c.arch == arch && c.release == *r) {
+                Some(Cell { result: Ok(s), .. }) => {
+                    format!("PASS {}", s.split(';').next().unwrap_or(""))
+                }
+                Some(Cell { result: Err(_), .. }) => "FAIL".to_owned(),
+                None => "-".to_owned(),
+            };
+            let _ = write!(out, " {text:<34}");
+        }
+    }
+    out
+}
+
+/// Builds and boots every mutant that touches a selected architecture, on every selected
+/// release, and fails unless every boot fails. Prints `mutants: K/N killed`.
+fn run_mutants(root: &Path, arches: &[Arch], releases: &[XenRelease]) -> Result<(), String> {
+    let mut killed = 0usize;
+    let mut total = 0usize;
+    let mut problems = Vec::new();
+    for mutant in MUTANTS {
+        for &arch in arches.iter().filter(|a| mutant.arches.contains(a)) {
+            let label = format!("{} on {}", mutant.name, arch.name());
+            println!("==> mutant {label}: {}", mutant.what);
+            let start = Instant::now();
+            let kernel =
+                match Build::mutant(root, arch, mutant).and_then(|b| arch.prepare(root, &b)) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        // A mutant that does not build proves nothing: that is the harness's
+                        // failure, not a kill.
+                        problems.push(format!("{label}: build failed: {e}"));
+                        continue;
+                    }
+                };
+            for release in releases {
+                total += 1;
+                let log = format!("mutant-{}.log", mutant.name);
+                match boot_and_judge(root, arch, kernel.as_ref(), release, Some(&log)) {
+                    Ok(summary) => {
+                        println!(
+                            "==> mutant {label} xen-{}: SURVIVED {summary}",
+                            release.version
+                        );
+                        problems.push(format!("{label} xen-{}: survived", release.version));
+                    }
+                    Err(reason) => {
+                        killed += 1;
+                        let first = reason
+                            .lines()
+                            .find(|l| !l.trim().is_empty() && !l.ends_with(':'))
+                            .unwrap_or("")
+                            .trim();
+                        println!(
+                            "==> mutant {label} xen-{}: killed in {:.1} s ({first})",
+                            release.version,
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    println!("mutants: {killed}/{total} killed");
+    if problems.is_empty() && total > 0 {
+        Ok(())
+    } else if total == 0 && problems.is_empty() {
+        Err("no mutant applies to the selected architectures".to_owned())
+    } else {
+        Err(problems.join("\n"))
     }
 }
 
@@ -153,7 +586,7 @@ pub(crate) fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
 
 /// Runs `command`, returning its stdout; on failure the error carries `what`, the status and
 /// the command's stderr.
-fn run_quiet(command: &mut Command, what: &str) -> Result<String, String> {
+pub(crate) fn run_quiet(command: &mut Command, what: &str) -> Result<String, String> {
     let out = command
         .output()
         .map_err(|e| format!("{what}: could not start: {e}"))?;
@@ -168,15 +601,117 @@ fn run_quiet(command: &mut Command, what: &str) -> Result<String, String> {
     }
 }
 
+/// The `.deb` of `release`'s hypervisor for Debian architecture `debarch` in `dir`: one
+/// already there, or one downloaded with `apt-get download` (no installation).
+///
+/// When the release's suite and `debarch` are the machine's own, the machine's package
+/// lists serve. Otherwise (the arm64 package, or another suite such as Debian 13's
+/// `trixie`) the harness keeps lists of its own in `dir/apt-lists`: for another
+/// architecture it passes apt that architecture, and for another suite a sources list of
+/// its own naming the machine's own Debian archive with that suite. The machine's dpkg
+/// architectures, sources and lists are never changed.
+pub(crate) fn fetch_xen_deb(
+    dir: &Path,
+    release: &XenRelease,
+    debarch: &str,
+) -> Result<PathBuf, String> {
+    let package = release.package(debarch);
+    if let Some(deb) = find_deb(dir, &package)? {
+        return Ok(deb);
+    }
+    let own_suite = machine_codename().as_deref() == Some(release.suite);
+    let own_arch = run_quiet(
+        Command::new("dpkg").arg("--print-architecture"),
+        "dpkg --print-architecture",
+    )?
+    .trim()
+        == debarch;
+    let mut options = Vec::new();
+    if !(own_suite && own_arch) {
+        let lists = dir.join("apt-lists");
+        fs::create_dir_all(lists.join("partial"))
+            .map_err(|e| format!("creating {}: {e}", lists.display()))?;
+        options.push(format!("-oAPT::Architecture={debarch}"));
+        options.push(format!("-oAPT::Architectures={debarch}"));
+        options.push(format!("-oDir::State::Lists={}", lists.display()));
+        if !own_suite {
+            let sources = dir.join("sources.list");
+            let keyring = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
+            let signed = if keyring.is_file() {
+                format!("[signed-by={}] ", keyring.display())
+            } else {
+                String::new()
+            };
+            let line = format!(
+                "deb {signed}{} {} main\n",
+                debian_archive_uri()?,
+                release.suite
+            );
+            fs::write(&sources, line).map_err(|e| format!("writing {}: {e}", sources.display()))?;
+            options.push(format!("-oDir::Etc::SourceList={}", sources.display()));
+            options.push("-oDir::Etc::SourceParts=/dev/null".to_owned());
+        }
+        println!(
+            "xen-qemu: apt-get update ({} {debarch} lists in {})",
+            release.suite,
+            lists.display()
+        );
+        let start = Instant::now();
+        let mut update = Command::new("apt-get");
+        update
+            .args(&options)
+            .args(["-q", "update"])
+            .stdin(Stdio::null());
+        run_quiet(
+            &mut update,
+            &format!("apt-get update ({} {debarch})", release.suite),
+        )?;
+        println!(
+            "xen-qemu: lists updated in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    fetch_deb(dir, &package, &options)
+}
+
+/// The machine's Debian codename (`VERSION_CODENAME` of `/etc/os-release`).
+fn machine_codename() -> Option<String> {
+    let text = fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+}
+
+/// The URI of the Debian archive the machine's own apt sources use for its base suite,
+/// from `apt-get indextargets`, so that another suite is fetched from the same place.
+fn debian_archive_uri() -> Result<String, String> {
+    let mut command = Command::new("apt-get");
+    command
+        .args(["indextargets", "--format", "$(REPO_URI) $(RELEASE)"])
+        .stdin(Stdio::null());
+    let out = run_quiet(&mut command, "apt-get indextargets")?;
+    let codename = machine_codename().unwrap_or_default();
+    let entries: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once(' ')).collect();
+    entries
+        .iter()
+        .find(|(_, release)| *release == codename)
+        .or_else(|| {
+            entries
+                .iter()
+                .find(|(uri, _)| uri.trim_end_matches('/').ends_with("/debian"))
+        })
+        .map(|(uri, _)| (*uri).to_owned())
+        .ok_or_else(|| {
+            "no Debian archive in the machine's apt sources (apt-get indextargets; run \
+             `apt-get update` first)"
+                .to_owned()
+        })
+}
+
 /// The `.deb` of `package` in `dir`: one already there (`<package>_*.deb`), or one
 /// downloaded with `apt-get [apt_options] download <package>` (no installation; works as
-/// any user). `apt_options` are passed before `download`, e.g. the arm64 architecture and
-/// lists directory options of `../shared/REAL-XEN.md`.
-pub(crate) fn fetch_deb(
-    dir: &Path,
-    package: &str,
-    apt_options: &[String],
-) -> Result<PathBuf, String> {
+/// any user).
+fn fetch_deb(dir: &Path, package: &str, apt_options: &[String]) -> Result<PathBuf, String> {
     if let Some(deb) = find_deb(dir, package)? {
         return Ok(deb);
     }
@@ -237,13 +772,29 @@ pub(crate) fn unpack_deb(deb: &Path, dest: &Path, marker: &str) -> Result<PathBu
     }
 }
 
-/// Builds the binary of example package `package` for `target` in release mode (cargo
-/// inherits `CARGO_TARGET_DIR`) and returns the path of the ELF.
-pub(crate) fn build_example(root: &Path, package: &str, target: &str) -> Result<PathBuf, String> {
+/// Builds the binary of example package `package` for `target` in release mode as `build`
+/// says (its target directory and extra `RUSTFLAGS`) and returns the path of the ELF.
+pub(crate) fn build_example(
+    root: &Path,
+    package: &str,
+    target: &str,
+    build: &Build,
+) -> Result<PathBuf, String> {
     let start = Instant::now();
-    let status = Command::new("cargo")
+    let mut command = Command::new("cargo");
+    command
         .args(["build", "--release", "-p", package, "--target", target])
-        .current_dir(root)
+        .env("CARGO_TARGET_DIR", &build.target_dir)
+        .current_dir(root);
+    if let Some(extra) = &build.rustflags {
+        let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+        if !flags.is_empty() {
+            flags.push(' ');
+        }
+        flags.push_str(extra);
+        command.env("RUSTFLAGS", flags);
+    }
+    let status = command
         .status()
         .map_err(|e| format!("could not start cargo: {e}"))?;
     if !status.success() {
@@ -251,12 +802,17 @@ pub(crate) fn build_example(root: &Path, package: &str, target: &str) -> Result<
             "cargo build -p {package} --target {target} exited with {status}"
         ));
     }
-    let elf = target_dir(root).join(target).join("release").join(package);
+    let elf = build.target_dir.join(target).join("release").join(package);
     if !elf.is_file() {
         return Err(format!("cargo build produced no {}", elf.display()));
     }
     println!(
-        "xen-qemu: built {package} for {target} in {:.1} s",
+        "xen-qemu: built {package} for {target}{} in {:.1} s",
+        build
+            .rustflags
+            .as_deref()
+            .map(|f| format!(" with {f}"))
+            .unwrap_or_default(),
         start.elapsed().as_secs_f64()
     );
     Ok(elf)
@@ -327,45 +883,116 @@ pub(crate) fn check_prefix(arch: &str) -> String {
     format!("XEN-QEMU {arch} check ")
 }
 
-/// Reads the verdict of `arch` from a console log. Succeeds with the number of checks only
-/// if the console holds `XEN-QEMU <arch>: PASS (N checks)`, no `XEN-QEMU <arch>: FAIL`, no
-/// failed check line, and exactly N check lines that say `ok`. Lines may carry a prefix
-/// (Xen's timestamps), so markers are searched anywhere in a line.
-pub(crate) fn verdict(arch: &str, console: &str) -> Result<usize, String> {
+/// What QEMU's `edu` device prints when it was told to DMA outside its mask and used the
+/// clamped (wrong) address instead.
+pub(crate) const EDU_CLAMP: &str = "EDU: clamping DMA";
+
+/// The counts a passing console showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Check lines, all `ok`.
+    pub checks: usize,
+    /// The device DMA checks among them (names starting with `dev-`).
+    pub device: usize,
+}
+
+/// Whether check `name` (after its optional `NN-` number) is a device DMA check.
+fn is_device_check(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let name = if bytes.len() > 3 && bytes[..2].iter().all(u8::is_ascii_digit) && bytes[2] == b'-' {
+        &name[3..]
+    } else {
+        name
+    };
+    name.starts_with("dev-")
+}
+
+/// Reads the verdict of `arch` booted on Xen `version` from a console log. Succeeds only if
+/// the console holds `XEN-QEMU <arch> xen-<version>: PASS (N checks, D device DMA checks)`,
+/// no FAIL verdict, no failed check line, exactly N check lines that say `ok` of which D are
+/// device DMA checks, `(N, D)` equal to `expected`, and no `EDU: clamping DMA` line. Lines
+/// may carry a prefix (Xen's timestamps), so markers are searched anywhere in a line.
+pub(crate) fn verdict(
+    arch: &str,
+    version: &str,
+    console: &str,
+    expected: (usize, usize),
+) -> Result<Verdict, String> {
     let check = check_prefix(arch);
-    let pass = format!("XEN-QEMU {arch}: PASS (");
-    let fail = format!("XEN-QEMU {arch}: FAIL");
+    let head = format!("XEN-QEMU {arch} xen-");
+    let legacy_fail = format!("XEN-QEMU {arch}: FAIL");
     let mut ok = 0usize;
+    let mut device = 0usize;
     let mut failed = Vec::new();
     let mut claimed = None;
     for line in console.lines() {
         if let Some(at) = line.find(&check) {
             let rest = &line[at + check.len()..];
             match rest.split_once(": ") {
-                Some((_, status)) if status.starts_with("ok") => ok += 1,
+                Some((name, status)) if status.starts_with("ok") => {
+                    ok += 1;
+                    device += usize::from(is_device_check(name));
+                }
                 _ => failed.push(rest.trim().to_owned()),
             }
-        } else if line.contains(&fail) {
+        } else if line.contains(EDU_CLAMP) {
+            failed.push(format!(
+                "the device DMAed outside its mask: {}",
+                line.trim()
+            ));
+        } else if line.contains(&legacy_fail) {
             failed.push(line.trim().to_owned());
-        } else if let Some(at) = line.find(&pass) {
-            let n = line[at + pass.len()..]
-                .split_once(" checks)")
-                .and_then(|(n, _)| n.parse::<usize>().ok());
-            claimed = Some(n.ok_or_else(|| format!("malformed PASS line: {line}"))?);
+        } else if let Some(at) = line.find(&head) {
+            let rest = &line[at + head.len()..];
+            let (seen, outcome) = rest
+                .split_once(": ")
+                .ok_or_else(|| format!("malformed verdict line: {line}"))?;
+            if seen != version {
+                failed.push(format!(
+                    "the kernel reports Xen {seen} but the harness booted Xen {version}"
+                ));
+            }
+            if let Some(counts) = outcome.strip_prefix("PASS (") {
+                claimed = Some(
+                    parse_counts(counts).ok_or_else(|| format!("malformed PASS line: {line}"))?,
+                );
+            } else {
+                failed.push(line.trim().to_owned());
+            }
         }
     }
     if !failed.is_empty() {
         return Err(format!("failed checks:\n  {}", failed.join("\n  ")));
     }
-    match claimed {
-        None => Err(format!(
-            "no `XEN-QEMU {arch}: PASS` line ({ok} checks said ok)"
-        )),
-        Some(n) if n != ok || n == 0 => Err(format!(
-            "the PASS line claims {n} checks but {ok} check lines said ok"
-        )),
-        Some(n) => Ok(n),
+    let Some((n, d)) = claimed else {
+        return Err(format!(
+            "no `XEN-QEMU {arch} xen-{version}: PASS` line ({ok} checks said ok)"
+        ));
+    };
+    if n != ok || d != device || n == 0 {
+        return Err(format!(
+            "the PASS line claims {n} checks ({d} device DMA checks) but {ok} check lines \
+             said ok ({device} device DMA checks)"
+        ));
     }
+    if (n, d) != expected {
+        return Err(format!(
+            "{n} checks ({d} device DMA checks) passed but the harness expects {} ({}): a \
+             check went missing or was added without pinning it in xtask/src/xen_qemu/{arch}.rs",
+            expected.0, expected.1
+        ));
+    }
+    Ok(Verdict {
+        checks: n,
+        device: d,
+    })
+}
+
+/// Parses `N checks, D device DMA checks)`.
+fn parse_counts(text: &str) -> Option<(usize, usize)> {
+    let (n, rest) = text.split_once(" checks, ")?;
+    let (d, _) = rest.split_once(" device DMA checks)")?;
+    Some((n.parse().ok()?, d.parse().ok()?))
 }
 
 /// The last `n` lines of `text`, for error messages.
@@ -378,30 +1005,102 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
 mod tests {
     use super::*;
 
+    const PASS: &str = "(XEN) boot\nXEN-QEMU x86_64 check a: ok fine\n\
+        [  1.0] XEN-QEMU x86_64 check dev-b: ok 3 frames\n\
+        XEN-QEMU x86_64 xen-4.17: PASS (2 checks, 1 device DMA checks)\n";
+
     #[test]
-    fn verdict_needs_the_pass_line_and_matching_ok_lines() {
-        let good = "(XEN) boot\nXEN-QEMU x86_64 check a: ok fine\n\
-                    [  1.0] XEN-QEMU x86_64 check b: ok 3 frames\nXEN-QEMU x86_64: PASS (2 checks)\n";
-        assert_eq!(verdict("x86_64", good), Ok(2));
+    fn verdict_needs_the_pass_line_matching_ok_lines_and_the_pinned_counts() {
+        assert_eq!(
+            verdict("x86_64", "4.17", PASS, (2, 1)),
+            Ok(Verdict {
+                checks: 2,
+                device: 1
+            })
+        );
         // The other architecture's lines do not count.
-        assert!(verdict("aarch64", good).is_err());
-        let short = "XEN-QEMU x86_64 check a: ok\nXEN-QEMU x86_64: PASS (2 checks)\n";
-        assert!(verdict("x86_64", short).unwrap_err().contains("claims 2"));
-        let failed = "XEN-QEMU x86_64 check a: FAIL bad\nXEN-QEMU x86_64: PASS (1 checks)\n";
+        assert!(verdict("aarch64", "4.17", PASS, (2, 1)).is_err());
+        // Another release than the one booted.
+        let err = verdict("x86_64", "4.20", PASS, (2, 1)).unwrap_err();
+        assert!(err.contains("reports Xen 4.17"), "{err}");
+        // Pinned counts: one check fewer, or one device check fewer, fails.
         assert!(
-            verdict("x86_64", failed)
+            verdict("x86_64", "4.17", PASS, (3, 1))
+                .unwrap_err()
+                .contains("expects 3")
+        );
+        assert!(verdict("x86_64", "4.17", PASS, (2, 2)).is_err());
+        let short = "XEN-QEMU x86_64 check a: ok\nXEN-QEMU x86_64 xen-4.17: PASS (2 checks, 0 device DMA checks)\n";
+        assert!(
+            verdict("x86_64", "4.17", short, (2, 0))
+                .unwrap_err()
+                .contains("claims 2")
+        );
+        let failed = "XEN-QEMU x86_64 check a: FAIL bad\nXEN-QEMU x86_64 xen-4.17: PASS (1 checks, 0 device DMA checks)\n";
+        assert!(
+            verdict("x86_64", "4.17", failed, (1, 0))
                 .unwrap_err()
                 .contains("a: FAIL bad")
         );
         let none = "XEN-QEMU x86_64 check a: ok\n(XEN) crash\n";
         assert!(
-            verdict("x86_64", none)
+            verdict("x86_64", "4.17", none, (1, 0))
                 .unwrap_err()
-                .contains("no `XEN-QEMU x86_64: PASS`")
+                .contains("no `XEN-QEMU x86_64 xen-4.17: PASS`")
         );
-        let verdict_fail = "XEN-QEMU x86_64 check a: ok\nXEN-QEMU x86_64: FAIL (1 of 2)\n";
-        assert!(verdict("x86_64", verdict_fail).is_err());
-        assert!(verdict("x86_64", "XEN-QEMU x86_64: PASS (0 checks)\n").is_err());
+        let fail = "XEN-QEMU x86_64 check a: ok\nXEN-QEMU x86_64 xen-4.17: FAIL (1 of 2)\n";
+        assert!(verdict("x86_64", "4.17", fail, (1, 0)).is_err());
+        let zero = "XEN-QEMU x86_64 xen-4.17: PASS (0 checks, 0 device DMA checks)\n";
+        assert!(verdict("x86_64", "4.17", zero, (0, 0)).is_err());
+    }
+
+    #[test]
+    fn a_clamped_device_access_fails_the_run() {
+        let clamped =
+            format!("{PASS}EDU: clamping DMA 0x0000000110000000 to 0x0000000000000000!\n");
+        let err = verdict("x86_64", "4.17", &clamped, (2, 1)).unwrap_err();
+        assert!(err.contains("outside its mask"), "{err}");
+    }
+
+    #[test]
+    fn device_checks_are_named_dev_after_an_optional_number() {
+        assert!(is_device_check("dev-direct"));
+        assert!(is_device_check("07-dev-foreign-write"));
+        assert!(!is_device_check("07-grant-map"));
+        assert!(!is_device_check("device"));
+    }
+
+    #[test]
+    fn arguments_select_arches_releases_and_mutants() {
+        let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            parse(&args("")),
+            Ok(Request::Matrix(Arch::ALL.to_vec(), RELEASES.to_vec()))
+        );
+        assert_eq!(
+            parse(&args("arm64 --xen 4.20")),
+            Ok(Request::Matrix(vec![Arch::Aarch64], vec![RELEASES[1]]))
+        );
+        assert_eq!(
+            parse(&args("mutants x86-pv")),
+            Ok(Request::Mutants(vec![Arch::X86_64], vec![RELEASES[0]]))
+        );
+        assert_eq!(parse(&args("--help")), Ok(Request::Help));
+        assert!(parse(&args("sparc")).is_err());
+        assert!(parse(&args("all --xen 9.9")).is_err());
+        assert!(parse(&args("all x86_64")).is_err());
+    }
+
+    #[test]
+    fn every_mutant_is_declared_to_the_compiler() {
+        let manifest = include_str!("../../../Cargo.toml");
+        for m in MUTANTS {
+            assert!(
+                manifest.contains(&format!("\"{}\"", m.name)),
+                "mutant {} is not in the workspace's check-cfg values",
+                m.name
+            );
+        }
     }
 
     #[test]

@@ -1,18 +1,16 @@
-//! The x86_64 half of `xen-qemu`: Debian's Xen 4.17 hypervisor boots the
-//! `examples/x86_64-pv-dom0` kernel as its PV dom0 under QEMU (TCG).
+//! The x86_64 half of `xen-qemu`: Debian's Xen hypervisor (each release of the matrix)
+//! boots the `examples/x86_64-pv-dom0` kernel as its PV dom0 under QEMU (TCG).
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{boot, build_dir, build_example, ensure_tools, fetch_deb, tail, unpack_deb, verdict};
+use super::{
+    Boot, Build, Kernel, XenRelease, boot, build_example, ensure_tools, fetch_xen_deb, unpack_deb,
+};
 
 /// The architecture's name in the verdict lines.
 const ARCH: &str = "x86_64";
-/// The hypervisor package (about 2 MB).
-const XEN_PACKAGE: &str = "xen-hypervisor-4.17-amd64";
-/// The gzipped multiboot ELF in the package; QEMU's `-kernel` needs it unzipped.
-const XEN_GZ: &str = "boot/xen-4.17-amd64.gz";
 /// The example's package name.
 const EXAMPLE: &str = "x86_64-pv-dom0";
 /// QEMU's time limit: a boot takes seconds, so this only catches a hang.
@@ -24,8 +22,19 @@ pub(crate) const QEMU_MEMORY: &str = "6G";
 pub(crate) const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all \
      dom0_mem=512M,max:512M console_timestamps=boot";
 
-/// Fetches the hypervisor, builds the kernel, boots it and checks the verdict.
-pub fn run(root: &Path) -> Result<(), String> {
+/// The number of check lines the kernel must print.
+pub(crate) const EXPECTED_CHECKS: usize = 14;
+/// How many of them are device DMA checks (names starting with `dev-`).
+pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 0;
+
+/// The built kernel.
+pub(crate) struct X86Kernel {
+    /// The PV dom0 ELF.
+    elf: PathBuf,
+}
+
+/// Builds the kernel as `build` says.
+pub(crate) fn prepare(root: &Path, build: &Build) -> Result<X86Kernel, String> {
     ensure_tools(&[
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("timeout", "coreutils"),
@@ -33,48 +42,37 @@ pub fn run(root: &Path) -> Result<(), String> {
         ("apt-get", "apt"),
         ("gunzip", "gzip"),
     ])?;
-    let dir = build_dir(root, ARCH)?;
-    let fetch = Instant::now();
-    let deb = fetch_deb(&dir, XEN_PACKAGE, &[])?;
-    let gz = unpack_deb(&deb, &dir.join("pkg"), XEN_GZ)?;
-    let xen = dir.join("xen-4.17-amd64");
-    if !xen.is_file() {
-        gunzip(&gz, &xen)?;
+    let elf = build_example(root, EXAMPLE, "x86_64-unknown-none", build)?;
+    Ok(X86Kernel { elf })
+}
+
+impl Kernel for X86Kernel {
+    fn boot(&self, root: &Path, release: &XenRelease, log: &Path) -> Result<Boot, String> {
+        let xen = hypervisor(root, release)?;
+        let argv = command_line(&xen, &self.elf);
+        boot(&argv, LIMIT, log)
     }
+}
+
+/// The release's hypervisor, fetched and unpacked if missing: the package's gzipped
+/// multiboot ELF, gunzipped next to it (QEMU's `-kernel` needs it unzipped).
+fn hypervisor(root: &Path, release: &XenRelease) -> Result<PathBuf, String> {
+    let dir = release.dir(root, ARCH)?;
+    let name = format!("xen-{}-amd64", release.version);
+    let xen = dir.join(&name);
+    if xen.is_file() {
+        return Ok(xen);
+    }
+    let fetch = Instant::now();
+    let deb = fetch_xen_deb(&dir, release, "amd64")?;
+    let gz = unpack_deb(&deb, &dir.join("pkg"), &format!("boot/{name}.gz"))?;
+    gunzip(&gz, &xen)?;
     println!(
         "xen-qemu: hypervisor ready in {:.1} s: {}",
         fetch.elapsed().as_secs_f64(),
         xen.display()
     );
-    let kernel = build_example(root, EXAMPLE, "x86_64-unknown-none")?;
-    let argv = command_line(&xen, &kernel);
-    let log = dir.join("console.log");
-    let run = boot(&argv, LIMIT, &log)?;
-    let checks = verdict(ARCH, &run.console).map_err(|e| {
-        format!(
-            "{e}\n(console: {}{}; last lines:)\n{}",
-            log.display(),
-            if run.timed_out {
-                ", QEMU timed out"
-            } else {
-                ""
-            },
-            tail(&run.console, 25)
-        )
-    })?;
-    if run.timed_out {
-        return Err(format!(
-            "the kernel passed {checks} checks but QEMU did not exit within {} s (console: {})",
-            LIMIT.as_secs(),
-            log.display()
-        ));
-    }
-    println!(
-        "xen-qemu: XEN-QEMU {ARCH}: PASS ({checks} checks); QEMU ran {:.1} s (console: {})",
-        run.elapsed.as_secs_f64(),
-        log.display()
-    );
-    Ok(())
+    Ok(xen)
 }
 
 /// QEMU's command line: Xen as the multiboot kernel, the dom0 ELF as its first module.
