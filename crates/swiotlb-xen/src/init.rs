@@ -496,12 +496,23 @@ where
     let max_bits = options
         .max_address_bits
         .clamp(SEGMENT_ORDER + XEN_PAGE_SHIFT, 64);
+    // The mutant of `cargo xtask xen-qemu mutants`: the caller's limit is ignored and Xen is
+    // asked for memory below 4 GiB only, so the pool is not made reachable for a device
+    // with a smaller mask.
+    #[cfg(swiotlb_mutant = "pool_above_mask")]
+    let max_bits = {
+        let _ = max_bits;
+        MAX_DMA_BITS
+    };
     let mut fx = Fixup {
         platform: &platform,
         start: phys.as_u64(),
         end: end.as_u64(),
         cursor: phys.as_u64(),
+        #[cfg(not(swiotlb_mutant = "pool_above_mask"))]
         bits: SEGMENT_ORDER + XEN_PAGE_SHIFT,
+        #[cfg(swiotlb_mutant = "pool_above_mask")]
+        bits: max_bits,
         // A chunk must fit below the limit: the cap never exceeds `max_bits - 12`.
         cap: options
             .max_order

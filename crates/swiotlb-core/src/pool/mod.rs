@@ -526,7 +526,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         // SAFETY: the slots are ours (RESERVED), so the pool range `tlb..tlb + size`, which
         // lies inside the allocation, is touched by nobody else; the caller vouches for the
         // original range.
-        unsafe { self.mem.copy(tlb, orig, size) };
+        unsafe { self.mem.copy(data_place(tlb), orig, size) };
         self.slots()[head]
             .state
             .store(state::HEAD, Ordering::Release);
@@ -576,6 +576,12 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let not_mapped = Error::NotMapped { addr: tlb_addr };
         let h = &self.slots()[idx];
         let in_slot = (tlb_addr.as_u64() - self.start.as_u64()) & SLOT_MASK;
+        // The mutant of `cargo xtask xen-qemu mutants`: a FromDevice mapping is never
+        // copied back at unmap.
+        #[cfg(swiotlb_mutant = "no_copy_back")]
+        let copy_back =
+            dir == DmaDirection::Bidirectional && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
+        #[cfg(not(swiotlb_mutant = "no_copy_back"))]
         let copy_back = dir.from_device() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
         let area = &self.areas[self.area_of(idx)];
         if !copy_back {
@@ -615,7 +621,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             // SAFETY: the mapping is claimed, so its slots stay allocated; `len` is within
             // the mapping in the pool and within the original, which the mapper vouched
             // for until this unmap returns.
-            unsafe { self.mem.copy(orig, tlb_addr, len) };
+            unsafe { self.mem.copy(orig, data_place(tlb_addr), len) };
         }
         let mut st = area.lock.lock();
         self.release(idx, &mut st);
@@ -700,9 +706,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             // vouched for until unmap.
             unsafe {
                 if to_pool {
-                    self.mem.copy(tlb_addr, r.orig, r.len);
+                    self.mem.copy(data_place(tlb_addr), r.orig, r.len);
                 } else {
-                    self.mem.copy(r.orig, tlb_addr, r.len);
+                    self.mem.copy(r.orig, data_place(tlb_addr), r.len);
                 }
             }
             // CAST: usize fits in u64.
@@ -939,4 +945,15 @@ pub struct InvariantViolation {
     pub slot: usize,
     /// What is wrong.
     pub what: &'static str,
+}
+
+/// Where the bytes of the bounce address `tlb` are kept in the pool: `tlb` itself. (Under
+/// the mutant `slot_offset` of `cargo xtask xen-qemu mutants`, 64 bytes further on, so that
+/// the CPU's copies agree with each other but not with what the device is given.)
+#[inline]
+const fn data_place(tlb: PhysAddr) -> PhysAddr {
+    #[cfg(swiotlb_mutant = "slot_offset")]
+    return PhysAddr::new(tlb.as_u64() + 64);
+    #[cfg(not(swiotlb_mutant = "slot_offset"))]
+    tlb
 }
