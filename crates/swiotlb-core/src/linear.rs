@@ -84,7 +84,7 @@ impl LinearMap {
     /// # Safety
     ///
     /// `[addr, addr + len)` must lie inside the region.
-    unsafe fn ptr(&self, addr: PhysAddr, len: usize) -> *mut u8 {
+    pub(crate) unsafe fn ptr(&self, addr: PhysAddr, len: usize) -> *mut u8 {
         debug_assert!(
             self.covers(addr, len),
             "LinearMap: {addr}+{len:#x} outside the region"

@@ -74,6 +74,25 @@ unsafe impl PhysMemory for SimMemory {
     }
 }
 
+// SAFETY: each copy goes through the caller's pointer (a slice made from it for the call
+// only, which the contract allows: nobody else accesses the buffer meanwhile) and the
+// simulator's frame storage of exactly `len` bytes, under the machine's lock.
+unsafe impl swiotlb_core::engine::BufferMemory for SimMemory {
+    unsafe fn copy_from_buffer(&self, dst: PhysAddr, src: std::ptr::NonNull<u8>, len: usize) {
+        // SAFETY: the contract makes `src` valid for reads of `len` bytes, unwritten during
+        // the call.
+        let data = unsafe { std::slice::from_raw_parts(src.as_ptr(), len) };
+        self.write(dst, data);
+    }
+
+    unsafe fn copy_to_buffer(&self, dst: std::ptr::NonNull<u8>, src: PhysAddr, len: usize) {
+        // SAFETY: the contract makes `dst` valid for writes of `len` bytes, accessed by
+        // nobody else during the call.
+        let buf = unsafe { std::slice::from_raw_parts_mut(dst.as_ptr(), len) };
+        self.read(src, buf);
+    }
+}
+
 impl fmt::Debug for SimMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimMemory")

@@ -2,7 +2,7 @@
 
 use super::DmaEngine;
 use super::error::DmaError;
-use super::pages::PageAllocator;
+use super::pages::{BlockState, PageAllocator};
 use super::stats::bump;
 use crate::addr::{BusAddr, PhysAddr, XEN_PAGE_SHIFT, XEN_PAGE_SIZE};
 use crate::dma::Device;
@@ -196,6 +196,7 @@ where
             }
             return Err(unreachable(Some(bus)));
         }
+        self.pages.set_exchanged(phys, order);
         Ok(CoherentAlloc {
             phys,
             bus,
@@ -250,5 +251,90 @@ where
         unsafe { self.pages.free_pages(alloc.phys, alloc.order) };
         bump(&self.counters.coherent_frees);
         Ok(())
+    }
+
+    /// [`free_coherent`](Self::free_coherent) from the addresses alone: frees the coherent
+    /// allocation of `size` bytes that the CPU reaches at `phys` and `dev` at `bus`, as
+    /// Linux's `xen_swiotlb_free_coherent` does from `(vaddr, dma_handle, size)`.
+    ///
+    /// This is for callers that keep only the two addresses (virtio-drivers' `dma_dealloc`,
+    /// a C-style `dma_free_coherent`). What the [`CoherentAlloc`] record would say comes from
+    /// the page allocator, which keeps Linux's per-page `PageXenRemapped` bit
+    /// ([`PageAllocator::block_state`], [`PageAllocator::set_exchanged`]), and the handle is
+    /// checked before anything is freed: the allocator must know `phys` as a live block of
+    /// the order of `size`, and the block must translate to exactly `bus` (bus-contiguous;
+    /// the physical address itself for a device behind an IOMMU).
+    ///
+    /// # Errors
+    ///
+    /// Nothing is freed after any of these: [`DmaError::ZeroSize`],
+    /// [`DmaError::CoherentTooLarge`], [`DmaError::CoherentNoRecords`] (the allocator keeps
+    /// no records), [`DmaError::CoherentNotAllocated`] (a double free, an address inside an
+    /// allocation, a size of another order), [`DmaError::CoherentMismatch`] (a bus address
+    /// that is not the allocation's), and [`DmaError::CoherentDestroy`] (the platform could
+    /// not give the exchange back; the allocation is still live and may be freed again).
+    ///
+    /// # Safety
+    ///
+    /// Neither the CPU (no reference, no pointer used afterwards) nor any device may use the
+    /// memory any more, no other free of the same allocation may run at the same time, and
+    /// `dev` must describe the device it was allocated for (whether it is behind an IOMMU).
+    /// The addresses themselves are checked.
+    pub unsafe fn free_coherent_at(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        size: usize,
+    ) -> Result<(), DmaError> {
+        let alloc = self
+            .coherent_record(dev, phys, bus, size)
+            .inspect_err(|_| bump(&self.counters.coherent_failures))?;
+        // SAFETY: the record was rebuilt from the allocator's and the platform's answers for
+        // a live allocation of this engine; the caller guarantees nobody uses it.
+        unsafe { self.free_coherent(dev, alloc) }.map_err(|e| e.source)
+    }
+
+    /// The [`CoherentAlloc`] that [`free_coherent_at`](Self::free_coherent_at) frees, after
+    /// its checks.
+    fn coherent_record(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        bus: BusAddr,
+        size: usize,
+    ) -> Result<CoherentAlloc, DmaError> {
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        let order = get_order(size).ok_or(DmaError::CoherentTooLarge { size })?;
+        let exchanged = match self.pages.block_state(phys, order) {
+            None => return Err(DmaError::CoherentNoRecords { phys, order }),
+            Some(BlockState::Free) => return Err(DmaError::CoherentNotAllocated { phys, order }),
+            Some(BlockState::Allocated { exchanged }) => exchanged,
+        };
+        let block = XEN_PAGE_SIZE << order;
+        let expected = if dev.behind_iommu {
+            Some(BusAddr::new(phys.as_u64()))
+        } else if phys.checked_last(block).is_some() {
+            self.contiguous_bus(phys, block).ok()
+        } else {
+            None
+        };
+        if expected != Some(bus) {
+            return Err(DmaError::CoherentMismatch {
+                phys,
+                bus,
+                size,
+                expected,
+            });
+        }
+        Ok(CoherentAlloc {
+            phys,
+            bus,
+            size,
+            order,
+            exchanged,
+        })
     }
 }

@@ -227,6 +227,64 @@ pub enum DmaError {
         #[source]
         source: PlatformError,
     },
+    /// [`free_coherent_at`](crate::engine::DmaEngine::free_coherent_at) was called with a
+    /// page allocator that keeps no records ([`crate::engine::PageAllocator::block_state`]
+    /// answers `None`); nothing was freed.
+    #[error("the page allocator keeps no records: cannot free {phys} (order {order}) by address")]
+    CoherentNoRecords {
+        /// The address given.
+        phys: PhysAddr,
+        /// The order of the size given.
+        order: u32,
+    },
+    /// The address given to
+    /// [`free_coherent_at`](crate::engine::DmaEngine::free_coherent_at) is not the start of a
+    /// live allocation of that order (a double free, an address inside an allocation, a size
+    /// of another order); nothing was freed.
+    #[error("{phys} is not a live coherent allocation of order {order}")]
+    CoherentNotAllocated {
+        /// The address given.
+        phys: PhysAddr,
+        /// The order of the size given.
+        order: u32,
+    },
+    /// The bus address given to
+    /// [`free_coherent_at`](crate::engine::DmaEngine::free_coherent_at) is not the one the
+    /// allocation's pages translate to (`expected` is `None` when they are not
+    /// bus-contiguous); nothing was freed.
+    #[error("coherent buffer {phys} +{size:#x} is at bus {expected:?}, not {bus}")]
+    CoherentMismatch {
+        /// The CPU address given.
+        phys: PhysAddr,
+        /// The bus address given.
+        bus: BusAddr,
+        /// The size given.
+        size: usize,
+        /// The bus address the pages translate to, if they are bus-contiguous.
+        expected: Option<BusAddr>,
+    },
+    /// A buffer the CPU reaches at no known physical address must be bounced
+    /// ([`map_buffer`](crate::engine::DmaEngine::map_buffer)), but there is no bounce pool
+    /// (`source` is `None`) or the pool refused.
+    #[error("bouncing a buffer of {size:#x} bytes with no physical address failed ({source:?})")]
+    BufferBounce {
+        /// The size.
+        size: usize,
+        /// The pool's error, if there is a pool.
+        source: Option<PoolError>,
+    },
+    /// The bus address given to
+    /// [`unmap_buffer`](crate::engine::DmaEngine::unmap_buffer) lies in the bounce pool but
+    /// not in a live bounce buffer of that size; nothing was copied or freed.
+    #[error("bounce buffer {tlb} (bus {bus}) +{size:#x} is not a live buffer mapping")]
+    BufferNotMapped {
+        /// The bus address given.
+        bus: BusAddr,
+        /// The bounce address it translates to.
+        tlb: PhysAddr,
+        /// The size given.
+        size: usize,
+    },
 }
 
 /// Why a scatter-gather operation failed.

@@ -37,6 +37,7 @@
 //! (`None`): the platform maintains those by bus address, as Linux's `xen_dma_sync_for_cpu`
 //! does for a DMA address that is not `pfn_valid`.
 
+mod buffer;
 mod coherent;
 mod error;
 mod pages;
@@ -45,9 +46,10 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use buffer::BufferMemory;
 pub use coherent::{CoherentAlloc, CoherentFreeError, MAX_COHERENT_ORDER};
 pub use error::{BounceReason, DmaError, EngineInitError, SgError};
-pub use pages::{NoPageAllocator, PageAllocator};
+pub use pages::{BlockState, NoPageAllocator, PageAllocator};
 pub use sg::SgEntry;
 pub use stats::EngineStats;
 
@@ -265,6 +267,79 @@ where
         if phys.checked_last(len).is_none() {
             return Err(DmaError::AddressOverflow { phys, size });
         }
+        let reason = match self.try_direct(dev, phys, size, dir, attrs)? {
+            Ok(bus) => return Ok(bus),
+            Err(reason) => reason,
+        };
+        let Some(pool) = &self.pool else {
+            return Err(DmaError::NoPool { phys, size, reason });
+        };
+        let cpu = (self.cpu_hint)();
+        // SAFETY: the caller vouches for the original range until the unmap, and the pool's
+        // memory reaches it (`new`'s contract).
+        let tlb = unsafe { pool.map(dev, phys, size, 0, dir, attrs, cpu) }.map_err(|source| {
+            DmaError::Bounce {
+                phys,
+                size,
+                reason,
+                source,
+            }
+        })?;
+        let undo = |err: DmaError| {
+            // The slots were just taken by this call, so the unmap cannot fail; nothing is
+            // copied back (the device never saw the address).
+            let _ = pool.unmap(dev, tlb, size, dir, attrs | DmaAttrs::SKIP_CPU_SYNC);
+            err
+        };
+        let cache = !dev.coherent && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
+        self.finish_bounce(dev, tlb, size, dir, cache, reason)
+            .map_err(undo)
+    }
+
+    /// The end of a bounce: translates the bounce address, checks it against the mask, runs
+    /// the cache hook for the device (when `cache`) and counts the bounce. The caller gives
+    /// the slots back on error.
+    fn finish_bounce(
+        &self,
+        dev: &Device,
+        tlb: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        cache: bool,
+        reason: BounceReason,
+    ) -> Result<BusAddr, DmaError> {
+        let Some(bus) = self.phys_to_bus(tlb) else {
+            return Err(DmaError::BounceUntranslatable { tlb });
+        };
+        // CAST: usize fits in u64.
+        if !dev.dma_mask.covers(bus, size as u64) {
+            return Err(DmaError::BounceUnreachable {
+                tlb,
+                bus,
+                size,
+                mask: dev.dma_mask,
+            });
+        }
+        if cache {
+            self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForDevice)?;
+        }
+        self.counters.bounced(reason);
+        Ok(bus)
+    }
+
+    /// The direct part of a map of `size > 0` bytes at `phys` (the range does not wrap):
+    /// `Ok(Ok(bus))` when mapped directly (cache maintenance done, counted), `Ok(Err(reason))`
+    /// when it must be bounced, `Err` when it can be neither.
+    fn try_direct(
+        &self,
+        dev: &Device,
+        phys: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<Result<BusAddr, BounceReason>, DmaError> {
+        // CAST: usize fits in u64.
+        let len = size as u64;
         let cache = !dev.coherent && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
         if attrs.contains(DmaAttrs::MMIO) || dev.behind_iommu {
             // Never bounced. Behind an IOMMU the I/O address is the physical one (the IOMMU
@@ -289,54 +364,18 @@ where
                 self.cache(dev, Some(phys), bus, size, dir, CacheOp::ForDevice)?;
             }
             bump(&self.counters.direct_maps);
-            return Ok(bus);
+            return Ok(Ok(bus));
         }
-        let reason = match self.direct_bus(dev, phys, len) {
+        match self.direct_bus(dev, phys, len) {
             Ok(bus) => {
                 if cache {
                     self.cache(dev, Some(phys), bus, size, dir, CacheOp::ForDevice)?;
                 }
                 bump(&self.counters.direct_maps);
-                return Ok(bus);
+                Ok(Ok(bus))
             }
-            Err(reason) => reason,
-        };
-        let Some(pool) = &self.pool else {
-            return Err(DmaError::NoPool { phys, size, reason });
-        };
-        let cpu = (self.cpu_hint)();
-        // SAFETY: the caller vouches for the original range until the unmap, and the pool's
-        // memory reaches it (`new`'s contract).
-        let tlb = unsafe { pool.map(dev, phys, size, 0, dir, attrs, cpu) }.map_err(|source| {
-            DmaError::Bounce {
-                phys,
-                size,
-                reason,
-                source,
-            }
-        })?;
-        let undo = |err: DmaError| {
-            // The slots were just taken by this call, so the unmap cannot fail; nothing is
-            // copied back (the device never saw the address).
-            let _ = pool.unmap(dev, tlb, size, dir, attrs | DmaAttrs::SKIP_CPU_SYNC);
-            err
-        };
-        let Some(bus) = self.phys_to_bus(tlb) else {
-            return Err(undo(DmaError::BounceUntranslatable { tlb }));
-        };
-        if !dev.dma_mask.covers(bus, len) {
-            return Err(undo(DmaError::BounceUnreachable {
-                tlb,
-                bus,
-                size,
-                mask: dev.dma_mask,
-            }));
+            Err(reason) => Ok(Err(reason)),
         }
-        if cache && let Err(e) = self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForDevice) {
-            return Err(undo(e));
-        }
-        self.counters.bounced(reason);
-        Ok(bus)
     }
 
     /// Linux's `xen_swiotlb_unmap_page`: ends the mapping of `size` bytes at `bus`.

@@ -15,7 +15,8 @@ use crate::addr::{Pfn, PhysAddr};
 ///   `create_contiguous_region` (the kernel's RAM).
 /// - [`pfn_valid`](Self::pfn_valid) answers `true` only for frames of the domain's own RAM,
 ///   which the kernel's cache-maintenance hooks can reach.
-/// - Both may be called from several CPUs at once.
+/// - [`block_state`](Self::block_state), if it answers, answers as [`BlockState`] says.
+/// - All may be called from several CPUs at once.
 pub unsafe trait PageAllocator: Sync {
     /// Allocates `2^order` zeroed, contiguous, naturally aligned 4 KiB pages; `None` when
     /// there is no memory.
@@ -36,6 +37,42 @@ pub unsafe trait PageAllocator: Sync {
         let _ = pfn;
         true
     }
+
+    /// Records that the engine made the live block of `2^order` pages at `phys` contiguous
+    /// (Linux's `SetPageXenRemapped`), so that
+    /// [`free_coherent_at`](crate::engine::DmaEngine::free_coherent_at) gives the exchange
+    /// back. The default records nothing.
+    fn set_exchanged(&self, phys: PhysAddr, order: u32) {
+        let _ = (phys, order);
+    }
+
+    /// What the allocator knows of the block of `2^order` pages at `phys` (its own
+    /// bookkeeping and Linux's `PageXenRemapped`), for
+    /// [`free_coherent_at`](crate::engine::DmaEngine::free_coherent_at). `None` when the
+    /// allocator keeps no records (the default): `free_coherent_at` then refuses to free.
+    fn block_state(&self, phys: PhysAddr, order: u32) -> Option<BlockState> {
+        let _ = (phys, order);
+        None
+    }
+}
+
+/// What a [`PageAllocator`] that keeps records says of a block
+/// ([`PageAllocator::block_state`]).
+///
+/// An allocator that keeps records answers [`Allocated`](Self::Allocated) exactly for the
+/// first page of a live allocation of that order (with `exchanged: false` until
+/// [`PageAllocator::set_exchanged`] is called for it, and forgotten at
+/// [`PageAllocator::free_pages`]), and [`Free`](Self::Free) otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockState {
+    /// Not the start of a live allocation of that order: never allocated, already freed,
+    /// or allocated with another order.
+    Free,
+    /// A live allocation of that order.
+    Allocated {
+        /// Whether [`PageAllocator::set_exchanged`] was called for it.
+        exchanged: bool,
+    },
 }
 
 /// A [`PageAllocator`] with no pages: coherent allocations fail with
@@ -69,5 +106,13 @@ unsafe impl<A: PageAllocator + ?Sized> PageAllocator for &A {
 
     fn pfn_valid(&self, pfn: Pfn) -> bool {
         (**self).pfn_valid(pfn)
+    }
+
+    fn set_exchanged(&self, phys: PhysAddr, order: u32) {
+        (**self).set_exchanged(phys, order);
+    }
+
+    fn block_state(&self, phys: PhysAddr, order: u32) -> Option<BlockState> {
+        (**self).block_state(phys, order)
     }
 }

@@ -6,6 +6,7 @@ use crate::addr::Bfn;
 use crate::error::Error;
 use crate::hooks::PlatformError;
 use crate::linear::LinearMap;
+use core::ptr::NonNull;
 use std::boxed::Box;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -392,6 +393,8 @@ struct TestPages {
     host: Host,
     used: Mutex<Vec<bool>>,
     live: Mutex<BTreeMap<u64, u32>>,
+    /// Live blocks recorded as exchanged (Linux's `PageXenRemapped`).
+    exchanged: Mutex<Vec<u64>>,
     /// `pfn_valid` answers from the region (true) or always `true` (false).
     check_ram: bool,
 }
@@ -402,6 +405,7 @@ impl TestPages {
             host,
             used: Mutex::new(vec![false; COH_FRAMES as usize]),
             live: Mutex::new(BTreeMap::new()),
+            exchanged: Mutex::new(Vec::new()),
             check_ram,
         }
     }
@@ -432,6 +436,10 @@ unsafe impl PageAllocator for TestPages {
             self.live.lock().unwrap().remove(&phys.as_u64()),
             Some(order)
         );
+        self.exchanged
+            .lock()
+            .unwrap()
+            .retain(|&p| p != phys.as_u64());
         let start = (phys.frame().as_u64() - COH_PFN) as usize;
         let mut used = self.used.lock().unwrap();
         used[start..start + (1 << order)]
@@ -441,6 +449,19 @@ unsafe impl PageAllocator for TestPages {
 
     fn pfn_valid(&self, pfn: Pfn) -> bool {
         !self.check_ram || (PHYS_BASE / 4096..PHYS_BASE / 4096 + FRAMES).contains(&pfn.as_u64())
+    }
+
+    fn set_exchanged(&self, phys: PhysAddr, order: u32) {
+        assert_eq!(self.live.lock().unwrap().get(&phys.as_u64()), Some(&order));
+        self.exchanged.lock().unwrap().push(phys.as_u64());
+    }
+
+    fn block_state(&self, phys: PhysAddr, order: u32) -> Option<BlockState> {
+        if self.live.lock().unwrap().get(&phys.as_u64()) != Some(&order) {
+            return Some(BlockState::Free);
+        }
+        let exchanged = self.exchanged.lock().unwrap().contains(&phys.as_u64());
+        Some(BlockState::Allocated { exchanged })
     }
 }
 
@@ -1512,4 +1533,227 @@ mod model {
             fx.engine.pool().unwrap().check_invariants().unwrap();
         }
     }
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "decision logic only: its copies and pointer work are those of the tests Miri runs"
+)]
+fn coherent_allocations_are_freed_from_their_addresses_after_checks() {
+    let fx = Fixture::new();
+    // Exchanged for a 32-bit device, taken as it is for a 64-bit one.
+    let a = fx.engine.alloc_coherent(&DEV32, 10000).unwrap();
+    let b = fx.engine.alloc_coherent(&DEV64, 16384).unwrap();
+    assert!(a.is_exchanged() && !b.is_exchanged());
+    let (a_phys, a_bus, b_phys, b_bus) = (a.phys(), a.bus(), b.phys(), b.bus());
+    // Drop the records: only the addresses are left.
+    let _ = (a, b);
+    let free = |phys, bus, size| {
+        // SAFETY: nothing uses the allocations; the engine checks the handles.
+        unsafe { fx.engine.free_coherent_at(&DEV32, phys, bus, size) }
+    };
+    let other_bus = BusAddr::new(a_bus.as_u64() + 4096);
+    assert_eq!(
+        free(a_phys, other_bus, 10000),
+        Err(DmaError::CoherentMismatch {
+            phys: a_phys,
+            bus: other_bus,
+            size: 10000,
+            expected: Some(a_bus),
+        })
+    );
+    // A size of another order, and an address inside the allocation.
+    assert_eq!(
+        free(a_phys, a_bus, 20000),
+        Err(DmaError::CoherentNotAllocated {
+            phys: a_phys,
+            order: 3
+        })
+    );
+    let inside = PhysAddr::new(a_phys.as_u64() + 4096);
+    assert!(matches!(
+        free(inside, other_bus, 4096),
+        Err(DmaError::CoherentNotAllocated { .. })
+    ));
+    assert_eq!(fx.engine.pages().live(), 2);
+    assert_eq!(fx.p().destroys.load(Ordering::Relaxed), 0);
+    // The right handles: the exchanged one is given back, the other is not.
+    free(a_phys, a_bus, 10000).unwrap();
+    assert_eq!(fx.p().destroys.load(Ordering::Relaxed), 1);
+    free(b_phys, b_bus, 16384).unwrap();
+    assert_eq!(fx.p().destroys.load(Ordering::Relaxed), 1);
+    assert_eq!(fx.engine.pages().live(), 0);
+    // A double free is refused.
+    assert_eq!(
+        free(a_phys, a_bus, 10000),
+        Err(DmaError::CoherentNotAllocated {
+            phys: a_phys,
+            order: 2
+        })
+    );
+    let st = fx.engine.stats();
+    assert_eq!((st.coherent_frees, st.coherent_failures), (2, 4));
+}
+
+#[test]
+fn buffers_are_copied_through_the_callers_pointer_and_references_stay_valid() {
+    let fx = Fixture::new();
+    // A buffer outside the engine's memory, with no physical address: always bounced, and
+    // every copy goes through the caller's pointer (Miri's strict provenance would refuse
+    // any other pointer to this allocation).
+    let mut owned = pattern(3, 3000);
+    let buf: &mut [u8] = &mut owned;
+    let ptr = NonNull::from(&mut *buf);
+    // SAFETY: `buf` is valid for reads and writes until the unmap and not accessed during
+    // the engine's calls.
+    let bus = unsafe {
+        fx.engine
+            .map_buffer(&DEV32, ptr, None, BIDI, DmaAttrs::empty())
+    }
+    .unwrap();
+    assert!(
+        fx.engine
+            .pool()
+            .unwrap()
+            .contains(fx.p().bus_to_phys(bus).unwrap())
+    );
+    // The CPU may read its buffer while the device holds the mapping.
+    assert_eq!(buf[..], pattern(3, 3000)[..]);
+    assert_eq!(fx.p().dev_read(bus, 3000), pattern(3, 3000));
+    fx.p().dev_write(bus, &pattern(4, 3000));
+    // SAFETY: as above, the mapping is live and `ptr` points at its buffer.
+    unsafe {
+        fx.engine
+            .unmap_buffer(&DEV32, bus, ptr, BIDI, DmaAttrs::empty())
+    }
+    .unwrap();
+    // The reference the pointer came from is still valid and sees the device's bytes.
+    assert_eq!(buf[..], pattern(4, 3000)[..]);
+    assert_eq!(fx.used(), 0);
+    let st = fx.engine.stats();
+    assert_eq!((st.bounced_maps, st.bounced_unmaps), (1, 1), "{st:?}");
+    assert_eq!(
+        st.bounced_by_reason[BounceReason::Untranslatable.index()],
+        1
+    );
+    fx.engine.pool().unwrap().check_invariants().unwrap();
+}
+
+#[test]
+fn buffers_with_a_physical_address_take_the_map_page_decision() {
+    let fx = Fixture::new();
+    for (phys, len, bounced) in [(orig(0, 0x123), 8000, false), (orig(3, 2048), 4096, true)] {
+        fx.host.write(phys, &pattern(5, len));
+        // SAFETY: `phys` is inside the test's allocation, which `host` reaches.
+        let buf = unsafe { core::slice::from_raw_parts_mut(fx.host.ptr(phys, len), len) };
+        let ptr = NonNull::from(&mut *buf);
+        // SAFETY: `buf` is the CPU's view of `phys`, valid until the unmap, not accessed by
+        // others during the engine's calls.
+        let bus = unsafe {
+            fx.engine.map_buffer(
+                &DEV32,
+                ptr,
+                Some(phys),
+                DmaDirection::FromDevice,
+                DmaAttrs::empty(),
+            )
+        }
+        .unwrap();
+        let tlb = fx.p().bus_to_phys(bus).unwrap();
+        assert_eq!(fx.engine.pool().unwrap().contains(tlb), bounced, "{phys}");
+        assert_eq!(fx.used() > 0, bounced);
+        fx.p().dev_write(bus, &pattern(6, len));
+        // SAFETY: as above.
+        unsafe {
+            fx.engine.unmap_buffer(
+                &DEV32,
+                bus,
+                ptr,
+                DmaDirection::FromDevice,
+                DmaAttrs::empty(),
+            )
+        }
+        .unwrap();
+        if bounced {
+            // Copied back through `ptr`: the reference it came from is still valid.
+            assert_eq!(buf[..], pattern(6, len)[..]);
+        } else {
+            // The device wrote the memory itself, outside the reference's knowledge.
+            assert_eq!(fx.host.read(phys, len), pattern(6, len));
+        }
+        assert_eq!(fx.used(), 0);
+    }
+    let st = fx.engine.stats();
+    assert_eq!(
+        (
+            st.direct_maps,
+            st.bounced_maps,
+            st.direct_unmaps,
+            st.bounced_unmaps
+        ),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "decision logic only: its copies and pointer work are those of the tests Miri runs"
+)]
+fn buffer_mappings_refuse_the_wrong_unmaps() {
+    let fx = Fixture::new();
+    let mut owned = pattern(1, 100);
+    let ptr = NonNull::from(&mut owned[..]);
+    // SAFETY: `owned` is valid and untouched until the last unmap.
+    let bus = unsafe {
+        fx.engine
+            .map_buffer(&DEV32, ptr, None, BIDI, DmaAttrs::empty())
+    }
+    .unwrap();
+    // `unmap_page` does not take a buffer mapping for its own.
+    assert!(matches!(
+        fx.engine
+            .unmap_page(&DEV32, bus, 100, BIDI, DmaAttrs::empty()),
+        Err(DmaError::Pool {
+            source: Error::NotMapped { .. },
+            ..
+        })
+    ));
+    // SAFETY: as above.
+    unsafe {
+        fx.engine
+            .unmap_buffer(&DEV32, bus, ptr, BIDI, DmaAttrs::empty())
+    }
+    .unwrap();
+    // SAFETY: a double unmap; the engine refuses it before copying anything.
+    let again = unsafe {
+        fx.engine
+            .unmap_buffer(&DEV32, bus, ptr, BIDI, DmaAttrs::empty())
+    };
+    assert!(
+        matches!(again, Err(DmaError::BufferNotMapped { .. })),
+        "{again:?}"
+    );
+    assert_eq!(owned, pattern(1, 100));
+    // No pool: a buffer with no physical address cannot be mapped.
+    let nopool = Fixture::with(Setup {
+        pool: false,
+        ..Setup::default()
+    })
+    .unwrap();
+    // SAFETY: as above.
+    let r = unsafe {
+        nopool
+            .engine
+            .map_buffer(&DEV32, ptr, None, BIDI, DmaAttrs::empty())
+    };
+    assert_eq!(
+        r,
+        Err(DmaError::BufferBounce {
+            size: 100,
+            source: None
+        })
+    );
+    assert_eq!(fx.used(), 0);
 }
