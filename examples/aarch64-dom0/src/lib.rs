@@ -23,6 +23,8 @@
 
 #![cfg_attr(target_os = "none", no_std)]
 
+pub mod edu;
+pub mod fdt;
 pub mod layout;
 pub mod mmu;
 pub mod pattern;

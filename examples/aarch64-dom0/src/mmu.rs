@@ -118,6 +118,52 @@ impl IdMap {
         Ok(())
     }
 
+    /// Maps every gigabyte that `[addr, addr + size)` touches 1:1 with 1 GiB blocks
+    /// (rounding out to gigabytes), for regions such as a PCI host bridge's configuration
+    /// space or memory window whose alignment the device tree decides.
+    ///
+    /// # Errors
+    ///
+    /// [`MapError::OutOfRange`] if the region ends past [`VA_LIMIT`].
+    pub fn map_covering(&mut self, addr: u64, size: u64, attr: Attr) -> Result<(), MapError> {
+        let end = addr
+            .checked_add(size.max(1))
+            .ok_or(MapError::OutOfRange { addr })?;
+        let start = addr & !(BLOCK_1G - 1);
+        let end = end
+            .checked_add(BLOCK_1G - 1)
+            .ok_or(MapError::OutOfRange { addr })?
+            & !(BLOCK_1G - 1);
+        self.map_1g(start, end - start, attr)
+    }
+
+    /// The attributes of the block that maps `addr`, if a valid block (of either level)
+    /// maps it.
+    #[must_use]
+    pub fn attr_at(&self, addr: u64) -> Option<Attr> {
+        if addr >= VA_LIMIT {
+            return None;
+        }
+        // CAST: below VA_LIMIT, the index is below 512.
+        let gib = (addr / BLOCK_1G) as usize;
+        let mut d = self.l1[gib];
+        if d & (VALID | TABLE) == VALID | TABLE {
+            if self.l2_gib != Some(gib) {
+                return None;
+            }
+            // CAST: the remainder is below 512.
+            d = self.l2[((addr % BLOCK_1G) / BLOCK_2M) as usize];
+        }
+        if d & (VALID | TABLE) != VALID {
+            return None;
+        }
+        Some(if (d >> ATTR_INDEX_SHIFT) & 7 == 1 {
+            Attr::Device
+        } else {
+            Attr::Normal
+        })
+    }
+
     /// Gives the gigabyte containing `addr` a level-2 table; `l2_phys` is the physical
     /// address of [`IdMap::l2`]. Existing entries of the level-2 table are kept.
     ///
@@ -223,6 +269,30 @@ pub unsafe fn enable(map: &IdMap) {
     }
 }
 
+/// Makes entries that [`IdMap`] gained after [`enable`] visible to the table walker: the
+/// stores complete, the TLB is invalidated (it holds no invalid entries, but this keeps the
+/// rule simple) and the pipeline refetches.
+///
+/// # Safety
+///
+/// The new entries must only have replaced invalid ones (no live mapping changed), and
+/// `map` must be the map [`enable`] installed.
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+pub unsafe fn publish(map: &IdMap) {
+    let _ = map;
+    // SAFETY: barriers and a local TLB invalidation; by the contract no live translation
+    // changes, so nothing the kernel relies on goes away.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "tlbi vmalle1",
+            "dsb nsh",
+            "isb",
+            options(nostack)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +332,28 @@ mod tests {
             block(0x3800_0000, Attr::Normal)
         );
         assert_eq!(m.l2.iter().filter(|&&d| d != 0).count(), 2);
+    }
+
+    #[test]
+    fn covering_maps_round_out_and_attributes_read_back() {
+        let mut m = IdMap::new();
+        m.map_covering(0x40_1000_0000, 0x1000_0000, Attr::Device)
+            .unwrap();
+        m.map_covering(0x5000_0000, 0xb000_0000 + 0x1000, Attr::Normal)
+            .unwrap();
+        assert_eq!(m.attr_at(0x40_1fff_ffff), Some(Attr::Device));
+        assert_eq!(m.attr_at(0x4000_0000), Some(Attr::Normal));
+        assert_eq!(m.attr_at(0x1_3fff_ffff), Some(Attr::Normal));
+        assert_eq!(m.attr_at(0x1_4000_0000), None);
+        assert_eq!(m.attr_at(0), None);
+        m.split_gib(0, 0x7000_0000).unwrap();
+        assert_eq!(m.attr_at(0x0900_0000), None);
+        m.map_2m(0x0900_0000 & !(BLOCK_2M - 1), BLOCK_2M, Attr::Device)
+            .unwrap();
+        assert_eq!(m.attr_at(0x0900_0000), Some(Attr::Device));
+        assert_eq!(m.attr_at(VA_LIMIT), None);
+        assert!(m.map_covering(VA_LIMIT - 1, 2, Attr::Normal).is_err());
+        assert!(m.map_covering(u64::MAX, 1, Attr::Normal).is_err());
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! skipped silently but reported as failed.
 
 use super::hyp::{Flush, Traced};
-use super::mem::{Device as SimDevice, Grant, Grants, IdentityMemory};
-use super::{XenConsole, say};
+use super::mem::{self, Device as SimDevice, Grant, Grants, IdentityMemory};
+use super::{BootInfo, XenConsole, devchecks, say};
 use aarch64_dom0::cpu::{self, IdentityCacheOps};
 use aarch64_dom0::layout::{
-    ACK, ACK_AT, ACK_PAGE, DOM0_RAM_BASE, DOM0_RAM_SIZE, DOMU_ID, FIRST_REF, FOREIGN_WINDOW,
-    NR_GRANTS, REPLY_AT, REPLY_LEN, REPLY_PAGE,
+    DOM0_RAM_BASE, DOMU_ID, FIRST_REF, FOREIGN_WINDOW, NR_GRANTS, REPLY_PAGE, SIM_REPLY_AT,
+    SIM_REPLY_LEN,
 };
 use aarch64_dom0::pattern;
 use aarch64_dom0::report::Report;
@@ -33,7 +33,8 @@ type R = Report<XenConsole>;
 type Table = ArrayVec<ForeignEntry, 64>;
 type Plat = Arm64Platform<'static, Traced, IdentityCacheOps, IdentityMemory, Table>;
 
-static XEN: Traced = Traced::new();
+/// The traced native hypercall every check goes through.
+pub(super) static XEN: Traced = Traced::new();
 static FOREIGN: BoundedForeignTable<64> = BoundedForeignTable::new();
 static MEMORY: IdentityMemory = IdentityMemory;
 
@@ -60,7 +61,8 @@ static mut BUF: Buf = Buf([0; 3 * 4096]);
 struct CoherentPages([u8; 16 * 4096]);
 static mut COHERENT_PAGES: CoherentPages = CoherentPages([0; 16 * 4096]);
 
-struct Pages {
+/// The kernel's page allocator (a bitmap over `COHERENT_PAGES`).
+pub(super) struct Pages {
     used: AtomicU32,
 }
 
@@ -76,7 +78,7 @@ impl Pages {
 
 // SAFETY: hands out naturally aligned runs of the static region, each to one caller (the
 // bitmap is updated with compare-and-swap), zeroed; the region is dom0's RAM, which the
-// platform's PhysMemory reaches. pfn_valid answers true exactly for dom0's RAM bank.
+// platform's PhysMemory reaches. pfn_valid answers true exactly for dom0's RAM banks.
 unsafe impl PageAllocator for Pages {
     fn alloc_pages(&self, order: u32) -> Option<PhysAddr> {
         if order > 4 {
@@ -118,8 +120,7 @@ unsafe impl PageAllocator for Pages {
     }
 
     fn pfn_valid(&self, pfn: Pfn) -> bool {
-        let a = pfn.start().as_u64();
-        (DOM0_RAM_BASE..DOM0_RAM_BASE + DOM0_RAM_SIZE).contains(&a)
+        mem::in_ram(pfn.start().as_u64(), 4096)
     }
 }
 
@@ -140,8 +141,9 @@ fn index_of_slot(slot: usize) -> usize {
     NR_GRANTS - 1 - slot
 }
 
-pub fn run(r: &mut R) {
+pub fn run(r: &mut R, info: &BootInfo) {
     boot_checks(r);
+    ram_checks(r, info);
     let Some(platform) = platform_checks(r) else {
         r.note(format_args!(
             "    no platform: the remaining checks cannot run"
@@ -155,7 +157,32 @@ pub fn run(r: &mut R) {
         ));
         return;
     };
-    engine_checks(r, platform, &mapped);
+    engine_checks(r, platform, &mapped, info);
+}
+
+/// dom0's RAM as the device tree Xen gave it says: the bank the kernel runs in lies below
+/// 4 GiB, and another bank lies above (for the buffers a 32-bit device cannot reach).
+fn ram_checks(r: &mut R, info: &BootInfo) {
+    let banks = mem::ram();
+    let image = addr_of!(REGION) as u64;
+    let low = banks
+        .as_slice()
+        .iter()
+        .any(|b| b.base == DOM0_RAM_BASE && b.contains(image, 4096) && b.end() <= 1 << 32);
+    let high = banks.as_slice().iter().any(|b| b.base >= 1 << 32);
+    let mut list = arrayvec::ArrayString::<160>::new();
+    for b in banks.as_slice() {
+        let _ = write!(list, " {:#x}..{:#x}", b.base, b.end());
+    }
+    r.check(
+        "ram-banks",
+        info.dtb.1 > 0 && info.banks.len == banks.len && low && high,
+        format_args!(
+            "device tree at {:#x} ({:#x} bytes): {} bank(s){list}; the kernel's below 4 GiB: \
+             {low}, one above: {high}",
+            info.dtb.0, info.dtb.1, banks.len
+        ),
+    );
 }
 
 fn boot_checks(r: &mut R) {
@@ -173,11 +200,14 @@ fn boot_checks(r: &mut R) {
         ),
     );
     match ops::xen_version(&XEN) {
-        Ok(v) => r.check(
-            "xen-version",
-            v.major == 4 && v.minor >= 15,
-            format_args!("XENVER_version: Xen {v}"),
-        ),
+        Ok(v) => {
+            r.set_xen_version(u32::from(v.major), u32::from(v.minor));
+            r.check(
+                "xen-version",
+                v.major == 4 && v.minor >= 15,
+                format_args!("XENVER_version: Xen {v}"),
+            )
+        }
         Err(e) => r.check("xen-version", false, format_args!("{e}")),
     };
 }
@@ -357,7 +387,7 @@ fn grant_checks(r: &mut R, platform: &Plat) -> Option<Mapped> {
         q.dev_bus_addr != 0
             && q.dev_bus_addr & 0xfff == 0
             && q.dev_bus_addr != q.host_addr
-            && !(DOM0_RAM_BASE..DOM0_RAM_BASE + DOM0_RAM_SIZE).contains(&q.dev_bus_addr)
+            && !mem::in_ram(q.dev_bus_addr, 4096)
             && reqs[..i].iter().all(|p| p.dev_bus_addr != q.dev_bus_addr)
     });
     r.check(
@@ -551,10 +581,14 @@ fn grant_checks(r: &mut R, platform: &Plat) -> Option<Mapped> {
     Some(Mapped { grants, handles })
 }
 
-type Engine = DmaEngine<Plat, IdentityMemory, &'static [Slot], &'static Pages>;
+/// The DMA engine of the checks.
+pub(super) type Engine = DmaEngine<Plat, IdentityMemory, &'static [Slot], &'static Pages>;
+
+/// The bounce pool's bus (= physical) range: start and end.
+pub(super) type Pool = (u64, u64);
 
 /// The grant in `grants` holding the domU's page `index`.
-fn grant_of(grants: &Grants, index: usize) -> Grant {
+pub(super) fn grant_of(grants: &Grants, index: usize) -> Grant {
     grants.list[..grants.len]
         .iter()
         .copied()
@@ -563,14 +597,14 @@ fn grant_of(grants: &Grants, index: usize) -> Grant {
 }
 
 /// Reads `len` bytes at CPU address `addr` (1:1) into `out`.
-fn cpu_read(addr: u64, out: &mut [u8]) {
+pub(super) fn cpu_read(addr: u64, out: &mut [u8]) {
     for (i, b) in out.iter_mut().enumerate() {
         // SAFETY: the callers pass addresses of mapped window pages or dom0's own buffers.
         *b = unsafe { core::ptr::with_exposed_provenance::<u8>(addr as usize + i).read_volatile() };
     }
 }
 
-fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped) {
+fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped, info: &BootInfo) {
     let grants = &mapped.grants;
     let pool_base = addr_of!(POOL_MEM) as u64;
     let pool_bytes = NSLABS * 2048;
@@ -692,51 +726,52 @@ fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped) {
     );
 
     // 2. A foreign page, FromDevice: INVAL before the device writes and after, the CPU then
-    //    sees what the device wrote, and so does the domU.
+    //    sees what the device wrote (outside the bytes the domU waits for: the real device
+    //    writes those).
     let g = grant_of(grants, REPLY_PAGE);
-    let phys = PhysAddr::new(g.host + REPLY_AT as u64);
+    let phys = PhysAddr::new(g.host + SIM_REPLY_AT as u64);
     // SAFETY: as above.
     let res = unsafe {
         engine.map_page(
             &noncoherent,
             phys,
-            REPLY_LEN,
+            SIM_REPLY_LEN,
             DmaDirection::FromDevice,
             DmaAttrs::empty(),
         )
     };
     let map_flush = XEN.last_flush();
     let wrote = res.is_ok_and(|b| {
-        device.write(b.as_u64(), REPLY_LEN, |i| {
-            pattern::reply_byte(REPLY_PAGE, REPLY_AT + i)
+        device.write(b.as_u64(), SIM_REPLY_LEN, |i| {
+            pattern::reply_byte(REPLY_PAGE, SIM_REPLY_AT + i)
         })
     });
     let un = res.map(|b| {
         engine.unmap_page(
             &noncoherent,
             b,
-            REPLY_LEN,
+            SIM_REPLY_LEN,
             DmaDirection::FromDevice,
             DmaAttrs::empty(),
         )
     });
     let unmap_flush = XEN.last_flush();
-    let mut back = [0u8; REPLY_LEN];
+    let mut back = [0u8; SIM_REPLY_LEN];
     cpu_read(phys.as_u64(), &mut back);
-    let cpu_sees = pattern::first_mismatch(&back, REPLY_PAGE, REPLY_AT, true).is_none();
+    let cpu_sees = pattern::first_mismatch(&back, REPLY_PAGE, SIM_REPLY_AT, true).is_none();
     let inval = |f: Option<Flush>| {
         f.is_some_and(|f| f.bus == g.bus && f.op == GNTTAB_CACHE_INVAL && f.rc == 0)
     };
     r.check(
         "map-foreign-from-device",
-        res == Ok(BusAddr::new(g.bus + REPLY_AT as u64))
+        res == Ok(BusAddr::new(g.bus + SIM_REPLY_AT as u64))
             && wrote
             && matches!(un, Ok(Ok(())))
             && inval(map_flush)
             && inval(unmap_flush)
             && cpu_sees,
         format_args!(
-            "map_page(FromDevice) -> {res:?}, device wrote {REPLY_LEN:#x} bytes, unmap {un:?}; \
+            "map_page(FromDevice) -> {res:?}, device wrote {SIM_REPLY_LEN:#x} bytes, unmap {un:?}; \
              INVAL at map {map_flush:?} and unmap {unmap_flush:?}; CPU sees the write: {cpu_sees}"
         ),
     );
@@ -926,25 +961,8 @@ fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped) {
         }
     }
 
-    // 6. The domU saw the device's write (it acknowledges in another granted page).
-    let g = grant_of(grants, ACK_PAGE);
-    let start = cpu::millis();
-    let mut ack = [0u8; 8];
-    loop {
-        cpu_read(g.host + ACK_AT as u64, &mut ack);
-        if ack == ACK || cpu::millis() - start > 30_000 {
-            break;
-        }
-        let _ = ops::sched_yield(&XEN);
-    }
-    r.check(
-        "domu-ack",
-        ack == ACK,
-        format_args!(
-            "the domU acknowledged the device's write after {} ms",
-            cpu::millis() - start
-        ),
-    );
+    // 6. The real device: the edu DMA checks, the domU's grants still mapped.
+    devchecks::run(r, &engine, (pool_base, pool_end), grants, info);
 
     // 7. A scatter-gather list of every granted page and one page of dom0's own,
     //    Bidirectional: each foreign entry maps to its machine address with one Xen flush per

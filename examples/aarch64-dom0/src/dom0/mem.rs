@@ -1,13 +1,17 @@
 //! How the CPU and the simulated device reach memory.
 //!
 //! dom0 maps its RAM and the foreign window 1:1, so a physical address is a pointer.
-//! [`IdentityMemory`] is the [`PhysMemory`] over those two ranges; [`Grants`] knows which
-//! machine frame each grant-mapped window frame holds, which is what the simulated device
-//! needs to turn a bus address into something the CPU can touch.
+//! [`IdentityMemory`] is the [`PhysMemory`] over those ranges (dom0's RAM banks as the
+//! device tree lists them, recorded once at boot with [`set_ram`]); [`Grants`] knows which
+//! machine frame each grant-mapped window frame holds, which is what the CPU-played device
+//! of the cache-maintenance checks needs to turn a bus address into something the CPU can
+//! touch.
 
+use aarch64_dom0::fdt::{Banks, MAX_BANKS, Range};
 use aarch64_dom0::layout::{
-    DOM0_RAM_BASE, DOM0_RAM_SIZE, FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE, NR_GRANTS,
+    FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE, NR_GRANTS, RAM_MAP_BASE, RAM_MAP_SIZE,
 };
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use swiotlb_xen::{PhysAddr, PhysMemory};
 
 /// Whether `[addr, addr + len)` lies inside `[base, base + size)`.
@@ -15,10 +19,59 @@ fn inside(addr: u64, len: u64, base: u64, size: u64) -> bool {
     addr >= base && addr.checked_add(len).is_some_and(|end| end <= base + size)
 }
 
+/// The range the identity map covers as Normal memory for RAM.
+pub const RAM_MAP: Range = Range {
+    base: RAM_MAP_BASE,
+    size: RAM_MAP_SIZE,
+};
+
+/// dom0's RAM banks (base, size), written once at boot before anything reads them (one
+/// CPU: relaxed atomics suffice).
+static RAM: [(AtomicU64, AtomicU64); MAX_BANKS] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; MAX_BANKS];
+static RAM_BANKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Records dom0's RAM banks (from the device tree Xen gave it); banks outside the range the
+/// identity map covers as RAM are left out (the CPU could not reach them).
+pub fn set_ram(banks: &Banks) {
+    let mut kept = Banks::default();
+    for b in banks.as_slice() {
+        if RAM_MAP.contains(b.base, b.size) {
+            kept.list[kept.len] = *b;
+            kept.len += 1;
+        }
+    }
+    let banks = &kept;
+    for (slot, b) in RAM.iter().zip(banks.as_slice()) {
+        slot.0.store(b.base, Relaxed);
+        slot.1.store(b.size, Relaxed);
+    }
+    RAM_BANKS.store(banks.len, Relaxed);
+}
+
+/// dom0's RAM banks as recorded by [`set_ram`].
+pub fn ram() -> Banks {
+    let mut banks = Banks {
+        len: RAM_BANKS.load(Relaxed).min(MAX_BANKS),
+        ..Banks::default()
+    };
+    for (b, slot) in banks.list.iter_mut().zip(&RAM).take(banks.len) {
+        *b = Range {
+            base: slot.0.load(Relaxed),
+            size: slot.1.load(Relaxed),
+        };
+    }
+    banks
+}
+
+/// Whether `[addr, addr + len)` lies inside one of dom0's RAM banks.
+pub fn in_ram(addr: u64, len: u64) -> bool {
+    ram().contains(addr, len)
+}
+
 /// Whether the CPU reaches `[addr, addr + len)` through the identity map.
 pub fn reachable(addr: u64, len: u64) -> bool {
-    inside(addr, len, DOM0_RAM_BASE, DOM0_RAM_SIZE)
-        || inside(addr, len, FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE)
+    in_ram(addr, len) || inside(addr, len, FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE)
 }
 
 /// dom0's RAM and the foreign window, reached 1:1.
@@ -91,15 +144,15 @@ impl Grants {
         if let Some(g) = self.list[..self.len].iter().find(|g| g.bus == frame) {
             return inside(bus, len, frame, 0x1000).then_some(g.host + (bus - frame));
         }
-        inside(bus, len, DOM0_RAM_BASE, DOM0_RAM_SIZE).then_some(bus)
+        in_ram(bus, len).then_some(bus)
     }
 }
 
-/// A non-coherent device that reads and writes bus addresses. There is no real device under
-/// QEMU's `virt` that dom0 could point at a grant, so the CPU plays it: it reaches each bus
-/// address the way the machine does (a foreign page's machine frame is the page dom0
-/// grant-mapped, dom0's own frames are 1:1), byte by byte, without caches in between under
-/// TCG.
+/// A non-coherent device played by the CPU, for the checks of the cache-maintenance
+/// hypercalls (the real `edu` device sits behind a coherent host bridge, so the library
+/// flushes nothing for it): it reaches each bus address the way the machine does (a foreign
+/// page's machine frame is the page dom0 grant-mapped, dom0's own frames are 1:1), byte by
+/// byte, without caches in between under TCG. The device DMA checks use the `edu` device.
 pub struct Device<'a> {
     /// The translation.
     pub grants: &'a Grants,

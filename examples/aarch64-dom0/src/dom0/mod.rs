@@ -1,12 +1,18 @@
 //! The dom0 kernel: boot, console, and the checks.
 
 mod checks;
+mod devchecks;
+mod edu;
 mod hyp;
 mod mem;
 
 use aarch64_dom0::boot;
-use aarch64_dom0::layout::{DOM0_RAM_BASE, FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE};
-use aarch64_dom0::mmu::{self, Attr, BLOCK_1G, IdMap};
+use aarch64_dom0::fdt::{Banks, Fdt, PciHost};
+use aarch64_dom0::layout::{
+    DOM0_RAM_BASE, FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE, LOW_DEVICES_SIZE, RAM_MAP_BASE,
+    RAM_MAP_SIZE,
+};
+use aarch64_dom0::mmu::{self, Attr, IdMap};
 use aarch64_dom0::report::Report;
 use core::fmt::{self, Write};
 use core::ptr::addr_of_mut;
@@ -61,6 +67,84 @@ pub(crate) use say;
 
 static mut MAP: IdMap = IdMap::new();
 
+/// What the device tree Xen gave dom0 says, as far as the checks need it.
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    /// Where the device tree is, and its size (0 if it is not a device tree).
+    pub dtb: (u64, usize),
+    /// dom0's RAM banks.
+    pub banks: Banks,
+    /// The PCI host bridge, if the tree has a generic ECAM one.
+    pub pci: Option<PciHost>,
+    /// Whether the host bridge's ECAM and 32-bit window are now mapped as Device memory
+    /// (and overlap no Normal mapping).
+    pub pci_mapped: bool,
+}
+
+/// Reads the device tree at `dtb` (the MMU is on: the reader's unaligned loads need Normal
+/// memory) and maps the PCI host bridge's regions as Device memory.
+fn read_device_tree(dtb: u64) -> BootInfo {
+    let mut info = BootInfo {
+        dtb: (dtb, 0),
+        banks: Banks::default(),
+        pci: None,
+        pci_mapped: false,
+    };
+    if !mem::RAM_MAP.contains(dtb, 64) {
+        return info;
+    }
+    // SAFETY: the header lies in the Normal-mapped RAM range (checked above); Xen wrote the
+    // tree into dom0's first bank and nothing writes it.
+    let header = unsafe {
+        core::slice::from_raw_parts(core::ptr::with_exposed_provenance::<u8>(dtb as usize), 8)
+    };
+    let total = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    // CAST: usize is 64 bits on aarch64.
+    if total > (1 << 20) || !mem::RAM_MAP.contains(dtb, total as u64) {
+        return info;
+    }
+    // SAFETY: as above, for the size the header gives (bounded and inside the map).
+    let blob = unsafe {
+        core::slice::from_raw_parts(
+            core::ptr::with_exposed_provenance::<u8>(dtb as usize),
+            total,
+        )
+    };
+    let Some(fdt) = Fdt::new(blob) else {
+        return info;
+    };
+    info.dtb.1 = fdt.size();
+    info.banks = fdt.memory_banks();
+    info.pci = fdt.pci_host();
+    if let Some(host) = info.pci {
+        // SAFETY: one CPU, the checks have not started; MAP is the installed map and only
+        // gains entries here.
+        let map = unsafe { &mut *addr_of_mut!(MAP) };
+        let free = |addr: u64, size: u64| {
+            let mut a = addr & !(mmu::BLOCK_1G - 1);
+            while a < addr.saturating_add(size) {
+                if map.attr_at(a) == Some(Attr::Normal) {
+                    return false;
+                }
+                a += mmu::BLOCK_1G;
+            }
+            true
+        };
+        if free(host.ecam.base, host.ecam.size) && free(host.mem32.base, host.mem32.size) {
+            info.pci_mapped = map
+                .map_covering(host.ecam.base, host.ecam.size, Attr::Device)
+                .is_ok()
+                && map
+                    .map_covering(host.mem32.base, host.mem32.size, Attr::Device)
+                    .is_ok();
+            // SAFETY: the new entries replaced invalid ones (checked by `free`), in the map
+            // `enable` installed.
+            unsafe { mmu::publish(map) };
+        }
+    }
+    info
+}
+
 /// Stops the machine: dom0's poweroff makes Xen halt it, and QEMU exits.
 fn power_off() -> ! {
     let _ = ops::sched_shutdown(&NativeHypercall, SHUTDOWN_POWEROFF);
@@ -71,7 +155,7 @@ fn power_off() -> ! {
 }
 
 #[unsafe(no_mangle)]
-extern "C" fn kernel_main(_dtb: u64, loaded_at: u64) -> ! {
+extern "C" fn kernel_main(dtb: u64, loaded_at: u64) -> ! {
     if loaded_at != DOM0_RAM_BASE {
         // The console path uses no absolute address that depends on the load address
         // (PC-relative code and data), so it can still say why nothing else runs.
@@ -79,28 +163,31 @@ extern "C" fn kernel_main(_dtb: u64, loaded_at: u64) -> ! {
             "aarch64-dom0: loaded at {loaded_at:#x}, linked at {DOM0_RAM_BASE:#x}; \
              the 1:1 bank moved (check -m and dom0_mem)"
         );
-        say!("XEN-QEMU aarch64: FAIL (loaded at the wrong address)");
+        say!("XEN-QEMU aarch64 xen-unknown: FAIL (loaded at the wrong address)");
         power_off();
     }
     // SAFETY: first thing at boot, one CPU, MMU off, nothing else uses MAP. The map covers
-    // dom0's RAM (and the rest of its gigabyte pair: 0x40000000..0xc0000000, of which only
-    // dom0's bank is ever touched) and the foreign window, all as Normal memory; the image,
-    // .bss, the stack and MAP are in dom0's RAM.
+    // the range that holds every RAM bank (of which only dom0's banks are ever touched) and
+    // the foreign window as Normal memory, and the first gigabyte (devices) as Device
+    // memory; the image, .bss, the stack, MAP and the device tree are in dom0's first bank.
     unsafe {
         let map = &mut *addr_of_mut!(MAP);
-        let ok = map.map_1g(0x4000_0000, 2 * BLOCK_1G, Attr::Normal).is_ok()
+        let ok = map.map_1g(0, LOW_DEVICES_SIZE, Attr::Device).is_ok()
+            && map.map_1g(RAM_MAP_BASE, RAM_MAP_SIZE, Attr::Normal).is_ok()
             && map
                 .map_1g(FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE, Attr::Normal)
                 .is_ok();
         if !ok {
-            say!("XEN-QEMU aarch64: FAIL (identity map)");
+            say!("XEN-QEMU aarch64 xen-unknown: FAIL (identity map)");
             power_off();
         }
         mmu::enable(map);
     }
+    let info = read_device_tree(dtb);
+    mem::set_ram(&info.banks);
     boot::paint_stack();
     let mut report = Report::new(XenConsole::new());
-    checks::run(&mut report);
+    checks::run(&mut report, &info);
     let untouched = boot::stack_untouched();
     report.check(
         "stack",
@@ -121,13 +208,13 @@ extern "C" fn exception_handler(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
         "aarch64-dom0: exception {kind} ({}): ESR {esr:#x} ELR {elr:#x} FAR {far:#x}",
         boot::exception_kind(kind)
     );
-    say!("XEN-QEMU aarch64: FAIL (exception)");
+    say!("XEN-QEMU aarch64 xen-unknown: FAIL (exception)");
     power_off()
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     say!("aarch64-dom0: panic: {info}");
-    say!("XEN-QEMU aarch64: FAIL (panic)");
+    say!("XEN-QEMU aarch64 xen-unknown: FAIL (panic)");
     power_off()
 }
