@@ -48,6 +48,9 @@ pub const HYPERVISOR_CALLBACK_OP: u32 = 30;
 pub const HYPERVISOR_EVENT_CHANNEL_OP: u32 = 32;
 /// `__HYPERVISOR_physdev_op`.
 pub const HYPERVISOR_PHYSDEV_OP: u32 = 33;
+/// `PHYSDEVOP_set_iopl` (x86 PV): sets the calling vCPU's I/O privilege level; the
+/// argument is `struct physdev_set_iopl { uint32_t iopl; }`.
+pub const PHYSDEVOP_SET_IOPL: u32 = 6;
 /// `__HYPERVISOR_hvm_op`.
 pub const HYPERVISOR_HVM_OP: u32 = 34;
 /// `__HYPERVISOR_dm_op`.

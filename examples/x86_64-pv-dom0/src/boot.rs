@@ -75,7 +75,8 @@ extern "C" fn kernel_main(start_info: *const u8) -> ! {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console::line(format_args!("x86_64-pv-dom0: panic: {info}"));
     if !VERDICT_PRINTED.swap(true, Ordering::SeqCst) {
-        console::line(format_args!("XEN-QEMU x86_64: FAIL (panic)"));
+        let prefix = checks::verdict_prefix();
+        console::line(format_args!("{prefix}: FAIL (panic)"));
     }
     hyp::shutdown()
 }

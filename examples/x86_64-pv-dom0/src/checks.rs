@@ -1,17 +1,19 @@
 //! The checks, one console line each, and the verdict.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use swiotlb_xen::x86_pv::{X86PvError, X86PvPlatform, boot as pvboot, p2m as p2menc};
-use swiotlb_xen::{Bfn, LinearMap, Pfn, PhysAddr, PlatformError};
-use xen_abi::{DOMID_SELF, GuestHandle, XENMEM_CURRENT_RESERVATION, XenMemoryExchange};
+use swiotlb_xen::{Bfn, Pfn, PhysAddr, PhysMemory, PlatformError};
+use xen_abi::{DOMID_SELF, Errno, GuestHandle, XENMEM_CURRENT_RESERVATION, XenMemoryExchange};
 
 use crate::console::Line;
+use crate::edu::DMA_MASK_BITS;
 use crate::hyp::{COUNTERS, Counted, Counts};
+use crate::mmu::{Mmu, RAM_FLAGS};
 use crate::{VIRT_BASE, fmt_line, kprintln};
 
-/// The platform the checks use: the native trap (counted) and the kernel's linear map.
-pub type Pv = X86PvPlatform<'static, Counted, LinearMap>;
+/// The platform the checks use: the native trap (counted) and the kernel's memory.
+pub type Pv = X86PvPlatform<'static, Counted, KernelMemory>;
 
 /// The outcome of one check: details to print either way.
 pub type Outcome = Result<Line, Line>;
@@ -25,19 +27,40 @@ static mut REGION: Block64K<65536> = Block64K([0; 65536]);
 
 /// Xen's `start_info` magic for a 64-bit PV guest (followed by a version suffix or NUL).
 const START_INFO_MAGIC: &[u8] = b"xen-3.0-x86_64";
-/// 4 GiB in frames.
-const FRAMES_4G: u64 = 1 << 20;
+/// The frames below the device's DMA mask.
+pub const MASK_FRAMES: u64 = 1 << (DMA_MASK_BITS - 12);
+/// The pages of the low window: dom0 RAM below the device's mask, for the direct maps.
+pub const LOW_PAGES: u64 = 16;
+
+/// A 64 KiB block of `.bss` made contiguous below the mask when dom0 owns no RAM there
+/// outside its initial mapping (the low window's fallback).
+static mut LOW_FALLBACK: Block64K<65536> = Block64K([0; 65536]);
+
+/// Xen's version as `major << 16 | minor`, once known (for the panic handler's verdict).
+pub static XEN_VERSION: AtomicU32 = AtomicU32::new(0);
+
+/// The verdict line's prefix: `XEN-QEMU x86_64 xen-<major>.<minor>`.
+pub fn verdict_prefix() -> Line {
+    let v = XEN_VERSION.load(Ordering::Relaxed);
+    if v == 0 {
+        fmt_line!("XEN-QEMU x86_64 xen-unknown")
+    } else {
+        fmt_line!("XEN-QEMU x86_64 xen-{}.{}", v >> 16, v & 0xffff)
+    }
+}
 
 /// The check lines printed so far.
 #[derive(Debug, Default)]
 pub struct Report {
     ok: u32,
     failed: u32,
+    device: u32,
 }
 
 impl Report {
     /// Prints the line of check `name` and counts it.
     pub fn record(&mut self, name: &str, outcome: Outcome) {
+        self.device += u32::from(name.starts_with("dev-"));
         match outcome {
             Ok(details) => {
                 self.ok += 1;
@@ -52,13 +75,19 @@ impl Report {
 
     /// The final line.
     pub fn verdict(&self) -> Line {
+        let prefix = verdict_prefix();
         if self.failed == 0 && self.ok > 0 {
-            fmt_line!("XEN-QEMU x86_64: PASS ({} checks)", self.ok)
+            fmt_line!(
+                "{prefix}: PASS ({} checks, {} device DMA checks)",
+                self.ok,
+                self.device
+            )
         } else {
             fmt_line!(
-                "XEN-QEMU x86_64: FAIL ({} of {} checks failed)",
+                "{prefix}: FAIL ({} of {} checks failed, {} device DMA checks)",
                 self.failed,
-                self.ok + self.failed
+                self.ok + self.failed,
+                self.device
             )
         }
     }
@@ -80,6 +109,65 @@ pub struct Env {
     pub p2m: &'static [AtomicU64],
     /// Xen's M2P.
     pub m2p: &'static [AtomicU64],
+    /// The low window: [`LOW_PAGES`] pages, machine-contiguous below the device's mask.
+    pub low: PhysAddr,
+    /// Whether the low window is dom0's own RAM (else the library exchanged it).
+    pub low_is_own: bool,
+}
+
+/// The CPU's view of the memory the library copies: the kernel image and the low window,
+/// both mapped at `VIRT_BASE + phys`.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelMemory {
+    /// The windows, as `[start, end)` physical addresses.
+    windows: [(u64, u64); 2],
+}
+
+impl KernelMemory {
+    /// The image and the low window at `low`.
+    pub fn new(low: PhysAddr) -> Self {
+        Self {
+            windows: [
+                (0, image_end().as_u64()),
+                (low.as_u64(), low.as_u64() + (LOW_PAGES << 12)),
+            ],
+        }
+    }
+
+    /// Whether `phys..phys + len` lies in one window.
+    pub fn reaches(&self, phys: PhysAddr, len: usize) -> bool {
+        let start = phys.as_u64();
+        start.checked_add(len as u64).is_some_and(|end| {
+            self.windows
+                .iter()
+                .any(|&(lo, hi)| lo <= start && end <= hi)
+        })
+    }
+
+    /// The CPU address of `phys`; panics (the kernel's FAIL) if the library asks for memory
+    /// outside the windows, which would be a bug in the library or the checks.
+    fn ptr(&self, phys: PhysAddr, len: usize) -> *mut u8 {
+        assert!(self.reaches(phys, len), "{phys}+{len:#x} is not mapped");
+        virt_of(phys)
+    }
+}
+
+// SAFETY: both windows are mapped at VIRT_BASE + phys for the kernel's lifetime (the image by
+// Xen, the low window by `setup`); `copy` and `fill` touch exactly the ranges asked for, and
+// refuse (panic) anything outside the windows.
+unsafe impl PhysMemory for KernelMemory {
+    unsafe fn copy(&self, dst: PhysAddr, src: PhysAddr, len: usize) {
+        let (d, s) = (self.ptr(dst, len), self.ptr(src, len));
+        // SAFETY: both ranges are mapped; the caller guarantees they do not overlap and that
+        // no reference covers them.
+        unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
+    }
+
+    unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize) {
+        let d = self.ptr(dst, len);
+        // SAFETY: as in `copy`.
+        unsafe { d.write_bytes(byte, len) };
+    }
 }
 
 /// The pseudo-physical address of a kernel virtual address.
@@ -124,21 +212,6 @@ pub fn image_end() -> PhysAddr {
     phys_of(&raw const _end)
 }
 
-/// A [`LinearMap`] over the kernel image, pseudo-physical 0 up to [`image_end`], which holds
-/// every buffer, the pool and the coherent pages (all statics of the image).
-pub fn image_map() -> LinearMap {
-    // SAFETY: Xen maps pfn p at VIRT_BASE + p * 4096 for the whole initial mapping, which
-    // covers the image; the statics in it that the library copies are reached only through
-    // raw pointers while the pool or platform uses them.
-    unsafe {
-        LinearMap::new(
-            core::ptr::with_exposed_provenance_mut(VIRT_BASE as usize),
-            PhysAddr::new(0),
-            image_end().as_u64() as usize,
-        )
-    }
-}
-
 /// `XENMEM_current_reservation`: the pages the domain owns.
 pub fn reservation() -> Result<u64, xen_abi::XenError> {
     let mut domid = DOMID_SELF;
@@ -172,7 +245,19 @@ pub fn run(start_info: *const u8) -> Line {
     );
     report.record("exchange-refused", exchange_refused(&env, &pv, region, old));
     report.record("bad-input-platform", bad_input_platform(&env, &pv, region));
-    crate::dma::run(&env, pv, &mut report);
+    // SAFETY: start_info is Xen's page.
+    let mmu = unsafe { Mmu::new(&env, start_info) };
+    let edu = match crate::edu::Edu::probe(&mmu, env.p2m.len() as u64) {
+        Ok((edu, details)) => {
+            report.record("pci-edu", Ok(details));
+            Some(edu)
+        }
+        Err(details) => {
+            report.record("pci-edu", Err(details));
+            None
+        }
+    };
+    crate::dma::run(&env, pv, edu.as_ref(), &mut report);
     report.verdict()
 }
 
@@ -187,6 +272,10 @@ fn setup(start_info: *const u8) -> Result<(Env, Pv, Line), Line> {
         "xen-3.0-x86_64"
     );
     let version = xen_abi::ops::xen_version(&Counted).map_err(|e| fmt_line!("{e}"))?;
+    XEN_VERSION.store(
+        (u32::from(version.major) << 16) | u32::from(version.minor),
+        Ordering::Relaxed,
+    );
     // SAFETY: start_info is Xen's page and the P2M it names is mapped and writable; nothing
     // else in this kernel writes it.
     let p2m = unsafe { pvboot::p2m_from_start_info(start_info) };
@@ -194,13 +283,16 @@ fn setup(start_info: *const u8) -> Result<(Env, Pv, Line), Line> {
     // SAFETY: Xen maps the M2P read-only at the place it reported.
     let m2p = unsafe { pvboot::m2p_at(m2p_start, m2p_entries) };
     let image_end = image_end();
-    let mem = image_map();
-    // SAFETY: the P2M is this domain's, the M2P Xen's, the linear base the initial mapping's;
-    // `Counted` traps as this domain.
-    let pv = unsafe { X86PvPlatform::new(p2m, m2p, VIRT_BASE, Counted, mem) };
-    let env = Env { p2m, m2p };
+    let mut env = Env {
+        p2m,
+        m2p,
+        low: PhysAddr::new(0),
+        low_is_own: false,
+    };
     crate::pages::NR_PAGES.store(p2m.len() as u64, Ordering::Relaxed);
-    let (mut min, mut max, mut above_4g, mut breaks) = (u64::MAX, 0, 0u64, 0u64);
+    let (mut min, mut max, mut below, mut breaks) = (u64::MAX, 0, 0u64, 0u64);
+    let mut runs = Line::new();
+    let mut run_start = 0;
     for pfn in 0..p2m.len() as u64 {
         ensure!(
             env.round_trips(pfn),
@@ -211,18 +303,99 @@ fn setup(start_info: *const u8) -> Result<(Env, Pv, Line), Line> {
         let mfn = env.p2m_raw(pfn);
         min = min.min(mfn);
         max = max.max(mfn);
-        above_4g += u64::from(mfn >= FRAMES_4G);
+        below += u64::from(mfn < MASK_FRAMES);
+        let last = pfn + 1 == p2m.len() as u64;
         if pfn > 0 && mfn != env.p2m_raw(pfn - 1).wrapping_add(1) {
             breaks += 1;
+            push_run(&mut runs, &env, run_start, pfn);
+            run_start = pfn;
+        }
+        if last {
+            push_run(&mut runs, &env, run_start, pfn + 1);
         }
     }
+    kprintln!("x86_64-pv-dom0: P2M runs (pfns -> mfns): {runs}");
+    // The low window: dom0's own RAM below the mask, mapped here, else an exchanged block.
+    // SAFETY: start_info is Xen's page.
+    let mmu = unsafe { Mmu::new(&env, start_info) };
+    let how = match own_low_run(&env, &mmu)? {
+        Some(pfn) => {
+            let mfn = env.p2m_raw(pfn);
+            // SAFETY: pages pfn.. are dom0's RAM that no mapping reaches yet (no L1 table
+            // covers them), mapped at their linear address.
+            let tables = unsafe { mmu.map(VIRT_BASE + (pfn << 12), mfn, LOW_PAGES, RAM_FLAGS) }?;
+            env.low = Pfn::new(pfn).start();
+            env.low_is_own = true;
+            fmt_line!(
+                "own RAM: pfns {pfn:#x}.. on frames {mfn:#x}.. mapped ({tables} new L1 tables)"
+            )
+        }
+        None => {
+            env.low = phys_of(&raw const LOW_FALLBACK);
+            fmt_line!("no own RAM below the mask: {} exchanged", env.low)
+        }
+    };
+    // SAFETY: the P2M is this domain's, the M2P Xen's, the linear base the initial mapping's
+    // (and the low window's); `Counted` traps as this domain.
+    let pv =
+        unsafe { X86PvPlatform::new(p2m, m2p, VIRT_BASE, Counted, KernelMemory::new(env.low)) };
+    if !env.low_is_own {
+        // SAFETY: the fallback block is a static only the low window's users touch.
+        unsafe { pv.create_contiguous(env.low, 4, DMA_MASK_BITS) }
+            .map_err(|e| fmt_line!("making the low window contiguous: {e}"))?;
+    }
+    let low_mfn = env.p2m_raw(env.low.frame().as_u64());
+    ensure!(
+        low_mfn + LOW_PAGES <= MASK_FRAMES && pv.is_bus_contiguous(env.low, LOW_PAGES << 12),
+        "low window on frames {low_mfn:#x}.. is not contiguous below the mask"
+    );
+    usable(env.low, (LOW_PAGES << 12) as usize, 0x6b)?;
     let line = fmt_line!(
         "Xen {version}, {} pages, P2M/M2P round trip for every pfn, mfns {min:#x}..={max:#x} \
-         ({above_4g} above 4 GiB, {breaks} machine discontinuities), M2P at {m2p_start:#x} \
-         ({m2p_entries} entries), image end {image_end}",
+         ({below} below the device's 2^{DMA_MASK_BITS} mask, {breaks} machine \
+         discontinuities), M2P at {m2p_start:#x} ({m2p_entries} entries), image end \
+         {image_end}; low window: {how}",
         p2m.len()
     );
     Ok((env, pv, line))
+}
+
+/// Appends run `pfn0..end` of the P2M to `runs` (as `pfn0..end -> mfn..`), marking runs
+/// below the device's mask.
+fn push_run(runs: &mut Line, env: &Env, pfn0: u64, end: u64) {
+    let m0 = env.p2m_raw(pfn0);
+    let below = if m0 + (end - pfn0) <= MASK_FRAMES {
+        " (below mask)"
+    } else if m0 < MASK_FRAMES {
+        " (straddles mask)"
+    } else {
+        ""
+    };
+    let sep = if runs.is_empty() { "" } else { ", " };
+    let item = fmt_line!(
+        "{sep}{pfn0:#x}..{end:#x} -> {m0:#x}..{:#x}{below}",
+        m0 + (end - pfn0)
+    );
+    if runs.try_push_str(&item).is_err() && !runs.ends_with("...") {
+        let _ = runs.try_push_str(" ...");
+    }
+}
+
+/// The first pfn of [`LOW_PAGES`] pages of dom0's RAM that are machine-contiguous below the
+/// mask and lie where no L1 table exists yet (outside Xen's initial mapping), if any.
+fn own_low_run(env: &Env, mmu: &Mmu<'_>) -> Result<Option<u64>, Line> {
+    let nr = env.p2m.len() as u64;
+    let mut pfn = image_end().frame().as_u64().next_multiple_of(LOW_PAGES);
+    while pfn + LOW_PAGES <= nr {
+        let m0 = env.p2m_raw(pfn);
+        let fits =
+            m0 + LOW_PAGES <= MASK_FRAMES && (1..LOW_PAGES).all(|i| env.p2m_raw(pfn + i) == m0 + i);
+        if fits && !mmu.has_l1(VIRT_BASE + (pfn << 12))? {
+            return Ok(Some(pfn));
+        }
+        pfn += LOW_PAGES;
+    }
+    Ok(None)
 }
 
 /// The machine frames of the `n` pages from `pfn0`.
@@ -256,7 +429,8 @@ fn zeroed(phys: PhysAddr, len: usize) -> bool {
     (0..len).all(|i| unsafe { p.add(i).read_volatile() } == 0)
 }
 
-/// `create_contiguous_region` of the 64 KiB region below 4 GiB with the real exchange.
+/// `create_contiguous_region` of the 64 KiB region below the device's mask with the real
+/// exchange.
 fn contiguous_create(env: &Env, pv: &Pv, region: PhysAddr) -> Result<(Line, [u64; 16], u64), Line> {
     let pfn0 = region.frame().as_u64();
     let old: [u64; 16] = frames(env, pfn0);
@@ -264,13 +438,13 @@ fn contiguous_create(env: &Env, pv: &Pv, region: PhysAddr) -> Result<(Line, [u64
     let before_pages = reservation().map_err(|e| fmt_line!("{e}"))?;
     let c0 = COUNTERS.snapshot();
     // SAFETY: the region is a static only this check touches, through raw pointers.
-    let bus = unsafe { pv.create_contiguous(region, 4, 32) }
-        .map_err(|e| fmt_line!("create_contiguous({region}, 4, 32): {e}"))?;
+    let bus = unsafe { pv.create_contiguous(region, 4, DMA_MASK_BITS) }
+        .map_err(|e| fmt_line!("create_contiguous({region}, 4, {DMA_MASK_BITS}): {e}"))?;
     let calls = COUNTERS.snapshot().since(c0);
     let b0 = bus.frame().as_u64();
     ensure!(
-        b0 % 16 == 0 && b0 + 16 <= FRAMES_4G,
-        "extent {bus} not aligned to 64 KiB or not below 4 GiB"
+        b0 % 16 == 0 && b0 + 16 <= MASK_FRAMES,
+        "extent {bus} not aligned to 64 KiB or not below the 2^{DMA_MASK_BITS} mask"
     );
     for i in 0..16u64 {
         let pfn = pfn0 + i;
@@ -305,7 +479,7 @@ fn contiguous_create(env: &Env, pv: &Pv, region: PhysAddr) -> Result<(Line, [u64
     );
     ensure!(calls.exchanges == 1, "{} exchanges", calls.exchanges);
     let line = fmt_line!(
-        "order 4 at {region}: frames {:#x}..{:#x} (scattered: {}) -> extent {bus}, below 4 GiB, \
+        "order 4 at {region}: frames {:#x}..{:#x} (scattered: {}) -> extent {bus}, below the mask, \
          P2M and M2P agree, old frames released, zeroed, mapped, reservation {after_pages} \
          pages unchanged; {} hypercalls ({} exchange, {} multicalls)",
         old[0],
@@ -384,9 +558,10 @@ fn exchange_refused(env: &Env, pv: &Pv, region: PhysAddr, old: Option<[u64; 16]>
         return Err(fmt_line!("create below 2^12: {r:?}"));
     };
     let text = fmt_line!("{}", PlatformError::from(r.unwrap_err()));
+    // Xen has no free frame below 2^12 (frame 0 is never handed out): ENOMEM.
     ensure!(
-        text.contains("XENMEM_exchange") && errno > 0,
-        "the error does not name the op: {text}"
+        text.contains("XENMEM_exchange") && errno == 12,
+        "expected ENOMEM (12) from XENMEM_exchange: {text}"
     );
     ensure!(calls.exchanges == 1, "{} exchanges", calls.exchanges);
     let after: [u64; 16] = frames(env, pfn0);
@@ -415,9 +590,10 @@ fn exchange_refused(env: &Env, pv: &Pv, region: PhysAddr, old: Option<[u64; 16]>
     let Err(e) = raw else {
         return Err(fmt_line!("Xen exchanged frame {:#x} we do not own", old[0]));
     };
+    // Xen refuses an input frame the domain does not own with EINVAL.
     ensure!(
-        e.op == "XENMEM_exchange" && x.nr_exchanged == 0,
-        "{e}, nr_exchanged {}",
+        e.op == "XENMEM_exchange" && e.errno == Errno::EINVAL && x.nr_exchanged == 0,
+        "{e} (expected EINVAL), nr_exchanged {}",
         x.nr_exchanged
     );
     ensure!(

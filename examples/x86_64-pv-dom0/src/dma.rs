@@ -6,13 +6,14 @@ use swiotlb_xen::init::{self, InitError, InitOptions, InitReport};
 use swiotlb_xen::swiotlb_core::Error;
 use swiotlb_xen::{
     Bfn, BounceReason, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError, DmaMask,
-    LinearMap, NoPageAllocator, Pfn, PhysAddr, Platform, PlatformError, SgEntry, Slot,
+    NoPageAllocator, Pfn, PhysAddr, Platform, PlatformError, SgEntry, Slot,
 };
 
 use crate::checks::{
-    Block64K, Env, Outcome, Pv, Report, ensure, image_map, phys_of, reservation, virt_of,
+    Block64K, Env, KernelMemory, Outcome, Pv, Report, ensure, phys_of, reservation, virt_of,
 };
 use crate::console::Line;
+use crate::edu::{DMA_MASK_BITS, Edu};
 use crate::fmt_line;
 use crate::hyp::COUNTERS;
 use crate::pages::{ALLOCATOR, Pages};
@@ -45,18 +46,23 @@ static SMALL_SLOTS: [Slot; SMALL_POOL_BYTES / 2048] =
 static mut BUF: Block64K<65536> = Block64K([0; 65536]);
 
 /// The engine the checks use.
-pub type Engine = DmaEngine<Pv, LinearMap, &'static [Slot], &'static Pages>;
+pub type Engine = DmaEngine<Pv, KernelMemory, &'static [Slot], &'static Pages>;
 
-/// 4 GiB.
-const GIB4: u64 = 1 << 32;
+/// The device's DMA mask (the `edu` device's).
+pub const MASK: DmaMask = match DmaMask::from_bits(DMA_MASK_BITS) {
+    Some(m) => m,
+    None => panic!("no such mask"),
+};
+/// The first bus address above the device's mask.
+const MASK_END: u64 = 1 << DMA_MASK_BITS;
 
 /// Byte `i` of the pattern `seed`.
-fn pattern(seed: u8, i: usize) -> u8 {
+pub fn pattern(seed: u8, i: usize) -> u8 {
     seed.wrapping_add((i as u8).wrapping_mul(7)) ^ (i >> 8) as u8
 }
 
 /// Writes pattern `seed` over the `len` bytes at `phys`, through the CPU.
-fn fill(phys: PhysAddr, len: usize, seed: u8) {
+pub fn fill(phys: PhysAddr, len: usize, seed: u8) {
     let p = virt_of(phys);
     for i in 0..len {
         // SAFETY: the checks pass only ranges of the kernel's mapped statics that no
@@ -73,7 +79,7 @@ fn mismatch(phys: PhysAddr, len: usize, seed: u8) -> Option<usize> {
 }
 
 /// Checks that the bytes at `phys` hold pattern `seed`.
-fn holds(what: &str, phys: PhysAddr, len: usize, seed: u8) -> Result<(), Line> {
+pub fn holds(what: &str, phys: PhysAddr, len: usize, seed: u8) -> Result<(), Line> {
     match mismatch(phys, len, seed) {
         None => Ok(()),
         Some(i) => Err(fmt_line!("{what} at {phys}: byte {i} of {len} differs")),
@@ -89,7 +95,12 @@ fn bus_to_phys(pv: &Pv, bus: BusAddr) -> Option<PhysAddr> {
 /// Checks a bounced mapping: the bus range is under `mask`, machine-contiguous in the pool,
 /// and every frame of it maps back (M2P) to the pool page the slot is on. Returns the
 /// bounce buffer's pseudo-physical address.
-fn check_bounce(eng: &Engine, bus: BusAddr, len: usize, mask: DmaMask) -> Result<PhysAddr, Line> {
+pub fn check_bounce(
+    eng: &Engine,
+    bus: BusAddr,
+    len: usize,
+    mask: DmaMask,
+) -> Result<PhysAddr, Line> {
     let pv = eng.platform();
     ensure!(
         mask.covers(bus, len as u64),
@@ -119,7 +130,7 @@ fn check_bounce(eng: &Engine, bus: BusAddr, len: usize, mask: DmaMask) -> Result
 }
 
 /// Runs the DMA checks, consuming the platform (the engine owns it).
-pub fn run(env: &Env, pv: Pv, report: &mut Report) {
+pub fn run(env: &Env, pv: Pv, edu: Option<&Edu>, report: &mut Report) {
     let (eng, init) = match pool_init(env, pv) {
         Ok((eng, init, details)) => {
             report.record("pool-init", Ok(details));
@@ -136,13 +147,14 @@ pub fn run(env: &Env, pv: Pv, report: &mut Report) {
     report.record("coherent", coherent(env, &eng));
     report.record("bad-input-engine", bad_input_engine(&eng));
     report.record("pool-init-refused", pool_init_refused(env, &eng));
+    crate::devdma::run(env, &eng, edu, report);
     let pool = init.phys;
     let (pv, _, _) = eng.into_parts();
     report.record("pool-release", pool_release(env, &pv, &init));
     report.record("order-10", order_10(env, &pv, pool));
 }
 
-/// Makes the pool machine-contiguous below 4 GiB and builds the engine over it, with the
+/// Makes the pool machine-contiguous below the device's mask and builds the engine over it, with the
 /// facade's initialisation policy (`swiotlb_xen::init`).
 fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
     let pool_phys = phys_of(&raw const POOL);
@@ -154,12 +166,12 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
     let (eng, init) = unsafe {
         init::init(
             pv,
-            image_map(),
+            KernelMemory::new(env.low),
             pool_phys,
             POOL_BYTES,
             &SLOTS[..],
             &ALLOCATOR,
-            InitOptions::default(),
+            InitOptions::default().with_max_address_bits(DMA_MASK_BITS),
         )
     }
     .map_err(|e| fmt_line!("swiotlb_xen::init::init: {e}"))?;
@@ -173,7 +185,7 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
     );
     let pages1 = reservation().map_err(|e| fmt_line!("{e}"))?;
     ensure!(pages0 == pages1, "reservation {pages0} -> {pages1}");
-    // Every 256 KiB segment machine-contiguous, below 4 GiB, and M2P-consistent.
+    // Every 256 KiB segment machine-contiguous, below the mask, and M2P-consistent.
     let pfn0 = pool_phys.frame().as_u64();
     let mut top = 0;
     for seg in 0..POOL_BYTES / (256 << 10) {
@@ -189,17 +201,20 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
         }
         top = top.max((b0 + 64) << 12);
     }
-    ensure!(top <= GIB4, "pool ends at bus {top:#x}, above 4 GiB");
+    ensure!(
+        top <= MASK_END,
+        "pool ends at bus {top:#x}, above the 2^{DMA_MASK_BITS} mask"
+    );
     let bus_top = eng.pool_bus_top().map_or(0, BusAddr::as_u64);
     ensure!(
         bus_top + 1 == top,
         "pool_bus_top {bus_top:#x}, the P2M says {:#x}",
         top - 1
     );
-    let dev32 = Device::new(DmaMask::BITS_32);
+    let device = Device::new(MASK);
     ensure!(
-        eng.dma_supported(&dev32, DmaMask::BITS_32),
-        "dma_supported(32 bits) is false"
+        eng.dma_supported(&device, MASK),
+        "dma_supported({DMA_MASK_BITS} bits) is false"
     );
     ensure!(
         init.bus_top.as_u64() == bus_top,
@@ -218,8 +233,8 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
         eng,
         init.clone(),
         fmt_line!(
-            "{mib} MiB pool at {pool_phys} (above 4 GiB at boot) through swiotlb_xen::init: {} \
-             chunk(s) [order/bits: {chunks}], {} init create calls ({} refused), every 256 KiB \
+            "{mib} MiB pool at {pool_phys} (above the mask at boot) through swiotlb_xen::init \
+             (max_address_bits {DMA_MASK_BITS}): {} chunk(s) [order/bits: {chunks}], {} init create calls ({} refused), every 256 KiB \
              segment machine-contiguous and M2P-consistent, bus top {bus_top:#x}, reservation \
              unchanged; {} hypercalls ({} exchanges, {} multicalls) = {}.{:02} per MiB \
              ({}.{:02} exchanges per MiB; Linux: at least 4)",
@@ -254,7 +269,7 @@ fn pool_init_refused(env: &Env, eng: &Engine) -> Outcome {
     let r = unsafe {
         init::init(
             pv,
-            image_map(),
+            KernelMemory::new(env.low),
             region,
             SMALL_POOL_BYTES,
             &SMALL_SLOTS[..],
@@ -269,10 +284,10 @@ fn pool_init_refused(env: &Env, eng: &Engine) -> Outcome {
                 source: PlatformError::Hypercall { op, errno },
                 ..
             },
-        ) if op == "XENMEM_exchange" && errno > 0 => e,
+        ) if op == "XENMEM_exchange" && errno == 12 => e,
         Err(e) => {
             return Err(fmt_line!(
-                "expected Exhausted by XENMEM_exchange, got `{e}`"
+                "expected Exhausted by XENMEM_exchange's ENOMEM (12), got `{e}`"
             ));
         }
         Ok((_, report)) => return Err(fmt_line!("Xen gave memory below 1 MiB: {report:?}")),
@@ -334,7 +349,7 @@ fn pool_release(env: &Env, pv: &Pv, init: &InitReport) -> Outcome {
     ))
 }
 
-/// An order-10 region (4 MiB, the released pool's memory) made contiguous below 4 GiB and
+/// An order-10 region (4 MiB, the released pool's memory) made contiguous below the mask and
 /// given back: an order above the 2 MiB Linux caps its scratch array at, which this
 /// platform handles without a frame list.
 fn order_10(env: &Env, pv: &Pv, region: PhysAddr) -> Outcome {
@@ -343,13 +358,13 @@ fn order_10(env: &Env, pv: &Pv, region: PhysAddr) -> Outcome {
     let pages0 = reservation().map_err(|e| fmt_line!("{e}"))?;
     let c0 = COUNTERS.snapshot();
     // SAFETY: the released pool's memory, no longer used by anything.
-    let bus = unsafe { pv.create_contiguous(region, 10, 32) }
-        .map_err(|e| fmt_line!("create_contiguous({region}, 10, 32): {e}"))?;
+    let bus = unsafe { pv.create_contiguous(region, 10, DMA_MASK_BITS) }
+        .map_err(|e| fmt_line!("create_contiguous({region}, 10, {DMA_MASK_BITS}): {e}"))?;
     let created = COUNTERS.snapshot().since(c0);
     let b0 = bus.frame().as_u64();
     ensure!(
-        b0 % n == 0 && (b0 + n) << 12 <= GIB4,
-        "extent {bus} not aligned to 4 MiB or not below 4 GiB"
+        b0 % n == 0 && (b0 + n) << 12 <= MASK_END,
+        "extent {bus} not aligned to 4 MiB or not below the mask"
     );
     for i in 0..n {
         ensure!(
@@ -375,7 +390,7 @@ fn order_10(env: &Env, pv: &Pv, region: PhysAddr) -> Outcome {
     let pages1 = reservation().map_err(|e| fmt_line!("{e}"))?;
     ensure!(pages0 == pages1, "reservation {pages0} -> {pages1}");
     Ok(fmt_line!(
-        "4 MiB at {region} -> extent {bus} below 4 GiB in {} hypercalls ({} exchange), 1024 \
+        "4 MiB at {region} -> extent {bus} below the mask in {} hypercalls ({} exchange), 1024 \
          pages P2M/M2P-checked, written and read; destroyed: every page on a new frame, \
          reservation unchanged; {} hypercalls in all",
         created.total,
@@ -403,9 +418,9 @@ fn map_straddle(env: &Env, eng: &Engine) -> Outcome {
     let attrs = DmaAttrs::empty();
     let k = 4;
     let pk = buf_page(k).frame().as_u64();
-    // Pages k and k+1: move k+1 to another frame (below 4 GiB) so they are not adjacent.
+    // Pages k and k+1: move k+1 to another frame (below the mask) so they are not adjacent.
     // SAFETY: the page is one of the checks' buffers, not in use.
-    unsafe { pv.create_contiguous(buf_page(k + 1), 0, 32) }
+    unsafe { pv.create_contiguous(buf_page(k + 1), 0, DMA_MASK_BITS) }
         .map_err(|e| fmt_line!("moving page {}: {e}", k + 1))?;
     let (mk, mk1) = (env.p2m_raw(pk), env.p2m_raw(pk + 1));
     ensure!(mk1 != mk + 1, "pages still adjacent: {mk:#x}, {mk1:#x}");
@@ -468,27 +483,21 @@ fn map_straddle(env: &Env, eng: &Engine) -> Outcome {
     ))
 }
 
-/// The mask the above-mask checks use: 32 bits when the buffers are above 4 GiB (dom0's
-/// memory is, with `-m 6G`), else the narrowest mask that still holds the pool.
-fn device_mask(env: &Env, eng: &Engine) -> Result<(DmaMask, &'static str), Line> {
+/// The mask the above-mask checks use: the `edu` device's, which the kernel image's
+/// buffers lie above (dom0's first pfns are on its highest frames).
+fn device_mask(env: &Env) -> Result<(DmaMask, &'static str), Line> {
     let frame = env.p2m_raw(buf_page(8).frame().as_u64());
-    if frame << 12 >= GIB4 {
-        return Ok((DmaMask::BITS_32, "32-bit device, buffers above 4 GiB"));
-    }
-    let top = eng.pool_bus_top().map_or(0, BusAddr::as_u64);
-    let bits = 64 - top.leading_zeros();
-    let mask = DmaMask::from_bits(bits).ok_or_else(|| fmt_line!("no mask of {bits} bits"))?;
     ensure!(
-        frame << 12 > mask.as_u64(),
-        "buffers at {:#x} are under every mask that holds the pool",
+        frame << 12 > MASK.as_u64(),
+        "buffers at {:#x} are under the device's mask",
         frame << 12
     );
-    Ok((mask, "narrower device mask, dom0 below 4 GiB"))
+    Ok((MASK, "the edu device's mask, buffers above it"))
 }
 
 /// Maps of buffers above the device's mask: bounced under it, bytes both ways, syncs.
 fn map_above_mask(env: &Env, eng: &Engine) -> Outcome {
-    let (mask, how) = device_mask(env, eng)?;
+    let (mask, how) = device_mask(env)?;
     let dev = Device::new(mask).with_min_align_mask(0xfff);
     let attrs = DmaAttrs::empty();
     let orig = PhysAddr::new(buf_page(8).as_u64() + 0x234);
@@ -535,9 +544,9 @@ fn map_above_mask(env: &Env, eng: &Engine) -> Outcome {
 /// A scatter-gather list for the above-mask device: every entry bounced under the mask,
 /// device data copied back at unmap.
 fn map_sg(eng: &Engine) -> Outcome {
-    let env_mask = DmaMask::BITS_32;
+    let env_mask = MASK;
     let top = eng.pool_bus_top().map_or(0, BusAddr::as_u64);
-    ensure!(top < GIB4, "pool above 4 GiB");
+    ensure!(top < MASK_END, "pool above the mask");
     let dev = Device::new(env_mask);
     let entries = [
         (PhysAddr::new(buf_page(10).as_u64() + 0x10), 100usize),
@@ -576,8 +585,8 @@ fn map_sg(eng: &Engine) -> Outcome {
         "slots still used after unmap_sg"
     );
     Ok(fmt_line!(
-        "3 entries (one straddling the moved page) for a 32-bit device: all bounced under \
-         4 GiB (lowest {low:#x}), device data copied back at unmap_sg"
+        "3 entries (one straddling the moved page) for a {DMA_MASK_BITS}-bit device: all \
+         bounced under the mask (lowest {low:#x}), device data copied back at unmap_sg"
     ))
 }
 
@@ -587,7 +596,7 @@ fn coherent(env: &Env, eng: &Engine) -> Outcome {
     let pv = eng.platform();
     let used0 = ALLOCATOR.used();
     let pages0 = reservation().map_err(|e| fmt_line!("{e}"))?;
-    let dev = Device::new(DmaMask::FULL).with_coherent_mask(DmaMask::BITS_32);
+    let dev = Device::new(DmaMask::FULL).with_coherent_mask(MASK);
     let c0 = COUNTERS.snapshot();
     let a = eng
         .alloc_coherent(&dev, 16384)
@@ -595,10 +604,10 @@ fn coherent(env: &Env, eng: &Engine) -> Outcome {
     let (phys, bus) = (a.phys(), a.bus());
     let pfn0 = phys.frame().as_u64();
     let b0 = bus.frame().as_u64();
-    ensure!(a.is_exchanged(), "16 KiB above 4 GiB was not exchanged");
+    ensure!(a.is_exchanged(), "16 KiB above the mask was not exchanged");
     ensure!(
-        b0 % 4 == 0 && bus.as_u64() + 16384 <= GIB4,
-        "bus {bus} not aligned or not below 4 GiB"
+        b0 % 4 == 0 && bus.as_u64() + 16384 <= MASK_END,
+        "bus {bus} not aligned or not below the mask"
     );
     for i in 0..4 {
         ensure!(
@@ -660,15 +669,15 @@ fn coherent(env: &Env, eng: &Engine) -> Outcome {
         return Err(fmt_line!("13-bit coherent allocation: {r:?}"));
     };
     ensure!(
-        op == "XENMEM_exchange" && errno > 0,
-        "the error does not name the exchange: {e}"
+        op == "XENMEM_exchange" && errno == 12,
+        "expected ENOMEM (12) from the exchange: {e}"
     );
     ensure!(
         ALLOCATOR.used() == used0,
         "refused allocation kept its pages"
     );
     Ok(fmt_line!(
-        "16 KiB for a 32-bit coherent mask: exchanged to {bus}, contiguous, M2P agrees; \
+        "16 KiB for a {DMA_MASK_BITS}-bit coherent mask: exchanged to {bus}, contiguous, M2P agrees; \
          freed: frames exchanged back, extent released, pages and reservation ({pages1}) back; \
          {} hypercalls; 64-bit device: used in place; 13-bit mask: `{e}`",
         calls.total
@@ -677,7 +686,7 @@ fn coherent(env: &Env, eng: &Engine) -> Outcome {
 
 /// Bad input to the engine: documented errors, nothing left mapped.
 fn bad_input_engine(eng: &Engine) -> Outcome {
-    let dev = Device::new(DmaMask::BITS_32);
+    let dev = Device::new(MASK);
     let dir = DmaDirection::ToDevice;
     let attrs = DmaAttrs::empty();
     let pool = eng.pool().ok_or_else(|| fmt_line!("no pool"))?;

@@ -28,9 +28,15 @@ mod checks;
 #[cfg(target_arch = "x86_64")]
 mod console;
 #[cfg(target_arch = "x86_64")]
+mod devdma;
+#[cfg(target_arch = "x86_64")]
 mod dma;
 #[cfg(target_arch = "x86_64")]
+mod edu;
+#[cfg(target_arch = "x86_64")]
 mod hyp;
+#[cfg(target_arch = "x86_64")]
+mod mmu;
 #[cfg(target_arch = "x86_64")]
 mod pages;
 
