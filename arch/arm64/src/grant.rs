@@ -5,14 +5,21 @@
 //! status is `GNTST_okay` has a frame of dom0 (`host_addr`) now holding another domain's page
 //! whose machine address is `dev_bus_addr`. That pair goes into the table, so that DMA to the
 //! frame is sent to the right machine address. If it cannot go in (table full, overlap), the
-//! grant is unmapped at once and its status set to `GNTST_general_error`: a mapping the table
-//! does not know about would be translated 1:1, and a device would be pointed at the wrong
-//! memory. That is the lesson of XSA-361 (CVE-2021-26932), where such errors were ignored.
+//! grant is unmapped at once, its status set to `GNTST_general_error` and its handle to
+//! [`INVALID_GRANT_HANDLE`]: a mapping the table does not know about would be translated 1:1,
+//! and a device would be pointed at the wrong memory; and the handle, freed by the unmap, may
+//! already name another mapping. That is the lesson of XSA-361 (CVE-2021-26932), where such errors were ignored.
 
 use crate::foreign::{EntryStorage, ForeignTable, ForeignTableError};
 use crate::hcall::{self, UnmapFailure};
 use swiotlb_core::{BusAddr, PhysAddr};
-use xen_abi::{GNTST_GENERAL_ERROR, GNTST_OKAY, GnttabMapGrantRef, GnttabUnmapGrantRef, Hypercall};
+use xen_abi::{
+    GNTST_GENERAL_ERROR, GNTST_OKAY, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantHandle, Hypercall,
+};
+
+/// The handle no grant mapping has (Linux's `INVALID_GRANT_HANDLE`, `~0`).
+/// [`ForeignTable::record_grant_maps`] sets it on a request it had to unmap at once.
+pub const INVALID_GRANT_HANDLE: GrantHandle = !0;
 
 /// What [`ForeignTable::record_grant_maps`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,8 +29,8 @@ pub struct GrantMapSummary {
     pub recorded: usize,
     /// Requests that had already failed (status not `GNTST_okay`) and were left alone.
     pub skipped: usize,
-    /// Requests that mapped but could not be recorded: they were unmapped and their status
-    /// set to `GNTST_general_error`.
+    /// Requests that mapped but could not be recorded: they were unmapped, their status set
+    /// to `GNTST_general_error` and their handle to [`INVALID_GRANT_HANDLE`].
     pub failed: usize,
     /// Of the `failed`, how many the unmap itself failed for. Their pages stay mapped at
     /// `host_addr` without a table entry: the caller must not use those frames for DMA (Linux
@@ -58,8 +65,10 @@ impl<S: EntryStorage> ForeignTable<S> {
     /// `GNTST_okay` adds the frame of `host_addr` -> the frame of `dev_bus_addr`, one page.
     ///
     /// A request that cannot be recorded is unmapped at once with
-    /// `GNTTABOP_unmap_grant_ref` (its `host_addr`, `dev_bus_addr` and `handle`) and its
-    /// status set to `GNTST_general_error`, so the caller sees it as failed and never uses it.
+    /// `GNTTABOP_unmap_grant_ref` (its `host_addr`, `dev_bus_addr` and `handle`), its
+    /// status set to `GNTST_general_error` and its handle to [`INVALID_GRANT_HANDLE`], so the
+    /// caller sees it as failed and never uses it, nor unmaps by its freed handle a mapping
+    /// Xen has given the handle to since.
     ///
     /// # Safety
     ///
@@ -87,12 +96,13 @@ impl<S: EntryStorage> ForeignTable<S> {
                 Err(err) => {
                     summary.failed += 1;
                     summary.first_error.get_or_insert(err);
-                    let mut unmap = GnttabUnmapGrantRef {
-                        host_addr: op.host_addr,
-                        dev_bus_addr: op.dev_bus_addr,
-                        handle: op.handle,
-                        status: GNTST_OKAY,
-                    };
+                    // The request starts failed (a positive status no GNTST_* code is), so
+                    // that only Xen's own answer reads as success.
+                    let mut unmap =
+                        GnttabUnmapGrantRef::new(op.host_addr, op.dev_bus_addr, op.handle);
+                    // Xen frees the handle at the unmap and may give it to the next mapping:
+                    // the caller must not find it here (gntdev cleans up by handle).
+                    op.handle = INVALID_GRANT_HANDLE;
                     // SAFETY: the caller guarantees this is a mapping this domain just made
                     // and that nothing uses it yet.
                     let res: Result<(), UnmapFailure> =
@@ -234,6 +244,10 @@ mod tests {
         assert_eq!(ops[1].status, GNTST_OKAY);
         assert_eq!(ops[2].status, GNTST_GENERAL_ERROR);
         assert_eq!(
+            [ops[0].handle, ops[1].handle, ops[2].handle],
+            [INVALID_GRANT_HANDLE, 8, INVALID_GRANT_HANDLE]
+        );
+        assert_eq!(
             *xen.unmaps.borrow(),
             [
                 (0x8000 << 12, 0x2000 << 12, 7),
@@ -258,6 +272,28 @@ mod tests {
             assert_eq!(ops[0].status, GNTST_GENERAL_ERROR);
             assert_eq!(xen.unmaps.borrow().len(), 1);
         }
+    }
+
+    /// Returns success for the whole call without touching the request (as when Xen stops
+    /// before reaching it).
+    struct SilentXen;
+
+    // SAFETY: touches no memory.
+    unsafe impl Hypercall for SilentXen {
+        unsafe fn hypercall(&self, _op: u32, _args: [u64; 5]) -> i64 {
+            0
+        }
+    }
+
+    #[test]
+    fn an_unmap_xen_never_answered_is_not_taken_for_success() {
+        let t = BoundedForeignTable::<1>::new();
+        t.ins(Pfn::new(1), Bfn::new(1), 1).unwrap();
+        let mut ops = [map_op(0x10, 0x20, 5, GNTST_OKAY)];
+        // SAFETY: as above.
+        let s = unsafe { t.record_grant_maps(&mut ops, &SilentXen) };
+        assert_eq!((s.failed, s.unmap_failed), (1, 1));
+        assert_eq!(ops[0].handle, INVALID_GRANT_HANDLE);
     }
 
     #[test]

@@ -8,12 +8,12 @@ use swiotlb_core::{
 };
 use swiotlb_xen_arm64::{
     Arm64Config, Arm64Platform, BoundedForeignTable, CacheOps, DomainMapping, EntryStorage,
-    ForeignTable, ProbeOptions,
+    ForeignTable, INVALID_GRANT_HANDLE, ProbeOptions,
 };
 use xen_abi::{
-    GNTMAP_HOST_MAP, GNTST_GENERAL_ERROR, GNTST_OKAY, GNTTAB_CACHE_CLEAN, GNTTAB_CACHE_INVAL,
-    GNTTABOP_CACHE_FLUSH, GnttabCacheFlush, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantRef,
-    HYPERVISOR_GRANT_TABLE_OP, Hypercall, ops,
+    GNTMAP_HOST_MAP, GNTST_BAD_HANDLE, GNTST_GENERAL_ERROR, GNTST_OKAY, GNTTAB_CACHE_CLEAN,
+    GNTTAB_CACHE_INVAL, GNTTABOP_CACHE_FLUSH, GnttabCacheFlush, GnttabMapGrantRef,
+    GnttabUnmapGrantRef, GrantRef, HYPERVISOR_GRANT_TABLE_OP, Hypercall, ops,
 };
 use xen_sim::{ArmGuest, CacheViolationKind, Domain, Fault, SimConfig, SimMemory, SimOp, Xen};
 
@@ -530,6 +530,59 @@ fn grant_map_failures_and_a_full_table() {
     assert_eq!(
         fx.guest.stage2_lookup(ipa),
         Some(BusAddr::new(again[0].dev_bus_addr))
+    );
+    fx.check();
+}
+
+/// A map that could not be recorded is unmapped at once and its handle invalidated (as
+/// Linux's `set_foreign_p2m_mapping`): a caller that cleans up by handle (gntdev's pattern)
+/// then gets `GNTST_bad_handle` instead of tearing down the mapping Xen has since given the
+/// freed handle to.
+#[test]
+fn a_failed_record_leaves_the_handle_invalid() {
+    let fx = Fixture::new(SimConfig::arm64(), 2);
+    let table = BoundedForeignTable::<1>::new();
+    let mem = fx.guest.memory();
+    let platform = probe(&fx.dom0, &table, SimCache(fx.guest.clone()), &mem);
+    let mut maps = fx.map_ops();
+    let freed = maps[1].handle;
+    // SAFETY: the maps are the fixture's own, used by nothing yet.
+    let s = unsafe { platform.record_grant_maps(&mut maps) };
+    assert_eq!((s.recorded, s.failed, s.unmap_failed), (1, 1, 0));
+    assert_eq!(maps[1].status, GNTST_GENERAL_ERROR);
+    assert_eq!(
+        maps[1].handle, INVALID_GRANT_HANDLE,
+        "the freed handle was kept"
+    );
+    // Xen hands the freed handle to the next mapping: the grant mapped again in place.
+    let mut again = [GnttabMapGrantRef {
+        host_addr: maps[1].host_addr,
+        flags: GNTMAP_HOST_MAP,
+        ref_: maps[1].ref_,
+        dom: maps[1].dom,
+        ..Default::default()
+    }];
+    // SAFETY: dom0's own foreign window, where nothing is mapped at this frame any more.
+    let ret = unsafe { ops::grant_map(&fx.dom0, &mut again) };
+    assert_eq!((ret, again[0].status), (Ok(()), GNTST_OKAY));
+    assert_eq!(
+        again[0].handle, freed,
+        "the simulator reuses the lowest free handle"
+    );
+    // The caller cleans up the failed request by its handle, as gntdev does.
+    let mut cleanup = [GnttabUnmapGrantRef::new(
+        maps[1].host_addr,
+        maps[1].dev_bus_addr,
+        maps[1].handle,
+    )];
+    // SAFETY: an unmap request for a mapping the test made; Xen judges the handle.
+    let ret = unsafe { ops::grant_unmap(&fx.dom0, &mut cleanup) };
+    assert_eq!((ret, cleanup[0].status), (Ok(()), GNTST_BAD_HANDLE));
+    let ipa = PhysAddr::new(again[0].host_addr);
+    assert_eq!(
+        fx.guest.stage2_lookup(ipa),
+        Some(BusAddr::new(again[0].dev_bus_addr)),
+        "the cleanup tore down the new mapping"
     );
     fx.check();
 }
