@@ -439,7 +439,7 @@ fn matrix_table(cells: &[Cell], releases: &[XenRelease]) -> String {
     let mut out = String::from("xen-qemu matrix:\n");
     let _ = write!(out, "{:<10}", "");
     for r in releases {
-        let _ = write!(out, " {:<34}", format!("xen-{}", r.version));
+        let _ = write!(out, " {:<42}", format!("xen-{}", r.version));
     }
     let mut arches: Vec<Arch> = cells.iter().map(|c| c.arch).collect();
     arches.dedup();
@@ -453,7 +453,7 @@ fn matrix_table(cells: &[Cell], releases: &[XenRelease]) -> String {
                 Some(Cell { result: Err(_), .. }) => "FAIL".to_owned(),
                 None => "-".to_owned(),
             };
-            let _ = write!(out, " {text:<34}");
+            let _ = write!(out, " {text:<42}");
         }
     }
     out
@@ -493,13 +493,17 @@ fn run_mutants(root: &Path, arches: &[Arch], releases: &[XenRelease]) -> Result<
                     }
                     Err(reason) => {
                         killed += 1;
-                        let first = reason
-                            .lines()
-                            .find(|l| !l.trim().is_empty() && !l.ends_with(':'))
-                            .unwrap_or("")
-                            .trim();
+                        let console =
+                            fs::read_to_string(release.dir(root, arch.name())?.join(&log))
+                                .unwrap_or_default();
+                        let failed = failed_checks(arch.name(), &console);
+                        let why = if failed.is_empty() {
+                            reason.lines().next().unwrap_or("").trim().to_owned()
+                        } else {
+                            format!("failed checks: {}", failed.join(", "))
+                        };
                         println!(
-                            "==> mutant {label} xen-{}: killed in {:.1} s ({first})",
+                            "==> mutant {label} xen-{}: killed in {:.1} s ({why})",
                             release.version,
                             start.elapsed().as_secs_f64()
                         );
@@ -899,15 +903,39 @@ pub(crate) struct Verdict {
     pub device: usize,
 }
 
-/// Whether check `name` (after its optional `NN-` number) is a device DMA check.
-fn is_device_check(name: &str) -> bool {
+/// A check's name without its optional `NN-` number.
+fn unnumbered(name: &str) -> &str {
     let bytes = name.as_bytes();
-    let name = if bytes.len() > 3 && bytes[..2].iter().all(u8::is_ascii_digit) && bytes[2] == b'-' {
+    if bytes.len() > 3 && bytes[..2].iter().all(u8::is_ascii_digit) && bytes[2] == b'-' {
         &name[3..]
     } else {
         name
-    };
-    name.starts_with("dev-")
+    }
+}
+
+/// Whether check `name` (after its optional `NN-` number) is a device DMA check.
+fn is_device_check(name: &str) -> bool {
+    unnumbered(name).starts_with("dev-")
+}
+
+/// The names of the checks of `arch` that did not say `ok` on `console`, without their
+/// `NN-` numbers, each once, in order.
+fn failed_checks(arch: &str, console: &str) -> Vec<String> {
+    let check = check_prefix(arch);
+    let mut names: Vec<String> = Vec::new();
+    for line in console.lines() {
+        let Some(at) = line.find(&check) else {
+            continue;
+        };
+        let Some((name, status)) = line[at + check.len()..].split_once(": ") else {
+            continue;
+        };
+        let name = unnumbered(name);
+        if !status.starts_with("ok") && !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    names
 }
 
 /// Reads the verdict of `arch` booted on Xen `version` from a console log. Succeeds only if
@@ -1063,6 +1091,13 @@ mod tests {
             format!("{PASS}EDU: clamping DMA 0x0000000110000000 to 0x0000000000000000!\n");
         let err = verdict("x86_64", "4.17", &clamped, (2, 1)).unwrap_err();
         assert!(err.contains("outside its mask"), "{err}");
+    }
+
+    #[test]
+    fn failed_checks_are_listed_once_without_numbers() {
+        let console = "XEN-QEMU aarch64 check 01-a: ok\nXEN-QEMU aarch64 check 02-dev-b: FAIL x\n\
+                       XEN-QEMU aarch64 check 02-dev-b: FAIL y\nXEN-QEMU aarch64 check c: FAIL\n";
+        assert_eq!(failed_checks("aarch64", console), ["dev-b", "c"]);
     }
 
     #[test]
