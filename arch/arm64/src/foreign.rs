@@ -17,10 +17,10 @@
 //! [`BoundedForeignTable::new`]); with the `alloc` feature, `UnboundedForeignTable` keeps
 //! them in a `Vec` and reports allocation failure as an error.
 
-use crate::lock::atomic::{AtomicUsize, Ordering};
-use crate::lock::{ReadGuard, RwSpinLock, const_fn_unless_loom};
 use arrayvec::ArrayVec;
 use core::fmt;
+use swiotlb_core::lock::atomic::{AtomicUsize, Ordering};
+use swiotlb_core::lock::{IrqHook, ReadGuard, RwSpinLock, const_fn_unless_loom};
 use swiotlb_core::{Bfn, Pfn};
 
 #[cfg(feature = "alloc")]
@@ -289,8 +289,12 @@ impl EntryStorage for Vec<ForeignEntry> {
 /// The table of foreign mappings of a 1:1 dom0.
 ///
 /// Safe to share between CPUs: lookups take a shared lock and do not block each other;
-/// [`insert`](Self::insert) and [`remove`](Self::remove) take it exclusively. See
-/// [`crate::lock`] for what interrupt context requires.
+/// [`insert`](Self::insert) and [`remove`](Self::remove) take it exclusively (a
+/// writer-preferring [`RwSpinLock`]). Both mask local interrupts through the table's
+/// [`IrqHook`] ([`set_irq_hook`](Self::set_irq_hook), [`with_irq_hook`](Self::with_irq_hook));
+/// with a hook that masks, every method may be called from interrupt context (see
+/// [`swiotlb_core::lock`]). Without one, an interrupt-time lookup nested in a lookup of the
+/// same CPU deadlocks as soon as a writer waits.
 ///
 /// # Invariants
 ///
@@ -367,6 +371,38 @@ impl ForeignTable<Vec<ForeignEntry>> {
 impl Default for ForeignTable<Vec<ForeignEntry>> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl<S> ForeignTable<S> {
+    /// The table with `hook` as the interrupt hook of its lock, usable in a `static`:
+    ///
+    /// ```
+    /// use swiotlb_core::IrqHook;
+    /// use swiotlb_xen_arm64::BoundedForeignTable;
+    /// # fn local_irq_save() -> usize { 0 }
+    /// # fn local_irq_restore(_: usize) {}
+    /// static FOREIGN: BoundedForeignTable<1024> = BoundedForeignTable::new()
+    ///     .with_irq_hook(IrqHook::new(local_irq_save, local_irq_restore));
+    /// assert!(FOREIGN.lookup(swiotlb_core::Pfn::new(1)).is_none());
+    /// ```
+    #[must_use]
+    pub const fn with_irq_hook(mut self, hook: IrqHook) -> Self {
+        self.entries.set_irq_hook(hook);
+        self
+    }
+
+    /// Sets the interrupt hook of the table's lock: how to mask local interrupts while
+    /// readers and writers hold or await it (see [`swiotlb_core::lock`]). The default,
+    /// [`IrqHook::NONE`], masks nothing.
+    pub const fn set_irq_hook(&mut self, hook: IrqHook) {
+        self.entries.set_irq_hook(hook);
+    }
+
+    /// The interrupt hook of the table's lock.
+    #[must_use]
+    pub const fn irq_hook(&self) -> IrqHook {
+        self.entries.irq_hook()
     }
 }
 
@@ -519,7 +555,8 @@ impl<S: EntryStorage> ForeignTable<S> {
     ///
     /// Do not call other methods of the table (or a platform using it) while holding the
     /// view: if a writer is waiting, the nested shared lock waits for it, and it waits for
-    /// the view to be dropped.
+    /// the view to be dropped. Local interrupts stay masked (through the table's hook) until
+    /// the view is dropped, so an interrupt handler cannot nest a lookup inside it.
     pub fn read(&self) -> ForeignTableView<'_, S> {
         ForeignTableView {
             guard: self.entries.read(),

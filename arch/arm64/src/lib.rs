@@ -80,7 +80,6 @@ mod cache;
 pub mod foreign;
 mod grant;
 mod hcall;
-pub mod lock;
 mod platform;
 #[cfg(test)]
 mod testutil;
@@ -95,7 +94,7 @@ pub use foreign::{
     BoundedForeignTable, EntryStorage, ForeignEntry, ForeignTable, ForeignTableError,
     ForeignTableView,
 };
-pub use grant::{GrantMapSummary, GrantUnmapSummary};
+pub use grant::{GrantMapSummary, GrantUnmapSummary, INVALID_GRANT_HANDLE};
 #[cfg(target_arch = "aarch64")]
 pub use native::NativeHypercall;
 pub use platform::{

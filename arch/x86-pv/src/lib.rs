@@ -73,7 +73,6 @@ mod error;
 mod native;
 pub mod p2m;
 mod platform;
-mod sync;
 
 pub use error::X86PvError;
 #[cfg(target_arch = "x86_64")]

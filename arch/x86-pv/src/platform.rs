@@ -16,7 +16,7 @@ use xen_abi::{
 
 use crate::error::X86PvError;
 use crate::p2m::{self, INVALID_M2P_ENTRY, INVALID_P2M_ENTRY, P2mEntry};
-use crate::sync::{SpinLock, Transition};
+use swiotlb_core::lock::{IrqHook, SeqRange, SpinLock};
 
 /// Entries per multicall batch (Linux's `MC_BATCH`). The batch lives on the stack:
 /// `32 * 64` bytes.
@@ -77,8 +77,8 @@ pub struct X86PvPlatform<'a, H, M> {
     mem: M,
     pte_flags: u64,
     max_order: u32,
-    lock: SpinLock,
-    transition: Transition,
+    lock: SpinLock<()>,
+    transition: SeqRange,
 }
 
 impl<H, M> fmt::Debug for X86PvPlatform<'_, H, M> {
@@ -154,9 +154,21 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             mem,
             pte_flags: DEFAULT_PTE_FLAGS,
             max_order: XEN_MAX_ORDER,
-            lock: SpinLock::new(),
-            transition: Transition::new(),
+            lock: SpinLock::new(()),
+            transition: SeqRange::new(),
         }
+    }
+
+    /// Sets the interrupt hook of the lock that serialises
+    /// [`create_contiguous`](Self::create_contiguous) and
+    /// [`destroy_contiguous`](Self::destroy_contiguous) (Linux's `xen_reservation_lock`, taken
+    /// with `spin_lock_irqsave`): with a hook that masks, they may be called from interrupt
+    /// context. Translations take no lock and are interrupt-safe without it. See
+    /// [`swiotlb_core::lock`].
+    #[must_use]
+    pub fn with_irq_hook(mut self, hook: IrqHook) -> Self {
+        self.lock.set_irq_hook(hook);
+        self
     }
 
     /// Sets the flags of the PTEs written when pages are remapped. The frame bits of

@@ -10,6 +10,9 @@
 //!   copy-in at every map, partial syncs, clamped copies, statistics, typed errors.
 //! - [`hooks`]: the [`PhysMemory`] and [`Platform`] traits a kernel or a platform implements;
 //!   [`LinearMap`] is a ready `PhysMemory` over one contiguous mapped region.
+//! - [`lock`]: the spin locks of the workspace (the pool's areas, the arm64 foreign table,
+//!   the x86 PV platform) and [`IrqHook`], through which they mask interrupts; it lists
+//!   which entry points are interrupt-safe.
 //!
 //! This crate knows nothing of Xen. The Xen translation and contiguity hooks live in
 //! `swiotlb-xen-x86-pv` and `swiotlb-xen-arm64`; users normally depend on the `swiotlb-xen`
@@ -81,6 +84,7 @@ pub mod engine;
 pub mod error;
 pub mod hooks;
 pub mod linear;
+pub mod lock;
 pub mod pool;
 
 pub use addr::{Bfn, BusAddr, Pfn, PhysAddr, XEN_PAGE_SHIFT, XEN_PAGE_SIZE};
@@ -92,4 +96,5 @@ pub use engine::{
 pub use error::Error;
 pub use hooks::{PhysMemory, Platform, PlatformError};
 pub use linear::LinearMap;
+pub use lock::IrqHook;
 pub use pool::{BouncePool, Slot, Stats, max_mapping_size};

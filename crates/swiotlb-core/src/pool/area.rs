@@ -3,9 +3,9 @@
 //! All metadata lives out of band, in storage the caller provides: nothing is ever read back
 //! from the pool memory, which a device (or another domain) may write at any time.
 
-use super::lock::SpinLock;
-use super::lock::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use super::lock::const_fn_unless_loom;
+use crate::lock::SpinLock;
+use crate::lock::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::lock::const_fn_unless_loom;
 
 /// Marks a slot whose `orig` is unset (Linux's `INVALID_PHYS_ADDR`).
 pub(crate) const INVALID_PHYS: u64 = u64::MAX;
@@ -37,7 +37,8 @@ pub(crate) mod state {
 ///
 /// The fields are atomics so that the pool can work through `&self` from many CPUs. Every
 /// write happens under the lock of the slot's area, except the state change of a mapping's
-/// first slot that marks the end of its copy-in (made by the mapper, which owns the slots).
+/// first slot that marks the end of its copy-in (made by the mapper, which owns the slots)
+/// and the decrement of `busy` when a sync's copy is done.
 #[derive(Debug, Default)]
 pub struct Slot {
     /// Linux's `orig_addr`: where the original bytes that belong at this slot's data
@@ -60,6 +61,10 @@ pub struct Slot {
     pub(crate) pad: AtomicU16,
     /// On the first data slot: the number of slots of the allocation, pad slots included.
     pub(crate) nslots: AtomicU16,
+    /// On the first data slot of a streaming mapping: the number of syncs copying its bytes
+    /// outside the area lock. Raised under the lock (only while the slot is a `HEAD`),
+    /// lowered without it when the copy is done; an unmap waits for it to reach zero.
+    pub(crate) busy: AtomicU16,
     /// One of the [`state`] values.
     pub(crate) state: AtomicU8,
 }
@@ -77,6 +82,7 @@ impl Slot {
                 k: AtomicU16::new(0),
                 pad: AtomicU16::new(0),
                 nslots: AtomicU16::new(0),
+                busy: AtomicU16::new(0),
                 state: AtomicU8::new(state::FREE),
             }
         }
@@ -91,6 +97,7 @@ impl Slot {
         self.k.store(0, Ordering::Relaxed);
         self.pad.store(0, Ordering::Relaxed);
         self.nslots.store(0, Ordering::Relaxed);
+        self.busy.store(0, Ordering::Relaxed);
         self.state.store(state::FREE, Ordering::Release);
     }
 }

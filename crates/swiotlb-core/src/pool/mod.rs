@@ -12,23 +12,23 @@
 //! `docs/semantics.md` compares each rule with Linux's.
 
 mod area;
-mod lock;
 mod search;
 mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use crate::lock::{IrqHook, SpinLock, SpinLockGuard};
 pub use area::Slot;
-pub use lock::{SpinLock, SpinLockGuard};
 pub use stats::Stats;
 
 use crate::addr::PhysAddr;
 use crate::dma::{Device, DmaAttrs, DmaDirection};
 use crate::error::Error;
 use crate::hooks::PhysMemory;
+use crate::lock::atomic::Ordering;
+use crate::lock::spin_wait;
 use area::{Area, INVALID_PHYS, bump, state};
 use arrayvec::ArrayVec;
-use lock::atomic::Ordering;
 use search::{Plan, give_run, search_area, seg_free, take_run};
 use stats::GlobalStats;
 
@@ -87,10 +87,16 @@ pub const fn limit_nareas(nareas: usize, nslabs: usize) -> usize {
 /// must return the same slice every time.
 ///
 /// All methods take `&self` and may be called from many CPUs at once. Each area has a spin
-/// lock held only for the slot search and metadata updates; the copies of map and unmap run
-/// outside it. Syncs copy under the area lock; an unmap that copies back first claims the
-/// mapping under that lock. So a sync never runs alongside an unmap's copy-back, and none
-/// runs after the unmap returns.
+/// lock held only for the slot search and metadata updates; no copy runs under it. A sync
+/// validates the mapping and pins it (its first slot's `busy` count) under the area lock and
+/// copies outside it; an unmap claims the mapping under the lock (after which no sync can pin
+/// it), waits for the pinned syncs to finish, then copies back outside the lock and frees the
+/// slots under it. So a sync never runs alongside an unmap's copy-back, and none runs after
+/// the unmap returns.
+///
+/// The area locks mask interrupts through the pool's [`IrqHook`]
+/// ([`set_irq_hook`](Self::set_irq_hook)); with a hook that masks, every method may be called
+/// from interrupt context, under the condition [`crate::lock`] states.
 ///
 /// # Invariants
 ///
@@ -127,6 +133,8 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> core::fmt::Debug for BouncePool<M, S> {
 struct SyncRange {
     orig: PhysAddr,
     len: usize,
+    /// The first data slot of the mapping.
+    head: usize,
 }
 
 #[cfg(feature = "alloc")]
@@ -229,6 +237,31 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             areas,
             stats: GlobalStats::default(),
         })
+    }
+
+    /// Sets the interrupt hook of the area locks: how to mask local interrupts while one is
+    /// held (see [`crate::lock`]). The default, [`IrqHook::NONE`], masks nothing; a kernel that
+    /// maps, unmaps or syncs from interrupt handlers must set its own.
+    pub fn set_irq_hook(&mut self, hook: IrqHook) {
+        for area in &mut self.areas {
+            area.lock.set_irq_hook(hook);
+        }
+    }
+
+    /// The pool with `hook` as the interrupt hook of its area locks; see
+    /// [`set_irq_hook`](Self::set_irq_hook).
+    #[must_use]
+    pub fn with_irq_hook(mut self, hook: IrqHook) -> Self {
+        self.set_irq_hook(hook);
+        self
+    }
+
+    /// The interrupt hook of the area locks.
+    #[must_use]
+    pub fn irq_hook(&self) -> IrqHook {
+        self.areas
+            .first()
+            .map_or(IrqHook::NONE, |a| a.lock.irq_hook())
     }
 
     #[inline]
@@ -584,14 +617,14 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         #[cfg(not(swiotlb_mutant = "no_copy_back"))]
         let copy_back = dir.from_device() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
         let area = &self.areas[self.area_of(idx)];
-        if !copy_back {
-            // Nothing to copy: validate and free in one critical section.
-            let mut st = area.lock.lock();
-            if h.state.load(Ordering::Relaxed) != state::HEAD
-                || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
-            {
-                return Err(not_mapped);
-            }
+        let mut st = area.lock.lock();
+        if h.state.load(Ordering::Relaxed) != state::HEAD
+            || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
+        {
+            return Err(not_mapped);
+        }
+        if !copy_back && h.busy.load(Ordering::Acquire) == 0 {
+            // Nothing to copy and no sync copying: validate and free in one critical section.
             let overflow = size > h.size.load(Ordering::Relaxed) as usize;
             self.release(idx, &mut st);
             bump(&area.unmaps, 1);
@@ -601,33 +634,32 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             drop(st);
             return Ok(());
         }
-        // Claim the mapping under the area lock: from here no sync (which copies only under
-        // the lock and only for a HEAD mapping) and no other unmap can touch it, so the
-        // copy-back below runs alone and outside the lock.
-        {
-            let _guard = area.lock.lock();
-            if h.state.load(Ordering::Relaxed) != state::HEAD
-                || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
-            {
-                return Err(not_mapped);
-            }
-            h.state.store(state::UNMAPPING, Ordering::Relaxed);
+        // Claim the mapping under the area lock: from here no sync can pin it (syncs pin only
+        // a HEAD mapping, under the lock) and no other unmap can touch it.
+        h.state.store(state::UNMAPPING, Ordering::Relaxed);
+        drop(st);
+        // Wait for the syncs that pinned it before the claim; their copies happen before
+        // what follows (release decrement, acquire load).
+        while h.busy.load(Ordering::Acquire) != 0 {
+            spin_wait();
         }
         let msize = h.size.load(Ordering::Relaxed) as usize;
         let overflow = size > msize;
         let len = size.min(msize);
-        {
+        if copy_back {
             let orig = PhysAddr::new(h.orig.load(Ordering::Relaxed));
-            // SAFETY: the mapping is claimed, so its slots stay allocated; `len` is within
-            // the mapping in the pool and within the original, which the mapper vouched
-            // for until this unmap returns.
+            // SAFETY: the mapping is claimed and no sync copies it any more, so its slots stay
+            // allocated and the copy-back runs alone; `len` is within the mapping in the pool
+            // and within the original, which the mapper vouched for until this unmap returns.
             unsafe { self.mem.copy(orig, data_place(tlb_addr), len) };
         }
         let mut st = area.lock.lock();
         self.release(idx, &mut st);
         bump(&area.unmaps, 1);
-        // CAST: usize fits in u64.
-        bump(&area.bytes_bounced, len as u64);
+        if copy_back {
+            // CAST: usize fits in u64.
+            bump(&area.bytes_bounced, len as u64);
+        }
         if overflow {
             bump(&area.overflow_attempts, 1);
         }
@@ -683,6 +715,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         Ok(SyncRange {
             orig: PhysAddr::new(h.orig.load(Ordering::Relaxed) + pos),
             len,
+            head,
         })
     }
 
@@ -698,23 +731,40 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         }
         let idx = self.slot_index(tlb_addr)?;
         let area = &self.areas[self.area_of(idx)];
-        let _guard = area.lock.lock();
+        let guard = area.lock.lock();
         let r = self.sync_range(idx, tlb_addr, size, area)?;
-        if copy {
-            // SAFETY: the mapping is live and cannot be freed while we hold its area lock;
-            // both ranges lie within the mapping (pool side) and the original the mapper
-            // vouched for until unmap.
-            unsafe {
-                if to_pool {
-                    self.mem.copy(data_place(tlb_addr), r.orig, r.len);
-                } else {
-                    self.mem.copy(r.orig, data_place(tlb_addr), r.len);
-                }
-            }
-            // CAST: usize fits in u64.
-            bump(&area.bytes_bounced, r.len as u64);
-        }
         bump(&area.syncs, 1);
+        if !copy {
+            return Ok(());
+        }
+        // CAST: usize fits in u64.
+        bump(&area.bytes_bounced, r.len as u64);
+        // Pin the mapping so that an unmap waits for this copy; with the count saturated
+        // (65535 syncs of one mapping at once), copy under the lock instead.
+        let head = &self.slots()[r.head];
+        let pinned = head.busy.load(Ordering::Relaxed) < u16::MAX;
+        let guard = if pinned {
+            head.busy.fetch_add(1, Ordering::Relaxed);
+            drop(guard);
+            None
+        } else {
+            Some(guard)
+        };
+        // SAFETY: the mapping is pinned (or its area lock held), so an unmap waits for this
+        // copy before it copies back or frees the slots; both ranges lie within the mapping
+        // (pool side) and the original the mapper vouched for until unmap.
+        unsafe {
+            if to_pool {
+                self.mem.copy(data_place(tlb_addr), r.orig, r.len);
+            } else {
+                self.mem.copy(r.orig, data_place(tlb_addr), r.len);
+            }
+        }
+        if pinned {
+            // The copy happens before an unmap's acquire load sees the count drop.
+            head.busy.fetch_sub(1, Ordering::Release);
+        }
+        drop(guard);
         Ok(())
     }
 

@@ -9,9 +9,9 @@
 //! are those of Linux's `swiotlb_search_pool_area`, checked on the same addresses.
 
 use super::area::Slot;
-use super::lock::atomic::Ordering;
 use super::{IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 use crate::error::Error;
+use crate::lock::atomic::Ordering;
 
 /// The slot geometry and alignment constraints of one request, computed before any lock is
 /// taken.

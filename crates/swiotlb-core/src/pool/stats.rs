@@ -1,7 +1,7 @@
 //! Pool statistics.
 
-use super::lock::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::error::Error;
+use crate::lock::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A snapshot of a pool's statistics ([`super::BouncePool::stats`]).
 ///
