@@ -8,8 +8,19 @@ pub const DOMU_ID: u16 = 1;
 /// (`GNTTAB_NR_RESERVED_ENTRIES`).
 pub const FIRST_REF: u32 = 8;
 
-/// How many pages the domU grants.
-pub const NR_GRANTS: usize = 4;
+/// How many pages the domU grants: [`NR_GRANTS`] - 1 pages of its `.bss` and
+/// [`LOW_PAGE`].
+pub const NR_GRANTS: usize = 5;
+
+/// The page (index) the domU grants from the end of its RAM after trading it for a frame
+/// below 4 GiB (`XENMEM_decrease_reservation`, then `XENMEM_populate_physmap` with
+/// address bits 32). Xen gives a domU its RAM from the highest free memory first, above
+/// 4 GiB here, so the `edu` device reaches the other granted pages only through the bounce
+/// pool and this one directly, at its machine address.
+pub const LOW_PAGE: usize = NR_GRANTS - 1;
+
+/// The domU's RAM (the harness's `memory` property of the domain node, in bytes).
+pub const DOMU_MEMORY: u64 = 128 << 20;
 
 /// `GUEST_GNTTAB_BASE`: where a domU maps its grant-table frames.
 pub const GUEST_GNTTAB_BASE: u64 = 0x3800_0000;

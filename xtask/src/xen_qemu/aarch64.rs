@@ -32,25 +32,34 @@ const TARGET: &str = "aarch64-unknown-none";
 const LIMIT: Duration = Duration::from_secs(120);
 /// QEMU's machine: GICv3 and EL2 for Xen.
 const MACHINE: &str = "virt,gic-version=3,virtualization=on";
-/// RAM given to QEMU. With `dom0_mem=512M` Xen then puts dom0's 1:1 bank at 0x60000000,
-/// where the dom0 kernel is linked.
-const QEMU_MEMORY: &str = "2G";
-/// Xen's command line (in the device tree's `xen,xen-bootargs`).
+/// RAM given to QEMU: `virt`'s RAM starts at 1 GiB, so 5 GiB reach 6 GiB, 2 GiB of them
+/// above 4 GiB. With `dom0_mem=3G` Xen then gives dom0 all the RAM it can below 4 GiB as its
+/// first 1:1 bank (0x50000000..0x100000000, where the dom0 kernel is linked) and the rest
+/// above 4 GiB, out of reach of the 32-bit `edu` device.
+const QEMU_MEMORY: &str = "5G";
+/// Xen's command line (in the device tree's `xen,xen-bootargs`). `bootscrub=0`: scrubbing
+/// gigabytes under TCG would take longer than the whole run.
 const XEN_CMDLINE: &str = "console=dtuart dtuart=/pl011@9000000 loglvl=all guest_loglvl=all \
-     dom0_mem=512M,max:512M console_timestamps=boot";
+     dom0_mem=3G,max:3G bootscrub=0 console_timestamps=boot";
+/// The DMA master of the device checks: QEMU's `edu` PCI device on `virt`'s host bridge,
+/// with a 32-bit DMA mask (the default 28 bits reach no RAM on `virt`).
+const EDU_DEVICE: &str = "edu,dma_mask=0xffffffff";
 /// Where QEMU loads the dom0 Image for Xen to find as a boot module.
 const DOM0_ADDR: u64 = 0x4900_0000;
 /// Where QEMU loads the domU Image.
 const DOMU_ADDR: u64 = 0x4a00_0000;
-/// The domU's memory in KiB (128 MiB).
+/// The domU's memory in KiB (128 MiB): `examples/aarch64-dom0`'s `layout::DOMU_MEMORY`,
+/// which the domU relies on to find the last page of its RAM.
 const DOMU_MEMORY_KIB: u64 = 128 * 1024;
 /// The arm64 Image magic at offset 56.
 const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
 
 /// The number of check lines the kernel must print.
-pub(crate) const EXPECTED_CHECKS: usize = 34;
-/// How many of them are device DMA checks (names starting with `dev-`).
-pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 0;
+pub(crate) const EXPECTED_CHECKS: usize = 44;
+/// How many of them are device DMA checks (names starting with `dev-`): the `edu` device's
+/// transfers, direct, bounced, partially synced, scatter-gather, coherent, and to and from
+/// the domU's granted pages.
+pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 9;
 
 /// The built kernels and the device tree they boot with.
 pub(crate) struct Aarch64Kernel {
@@ -204,7 +213,8 @@ fn to_usize(v: u64) -> Result<usize, String> {
     usize::try_from(v).map_err(|_| format!("{v:#x} does not fit in usize"))
 }
 
-/// QEMU's machine arguments, shared by the device-tree dump and the boot.
+/// QEMU's machine arguments (with the `edu` device), shared by the device-tree dump and the
+/// boot.
 fn machine_args() -> Vec<OsString> {
     [
         "-machine",
@@ -215,6 +225,8 @@ fn machine_args() -> Vec<OsString> {
         "2",
         "-m",
         QEMU_MEMORY,
+        "-device",
+        EDU_DEVICE,
     ]
     .iter()
     .map(OsString::from)
@@ -403,7 +415,7 @@ mod tests {
         assert!(chosen.contains("reg = <0x00 0x49000000 0x00 0x1000>;"));
         assert!(chosen.contains("reg = <0x00 0x4a000000 0x00 0x200>;"));
         assert!(chosen.contains("memory = <0x00 0x20000>;"));
-        assert!(chosen.contains("dom0_mem=512M"));
+        assert!(chosen.contains("dom0_mem=3G"));
         assert!(add_xen_nodes("/ {\n};\n", 1, 1).is_err());
     }
 }

@@ -22,20 +22,34 @@ fn main() {
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod kernel {
     use aarch64_dom0::layout::{
-        ACK, ACK_AT, ACK_PAGE, FIRST_REF, GUEST_GNTTAB_BASE, GUEST_PL011_BASE, GUEST_RAM0_BASE,
-        NR_GRANTS, REPLY_AT, REPLY_LEN, REPLY_PAGE,
+        ACK, ACK_AT, ACK_PAGE, DOMU_MEMORY, FIRST_REF, GUEST_GNTTAB_BASE, GUEST_PL011_BASE,
+        GUEST_RAM0_BASE, LOW_PAGE, NR_GRANTS, REPLY_AT, REPLY_LEN, REPLY_PAGE,
     };
     use aarch64_dom0::mmu::{self, Attr, BLOCK_1G, BLOCK_2M, IdMap};
     use aarch64_dom0::{boot, cpu, pattern};
     use core::fmt::Write;
     use core::ptr::{addr_of, addr_of_mut};
     use swiotlb_xen::native::Hypercall as NativeHypercall;
-    use xen_abi::{DOMID_SELF, GTF_PERMIT_ACCESS, XENMAPSPACE_GRANT_TABLE, XenAddToPhysmap, ops};
+    use xen_abi::{
+        DOMID_SELF, GTF_PERMIT_ACCESS, XENMAPSPACE_GRANT_TABLE, XenAddToPhysmap,
+        XenMemoryReservation, ops,
+    };
 
     #[repr(C, align(4096))]
     struct Page([u8; 4096]);
 
-    static mut PAGES: [Page; NR_GRANTS] = [const { Page([0; 4096]) }; NR_GRANTS];
+    /// The granted pages of `.bss` (all but [`LOW_PAGE`]).
+    static mut PAGES: [Page; LOW_PAGE] = [const { Page([0; 4096]) }; LOW_PAGE];
+
+    /// The address of granted page `i`: a page of `.bss`, or the last page of RAM.
+    fn page(i: usize) -> *mut u8 {
+        if i == LOW_PAGE {
+            (GUEST_RAM0_BASE + DOMU_MEMORY - 4096) as *mut u8
+        } else {
+            // SAFETY: only the address is taken.
+            unsafe { addr_of_mut!(PAGES[i]).cast::<u8>() }
+        }
+    }
     static mut MAP: IdMap = IdMap::new();
 
     /// The emulated PL011's data and flag registers.
@@ -112,16 +126,20 @@ mod kernel {
             say!("XENMEM_add_to_physmap(grant table) failed: {e}");
             return;
         }
-        // SAFETY: PAGES is touched by this CPU only; dom0 reads it only after the grants exist.
-        let pages = unsafe { &mut *addr_of_mut!(PAGES) };
-        for (i, page) in pages.iter_mut().enumerate() {
-            let gfn = page.0.as_ptr() as u64 >> 12;
-            pattern::fill(&mut page.0, i, gfn);
+        move_below_4g(&xen, page(LOW_PAGE) as u64 >> 12);
+        for i in 0..NR_GRANTS {
+            let gfn = page(i) as u64 >> 12;
+            // SAFETY: the page is this domain's RAM (in `.bss`, or the last page of RAM, which
+            // Xen leaves free: it puts the device tree 2 MiB below the end, and which is
+            // populated again), mapped by the identity map and touched by this CPU only;
+            // dom0 reads it only after the grants exist.
+            let bytes = unsafe { core::slice::from_raw_parts_mut(page(i), 4096) };
+            pattern::fill(bytes, i, gfn);
         }
         // The v1 grant entries: u16 flags, u16 domid, u32 frame, 8 bytes each.
         let table = GUEST_GNTTAB_BASE as *mut u16;
-        for (i, page) in pages.iter().enumerate() {
-            let gfn = page.0.as_ptr() as u64 >> 12;
+        for i in 0..NR_GRANTS {
+            let gfn = page(i) as u64 >> 12;
             // CAST: FIRST_REF + i is a small index.
             let entry = (FIRST_REF as usize + i) * 4;
             // SAFETY: grant-table frame 0 is mapped (Normal memory) at GUEST_GNTTAB_BASE; the
@@ -142,12 +160,34 @@ mod kernel {
                 FIRST_REF as usize + i
             );
         }
-        wait_for_reply(pages);
+        wait_for_reply();
     }
 
-    fn wait_for_reply(pages: &mut [Page; NR_GRANTS]) {
+    /// Gives frame `gfn` back to Xen and has it populated again below 4 GiB, as a balloon
+    /// driver would for a device with a 32-bit mask.
+    fn move_below_4g(xen: &NativeHypercall, gfn: u64) {
+        let mut frames = [gfn];
+        let mut r = XenMemoryReservation::with_frames(&mut frames, 0, 0);
+        // SAFETY: the frame list is a live local; the page is the last of this domain's RAM,
+        // which nothing uses (Xen put the device tree 2 MiB below the end).
+        let released = unsafe { ops::decrease_reservation(xen, &mut r) };
+        let mut frames = [gfn];
+        let mut r = XenMemoryReservation::with_frames(&mut frames, 0, 32);
+        // SAFETY: as above; the frame was just released, so it is unpopulated.
+        let populated = unsafe { ops::populate_physmap(xen, &mut r) };
+        match (released, populated) {
+            (Ok(1), Ok(1)) => {
+                say!("gfn {gfn:#x} moved below 4 GiB (populate_physmap, 32 address bits)")
+            }
+            (a, b) => {
+                say!("gfn {gfn:#x} not moved: decrease_reservation {a:?}, populate_physmap {b:?}")
+            }
+        }
+    }
+
+    fn wait_for_reply() {
         let start = cpu::millis();
-        let reply = pages[REPLY_PAGE].0.as_ptr();
+        let reply = page(REPLY_PAGE);
         loop {
             // SAFETY: the page is this domain's; dom0's device writes it concurrently, so it
             // is read with volatile byte loads and never through a reference.
@@ -163,11 +203,19 @@ mod kernel {
             }
             let _ = ops::sched_yield(&NativeHypercall);
         }
+        // SAFETY: as above, volatile byte loads of this domain's own page.
+        let first = |i: usize| unsafe { reply.add(REPLY_AT + i).read_volatile() };
         say!(
-            "page {REPLY_PAGE} bytes {REPLY_AT:#x}..{:#x} hold dom0's device write; acknowledging",
-            REPLY_AT + REPLY_LEN
+            "saw the edu reply in page {REPLY_PAGE} (gfn {:#x}) at {REPLY_AT:#x}..{:#x}: \
+             {:02x} {:02x} {:02x} {:02x}.., all as expected; acknowledging",
+            reply as u64 >> 12,
+            REPLY_AT + REPLY_LEN,
+            first(0),
+            first(1),
+            first(2),
+            first(3)
         );
-        let ack = pages[ACK_PAGE].0.as_mut_ptr();
+        let ack = page(ACK_PAGE);
         for (i, b) in ACK.iter().enumerate() {
             // SAFETY: as above, a volatile write into this domain's own granted page.
             unsafe { ack.add(ACK_AT + i).write_volatile(*b) };

@@ -15,7 +15,7 @@ use super::mem::{self, Grants};
 use super::{BootInfo, say};
 use aarch64_dom0::cpu;
 use aarch64_dom0::edu::DMA_MASK;
-use aarch64_dom0::layout::{ACK, ACK_AT, ACK_PAGE, REPLY_AT, REPLY_LEN, REPLY_PAGE};
+use aarch64_dom0::layout::{ACK, ACK_AT, ACK_PAGE, LOW_PAGE, REPLY_AT, REPLY_LEN, REPLY_PAGE};
 use aarch64_dom0::pattern;
 use aarch64_dom0::report::Report;
 use core::fmt::Write;
@@ -26,13 +26,14 @@ use xen_abi::ops;
 type R = Report<super::XenConsole>;
 
 /// The device checks, in order; if the device cannot be set up each is reported as failed.
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "dev-direct",
     "dev-bounced",
     "dev-sync-for-cpu",
     "dev-map-sg",
     "dev-coherent",
     "dev-foreign-to-device",
+    "dev-foreign-low-page",
     "dev-foreign-from-device",
     "dev-foreign-domu-ack",
 ];
@@ -441,7 +442,7 @@ fn coherent(r: &mut R, c: &mut Ctx<'_>) {
                 "dev-coherent",
                 seen && freed.is_ok(),
                 format_args!(
-                    "alloc_coherent({size:#x}) -> {p:#x} at bus {b} (under the mask: \
+                    "alloc_coherent({size:#x}) -> phys {p:#x}, {b} (under the mask: \
                      {reachable}); the device copied {half:#x} bytes from +0 to +0x1000 in \
                      it, the CPU sees them: {seen}; free {}",
                     if freed.is_ok() { "ok" } else { "failed" }
@@ -476,28 +477,47 @@ fn how(c: &Ctx<'_>, bus: Option<BusAddr>, machine: u64, len: usize) -> (&'static
 /// another, at the bus addresses the DMA layer returns for the pages' dom0 guest-physical
 /// (grant-mapped) addresses; the domU checks the reply and acknowledges.
 fn foreign(r: &mut R, c: &mut Ctx<'_>, grants: &Grants) {
-    // The device reads the domU's page 0 (at +0x40) and writes what it read to dom0's
-    // scratch page.
-    let g = grant_of(grants, 0);
-    let (off, len) = (0x40, 0x400);
-    let bus = c.map(g.host + off, len, DmaDirection::ToDevice);
-    let (kind, placed) = how(c, bus, g.bus + off, len);
-    let read = placed && bus.is_some_and(|b| c.dev_read(b, 0, len));
-    let un = bus.is_some_and(|b| c.unmap(b, len, DmaDirection::ToDevice));
-    set(scratch(), len, UNTOUCHED);
-    let out = read && c.dev_write(0, scratch(), len);
-    let mut seen = [0u8; 0x400];
-    cpu_read(scratch(), &mut seen);
-    let ok = out && pattern::first_mismatch(&seen, g.index, off as usize, false).is_none();
-    r.check(
-        "dev-foreign-to-device",
-        ok && un,
-        format_args!(
-            "domU page {} (machine {:#x}) at host {:#x}+{off:#x}: map_page -> {bus:?}, {kind}; \
-             the device read the domU's bytes: {ok} (dom0 saw {:02x} {:02x} {:02x} {:02x}..)",
-            g.index, g.bus, g.host, seen[0], seen[1], seen[2], seen[3]
-        ),
-    );
+    // The device reads the domU's page 0 (at +0x40) and the page it moved below 4 GiB (at
+    // +0x10, up to the bytes `bounce-straddling-foreign` rewrote at +0xf80), and writes what
+    // it read to dom0's scratch page. The first must be bounced (the domU's RAM is above
+    // 4 GiB) and the second direct, so that a wrong machine frame shows.
+    for (name, index, off, len, want_direct) in [
+        ("dev-foreign-to-device", 0, 0x40, 0x400, false),
+        ("dev-foreign-low-page", LOW_PAGE, 0x10, 0xf70, true),
+    ] {
+        let g = grant_of(grants, index);
+        let bus = c.map(g.host + off, len, DmaDirection::ToDevice);
+        let (kind, placed) = how(c, bus, g.bus + off, len);
+        let direct = g.bus + off + len as u64 - 1 <= c.mask;
+        let placed = placed && direct == want_direct;
+        let read = placed && bus.is_some_and(|b| c.dev_read(b, 0, len));
+        let un = bus.is_some_and(|b| c.unmap(b, len, DmaDirection::ToDevice));
+        set(scratch(), len, UNTOUCHED);
+        let out = read && c.dev_write(0, scratch(), len);
+        let mut seen = [0u8; 0x1000];
+        cpu_read(scratch(), &mut seen[..len]);
+        let bad = pattern::first_mismatch(&seen[..len], g.index, off as usize, false);
+        let ok = out && bad.is_none();
+        if let Some(at) = bad {
+            let mut direct = [0u8; 4];
+            cpu_read(g.host + at as u64, &mut direct);
+            say!(
+                "    first difference at page offset {at:#x}: the device read {:02x?}, the \
+                 page holds {direct:02x?}",
+                &seen[at - off as usize..(at - off as usize + 4).min(len)]
+            );
+        }
+        r.check(
+            name,
+            ok && un,
+            format_args!(
+                "domU page {} (machine {:#x}) at host {:#x}+{off:#x}, {len:#x} bytes: map_page \
+                 -> {bus:?}, {kind}; the device read the domU's bytes: {ok} (dom0 saw {:02x} \
+                 {:02x} {:02x} {:02x}..)",
+                g.index, g.bus, g.host, seen[0], seen[1], seen[2], seen[3]
+            ),
+        );
+    }
 
     // The reply: the device takes it from the scratch page and writes it into the domU's
     // reply page.
