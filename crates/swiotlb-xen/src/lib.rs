@@ -13,7 +13,9 @@
 //!
 //! - [`DmaEngine`] (from `swiotlb-core`): `map_page`, `unmap_page`, `map_sg`, `unmap_sg`,
 //!   `sync_single_for_cpu`/`_for_device`, `sync_sg_for_cpu`/`_for_device`,
-//!   `alloc_coherent`, `free_coherent`, `dma_supported`, `max_mapping_size`.
+//!   `alloc_coherent`, `free_coherent`, `dma_supported`, `max_mapping_size`; and for
+//!   callers that keep only addresses and pointers (virtio-drivers' `Hal`, see the
+//!   `swiotlb-xen-virtio` crate): `free_coherent_at`, `map_buffer`, `unmap_buffer`.
 //! - [`init`]: Xen's pool initialisation (Linux's `xen_swiotlb_fixup`, with fewer
 //!   hypercalls): the pool made bus-contiguous below 4 GiB in large chunks, halved on
 //!   failure down to 1 MiB, and a report of what it took.
@@ -99,8 +101,8 @@ pub mod init;
 
 pub use swiotlb_core;
 pub use swiotlb_core::engine::{
-    BounceReason, CoherentAlloc, CoherentFreeError, DmaError, EngineInitError, EngineStats,
-    NoPageAllocator, PageAllocator, SgEntry, SgError,
+    BlockState, BounceReason, BufferMemory, CoherentAlloc, CoherentFreeError, DmaError,
+    EngineInitError, EngineStats, NoPageAllocator, PageAllocator, SgEntry, SgError,
 };
 pub use swiotlb_core::{
     Bfn, BouncePool, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaMask, LinearMap, Pfn,
