@@ -327,7 +327,7 @@ fn setup(start_info: *const u8) -> Result<(Env, Pv, Line), Line> {
             env.low = Pfn::new(pfn).start();
             env.low_is_own = true;
             fmt_line!(
-                "own RAM: pfns {pfn:#x}.. on frames {mfn:#x}.. mapped ({tables} new L1 tables)"
+                "own RAM: pfns {pfn:#x}.. on frames {mfn:#x}.. mapped ({tables} new L1 table(s))"
             )
         }
         None => {

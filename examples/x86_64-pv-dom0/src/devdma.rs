@@ -107,7 +107,7 @@ impl Ctx<'_> {
         let r = reason.index();
         ensure!(
             self.eng.stats().bounced_by_reason[r] == s0.bounced_by_reason[r] + 1,
-            "{phys} not bounced as {reason:?} (bus {bus})"
+            "{phys} not bounced as {reason:?} ({bus})"
         );
         let tlb = check_bounce(self.eng, bus, len, MASK)?;
         Ok((bus, tlb))

@@ -28,7 +28,7 @@ const NSLABS: usize = POOL_BYTES / 2048;
 #[repr(C, align(4194304))]
 struct PoolArea([u8; POOL_BYTES]);
 
-/// The bounce pool, reached only through the pool's `LinearMap`.
+/// The bounce pool, reached only through the pool's `KernelMemory`.
 static mut POOL: PoolArea = PoolArea([0; POOL_BYTES]);
 /// The pool's slot storage.
 static SLOTS: [Slot; NSLABS] = [const { Slot::new() }; NSLABS];

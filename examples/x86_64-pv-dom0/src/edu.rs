@@ -199,7 +199,7 @@ impl Edu {
         }
         let line = fmt_line!(
             "edu at 00:{:02x}.0 ({seen} devices on bus 0), BAR0 {bar:#x} (1 MiB) mapped \
-             uncached at {BAR_VA:#x} ({tables} new L1 table), command {command:#x} -> {now:#x} \
+             uncached at {BAR_VA:#x} ({tables} new L1 table(s)), command {command:#x} -> {now:#x} \
              (memory, bus master), id {id:#x}, liveness ok; iopl 3 through PHYSDEVOP_set_iopl",
             function.slot
         );

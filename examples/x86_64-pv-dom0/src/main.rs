@@ -2,10 +2,11 @@
 //!
 //! A bare-metal x86_64 kernel that Xen boots as its PV dom0 and that checks swiotlb-xen
 //! against the real hypervisor: real `syscall` hypercalls, the P2M Xen hands over in
-//! `start_info`, Xen's read-only M2P, real `XENMEM_exchange`. It prints one line per check
-//! (`XEN-QEMU x86_64 check <name>: ok ...` or `...: FAIL ...`) on Xen's console, then
-//! `XEN-QEMU x86_64: PASS (N checks)` or `XEN-QEMU x86_64: FAIL (...)`, and shuts the
-//! machine down. `cargo xtask xen-qemu x86_64` builds it, boots it under QEMU and reads the
+//! `start_info`, Xen's read-only M2P, real `XENMEM_exchange`, and QEMU's `edu` PCI device
+//! doing DMA at the bus addresses the engine returns (the `dev-` checks). It prints one line
+//! per check (`XEN-QEMU x86_64 check <name>: ok ...` or `...: FAIL ...`) on Xen's console,
+//! then `XEN-QEMU x86_64 xen-<major>.<minor>: PASS (N checks, D device DMA checks)` or
+//! `...: FAIL (...)`, and shuts the machine down. `cargo xtask xen-qemu x86_64` builds it, boots it under QEMU and reads the
 //! verdict; `docs/real-xen.md` describes the checks.
 //!
 //! Built for `x86_64-unknown-none` it is the kernel (linked by `link.ld`, entered at
