@@ -606,9 +606,25 @@ pub(super) fn cpu_read(addr: u64, out: &mut [u8]) {
 
 fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped, info: &BootInfo) {
     let grants = &mapped.grants;
-    let pool_base = addr_of!(POOL_MEM) as u64;
+    // The pool lies in `.bss`, in dom0's first bank: below 4 GiB, so a 32-bit device
+    // reaches it (1:1: bus = phys).
+    #[cfg(not(swiotlb_mutant = "pool_above_mask"))]
+    let (pool_base, options) = (addr_of!(POOL_MEM) as u64, InitOptions::default());
+    // The mutant of `cargo xtask xen-qemu mutants` on arm64: the kernel places the pool in
+    // its bank above 4 GiB (1 MiB in, past the device checks' buffers) and lifts init's
+    // address limit, so init accepts it and every bounce lands out of the device's reach.
+    #[cfg(swiotlb_mutant = "pool_above_mask")]
+    let (pool_base, options) = (
+        mem::ram()
+            .as_slice()
+            .iter()
+            .find(|b| b.base >= 1 << 32 && b.size >= 2 << 20)
+            .map_or(addr_of!(POOL_MEM) as u64, |b| b.base + (1 << 20)),
+        InitOptions::default().with_max_address_bits(64),
+    );
     let pool_bytes = NSLABS * 2048;
-    // SAFETY: POOL_MEM is dom0's RAM, given to the pool alone from now on (no reference);
+    // SAFETY: the pool's memory is dom0's RAM (POOL_MEM, or for the mutant a part of the high
+    // bank nothing else uses), given to the pool alone from now on (no reference);
     // IdentityMemory reaches it, every buffer mapped below (dom0's RAM and the foreign
     // window) and the coherent pages, all in the platform's (1:1) physical space; nothing
     // else changes the pool's translation.
@@ -620,7 +636,7 @@ fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped, info: &BootInfo) {
             pool_bytes,
             &SLOTS[..],
             &PAGES,
-            InitOptions::default(),
+            options,
         )
     };
     let (engine, report): (Engine, _) = match built {
