@@ -104,7 +104,12 @@ impl Kernel for Aarch64Kernel {
     }
 
     /// The domU must have printed (Xen relays its console as `DOM1: ...`).
-    fn after_pass(&self, console: &str) -> Result<String, String> {
+    fn after_pass(
+        &self,
+        _root: &Path,
+        _release: &XenRelease,
+        console: &str,
+    ) -> Result<String, String> {
         let domu_lines = console.lines().filter(|l| l.contains("DOM1: ")).count();
         if domu_lines == 0 {
             return Err("dom0 passed but the domU printed nothing".to_owned());

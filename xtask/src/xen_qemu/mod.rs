@@ -123,9 +123,16 @@ pub(crate) trait Kernel {
     /// printed; the console is written to `log`.
     fn boot(&self, root: &Path, release: &XenRelease, log: &Path) -> Result<Boot, String>;
 
-    /// Checks of the architecture's own on a console that passed [`verdict`] (the domU
-    /// spoke, say); returns a note for the summary line.
-    fn after_pass(&self, _console: &str) -> Result<String, String> {
+    /// Checks of the architecture's own after a boot on `release` whose console passed
+    /// [`verdict`] (the domU spoke, the disk holds what the kernel wrote); returns a note
+    /// for the summary line.
+    fn after_pass(
+        &self,
+        root: &Path,
+        release: &XenRelease,
+        console: &str,
+    ) -> Result<String, String> {
+        let _ = (root, release, console);
         Ok(String::new())
     }
 }
@@ -417,7 +424,9 @@ fn boot_and_judge(
     };
     let v =
         verdict(arch.name(), release.version, &run.console, arch.expected()).map_err(context)?;
-    let note = kernel.after_pass(&run.console).map_err(context)?;
+    let note = kernel
+        .after_pass(root, release, &run.console)
+        .map_err(context)?;
     if run.timed_out {
         return Err(format!(
             "the kernel passed {} checks but QEMU did not exit in time (console: {})",
