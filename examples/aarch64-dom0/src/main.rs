@@ -1,5 +1,6 @@
 //! `aarch64-dom0`: a bare-metal 1:1 dom0 that exercises swiotlb-xen's arm64 platform with
-//! real hypercalls on Xen 4.17 (see the library's documentation and `docs/real-xen.md`).
+//! real hypercalls on Xen 4.17 and 4.20 and real DMA by QEMU's `edu` device (see the
+//! library's documentation, the example's `README.md` and `docs/real-xen.md`).
 //!
 //! On the host this builds to a stub.
 

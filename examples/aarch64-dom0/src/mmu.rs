@@ -269,14 +269,14 @@ pub unsafe fn enable(map: &IdMap) {
     }
 }
 
-/// Makes entries that [`IdMap`] gained after [`enable`] visible to the table walker: the
+/// Makes entries that [`IdMap`] gained after `enable` visible to the table walker: the
 /// stores complete, the TLB is invalidated (it holds no invalid entries, but this keeps the
 /// rule simple) and the pipeline refetches.
 ///
 /// # Safety
 ///
 /// The new entries must only have replaced invalid ones (no live mapping changed), and
-/// `map` must be the map [`enable`] installed.
+/// `map` must be the map `enable` installed.
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 pub unsafe fn publish(map: &IdMap) {
     let _ = map;
