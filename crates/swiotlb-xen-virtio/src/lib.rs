@@ -260,9 +260,8 @@ unsafe impl<K: SwiotlbKernel> Hal for SwiotlbHal<K> {
         };
         // SAFETY: virtio-drivers' caller promises the memory is no longer used (its `Dma` is
         // being dropped); the engine checks that the addresses are a live allocation.
-        let r = unsafe {
-            K::engine().free_coherent_at(K::device(), phys, BusAddr::new(paddr), size)
-        };
+        let r =
+            unsafe { K::engine().free_coherent_at(K::device(), phys, BusAddr::new(paddr), size) };
         match r {
             Ok(()) => 0,
             Err(DmaError::CoherentDestroy { .. }) => -EIO,

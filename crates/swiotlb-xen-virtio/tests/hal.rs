@@ -45,7 +45,10 @@ fn dma_alloc_gives_memory_the_device_reaches_and_dma_dealloc_frees_it_once() {
         w.check();
         allocs.push((paddr, vaddr, pages));
     }
-    assert!(w.engine.stats().coherent_exchanged > 0, "the scrambled P2M needs exchanges");
+    assert!(
+        w.engine.stats().coherent_exchanged > 0,
+        "the scrambled P2M needs exchanges"
+    );
     assert_eq!(w.engine.pages().live(), 4);
     let (paddr, vaddr, pages) = allocs[0];
     // SAFETY: wrong handles are refused before anything is freed.
@@ -64,7 +67,11 @@ fn dma_alloc_gives_memory_the_device_reaches_and_dma_dealloc_frees_it_once() {
     assert_eq!(w.engine.pages().live(), 0);
     assert_eq!(w.engine.pages().inner.in_use(), 0);
     assert_eq!(w.pv.xen.free_frames(), free_before, "no machine frame lost");
-    assert_eq!(w.pv.local_entries(), w.pv.guest.nr_pages(), "every pfn has its own frame");
+    assert_eq!(
+        w.pv.local_entries(),
+        w.pv.guest.nr_pages(),
+        "every pfn has its own frame"
+    );
     let st = w.engine.stats();
     assert_eq!((st.coherent_allocs, st.coherent_frees), (4, 4));
 }

@@ -174,9 +174,9 @@ impl World {
         // SAFETY: a non-zero size.
         let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).expect("memory");
         // SAFETY: the block was just allocated with `len` bytes and is used by nobody yet.
-        self.pv
-            .guest
-            .read(phys, unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) });
+        self.pv.guest.read(phys, unsafe {
+            std::slice::from_raw_parts_mut(ptr.as_ptr(), len)
+        });
         self.shadows().push(Shadow { phys, ptr, len });
         ptr
     }
@@ -188,7 +188,9 @@ impl World {
         let len = (pages * PAGE) as usize;
         let ptr = self.map(phys, len);
         // SAFETY: the shadow lives for ever and this is the only reference made to it.
-        (phys, unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) })
+        (phys, unsafe {
+            std::slice::from_raw_parts_mut(ptr.as_ptr(), len)
+        })
     }
 
     /// The kernel's `virt_to_phys`: the dom0 address of a buffer inside one shadow.
@@ -247,7 +249,6 @@ impl World {
 }
 
 /// Defines a kernel type `$name` over its own [`World`] with a device of `$mask`.
-
 macro_rules! kernel {
     ($name:ident, $mask:expr) => {
         /// A simulated kernel with its own machine.
