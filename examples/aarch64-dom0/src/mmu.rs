@@ -6,8 +6,8 @@
 //! level 1) and turn the MMU and the caches on before they run anything else. The map is
 //! the identity, so addresses given to Xen and to the DMA layer are physical addresses.
 //!
-//! The descriptor encoding is plain Rust, tested on the host; [`enable`] is the only part
-//! that touches system registers.
+//! The descriptor encoding is plain Rust, tested on the host; `enable` and `publish` (which
+//! makes entries added later visible) are the only parts that touch system registers.
 
 /// Memory attributes of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
