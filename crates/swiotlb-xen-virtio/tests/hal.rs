@@ -76,6 +76,25 @@ fn dma_alloc_gives_memory_the_device_reaches_and_dma_dealloc_frees_it_once() {
     assert_eq!((st.coherent_allocs, st.coherent_frees), (4, 4));
 }
 
+#[test]
+fn a_double_free_of_an_allocation_that_was_not_exchanged_is_refused() {
+    // A 64-bit device takes one page as it is: after the free its translation is unchanged,
+    // so only the page allocator's records tell a double free.
+    kernel!(K, DmaMask::FULL);
+    type H = SwiotlbHal<K>;
+    let w = K::world();
+    let (paddr, vaddr) = H::dma_alloc(1, BufferDirection::Both);
+    assert_ne!(paddr, 0);
+    assert_eq!(w.engine.stats().coherent_exchanged, 0);
+    // SAFETY: nothing uses the allocation any more.
+    assert_eq!(unsafe { H::dma_dealloc(paddr, vaddr, 1) }, 0);
+    // SAFETY: a double free, which the engine refuses.
+    assert_eq!(unsafe { H::dma_dealloc(paddr, vaddr, 1) }, -EINVAL);
+    assert_eq!(w.engine.pages().inner.in_use(), 0);
+    assert_eq!(w.engine.stats().coherent_frees, 1);
+    w.check();
+}
+
 /// Where a shared buffer lies.
 #[derive(Debug, Clone, Copy)]
 enum Place {
