@@ -496,13 +496,12 @@ where
     let max_bits = options
         .max_address_bits
         .clamp(SEGMENT_ORDER + XEN_PAGE_SHIFT, 64);
-    // The mutant of `cargo xtask xen-qemu mutants`: the caller's limit is ignored and Xen is
-    // asked for memory below 4 GiB only, so the pool is not made reachable for a device
-    // with a smaller mask.
+    // The mutant of `cargo xtask xen-qemu mutants`: the caller's limit is ignored (no limit
+    // at all), so the pool is not made reachable for a device with a smaller mask.
     #[cfg(swiotlb_mutant = "pool_above_mask")]
     let max_bits = {
         let _ = max_bits;
-        MAX_DMA_BITS
+        64
     };
     let mut fx = Fixup {
         platform: &platform,
