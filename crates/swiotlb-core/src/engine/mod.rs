@@ -12,7 +12,10 @@
 //! [`sync_sg_for_device`](DmaEngine::sync_sg_for_device),
 //! [`alloc_coherent`](DmaEngine::alloc_coherent),
 //! [`free_coherent`](DmaEngine::free_coherent), [`dma_supported`](DmaEngine::dma_supported)
-//! and [`max_mapping_size`](DmaEngine::max_mapping_size).
+//! and [`max_mapping_size`](DmaEngine::max_mapping_size); and for callers that keep only
+//! addresses and pointers (virtio-drivers' `Hal`):
+//! [`free_coherent_at`](DmaEngine::free_coherent_at), [`map_buffer`](DmaEngine::map_buffer)
+//! and [`unmap_buffer`](DmaEngine::unmap_buffer).
 //!
 //! ## The decision
 //!
@@ -231,10 +234,22 @@ where
     ///
     /// # Safety
     ///
-    /// `[phys, phys + size)` must be memory of the domain that stays valid until the
-    /// mapping is unmapped, and must not be covered by any Rust reference until then (the
-    /// engine may read it now and write it at sync-for-CPU and unmap; the device may access
-    /// it directly).
+    /// - `[phys, phys + size)` must be memory of the domain that the pool's [`PhysMemory`]
+    ///   reaches and that stays valid until the mapping is unmapped.
+    /// - The engine reads it during this call and [`sync_single_for_device`], and writes it
+    ///   during [`sync_single_for_cpu`] and [`unmap_page`] (a bounced mapping); nobody else
+    ///   may access it during those calls. In between the device may access it directly:
+    ///   the CPU must not write it while the device may read it, nor access it while the
+    ///   device may write it.
+    /// - Those copies go through the [`PhysMemory`]'s own pointers, which a Rust reference
+    ///   to the buffer does not survive: no reference to the range may be used after one of
+    ///   them (make references again after the unmap). A caller that keeps references to
+    ///   its buffer across the mapping, such as virtio-drivers, uses
+    ///   [`map_buffer`](Self::map_buffer), which copies through the caller's pointer.
+    ///
+    /// [`sync_single_for_device`]: Self::sync_single_for_device
+    /// [`sync_single_for_cpu`]: Self::sync_single_for_cpu
+    /// [`unmap_page`]: Self::unmap_page
     pub unsafe fn map_page(
         &self,
         dev: &Device,
