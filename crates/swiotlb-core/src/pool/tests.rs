@@ -813,3 +813,150 @@ fn static_storage_and_send_sync() {
     drop(pool);
     drop(buf);
 }
+
+std::thread_local! {
+    /// This thread's stand-in for the CPU's interrupt flag: true while masked.
+    static IRQ_MASKED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    /// How often this thread's hook masked.
+    static IRQ_SAVES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    /// Copies this thread's memory hook made with interrupts masked.
+    static MASKED_COPIES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+fn irq_save() -> usize {
+    IRQ_SAVES.with(|s| s.set(s.get() + 1));
+    usize::from(IRQ_MASKED.with(|m| m.replace(true)))
+}
+
+fn irq_restore(prev: usize) {
+    IRQ_MASKED.with(|m| m.set(prev != 0));
+}
+
+/// A [`LinearMap`] that counts the copies made while interrupts are masked (under an area
+/// lock).
+struct WatchedMemory(LinearMap);
+
+// SAFETY: every call is forwarded unchanged to the `LinearMap`.
+unsafe impl PhysMemory for WatchedMemory {
+    unsafe fn copy(&self, dst: PhysAddr, src: PhysAddr, len: usize) {
+        if IRQ_MASKED.with(core::cell::Cell::get) {
+            MASKED_COPIES.with(|c| c.set(c.get() + 1));
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.copy(dst, src, len) }
+    }
+
+    unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.fill(dst, byte, len) }
+    }
+}
+
+/// With an interrupt hook, the area locks mask interrupts, but no copy (map's copy-in, the
+/// syncs, unmap's copy-back) runs with them masked: a 256 KiB copy does not hold off
+/// interrupts, nor the other CPUs of the area.
+#[test]
+fn copies_run_outside_the_masked_area_lock() {
+    let nslabs = IO_TLB_SEGSIZE;
+    let len = nslabs * IO_TLB_SIZE + IO_TLB_SEGMENT_BYTES;
+    let base = Box::into_raw(vec![0u8; len].into_boxed_slice()).cast::<u8>();
+    // SAFETY: `base..base + len` is one live allocation freed at the end, after the pool;
+    // nothing else references it.
+    let mem = WatchedMemory(unsafe { LinearMap::new(base, PhysAddr::new(POOL_BASE), len) });
+    let storage: Vec<Slot> = (0..nslabs).map(|_| Slot::new()).collect();
+    // SAFETY: the pool range is the start of the allocation and is used by the pool alone.
+    let mut pool =
+        unsafe { BouncePool::new(mem, PhysAddr::new(POOL_BASE), nslabs, 1, storage) }.unwrap();
+    assert_eq!(pool.irq_hook().save(), 0, "the default hook masks nothing");
+    pool.set_irq_hook(IrqHook::new(irq_save, irq_restore));
+    let d = dev();
+    let orig = pool.end();
+    let size = IO_TLB_SEGMENT_BYTES;
+    let saves = IRQ_SAVES.with(core::cell::Cell::get);
+    // SAFETY: the original is the rest of the allocation, used by nothing else.
+    let tlb = unsafe {
+        pool.map(
+            &d,
+            orig,
+            size,
+            0,
+            DmaDirection::Bidirectional,
+            DmaAttrs::empty(),
+            0,
+        )
+    }
+    .unwrap();
+    pool.sync_for_cpu(&d, tlb, size, DmaDirection::Bidirectional)
+        .unwrap();
+    pool.sync_for_device(&d, tlb, size, DmaDirection::Bidirectional)
+        .unwrap();
+    pool.unmap(
+        &d,
+        tlb,
+        size,
+        DmaDirection::Bidirectional,
+        DmaAttrs::empty(),
+    )
+    .unwrap();
+    assert!(
+        IRQ_SAVES.with(core::cell::Cell::get) >= saves + 4,
+        "the area locks did not mask interrupts"
+    );
+    assert!(
+        !IRQ_MASKED.with(core::cell::Cell::get),
+        "interrupts left masked"
+    );
+    assert_eq!(
+        MASKED_COPIES.with(core::cell::Cell::get),
+        0,
+        "a copy ran under the area lock"
+    );
+    assert_eq!(pool.stats().bytes_bounced, 4 * size as u64);
+    pool.check_invariants().unwrap();
+    drop(pool);
+    // SAFETY: `base` came from `Box::into_raw` of `len` bytes and the pool is gone.
+    drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(base, len)) });
+}
+
+/// A sync pins its mapping: an unmap that claims it meanwhile waits for the copy, and a sync
+/// that comes after the claim fails.
+#[test]
+fn unmap_waits_for_a_pinned_sync_and_later_syncs_fail() {
+    let f = Fixture::new(IO_TLB_SEGSIZE, 1);
+    let d = dev();
+    let orig = f.orig(0);
+    let tlb = f.map(&d, orig, 64, DmaDirection::FromDevice).unwrap();
+    let head = f.slot_of(tlb);
+    // Stand in for a sync on another CPU that is copying now.
+    f.pool.slots()[head].busy.store(1, Ordering::Relaxed);
+    std::thread::scope(|s| {
+        let unmapper = s.spawn(|| {
+            f.pool
+                .unmap(&d, tlb, 64, DmaDirection::ToDevice, DmaAttrs::empty())
+        });
+        // The unmap claims the mapping, then waits.
+        while f.pool.slots()[head].state.load(Ordering::Acquire) == state::HEAD {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            f.pool.slots()[head].state.load(Ordering::Acquire),
+            state::UNMAPPING,
+            "the unmap freed a mapping a sync was copying"
+        );
+        assert_eq!(
+            f.pool.sync_for_cpu(&d, tlb, 64, DmaDirection::FromDevice),
+            Err(Error::NotMapped { addr: tlb }),
+            "a sync pinned a claimed mapping"
+        );
+        assert_eq!(
+            f.pool.stats().used,
+            1,
+            "the unmap freed slots a sync was copying"
+        );
+        assert!(!unmapper.is_finished());
+        f.pool.slots()[head].busy.store(0, Ordering::Release);
+        unmapper.join().unwrap().unwrap();
+    });
+    assert_eq!(f.pool.stats().used, 0);
+    f.check();
+}
