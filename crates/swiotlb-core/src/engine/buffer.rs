@@ -96,8 +96,9 @@ where
     /// With a physical address the decision is the one of `map_page` (direct when the
     /// device reaches the buffer as it is). Without one (`phys` is `None`) the buffer is
     /// always bounced ([`BounceReason::Untranslatable`]). A bounce copies the whole buffer
-    /// in through `buf`, whatever the direction. [`DmaAttrs::MMIO`] is refused
-    /// ([`DmaError::Unreachable`] when the buffer has no physical address).
+    /// in through `buf`, whatever the direction. [`DmaAttrs::MMIO`] and a device behind an
+    /// IOMMU are never bounced, as for `map_page`: without a physical address they fail
+    /// with [`DmaError::Unreachable`].
     ///
     /// # Errors
     ///
