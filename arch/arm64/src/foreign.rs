@@ -563,6 +563,14 @@ impl<S: EntryStorage> ForeignTable<S> {
         }
     }
 
+    /// Takes the shared lock if no writer holds it or waits for it, without spinning: for an
+    /// interrupt handler that would rather fail than wait.
+    pub fn try_read(&self) -> Option<ForeignTableView<'_, S>> {
+        self.entries
+            .try_read()
+            .map(|guard| ForeignTableView { guard })
+    }
+
     /// The number of entries (a snapshot).
     #[inline]
     #[must_use]

@@ -1,6 +1,7 @@
 //! Loom models of the foreign table: lookups (with their lock-free emptiness fast path)
-//! racing inserts and removes, and writers racing writers, in every interleaving loom reaches
-//! within its preemption bound.
+//! racing inserts and removes, writers racing writers, and an interrupt-time lookup nested in
+//! a lookup of the same CPU while a writer waits (with and without the interrupt hook), in
+//! every interleaving loom reaches within its preemption bound.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p swiotlb-xen-arm64 --release --test loom`.
 
@@ -150,5 +151,102 @@ fn disjoint_inserts_both_land_sorted() {
             .collect();
         assert_eq!(pfns, [0x30, 0x40]);
         assert_eq!(t.len(), 2);
+    });
+}
+
+loom::thread_local! {
+    /// The modelled CPU's interrupt flag: true while local interrupts are masked. Each loom
+    /// thread is one CPU.
+    static MASKED: core::cell::Cell<bool> = core::cell::Cell::new(false);
+}
+
+/// The kernel's `local_irq_save` in the model.
+fn irq_save() -> usize {
+    usize::from(MASKED.with(|m| m.replace(true)))
+}
+
+/// The kernel's `local_irq_restore` in the model.
+fn irq_restore(prev: usize) {
+    MASKED.with(|m| m.set(prev != 0));
+}
+
+/// How often the modelled interrupt handler tries the lock before it declares a deadlock.
+/// Each failed try yields, which lets another thread run, so a writer that can make progress
+/// gets far more steps than it needs to take and release the lock.
+const HANDLER_TRIES: usize = 16;
+
+/// The interrupt handler: a lookup that spins a bounded number of times on the table's lock.
+/// `None` means it would have spun for ever.
+fn interrupt_lookup(t: &Table) -> Option<Option<Bfn>> {
+    for _ in 0..HANDLER_TRIES {
+        if let Some(view) = t.try_read() {
+            return Some(view.lookup(Pfn::new(0x100)));
+        }
+        thread::yield_now();
+    }
+    None
+}
+
+/// One CPU does a process-context lookup under the table's shared lock, and an interrupt
+/// arrives in the middle of it whose handler looks up too, while a writer on the other CPU
+/// inserts. The interrupt is delivered at once if interrupts are enabled, or when they are
+/// restored (after the outer view is dropped) if the table's hook masked them. Returns
+/// whether the handler got its lookup.
+fn nested_lookup_while_a_writer_waits(hook: Option<swiotlb_core::IrqHook>) -> bool {
+    let mut table = Table::new();
+    if let Some(hook) = hook {
+        table.set_irq_hook(hook);
+    }
+    let t = Arc::new(table);
+    insert(&t, 0x100, 0x9000, 1).unwrap();
+    let writer = {
+        let t = Arc::clone(&t);
+        thread::spawn(move || insert(&t, 0x200, 0xa000, 1).unwrap())
+    };
+    let view = t.read();
+    // The interrupt arrives here.
+    let delivered_now = !MASKED.with(core::cell::Cell::get);
+    let nested_now = delivered_now.then(|| interrupt_lookup(&t));
+    assert_eq!(view.lookup(Pfn::new(0x100)), Some(Bfn::new(0x9000)));
+    drop(view);
+    // Restoring interrupts delivers a pending interrupt.
+    let nested = nested_now.unwrap_or_else(|| interrupt_lookup(&t));
+    let ok = nested == Some(Some(Bfn::new(0x9000)));
+    if ok {
+        writer.join().unwrap();
+        assert_eq!(t.len(), 2);
+    }
+    ok
+}
+
+/// With the kernel's interrupt hook, the table's readers mask interrupts: the handler's
+/// lookup runs only after the interrupted reader has left, so a waiting writer cannot trap
+/// it, and it never deadlocks.
+#[test]
+fn interrupt_lookup_with_the_hook_never_deadlocks() {
+    model(|| {
+        let hook = swiotlb_core::IrqHook::new(irq_save, irq_restore);
+        assert!(
+            nested_lookup_while_a_writer_waits(Some(hook)),
+            "the interrupt-time lookup deadlocked although interrupts were masked"
+        );
+        assert!(
+            !MASKED.with(core::cell::Cell::get),
+            "interrupts left masked"
+        );
+    });
+}
+
+/// Without the hook, loom finds the deadlock: the writer announces itself while the
+/// process-context reader holds the lock, the handler's nested reader then waits for the
+/// writer, and the writer for the interrupted reader.
+#[test]
+#[should_panic(expected = "deadlocked")]
+fn interrupt_lookup_without_the_hook_deadlocks() {
+    model(|| {
+        assert!(
+            nested_lookup_while_a_writer_waits(None),
+            "the interrupt-time lookup deadlocked behind a waiting writer"
+        );
     });
 }
