@@ -17,10 +17,10 @@ const GIB4: u64 = 1 << 32;
 
 #[test]
 fn dma_alloc_gives_memory_the_device_reaches_and_dma_dealloc_frees_it_once() {
-    kernel!(K, DmaMask::BITS_32);
+    kernel!(K, Pv, DmaMask::BITS_32);
     type H = SwiotlbHal<K>;
     let w = K::world();
-    let free_before = w.pv.xen.free_frames();
+    let free_before = w.m.xen.free_frames();
     let mut allocs = Vec::new();
     for (i, pages) in [1usize, 2, 3, 4].into_iter().enumerate() {
         let (paddr, vaddr) = H::dma_alloc(pages, BufferDirection::Both);
@@ -66,10 +66,10 @@ fn dma_alloc_gives_memory_the_device_reaches_and_dma_dealloc_frees_it_once() {
     assert_eq!(unsafe { H::dma_dealloc(paddr, vaddr, pages) }, -EINVAL);
     assert_eq!(w.engine.pages().live(), 0);
     assert_eq!(w.engine.pages().inner.in_use(), 0);
-    assert_eq!(w.pv.xen.free_frames(), free_before, "no machine frame lost");
+    assert_eq!(w.m.xen.free_frames(), free_before, "no machine frame lost");
     assert_eq!(
-        w.pv.local_entries(),
-        w.pv.guest.nr_pages(),
+        w.m.local_entries(),
+        w.m.guest.nr_pages(),
         "every pfn has its own frame"
     );
     let st = w.engine.stats();
@@ -80,7 +80,7 @@ fn dma_alloc_gives_memory_the_device_reaches_and_dma_dealloc_frees_it_once() {
 fn a_double_free_of_an_allocation_that_was_not_exchanged_is_refused() {
     // A 64-bit device takes one page as it is: after the free its translation is unchanged,
     // so only the page allocator's records tell a double free.
-    kernel!(K, DmaMask::FULL);
+    kernel!(K, Pv, DmaMask::FULL);
     type H = SwiotlbHal<K>;
     let w = K::world();
     let (paddr, vaddr) = H::dma_alloc(1, BufferDirection::Both);
@@ -109,8 +109,8 @@ enum Place {
 }
 
 /// A buffer of `len` bytes at `place`.
-fn buffer(w: &World, place: Place, len: usize) -> &'static mut [u8] {
-    let machine = |p: PhysAddr| w.pv.machine(p).as_u64();
+fn buffer(w: &World<Pv>, place: Place, len: usize) -> &'static mut [u8] {
+    let machine = |p: PhysAddr| w.m.machine(p).as_u64();
     match place {
         Place::Unmapped => Box::leak(vec![0u8; len].into_boxed_slice()),
         Place::Low | Place::High => loop {
@@ -131,7 +131,7 @@ fn buffer(w: &World, place: Place, len: usize) -> &'static mut [u8] {
 
 #[test]
 fn shared_buffers_reach_the_device_in_every_direction_direct_or_bounced() {
-    kernel!(K, DmaMask::BITS_32);
+    kernel!(K, Pv, DmaMask::BITS_32);
     type H = SwiotlbHal<K>;
     let w = K::world();
     let len = 1000;

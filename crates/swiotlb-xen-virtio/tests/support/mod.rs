@@ -1,4 +1,4 @@
-//! A simulated x86 PV dom0 kernel for [`SwiotlbHal`](swiotlb_xen_virtio::SwiotlbHal): the
+//! A simulated dom0 kernel (x86 PV or arm64) for [`SwiotlbHal`](swiotlb_xen_virtio::SwiotlbHal): the
 //! `swiotlb-xen` integration tests' machine and engine fixtures (included with `#[path]`),
 //! a page allocator that keeps Linux's per-block records, and the CPU's view of the memory
 //! virtio-drivers touches through pointers.
@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub use common::*;
 use swiotlb_core::engine::{BlockState, PageAllocator};
 use swiotlb_core::{BusAddr, Device, DmaMask, Pfn, PhysAddr};
-use xen_sim::SimDevice;
+use xen_sim::{SimDevice, SimMemory, Xen};
 
 /// A page allocator that also keeps, per live block, its order and whether the engine
 /// exchanged it (Linux's `PageXenRemapped`), as `free_coherent_at` needs.
@@ -102,8 +102,81 @@ unsafe impl<A: PageAllocator> PageAllocator for Recorded<A> {
     }
 }
 
-/// The engine of the simulated kernel.
-pub type Engine = SimEngine<SimPv<'static>, Recorded<SimPages>>;
+/// A simulated machine a kernel runs on: the `swiotlb-xen` tests' [`Pv`] or [`Arm`].
+pub trait Machine: Sync + Send + Sized + 'static {
+    /// The engine's platform on it.
+    type Platform: swiotlb_core::Platform + 'static;
+    /// A fresh machine.
+    fn new() -> Self;
+    /// The simulated Xen.
+    fn xen(&self) -> &Xen;
+    /// The CPU's view of dom0's memory.
+    fn memory(&self) -> SimMemory;
+    /// `n` fresh pages of dom0 RAM, the first frame a multiple of `align`.
+    fn alloc_aligned(&self, n: u64, align: u64) -> PhysAddr;
+    /// The machine address the CPU reaches at `phys`.
+    fn machine(&self, phys: PhysAddr) -> u64;
+    /// The engine's platform.
+    fn platform(&'static self) -> Self::Platform;
+    /// The kernel's page allocator over `n` pages.
+    fn pages(&'static self, n: u64) -> SimPages;
+}
+
+impl Machine for Pv {
+    type Platform = SimPv<'static>;
+    fn new() -> Self {
+        Pv::new()
+    }
+    fn xen(&self) -> &Xen {
+        &self.xen
+    }
+    fn memory(&self) -> SimMemory {
+        self.guest.memory()
+    }
+    fn alloc_aligned(&self, n: u64, align: u64) -> PhysAddr {
+        self.guest.alloc_aligned(n, align)
+    }
+    fn machine(&self, phys: PhysAddr) -> u64 {
+        Pv::machine(self, phys).as_u64()
+    }
+    fn platform(&'static self) -> Self::Platform {
+        sim::pv_platform(&self.xen, &self.guest)
+    }
+    fn pages(&'static self, n: u64) -> SimPages {
+        SimPages::pv(&self.guest, n)
+    }
+}
+
+impl Machine for Arm {
+    type Platform = ArmPlatform<'static>;
+    fn new() -> Self {
+        Arm::new()
+    }
+    fn xen(&self) -> &Xen {
+        &self.xen
+    }
+    fn memory(&self) -> SimMemory {
+        self.guest.memory()
+    }
+    fn alloc_aligned(&self, n: u64, align: u64) -> PhysAddr {
+        self.guest.alloc_aligned(n, align)
+    }
+    fn machine(&self, phys: PhysAddr) -> u64 {
+        self.guest
+            .stage2_lookup(phys)
+            .unwrap_or_else(|| panic!("{phys} is not mapped"))
+            .as_u64()
+    }
+    fn platform(&'static self) -> Self::Platform {
+        Arm::platform(self)
+    }
+    fn pages(&'static self, n: u64) -> SimPages {
+        SimPages::arm(&self.guest, n)
+    }
+}
+
+/// The engine of a simulated kernel on machine `M`.
+pub type Engine<M> = SimEngine<<M as Machine>::Platform, Recorded<SimPages>>;
 
 /// A host shadow of `len` bytes of dom0 memory at `phys`.
 struct Shadow {
@@ -118,11 +191,11 @@ unsafe impl Send for Shadow {}
 
 /// The simulated kernel: the machine, its engine, the virtio device (a coherent simulated
 /// DMA device with a mask) and the CPU's shadows.
-pub struct World {
+pub struct World<M: Machine> {
     /// The machine (leaked: the kernel's engine is `'static`).
-    pub pv: &'static Pv,
+    pub m: &'static M,
     /// The engine.
-    pub engine: Engine,
+    pub engine: Engine<M>,
     /// The simulated device.
     pub sdev: SimDevice,
     /// The device as the engine sees it.
@@ -132,30 +205,24 @@ pub struct World {
 
 // SAFETY: the shadows' pointers are owned blocks, used under the mutex or by the tests'
 // single driver thread.
-unsafe impl Sync for World {}
+unsafe impl<M: Machine> Sync for World<M> {}
 // SAFETY: as above.
-unsafe impl Send for World {}
+unsafe impl<M: Machine> Send for World<M> {}
 
-impl World {
-    /// An x86 PV dom0 with a 1 MiB pool, 64 pages for coherent allocations and a coherent
+impl<M: Machine> World<M> {
+    /// A dom0 with a 1 MiB pool, 64 pages for coherent allocations and a coherent
     /// device with `mask`.
     pub fn new(mask: DmaMask) -> Self {
-        let pv: &'static Pv = Box::leak(Box::new(Pv::new()));
+        let m: &'static M = Box::leak(Box::new(M::new()));
         let pool_bytes = 1 << 20;
         let n = pool_bytes / PAGE;
-        let pool = pv.guest.alloc_aligned(n, n.next_power_of_two());
-        let pages = Recorded::new(SimPages::pv(&pv.guest, 64));
-        let engine = build_engine(
-            sim::pv_platform(&pv.xen, &pv.guest),
-            pv.guest.memory(),
-            pool,
-            pool_bytes,
-            pages,
-        );
-        let sdev = pv.xen.device(mask, true);
+        let pool = m.alloc_aligned(n, n.next_power_of_two());
+        let pages = Recorded::new(m.pages(64));
+        let engine = build_engine(m.platform(), m.memory(), pool, pool_bytes, pages);
+        let sdev = m.xen().device(mask, true);
         let dev = sdev.core_device();
         Self {
-            pv,
+            m,
             engine,
             sdev,
             dev,
@@ -174,7 +241,7 @@ impl World {
         // SAFETY: a non-zero size.
         let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).expect("memory");
         // SAFETY: the block was just allocated with `len` bytes and is used by nobody yet.
-        self.pv.guest.read(phys, unsafe {
+        self.m.memory().read(phys, unsafe {
             std::slice::from_raw_parts_mut(ptr.as_ptr(), len)
         });
         self.shadows().push(Shadow { phys, ptr, len });
@@ -183,7 +250,7 @@ impl World {
 
     /// `pages` pages of dom0 RAM the CPU reaches by pointer, as a slice.
     pub fn ram(&self, pages: u64) -> (PhysAddr, &'static mut [u8]) {
-        let phys = self.pv.guest.alloc_pages(pages);
+        let phys = self.m.alloc_aligned(pages, 1);
         // CAST: test sizes fit usize.
         let len = (pages * PAGE) as usize;
         let ptr = self.map(phys, len);
@@ -208,7 +275,7 @@ impl World {
         for s in self.shadows().iter() {
             // SAFETY: the shadow is live; no reference to it is used during the copy.
             let data = unsafe { std::slice::from_raw_parts(s.ptr.as_ptr(), s.len) };
-            self.pv.guest.write(s.phys, data);
+            self.m.memory().write(s.phys, data);
         }
     }
 
@@ -217,7 +284,7 @@ impl World {
         for s in self.shadows().iter() {
             // SAFETY: as in `flush`.
             let buf = unsafe { std::slice::from_raw_parts_mut(s.ptr.as_ptr(), s.len) };
-            self.pv.guest.read(s.phys, buf);
+            self.m.memory().read(s.phys, buf);
         }
     }
 
@@ -244,20 +311,30 @@ impl World {
 
     /// The simulator's, the pool's and the device's checks.
     pub fn check(&self) {
-        check(&self.pv.xen, &self.engine, &[&self.sdev]);
+        check(self.m.xen(), &self.engine, &[&self.sdev]);
     }
 }
 
-/// Defines a kernel type `$name` over its own [`World`] with a device of `$mask`.
+/// A kernel type made by [`kernel!`], with its world.
+pub trait HasWorld: swiotlb_xen_virtio::SwiotlbKernel {
+    /// The machine it runs on.
+    type M: Machine;
+    /// Its world.
+    fn world() -> &'static World<Self::M>;
+}
+
+/// Defines a kernel type `$name` over its own [`World`] on machine `$machine` with a device
+/// of `$mask`.
 macro_rules! kernel {
-    ($name:ident, $mask:expr) => {
+    ($name:ident, $machine:ty, $mask:expr) => {
         /// A simulated kernel with its own machine.
         struct $name;
 
-        impl $name {
-            /// The kernel's world, built on first use.
-            fn world() -> &'static crate::support::World {
-                static WORLD: std::sync::OnceLock<crate::support::World> =
+        impl crate::support::HasWorld for $name {
+            type M = $machine;
+
+            fn world() -> &'static crate::support::World<$machine> {
+                static WORLD: std::sync::OnceLock<crate::support::World<$machine>> =
                     std::sync::OnceLock::new();
                 WORLD.get_or_init(|| crate::support::World::new($mask))
             }
@@ -266,12 +343,12 @@ macro_rules! kernel {
         // SAFETY: one engine per kernel type, for ever; the shadows are the CPU's view of
         // dom0's memory, and `virt_to_phys` answers only for pointers inside one.
         unsafe impl swiotlb_xen_virtio::SwiotlbKernel for $name {
-            type Platform = crate::support::SimPv<'static>;
+            type Platform = <$machine as crate::support::Machine>::Platform;
             type Memory = xen_sim::SimMemory;
             type Slots = Box<[swiotlb_core::Slot]>;
             type Pages = crate::support::Recorded<crate::support::SimPages>;
 
-            fn engine() -> &'static crate::support::Engine {
+            fn engine() -> &'static crate::support::Engine<$machine> {
                 &Self::world().engine
             }
 
