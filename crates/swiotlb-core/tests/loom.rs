@@ -1,6 +1,7 @@
-//! Loom models of the pool's concurrent parts: the area locks, the lock-free slot states and
-//! the per-area and pool-wide counters, with two threads (plus the main one) in every
-//! interleaving loom can reach within its preemption bound.
+//! Loom models of the pool's concurrent parts (the area locks, the lock-free slot states,
+//! the syncs that pin a mapping and copy outside the lock, the per-area and pool-wide
+//! counters) and of the x86 PV platform's lock and sequence range, with two threads (plus
+//! the main one) in every interleaving loom can reach within its preemption bound.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p swiotlb-core --release --test loom`
 //! (`cargo xtask ci --only loom` sets `LOOM_MAX_PREEMPTIONS` to keep it short).
@@ -12,7 +13,12 @@ mod common;
 use common::Fixture;
 use loom::sync::Arc;
 use loom::thread;
-use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, Error, PhysAddr};
+use swiotlb_core::lock::atomic::{AtomicU64, Ordering};
+use swiotlb_core::lock::{SeqRange, SpinLock};
+use swiotlb_core::{
+    BouncePool, Device, DmaAttrs, DmaDirection, DmaMask, Error, LinearMap, PhysAddr, PhysMemory,
+    Slot,
+};
 
 /// One segment: the smallest pool.
 const NSLABS: usize = 128;
@@ -310,5 +316,182 @@ fn coherent_alloc_and_free_from_two_threads() {
         f.pool.check_invariants().unwrap();
         let s = f.pool.stats();
         assert_eq!((s.used, s.allocs, s.frees), (0, 2, 2), "{s:?}");
+    });
+}
+
+/// The x86 PV platform's protocol for a region in transition: writers serialised by a
+/// [`SpinLock`] open a [`SeqRange`], rewrite the range's entries (the P2M) and close it;
+/// a lock-free reader's lookup of a frame returns its old or its new entry, or `None` while
+/// the frame is in transition, never a torn pair; and a lookup outside the range is never
+/// hidden. The entries are a pair per frame so that a torn read would show.
+#[test]
+fn seq_range_readers_never_see_a_half_done_transition() {
+    model(|| {
+        struct P2m {
+            lock: SpinLock<()>,
+            seq: SeqRange,
+            /// Frame 0's entry, in two halves; frame 1's entry.
+            lo: AtomicU64,
+            hi: AtomicU64,
+            other: AtomicU64,
+        }
+        let p = Arc::new(P2m {
+            lock: SpinLock::new(()),
+            seq: SeqRange::new(),
+            lo: AtomicU64::new(10),
+            hi: AtomicU64::new(10),
+            other: AtomicU64::new(7),
+        });
+        let writers: Vec<_> = [20u64, 30]
+            .into_iter()
+            .map(|v| {
+                let p = Arc::clone(&p);
+                thread::spawn(move || {
+                    let _guard = p.lock.lock();
+                    p.seq.open(0, 1);
+                    p.lo.store(v, Ordering::Relaxed);
+                    p.hi.store(v, Ordering::Relaxed);
+                    p.seq.close();
+                })
+            })
+            .collect();
+        let got = p.seq.read(|| {
+            let lo = p.lo.load(Ordering::Relaxed);
+            let hi = p.hi.load(Ordering::Relaxed);
+            // A torn pair reads as an entry no writer wrote.
+            Some((0, if lo == hi { lo } else { u64::MAX }))
+        });
+        match got {
+            None | Some((0, 10 | 20 | 30)) => {}
+            other => panic!("a reader saw a half-done transition: {other:?}"),
+        }
+        let outside = p.seq.read(|| Some((1, p.other.load(Ordering::Relaxed))));
+        assert_eq!(
+            outside,
+            Some((1, 7)),
+            "a frame outside the transition was hidden"
+        );
+        for w in writers {
+            w.join().unwrap();
+        }
+        let last = p.seq.read(|| Some((0, p.lo.load(Ordering::Relaxed))));
+        assert!(matches!(last, Some((0, 20 | 30))), "{last:?}");
+        assert_eq!(p.lo.load(Ordering::Relaxed), p.hi.load(Ordering::Relaxed));
+    });
+}
+
+/// A [`LinearMap`] whose copies start with an atomic access, a point where loom can preempt
+/// the copying thread, so that other threads can run between a sync's release of the area
+/// lock and its copy (a plain copy is invisible to loom and would happen at once).
+struct YieldingMemory(LinearMap, loom::sync::atomic::AtomicUsize);
+
+// SAFETY: every call is forwarded unchanged to the `LinearMap`.
+unsafe impl PhysMemory for YieldingMemory {
+    unsafe fn copy(&self, dst: PhysAddr, src: PhysAddr, len: usize) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.copy(dst, src, len) }
+    }
+
+    unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.fill(dst, byte, len) }
+    }
+}
+
+/// A pool over [`YieldingMemory`] and the allocation behind it.
+struct SlowPool {
+    base: *mut u8,
+    len: usize,
+    pool: BouncePool<YieldingMemory, Vec<Slot>>,
+}
+
+// SAFETY: the memory is reached only through the pool and raw pointers, by threads that keep
+// their accesses disjoint (as `common::Fixture`).
+unsafe impl Sync for SlowPool {}
+// SAFETY: as for `Sync`; the allocation is freed once, in `Drop`.
+unsafe impl Send for SlowPool {}
+
+impl SlowPool {
+    fn new() -> Self {
+        let len = NSLABS * 2048 + 4096;
+        let base = Box::into_raw(vec![0u8; len].into_boxed_slice()).cast::<u8>();
+        let mem = YieldingMemory(
+            // SAFETY: `base..base + len` is one allocation freed only in `Drop`, after the
+            // pool.
+            unsafe { LinearMap::new(base, PhysAddr::new(0x10_0000), len) },
+            loom::sync::atomic::AtomicUsize::new(0),
+        );
+        let storage = (0..NSLABS).map(|_| Slot::new()).collect();
+        // SAFETY: the pool range is the start of the allocation and used by the pool alone.
+        let pool =
+            unsafe { BouncePool::new(mem, PhysAddr::new(0x10_0000), NSLABS, 1, storage) }.unwrap();
+        Self { base, len, pool }
+    }
+
+    fn at(&self, addr: PhysAddr) -> *mut u8 {
+        let off = usize::try_from(addr.as_u64() - 0x10_0000).unwrap();
+        assert!(off < self.len);
+        // SAFETY: checked to be inside the allocation.
+        unsafe { self.base.add(off) }
+    }
+}
+
+impl Drop for SlowPool {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `Box::into_raw` of a slice of `len` bytes.
+        drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(self.base, self.len)) });
+    }
+}
+
+/// A sync copies outside the area lock while an unmap of the same mapping runs: the unmap
+/// waits for the pinned copy, so the sync's bytes never land in the original after the unmap
+/// has returned it to the driver, and the slots are not freed under the copy.
+#[test]
+fn sync_copying_outside_the_lock_holds_off_the_unmap() {
+    model(|| {
+        let p = Arc::new(SlowPool::new());
+        let d = dev();
+        let orig = p.pool.end();
+        // SAFETY: the original is the model's own.
+        let tlb = unsafe {
+            p.pool.map(
+                &d,
+                orig,
+                1,
+                0,
+                DmaDirection::FromDevice,
+                DmaAttrs::empty(),
+                0,
+            )
+        }
+        .unwrap();
+        // SAFETY: inside the allocation; the "device" writes its byte.
+        unsafe { p.at(tlb).write(2) };
+        let syncer = {
+            let p = Arc::clone(&p);
+            thread::spawn(move || {
+                p.pool
+                    .sync_for_cpu(&dev(), tlb, 1, DmaDirection::FromDevice)
+            })
+        };
+        p.pool
+            .unmap(&d, tlb, 1, DmaDirection::FromDevice, DmaAttrs::empty())
+            .unwrap();
+        // The driver owns the original again and writes it.
+        // SAFETY: inside the allocation; the pool no longer touches the original.
+        unsafe { p.at(orig).write(3) };
+        match syncer.join().unwrap() {
+            Ok(()) | Err(Error::NotMapped { .. }) => {}
+            Err(e) => panic!("sync gave {e:?}"),
+        }
+        // SAFETY: inside the allocation.
+        assert_eq!(
+            unsafe { p.at(orig).read() },
+            3,
+            "a sync copied after the unmap"
+        );
+        p.pool.check_invariants().unwrap();
+        assert_eq!(p.pool.stats().used, 0);
     });
 }
