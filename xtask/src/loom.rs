@@ -1,9 +1,12 @@
 //! The `loom` CI step: the loom models of the concurrent parts, built with `--cfg loom`.
 //!
 //! - `swiotlb-core`'s `tests/loom.rs`: the pool's area locks, slot states and counters
-//!   (map/unmap/sync/alloc/free from two threads, a concurrent statistics reader);
+//!   (map/unmap/sync/alloc/free from two threads, a concurrent statistics reader, a sync
+//!   copying outside the lock while its mapping is unmapped), and the x86 PV platform's lock
+//!   and sequence range (`swiotlb_core::lock::SeqRange`: no torn or wrongly hidden lookup);
 //! - `swiotlb-xen-arm64`'s `tests/loom.rs`: the foreign table's lookups racing inserts and
-//!   removes, and writers racing writers.
+//!   removes, writers racing writers, and an interrupt-time lookup nested in a lookup while a
+//!   writer waits (no deadlock with the interrupt hook; the deadlock shown without it).
 //!
 //! The models run in release mode with at most [`MAX_PREEMPTIONS`] preemptions per execution
 //! (unless `LOOM_MAX_PREEMPTIONS` is already set), which keeps the step well under two
