@@ -109,8 +109,8 @@ enum Place {
 }
 
 /// A buffer of `len` bytes at `place`.
-fn buffer(w: &World<Pv>, place: Place, len: usize) -> &'static mut [u8] {
-    let machine = |p: PhysAddr| w.m.machine(p).as_u64();
+fn buffer<M: Machine>(w: &World<M>, place: Place, len: usize) -> &'static mut [u8] {
+    let machine = |p: PhysAddr| w.m.machine(p);
     match place {
         Place::Unmapped => Box::leak(vec![0u8; len].into_boxed_slice()),
         Place::Low | Place::High => loop {
@@ -189,4 +189,47 @@ fn shared_buffers_reach_the_device_in_every_direction_direct_or_bounced() {
     }
     let st = w.engine.stats();
     assert_eq!(st.map_failures + st.unmap_sync_failures, 0);
+}
+
+#[test]
+fn a_non_coherent_arm64_device_gets_cache_maintenance_around_the_bounce_copies() {
+    // The simulator's cache model holds the CPU's writes until they are cleaned and serves
+    // the CPU stale lines until they are invalidated; it records a violation for a device
+    // access that would see the wrong bytes.
+    kernel!(K, Arm, DmaMask::BITS_32, false);
+    type H = SwiotlbHal<K>;
+    let w = K::world();
+    let len = 3000;
+    // Host memory outside the linear map: bounced, and every cache operation is the pool's.
+    let buf = buffer(w, Place::Unmapped, len);
+    for (seed, dir) in [
+        BufferDirection::DriverToDevice,
+        BufferDirection::DeviceToDriver,
+        BufferDirection::Both,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (cpu_data, dev_data) = (pattern(seed as u64, len), pattern(seed as u64 + 10, len));
+        buf.copy_from_slice(&cpu_data);
+        let ptr = NonNull::from(&mut *buf);
+        // SAFETY: `buf` stays valid and untouched by the CPU until the unshare.
+        let bus = BusAddr::new(unsafe { H::share(ptr, dir) });
+        assert!(is_bounced(&w.engine, bus));
+        if dir != BufferDirection::DeviceToDriver {
+            same(&w.device_read(bus, len), &cpu_data, "the device read");
+        }
+        if dir != BufferDirection::DriverToDevice {
+            w.device_write(bus, &dev_data);
+        }
+        // SAFETY: the buffer of that share, untouched meanwhile.
+        unsafe { H::unshare(bus.as_u64(), ptr, dir) };
+        let want = if dir == BufferDirection::DriverToDevice {
+            &cpu_data
+        } else {
+            &dev_data
+        };
+        same(buf, want, "the CPU's buffer after unshare");
+        w.check();
+    }
 }

@@ -210,16 +210,16 @@ unsafe impl<M: Machine> Sync for World<M> {}
 unsafe impl<M: Machine> Send for World<M> {}
 
 impl<M: Machine> World<M> {
-    /// A dom0 with a 1 MiB pool, 64 pages for coherent allocations and a coherent
-    /// device with `mask`.
-    pub fn new(mask: DmaMask) -> Self {
+    /// A dom0 with a 1 MiB pool, 64 pages for coherent allocations and a device with
+    /// `mask`, cache-coherent or not.
+    pub fn new(mask: DmaMask, coherent: bool) -> Self {
         let m: &'static M = Box::leak(Box::new(M::new()));
         let pool_bytes = 1 << 20;
         let n = pool_bytes / PAGE;
         let pool = m.alloc_aligned(n, n.next_power_of_two());
         let pages = Recorded::new(m.pages(64));
         let engine = build_engine(m.platform(), m.memory(), pool, pool_bytes, pages);
-        let sdev = m.xen().device(mask, true);
+        let sdev = m.xen().device(mask, coherent);
         let dev = sdev.core_device();
         Self {
             m,
@@ -324,9 +324,12 @@ pub trait HasWorld: swiotlb_xen_virtio::SwiotlbKernel {
 }
 
 /// Defines a kernel type `$name` over its own [`World`] on machine `$machine` with a device
-/// of `$mask`.
+/// of `$mask`, cache-coherent unless a fourth argument says `false`.
 macro_rules! kernel {
     ($name:ident, $machine:ty, $mask:expr) => {
+        kernel!($name, $machine, $mask, true);
+    };
+    ($name:ident, $machine:ty, $mask:expr, $coherent:expr) => {
         /// A simulated kernel with its own machine.
         struct $name;
 
@@ -336,7 +339,7 @@ macro_rules! kernel {
             fn world() -> &'static crate::support::World<$machine> {
                 static WORLD: std::sync::OnceLock<crate::support::World<$machine>> =
                     std::sync::OnceLock::new();
-                WORLD.get_or_init(|| crate::support::World::new($mask))
+                WORLD.get_or_init(|| crate::support::World::new($mask, $coherent))
             }
         }
 
