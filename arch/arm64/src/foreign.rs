@@ -691,6 +691,61 @@ mod tests {
     use std::thread;
     use std::vec::Vec;
 
+    std::thread_local! {
+        /// This thread's stand-in for the CPU's interrupt flag and how often it was masked.
+        static IRQ: core::cell::Cell<(bool, usize)> = const { core::cell::Cell::new((false, 0)) };
+    }
+
+    fn irq_save() -> usize {
+        let (masked, n) = IRQ.with(core::cell::Cell::get);
+        IRQ.with(|c| c.set((true, n + 1)));
+        usize::from(masked)
+    }
+
+    fn irq_restore(prev: usize) {
+        IRQ.with(|c| c.set((prev != 0, c.get().1)));
+    }
+
+    static HOOKED: BoundedForeignTable<4> =
+        BoundedForeignTable::new().with_irq_hook(IrqHook::new(irq_save, irq_restore));
+
+    #[test]
+    fn readers_and_writers_mask_through_the_hook() {
+        let saves = IRQ.with(core::cell::Cell::get).1;
+        irq_restore(HOOKED.irq_hook().save());
+        assert_eq!(
+            IRQ.with(core::cell::Cell::get),
+            (false, saves + 1),
+            "no hook"
+        );
+        let saves = saves + 1;
+        HOOKED.ins(Pfn::new(0x10), Bfn::new(0x99), 1).unwrap();
+        assert_eq!(HOOKED.lookup(Pfn::new(0x10)), Some(Bfn::new(0x99)));
+        {
+            let view = HOOKED.read();
+            assert!(
+                IRQ.with(core::cell::Cell::get).0,
+                "a view left interrupts enabled"
+            );
+            assert_eq!(view.entries().len(), 1);
+        }
+        // SAFETY: a test table no device sees.
+        unsafe { HOOKED.clear() };
+        let (masked, n) = IRQ.with(core::cell::Cell::get);
+        assert!(!masked, "interrupts left masked");
+        assert_eq!(
+            n,
+            saves + 4,
+            "insert, lookup, read and clear each mask once"
+        );
+        let mut t = BoundedForeignTable::<1>::new();
+        assert_eq!(t.irq_hook().save(), 0, "the default hook masks nothing");
+        t.set_irq_hook(IrqHook::new(irq_save, irq_restore));
+        assert_eq!(t.lookup(Pfn::new(1)), None);
+        t.ins(Pfn::new(1), Bfn::new(2), 1).unwrap();
+        assert_eq!(IRQ.with(core::cell::Cell::get).1, saves + 5);
+    }
+
     fn pfn(n: u64) -> Pfn {
         Pfn::new(n)
     }
