@@ -19,6 +19,7 @@ pub const NO_STD_CRATES: &[&str] = &[
     "swiotlb-xen-x86-pv",
     "swiotlb-xen-arm64",
     "swiotlb-xen",
+    "swiotlb-xen-virtio",
 ];
 
 /// The crates whose tests also run as an aarch64 Linux binary under user-mode QEMU.
@@ -505,7 +506,7 @@ mod tests {
         assert_eq!(
             line,
             "build -p swiotlb-core -p xen-abi -p swiotlb-xen-x86-pv -p swiotlb-xen-arm64 \
-             -p swiotlb-xen --target aarch64-unknown-none"
+             -p swiotlb-xen -p swiotlb-xen-virtio --target aarch64-unknown-none"
         );
     }
 
