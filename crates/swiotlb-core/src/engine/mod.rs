@@ -148,6 +148,18 @@ where
         })
     }
 
+    /// Sets the interrupt hook of the engine's pool (see [`crate::lock::IrqHook`]): every
+    /// pool lock masks local interrupts through it, so that the map, unmap and sync entry
+    /// points may be called from interrupt handlers. A kernel that builds its pool through
+    /// the facade's `init` sets the hook here. Without a pool this does nothing.
+    #[must_use]
+    pub fn with_irq_hook(mut self, hook: crate::lock::IrqHook) -> Self {
+        if let Some(pool) = &mut self.pool {
+            pool.set_irq_hook(hook);
+        }
+        self
+    }
+
     /// Sets the function giving the current CPU number, which picks the pool area a bounce
     /// searches first (Linux uses `raw_smp_processor_id()`).
     #[must_use]

@@ -1757,3 +1757,35 @@ fn buffer_mappings_refuse_the_wrong_unmaps() {
     );
     assert_eq!(fx.used(), 0);
 }
+
+/// The interrupt flag the test hook of `the_irq_hook_reaches_the_pool_locks` stands in for.
+static TEST_MASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// How many times that hook masked.
+static TEST_SAVES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn the_irq_hook_reaches_the_pool_locks() {
+    use std::sync::atomic::Ordering::Relaxed;
+    fn save() -> usize {
+        TEST_SAVES.fetch_add(1, Relaxed);
+        TEST_MASKED.swap(1, Relaxed)
+    }
+    fn restore(prev: usize) {
+        TEST_MASKED.store(prev, Relaxed);
+    }
+    let Fixture { engine, host, _mem } = Fixture::new();
+    let fx = Fixture {
+        engine: engine.with_irq_hook(crate::lock::IrqHook::new(save, restore)),
+        host,
+        _mem,
+    };
+    // A bounced map and its unmap take the area lock, masked through the hook each time,
+    // and leave the flag as it was.
+    let phys = orig(3, 2048);
+    let bus = fx.map(&DEV32, phys, 4096, BIDI).unwrap();
+    fx.engine
+        .unmap_page(&DEV32, bus, 4096, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert!(TEST_SAVES.load(Relaxed) >= 2);
+    assert_eq!(TEST_MASKED.load(Relaxed), 0);
+}
