@@ -245,6 +245,7 @@ fn rust_table() -> Vec<Row> {
         both: const "GNTTABOP_get_version" = GNTTABOP_GET_VERSION,
         both: const "GNTTABOP_swap_grant_ref" = GNTTABOP_SWAP_GRANT_REF,
         both: const "GNTTABOP_cache_flush" = GNTTABOP_CACHE_FLUSH,
+        both: const "PHYSDEVOP_set_iopl" = PHYSDEVOP_SET_IOPL,
         both: const "GNTMAP_device_map" = GNTMAP_DEVICE_MAP,
         both: const "GNTMAP_host_map" = GNTMAP_HOST_MAP,
         both: const "GNTMAP_readonly" = GNTMAP_READONLY,

@@ -22,6 +22,7 @@
 #include <xen/features.h>
 #include <xen/version.h>
 #include <xen/sched.h>
+#include <xen/physdev.h>
 
 #if __XEN_INTERFACE_VERSION__ != 0x00040e00
 #error "compile with -D__XEN_INTERFACE_VERSION__=0x00040e00"
@@ -203,6 +204,7 @@ int main(void)
     CU(GNTTABOP_get_version);
     CU(GNTTABOP_swap_grant_ref);
     CU(GNTTABOP_cache_flush);
+    CU(PHYSDEVOP_set_iopl);
     CU(GNTMAP_device_map);
     CU(GNTMAP_host_map);
     CU(GNTMAP_readonly);
