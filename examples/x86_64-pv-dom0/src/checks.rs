@@ -3,7 +3,7 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use swiotlb_xen::x86_pv::{X86PvError, X86PvPlatform, boot as pvboot, p2m as p2menc};
-use swiotlb_xen::{Bfn, Pfn, PhysAddr, PhysMemory, PlatformError};
+use swiotlb_xen::{Bfn, BufferMemory, Pfn, PhysAddr, PhysMemory, PlatformError};
 use xen_abi::{DOMID_SELF, Errno, GuestHandle, XENMEM_CURRENT_RESERVATION, XenMemoryExchange};
 
 use crate::console::Line;
@@ -170,6 +170,23 @@ unsafe impl PhysMemory for KernelMemory {
     }
 }
 
+// SAFETY: the pool side of each copy is a window range (as in `PhysMemory`); the buffer side
+// is the caller's pointer, used as given.
+unsafe impl BufferMemory for KernelMemory {
+    unsafe fn copy_from_buffer(&self, dst: PhysAddr, src: core::ptr::NonNull<u8>, len: usize) {
+        let d = self.ptr(dst, len);
+        // SAFETY: `dst` is mapped and unreferenced, `src` valid for reads and disjoint (the
+        // caller's promise).
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), d, len) };
+    }
+
+    unsafe fn copy_to_buffer(&self, dst: core::ptr::NonNull<u8>, src: PhysAddr, len: usize) {
+        let s = self.ptr(src, len);
+        // SAFETY: as in `copy_from_buffer`, the other way.
+        unsafe { core::ptr::copy_nonoverlapping(s, dst.as_ptr(), len) };
+    }
+}
+
 /// The pseudo-physical address of a kernel virtual address.
 pub fn phys_of<T>(p: *const T) -> PhysAddr {
     PhysAddr::new(p.addr() as u64 - VIRT_BASE)
@@ -257,7 +274,17 @@ pub fn run(start_info: *const u8) -> Line {
             None
         }
     };
-    crate::dma::run(&env, pv, edu.as_ref(), &mut report);
+    let virtio = match crate::virtio::probe(&mmu) {
+        Ok((probe, details)) => {
+            report.record("pci-virtio-blk", Ok(details));
+            Some(probe)
+        }
+        Err(details) => {
+            report.record("pci-virtio-blk", Err(details));
+            None
+        }
+    };
+    crate::dma::run(&env, pv, edu.as_ref(), virtio, &mut report);
     report.verdict()
 }
 

@@ -130,7 +130,13 @@ pub fn check_bounce(
 }
 
 /// Runs the DMA checks, consuming the platform (the engine owns it).
-pub fn run(env: &Env, pv: Pv, edu: Option<&Edu>, report: &mut Report) {
+pub fn run(
+    env: &Env,
+    pv: Pv,
+    edu: Option<&Edu>,
+    virtio: Option<crate::virtio::Probe>,
+    report: &mut Report,
+) {
     let (eng, init) = match pool_init(env, pv) {
         Ok((eng, init, details)) => {
             report.record("pool-init", Ok(details));
@@ -148,6 +154,7 @@ pub fn run(env: &Env, pv: Pv, edu: Option<&Edu>, report: &mut Report) {
     report.record("bad-input-engine", bad_input_engine(&eng));
     report.record("pool-init-refused", pool_init_refused(env, &eng));
     crate::devdma::run(env, &eng, edu, report);
+    crate::virtio::run(env, &eng, virtio, report);
     let pool = init.phys;
     let (pv, _, _) = eng.into_parts();
     report.record("pool-release", pool_release(env, &pv, &init));

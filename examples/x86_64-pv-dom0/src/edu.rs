@@ -12,14 +12,10 @@
 //! transfer of the whole buffer, so one transfer moves at most [`MAX_TRANSFER`] bytes. Each
 //! transfer completes on a 100 ms timer of QEMU's virtual clock.
 
-use core::arch::asm;
-
-use xen_abi::{HYPERVISOR_PHYSDEV_OP, Hypercall, PHYSDEVOP_SET_IOPL};
-
 use crate::console::Line;
 use crate::fmt_line;
-use crate::hyp::Counted;
 use crate::mmu::{MMIO_FLAGS, Mmu};
+use crate::pci;
 
 /// The device's DMA mask in bits: the harness starts QEMU with
 /// `-device edu,dma_mask=0xfffffff` (`xtask/src/xen_qemu/x86_64.rs`), QEMU's default.
@@ -60,80 +56,6 @@ const CMD_TO_MEMORY: u64 = 2;
 /// 100 ms; one poll, an MMIO read QEMU emulates, takes a microsecond or more).
 const POLL_LIMIT: u64 = 200_000_000;
 
-/// Sets the vCPU's I/O privilege level to 3 (`PHYSDEVOP_set_iopl`), so that Xen emulates
-/// the kernel's `in` and `out` instructions instead of raising #GP (a PV kernel runs in
-/// ring 3).
-pub fn set_iopl() -> Result<(), Line> {
-    let mut iopl: u32 = 3;
-    // SAFETY: Xen reads the one u32 of `struct physdev_set_iopl` at the pointer.
-    let rc = unsafe {
-        Counted.hypercall(
-            HYPERVISOR_PHYSDEV_OP,
-            [
-                u64::from(PHYSDEVOP_SET_IOPL),
-                (&raw mut iopl).addr() as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(fmt_line!("PHYSDEVOP_set_iopl(3) returned {rc}"))
-    }
-}
-
-/// `out dx, eax`.
-fn outl(port: u16, value: u32) {
-    // SAFETY: port I/O to the PCI configuration ports only (callers), which Xen emulates.
-    unsafe {
-        asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
-    };
-}
-
-/// `in eax, dx`.
-fn inl(port: u16) -> u32 {
-    let value: u32;
-    // SAFETY: as in `outl`.
-    unsafe {
-        asm!("in eax, dx", in("dx") port, out("eax") value, options(nostack, preserves_flags))
-    };
-    value
-}
-
-/// A PCI function on bus 0.
-#[derive(Clone, Copy, Debug)]
-pub struct PciFunction {
-    /// Device number.
-    pub slot: u8,
-    /// Function number.
-    pub function: u8,
-}
-
-impl PciFunction {
-    /// The CONFIG_ADDRESS value of register `offset`.
-    fn address(self, offset: u8) -> u32 {
-        0x8000_0000
-            | (u32::from(self.slot) << 11)
-            | (u32::from(self.function) << 8)
-            | u32::from(offset & 0xfc)
-    }
-
-    /// Reads the 32-bit configuration register at `offset`.
-    pub fn read(self, offset: u8) -> u32 {
-        outl(0xcf8, self.address(offset));
-        inl(0xcfc)
-    }
-
-    /// Writes the 32-bit configuration register at `offset`.
-    pub fn write(self, offset: u8, value: u32) {
-        outl(0xcf8, self.address(offset));
-        outl(0xcfc, value);
-    }
-}
-
 /// The `edu` device, found and mapped.
 pub struct Edu {
     /// DMA transfers done.
@@ -145,24 +67,12 @@ impl Edu {
     /// [`BAR_VA`] (uncached) and checks the identification and liveness registers.
     pub fn probe(mmu: &Mmu<'_>, nr_pages: u64) -> Result<(Self, Line), Line> {
         ensure_below(nr_pages)?;
-        set_iopl()?;
-        let mut found = None;
-        let mut seen = 0;
-        for slot in 0..32 {
-            let f = PciFunction { slot, function: 0 };
-            let id = f.read(0);
-            if id & 0xffff == 0xffff {
-                continue;
-            }
-            seen += 1;
-            if id == (u32::from(DEVICE) << 16) | u32::from(VENDOR) {
-                found = Some(f);
-            }
-        }
+        pci::set_iopl()?;
+        let (found, seen) = pci::find(VENDOR, DEVICE);
         let function = found.ok_or_else(|| {
             fmt_line!("no device {VENDOR:04x}:{DEVICE:04x} among {seen} on bus 0")
         })?;
-        let bar0 = function.read(0x10);
+        let bar0 = pci::read(function, 0x10);
         if bar0 & 1 != 0 || (bar0 >> 1) & 3 != 0 {
             return Err(fmt_line!("BAR0 {bar0:#x} is not a 32-bit memory BAR"));
         }
@@ -170,15 +80,7 @@ impl Edu {
         if bar == 0 || bar % BAR_SIZE != 0 {
             return Err(fmt_line!("BAR0 at {bar:#x}: not assigned or misaligned"));
         }
-        let command = function.read(0x04);
-        // Memory space (bit 1) and bus master (bit 2); the status half is left alone.
-        function.write(0x04, (command & 0xffff) | 0x6);
-        let now = function.read(0x04) & 0xffff;
-        if now & 0x6 != 0x6 {
-            return Err(fmt_line!(
-                "command register {now:#x}: memory/bus master not on"
-            ));
-        }
+        let (command, now) = pci::enable_memory_and_master(function)?;
         // SAFETY: BAR_VA is a range nothing else maps; BAR0 is I/O memory dom0 may map.
         let tables = unsafe { mmu.map(BAR_VA, bar >> 12, BAR_SIZE >> 12, MMIO_FLAGS) }?;
         let edu = Self {
@@ -201,7 +103,7 @@ impl Edu {
             "edu at 00:{:02x}.0 ({seen} devices on bus 0), BAR0 {bar:#x} (1 MiB) mapped \
              uncached at {BAR_VA:#x} ({tables} new L1 table(s)), command {command:#x} -> {now:#x} \
              (memory, bus master), id {id:#x}, liveness ok; iopl 3 through PHYSDEVOP_set_iopl",
-            function.slot
+            function.device
         );
         Ok((edu, line))
     }

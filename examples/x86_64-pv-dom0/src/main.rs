@@ -3,7 +3,8 @@
 //! A bare-metal x86_64 kernel that Xen boots as its PV dom0 and that checks swiotlb-xen
 //! against the real hypervisor: real `syscall` hypercalls, the P2M Xen hands over in
 //! `start_info`, Xen's read-only M2P, real `XENMEM_exchange`, and QEMU's `edu` PCI device
-//! doing DMA at the bus addresses the engine returns (the `dev-` checks). It prints one line
+//! doing DMA at the bus addresses the engine returns (the `dev-` checks), and a
+//! `virtio-blk-pci` disk driven by virtio-drivers over the `swiotlb-xen-virtio` adapter. It prints one line
 //! per check (`XEN-QEMU x86_64 check <name>: ok ...` or `...: FAIL ...`) on Xen's console,
 //! then `XEN-QEMU x86_64 xen-<major>.<minor>: PASS (N checks, D device DMA checks)` or
 //! `...: FAIL (...)`, and shuts the machine down. `cargo xtask xen-qemu x86_64` builds it, boots it under QEMU and reads the
@@ -40,6 +41,10 @@ mod hyp;
 mod mmu;
 #[cfg(target_arch = "x86_64")]
 mod pages;
+#[cfg(target_arch = "x86_64")]
+mod pci;
+#[cfg(target_arch = "x86_64")]
+mod virtio;
 
 /// The virtual address of pseudo-physical frame 0: the `.note.Xen` VIRT_BASE, and the
 /// `VIRT_BASE` of `link.ld`.

@@ -1,8 +1,10 @@
-//! A tiny page allocator for coherent allocations: 64 pages of `.bss`, one bit each.
+//! A tiny page allocator for coherent allocations: 64 pages of `.bss`, one bit each, and
+//! the records [`PageAllocator::block_state`] needs (each live block's order and whether the
+//! engine exchanged it), so that virtio-drivers' `dma_dealloc` can free from addresses.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use swiotlb_xen::{PageAllocator, Pfn, PhysAddr};
+use swiotlb_xen::{BlockState, PageAllocator, Pfn, PhysAddr};
 
 use crate::checks::{phys_of, virt_of};
 
@@ -23,11 +25,20 @@ pub static NR_PAGES: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct Pages {
     used: AtomicU64,
+    /// Per page: the order of the live block starting there, or [`NO_BLOCK`].
+    starts: [AtomicU8; PAGES],
+    /// Per page: set when the block starting there was made contiguous by the engine.
+    exchanged: AtomicU64,
 }
+
+/// `starts` of a page where no live block starts.
+const NO_BLOCK: u8 = u8::MAX;
 
 /// The kernel's allocator.
 pub static ALLOCATOR: Pages = Pages {
     used: AtomicU64::new(0),
+    starts: [const { AtomicU8::new(NO_BLOCK) }; PAGES],
+    exchanged: AtomicU64::new(0),
 };
 
 impl Pages {
@@ -38,6 +49,13 @@ impl Pages {
 
     fn base() -> PhysAddr {
         phys_of(&raw const AREA)
+    }
+
+    /// The page index of `phys` if it is a page of the area.
+    fn index(phys: PhysAddr) -> Option<usize> {
+        let offset = phys.offset_from(Self::base())?;
+        // CAST: checked below PAGES.
+        (offset % 4096 == 0 && offset / 4096 < PAGES as u64).then_some((offset / 4096) as usize)
     }
 
     fn mask(order: u32) -> Option<u64> {
@@ -69,6 +87,8 @@ unsafe impl PageAllocator for Pages {
                 .compare_exchange(used, used | want, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
+                    // CAST: order <= 6.
+                    self.starts[start].store(order as u8, Ordering::Release);
                     let phys = PhysAddr::new(Self::base().as_u64() + (start as u64) * 4096);
                     // SAFETY: the block was just claimed and is mapped (the image's .bss).
                     unsafe { virt_of(phys).write_bytes(0, n * 4096) };
@@ -81,13 +101,31 @@ unsafe impl PageAllocator for Pages {
     }
 
     unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
-        let (Some(mask), Some(offset)) = (Self::mask(order), phys.offset_from(Self::base())) else {
+        let (Some(mask), Some(start)) = (Self::mask(order), Self::index(phys)) else {
             return;
         };
-        let start = offset / 4096;
-        if start < PAGES as u64 {
-            self.used.fetch_and(!(mask << start), Ordering::AcqRel);
+        self.starts[start].store(NO_BLOCK, Ordering::Release);
+        self.exchanged.fetch_and(!(1 << start), Ordering::AcqRel);
+        self.used.fetch_and(!(mask << start), Ordering::AcqRel);
+    }
+
+    fn set_exchanged(&self, phys: PhysAddr, order: u32) {
+        if let Some(start) = Self::index(phys)
+            && u32::from(self.starts[start].load(Ordering::Acquire)) == order
+        {
+            self.exchanged.fetch_or(1 << start, Ordering::AcqRel);
         }
+    }
+
+    fn block_state(&self, phys: PhysAddr, order: u32) -> Option<BlockState> {
+        let live = Self::index(phys)
+            .filter(|&i| u32::from(self.starts[i].load(Ordering::Acquire)) == order);
+        Some(match live {
+            Some(i) => BlockState::Allocated {
+                exchanged: self.exchanged.load(Ordering::Acquire) & (1 << i) != 0,
+            },
+            None => BlockState::Free,
+        })
     }
 
     fn pfn_valid(&self, pfn: Pfn) -> bool {

@@ -30,6 +30,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod aarch64;
+mod disk;
 mod x86_64;
 
 /// A Xen release of the matrix: Debian's hypervisor packages of one suite.

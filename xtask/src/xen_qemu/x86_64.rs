@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{
-    Boot, Build, Kernel, XenRelease, boot, build_example, ensure_tools, fetch_xen_deb, unpack_deb,
+    Boot, Build, Kernel, XenRelease, boot, build_example, disk, ensure_tools, fetch_xen_deb,
+    unpack_deb,
 };
 
 /// The architecture's name in the verdict lines.
@@ -26,11 +27,14 @@ pub(crate) const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 loglvl=all gu
 /// The `edu` device and its DMA mask (28 bits, QEMU's default, named so the kernel's
 /// `edu::DMA_MASK_BITS` visibly matches it).
 pub(crate) const EDU_DEVICE: &str = "edu,dma_mask=0xfffffff";
+/// The virtio disk: a modern-only (virtio 1.0) PCI function, as virtio-drivers'
+/// `PciTransport` drives it.
+pub(crate) const VIRTIO_BLK_DEVICE: &str = "virtio-blk-pci,disable-legacy=on";
 
 /// The number of check lines the kernel must print.
-pub(crate) const EXPECTED_CHECKS: usize = 23;
+pub(crate) const EXPECTED_CHECKS: usize = 29;
 /// How many of them are device DMA checks (names starting with `dev-`).
-pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 8;
+pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 11;
 
 /// The built kernel.
 pub(crate) struct X86Kernel {
@@ -54,8 +58,19 @@ pub(crate) fn prepare(root: &Path, build: &Build) -> Result<X86Kernel, String> {
 impl Kernel for X86Kernel {
     fn boot(&self, root: &Path, release: &XenRelease, log: &Path) -> Result<Boot, String> {
         let xen = hypervisor(root, release)?;
-        let argv = command_line(&xen, &self.elf);
+        let image = disk::image_path(root, release, ARCH)?;
+        disk::create(&image)?;
+        let argv = command_line(&xen, &self.elf, &image);
         boot(&argv, LIMIT, log)
+    }
+
+    fn after_pass(
+        &self,
+        root: &Path,
+        release: &XenRelease,
+        _console: &str,
+    ) -> Result<String, String> {
+        disk::check(&disk::image_path(root, release, ARCH)?)
     }
 }
 
@@ -80,8 +95,9 @@ fn hypervisor(root: &Path, release: &XenRelease) -> Result<PathBuf, String> {
     Ok(xen)
 }
 
-/// QEMU's command line: Xen as the multiboot kernel, the dom0 ELF as its first module.
-fn command_line(xen: &Path, kernel: &Path) -> Vec<OsString> {
+/// QEMU's command line: Xen as the multiboot kernel, the dom0 ELF as its first module, the
+/// `edu` device and the virtio disk with `image`.
+fn command_line(xen: &Path, kernel: &Path, image: &Path) -> Vec<OsString> {
     let mut argv: Vec<OsString> = [
         "qemu-system-x86_64",
         "-m",
@@ -96,11 +112,12 @@ fn command_line(xen: &Path, kernel: &Path) -> Vec<OsString> {
         "-no-reboot",
         "-device",
         EDU_DEVICE,
-        "-kernel",
     ]
     .iter()
     .map(OsString::from)
     .collect();
+    argv.extend(disk::qemu_args(image, VIRTIO_BLK_DEVICE));
+    argv.push("-kernel".into());
     argv.push(xen.into());
     argv.push("-append".into());
     argv.push(XEN_CMDLINE.into());
