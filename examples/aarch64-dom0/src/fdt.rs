@@ -262,6 +262,38 @@ impl<'a> Fdt<'a> {
         (ac, sc)
     }
 
+    /// Calls `f` with the register range of every `virtio_mmio@...` node under the root
+    /// whose `compatible` is `virtio,mmio`, in the tree's order.
+    pub fn virtio_mmio(&self, mut f: impl FnMut(Range)) {
+        let (ac, sc) = self.root_cells();
+        let mut current: &[u8] = &[];
+        let (mut compatible, mut reg, mut done) = (false, None, false);
+        self.walk(|p| {
+            if p.depth != 2 || !p.node.starts_with(b"virtio_mmio@") {
+                return;
+            }
+            if p.node != current {
+                current = p.node;
+                (compatible, reg, done) = (false, None, false);
+            }
+            match p.name {
+                b"compatible" => {
+                    compatible = p.value.split(|&b| b == 0).any(|c| c == b"virtio,mmio");
+                }
+                b"reg" => {
+                    reg = cells(p.value, 0, ac)
+                        .zip(cells(p.value, ac, sc))
+                        .map(|(base, size)| Range { base, size });
+                }
+                _ => {}
+            }
+            if let (true, Some(r), false) = (compatible, reg, done) {
+                done = true;
+                f(r);
+            }
+        });
+    }
+
     /// The first PCI host bridge under the root whose node is named `pcie@...` and whose
     /// `compatible` is `pci-host-ecam-generic`, with a 32-bit memory window.
     #[must_use]
@@ -458,8 +490,45 @@ mod tests {
             T::Prop("reg", cells_be(&[1, 2, 3, 4])),
             T::End,
             T::End,
+            // QEMU's order: reg before compatible.
+            T::Begin("virtio_mmio@a000000"),
+            T::Prop("dma-coherent", Vec::new()),
+            T::Prop("reg", cells_be(&[0, 0x0a00_0000, 0, 0x200])),
+            T::Prop("compatible", b"virtio,mmio\0".to_vec()),
+            T::End,
+            // Not a virtio transport by its compatible.
+            T::Begin("virtio_mmio@a000200"),
+            T::Prop("compatible", b"other\0".to_vec()),
+            T::Prop("reg", cells_be(&[0, 0x0a00_0200, 0, 0x200])),
+            T::End,
+            T::Begin("virtio_mmio@a000400"),
+            T::Prop("compatible", b"virtio,mmio\0".to_vec()),
+            T::Prop("reg", cells_be(&[0, 0x0a00_0400, 0, 0x200])),
+            T::Prop("interrupts", cells_be(&[0, 0x12, 1])),
+            T::End,
             T::End,
         ])
+    }
+
+    #[test]
+    fn lists_the_virtio_mmio_transports_once_each() {
+        let b = dom0_tree();
+        let fdt = Fdt::new(&b).unwrap();
+        let mut found = Vec::new();
+        fdt.virtio_mmio(|r| found.push(r));
+        assert_eq!(
+            found,
+            [
+                Range {
+                    base: 0x0a00_0000,
+                    size: 0x200
+                },
+                Range {
+                    base: 0x0a00_0400,
+                    size: 0x200
+                }
+            ]
+        );
     }
 
     #[test]

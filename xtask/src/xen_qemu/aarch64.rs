@@ -17,7 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    Boot, Build, Kernel, XenRelease, boot, build_example, ensure_tools, fetch_xen_deb, unpack_deb,
+    Boot, Build, Kernel, XenRelease, boot, build_example, disk, ensure_tools, fetch_xen_deb,
+    unpack_deb,
 };
 
 /// The architecture's name in the verdict lines.
@@ -44,6 +45,9 @@ const XEN_CMDLINE: &str = "console=dtuart dtuart=/pl011@9000000 loglvl=all guest
 /// The DMA master of the device checks: QEMU's `edu` PCI device on `virt`'s host bridge,
 /// with a 32-bit DMA mask (the default 28 bits reach no RAM on `virt`).
 const EDU_DEVICE: &str = "edu,dma_mask=0xffffffff";
+/// The virtio disk, on one of `virt`'s virtio-mmio transports (the device tree lists them
+/// all, with or without a device, so the dumped tree needs no disk).
+const VIRTIO_BLK_DEVICE: &str = "virtio-blk-device";
 /// Where QEMU loads the dom0 Image for Xen to find as a boot module.
 const DOM0_ADDR: u64 = 0x4900_0000;
 /// Where QEMU loads the domU Image.
@@ -55,11 +59,11 @@ const DOMU_MEMORY_KIB: u64 = 128 * 1024;
 const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
 
 /// The number of check lines the kernel must print.
-pub(crate) const EXPECTED_CHECKS: usize = 44;
+pub(crate) const EXPECTED_CHECKS: usize = 49;
 /// How many of them are device DMA checks (names starting with `dev-`): the `edu` device's
 /// transfers, direct, bounced, partially synced, scatter-gather, coherent, and to and from
-/// the domU's granted pages.
-pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 9;
+/// the domU's granted pages; the virtio disk's reads (direct, bounced) and bounced write.
+pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 12;
 
 /// The built kernels and the device tree they boot with.
 pub(crate) struct Aarch64Kernel {
@@ -99,22 +103,27 @@ pub(crate) fn prepare(root: &Path, build: &Build) -> Result<Aarch64Kernel, Strin
 impl Kernel for Aarch64Kernel {
     fn boot(&self, root: &Path, release: &XenRelease, log: &Path) -> Result<Boot, String> {
         let xen = hypervisor(root, release)?;
-        let argv = command_line(&xen, &self.dtb, &self.dom0, &self.domu);
+        let image = disk::image_path(root, release, ARCH)?;
+        disk::create(&image)?;
+        let mut argv = command_line(&xen, &self.dtb, &self.dom0, &self.domu);
+        argv.extend(disk::qemu_args(&image, VIRTIO_BLK_DEVICE));
         boot(&argv, LIMIT, log)
     }
 
-    /// The domU must have printed (Xen relays its console as `DOM1: ...`).
+    /// The domU must have printed (Xen relays its console as `DOM1: ...`), and the disk
+    /// must hold what dom0 wrote.
     fn after_pass(
         &self,
-        _root: &Path,
-        _release: &XenRelease,
+        root: &Path,
+        release: &XenRelease,
         console: &str,
     ) -> Result<String, String> {
         let domu_lines = console.lines().filter(|l| l.contains("DOM1: ")).count();
         if domu_lines == 0 {
             return Err("dom0 passed but the domU printed nothing".to_owned());
         }
-        Ok(format!(", {domu_lines} domU lines"))
+        let disk = disk::check(&disk::image_path(root, release, ARCH)?)?;
+        Ok(format!(", {domu_lines} domU lines{disk}"))
     }
 }
 

@@ -14,14 +14,14 @@ use aarch64_dom0::report::Report;
 use arrayvec::ArrayVec;
 use core::fmt::Write;
 use core::ptr::{addr_of, addr_of_mut};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use swiotlb_xen::arm64::{
     Arm64Config, Arm64Platform, BoundedForeignTable, DomainMapping, ForeignEntry, ProbeOptions,
 };
 use swiotlb_xen::init::{InitOptions, init};
 use swiotlb_xen::{
-    Bfn, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError, DmaMask, PageAllocator, Pfn,
-    PhysAddr, Platform, PlatformError, SgEntry, Slot,
+    Bfn, BlockState, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError, DmaMask,
+    PageAllocator, Pfn, PhysAddr, Platform, PlatformError, SgEntry, Slot,
 };
 use xen_abi::{
     Errno, GNTMAP_HOST_MAP, GNTST_OKAY, GNTTAB_CACHE_CLEAN, GNTTAB_CACHE_INVAL, GnttabCacheFlush,
@@ -31,7 +31,7 @@ use xen_abi::{
 
 type R = Report<XenConsole>;
 type Table = ArrayVec<ForeignEntry, 64>;
-type Plat = Arm64Platform<'static, Traced, IdentityCacheOps, IdentityMemory, Table>;
+pub(super) type Plat = Arm64Platform<'static, Traced, IdentityCacheOps, IdentityMemory, Table>;
 
 /// The traced native hypercall every check goes through.
 pub(super) static XEN: Traced = Traced::new();
@@ -61,18 +61,41 @@ static mut BUF: Buf = Buf([0; 3 * 4096]);
 struct CoherentPages([u8; 16 * 4096]);
 static mut COHERENT_PAGES: CoherentPages = CoherentPages([0; 16 * 4096]);
 
-/// The kernel's page allocator (a bitmap over `COHERENT_PAGES`).
+/// The kernel's page allocator (a bitmap over `COHERENT_PAGES`), with the records
+/// [`PageAllocator::block_state`] needs (each live block's order, whether the engine
+/// exchanged it), so that virtio-drivers' `dma_dealloc` can free from addresses.
 pub(super) struct Pages {
     used: AtomicU32,
+    /// Per page: the order of the live block starting there, or [`NO_BLOCK`].
+    starts: [AtomicU8; 16],
+    /// Per page: set when the block starting there was made contiguous by the engine.
+    exchanged: AtomicU32,
 }
 
-static PAGES: Pages = Pages {
+/// `starts` of a page where no live block starts.
+const NO_BLOCK: u8 = u8::MAX;
+
+pub(super) static PAGES: Pages = Pages {
     used: AtomicU32::new(0),
+    starts: [const { AtomicU8::new(NO_BLOCK) }; 16],
+    exchanged: AtomicU32::new(0),
 };
 
 impl Pages {
     fn base() -> u64 {
         addr_of!(COHERENT_PAGES) as u64
+    }
+
+    /// The bitmap of pages in use.
+    pub(super) fn used(&self) -> u32 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The page index of `phys` if it is a page of the region.
+    fn index(phys: PhysAddr) -> Option<usize> {
+        let offset = phys.as_u64().checked_sub(Self::base())?;
+        // CAST: checked below 16.
+        (offset % 4096 == 0 && offset / 4096 < 16).then_some((offset / 4096) as usize)
     }
 }
 
@@ -96,6 +119,8 @@ unsafe impl PageAllocator for Pages {
                     .compare_exchange(cur, cur | bits, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
             {
+                // CAST: order <= 4; at < 16.
+                self.starts[at as usize].store(order as u8, Ordering::Release);
                 let phys = Self::base() + u64::from(at) * 4096;
                 // SAFETY: the run was just claimed by this call and lies in the region.
                 unsafe {
@@ -113,14 +138,37 @@ unsafe impl PageAllocator for Pages {
     }
 
     unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
-        let at = ((phys.as_u64() - Self::base()) / 4096) as u32;
+        let Some(at) = Self::index(phys).filter(|_| order <= 4) else {
+            return;
+        };
         let n = 1u32 << order;
         let mask = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
+        self.starts[at].store(NO_BLOCK, Ordering::Release);
+        self.exchanged.fetch_and(!(1 << at), Ordering::AcqRel);
         self.used.fetch_and(!(mask << at), Ordering::AcqRel);
     }
 
     fn pfn_valid(&self, pfn: Pfn) -> bool {
         mem::in_ram(pfn.start().as_u64(), 4096)
+    }
+
+    fn set_exchanged(&self, phys: PhysAddr, order: u32) {
+        if let Some(at) = Self::index(phys)
+            && u32::from(self.starts[at].load(Ordering::Acquire)) == order
+        {
+            self.exchanged.fetch_or(1 << at, Ordering::AcqRel);
+        }
+    }
+
+    fn block_state(&self, phys: PhysAddr, order: u32) -> Option<BlockState> {
+        let live = Self::index(phys)
+            .filter(|&i| u32::from(self.starts[i].load(Ordering::Acquire)) == order);
+        Some(match live {
+            Some(i) => BlockState::Allocated {
+                exchanged: self.exchanged.load(Ordering::Acquire) & (1 << i) != 0,
+            },
+            None => BlockState::Free,
+        })
     }
 }
 
@@ -979,6 +1027,7 @@ fn engine_checks(r: &mut R, platform: Plat, mapped: &Mapped, info: &BootInfo) {
 
     // 6. The real device: the edu DMA checks, the domU's grants still mapped.
     devchecks::run(r, &engine, (pool_base, pool_end), grants, info);
+    super::virtio::run(r, &engine, info);
 
     // 7. A scatter-gather list of every granted page and one page of dom0's own,
     //    Bidirectional: each foreign entry maps to its machine address with one Xen flush per

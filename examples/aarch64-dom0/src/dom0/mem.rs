@@ -12,7 +12,7 @@ use aarch64_dom0::layout::{
     FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE, NR_GRANTS, RAM_MAP_BASE, RAM_MAP_SIZE,
 };
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use swiotlb_xen::{PhysAddr, PhysMemory};
+use swiotlb_xen::{BufferMemory, PhysAddr, PhysMemory};
 
 /// Whether `[addr, addr + len)` lies inside `[base, base + size)`.
 fn inside(addr: u64, len: u64, base: u64, size: u64) -> bool {
@@ -108,6 +108,41 @@ unsafe impl PhysMemory for IdentityMemory {
             core::ptr::write_bytes(
                 core::ptr::with_exposed_provenance_mut::<u8>(dst.as_u64() as usize),
                 byte,
+                len,
+            );
+        }
+    }
+}
+
+// SAFETY: the physical side of each copy is checked as in `PhysMemory` (inside dom0's maps,
+// else a panic before any access); the buffer side is the caller's pointer, used as given.
+unsafe impl BufferMemory for IdentityMemory {
+    unsafe fn copy_from_buffer(&self, dst: PhysAddr, src: core::ptr::NonNull<u8>, len: usize) {
+        // CAST: usize is 64 bits on aarch64.
+        if !reachable(dst.as_u64(), len as u64) {
+            panic!("IdentityMemory: copy to {dst} ({len:#x} bytes) outside dom0's maps");
+        }
+        // SAFETY: `dst` is mapped 1:1 (checked) and unreferenced; `src` is valid for reads
+        // and disjoint (the caller's promise).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                core::ptr::with_exposed_provenance_mut::<u8>(dst.as_u64() as usize),
+                len,
+            );
+        }
+    }
+
+    unsafe fn copy_to_buffer(&self, dst: core::ptr::NonNull<u8>, src: PhysAddr, len: usize) {
+        // CAST: usize is 64 bits on aarch64.
+        if !reachable(src.as_u64(), len as u64) {
+            panic!("IdentityMemory: copy from {src} ({len:#x} bytes) outside dom0's maps");
+        }
+        // SAFETY: as in `copy_from_buffer`, the other way.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                core::ptr::with_exposed_provenance::<u8>(src.as_u64() as usize),
+                dst.as_ptr(),
                 len,
             );
         }

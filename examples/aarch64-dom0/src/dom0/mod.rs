@@ -5,9 +5,10 @@ mod devchecks;
 mod edu;
 mod hyp;
 mod mem;
+mod virtio;
 
 use aarch64_dom0::boot;
-use aarch64_dom0::fdt::{Banks, Fdt, PciHost};
+use aarch64_dom0::fdt::{Banks, Fdt, PciHost, Range};
 use aarch64_dom0::layout::{
     DOM0_RAM_BASE, FOREIGN_WINDOW, FOREIGN_WINDOW_SIZE, LOW_DEVICES_SIZE, RAM_MAP_BASE,
     RAM_MAP_SIZE,
@@ -79,7 +80,13 @@ pub struct BootInfo {
     /// Whether the host bridge's ECAM and 32-bit window are now mapped as Device memory
     /// (and overlap no Normal mapping).
     pub pci_mapped: bool,
+    /// The `virtio,mmio` transports (the `virt` machine's 32), in the tree's order: the
+    /// first `.1` of `.0`.
+    pub virtio_mmio: ([Range; MAX_VIRTIO_MMIO], usize),
 }
+
+/// The most virtio-mmio transports the kernel looks at.
+pub const MAX_VIRTIO_MMIO: usize = 32;
 
 /// Reads the device tree at `dtb` (the MMU is on: the reader's unaligned loads need Normal
 /// memory) and maps the PCI host bridge's regions as Device memory.
@@ -89,6 +96,7 @@ fn read_device_tree(dtb: u64) -> BootInfo {
         banks: Banks::default(),
         pci: None,
         pci_mapped: false,
+        virtio_mmio: ([Range::default(); MAX_VIRTIO_MMIO], 0),
     };
     if !mem::RAM_MAP.contains(dtb, 64) {
         return info;
@@ -116,6 +124,13 @@ fn read_device_tree(dtb: u64) -> BootInfo {
     info.dtb.1 = fdt.size();
     info.banks = fdt.memory_banks();
     info.pci = fdt.pci_host();
+    fdt.virtio_mmio(|r| {
+        let (list, len) = &mut info.virtio_mmio;
+        if *len < MAX_VIRTIO_MMIO {
+            list[*len] = r;
+            *len += 1;
+        }
+    });
     if let Some(host) = info.pci {
         // SAFETY: one CPU, the checks have not started; MAP is the installed map and only
         // gains entries here.
