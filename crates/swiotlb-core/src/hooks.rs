@@ -7,6 +7,8 @@
 //! and a kernel without Xen (shared-memory bouncing for TDX/SEV, restricted DMA pools) can
 //! implement these traits trivially.
 
+use core::ptr::NonNull;
+
 use crate::addr::{Bfn, BusAddr, Pfn, PhysAddr};
 use crate::dma::{Device, DmaDirection};
 
@@ -38,6 +40,38 @@ pub unsafe trait PhysMemory: Sync {
     ///
     /// As for [`copy`](Self::copy), for the destination range.
     unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize);
+}
+
+/// A [`PhysMemory`] that also copies between physical memory and a caller's buffer given
+/// by pointer, what [`DmaEngine::map_buffer`](crate::engine::DmaEngine::map_buffer) and
+/// [`DmaEngine::unmap_buffer`](crate::engine::DmaEngine::unmap_buffer) need of the pool's memory
+/// (the pool's [`map_buffer`](crate::pool::BouncePool::map_buffer) copies through it).
+///
+/// # Implementation safety
+///
+/// - [`copy_from_buffer`](Self::copy_from_buffer) reads exactly `len` bytes through `src`
+///   (with `src`'s provenance, never through another pointer to the same bytes) and writes
+///   exactly `dst..dst + len`; [`copy_to_buffer`](Self::copy_to_buffer) the reverse.
+/// - Both may be called from several CPUs at once on disjoint ranges.
+pub unsafe trait BufferMemory: PhysMemory {
+    /// Copies `len` bytes from the buffer at `src` to physical memory at `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `dst..dst + len` must be memory this `PhysMemory` reaches, not covered by any live
+    /// Rust reference, which the caller has the right to write; `src` must be valid for
+    /// reads of `len` bytes, not written by anyone during the call, and not overlap `dst`.
+    unsafe fn copy_from_buffer(&self, dst: PhysAddr, src: NonNull<u8>, len: usize);
+
+    /// Copies `len` bytes from physical memory at `src` to the buffer at `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `src..src + len` must be memory this `PhysMemory` reaches, not covered by any live
+    /// Rust reference, which the caller has the right to read; `dst` must be valid for
+    /// writes of `len` bytes, not accessed by anyone else during the call, and not overlap
+    /// `src`.
+    unsafe fn copy_to_buffer(&self, dst: NonNull<u8>, src: PhysAddr, len: usize);
 }
 
 /// An error reported by a platform hook.

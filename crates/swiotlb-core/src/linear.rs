@@ -1,7 +1,9 @@
 //! [`LinearMap`]: a [`PhysMemory`] over one contiguous CPU-addressable region.
 
 use crate::addr::PhysAddr;
-use crate::hooks::PhysMemory;
+use core::ptr::NonNull;
+
+use crate::hooks::{BufferMemory, PhysMemory};
 
 /// A [`PhysMemory`] over the region `[phys_base, phys_base + len)`, which the CPU reaches at
 /// `base..base + len` (a kernel's linear map, or a heap buffer in tests and tools).
@@ -121,6 +123,27 @@ unsafe impl PhysMemory for LinearMap {
         // SAFETY: the `PhysMemory::fill` contract makes the range reachable (inside the
         // region) and free of live references.
         unsafe { core::ptr::write_bytes(self.ptr(dst, len), byte, len) }
+    }
+}
+
+// SAFETY: both copies are one `copy_nonoverlapping` between the caller's pointer and a
+// pointer derived from `base` at the range's offset (inside the region by the contract).
+unsafe impl BufferMemory for LinearMap {
+    unsafe fn copy_from_buffer(&self, dst: PhysAddr, src: NonNull<u8>, len: usize) {
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the contract makes `dst` reachable (inside the region), unreferenced and
+        // disjoint from `src`, which is valid for reads.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr(dst, len), len) }
+    }
+
+    unsafe fn copy_to_buffer(&self, dst: NonNull<u8>, src: PhysAddr, len: usize) {
+        if len == 0 {
+            return;
+        }
+        // SAFETY: as above, the other way.
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr(src, len), dst.as_ptr(), len) }
     }
 }
 

@@ -2,7 +2,7 @@
 //! [`DmaEngine::unmap_buffer`].
 //!
 //! [`map_page`](DmaEngine::map_page) copies a bounced mapping through the pool's
-//! [`PhysMemory`], whose pointers are not derived from the caller's. That is fine for memory
+//! [`PhysMemory`](crate::PhysMemory), whose pointers are not derived from the caller's. That is fine for memory
 //! the kernel reaches only through its linear map, but not for a buffer the caller holds a
 //! Rust reference to (virtio-drivers keeps the `&mut [u8]` it shares): a copy through an
 //! unrelated pointer invalidates that reference under Rust's aliasing rules. These entry
@@ -11,12 +11,14 @@
 //! buffer with no known physical address (a stack outside the linear map, or host memory in
 //! a simulator), which is always bounced.
 //!
-//! A bounced buffer takes a coherent-style allocation of the pool ([`BouncePool::alloc`]:
-//! no original is recorded, since the engine never copies through a physical address for
-//! it), aligned to its size rounded up to a power-of-two number of 4 KiB pages. So a buffer
-//! mapping is unmapped with [`unmap_buffer`](DmaEngine::unmap_buffer), never with
-//! [`unmap_page`](DmaEngine::unmap_page) (which refuses it), and a device's
-//! `min_align_mask` is not kept for it.
+//! A bounced buffer is a streaming mapping of the pool like any other
+//! ([`BouncePool::map_buffer`](crate::pool::BouncePool::map_buffer)): the same slot search,
+//! alignment, `min_align_mask` offset keeping, statistics and always-copy-in as
+//! `map_page`, with the copies made through the buffer's pointer. The pool records no
+//! physical original for it, so a buffer mapping is unmapped with
+//! [`unmap_buffer`](DmaEngine::unmap_buffer), never with
+//! [`unmap_page`](DmaEngine::unmap_page) or synced with the `sync_single_*` calls (which
+//! refuse it).
 
 use core::ptr::NonNull;
 
@@ -26,61 +28,9 @@ use super::stats::bump;
 use super::{CacheOp, DmaEngine};
 use crate::addr::{BusAddr, PhysAddr};
 use crate::dma::{Device, DmaAttrs, DmaDirection};
-use crate::hooks::{PhysMemory, Platform};
-use crate::linear::LinearMap;
-use crate::pool::{BouncePool, IO_TLB_SHIFT, Slot};
-
-/// A [`PhysMemory`] that also copies between physical memory and a caller's buffer given
-/// by pointer, what [`DmaEngine::map_buffer`] and [`DmaEngine::unmap_buffer`] need of the
-/// pool's memory.
-///
-/// # Implementation safety
-///
-/// - [`copy_from_buffer`](Self::copy_from_buffer) reads exactly `len` bytes through `src`
-///   (with `src`'s provenance, never through another pointer to the same bytes) and writes
-///   exactly `dst..dst + len`; [`copy_to_buffer`](Self::copy_to_buffer) the reverse.
-/// - Both may be called from several CPUs at once on disjoint ranges.
-pub unsafe trait BufferMemory: PhysMemory {
-    /// Copies `len` bytes from the buffer at `src` to physical memory at `dst`.
-    ///
-    /// # Safety
-    ///
-    /// `dst..dst + len` must be memory this `PhysMemory` reaches, not covered by any live
-    /// Rust reference, which the caller has the right to write; `src` must be valid for
-    /// reads of `len` bytes, not written by anyone during the call, and not overlap `dst`.
-    unsafe fn copy_from_buffer(&self, dst: PhysAddr, src: NonNull<u8>, len: usize);
-
-    /// Copies `len` bytes from physical memory at `src` to the buffer at `dst`.
-    ///
-    /// # Safety
-    ///
-    /// `src..src + len` must be memory this `PhysMemory` reaches, not covered by any live
-    /// Rust reference, which the caller has the right to read; `dst` must be valid for
-    /// writes of `len` bytes, not accessed by anyone else during the call, and not overlap
-    /// `src`.
-    unsafe fn copy_to_buffer(&self, dst: NonNull<u8>, src: PhysAddr, len: usize);
-}
-
-// SAFETY: both copies are one `copy_nonoverlapping` between the caller's pointer and a
-// pointer derived from `base` at the range's offset (inside the region by the contract).
-unsafe impl BufferMemory for LinearMap {
-    unsafe fn copy_from_buffer(&self, dst: PhysAddr, src: NonNull<u8>, len: usize) {
-        if len == 0 {
-            return;
-        }
-        // SAFETY: the contract makes `dst` reachable (inside the region), unreferenced and
-        // disjoint from `src`, which is valid for reads.
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr(dst, len), len) }
-    }
-
-    unsafe fn copy_to_buffer(&self, dst: NonNull<u8>, src: PhysAddr, len: usize) {
-        if len == 0 {
-            return;
-        }
-        // SAFETY: as above, the other way.
-        unsafe { core::ptr::copy_nonoverlapping(self.ptr(src, len), dst.as_ptr(), len) }
-    }
-}
+use crate::error::Error as PoolError;
+use crate::hooks::{BufferMemory, Platform};
+use crate::pool::Slot;
 
 impl<P, M, S, A> DmaEngine<P, M, S, A>
 where
@@ -181,19 +131,20 @@ where
         let Some(pool) = &self.pool else {
             return Err(refused(None));
         };
-        let tlb = pool
-            .alloc(dev, size, (self.cpu_hint)())
-            .map_err(|e| refused(Some(e)))?;
         // The copy-in happens for every direction, as for `map_page` (CVE-2022-0854).
-        // SAFETY: the slots were just allocated for this call alone, inside the pool, which
-        // its memory reaches; the caller vouches for `buf` for reads and for no other access
-        // during this call.
-        unsafe { pool.memory().copy_from_buffer(tlb, buf.cast(), size) };
+        // SAFETY: the caller vouches for `buf` for reads and for no other access during this
+        // call; it is the caller's memory, not the pool's.
+        let tlb = unsafe { pool.map_buffer(dev, buf, phys, 0, (self.cpu_hint)()) }
+            .map_err(|e| refused(Some(e)))?;
         let cache = !dev.coherent && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
         self.finish_bounce(dev, tlb, size, dir, cache, reason)
             .inspect_err(|_| {
-                // Just allocated by this call: the free cannot fail.
-                let _ = pool.free(dev, tlb);
+                // Just mapped by this call: the unmap cannot fail; nothing is copied back
+                // (the device never saw the address).
+                // SAFETY: as above; nothing is written through `buf` (SKIP_CPU_SYNC).
+                let _ = unsafe {
+                    pool.unmap_buffer(dev, tlb, buf, dir, attrs | DmaAttrs::SKIP_CPU_SYNC)
+                };
             })
     }
 
@@ -208,10 +159,11 @@ where
     /// # Errors
     ///
     /// [`DmaError::ZeroSize`], [`DmaError::BusOverflow`], [`DmaError::BufferNotMapped`]
-    /// (the bus address is in the pool but not in an allocated bounce buffer of that size;
-    /// nothing changed), [`DmaError::Pool`] (it is not the start of a buffer mapping: the
-    /// copy-back happened, nothing was freed), and [`DmaError::CacheMaintenance`], after
-    /// which a bounced buffer is still copied back and freed.
+    /// (the bus address is in the pool but does not start a live buffer mapping: a double
+    /// unmap, a mapping of `map_page`, an address inside a mapping; nothing was copied or
+    /// freed), [`DmaError::Pool`] (another refusal of the pool, likewise), and
+    /// [`DmaError::CacheMaintenance`], after which a bounced buffer is still copied back and
+    /// freed.
     ///
     /// # Safety
     ///
@@ -252,47 +204,18 @@ where
             bump(&self.counters.direct_unmaps);
             return Ok(());
         };
-        if !buffer_slots_in_use(pool, tlb, size) {
-            return Err(DmaError::BufferNotMapped { bus, tlb, size });
-        }
         let cache_result = if cache {
             self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForCpu)
         } else {
             Ok(())
         };
-        if dir.from_device() && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
-            // SAFETY: the slots are allocated (checked above) to this mapping (the caller's
-            // promise), inside the pool; `buf` is valid for writes and accessed by nobody
-            // else during this call.
-            unsafe { pool.memory().copy_to_buffer(buf.cast(), tlb, size) };
-        }
-        pool.free(dev, tlb)
-            .map_err(|source| DmaError::Pool { bus, tlb, source })?;
+        // SAFETY: `buf` is valid for writes and accessed by nobody else during this call (the
+        // caller's promise); the pool checks that `tlb` starts a live buffer mapping.
+        unsafe { pool.unmap_buffer(dev, tlb, buf, dir, attrs) }.map_err(|source| match source {
+            PoolError::NotMapped { .. } => DmaError::BufferNotMapped { bus, tlb, size },
+            source => DmaError::Pool { bus, tlb, source },
+        })?;
         bump(&self.counters.bounced_unmaps);
         cache_result
     }
-}
-
-/// Whether `[tlb, tlb + size)` starts at a slot boundary, lies in the pool and its first and
-/// last slots are allocated: what a bounce buffer of [`DmaEngine::map_buffer`] looks like.
-fn buffer_slots_in_use<M: PhysMemory, S: AsRef<[Slot]>>(
-    pool: &BouncePool<M, S>,
-    tlb: PhysAddr,
-    size: usize,
-) -> bool {
-    let Some(off) = tlb.offset_from(pool.start()) else {
-        return false;
-    };
-    // CAST: usize fits in u64.
-    let Some(end) = tlb.checked_add(size as u64) else {
-        return false;
-    };
-    if off & ((1 << IO_TLB_SHIFT) - 1) != 0 || end > pool.end() {
-        return false;
-    }
-    // CAST: offsets inside the pool fit usize (the pool's slot count does).
-    let first = (off >> IO_TLB_SHIFT) as usize;
-    // CAST: as above; `size > 0` and the range ends inside the pool.
-    let last = ((off + (size as u64 - 1)) >> IO_TLB_SHIFT) as usize;
-    pool.free_count(first) == Some(0) && pool.free_count(last) == Some(0)
 }

@@ -275,7 +275,7 @@ pub enum DmaError {
     },
     /// The bus address given to
     /// [`unmap_buffer`](crate::engine::DmaEngine::unmap_buffer) lies in the bounce pool but
-    /// not in a live bounce buffer of that size; nothing was copied or freed.
+    /// does not start a live buffer mapping; nothing was copied or freed.
     #[error("bounce buffer {tlb} (bus {bus}) +{size:#x} is not a live buffer mapping")]
     BufferNotMapped {
         /// The bus address given.

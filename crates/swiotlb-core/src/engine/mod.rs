@@ -49,7 +49,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use buffer::BufferMemory;
+pub use crate::hooks::BufferMemory;
 pub use coherent::{CoherentAlloc, CoherentFreeError, MAX_COHERENT_ORDER};
 pub use error::{BounceReason, DmaError, EngineInitError, SgError};
 pub use pages::{BlockState, NoPageAllocator, PageAllocator};

@@ -1696,6 +1696,50 @@ fn buffers_with_a_physical_address_take_the_map_page_decision() {
     );
 }
 
+/// A bounced buffer is a streaming mapping of the pool like `map_page`'s: the device's
+/// `min_align_mask` bits of the original are kept (NVMe's 0xfff), the mapping counts as a
+/// map in the pool's statistics, and the syncs of `map_page` mappings refuse it.
+#[test]
+fn buffer_bounces_keep_the_min_align_mask_and_are_streaming_mappings() {
+    let fx = Fixture::new();
+    let nvme = Device::new(DmaMask::BITS_32).with_min_align_mask(0xfff);
+    let mut owned = pattern(7, 0x900);
+    let ptr = NonNull::from(&mut owned[..]);
+    let maps0 = fx.engine.pool().unwrap().stats().maps;
+    // No physical address: the pointer's low bits are kept.
+    // SAFETY: `owned` is valid and untouched until the unmap.
+    let bus = unsafe {
+        fx.engine
+            .map_buffer(&nvme, ptr, None, BIDI, DmaAttrs::empty())
+    }
+    .unwrap();
+    let tlb = fx.engine.platform().bus_to_phys(bus).unwrap();
+    // CAST: usize fits in u64.
+    let want = ptr.cast::<u8>().as_ptr().addr() as u64 & 0xfff;
+    assert_eq!(
+        tlb.as_u64() & 0xfff,
+        want,
+        "bounce {tlb} for a buffer at offset {want:#x}"
+    );
+    assert_eq!(fx.engine.pool().unwrap().stats().maps, maps0 + 1);
+    assert!(matches!(
+        fx.engine.sync_single_for_cpu(&nvme, bus, 0x900, BIDI),
+        Err(DmaError::Pool {
+            source: Error::NotMapped { .. },
+            ..
+        })
+    ));
+    // SAFETY: as above.
+    unsafe {
+        fx.engine
+            .unmap_buffer(&nvme, bus, ptr, BIDI, DmaAttrs::empty())
+    }
+    .unwrap();
+    assert_eq!(owned, pattern(7, 0x900));
+    assert_eq!(fx.used(), 0);
+    fx.engine.pool().unwrap().check_invariants().unwrap();
+}
+
 #[test]
 #[cfg_attr(
     miri,

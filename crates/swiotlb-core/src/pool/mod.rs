@@ -24,11 +24,12 @@ pub use stats::Stats;
 use crate::addr::PhysAddr;
 use crate::dma::{Device, DmaAttrs, DmaDirection};
 use crate::error::Error;
-use crate::hooks::PhysMemory;
+use crate::hooks::{BufferMemory, PhysMemory};
 use crate::lock::atomic::Ordering;
 use crate::lock::spin_wait;
 use area::{Area, INVALID_PHYS, bump, state};
 use arrayvec::ArrayVec;
+use core::ptr::NonNull;
 use search::{Plan, give_run, search_area, seg_free, take_run};
 use stats::GlobalStats;
 
@@ -396,11 +397,14 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     }
 
     /// Searches the areas from the one of `cpu`, takes a run matching `plan` and fills its
-    /// metadata. Returns the index of the first data slot.
+    /// metadata: a streaming mapping (`mapping`, of the original at `orig`, or of a buffer
+    /// known by pointer when `orig` is `None`) or a coherent allocation. Returns the index of
+    /// the first data slot.
     fn find_slots(
         &self,
         plan: &Plan,
         cpu: usize,
+        mapping: bool,
         orig: Option<PhysAddr>,
         size: usize,
     ) -> Result<usize, Error> {
@@ -443,7 +447,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             h.size.store(size as u32, Ordering::Relaxed);
             h.pad.store(plan.pad as u16, Ordering::Relaxed);
             h.nslots.store(plan.nslots as u16, Ordering::Relaxed);
-            let head_state = if orig.is_some() {
+            let head_state = if mapping {
                 bump(&area.maps, 1);
                 // CAST: usize fits in u64.
                 bump(&area.bytes_bounced, size as u64);
@@ -535,6 +539,37 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         alloc_align_mask: u64,
         cpu: usize,
     ) -> Result<PhysAddr, Error> {
+        // SAFETY: the caller of `map` vouches for the original range, which the pool's
+        // memory reaches; `dst` is a range of slots this mapping owns.
+        self.map_with(
+            dev,
+            orig,
+            Some(orig),
+            size,
+            alloc_align_mask,
+            cpu,
+            |dst| unsafe {
+                self.mem.copy(dst, orig, size);
+            },
+        )
+    }
+
+    /// The mapping half both kinds of original share: checks, plans (the original's bits
+    /// kept are those of `align_src`), takes slots recording `orig` (`None`: a buffer known
+    /// only by pointer), copies the original in with `copy_in(data_place)` and publishes the
+    /// mapping.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn map_with(
+        &self,
+        dev: &Device,
+        align_src: PhysAddr,
+        orig: Option<PhysAddr>,
+        size: usize,
+        alloc_align_mask: u64,
+        cpu: usize,
+        copy_in: impl FnOnce(PhysAddr),
+    ) -> Result<PhysAddr, Error> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
@@ -543,23 +578,25 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             return Err(Error::TooLarge { size, max });
         }
         // CAST: usize fits in u64.
-        if orig.checked_last(size as u64).is_none() {
-            return Err(Error::AddressOverflow { addr: orig, size });
+        if align_src.checked_last(size as u64).is_none() {
+            return Err(Error::AddressOverflow {
+                addr: align_src,
+                size,
+            });
         }
         let plan = Plan::new(
             self.start.as_u64(),
             dev.min_align_mask,
             dev.seg_boundary_mask,
-            Some(orig.as_u64()),
+            Some(align_src.as_u64()),
             size,
             alloc_align_mask,
         )?;
-        let head = self.find_slots(&plan, cpu, Some(orig), size)?;
+        let head = self.find_slots(&plan, cpu, true, orig, size)?;
         let tlb = self.slot_addr(head, u64::from(plan.small_off));
-        // SAFETY: the slots are ours (RESERVED), so the pool range `tlb..tlb + size`, which
-        // lies inside the allocation, is touched by nobody else; the caller vouches for the
-        // original range.
-        unsafe { self.mem.copy(data_place(tlb), orig, size) };
+        // The slots are ours (RESERVED), so the pool range `tlb..tlb + size`, which lies
+        // inside the allocation, is touched by nobody else.
+        copy_in(data_place(tlb));
         self.slots()[head]
             .state
             .store(state::HEAD, Ordering::Release);
@@ -602,6 +639,27 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), Error> {
+        // SAFETY: the mapper of a physical original vouched for it until this unmap; `src`
+        // lies in the claimed mapping.
+        self.unmap_with(tlb_addr, size, dir, attrs, false, |orig, src, len| unsafe {
+            self.mem.copy(orig, src, len);
+        })
+    }
+
+    /// The unmapping half both kinds of original share: validates that `tlb_addr` starts a
+    /// live mapping of that kind (`buffer`: mapped by [`map_buffer`](Self::map_buffer)),
+    /// claims it, waits for syncs, copies back with `copy_back(orig, data_place, len)` (`orig`
+    /// is the recorded original, invalid for a buffer) and frees the slots.
+    #[inline]
+    fn unmap_with(
+        &self,
+        tlb_addr: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        buffer: bool,
+        copy_back_with: impl FnOnce(PhysAddr, PhysAddr, usize),
+    ) -> Result<(), Error> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
@@ -620,6 +678,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let mut st = area.lock.lock();
         if h.state.load(Ordering::Relaxed) != state::HEAD
             || u64::from(h.offset.load(Ordering::Relaxed)) != in_slot
+            || (h.orig.load(Ordering::Relaxed) == INVALID_PHYS) != buffer
         {
             return Err(not_mapped);
         }
@@ -647,11 +706,11 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let overflow = size > msize;
         let len = size.min(msize);
         if copy_back {
-            let orig = PhysAddr::new(h.orig.load(Ordering::Relaxed));
-            // SAFETY: the mapping is claimed and no sync copies it any more, so its slots stay
+            // The mapping is claimed and no sync copies it any more, so its slots stay
             // allocated and the copy-back runs alone; `len` is within the mapping in the pool
-            // and within the original, which the mapper vouched for until this unmap returns.
-            unsafe { self.mem.copy(orig, data_place(tlb_addr), len) };
+            // and within the original.
+            let orig = PhysAddr::new(h.orig.load(Ordering::Relaxed));
+            copy_back_with(orig, data_place(tlb_addr), len);
         }
         let mut st = area.lock.lock();
         self.release(idx, &mut st);
@@ -686,7 +745,10 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         };
         let head = idx.checked_sub(k).ok_or(not_mapped)?;
         let h = &slots[head];
-        if h.state.load(Ordering::Acquire) != state::HEAD {
+        // A buffer mapping (no physical original) is synced by nobody through here.
+        if h.state.load(Ordering::Acquire) != state::HEAD
+            || h.orig.load(Ordering::Relaxed) == INVALID_PHYS
+        {
             return Err(not_mapped);
         }
         let small_off = u64::from(h.offset.load(Ordering::Relaxed));
@@ -849,7 +911,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             size,
             align,
         )?;
-        let head = self.find_slots(&plan, cpu, None, size)?;
+        let head = self.find_slots(&plan, cpu, false, None, size)?;
         let addr = self.slot_addr(head, 0);
         // SAFETY: the slots are ours (COHERENT, returned to nobody yet), inside the pool.
         unsafe { self.mem.fill(addr, 0, size) };
@@ -984,6 +1046,93 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             });
         }
         Ok(())
+    }
+}
+
+impl<M: BufferMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
+    /// [`map`](Self::map) for an original the caller reaches at `buf` (and the CPU at
+    /// physical address `phys` if known): the same slot search, alignment, offset keeping,
+    /// statistics and always-copy-in, with the copy made through `buf`
+    /// ([`BufferMemory::copy_from_buffer`]) so that the caller's references to the buffer
+    /// stay valid. The bits of the original `dev.min_align_mask` keeps are those of `phys`,
+    /// or of `buf`'s address when there is no physical address.
+    ///
+    /// A buffer mapping records no physical original: it is synced by nobody and unmapped
+    /// only by [`unmap_buffer`](Self::unmap_buffer) ([`unmap`](Self::unmap) and the syncs
+    /// answer [`Error::NotMapped`] for it, as `unmap_buffer` does for a mapping of `map`).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map). The pool is unchanged after an error.
+    ///
+    /// # Safety
+    ///
+    /// `buf` must be valid for reads of `buf.len()` bytes, not written by anyone during this
+    /// call and not overlapping the pool.
+    pub unsafe fn map_buffer(
+        &self,
+        dev: &Device,
+        buf: NonNull<[u8]>,
+        phys: Option<PhysAddr>,
+        alloc_align_mask: u64,
+        cpu: usize,
+    ) -> Result<PhysAddr, Error> {
+        let size = buf.len();
+        // CAST: usize fits in u64.
+        let align_src = phys.unwrap_or(PhysAddr::new(buf.cast::<u8>().as_ptr().addr() as u64));
+        // SAFETY: the caller vouches for `buf`; `dst` is a range of slots this mapping owns.
+        let r = self.map_with(
+            dev,
+            align_src,
+            None,
+            size,
+            alloc_align_mask,
+            cpu,
+            |dst| unsafe {
+                self.mem.copy_from_buffer(dst, buf.cast(), size);
+            },
+        );
+        r.map_err(|e| self.stats.fail(e))
+    }
+
+    /// [`unmap`](Self::unmap) for a mapping of [`map_buffer`](Self::map_buffer): copies the
+    /// mapping back through `buf` ([`BufferMemory::copy_to_buffer`]) for
+    /// [`DmaDirection::FromDevice`] and [`DmaDirection::Bidirectional`] unless
+    /// [`DmaAttrs::SKIP_CPU_SYNC`], then frees the slots. `buf.len()` bytes are copied, at
+    /// most the mapped size (a larger length is clamped and counted in
+    /// [`Stats::overflow_attempts`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ZeroSize`], [`Error::NotInPool`], and [`Error::NotMapped`] when `tlb_addr`
+    /// is not the start of a live buffer mapping. The pool is unchanged after an error.
+    ///
+    /// # Safety
+    ///
+    /// `buf` must be valid for writes of `buf.len()` bytes, accessed by nobody else during
+    /// this call and not overlapping the pool.
+    pub unsafe fn unmap_buffer(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        buf: NonNull<[u8]>,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), Error> {
+        let _ = dev;
+        // SAFETY: the caller vouches for `buf` for `buf.len()` bytes, and `len` is at most
+        // that; `src` lies in the claimed mapping.
+        let r = self.unmap_with(
+            tlb_addr,
+            buf.len(),
+            dir,
+            attrs,
+            true,
+            |_, src, len| unsafe {
+                self.mem.copy_to_buffer(buf.cast(), src, len);
+            },
+        );
+        r.map_err(|e| self.stats.fail(e))
     }
 }
 
