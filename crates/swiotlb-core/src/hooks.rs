@@ -600,6 +600,39 @@ mod tests {
     };
 
     #[test]
+    fn platform_errors_name_the_errno_as_xen_errors_do() {
+        use std::string::ToString;
+        assert_eq!(
+            NO_MEMORY.to_string(),
+            "XENMEM_exchange failed with ENOMEM (12)"
+        );
+        let odd = PlatformError::Hypercall {
+            op: "x",
+            errno: 4000,
+        };
+        assert_eq!(odd.to_string(), "x failed with errno 4000");
+        let mut s = Stranded::new();
+        for p in 1..=5 {
+            s.push(Pfn::new(p), (p % 2 == 0).then(|| Bfn::new(p + 100)));
+        }
+        s.set_flushed(false);
+        let e = PlatformError::RegionDamaged {
+            op: DamagedBy::Remap,
+            errno: 14,
+            stranded: s,
+        };
+        assert_eq!(
+            e.to_string(),
+            "update_va_mapping (remap) failed with EFAULT (14); the region is damaged: 5 pages \
+             stranded (pfn 0x1 -> no frame, pfn 0x2 -> bfn 0x66, pfn 0x3 -> no frame, 2 more), \
+             TLB not flushed"
+        );
+        assert_eq!(e.damage().map(Stranded::count), Some(5));
+        assert!(!s.is_complete() && s.is_damage());
+        assert_eq!(NO_MEMORY.damage(), None);
+    }
+
+    #[test]
     fn rising_tries_each_limit_until_one_fits() {
         let p = floor(24, NO_MEMORY);
         // SAFETY: the test platform touches no memory.
