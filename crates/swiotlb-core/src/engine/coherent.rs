@@ -255,6 +255,11 @@ where
     ///
     /// `alloc` must come from this engine's [`alloc_coherent`](Self::alloc_coherent), and
     /// neither the CPU (no reference) nor any device may use the memory any more.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the error hands the allocation record back with a damage report (136 \
+                  bytes); freeing is a cold path and the library has no heap to box it"
+    )]
     pub unsafe fn free_coherent(
         &self,
         dev: &Device,
