@@ -1,14 +1,19 @@
 //! The errors of the x86 PV platform.
 
+use swiotlb_core::hooks::{DamagedBy, Stranded};
 use swiotlb_core::{Pfn, PhysAddr, PlatformError};
 
 /// An error of [`X86PvPlatform`](crate::X86PvPlatform)'s contiguous-region operations.
 ///
-/// Every variant that follows a hypercall says what state the region was left in; in all of
-/// them the guest is consistent (each page of the region is either mapped to a frame the
-/// domain owns with a matching P2M entry, or unmapped with an INVALID P2M entry, which only
+/// Every variant that follows a hypercall says what state the region was left in. Each page
+/// of the region is either mapped to a frame the domain owns with a matching P2M entry, or
+/// unmapped with an INVALID P2M entry (a *stranded* page), which only
 /// [`RemapFailed`](Self::RemapFailed) and [`PartialExchange`](Self::PartialExchange) can
-/// report) and no frame is lost.
+/// report, with every stranded page counted and the first
+/// [`STRANDED_LISTED`](swiotlb_core::hooks::STRANDED_LISTED) listed with the frame still the
+/// domain's that they should map (none for a page whose frame Xen kept). A region with a
+/// stranded page, or whose TLB flush failed, is damaged: it converts to
+/// [`PlatformError::RegionDamaged`] and must be quarantined, never freed nor reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum X86PvError {
@@ -91,12 +96,15 @@ pub enum X86PvError {
         /// Input extents asked for.
         nr_extents: u64,
     },
-    /// `XENMEM_exchange` reported partial progress. Each page was mapped to the frame the
-    /// M2P assigns it (a new one if Xen exchanged it, the original otherwise); pages with no
-    /// such frame were left unmapped with an INVALID P2M entry (`unresolved`).
+    /// `XENMEM_exchange` reported partial progress, or lost frames. Each page was mapped to
+    /// the frame the M2P assigns it (a new one if Xen exchanged it, the original otherwise);
+    /// pages with no such frame were left unmapped with an INVALID P2M entry (`unresolved`
+    /// of them), and `stranded` lists every page left unmapped (those, and any whose
+    /// mapping failed). The region is damaged when `stranded` is not empty.
     #[error(
         "XENMEM_exchange did {nr_exchanged} of {nr_extents} extents (errno {errno}); \
-         pages remapped to the frames Xen assigned, {unresolved} left unmapped"
+         pages remapped to the frames Xen assigned, {unresolved} left without a frame: \
+         {stranded}"
     )]
     PartialExchange {
         /// The positive errno Xen returned (0 if none).
@@ -105,28 +113,22 @@ pub enum X86PvError {
         nr_exchanged: u64,
         /// Input extents asked for.
         nr_extents: u64,
-        /// Pages left unmapped with an INVALID P2M entry.
+        /// Pages left unmapped with an INVALID P2M entry because no frame is theirs.
         unresolved: u64,
+        /// Every page left unmapped, and whether the TLB was flushed.
+        stranded: Stranded,
     },
-    /// Mapping a page failed even when retried alone; the failing pages were left unmapped
-    /// with an INVALID P2M entry (`stranded`), every other page is mapped. A create that
-    /// reports this did exchange the region.
-    #[error(
-        "remapping {pfn} to frame {mfn:?} failed with errno {errno}; {stranded} pages left \
-         unmapped (TLB flushed: {flushed})"
-    )]
+    /// Mapping a page failed even when retried alone, or the final TLB flush failed even
+    /// retried and done explicitly (`MMUEXT_TLB_FLUSH_ALL`): the failing pages were left
+    /// unmapped with an INVALID P2M entry, every other page is mapped. `stranded` counts
+    /// them all and lists the first with the frame each should map (still the domain's,
+    /// for the kernel to map later). A create that reports this did exchange the region.
+    #[error("remapping failed with errno {errno}: {stranded}")]
     RemapFailed {
-        /// The first page whose mapping failed.
-        pfn: Pfn,
-        /// The frame that page should have been mapped to (still owned by the domain, for
-        /// the kernel to map later), if there was one.
-        mfn: Option<u64>,
-        /// The positive errno.
+        /// The positive errno of the first mapping that failed.
         errno: i32,
-        /// Pages left unmapped.
-        stranded: u64,
-        /// Whether the final global TLB flush was done.
-        flushed: bool,
+        /// The pages left unmapped, and whether the TLB was flushed.
+        stranded: Stranded,
     },
     /// Xen returned an extent that is not aligned to its order or not below the limit. The
     /// region is mapped to it (consistent), but the caller's requirement is not met.
@@ -140,6 +142,9 @@ pub enum X86PvError {
         bits: u32,
     },
 }
+
+/// `EIO`, for a damaging exchange that reported no errno.
+const EIO: i32 = 5;
 
 impl From<X86PvError> for PlatformError {
     fn from(e: X86PvError) -> Self {
@@ -160,13 +165,25 @@ impl From<X86PvError> for PlatformError {
                 op: "XENMEM_exchange",
                 errno,
             },
+            X86PvError::PartialExchange {
+                errno, stranded, ..
+            } if stranded.is_damage() => Self::RegionDamaged {
+                op: DamagedBy::Exchange,
+                errno: if errno == 0 { EIO } else { errno },
+                stranded,
+            },
             X86PvError::PartialExchange { errno, .. } => Self::Hypercall {
                 op: "XENMEM_exchange (partial)",
                 errno,
             },
-            X86PvError::RemapFailed { errno, .. } => Self::Hypercall {
-                op: "update_va_mapping (remap)",
+            X86PvError::RemapFailed { errno, stranded } => Self::RegionDamaged {
+                op: if stranded.count() == 0 {
+                    DamagedBy::Flush
+                } else {
+                    DamagedBy::Remap
+                },
                 errno,
+                stranded,
             },
             X86PvError::ExtentOutOfRange { .. } => Self::Exhausted {
                 what: "machine memory below the address limit",
@@ -219,17 +236,31 @@ mod tests {
                 errno: 12
             }
         );
+        let mut stranded = Stranded::new();
+        stranded.push(pfn, Some(swiotlb_core::Bfn::new(3)));
         assert_eq!(
             PlatformError::from(X86PvError::RemapFailed {
-                pfn,
-                mfn: Some(3),
                 errno: 14,
-                stranded: 1,
-                flushed: true
+                stranded
+            }),
+            PlatformError::RegionDamaged {
+                op: DamagedBy::Remap,
+                errno: 14,
+                stranded
+            }
+        );
+        // A partial exchange that left every page with a frame of its own is no damage.
+        assert_eq!(
+            PlatformError::from(X86PvError::PartialExchange {
+                errno: 12,
+                nr_exchanged: 1,
+                nr_extents: 2,
+                unresolved: 0,
+                stranded: Stranded::new()
             }),
             PlatformError::Hypercall {
-                op: "update_va_mapping (remap)",
-                errno: 14
+                op: "XENMEM_exchange (partial)",
+                errno: 12
             }
         );
     }

@@ -5,13 +5,15 @@ use core::ops::RangeInclusive;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
+use swiotlb_core::hooks::Stranded;
 use swiotlb_core::{
     Bfn, BusAddr, Pfn, PhysAddr, PhysMemory, Platform, PlatformError, XEN_PAGE_SHIFT, XEN_PAGE_SIZE,
 };
 use xen_abi::{
-    DOMID_SELF, GuestHandle, HYPERVISOR_MEMORY_OP, HYPERVISOR_MULTICALL,
-    HYPERVISOR_UPDATE_VA_MAPPING, Hypercall, MulticallEntry, UVMF_ALL, UVMF_INVLPG, UVMF_TLB_FLUSH,
-    XENMEM_EXCHANGE, XenMemoryExchange, XenMemoryReservation,
+    DOMID_SELF, GuestHandle, HYPERVISOR_MEMORY_OP, HYPERVISOR_MMUEXT_OP, HYPERVISOR_MULTICALL,
+    HYPERVISOR_UPDATE_VA_MAPPING, Hypercall, MMUEXT_TLB_FLUSH_ALL, MmuextOp, MulticallEntry,
+    UVMF_ALL, UVMF_INVLPG, UVMF_TLB_FLUSH, XENMEM_EXCHANGE, XenMemoryExchange,
+    XenMemoryReservation,
 };
 
 use crate::error::X86PvError;
@@ -113,12 +115,13 @@ impl Resolved {
     }
 }
 
-/// The result of a remap: every page mapped, or the first failure and the counts.
+/// The result of a remap: every page left without a frame (a mapping that failed even
+/// retried alone, and the pages the caller had no frame for), the errno of the first
+/// mapping that failed, and whether the TLB was flushed.
 #[derive(Clone, Copy, Debug, Default)]
 struct RemapReport {
-    first_failure: Option<(u64, Option<u64>, i32)>,
-    stranded: u64,
-    flushed: bool,
+    first_errno: Option<i32>,
+    stranded: Stranded,
 }
 
 impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
@@ -380,7 +383,14 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             let rc = self.exchange(&mut x);
             // Nothing below this limit and nothing exchanged: the pages are still the
             // domain's and still unmapped, so the next limit costs one more exchange only.
-            if errno_of(rc) == ENOMEM && x.nr_exchanged == 0 && bits < *limits.end() {
+            // Xen is not taken at its word: every frame must still be the page's (an
+            // exchange that failed after taking frames leaves unresolved pages, which a
+            // retry must not hide).
+            if errno_of(rc) == ENOMEM
+                && x.nr_exchanged == 0
+                && bits < *limits.end()
+                && (0..n).all(|i| self.m2p_load(self.p2m_load(pfn0 + i)) == pfn0 + i)
+            {
                 bits += 1;
                 continue;
             }
@@ -415,7 +425,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         });
         let errno = errno_of(rc);
         if counts[0] == n {
-            remap_result(report)?;
+            remap_result(&report)?;
             let below = out
                 .checked_add(n)
                 .and_then(|end| end.checked_mul(XEN_PAGE_SIZE))
@@ -435,7 +445,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             return Ok((bfn.start(), bits));
         }
         if counts[1] == n {
-            remap_result(report)?;
+            remap_result(&report)?;
             return Err(X86PvError::ExchangeFailed {
                 errno: if errno == 0 { EIO } else { errno },
                 nr_exchanged: x.nr_exchanged,
@@ -447,6 +457,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             nr_exchanged: x.nr_exchanged,
             nr_extents: n,
             unresolved: counts[2],
+            stranded: report.stranded,
         })
     }
 
@@ -500,10 +511,10 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         });
         let errno = errno_of(rc);
         if counts[0] == n {
-            return remap_result(report);
+            return remap_result(&report);
         }
         if counts[1] == n {
-            remap_result(report)?;
+            remap_result(&report)?;
             return Err(X86PvError::ExchangeFailed {
                 errno: if errno == 0 { EIO } else { errno },
                 nr_exchanged: x.nr_exchanged,
@@ -515,6 +526,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             nr_exchanged: x.nr_exchanged,
             nr_extents: 1,
             unresolved: counts[2],
+            stranded: report.stranded,
         })
     }
 
@@ -535,7 +547,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
                 .find_map(|(e, i)| (e.result != 0).then(|| (i, entry_errno(e.result, rc))));
             if let Some((i, errno)) = failed {
                 let report = self.remap(pfn0, end, |j| Some(self.p2m_load(pfn0 + j)));
-                remap_result(report)?;
+                remap_result(&report)?;
                 return Err(X86PvError::ZapFailed {
                     pfn: pfn_of(pfn0 + i),
                     errno,
@@ -549,9 +561,14 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     /// Maps page `i` (of the `n` from `pfn0`) to frame `mfn_of(i)` and sets its P2M entry;
     /// `None` leaves the page unmapped with an INVALID P2M entry. Batched multicalls; the
     /// last entry flushes the TLB on all CPUs. An entry that fails is retried alone once;
-    /// if that fails too the page is left unmapped with an INVALID P2M entry.
+    /// if that fails too the page is left unmapped with an INVALID P2M entry. Every page
+    /// left unmapped is recorded in the report's stranded pages, with the frame it should
+    /// have had. When the last entry (the flush) fails even retried, the TLB is flushed
+    /// with `MMUEXT_TLB_FLUSH_ALL`, so that no CPU keeps a translation of a frame the
+    /// region gave up.
     fn remap<F: FnMut(u64) -> Option<u64>>(&self, pfn0: u64, n: u64, mut mfn_of: F) -> RemapReport {
         let mut report = RemapReport::default();
+        let mut flushed = n == 0;
         let last_flags = if n == 1 {
             UVMF_INVLPG | UVMF_ALL
         } else {
@@ -591,19 +608,17 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
                     errno = errno_of(rc);
                 }
                 if is_last {
-                    report.flushed = ok;
+                    flushed = ok;
+                }
+                if !ok {
+                    report.first_errno.get_or_insert(errno);
                 }
                 let entry = match (*target, ok) {
                     (Some(m), true) => m,
-                    (Some(m), false) => {
-                        report.stranded += 1;
-                        report.first_failure.get_or_insert((pfn, Some(m), errno));
-                        INVALID_P2M_ENTRY
-                    }
-                    (None, ok) => {
-                        if !ok {
-                            report.first_failure.get_or_insert((pfn, None, errno));
-                        }
+                    (target, _) => {
+                        report
+                            .stranded
+                            .push(pfn_of(pfn), target.and_then(Bfn::try_new));
                         INVALID_P2M_ENTRY
                     }
                 };
@@ -611,7 +626,31 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             }
             start = end;
         }
+        if !flushed {
+            flushed = self.flush_all() == 0;
+        }
+        report.stranded.set_flushed(flushed);
         report
+    }
+
+    /// Flushes the TLB of every CPU (`MMUEXT_TLB_FLUSH_ALL`), for a remap whose flushing
+    /// last entry failed.
+    fn flush_all(&self) -> i64 {
+        let op = MmuextOp::new(MMUEXT_TLB_FLUSH_ALL, 0, 0);
+        // SAFETY: one flush operation, read by Xen from the local for the call's duration;
+        // no success count.
+        unsafe {
+            self.hyp.hypercall(
+                HYPERVISOR_MMUEXT_OP,
+                [
+                    addr_of((&raw const op).cast_mut()),
+                    1,
+                    0,
+                    u64::from(DOMID_SELF),
+                    0,
+                ],
+            )
+        }
     }
 
     /// Checks the order and alignment and that the region lies in the P2M; returns the
@@ -826,22 +865,16 @@ fn entry_errno(result: i64, multicall_rc: i64) -> i32 {
     }
 }
 
-fn remap_result(report: RemapReport) -> Result<(), X86PvError> {
-    match report.first_failure {
-        None if report.flushed => Ok(()),
-        None => Err(X86PvError::RemapFailed {
-            pfn: Pfn::MAX,
-            mfn: None,
-            errno: EIO,
-            stranded: 0,
-            flushed: false,
-        }),
-        Some((pfn, mfn, errno)) => Err(X86PvError::RemapFailed {
-            pfn: pfn_of(pfn),
-            mfn,
-            errno,
+/// `Ok` when every page the remap was given a frame for is mapped and the TLB was flushed;
+/// otherwise [`X86PvError::RemapFailed`] with every stranded page. The pages the caller had
+/// no frame for (an exchange's unresolved pages) are in the report too but are the caller's
+/// error, so a remap with only those is `Ok` here when it flushed.
+fn remap_result(report: &RemapReport) -> Result<(), X86PvError> {
+    match report.first_errno {
+        None if report.stranded.flushed() => Ok(()),
+        errno => Err(X86PvError::RemapFailed {
+            errno: errno.unwrap_or(EIO),
             stranded: report.stranded,
-            flushed: report.flushed,
         }),
     }
 }

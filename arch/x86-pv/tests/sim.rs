@@ -633,16 +633,17 @@ fn a_remap_that_fails_twice_strands_the_page_with_an_invalid_p2m_entry() {
     // SAFETY: the test owns `buf` exclusively.
     let r = unsafe { pv.create_contiguous(buf, ORDER, 32) };
     let Err(X86PvError::RemapFailed {
-        pfn,
-        mfn: Some(mfn),
         errno: 22,
-        stranded: 1,
-        flushed: true,
+        stranded,
     }) = r
     else {
         panic!("{r:?}");
     };
-    assert_eq!(pfn, buf.frame());
+    assert_eq!(stranded.count(), 1);
+    assert!(stranded.flushed() && stranded.is_complete());
+    let first = stranded.listed().next().unwrap();
+    assert_eq!(first.pfn, buf.frame());
+    let mfn = first.bfn.unwrap().as_u64();
     xen.check_invariants().unwrap();
     assert!(xen.tlb_violations().is_empty());
     assert_eq!(
@@ -657,5 +658,125 @@ fn a_remap_that_fails_twice_strands_the_page_with_an_invalid_p2m_entry() {
     for i in 1..N {
         let p = Pfn::new(pfn0(buf) + i);
         assert_eq!(pv.pfn_to_bfn(p), Some(Bfn::new(mfn + i)));
+    }
+    // Through the trait, the region is reported damaged, not as before.
+    let e = PlatformError::from(X86PvError::RemapFailed {
+        errno: 22,
+        stranded,
+    });
+    assert_eq!(e.damage(), Some(&stranded));
+}
+
+/// Pages Xen keeps refusing to map ([`Fault::MapRefused`]: the batch entry and the retry
+/// alone both fail) are every one stranded and reported, with the frame each should map;
+/// when the refused page is the last one (whose entry flushes the TLB), the platform
+/// flushes explicitly. Every other frame is where it should be: frames are conserved.
+#[test]
+fn pages_refused_in_the_batch_and_the_retry_are_all_reported_and_the_tlb_is_flushed() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(N, N);
+    let before = local_entries(&g);
+    let free = xen.free_frames();
+    // The remap's mappings are the first present-PTE updates of the create: page 0, page
+    // 40 and the last page (the flushing entry) are refused for good.
+    for nth in [1, 41, N] {
+        xen.inject(Fault::MapRefused { nth, errno: 14 });
+    }
+    xen.reset_counters();
+    // SAFETY: the test owns `buf` exclusively.
+    let r = unsafe { pv.create_contiguous(buf, ORDER, 32) };
+    assert!(xen.pending_faults().is_empty(), "every refusal fired");
+    xen.clear_faults();
+    let Err(X86PvError::RemapFailed {
+        errno: 14,
+        stranded,
+    }) = r
+    else {
+        panic!("{r:?}");
+    };
+    let pages: Vec<u64> = stranded
+        .listed()
+        .map(|f| f.pfn.as_u64() - pfn0(buf))
+        .collect();
+    assert_eq!(pages, [0, 40, N - 1]);
+    assert_eq!(stranded.count(), 3);
+    assert!(stranded.is_complete());
+    // The last entry failed in the batch and alone: the TLB was flushed explicitly.
+    assert!(stranded.flushed());
+    assert_eq!(xen.counters().count(SimOp::MmuextOp), 1);
+    assert!(xen.tlb_violations().is_empty());
+    xen.check_invariants().expect("simulator invariants");
+    // Every stranded page has an INVALID entry and its frame (the extent's) is still
+    // dom0's; nothing else moved.
+    for f in stranded.listed() {
+        assert_eq!(pv.pfn_to_bfn(f.pfn), None);
+        assert_eq!(xen.owner_of(f.bfn.unwrap()), Some(0));
+    }
+    assert_eq!(local_entries(&g), before - 3);
+    assert_eq!(xen.free_frames(), free);
+    assert!(matches!(
+        PlatformError::from(X86PvError::RemapFailed {
+            errno: 14,
+            stranded
+        }),
+        PlatformError::RegionDamaged { .. }
+    ));
+}
+
+/// An exchange that loses frames part-way ([`Fault::ExchangeLosesFrames`]) leaves pages
+/// without a frame: every one is counted (the unresolved pages), the region is reported
+/// damaged, and the only frames dom0 lost are those Xen took.
+#[test]
+fn an_exchange_that_loses_frames_reports_every_unresolved_page() {
+    for destroy in [false, true] {
+        let (xen, g) = machine();
+        let pv = platform(&xen, &g);
+        let buf = g.alloc_aligned(N, N);
+        if destroy {
+            // SAFETY: the test owns `buf` exclusively.
+            unsafe { pv.create_contiguous(buf, ORDER, 32) }.unwrap();
+        }
+        let before = local_entries(&g);
+        xen.inject(Fault::ExchangeLosesFrames { nth: 1, kept: 10 });
+        // SAFETY: as above.
+        let r = unsafe {
+            if destroy {
+                pv.destroy_contiguous(buf, ORDER)
+            } else {
+                pv.create_contiguous(buf, ORDER, 32).map(|_| ())
+            }
+        };
+        assert!(xen.pending_faults().is_empty());
+        let Err(X86PvError::PartialExchange {
+            unresolved,
+            stranded,
+            ..
+        }) = r
+        else {
+            panic!("destroy {destroy}: {r:?}");
+        };
+        let lost = xen.lost_frames();
+        assert_eq!(lost.len() as u64, N - 10);
+        assert_eq!((unresolved, stranded.count()), (N - 10, N - 10));
+        assert!(stranded.flushed());
+        // The first pages listed are the first unresolved ones, with no frame left.
+        let listed: Vec<_> = stranded.listed().collect();
+        assert_eq!(listed.len(), swiotlb_core::hooks::STRANDED_LISTED);
+        for (k, f) in listed.iter().enumerate() {
+            assert_eq!(f.pfn.as_u64(), pfn0(buf) + 10 + k as u64);
+            assert_eq!(f.bfn, None);
+        }
+        // The invariants count exactly the frames Xen took as lost.
+        xen.check_invariants().expect("simulator invariants");
+        assert!(xen.tlb_violations().is_empty());
+        assert_eq!(local_entries(&g), before - (N - 10));
+        for i in 0..N {
+            let p = Pfn::new(pfn0(buf) + i);
+            assert_eq!(pv.pfn_to_bfn(p).is_some(), i < 10, "page {i}");
+        }
+        let e = PlatformError::from(r.unwrap_err());
+        assert_eq!(e.damage().map(|s| s.count()), Some(N - 10), "{e}");
+        assert!(e.to_string().contains("ENOMEM (12)"), "{e}");
     }
 }

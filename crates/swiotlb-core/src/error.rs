@@ -52,6 +52,15 @@ pub enum Error {
         /// Slots in use when the search gave up.
         used: usize,
     },
+    /// A map whose original `[addr, addr + size)` overlaps the pool itself: bouncing it
+    /// would copy between overlapping ranges (and could overwrite other mappings' slots).
+    #[error("the original {addr}+{size:#x} lies inside the bounce pool")]
+    OriginalInPool {
+        /// The original's first byte.
+        addr: PhysAddr,
+        /// The size.
+        size: usize,
+    },
     /// An address that is not inside the pool.
     #[error("{addr} is not inside the bounce pool")]
     NotInPool {
@@ -106,7 +115,9 @@ pub enum Error {
         /// The largest supported count ([`crate::pool::MAX_AREAS`]).
         max: usize,
     },
-    /// Metadata storage with fewer entries than slots.
+    /// Metadata storage with fewer entries than slots: at construction, or later if the
+    /// storage's `as_ref` returns a shorter slice than it did (every operation then fails
+    /// with this error and touches nothing).
     #[error("metadata storage holds {have} slots, the pool needs {need}")]
     StorageTooSmall {
         /// Entries in the storage.

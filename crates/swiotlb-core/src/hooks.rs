@@ -11,6 +11,7 @@ use core::ptr::NonNull;
 
 use crate::addr::{Bfn, BusAddr, Pfn, PhysAddr};
 use crate::dma::{Device, DmaDirection};
+use crate::errno::Named;
 
 /// How the CPU reaches physical memory for bounce copies.
 ///
@@ -81,8 +82,9 @@ pub unsafe trait BufferMemory: PhysMemory {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlatformError {
-    /// A hypercall (or the platform's equivalent) returned an error.
-    #[error("{op} failed with errno {errno}")]
+    /// A hypercall (or the platform's equivalent) returned an error. Displayed with the
+    /// errno's name, as `xen_abi::XenError` is: `XENMEM_exchange failed with ENOMEM (12)`.
+    #[error("{op} failed with {}", Named(i64::from(*.errno)))]
     Hypercall {
         /// The operation, e.g. `"XENMEM_exchange"`.
         op: &'static str,
@@ -133,6 +135,182 @@ pub enum PlatformError {
         /// What ran out.
         what: &'static str,
     },
+    /// The operation failed and left the region **not as before**: some of its frames are
+    /// stranded (unmapped, with no valid translation, and either still the domain's but at
+    /// no pseudo-physical address, or given up to the hypervisor), or a TLB flush the
+    /// region needed could not be done. The region must never be freed to the page
+    /// allocator nor reused: the caller quarantines it (the DMA engine hands a coherent
+    /// block to [`PageAllocator::quarantine`](crate::engine::PageAllocator::quarantine)).
+    #[error(
+        "{op} failed with {}; the region is damaged: {stranded}",
+        Named(i64::from(*.errno))
+    )]
+    RegionDamaged {
+        /// The step that failed.
+        op: DamagedBy,
+        /// The positive errno.
+        errno: i32,
+        /// The stranded frames.
+        stranded: Stranded,
+    },
+}
+
+/// The step of a contiguous-region operation that left a region damaged
+/// ([`PlatformError::RegionDamaged`]); a one-byte name, so that the error stays small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DamagedBy {
+    /// Mapping a page to its frame failed, even retried alone (x86 PV's
+    /// `update_va_mapping` of the remap).
+    Remap,
+    /// The exchange of frames failed part-way and left pages with no frame (x86 PV's
+    /// `XENMEM_exchange`).
+    Exchange,
+    /// The TLB flush that had to follow the change failed.
+    Flush,
+}
+
+impl DamagedBy {
+    /// The operation's name, as a log line shows it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Remap => "update_va_mapping (remap)",
+            Self::Exchange => "XENMEM_exchange (partial)",
+            Self::Flush => "TLB flush",
+        }
+    }
+}
+
+impl core::fmt::Display for DamagedBy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How many stranded frames a [`Stranded`] lists one by one (it counts all of them).
+pub const STRANDED_LISTED: usize = 3;
+
+/// One stranded page of a damaged region: its pseudo-physical frame, left without a
+/// translation, and the bus (machine) frame that still belongs to the domain and that the
+/// page should have been mapped to, if any (`None`: the hypervisor kept the frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StrandedFrame {
+    /// The page left unmapped.
+    pub pfn: Pfn,
+    /// The frame it should map, still the domain's; `None` when no frame is left for it.
+    pub bfn: Option<Bfn>,
+}
+
+/// The stranded pages of a damaged region ([`PlatformError::RegionDamaged`]): every one is
+/// counted, the first [`STRANDED_LISTED`] are listed with their frames.
+///
+/// The storage is bounded so that errors stay `Copy` and small (no heap in the library);
+/// the pages beyond the listed ones are the region's other pages without a translation
+/// (their `pfn_to_bfn` answers `None`), which a kernel that wants them back finds by
+/// walking the quarantined region. `flushed` says whether the TLB flush that had to follow
+/// the failure was done; a region with no stranded page can still be damaged by a missing
+/// flush (stale translations of frames it gave up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stranded {
+    count: u32,
+    len: u8,
+    flushed: bool,
+    /// `(pfn, bfn)` of the listed pages, `u64::MAX` for no bfn (kept raw so that the error
+    /// stays small).
+    frames: [(u64, u64); STRANDED_LISTED],
+}
+
+impl Default for Stranded {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stranded {
+    /// No stranded page, TLB flushed.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            count: 0,
+            len: 0,
+            flushed: true,
+            frames: [(u64::MAX, u64::MAX); STRANDED_LISTED],
+        }
+    }
+
+    /// Records one more stranded page (listed while there is room; the count saturates at
+    /// `u32::MAX`, far above the 2^20 pages of the largest region).
+    pub fn push(&mut self, pfn: Pfn, bfn: Option<Bfn>) {
+        if let Some(f) = self.frames.get_mut(usize::from(self.len)) {
+            *f = (pfn.as_u64(), bfn.map_or(u64::MAX, Bfn::as_u64));
+            self.len += 1;
+        }
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// Records whether the TLB flush after the failure was done.
+    pub fn set_flushed(&mut self, flushed: bool) {
+        self.flushed = flushed;
+    }
+
+    /// Every stranded page, listed or not.
+    #[must_use]
+    pub const fn count(&self) -> u64 {
+        self.count as u64
+    }
+
+    /// The first [`STRANDED_LISTED`] of them, in the order they were found.
+    pub fn listed(&self) -> impl Iterator<Item = StrandedFrame> + '_ {
+        self.frames[..usize::from(self.len)]
+            .iter()
+            .map(|&(pfn, bfn)| StrandedFrame {
+                pfn: Pfn::try_new(pfn).unwrap_or(Pfn::MAX),
+                bfn: Bfn::try_new(bfn).filter(|_| bfn != u64::MAX),
+            })
+    }
+
+    /// Whether every stranded page is listed.
+    #[must_use]
+    pub const fn is_complete(&self) -> bool {
+        self.count == self.len as u32
+    }
+
+    /// Whether the TLB flush after the failure was done.
+    #[must_use]
+    pub const fn flushed(&self) -> bool {
+        self.flushed
+    }
+
+    /// Whether the region is damaged at all: a stranded page or a missing flush.
+    #[must_use]
+    pub const fn is_damage(&self) -> bool {
+        self.count != 0 || !self.flushed
+    }
+}
+
+impl core::fmt::Display for Stranded {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} pages stranded", self.count)?;
+        for (i, s) in self.listed().enumerate() {
+            f.write_str(if i == 0 { " (" } else { ", " })?;
+            match s.bfn {
+                Some(b) => write!(f, "{} -> {b}", s.pfn)?,
+                None => write!(f, "{} -> no frame", s.pfn)?,
+            }
+        }
+        if self.len > 0 {
+            let more = self.count - u32::from(self.len);
+            if more > 0 {
+                write!(f, ", {more} more")?;
+            }
+            f.write_str(")")?;
+        }
+        if !self.flushed {
+            f.write_str(", TLB not flushed")?;
+        }
+        Ok(())
+    }
 }
 
 /// The errno a platform reports when no memory satisfies an allocation (`ENOMEM`).
@@ -143,6 +321,16 @@ impl PlatformError {
     /// [`ENOMEM`]): asking again with a higher address limit, or a smaller size, may succeed.
     pub const fn is_out_of_memory(&self) -> bool {
         matches!(self, Self::Hypercall { errno: ENOMEM, .. })
+    }
+
+    /// The stranded pages when the operation left its region damaged
+    /// ([`RegionDamaged`](Self::RegionDamaged)): the region must then be quarantined, never
+    /// freed nor reused.
+    pub const fn damage(&self) -> Option<&Stranded> {
+        match self {
+            Self::RegionDamaged { stranded, .. } => Some(stranded),
+            _ => None,
+        }
     }
 }
 
@@ -228,7 +416,11 @@ pub unsafe trait Platform: Sync {
     /// Makes the `2^order` frames starting at `phys` bus-contiguous and below
     /// `2^address_bits`, and returns the bus address of `phys`. The contents are zeroed.
     ///
-    /// On error the region is as before (same frames, same mappings).
+    /// On error the region is as before (same frames, same mappings), or still usable memory
+    /// of the domain (every page mapped to a frame of its own), except after
+    /// [`PlatformError::RegionDamaged`]: then pages of the region are left without a frame
+    /// or a flush was missed, and the caller must quarantine the region (never free it to
+    /// the page allocator, never use it again).
     ///
     /// # Safety
     ///
@@ -248,7 +440,9 @@ pub unsafe trait Platform: Sync {
     ///
     /// The next limit is tried only when the platform reports that it has no memory below
     /// the current one ([`PlatformError::is_out_of_memory`]); any other error ends the
-    /// search and is returned. After an error the region is as before.
+    /// search and is returned. After an error the region is as
+    /// [`create_contiguous_region`](Self::create_contiguous_region) leaves it (quarantined
+    /// after [`PlatformError::RegionDamaged`]).
     ///
     /// The default calls [`create_contiguous_region`](Self::create_contiguous_region) once
     /// per limit. A platform whose attempts are expensive to set up and undo overrides it to
@@ -292,6 +486,9 @@ pub unsafe trait Platform: Sync {
 
     /// Gives back a region made contiguous by
     /// [`create_contiguous_region`](Self::create_contiguous_region). The contents are zeroed.
+    ///
+    /// On error the region is still contiguous and may be given back again, except after
+    /// [`PlatformError::RegionDamaged`], after which it must be quarantined.
     ///
     /// # Safety
     ///
@@ -435,6 +632,39 @@ mod tests {
         op: "XENMEM_exchange",
         errno: ENOMEM,
     };
+
+    #[test]
+    fn platform_errors_name_the_errno_as_xen_errors_do() {
+        use std::string::ToString;
+        assert_eq!(
+            NO_MEMORY.to_string(),
+            "XENMEM_exchange failed with ENOMEM (12)"
+        );
+        let odd = PlatformError::Hypercall {
+            op: "x",
+            errno: 4000,
+        };
+        assert_eq!(odd.to_string(), "x failed with errno 4000");
+        let mut s = Stranded::new();
+        for p in 1..=5 {
+            s.push(Pfn::new(p), (p % 2 == 0).then(|| Bfn::new(p + 100)));
+        }
+        s.set_flushed(false);
+        let e = PlatformError::RegionDamaged {
+            op: DamagedBy::Remap,
+            errno: 14,
+            stranded: s,
+        };
+        assert_eq!(
+            e.to_string(),
+            "update_va_mapping (remap) failed with EFAULT (14); the region is damaged: 5 pages \
+             stranded (pfn 0x1 -> no frame, pfn 0x2 -> bfn 0x66, pfn 0x3 -> no frame, 2 more), \
+             TLB not flushed"
+        );
+        assert_eq!(e.damage().map(Stranded::count), Some(5));
+        assert!(!s.is_complete() && s.is_damage());
+        assert_eq!(NO_MEMORY.damage(), None);
+    }
 
     #[test]
     fn rising_tries_each_limit_until_one_fits() {

@@ -81,6 +81,7 @@ extern crate std;
 pub mod addr;
 pub mod dma;
 pub mod engine;
+pub mod errno;
 pub mod error;
 pub mod hooks;
 pub mod linear;
@@ -94,7 +95,7 @@ pub use engine::{
     SgError,
 };
 pub use error::Error;
-pub use hooks::{PhysMemory, Platform, PlatformError};
+pub use hooks::{DamagedBy, PhysMemory, Platform, PlatformError, Stranded, StrandedFrame};
 pub use linear::LinearMap;
 pub use lock::IrqHook;
 pub use pool::{BouncePool, Slot, Stats, max_mapping_size};

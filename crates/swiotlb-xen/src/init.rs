@@ -245,6 +245,22 @@ pub enum InitError {
         #[source]
         source: PlatformError,
     },
+    /// Making the chunk at `phys` contiguous failed and left it damaged
+    /// ([`PlatformError::RegionDamaged`]: pages without a frame, each counted and the first
+    /// listed in `source`). Every other chunk exchanged was given back; this one is not as
+    /// before and must never be freed to the kernel's page allocator nor reused: the
+    /// caller quarantines `[phys, phys + 4 KiB << order)` (the rest of the pool region is
+    /// the caller's again, as before).
+    #[error("pool chunk {phys} (order {order}) is damaged and must be quarantined: {source}")]
+    Damaged {
+        /// The chunk.
+        phys: PhysAddr,
+        /// Its order.
+        order: u32,
+        /// The platform's error, a [`PlatformError::RegionDamaged`].
+        #[source]
+        source: PlatformError,
+    },
     /// A chunk could not be given back (after a halving, after an error, or in
     /// [`release`]); it stays exchanged and is the caller's to deal with.
     #[error("giving back the chunk {phys} (order {order}) failed: {source}")]
@@ -314,15 +330,19 @@ impl<P: Platform> Fixup<'_, P> {
         (bus.is_aligned(SEGMENT) && below).then_some(bus)
     }
 
-    /// Works on the chunk at the cursor.
-    fn step(&mut self) -> Result<(), PlatformError> {
+    /// Works on the chunk at the cursor. The error comes with the order of the chunk that
+    /// failed last.
+    fn step(&mut self) -> Result<(), (PlatformError, u32)> {
         let phys = PhysAddr::new(self.cursor);
-        if self.report.chunks.is_full() {
-            return Err(PlatformError::Exhausted {
-                what: "chunk records (InitReport::chunks)",
-            });
-        }
         let mut order = self.order();
+        if self.report.chunks.is_full() {
+            return Err((
+                PlatformError::Exhausted {
+                    what: "chunk records (InitReport::chunks)",
+                },
+                order,
+            ));
+        }
         if let Some(bus) = self.usable_as_is(phys, order) {
             self.report.chunks.push(Chunk {
                 phys,
@@ -375,20 +395,27 @@ impl<P: Platform> Fixup<'_, P> {
                     let _ = unsafe { self.platform.destroy_contiguous_region(phys, order) };
                     self.report.destroy_calls += 1;
                     self.report.create_failures += 1;
-                    return Err(PlatformError::Misaligned {
-                        addr: phys,
-                        align: SEGMENT,
-                    });
+                    return Err((
+                        PlatformError::Misaligned {
+                            addr: phys,
+                            align: SEGMENT,
+                        },
+                        order,
+                    ));
                 }
                 Err(e) => e,
             };
             if min_bits <= self.max_bits {
                 self.report.create_failures += 1;
             }
+            if err.damage().is_some() {
+                // The chunk is not as before: no retry and no halving touches it again.
+                return Err((err, order));
+            }
             match self.classify(err, order) {
                 // A smaller chunk (the cap went down).
                 Next::Retry => order = self.order(),
-                Next::Halve(e) => return Err(e),
+                Next::Halve(e) => return Err((e, order)),
             }
         }
     }
@@ -449,9 +476,10 @@ impl<P: Platform> Fixup<'_, P> {
 /// # Errors
 ///
 /// [`InitError::Misaligned`], [`InitError::BadSize`], [`InitError::TooSmall`],
-/// [`InitError::Exhausted`], [`InitError::GiveBack`], [`InitError::Pool`],
-/// [`InitError::Engine`]. After an error every chunk exchanged has been given back, except
-/// one named by `GiveBack`.
+/// [`InitError::Exhausted`], [`InitError::Damaged`], [`InitError::GiveBack`],
+/// [`InitError::Pool`], [`InitError::Engine`]. After an error every chunk exchanged has been
+/// given back, except one named by `GiveBack`, and the rest of the region is as before,
+/// except the chunk named by `Damaged`, which must be quarantined.
 ///
 /// # Safety
 ///
@@ -531,12 +559,24 @@ where
         },
     };
     while fx.cursor < fx.end {
-        let Err(source) = fx.step() else { continue };
+        let Err((source, order)) = fx.step() else {
+            continue;
+        };
+        if source.damage().is_some() {
+            // The platform left the chunk at the cursor damaged: give back every chunk made
+            // so far and name it, for the caller to quarantine.
+            let phys = PhysAddr::new(fx.cursor);
+            fx.give_back_from(fx.start)?;
+            return Err(InitError::Damaged {
+                phys,
+                order,
+                source,
+            });
+        }
         let size = fx.end - fx.start;
         let half = (size / 2) / SEGMENT * SEGMENT;
         // CAST: `min` is a usize.
         if half < min as u64 {
-            let order = fx.order();
             let failed_at = PhysAddr::new(fx.cursor);
             fx.give_back_from(fx.start)?;
             return Err(InitError::Exhausted {

@@ -9,7 +9,13 @@
 //! - no machine frame is lost or leaked: the machine's free frames and dom0's local P2M
 //!   entries are what they were, the page allocator has every page back, the pool every
 //!   slot, the foreign table exactly the live grant mappings;
-//! - an error names what failed: the hypercall (by Xen's name) and the injected errno.
+//! - an error names what failed: the hypercall (by Xen's name) and the injected errno;
+//! - the faults that damage a region (a page Xen refuses to map in the batch and in the
+//!   retry, [`Fault::MapRefused`]; an exchange that loses frames part-way,
+//!   [`Fault::ExchangeLosesFrames`]) end in a "region damaged" error that counts every
+//!   stranded page and lists the first, the block is quarantined (never given back to the
+//!   page allocator, the next allocation does not touch it and does not fault), and the
+//!   only frames missing are the stranded pages' (those Xen took are free again).
 //!
 //! Each test prints its matrix size (`cargo test -- --nocapture`).
 
@@ -19,7 +25,9 @@ use common::grants::GrantMapper;
 use common::{Arm, PAGE, Pv, SEGMENT, check, pattern, pool_used};
 use std::error::Error as StdError;
 use swiotlb_core::engine::{CoherentFreeError, DmaError};
-use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, Platform, PlatformError, Slot};
+use swiotlb_core::{
+    Device, DmaAttrs, DmaDirection, DmaMask, PhysAddr, Platform, PlatformError, Slot, Stranded,
+};
 use swiotlb_xen::init::{InitError, InitOptions, init, release};
 use xen_abi::{
     GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GNTST_NO_DEVICE_SPACE, GNTST_PERMISSION_DENIED,
@@ -101,14 +109,73 @@ fn faults(c: &Counters, exchange_extents: u64) -> Vec<Fault> {
             v.push(Fault::GrantMap { nth, status });
         }
     }
+    v.extend(damaging_faults(c, exchange_extents));
     v
+}
+
+/// The faults that leave a region damaged: each mapping `update_va_mapping` refused for good
+/// (about half of the clean run's `update_va_mapping`s map a page, the others unmap), and
+/// each exchange losing the frames it stole after the first 0, 1, half or all but one.
+fn damaging_faults(c: &Counters, exchange_extents: u64) -> Vec<Fault> {
+    let mut v = Vec::new();
+    for nth in steps(c.count(SimOp::UpdateVaMapping) / 2) {
+        v.push(Fault::MapRefused { nth, errno: 14 });
+    }
+    for nth in 1..=c.count(SimOp::MemoryExchange) {
+        for kept in [
+            0,
+            1,
+            exchange_extents / 2,
+            exchange_extents.saturating_sub(1),
+        ] {
+            v.push(Fault::ExchangeLosesFrames { nth, kept });
+        }
+    }
+    v
+}
+
+/// Pages of `[phys, phys + 4 KiB << order)` without a translation, and the stranded pages
+/// an error reports: every one counted, the first listed, all inside the region and without
+/// a translation.
+#[track_caller]
+fn assert_reports_every_stranded_page<P: Platform>(
+    platform: &P,
+    phys: PhysAddr,
+    order: u32,
+    stranded: &Stranded,
+    fault: &Fault,
+) {
+    let first = phys.frame().as_u64();
+    let untranslated: Vec<u64> = (first..first + (1 << order))
+        .filter(|&p| platform.pfn_to_bfn(swiotlb_core::Pfn::new(p)).is_none())
+        .collect();
+    assert_eq!(
+        stranded.count(),
+        untranslated.len() as u64,
+        "{fault:?}: {stranded}"
+    );
+    let listed: Vec<u64> = stranded.listed().map(|f| f.pfn.as_u64()).collect();
+    assert_eq!(
+        listed.len() as u64,
+        stranded
+            .count()
+            .min(swiotlb_core::hooks::STRANDED_LISTED as u64),
+        "{fault:?}"
+    );
+    assert_eq!(
+        listed,
+        untranslated[..listed.len()],
+        "{fault:?}: listed in order"
+    );
+    assert!(stranded.flushed(), "{fault:?}: the TLB must be flushed");
 }
 
 /// The errno a fault injects, if it names one.
 fn errno_of(f: &Fault) -> Option<i32> {
     match *f {
         Fault::FailNth { errno, .. } | Fault::MulticallEntry { errno, .. } => Some(errno),
-        Fault::PartialExchange { .. } => Some(12),
+        Fault::MapRefused { errno, .. } => Some(errno),
+        Fault::PartialExchange { .. } | Fault::ExchangeLosesFrames { .. } => Some(12),
         Fault::GrantMap { .. } => None,
     }
 }
@@ -117,8 +184,12 @@ fn errno_of(f: &Fault) -> Option<i32> {
 fn hypercall_in(e: &(dyn StdError + 'static)) -> Option<(&'static str, i32)> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(PlatformError::Hypercall { op, errno }) = err.downcast_ref::<PlatformError>() {
-            return Some((op, *errno));
+        match err.downcast_ref::<PlatformError>() {
+            Some(PlatformError::Hypercall { op, errno }) => return Some((op, *errno)),
+            Some(PlatformError::RegionDamaged { op, errno, .. }) => {
+                return Some((op.name(), *errno));
+            }
+            _ => {}
         }
         cur = err.source();
     }
@@ -142,8 +213,9 @@ fn assert_names_failure(e: &(dyn StdError + 'static), fault: &Fault) {
         msg.push_str(&s.to_string());
         cur = s.source();
     }
+    // The errno is printed with its name, as `ENOMEM (12)`.
     assert!(
-        msg.contains(op) && msg.contains(&format!("errno {errno}")),
+        msg.contains(op) && msg.contains(&format!("({errno})")),
         "{fault:?}: {msg}"
     );
 }
@@ -154,6 +226,8 @@ struct Tally {
     cases: usize,
     ok: usize,
     err: usize,
+    /// Of the errors, those that left a region damaged (and quarantined).
+    damaged: usize,
     /// Cases whose fault never fired (the run took another path): not counted as tested.
     unreached: usize,
 }
@@ -161,9 +235,9 @@ struct Tally {
 impl Tally {
     fn report(&self, what: &str) {
         eprintln!(
-            "fault matrix, {what}: {} cases ({} succeeded after the fault, {} failed cleanly, \
-             {} not reached)",
-            self.cases, self.ok, self.err, self.unreached
+            "fault matrix, {what}: {} cases ({} succeeded after the fault, {} failed cleanly \
+             of which {} left a region damaged and quarantined, {} not reached)",
+            self.cases, self.ok, self.err, self.damaged, self.unreached
         );
         assert!(self.cases > 0, "{what}: {self:?}");
         assert!(
@@ -235,9 +309,28 @@ fn pool_init_case(fault: Option<Fault>) -> (bool, Counters, Result<(), InitError
             Err(e)
         }
     };
+    // No frame lost or duplicated beyond the stranded pages the error reports: those
+    // without a frame of dom0's any more, and those whose frame Xen took (free again).
+    let stranded = match &r {
+        Err(InitError::Damaged {
+            phys,
+            order,
+            source,
+        }) => {
+            let s = *source.damage().expect("a damaged chunk names its damage");
+            let p = common::sim::pv_platform(&pv.xen, &pv.guest);
+            let f = fault.expect("damage needs a fault");
+            assert_reports_every_stranded_page(&p, *phys, *order, &s, &f);
+            // The damaged chunk lies in the pool region, which is otherwise as before.
+            assert!(*phys >= pool && phys.as_u64() < pool.as_u64() + POOL_BYTES as u64);
+            s.count()
+        }
+        _ => 0,
+    };
+    let lost = pv.xen.lost_frames().len() as u64;
     assert_eq!(
         frames(&pv.xen, Some(&pv)),
-        before,
+        (before.0 + lost, before.1 - stranded),
         "{fault:?}: a frame was lost"
     );
     (fired, counters, r)
@@ -263,14 +356,26 @@ fn pool_init_fault_matrix_x86_pv() {
             Ok(()) => t.ok += 1,
             Err(e) => {
                 t.err += 1;
-                assert!(
-                    matches!(e, InitError::Exhausted { .. } | InitError::GiveBack { .. }),
-                    "{fault:?}: {e:?}"
+                let damaging = matches!(
+                    fault,
+                    Fault::MapRefused { .. } | Fault::ExchangeLosesFrames { .. }
                 );
+                if let InitError::Damaged { .. } = e {
+                    assert!(damaging, "{fault:?}: {e:?}");
+                    t.damaged += 1;
+                } else {
+                    assert!(
+                        matches!(e, InitError::Exhausted { .. } | InitError::GiveBack { .. }),
+                        "{fault:?}: {e:?}"
+                    );
+                    // A damaging fault that fired is never reported as an ordinary failure.
+                    assert!(!damaging || !fired, "{fault:?}: {e:?}");
+                }
                 assert_names_failure(&e, &fault);
             }
         }
     }
+    assert!(t.damaged > 0, "no damage reached: {t:?}");
     t.report("pool init (x86 PV, 1 MiB)");
 }
 
@@ -368,11 +473,30 @@ fn coherent_create_and_destroy_fault_matrix_x86_pv() {
         }
         pv.xen.clear_faults();
         check(&pv.xen, &engine, &[]);
+        let mut stranded = 0;
         match r {
             Ok(a) => {
                 t.ok += 1;
                 // SAFETY: nothing uses the allocation.
                 unsafe { engine.free_coherent(&dev, a) }.expect("free");
+            }
+            Err(DmaError::CoherentDamaged {
+                phys,
+                order,
+                source,
+            }) => {
+                t.err += 1;
+                t.damaged += 1;
+                let e = DmaError::CoherentDamaged {
+                    phys,
+                    order,
+                    source,
+                };
+                assert_names_failure(&e, &fault);
+                let s = source.damage().expect("damage");
+                assert_reports_every_stranded_page(engine.platform(), phys, order, s, &fault);
+                stranded = s.count();
+                assert_damaged_block_is_quarantined(&engine, &dev, phys, order, &fault);
             }
             Err(e) => {
                 t.err += 1;
@@ -383,13 +507,19 @@ fn coherent_create_and_destroy_fault_matrix_x86_pv() {
                 assert_names_failure(&e, &fault);
             }
         }
-        assert_eq!(engine.pages().in_use(), 0, "{fault:?}: pages leaked");
+        assert_eq!(
+            engine.pages().in_use(),
+            engine.pages().quarantined_pages(),
+            "{fault:?}: pages leaked"
+        );
+        let lost = pv.xen.lost_frames().len() as u64;
         assert_eq!(
             frames(&pv.xen, Some(&pv)),
-            before,
+            (before.0 + lost, before.1 - stranded),
             "{fault:?}: a frame was lost"
         );
     }
+    assert!(t.damaged > 0, "no damage reached: {t:?}");
     t.report("coherent create_contiguous_region (x86 PV, order 2)");
 
     let mut t = Tally::default();
@@ -407,8 +537,43 @@ fn coherent_create_and_destroy_fault_matrix_x86_pv() {
         }
         pv.xen.clear_faults();
         check(&pv.xen, &engine, &[]);
+        let mut stranded = 0;
         match r {
             Ok(()) => t.ok += 1,
+            Err(CoherentFreeError {
+                alloc,
+                source: source @ DmaError::CoherentDamaged { .. },
+            }) => {
+                t.err += 1;
+                t.damaged += 1;
+                assert_names_failure(&source, &fault);
+                let DmaError::CoherentDamaged {
+                    phys,
+                    order,
+                    source: ref p,
+                } = source
+                else {
+                    unreachable!()
+                };
+                let s = p.damage().expect("damage");
+                assert_reports_every_stranded_page(engine.platform(), phys, order, s, &fault);
+                stranded = s.count();
+                assert!(alloc.is_quarantined(), "{fault:?}");
+                // Freeing the record again touches nothing.
+                // SAFETY: as above.
+                let again = unsafe { engine.free_coherent(&dev, alloc) };
+                assert!(
+                    matches!(
+                        again,
+                        Err(CoherentFreeError {
+                            source: DmaError::CoherentNotAllocated { .. },
+                            ..
+                        })
+                    ),
+                    "{fault:?}: {again:?}"
+                );
+                assert_damaged_block_is_quarantined(&engine, &dev, phys, order, &fault);
+            }
             Err(CoherentFreeError { alloc, source }) => {
                 t.err += 1;
                 assert!(
@@ -422,14 +587,52 @@ fn coherent_create_and_destroy_fault_matrix_x86_pv() {
                 unsafe { engine.free_coherent(&dev, alloc) }.expect("second free");
             }
         }
-        assert_eq!(engine.pages().in_use(), 0, "{fault:?}: pages leaked");
+        assert_eq!(
+            engine.pages().in_use(),
+            engine.pages().quarantined_pages(),
+            "{fault:?}: pages leaked"
+        );
+        let lost = pv.xen.lost_frames().len() as u64;
         assert_eq!(
             frames(&pv.xen, Some(&pv)),
-            before,
+            (before.0 + lost, before.1 - stranded),
             "{fault:?}: a frame was lost"
         );
     }
+    assert!(t.damaged > 0, "no damage reached: {t:?}");
     t.report("coherent destroy_contiguous_region (x86 PV, order 2)");
+}
+
+/// After a coherent block was reported damaged: the page allocator quarantined it and never
+/// saw it freed, and the next allocations (as many as the allocator has room for) neither
+/// get it nor fault.
+#[track_caller]
+fn assert_damaged_block_is_quarantined(
+    engine: &common::PvEngine<'_>,
+    dev: &Device,
+    phys: PhysAddr,
+    order: u32,
+    fault: &Fault,
+) {
+    let pages = engine.pages();
+    assert_eq!(pages.quarantined(), [(phys, order)], "{fault:?}");
+    assert!(
+        !pages.freed().contains(&(phys, order)),
+        "{fault:?}: the damaged block was freed"
+    );
+    let mut allocs = Vec::new();
+    while let Ok(a) = engine.alloc_coherent(dev, 16 * 1024) {
+        assert_ne!(a.phys(), phys, "{fault:?}: the damaged block was reused");
+        allocs.push(a);
+    }
+    assert!(
+        !allocs.is_empty(),
+        "{fault:?}: no allocation after the damage"
+    );
+    for a in allocs {
+        // SAFETY: nothing uses the allocation.
+        unsafe { engine.free_coherent(dev, a) }.expect("free after the damage");
+    }
 }
 
 /// Grant-map recording (arm64): a batch of 4 grants, every map element and every unmap

@@ -223,6 +223,31 @@ pub enum Fault {
         /// The status to report.
         status: i16,
     },
+    /// The `nth` `update_va_mapping` that installs a present PTE (in a multicall or alone)
+    /// fails with `-errno` and has no effect, and so does **every later attempt to map the
+    /// same virtual address** until the faults are cleared: a page Xen keeps refusing to
+    /// map, so that a failed multicall entry fails again when retried alone. Unmapping
+    /// (a non-present PTE) is not affected, and does not count.
+    MapRefused {
+        /// Which mapping `update_va_mapping` (1 = the next one).
+        nth: u64,
+        /// The positive errno.
+        errno: i32,
+    },
+    /// The `nth` `XENMEM_exchange` steals its first chunk's input frames, then fails with
+    /// `-ENOMEM` (as when Xen finds no memory for the output) and gives back only the first
+    /// `kept` frames it stole; the others are freed to Xen, as Xen's `memory_exchange` does
+    /// for a dying domain. Unlike [`PartialExchange`](Self::PartialExchange) this works on
+    /// 4 KiB frames, not whole chunks, so the guest is left with pages whose frame is gone
+    /// (unresolved). The frames are recorded ([`crate::Xen::lost_frames`]) and the domain's
+    /// expected frame count is lowered by them, so the invariants still check that no
+    /// other frame is lost.
+    ExchangeLosesFrames {
+        /// Which exchange (1 = the next one).
+        nth: u64,
+        /// Stolen frames given back before the rest are lost.
+        kept: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -235,6 +260,8 @@ pub(crate) struct ArmedFault {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Faults {
     armed: Vec<ArmedFault>,
+    /// Virtual addresses a fired [`Fault::MapRefused`] keeps refusing, with the errno.
+    refused: Vec<(u64, i32)>,
 }
 
 impl Faults {
@@ -244,6 +271,29 @@ impl Faults {
 
     pub(crate) fn clear(&mut self) {
         self.armed.clear();
+        self.refused.clear();
+    }
+
+    /// Counts one `update_va_mapping` that maps a present PTE at `va`; returns the errno
+    /// if the address is refused (a [`Fault::MapRefused`] fired for it, now or before).
+    pub(crate) fn map_refused(&mut self, va: u64) -> Option<i32> {
+        if let Some(&(_, errno)) = self.refused.iter().find(|(v, _)| *v == va) {
+            return Some(errno);
+        }
+        let errno = self.fire(|f| match f {
+            Fault::MapRefused { nth, errno } => Some((nth, errno)),
+            _ => None,
+        })?;
+        self.refused.push((va, errno));
+        Some(errno)
+    }
+
+    /// Counts one exchange; returns `kept` of an `ExchangeLosesFrames` that fires.
+    pub(crate) fn exchange_loses_frames(&mut self) -> Option<u64> {
+        self.fire(|f| match f {
+            Fault::ExchangeLosesFrames { nth, kept } => Some((nth, kept)),
+            _ => None,
+        })
     }
 
     pub(crate) fn pending(&self) -> Vec<Fault> {

@@ -141,6 +141,11 @@ pub(crate) unsafe fn dispatch(
             HYPERVISOR_MEMORY_OP => memory_op(inner, st, dom, args[0], args[1]),
             HYPERVISOR_MULTICALL => multicall(inner, st, dom, args[0], args[1], nested),
             HYPERVISOR_UPDATE_VA_MAPPING => simple_op(st, SimOp::UpdateVaMapping, |st| {
+                if args[1] & PTE_PRESENT != 0
+                    && let Some(errno) = st.faults.map_refused(args[0])
+                {
+                    return -i64::from(errno);
+                }
                 update_va_mapping(inner, st, dom, args[0], args[1], args[2])
             }),
             HYPERVISOR_MMU_UPDATE => mmu_update(inner, st, dom, args[0], args[1], args[2], args[3]),
@@ -499,6 +504,7 @@ unsafe fn exchange(inner: &Inner, st: &mut State, dom: DomId, arg: u64) -> i64 {
         return -EFAULT;
     };
     let partial = st.faults.partial_exchange();
+    let loses = st.faults.exchange_loses_frames();
     let (inr, outr) = (exch.in_, exch.out);
     let (in_order, out_order) = (inr.extent_order, outr.extent_order);
     let sizes_ok = in_order < 64
@@ -587,6 +593,38 @@ unsafe fn exchange(inner: &Inner, st: &mut State, dom: DomId, arg: u64) -> i64 {
                     }
                 }
             }
+        }
+        if let Some(kept) = loses
+            && err == 0
+        {
+            // The chunk fails after the steal and only `kept` frames are given back; the
+            // rest are freed, as Xen's `fail:` path does when it cannot reassign them.
+            for (k, &idx) in stolen.iter().enumerate() {
+                // CAST: usize fits u64.
+                if (k as u64) < kept {
+                    st.owner[idx] = dom;
+                    continue;
+                }
+                let mfn = st.layout.mfn(idx);
+                // CAST: mfn < m2p length (PV mode).
+                let m = mfn as usize;
+                if dom == DOMU {
+                    let old_pfn = inner.m2p[m].load(Ordering::Relaxed);
+                    if let Some(e) = usize::try_from(old_pfn)
+                        .ok()
+                        .and_then(|p| st.doms[d].p2m.get_mut(p))
+                    {
+                        *e = INVALID;
+                    }
+                }
+                inner.m2p[m].store(INVALID, Ordering::Relaxed);
+                st.owner[idx] = OWNER_FREE;
+                st.scrub(idx);
+                st.expected_owned[d] -= 1;
+                st.lost_frames.push(mfn);
+            }
+            rc = -ENOMEM;
+            break;
         }
         // Allocate a chunk's worth of output extents.
         let mut allocated: Vec<usize> = Vec::new();

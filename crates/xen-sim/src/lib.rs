@@ -350,6 +350,15 @@ impl Xen {
         self.inner.lock().tlb_violations.clone()
     }
 
+    /// The machine frames [`Fault::ExchangeLosesFrames`] took from a domain (and freed),
+    /// in the order they were taken. The invariants count them as the only frames a domain
+    /// may have lost.
+    #[must_use]
+    pub fn lost_frames(&self) -> Vec<Bfn> {
+        let st = self.inner.lock();
+        st.lost_frames.iter().map(|&m| Bfn::new(m)).collect()
+    }
+
     /// Free machine frames.
     #[must_use]
     pub fn free_frames(&self) -> u64 {

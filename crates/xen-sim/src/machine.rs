@@ -204,8 +204,11 @@ pub(crate) struct State {
     pub(crate) arm_next: (usize, u64),
     /// The domU's next page to grant with `DomU::grant_pages`.
     pub(crate) domu_next_grant: u64,
-    /// Frames each domain owned at boot (exchanges conserve them), indexed like `doms`.
+    /// Frames each domain owned at boot (exchanges conserve them), indexed like `doms`,
+    /// less those a [`crate::Fault::ExchangeLosesFrames`] took.
     pub(crate) expected_owned: Vec<u64>,
+    /// The frames [`crate::Fault::ExchangeLosesFrames`] took from a domain, in order.
+    pub(crate) lost_frames: Vec<u64>,
 }
 
 /// What [`State::build`] produces besides the state: the guest-owned tables.
@@ -354,6 +357,7 @@ impl State {
             arm_next: (0, 0),
             domu_next_grant: 0,
             expected_owned: vec![cfg.dom0_pages, cfg.domu_pages],
+            lost_frames: Vec::new(),
         };
         Built { state, p2m, m2p }
     }

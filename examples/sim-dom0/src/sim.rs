@@ -69,12 +69,16 @@ impl Guest {
 
 /// The kernel's page allocator for coherent allocations: a naturally aligned region of the
 /// simulated dom0 handed out in naturally aligned power-of-two blocks (first fit), zeroed on
-/// allocation. It also answers `pfn_valid` for dom0's own RAM.
+/// allocation. It also answers `pfn_valid` for dom0's own RAM. A quarantined block stays
+/// taken for good and is listed ([`SimPages::quarantined`]); every free is logged
+/// ([`SimPages::freed`]).
 #[derive(Debug)]
 pub struct SimPages {
     guest: Guest,
     base: PhysAddr,
     used: Mutex<Vec<bool>>,
+    quarantined: Mutex<Vec<(PhysAddr, u32)>>,
+    freed: Mutex<Vec<(PhysAddr, u32)>>,
 }
 
 impl SimPages {
@@ -104,13 +108,41 @@ impl SimPages {
             guest,
             base,
             used: Mutex::new(vec![false; pages as usize]),
+            quarantined: Mutex::new(Vec::new()),
+            freed: Mutex::new(Vec::new()),
         }
     }
 
-    /// Pages handed out and not given back.
+    /// Pages handed out and not given back, quarantined pages included.
     #[must_use]
     pub fn in_use(&self) -> usize {
         self.lock().iter().filter(|&&u| u).count()
+    }
+
+    /// The blocks the engine quarantined, `(first byte, order)`, in order.
+    #[must_use]
+    pub fn quarantined(&self) -> Vec<(PhysAddr, u32)> {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Pages in quarantined blocks.
+    #[must_use]
+    #[allow(dead_code, reason = "for the fault matrix, which includes this file")]
+    pub fn quarantined_pages(&self) -> usize {
+        self.quarantined().iter().map(|&(_, o)| 1usize << o).sum()
+    }
+
+    /// Every block given back with `free_pages`, `(first byte, order)`, in order.
+    #[must_use]
+    #[allow(dead_code, reason = "for the fault matrix, which includes this file")]
+    pub fn freed(&self) -> Vec<(PhysAddr, u32)> {
+        self.freed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<bool>> {
@@ -148,7 +180,23 @@ unsafe impl PageAllocator for SimPages {
         let n = 1usize << order;
         let mut used = self.lock();
         debug_assert!(used[first..first + n].iter().all(|&u| u), "double free");
+        assert!(
+            !self.quarantined().contains(&(phys, order)),
+            "{phys} (order {order}) is quarantined and freed"
+        );
         used[first..first + n].fill(false);
+        self.freed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((phys, order));
+    }
+
+    fn quarantine(&self, phys: PhysAddr, order: u32) {
+        // The block stays taken in `used`: it is never handed out again.
+        self.quarantined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((phys, order));
     }
 
     fn pfn_valid(&self, pfn: Pfn) -> bool {

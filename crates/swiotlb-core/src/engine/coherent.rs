@@ -28,6 +28,9 @@ pub struct CoherentAlloc {
     size: usize,
     order: u32,
     exchanged: bool,
+    /// The block was quarantined by a failed free (the platform damaged it): it is no
+    /// allocation any more, and freeing the record again does nothing.
+    quarantined: bool,
 }
 
 impl CoherentAlloc {
@@ -61,14 +64,24 @@ impl CoherentAlloc {
     pub fn is_exchanged(&self) -> bool {
         self.exchanged
     }
+
+    /// Whether a failed [`DmaEngine::free_coherent`] quarantined the block
+    /// ([`DmaError::CoherentDamaged`]): the record then stands for no memory and can only be
+    /// dropped.
+    #[must_use]
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined
+    }
 }
 
 /// A failed [`DmaEngine::free_coherent`]: the error and the allocation, handed back so that
-/// nothing is leaked unknowingly (the caller may retry or keep it).
+/// nothing is leaked unknowingly (the caller may retry or keep it). After
+/// [`DmaError::CoherentDamaged`] the block is quarantined
+/// ([`CoherentAlloc::is_quarantined`]) and the record is only dropped.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("freeing the coherent allocation at {} failed: {source}", alloc.phys)]
 pub struct CoherentFreeError {
-    /// The allocation, still allocated and still contiguous.
+    /// The allocation: still allocated and still contiguous, unless it is quarantined.
     pub alloc: CoherentAlloc,
     /// Why the platform refused to give the region back.
     #[source]
@@ -104,8 +117,11 @@ where
     ///
     /// [`DmaError::ZeroSize`], [`DmaError::CoherentTooLarge`],
     /// [`DmaError::CoherentNoMemory`], [`DmaError::CoherentMisaligned`],
-    /// [`DmaError::CoherentContiguous`], [`DmaError::CoherentUnreachable`]. The pages are
-    /// given back after any error.
+    /// [`DmaError::CoherentContiguous`], [`DmaError::CoherentUnreachable`]: the pages are
+    /// given back. [`DmaError::CoherentDamaged`]: the platform left the block damaged
+    /// (pages without a frame, [`PlatformError::RegionDamaged`](crate::PlatformError)), so
+    /// it is handed to [`PageAllocator::quarantine`] instead and never used again; the same
+    /// happens to a block whose exchange cannot be undone after `CoherentUnreachable`.
     pub fn alloc_coherent(&self, dev: &Device, size: usize) -> Result<CoherentAlloc, DmaError> {
         let r = self.alloc_inner(dev, size);
         match &r {
@@ -158,6 +174,7 @@ where
                 size,
                 order,
                 exchanged: false,
+                quarantined: false,
             });
         }
         if let Ok(bus) = self.contiguous_bus(phys, block)
@@ -170,6 +187,7 @@ where
                 size,
                 order,
                 exchanged: false,
+                quarantined: false,
             });
         }
         let address_bits = mask.bits();
@@ -180,6 +198,16 @@ where
                 .create_contiguous_region(phys, order, address_bits)
         }
         .map_err(|source| {
+            if source.damage().is_some() {
+                // Pages of the block have no frame (or a flush was missed): handing it back
+                // would give the next user a page that faults. It is never used again.
+                self.pages.quarantine(phys, order);
+                return DmaError::CoherentDamaged {
+                    phys,
+                    order,
+                    source,
+                };
+            }
             give_back(DmaError::CoherentContiguous {
                 phys,
                 order,
@@ -189,11 +217,12 @@ where
         })?;
         if !mask.covers(bus, len) {
             // The platform broke its promise; undo the exchange before giving the pages
-            // back. If even that fails, keep the pages out of the allocator.
+            // back. If even that fails, the block is not as it was: quarantine it.
             // SAFETY: the region was made contiguous with this order just above.
             if unsafe { self.platform.destroy_contiguous_region(phys, order) }.is_ok() {
                 return Err(give_back(unreachable(Some(bus))));
             }
+            self.pages.quarantine(phys, order);
             return Err(unreachable(Some(bus)));
         }
         self.pages.set_exchanged(phys, order);
@@ -203,6 +232,7 @@ where
             size,
             order,
             exchanged: true,
+            quarantined: false,
         })
     }
 
@@ -215,18 +245,37 @@ where
     ///
     /// # Errors
     ///
-    /// [`CoherentFreeError`] with [`DmaError::CoherentDestroy`].
+    /// [`CoherentFreeError`] with [`DmaError::CoherentDestroy`] (the allocation is intact
+    /// and may be freed again), with [`DmaError::CoherentDamaged`] (the platform damaged the
+    /// block: it was handed to [`PageAllocator::quarantine`] and the record is marked
+    /// [quarantined](CoherentAlloc::is_quarantined)), or with
+    /// [`DmaError::CoherentNotAllocated`] for a record already quarantined.
     ///
     /// # Safety
     ///
     /// `alloc` must come from this engine's [`alloc_coherent`](Self::alloc_coherent), and
     /// neither the CPU (no reference) nor any device may use the memory any more.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the error hands the allocation record back with a damage report (136 \
+                  bytes); freeing is a cold path and the library has no heap to box it"
+    )]
     pub unsafe fn free_coherent(
         &self,
         dev: &Device,
         alloc: CoherentAlloc,
     ) -> Result<(), CoherentFreeError> {
         let _ = dev;
+        if alloc.quarantined {
+            bump(&self.counters.coherent_failures);
+            return Err(CoherentFreeError {
+                source: DmaError::CoherentNotAllocated {
+                    phys: alloc.phys,
+                    order: alloc.order,
+                },
+                alloc,
+            });
+        }
         if alloc.exchanged {
             // SAFETY: the record says the region was made contiguous with this order, and
             // the caller guarantees nobody uses it.
@@ -236,6 +285,21 @@ where
             };
             if let Err(source) = r {
                 bump(&self.counters.coherent_failures);
+                if source.damage().is_some() {
+                    self.pages.quarantine(alloc.phys, alloc.order);
+                    let (phys, order) = (alloc.phys, alloc.order);
+                    return Err(CoherentFreeError {
+                        source: DmaError::CoherentDamaged {
+                            phys,
+                            order,
+                            source,
+                        },
+                        alloc: CoherentAlloc {
+                            quarantined: true,
+                            ..alloc
+                        },
+                    });
+                }
                 return Err(CoherentFreeError {
                     source: DmaError::CoherentDestroy {
                         phys: alloc.phys,
@@ -335,6 +399,7 @@ where
             size,
             order,
             exchanged,
+            quarantined: false,
         })
     }
 }

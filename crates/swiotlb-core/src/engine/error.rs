@@ -202,6 +202,21 @@ pub enum DmaError {
         #[source]
         source: PlatformError,
     },
+    /// Making a coherent allocation contiguous, or giving its exchange back, failed and
+    /// left the block damaged ([`PlatformError::RegionDamaged`]: `source` lists the stranded
+    /// frames). The block was handed to
+    /// [`PageAllocator::quarantine`](crate::engine::PageAllocator::quarantine) and is never
+    /// freed nor used again.
+    #[error("coherent block {phys} (order {order}) is damaged and quarantined: {source}")]
+    CoherentDamaged {
+        /// The block's address.
+        phys: PhysAddr,
+        /// Its order.
+        order: u32,
+        /// The platform's error, a [`PlatformError::RegionDamaged`].
+        #[source]
+        source: PlatformError,
+    },
     /// A coherent allocation is still not below the device's coherent mask; it was given
     /// back.
     #[error("coherent buffer {phys} (bus {bus:?}) +{size:#x} is outside the coherent mask {mask}")]

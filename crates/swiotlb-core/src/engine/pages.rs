@@ -46,6 +46,18 @@ pub unsafe trait PageAllocator: Sync {
         let _ = (phys, order);
     }
 
+    /// Takes a live block of `2^order` pages at `phys` out of use for good: the platform
+    /// left it damaged ([`PlatformError::RegionDamaged`](crate::PlatformError::RegionDamaged):
+    /// pages without a frame or a missed TLB flush), so it must never be handed out again.
+    /// The engine calls this instead of [`free_pages`](Self::free_pages) and never frees
+    /// the block afterwards. A kernel records the block (to report it, or to repair and
+    /// free it later from the error's stranded frames); the default keeps nothing, which
+    /// leaks the block: the safe choice. An allocator that keeps records answers
+    /// [`BlockState::Free`] for the block from then on (it is no live allocation).
+    fn quarantine(&self, phys: PhysAddr, order: u32) {
+        let _ = (phys, order);
+    }
+
     /// What the allocator knows of the block of `2^order` pages at `phys` (its own
     /// bookkeeping and Linux's `PageXenRemapped`), for
     /// [`free_coherent_at`](crate::engine::DmaEngine::free_coherent_at). `None` when the
@@ -110,6 +122,10 @@ unsafe impl<A: PageAllocator + ?Sized> PageAllocator for &A {
 
     fn set_exchanged(&self, phys: PhysAddr, order: u32) {
         (**self).set_exchanged(phys, order);
+    }
+
+    fn quarantine(&self, phys: PhysAddr, order: u32) {
+        (**self).quarantine(phys, order);
     }
 
     fn block_state(&self, phys: PhysAddr, order: u32) -> Option<BlockState> {

@@ -265,9 +265,16 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             .map_or(IrqHook::NONE, |a| a.lock.irq_hook())
     }
 
+    /// The slot metadata. `S::as_ref` must return the same slice every time; if a storage
+    /// breaks that and returns fewer than `nslabs` slots, every operation fails with
+    /// [`Error::StorageTooSmall`] instead of panicking (and touches nothing).
     #[inline]
-    fn slots(&self) -> &[Slot] {
-        &self.storage.as_ref()[..self.nslabs]
+    fn slots(&self) -> Result<&[Slot], Error> {
+        let all = self.storage.as_ref();
+        all.get(..self.nslabs).ok_or(Error::StorageTooSmall {
+            have: all.len(),
+            need: self.nslabs,
+        })
     }
 
     /// The first byte of the pool.
@@ -361,8 +368,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         if index >= self.nslabs {
             return None;
         }
+        let slots = self.slots().ok()?;
         let _guard = self.areas[self.area_of(index)].lock.lock();
-        let free = seg_free(self.slots(), index / IO_TLB_SEGSIZE);
+        let free = seg_free(slots, index / IO_TLB_SEGSIZE);
         // CAST: trailing_ones() <= 128.
         Some((free >> (index % IO_TLB_SEGSIZE)).trailing_ones() as usize)
     }
@@ -410,7 +418,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     ) -> Result<usize, Error> {
         let nareas = self.areas.len();
         let first_area = cpu & (nareas - 1);
-        let slots = self.slots();
+        let slots = self.slots()?;
         for i in 0..nareas {
             let a = (first_area + i) & (nareas - 1);
             let area = &self.areas[a];
@@ -474,9 +482,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         })
     }
 
-    /// Frees the run whose first data slot is `head`. The caller holds the area lock.
-    fn release(&self, head: usize, st: &mut area::AreaState) {
-        let slots = self.slots();
+    /// Frees the run whose first data slot is `head` in `slots` (the pool's metadata). The
+    /// caller holds the area lock.
+    fn release(&self, slots: &[Slot], head: usize, st: &mut area::AreaState) {
         let h = &slots[head];
         let pad = usize::from(h.pad.load(Ordering::Relaxed));
         let n = usize::from(h.nslots.load(Ordering::Relaxed));
@@ -505,8 +513,10 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     /// # Errors
     ///
     /// [`Error::ZeroSize`], [`Error::TooLarge`], [`Error::AddressOverflow`],
-    /// [`Error::InvalidMask`], [`Error::ExceedsSegment`], [`Error::PoolFull`]. The pool is
-    /// unchanged after an error.
+    /// [`Error::OriginalInPool`] (any byte of the original lies inside the pool),
+    /// [`Error::InvalidMask`], [`Error::ExceedsSegment`], [`Error::PoolFull`],
+    /// [`Error::StorageTooSmall`] (the storage shrank). The pool is unchanged after an
+    /// error.
     ///
     /// # Safety
     ///
@@ -544,6 +554,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         self.map_with(
             dev,
             orig,
+            true,
             Some(orig),
             size,
             alloc_align_mask,
@@ -554,16 +565,18 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         )
     }
 
-    /// The mapping half both kinds of original share: checks, plans (the original's bits
-    /// kept are those of `align_src`), takes slots recording `orig` (`None`: a buffer known
-    /// only by pointer), copies the original in with `copy_in(data_place)` and publishes the
-    /// mapping.
+    /// The mapping half both kinds of original share: checks (an original at a known
+    /// physical address, `phys_known`, must not overlap the pool), plans (the original's
+    /// bits kept are those of `align_src`), takes slots recording `orig` (`None`: a buffer
+    /// known only by pointer), copies the original in with `copy_in(data_place)` and
+    /// publishes the mapping.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn map_with(
         &self,
         dev: &Device,
         align_src: PhysAddr,
+        phys_known: bool,
         orig: Option<PhysAddr>,
         size: usize,
         alloc_align_mask: u64,
@@ -578,8 +591,17 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             return Err(Error::TooLarge { size, max });
         }
         // CAST: usize fits in u64.
-        if align_src.checked_last(size as u64).is_none() {
+        let Some(last) = align_src.checked_last(size as u64) else {
             return Err(Error::AddressOverflow {
+                addr: align_src,
+                size,
+            });
+        };
+        // Bouncing the pool's own memory would copy between overlapping ranges (and into
+        // the slots of other mappings). A buffer known only by pointer has no physical
+        // address to compare (`align_src` is then the pointer's).
+        if phys_known && align_src < self.end && last >= self.start {
+            return Err(Error::OriginalInPool {
                 addr: align_src,
                 size,
             });
@@ -597,9 +619,10 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         // The slots are ours (RESERVED), so the pool range `tlb..tlb + size`, which lies
         // inside the allocation, is touched by nobody else.
         copy_in(data_place(tlb));
-        self.slots()[head]
-            .state
-            .store(state::HEAD, Ordering::Release);
+        // The slots were just found in this metadata, so it is long enough.
+        if let Some(h) = self.slots()?.get(head) {
+            h.state.store(state::HEAD, Ordering::Release);
+        }
         Ok(tlb)
     }
 
@@ -612,6 +635,17 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     /// copied back: it should be the mapped size; a larger value is clamped to the mapping
     /// and counted in [`Stats::overflow_attempts`], a smaller one copies back only that
     /// prefix.
+    ///
+    /// # Ownership
+    ///
+    /// By address, as Linux's: the pool checks that `tlb_addr` starts a live mapping, but
+    /// cannot tell its owner's call from a stale one (an address unmapped before and since
+    /// handed to another mapping), which would unmap the other owner's mapping. That is not
+    /// memory-unsafe (every copy stays inside a live mapping and the original its mapper
+    /// vouched for) but is a bug of the caller; the DMA engine unmaps by the device's bus
+    /// address, as the kernel's DMA API does. A caller that keeps the mapping uses
+    /// [`map_owned`](Self::map_owned) and [`unmap_owned`](Self::unmap_owned), whose token
+    /// makes a stale unmap impossible to write.
     ///
     /// # Errors
     ///
@@ -665,7 +699,8 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         }
         let idx = self.slot_index(tlb_addr)?;
         let not_mapped = Error::NotMapped { addr: tlb_addr };
-        let h = &self.slots()[idx];
+        let slots = self.slots()?;
+        let h = &slots[idx];
         let in_slot = (tlb_addr.as_u64() - self.start.as_u64()) & SLOT_MASK;
         // The mutant of `cargo xtask xen-qemu mutants`: a FromDevice mapping is never
         // copied back at unmap.
@@ -685,7 +720,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         if !copy_back && h.busy.load(Ordering::Acquire) == 0 {
             // Nothing to copy and no sync copying: validate and free in one critical section.
             let overflow = size > h.size.load(Ordering::Relaxed) as usize;
-            self.release(idx, &mut st);
+            self.release(slots, idx, &mut st);
             bump(&area.unmaps, 1);
             if overflow {
                 bump(&area.overflow_attempts, 1);
@@ -713,7 +748,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             copy_back_with(orig, data_place(tlb_addr), len);
         }
         let mut st = area.lock.lock();
-        self.release(idx, &mut st);
+        self.release(slots, idx, &mut st);
         bump(&area.unmaps, 1);
         if copy_back {
             // CAST: usize fits in u64.
@@ -735,7 +770,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         size: usize,
         area: &Area,
     ) -> Result<SyncRange, Error> {
-        let slots = self.slots();
+        let slots = self.slots()?;
         let not_mapped = Error::NotMapped { addr: tlb_addr };
         let s = &slots[idx];
         let k = match s.state.load(Ordering::Acquire) {
@@ -803,7 +838,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         bump(&area.bytes_bounced, r.len as u64);
         // Pin the mapping so that an unmap waits for this copy; with the count saturated
         // (65535 syncs of one mapping at once), copy under the lock instead.
-        let head = &self.slots()[r.head];
+        let head = &self.slots()?[r.head];
         let pinned = head.busy.load(Ordering::Relaxed) < u16::MAX;
         let guard = if pinned {
             head.busy.fetch_add(1, Ordering::Relaxed);
@@ -921,6 +956,10 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
 
     /// Frees a coherent allocation made by [`alloc`](Self::alloc) (Linux's `swiotlb_free`).
     ///
+    /// By address, with [`unmap`](Self::unmap)'s caveat on ownership: a stale call frees
+    /// whatever allocation starts there now; [`alloc_owned`](Self::alloc_owned) and
+    /// [`free_owned`](Self::free_owned) make that impossible.
+    ///
     /// # Errors
     ///
     /// [`Error::NotInPool`], [`Error::NotMapped`] when `addr` is not the start of a live
@@ -933,16 +972,104 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     fn free_inner(&self, addr: PhysAddr) -> Result<(), Error> {
         let idx = self.slot_index(addr)?;
         let area = &self.areas[self.area_of(idx)];
+        let slots = self.slots()?;
         let mut st = area.lock.lock();
-        let h = &self.slots()[idx];
+        let h = &slots[idx];
         let in_slot = (addr.as_u64() - self.start.as_u64()) & SLOT_MASK;
         if h.state.load(Ordering::Acquire) != state::COHERENT || in_slot != 0 {
             return Err(Error::NotMapped { addr });
         }
-        self.release(idx, &mut st);
+        self.release(slots, idx, &mut st);
         drop(st);
         self.stats.frees.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// [`map`](Self::map) with an ownership token: the returned [`PoolMapping`] is the only
+    /// handle to the mapping and [`unmap_owned`](Self::unmap_owned) consumes it, so a stale
+    /// or second unmap cannot be written, and a token of another pool is refused.
+    ///
+    /// # Errors
+    ///
+    /// As for [`map`](Self::map).
+    ///
+    /// # Safety
+    ///
+    /// As for [`map`](Self::map).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn map_owned(
+        &self,
+        dev: &Device,
+        orig: PhysAddr,
+        size: usize,
+        alloc_align_mask: u64,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        cpu: usize,
+    ) -> Result<PoolMapping, Error> {
+        // SAFETY: the caller's promise is `map`'s.
+        let tlb = unsafe { self.map(dev, orig, size, alloc_align_mask, dir, attrs, cpu) }?;
+        Ok(PoolMapping {
+            tlb,
+            size,
+            pool: self.identity(),
+        })
+    }
+
+    /// Unmaps the mapping of `mapping` as [`unmap`](Self::unmap) does with its address and
+    /// mapped size. On an error the token comes back (the mapping is untouched).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotMapped`] for a token of another pool, and [`unmap`](Self::unmap)'s.
+    pub fn unmap_owned(
+        &self,
+        dev: &Device,
+        mapping: PoolMapping,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), (PoolMapping, Error)> {
+        if mapping.pool != self.identity() {
+            let e = self.stats.fail(Error::NotMapped { addr: mapping.tlb });
+            return Err((mapping, e));
+        }
+        self.unmap(dev, mapping.tlb, mapping.size, dir, attrs)
+            .map_err(|e| (mapping, e))
+    }
+
+    /// [`alloc`](Self::alloc) with an ownership token, consumed by
+    /// [`free_owned`](Self::free_owned).
+    ///
+    /// # Errors
+    ///
+    /// As for [`alloc`](Self::alloc).
+    pub fn alloc_owned(&self, dev: &Device, size: usize, cpu: usize) -> Result<PoolAlloc, Error> {
+        let addr = self.alloc(dev, size, cpu)?;
+        Ok(PoolAlloc {
+            addr,
+            size,
+            pool: self.identity(),
+        })
+    }
+
+    /// Frees the allocation of `alloc`; on an error the token comes back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotMapped`] for a token of another pool, and [`free`](Self::free)'s.
+    pub fn free_owned(&self, dev: &Device, alloc: PoolAlloc) -> Result<(), (PoolAlloc, Error)> {
+        if alloc.pool != self.identity() {
+            let e = self.stats.fail(Error::NotMapped { addr: alloc.addr });
+            return Err((alloc, e));
+        }
+        self.free(dev, alloc.addr).map_err(|e| (alloc, e))
+    }
+
+    /// What tells this pool's tokens from another's: the address of its metadata (two live
+    /// pools never share it) and its start.
+    fn identity(&self) -> (usize, PhysAddr) {
+        let slots = self.storage.as_ref();
+        (slots.as_ptr().addr(), self.start)
     }
 
     /// Checks the pool's internal invariants, taking each area lock in turn: the free
@@ -955,7 +1082,10 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     ///
     /// A description of the first violation found, with the slot index involved.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        let slots = self.slots();
+        let slots = self.slots().map_err(|_| InvariantViolation {
+            slot: 0,
+            what: "the metadata storage holds fewer slots than the pool",
+        })?;
         let mut total = 0;
         for (a, area) in self.areas.iter().enumerate() {
             let st = area.lock.lock();
@@ -1084,6 +1214,7 @@ impl<M: BufferMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let r = self.map_with(
             dev,
             align_src,
+            phys.is_some(),
             None,
             size,
             alloc_align_mask,
@@ -1133,6 +1264,55 @@ impl<M: BufferMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             },
         );
         r.map_err(|e| self.stats.fail(e))
+    }
+}
+
+/// The ownership token of a streaming mapping ([`BouncePool::map_owned`]): neither `Clone`
+/// nor `Copy`, so the mapping is unmapped at most once, by its owner
+/// ([`BouncePool::unmap_owned`]). Dropping it leaks the slots.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a pool mapping must be unmapped with unmap_owned"]
+pub struct PoolMapping {
+    tlb: PhysAddr,
+    size: usize,
+    pool: (usize, PhysAddr),
+}
+
+impl PoolMapping {
+    /// The pool address the device uses (as [`BouncePool::map`] returns it).
+    #[must_use]
+    pub fn addr(&self) -> PhysAddr {
+        self.tlb
+    }
+
+    /// The mapped size.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+/// The ownership token of a coherent pool allocation ([`BouncePool::alloc_owned`]), freed
+/// at most once with [`BouncePool::free_owned`]. Dropping it leaks the slots.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a pool allocation must be freed with free_owned"]
+pub struct PoolAlloc {
+    addr: PhysAddr,
+    size: usize,
+    pool: (usize, PhysAddr),
+}
+
+impl PoolAlloc {
+    /// The allocation's first byte.
+    #[must_use]
+    pub fn addr(&self) -> PhysAddr {
+        self.addr
+    }
+
+    /// The size asked for.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.size
     }
 }
 

@@ -928,18 +928,20 @@ fn unmap_waits_for_a_pinned_sync_and_later_syncs_fail() {
     let tlb = f.map(&d, orig, 64, DmaDirection::FromDevice).unwrap();
     let head = f.slot_of(tlb);
     // Stand in for a sync on another CPU that is copying now.
-    f.pool.slots()[head].busy.store(1, Ordering::Relaxed);
+    f.pool.slots().unwrap()[head]
+        .busy
+        .store(1, Ordering::Relaxed);
     std::thread::scope(|s| {
         let unmapper = s.spawn(|| {
             f.pool
                 .unmap(&d, tlb, 64, DmaDirection::ToDevice, DmaAttrs::empty())
         });
         // The unmap claims the mapping, then waits.
-        while f.pool.slots()[head].state.load(Ordering::Acquire) == state::HEAD {
+        while f.pool.slots().unwrap()[head].state.load(Ordering::Acquire) == state::HEAD {
             std::thread::yield_now();
         }
         assert_eq!(
-            f.pool.slots()[head].state.load(Ordering::Acquire),
+            f.pool.slots().unwrap()[head].state.load(Ordering::Acquire),
             state::UNMAPPING,
             "the unmap freed a mapping a sync was copying"
         );
@@ -954,9 +956,162 @@ fn unmap_waits_for_a_pinned_sync_and_later_syncs_fail() {
             "the unmap freed slots a sync was copying"
         );
         assert!(!unmapper.is_finished());
-        f.pool.slots()[head].busy.store(0, Ordering::Release);
+        f.pool.slots().unwrap()[head]
+            .busy
+            .store(0, Ordering::Release);
         unmapper.join().unwrap().unwrap();
     });
     assert_eq!(f.pool.stats().used, 0);
     f.check();
+}
+
+#[test]
+fn map_rejects_an_original_inside_the_pool() {
+    let f = Fixture::new(256, 1);
+    let start = f.pool.start();
+    let cases = [
+        (PhysAddr::new(start.as_u64() + 0x800), 64),
+        // Overlapping the first byte from below, and the last from inside.
+        (PhysAddr::new(start.as_u64() - 16), 64),
+        (PhysAddr::new(f.pool.end().as_u64() - 1), 2),
+    ];
+    for (orig, size) in cases {
+        assert_eq!(
+            f.map(&dev(), orig, size, DmaDirection::ToDevice),
+            Err(Error::OriginalInPool { addr: orig, size }),
+            "{orig}"
+        );
+    }
+    assert_eq!(f.pool.stats().used, 0);
+    // Right after the pool is fine.
+    let tlb = f
+        .map(&dev(), f.pool.end(), 64, DmaDirection::ToDevice)
+        .unwrap();
+    f.pool
+        .unmap(&dev(), tlb, 64, DmaDirection::ToDevice, DmaAttrs::empty())
+        .unwrap();
+}
+
+/// Storage whose `as_ref` returns fewer slots once `shrunk` is set (a broken `AsRef`).
+struct Shrinking {
+    slots: Vec<Slot>,
+    shrunk: core::sync::atomic::AtomicBool,
+}
+
+impl AsRef<[Slot]> for Shrinking {
+    fn as_ref(&self) -> &[Slot] {
+        if self.shrunk.load(Ordering::Relaxed) {
+            &self.slots[..128]
+        } else {
+            &self.slots
+        }
+    }
+}
+
+#[test]
+fn a_storage_that_shrinks_later_fails_every_operation_without_panicking() {
+    let f = Fixture::new(256, 1);
+    let storage = Shrinking {
+        slots: (0..256).map(|_| Slot::new()).collect(),
+        shrunk: core::sync::atomic::AtomicBool::new(false),
+    };
+    // SAFETY: the fixture's allocation, alive until `f` drops; its pool range is used by
+    // this pool alone from here on (the fixture's own pool is not used).
+    let mem = unsafe { LinearMap::new(f.base, PhysAddr::new(POOL_BASE), f.len) };
+    // SAFETY: as above.
+    let pool = unsafe { BouncePool::new(mem, f.pool.start(), 256, 1, storage) }.unwrap();
+    let orig = f.orig(0);
+    // SAFETY: the original is the fixture's, unreferenced.
+    let tlb = unsafe {
+        pool.map(
+            &dev(),
+            orig,
+            64,
+            0,
+            DmaDirection::ToDevice,
+            DmaAttrs::empty(),
+            0,
+        )
+    }
+    .unwrap();
+    pool.storage.shrunk.store(true, Ordering::Relaxed);
+    let too_small = Error::StorageTooSmall {
+        have: 128,
+        need: 256,
+    };
+    // SAFETY: as above.
+    let r = unsafe {
+        pool.map(
+            &dev(),
+            orig,
+            64,
+            0,
+            DmaDirection::ToDevice,
+            DmaAttrs::empty(),
+            0,
+        )
+    };
+    assert_eq!(r, Err(too_small));
+    let none = DmaAttrs::empty();
+    assert_eq!(
+        pool.unmap(&dev(), tlb, 64, DmaDirection::ToDevice, none),
+        Err(too_small)
+    );
+    assert_eq!(
+        pool.sync_for_cpu(&dev(), tlb, 64, DmaDirection::FromDevice),
+        Err(too_small)
+    );
+    assert_eq!(pool.alloc(&dev(), 4096, 0), Err(too_small));
+    assert_eq!(pool.free(&dev(), tlb), Err(too_small));
+    assert_eq!(pool.free_count(0), None);
+    assert!(pool.check_invariants().is_err());
+    // Restored, the mapping is still there.
+    pool.storage.shrunk.store(false, Ordering::Relaxed);
+    pool.unmap(&dev(), tlb, 64, DmaDirection::ToDevice, none)
+        .unwrap();
+    pool.check_invariants().unwrap();
+}
+
+#[test]
+fn ownership_tokens_unmap_and_free_once_and_only_in_their_pool() {
+    let a = Fixture::new(256, 1);
+    let b = Fixture::new(256, 1);
+    let none = DmaAttrs::empty();
+    let orig = a.orig(0);
+    a.write(orig, &pattern(3, 64));
+    // SAFETY: the original is the fixture's, unreferenced.
+    let m = unsafe {
+        a.pool
+            .map_owned(&dev(), orig, 64, 0, DmaDirection::Bidirectional, none, 0)
+    }
+    .unwrap();
+    assert_eq!(m.size(), 64);
+    assert_eq!(a.read(m.addr(), 64), pattern(3, 64));
+    // The same slot of pool b, mapped by another owner.
+    let orig_b = b.orig(0);
+    // SAFETY: as above.
+    let mb = unsafe {
+        b.pool
+            .map_owned(&dev(), orig_b, 64, 0, DmaDirection::ToDevice, none, 0)
+    }
+    .unwrap();
+    // a's token given to b is refused, and b's mapping is intact.
+    let (m, e) = b
+        .pool
+        .unmap_owned(&dev(), m, DmaDirection::Bidirectional, none)
+        .unwrap_err();
+    assert_eq!(e, Error::NotMapped { addr: m.addr() });
+    assert_eq!(b.pool.stats().used, 1);
+    a.pool
+        .unmap_owned(&dev(), m, DmaDirection::Bidirectional, none)
+        .unwrap();
+    b.pool
+        .unmap_owned(&dev(), mb, DmaDirection::ToDevice, none)
+        .unwrap();
+    // The token is gone: a second unmap cannot be written. Allocations alike.
+    let c = a.pool.alloc_owned(&dev(), 4096, 0).unwrap();
+    let (c, e) = b.pool.free_owned(&dev(), c).unwrap_err();
+    assert!(matches!(e, Error::NotMapped { .. }));
+    a.pool.free_owned(&dev(), c).unwrap();
+    assert_eq!((a.pool.stats().used, b.pool.stats().used), (0, 0));
 }
