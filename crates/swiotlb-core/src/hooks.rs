@@ -125,8 +125,15 @@ impl PlatformError {
 ///   guest's own frame whose translation is that bus frame (never for foreign frames);
 /// - make [`create_contiguous_region`](Self::create_contiguous_region) return the bus address
 ///   of a region that really is bus-contiguous and below the limit asked for;
+/// - never discard data the CPU wrote in [`sync_for_device_preserving`] and
+///   [`sync_for_cpu_preserving`]: where the plain hooks invalidate, these clean and
+///   invalidate (a platform whose plain hooks never invalidate, such as one whose devices are
+///   all coherent, keeps the defaults, which call the plain hooks);
 /// - be callable from several CPUs at once (it is `Sync`), serialising internally where it
 ///   changes shared state.
+///
+/// [`sync_for_device_preserving`]: Self::sync_for_device_preserving
+/// [`sync_for_cpu_preserving`]: Self::sync_for_cpu_preserving
 pub unsafe trait Platform: Sync {
     /// Translates a guest frame to the bus frame a device uses for it. `None` when the frame
     /// has no valid translation (e.g. an invalid P2M entry).
@@ -189,6 +196,47 @@ pub unsafe trait Platform: Sync {
     ) -> Result<(), PlatformError> {
         let _ = (dev, phys, bus, len, dir);
         Ok(())
+    }
+
+    /// [`sync_for_device`](Self::sync_for_device) for a range the engine cannot check
+    /// against a mapping: the sync of a **direct** mapping, whose extent is only the
+    /// caller's word (the engine records no direct mapping), so the range may cover other
+    /// owners' memory. The hook must not discard data the CPU wrote: where
+    /// `sync_for_device` invalidates (on arm64, a foreign page for
+    /// [`DmaDirection::FromDevice`]), this cleans and invalidates. Cleaning is always
+    /// allowed.
+    ///
+    /// The default calls `sync_for_device`, which is right only for a platform whose
+    /// `sync_for_device` never invalidates (see the trait's implementation safety).
+    fn sync_for_device_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        self.sync_for_device(dev, phys, bus, len, dir)
+    }
+
+    /// [`sync_for_cpu`](Self::sync_for_cpu) for a range the engine cannot check against a
+    /// mapping: the unmap or sync of a **direct** mapping, with the caller's size. The hook
+    /// must not discard data the CPU wrote: where `sync_for_cpu` invalidates, this cleans
+    /// and invalidates (arm64's `dc civac`, `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`). For a
+    /// range that really is the mapping, the effect is the invalidate's: a non-coherent
+    /// device's buffer holds no dirty line the CPU still needs while the device owns it.
+    ///
+    /// The default calls `sync_for_cpu`, which is right only for a platform whose
+    /// `sync_for_cpu` never invalidates (see the trait's implementation safety).
+    fn sync_for_cpu_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        self.sync_for_cpu(dev, phys, bus, len, dir)
     }
 
     /// Makes the `2^order` frames starting at `phys` bus-contiguous and below
@@ -309,6 +357,28 @@ unsafe impl<P: Platform + ?Sized> Platform for &P {
         dir: DmaDirection,
     ) -> Result<(), PlatformError> {
         (**self).sync_for_cpu(dev, phys, bus, len, dir)
+    }
+
+    fn sync_for_device_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        (**self).sync_for_device_preserving(dev, phys, bus, len, dir)
+    }
+
+    fn sync_for_cpu_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        (**self).sync_for_cpu_preserving(dev, phys, bus, len, dir)
     }
 
     unsafe fn create_contiguous_region(

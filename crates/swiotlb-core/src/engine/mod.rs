@@ -441,13 +441,17 @@ where
         self.check_bus(bus, size)?;
         let cache = !dev.coherent && !attrs.intersects(DmaAttrs::SKIP_CPU_SYNC | DmaAttrs::MMIO);
         if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
+            let pool_err = |source| DmaError::Pool { bus, tlb, source };
+            // The pool finds and claims the mapping first; the maintenance then covers the
+            // mapping's own bytes only, however large `size` is.
             let cache_result = if cache {
-                self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForCpu)
+                pool.unmap_maintained(dev, tlb, size, dir, attrs, |t, len| {
+                    self.cache(dev, Some(t), bus, len, dir, CacheOp::ForCpu)
+                })
             } else {
-                Ok(())
-            };
-            pool.unmap(dev, tlb, size, dir, attrs)
-                .map_err(|source| DmaError::Pool { bus, tlb, source })?;
+                pool.unmap(dev, tlb, size, dir, attrs).map(Ok)
+            }
+            .map_err(pool_err)?;
             bump(&self.counters.bounced_unmaps);
             return cache_result;
         }
@@ -509,23 +513,22 @@ where
         let cache = !dev.coherent;
         if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
             let pool_err = |source| DmaError::Pool { bus, tlb, source };
-            match op {
-                CacheOp::ForCpu => {
-                    if cache {
-                        self.cache(dev, Some(tlb), bus, size, dir, op)?;
-                    }
-                    pool.sync_for_cpu(dev, tlb, size, dir).map_err(pool_err)
+            // The pool validates the address and clamps the range to the mapping before the
+            // maintenance runs (before its copy for the CPU, after it for the device).
+            let maintain = |t: PhysAddr, len: usize| self.cache(dev, Some(t), bus, len, dir, op);
+            return match (op, cache) {
+                (CacheOp::ForCpu, true) => {
+                    pool.sync_for_cpu_maintained(dev, tlb, size, dir, maintain)
                 }
-                CacheOp::ForDevice => {
-                    pool.sync_for_device(dev, tlb, size, dir)
-                        .map_err(pool_err)?;
-                    if cache {
-                        self.cache(dev, Some(tlb), bus, size, dir, op)?;
-                    }
-                    Ok(())
+                (CacheOp::ForDevice, true) => {
+                    pool.sync_for_device_maintained(dev, tlb, size, dir, maintain)
                 }
+                (CacheOp::ForCpu, false) => pool.sync_for_cpu(dev, tlb, size, dir).map(Ok),
+                (CacheOp::ForDevice, false) => pool.sync_for_device(dev, tlb, size, dir).map(Ok),
             }
-        } else if cache {
+            .map_err(pool_err)?;
+        }
+        if cache {
             self.cache_direct(dev, bus, size, dir, op)
         } else {
             Ok(())
@@ -618,9 +621,29 @@ where
         dir: DmaDirection,
         op: CacheOp,
     ) -> Result<(), DmaError> {
-        let r = match op {
-            CacheOp::ForDevice => self.platform.sync_for_device(dev, phys, bus, size, dir),
-            CacheOp::ForCpu => self.platform.sync_for_cpu(dev, phys, bus, size, dir),
+        self.cache_hook(dev, phys, bus, size, dir, op, false)
+    }
+
+    /// [`cache`](Self::cache), through the platform's preserving hooks when `preserve`: for
+    /// a range the engine cannot check against a mapping, maintenance that never discards
+    /// data the CPU wrote ([`Platform::sync_for_cpu_preserving`]).
+    #[allow(clippy::too_many_arguments)]
+    fn cache_hook(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+        op: CacheOp,
+        preserve: bool,
+    ) -> Result<(), DmaError> {
+        let p = &self.platform;
+        let r = match (op, preserve) {
+            (CacheOp::ForDevice, false) => p.sync_for_device(dev, phys, bus, size, dir),
+            (CacheOp::ForCpu, false) => p.sync_for_cpu(dev, phys, bus, size, dir),
+            (CacheOp::ForDevice, true) => p.sync_for_device_preserving(dev, phys, bus, size, dir),
+            (CacheOp::ForCpu, true) => p.sync_for_cpu_preserving(dev, phys, bus, size, dir),
         };
         r.map_err(|source| {
             bump(&self.counters.cache_failures);
@@ -636,6 +659,12 @@ where
     /// Runs a cache hook over a direct mapping known only by its bus address, in runs: the
     /// domain's own frames (translated back, `pfn_valid`, physically consecutive) with their
     /// physical address, and consecutive other frames (foreign pages) with `None`.
+    ///
+    /// A direct mapping is not recorded, so nothing says that `[bus, bus + size)` is the
+    /// caller's: the range goes to the platform's preserving hooks
+    /// ([`Platform::sync_for_cpu_preserving`], [`Platform::sync_for_device_preserving`]),
+    /// which clean and invalidate where the plain hooks would only invalidate. A size too
+    /// large cannot discard anybody's data, it only costs time.
     fn cache_direct(
         &self,
         dev: &Device,
@@ -646,7 +675,8 @@ where
     ) -> Result<(), DmaError> {
         if dev.behind_iommu {
             // The I/O address is the physical address.
-            return self.cache(dev, Some(PhysAddr::new(bus.as_u64())), bus, size, dir, op);
+            let phys = Some(PhysAddr::new(bus.as_u64()));
+            return self.cache_hook(dev, phys, bus, size, dir, op, true);
         }
         // CAST: usize fits in u64.
         let len = size as u64;
@@ -674,7 +704,7 @@ where
                 (Some((None, rb, rl)), None) => Some((None, rb, rl + chunk)),
                 (prev, phys) => {
                     if let Some((rp, rb, rl)) = prev {
-                        self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
+                        self.cache_hook(dev, rp, rb, to_usize(rl), dir, op, true)?;
                     }
                     Some((phys, b, chunk))
                 }
@@ -682,7 +712,7 @@ where
             done += chunk;
         }
         if let Some((rp, rb, rl)) = run {
-            self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
+            self.cache_hook(dev, rp, rb, to_usize(rl), dir, op, true)?;
         }
         Ok(())
     }
