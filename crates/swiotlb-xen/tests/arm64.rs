@@ -579,3 +579,103 @@ fn concurrent_foreign_and_local_mappings_for_a_non_coherent_device() {
     grants.unmap(&mapped).unwrap();
     assert!(arm.table.is_empty());
 }
+
+/// Issue 15's size: far past a 64-byte bounce, past the 1 MiB pool and the pages after it.
+const OVERSIZE: usize = 0x14_2000;
+
+#[test]
+fn oversize_unmaps_and_syncs_discard_no_dirty_line_outside_the_mapping() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let pool_start = engine.pool().unwrap().start();
+    let d64 = arm.xen.device(DmaMask::FULL, false);
+    let dev = d64.core_device();
+    let bounce = dev.with_force_bounce(true);
+    assert!(!dev.coherent);
+    // A buffer and a guard page right after it; the CPU's writes to the guard sit dirty in
+    // its cache (the simulator's cache model) until something cleans them.
+    let buf = arm.guest.alloc_pages(1);
+    let guard = arm.guest.alloc_pages(1);
+    assert_eq!(guard.as_u64(), buf.as_u64() + PAGE);
+    assert!(guard.as_u64() + PAGE <= pool_start.as_u64() + OVERSIZE as u64);
+    let dirty_guard = |seed| arm.mem.write(guard, &pattern(seed, PAGE as usize));
+    let guard_intact = |seed, what: &str| {
+        let mut got = vec![0; PAGE as usize];
+        arm.mem.read(guard, &mut got);
+        same(&got, &pattern(seed, PAGE as usize), what);
+        check(&arm.xen, &engine, &[&d64]);
+    };
+    let none = DmaAttrs::empty();
+    let bidi = DmaDirection::Bidirectional;
+    arm.mem.write(buf, &pattern(1, 64));
+
+    // A 64-byte bounce (in the pool's first slot) unmapped with 1.3 MiB.
+    dirty_guard(10);
+    // SAFETY: the buffer is the test's until the unmap.
+    let bus = unsafe { engine.map_page(&bounce, buf, 64, bidi, none) }.unwrap();
+    assert!(is_bounced(&engine, bus));
+    d64.write(bus, &pattern(2, 64)).unwrap();
+    engine
+        .unmap_page(&bounce, bus, OVERSIZE, bidi, none)
+        .unwrap();
+    let mut got = vec![0; 64];
+    arm.mem.read(buf, &mut got);
+    same(&got, &pattern(2, 64), "the mapping came back");
+    guard_intact(10, "the guard after an oversize unmap");
+
+    // A sync of a pool address that was never mapped: an error, and nothing touched.
+    dirty_guard(11);
+    let never = BusAddr::new(pool_start.as_u64() + 0x8_0000);
+    for r in [
+        engine.sync_single_for_cpu(&dev, never, OVERSIZE, bidi),
+        engine.sync_single_for_device(&dev, never, OVERSIZE, bidi),
+        engine.unmap_page(&dev, never, OVERSIZE, bidi, none),
+    ] {
+        assert!(
+            matches!(
+                r,
+                Err(DmaError::Pool {
+                    source: Error::NotMapped { .. },
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    // The stale address of the first bounce, too.
+    assert!(
+        engine
+            .sync_single_for_cpu(&bounce, bus, OVERSIZE, bidi)
+            .is_err()
+    );
+    guard_intact(11, "the guard after syncs of unmapped pool addresses");
+
+    // An oversize sync of a live bounce is clamped to it.
+    dirty_guard(12);
+    // SAFETY: as above.
+    let bus = unsafe { engine.map_page(&bounce, buf, 64, bidi, none) }.unwrap();
+    d64.write(bus, &pattern(3, 64)).unwrap();
+    engine
+        .sync_single_for_cpu(&bounce, bus, OVERSIZE, bidi)
+        .unwrap();
+    arm.mem.read(buf, &mut got);
+    same(&got, &pattern(3, 64), "the synced bytes");
+    engine.unmap_page(&bounce, bus, 64, bidi, none).unwrap();
+    guard_intact(12, "the guard after an oversize sync");
+
+    // A direct mapping is not recorded: its oversize unmap and syncs clean and invalidate,
+    // so the dirty guard survives them too.
+    dirty_guard(13);
+    // SAFETY: as above.
+    let bus = unsafe { engine.map_page(&dev, buf, 64, bidi, none) }.unwrap();
+    assert!(!is_bounced(&engine, bus));
+    engine
+        .sync_single_for_cpu(&dev, bus, OVERSIZE, bidi)
+        .unwrap();
+    engine
+        .sync_single_for_device(&dev, bus, OVERSIZE, bidi)
+        .unwrap();
+    engine.unmap_page(&dev, bus, OVERSIZE, bidi, none).unwrap();
+    guard_intact(13, "the guard after a direct oversize unmap");
+    assert_eq!(pool_used(&engine), 0);
+}
