@@ -429,6 +429,25 @@ where
         }
     }
 
+    /// One answer per run: a foreign frame's run ends with its foreign-table entry, an own
+    /// frame's run is 1:1 up to the next entry (a binary search), so a range of any size
+    /// costs the number of entries it meets, not of frames.
+    fn contiguous_run(&self, pfn: Pfn, max_frames: u64) -> Option<(Bfn, u64)> {
+        let bfn = self.pfn_to_bfn(pfn)?;
+        // Frames up to the largest frame number, and at least the one asked for.
+        let room = Pfn::MAX.as_u64() - pfn.as_u64() + 1;
+        let max = max_frames.clamp(1, room);
+        let run = match self.table.entry_containing(pfn) {
+            // Cannot underflow: the entry contains `pfn`.
+            Some(e) => e.pfn().as_u64() + e.nr_pages() - pfn.as_u64(),
+            None => match self.table.first_overlap(pfn, max) {
+                Some(e) => e.pfn().as_u64() - pfn.as_u64(),
+                None => max,
+            },
+        };
+        Some((bfn, run.clamp(1, max)))
+    }
+
     /// The identity, as Linux's `bfn_to_local_pfn` on Arm, except that a frame which holds a
     /// foreign page in dom0 (and so translates elsewhere) is not answered. Like Linux, this
     /// does not know which frames are RAM: a foreign machine frame outside dom0's memory comes

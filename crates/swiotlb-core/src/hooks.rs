@@ -125,6 +125,7 @@ impl PlatformError {
 ///   guest's own frame whose translation is that bus frame (never for foreign frames);
 /// - make [`create_contiguous_region`](Self::create_contiguous_region) return the bus address
 ///   of a region that really is bus-contiguous and below the limit asked for;
+/// - answer [`contiguous_run`](Self::contiguous_run) as `pfn_to_bfn` answers frame by frame;
 /// - never discard data the CPU wrote in [`sync_for_device_preserving`] and
 ///   [`sync_for_cpu_preserving`]: where the plain hooks invalidate, these clean and
 ///   invalidate (a platform whose plain hooks never invalidate, such as one whose devices are
@@ -142,6 +143,30 @@ pub unsafe trait Platform: Sync {
     /// Translates a bus frame back to the guest's own frame. `None` for frames that are not
     /// the guest's own (foreign, unknown).
     fn bfn_to_local_pfn(&self, bfn: Bfn) -> Option<Pfn>;
+
+    /// The bus-contiguous run of frames that starts at `pfn`: `Some((bfn, n))` with
+    /// `1 <= n <= max_frames` when `pfn` translates to `bfn` and each of the `n` frames
+    /// `pfn + i` to `bfn + i`; `None` when `pfn` has no translation. The run may stop short
+    /// of a longer one (the engine asks again from where it stopped), but never beyond the
+    /// first frame that breaks it. `max_frames` is at least 1.
+    ///
+    /// The engine's contiguity check (Linux's `range_straddles_page_boundary`) walks a range
+    /// by runs through this, so its cost is the number of runs rather than of frames. The
+    /// default asks [`pfn_to_bfn`](Self::pfn_to_bfn) frame by frame up to the first break; a
+    /// platform that knows runs (a 1:1 translation, a table of ranges) answers one in a
+    /// step.
+    fn contiguous_run(&self, pfn: Pfn, max_frames: u64) -> Option<(Bfn, u64)> {
+        let b0 = self.pfn_to_bfn(pfn)?;
+        let mut n = 1;
+        while n < max_frames {
+            let next = pfn.checked_add(n).and_then(|p| self.pfn_to_bfn(p));
+            if next.is_none() || next != b0.checked_add(n) {
+                break;
+            }
+            n += 1;
+        }
+        Some((b0, n))
+    }
 
     /// A platform reason to bounce a mapping that is otherwise reachable (Linux's
     /// `xen_arch_need_swiotlb`). The default is never.
@@ -330,6 +355,11 @@ unsafe impl<P: Platform + ?Sized> Platform for &P {
     #[inline]
     fn bfn_to_local_pfn(&self, bfn: Bfn) -> Option<Pfn> {
         (**self).bfn_to_local_pfn(bfn)
+    }
+
+    #[inline]
+    fn contiguous_run(&self, pfn: Pfn, max_frames: u64) -> Option<(Bfn, u64)> {
+        (**self).contiguous_run(pfn, max_frames)
     }
 
     #[inline]

@@ -679,3 +679,130 @@ fn oversize_unmaps_and_syncs_discard_no_dirty_line_outside_the_mapping() {
     guard_intact(13, "the guard after a direct oversize unmap");
     assert_eq!(pool_used(&engine), 0);
 }
+
+/// The arm64 platform, counting the frames the engine asks about: each `pfn_to_bfn` counts
+/// one, each `contiguous_run` one per call (the work a run costs the platform). Panics past
+/// `limit`, so a walk proportional to an absurd size fails at once instead of running for
+/// years.
+struct Counting<'a> {
+    inner: ArmPlatform<'a>,
+    calls: std::sync::atomic::AtomicU64,
+    limit: std::sync::atomic::AtomicU64,
+}
+
+impl Counting<'_> {
+    fn count(&self) {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            n <= limit,
+            "the engine asked about more than {limit} frames"
+        );
+    }
+}
+
+// SAFETY: every answer is the arm64 platform's; only the counting is added.
+unsafe impl swiotlb_core::Platform for Counting<'_> {
+    fn pfn_to_bfn(&self, pfn: swiotlb_core::Pfn) -> Option<swiotlb_core::Bfn> {
+        self.count();
+        self.inner.pfn_to_bfn(pfn)
+    }
+    fn bfn_to_local_pfn(&self, bfn: swiotlb_core::Bfn) -> Option<swiotlb_core::Pfn> {
+        self.inner.bfn_to_local_pfn(bfn)
+    }
+    fn contiguous_run(
+        &self,
+        pfn: swiotlb_core::Pfn,
+        max_frames: u64,
+    ) -> Option<(swiotlb_core::Bfn, u64)> {
+        self.count();
+        self.inner.contiguous_run(pfn, max_frames)
+    }
+    fn needs_bounce(&self, dev: &Device, phys: PhysAddr, bus: BusAddr) -> bool {
+        self.inner.needs_bounce(dev, phys, bus)
+    }
+    unsafe fn create_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        address_bits: u32,
+    ) -> Result<BusAddr, swiotlb_core::PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe {
+            self.inner
+                .create_contiguous_region(phys, order, address_bits)
+        }
+    }
+    unsafe fn destroy_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+    ) -> Result<(), swiotlb_core::PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.inner.destroy_contiguous_region(phys, order) }
+    }
+}
+
+#[test]
+fn an_absurd_size_costs_a_few_platform_calls_not_one_per_frame() {
+    let arm = Arm::new();
+    // Foreign pages in dom0's window, far above its RAM: a 2^60-byte range from RAM meets
+    // them.
+    let (grants, mapped) = foreign(&arm, 2);
+    let n = MIB / PAGE;
+    let pool = arm.guest.alloc_aligned(n, n.next_power_of_two());
+    let pages = SimPages::arm(&arm.guest, 64);
+    let counting = Counting {
+        inner: arm.platform(),
+        calls: std::sync::atomic::AtomicU64::new(0),
+        limit: std::sync::atomic::AtomicU64::new(u64::MAX),
+    };
+    let engine = build_engine(counting, arm.mem.clone(), pool, MIB, pages);
+    let buf = arm.guest.alloc_pages(1);
+    let absurd = 1usize << 60;
+    let reset = |e: &SimEngine<Counting<'_>, SimPages>| {
+        e.platform()
+            .calls
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+    };
+    // From here on the engine may ask about 16 frames per map (building it walked the
+    // pool's 256 frames).
+    reset(&engine);
+    engine
+        .platform()
+        .limit
+        .store(16, std::sync::atomic::Ordering::Relaxed);
+    reset(&engine);
+    let none = DmaAttrs::empty();
+    let bidi = DmaDirection::Bidirectional;
+    for (mask, reason) in [
+        // The mask cannot cover 2^60 bytes: refused before any walk.
+        (DmaMask::BITS_32, BounceReason::OutsideMask),
+        // A 64-bit mask covers it: the walk meets the foreign pages after one run of RAM.
+        (DmaMask::FULL, BounceReason::NotContiguous),
+    ] {
+        let dev = Device::new(mask);
+        // SAFETY: refused before any memory is reached (asserted).
+        let r = unsafe { engine.map_page(&dev, buf, absurd, bidi, none) };
+        assert!(
+            matches!(
+                r,
+                Err(DmaError::Bounce {
+                    source: Error::TooLarge { .. },
+                    reason: got,
+                    ..
+                }) if got == reason
+            ),
+            "{mask:?}: {r:?}"
+        );
+        let calls = reset(&engine);
+        assert!(calls <= 4, "{mask:?}: {calls} platform calls");
+    }
+    assert_eq!(pool_used(&engine), 0);
+    check(&arm.xen, &engine, &[]);
+    drop(engine);
+    grants.unmap(&mapped).unwrap();
+}

@@ -371,10 +371,16 @@ where
         if attrs.contains(DmaAttrs::MMIO) || dev.behind_iommu {
             // Never bounced. Behind an IOMMU the I/O address is the physical one (the IOMMU
             // translates for the domain); MMIO is translated but must be contiguous.
+            // The mask on the first frame's address before the walk, as for `direct_bus`.
             let bus = if dev.behind_iommu {
                 Some(BusAddr::new(phys.as_u64()))
             } else {
-                self.contiguous_bus(phys, len).ok()
+                match self.first_bus(phys) {
+                    Ok(first) if dev.dma_mask.covers(first, len) => {
+                        self.contiguous_from(phys, len, first).ok()
+                    }
+                    first => first.ok(),
+                }
             };
             let bus = match bus {
                 Some(b) if dev.dma_mask.covers(b, len) => b,
@@ -558,39 +564,68 @@ where
     /// The bus address of `[phys, phys + len)` if every frame translates and the frames are
     /// bus-contiguous (the negation of Linux's `range_straddles_page_boundary`). `len > 0`
     /// and the range does not wrap.
-    fn contiguous_bus(&self, phys: PhysAddr, len: u64) -> Result<BusAddr, BounceReason> {
-        let first = phys.frame();
-        let b0 = self
-            .platform
-            .pfn_to_bfn(first)
-            .ok_or(BounceReason::Untranslatable)?;
+    ///
+    /// The first frame's translation comes first (`first`, from
+    /// [`first_bus`](Self::first_bus)); the walk goes by runs
+    /// ([`Platform::contiguous_run`]), so it costs the number of runs, not of frames.
+    fn contiguous_from(
+        &self,
+        phys: PhysAddr,
+        len: u64,
+        first: BusAddr,
+    ) -> Result<BusAddr, BounceReason> {
+        let pfn0 = phys.frame();
+        let b0 = first.frame();
         // The caller checked that the range does not wrap.
         let last = PhysAddr::new(phys.as_u64() + (len - 1)).frame();
-        for i in 1..=(last.as_u64() - first.as_u64()) {
-            // Cannot overflow: `first + i <= last`.
-            let pfn = Pfn::new(first.as_u64() + i);
-            let b = self
+        // Cannot overflow: `last >= pfn0`, and fewer than 2^52 frames.
+        let total = last.as_u64() - pfn0.as_u64() + 1;
+        let mut done = 0u64;
+        while done < total {
+            // Cannot overflow: `pfn0 + done <= last`.
+            let pfn = Pfn::new(pfn0.as_u64() + done);
+            let (b, n) = self
                 .platform
-                .pfn_to_bfn(pfn)
+                .contiguous_run(pfn, total - done)
                 .ok_or(BounceReason::Untranslatable)?;
-            if Some(b.as_u64()) != b0.as_u64().checked_add(i) {
+            if Some(b) != b0.checked_add(done) {
                 return Err(BounceReason::NotContiguous);
             }
+            // A platform that answers more than asked is held to what was asked.
+            done += n.clamp(1, total - done);
         }
-        Ok(phys.with_bus_frame(b0))
+        Ok(first)
+    }
+
+    /// [`contiguous_from`](Self::contiguous_from) with the first frame translated here.
+    fn contiguous_bus(&self, phys: PhysAddr, len: u64) -> Result<BusAddr, BounceReason> {
+        let first = self.first_bus(phys)?;
+        self.contiguous_from(phys, len, first)
+    }
+
+    /// The bus address of `phys` by its first frame alone: the address a contiguous range
+    /// from `phys` would have.
+    #[inline]
+    fn first_bus(&self, phys: PhysAddr) -> Result<BusAddr, BounceReason> {
+        self.phys_to_bus(phys).ok_or(BounceReason::Untranslatable)
     }
 
     /// The direct-mapping decision for a device not behind an IOMMU: the bus address, or
     /// why the mapping must be bounced.
+    ///
+    /// In Linux's order (`dma_capable` before `range_straddles_page_boundary`): the mask
+    /// and the size are checked on the first frame's bus address before any walk, so a
+    /// size the device could never reach costs one translation, not one per frame.
     #[inline]
     fn direct_bus(&self, dev: &Device, phys: PhysAddr, len: u64) -> Result<BusAddr, BounceReason> {
         if dev.force_bounce {
             return Err(BounceReason::Forced);
         }
-        let bus = self.contiguous_bus(phys, len)?;
-        if !dev.dma_mask.covers(bus, len) {
+        let first = self.first_bus(phys)?;
+        if !dev.dma_mask.covers(first, len) {
             return Err(BounceReason::OutsideMask);
         }
+        let bus = self.contiguous_from(phys, len, first)?;
         if self.platform.needs_bounce(dev, phys, bus) {
             return Err(BounceReason::Platform);
         }

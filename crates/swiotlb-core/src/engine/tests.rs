@@ -825,7 +825,17 @@ fn no_pool_and_full_pool_fail_with_the_reason() {
     assert_eq!(fx.engine.max_mapping_size(&DEV32), usize::MAX);
 
     let fx = Fixture::new();
+    // Above 4 GiB and not contiguous: the mask is checked first, as Linux's `dma_capable`.
     let err = fx.map(&DEV32, orig(256, 0), 300 << 10, BIDI).unwrap_err();
+    assert!(matches!(
+        err,
+        DmaError::Bounce {
+            source: Error::TooLarge { .. },
+            reason: BounceReason::OutsideMask,
+            ..
+        }
+    ));
+    let err = fx.map(&DEV64, orig(256, 0), 300 << 10, BIDI).unwrap_err();
     assert!(matches!(
         err,
         DmaError::Bounce {
