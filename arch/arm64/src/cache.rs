@@ -15,6 +15,13 @@
 //! | for the device, `FromDevice` | clean | `GNTTAB_CACHE_INVAL` |
 //! | for the CPU, `ToDevice` | nothing | nothing |
 //! | for the CPU, `FromDevice` / `Bidirectional` | invalidate | `GNTTAB_CACHE_INVAL` |
+//!
+//! For a range the DMA engine cannot check against a mapping (the unmap or sync of a direct
+//! mapping, whose length is the caller's word), the platform's preserving hooks
+//! (`Platform::sync_for_cpu_preserving`, `sync_for_device_preserving`) replace every
+//! invalidate in this table by a clean and invalidate ([`CacheOps::clean_invalidate`],
+//! `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`), so that no dirty line is ever discarded: a
+//! length too large costs time, never another owner's data. Linux trusts the length.
 
 use swiotlb_core::{DmaDirection, PhysAddr};
 use xen_abi::{GNTTAB_CACHE_CLEAN, GNTTAB_CACHE_INVAL};
@@ -39,6 +46,12 @@ pub trait CacheOps: Sync {
     /// the device wrote. Lines only partly inside the range must be cleaned before they are
     /// invalidated (as `dcache_inval_poc` does), so that bytes outside it are kept.
     fn invalidate(&self, phys: PhysAddr, len: usize);
+
+    /// Writes dirty lines covering `[phys, phys + len)` back and invalidates them, line by
+    /// line in one operation (`dc civac`, Linux's `dcache_clean_inval_poc`), so that no
+    /// data the CPU wrote is lost, even by a CPU writing the range meanwhile. Used where the
+    /// range's extent could not be checked (a direct mapping's unmap or sync).
+    fn clean_invalidate(&self, phys: PhysAddr, len: usize);
 }
 
 /// No cache maintenance, for systems whose DMA devices are all coherent.
@@ -54,6 +67,8 @@ impl CacheOps for NoCacheOps {
     fn clean(&self, _phys: PhysAddr, _len: usize) {}
 
     fn invalidate(&self, _phys: PhysAddr, _len: usize) {}
+
+    fn clean_invalidate(&self, _phys: PhysAddr, _len: usize) {}
 }
 
 /// The maintenance a range needs at one point of a transfer.
@@ -72,6 +87,8 @@ pub(crate) enum LocalOp {
     Clean,
     /// [`CacheOps::invalidate`].
     Invalidate,
+    /// [`CacheOps::clean_invalidate`].
+    CleanInvalidate,
 }
 
 impl LocalOp {
@@ -80,7 +97,26 @@ impl LocalOp {
         match self {
             Self::Clean => ops.clean(phys, len),
             Self::Invalidate => ops.invalidate(phys, len),
+            Self::CleanInvalidate => ops.clean_invalidate(phys, len),
         }
+    }
+}
+
+impl Maintenance {
+    /// The same maintenance without any discarding: every invalidate becomes a clean and
+    /// invalidate (for a range whose extent nobody checked).
+    #[must_use]
+    pub(crate) const fn preserving(self) -> Self {
+        let local = match self.local {
+            LocalOp::Invalidate => LocalOp::CleanInvalidate,
+            other => other,
+        };
+        let foreign = if self.foreign & GNTTAB_CACHE_INVAL != 0 {
+            self.foreign | GNTTAB_CACHE_CLEAN
+        } else {
+            self.foreign
+        };
+        Self { local, foreign }
     }
 }
 
@@ -141,5 +177,16 @@ mod tests {
             (LocalOp::Invalidate, GNTTAB_CACHE_INVAL)
         );
         assert_eq!(for_cpu(DmaDirection::Bidirectional), Some(m));
+    }
+
+    #[test]
+    fn preserving_maintenance_never_invalidates_without_cleaning() {
+        let both = GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL;
+        let m = for_cpu(DmaDirection::FromDevice).unwrap().preserving();
+        assert_eq!((m.local, m.foreign), (LocalOp::CleanInvalidate, both));
+        let m = for_device(DmaDirection::FromDevice).preserving();
+        assert_eq!((m.local, m.foreign), (LocalOp::Clean, both));
+        let m = for_device(DmaDirection::ToDevice).preserving();
+        assert_eq!((m.local, m.foreign), (LocalOp::Clean, GNTTAB_CACHE_CLEAN));
     }
 }

@@ -255,10 +255,12 @@ where
         let (offset, length) = (bus.frame_offset() as u16, len as u16);
         let mut req =
             GnttabCacheFlush::by_bus_addr(bus.frame().start().as_u64(), offset, length, op);
-        // SAFETY: the range is part of a DMA mapping being synced. An invalidate here (for a
-        // device write, or before the CPU reads what the device wrote) discards CPU-written
-        // data only where the DMA API gives the device the last word, which is what the
-        // caller of the sync asked for.
+        // SAFETY: an invalidate without a clean (`op` is GNTTAB_CACHE_INVAL alone) comes only
+        // from the plain hooks, whose range the engine checked to be part of a DMA mapping
+        // being synced: it discards CPU-written data only where the DMA API gives the device
+        // the last word, which is what the caller of the sync asked for. A range nobody
+        // checked comes through the preserving hooks, which add GNTTAB_CACHE_CLEAN: nothing
+        // is discarded.
         unsafe { hcall::cache_flush(self.hyp, &mut req) }.map_err(hcall::platform_error)
     }
 
@@ -427,6 +429,25 @@ where
         }
     }
 
+    /// One answer per run: a foreign frame's run ends with its foreign-table entry, an own
+    /// frame's run is 1:1 up to the next entry (a binary search), so a range of any size
+    /// costs the number of entries it meets, not of frames.
+    fn contiguous_run(&self, pfn: Pfn, max_frames: u64) -> Option<(Bfn, u64)> {
+        let bfn = self.pfn_to_bfn(pfn)?;
+        // Frames up to the largest frame number, and at least the one asked for.
+        let room = Pfn::MAX.as_u64() - pfn.as_u64() + 1;
+        let max = max_frames.clamp(1, room);
+        let run = match self.table.entry_containing(pfn) {
+            // Cannot underflow: the entry contains `pfn`.
+            Some(e) => e.pfn().as_u64() + e.nr_pages() - pfn.as_u64(),
+            None => match self.table.first_overlap(pfn, max) {
+                Some(e) => e.pfn().as_u64() - pfn.as_u64(),
+                None => max,
+            },
+        };
+        Some((bfn, run.clamp(1, max)))
+    }
+
     /// The identity, as Linux's `bfn_to_local_pfn` on Arm, except that a frame which holds a
     /// foreign page in dom0 (and so translates elsewhere) is not answered. Like Linux, this
     /// does not know which frames are RAM: a foreign machine frame outside dom0's memory comes
@@ -480,6 +501,43 @@ where
         }
         match cache::for_cpu(dir) {
             Some(m) => self.maintain(dev, phys, bus, len, m),
+            None => Ok(()),
+        }
+    }
+
+    /// As [`sync_for_device`](Platform::sync_for_device), with a foreign page's
+    /// `GNTTAB_CACHE_INVAL` made `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`: nothing is
+    /// discarded (see [`crate::cache`]).
+    fn sync_for_device_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        if dev.coherent {
+            return Ok(());
+        }
+        self.maintain(dev, phys, bus, len, cache::for_device(dir).preserving())
+    }
+
+    /// As [`sync_for_cpu`](Platform::sync_for_cpu), with clean and invalidate instead of
+    /// invalidate: local frames through [`CacheOps::clean_invalidate`], foreign ones with
+    /// `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`. Nothing is discarded (see [`crate::cache`]).
+    fn sync_for_cpu_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        if dev.coherent {
+            return Ok(());
+        }
+        match cache::for_cpu(dir) {
+            Some(m) => self.maintain(dev, phys, bus, len, m.preserving()),
             None => Ok(()),
         }
     }
@@ -611,6 +669,7 @@ mod tests {
     enum Seen {
         Clean(u64, usize),
         Inval(u64, usize),
+        CleanInval(u64, usize),
     }
 
     #[derive(Default)]
@@ -628,6 +687,12 @@ mod tests {
         }
         fn invalidate(&self, phys: PhysAddr, len: usize) {
             self.0.lock().unwrap().push(Seen::Inval(phys.as_u64(), len));
+        }
+        fn clean_invalidate(&self, phys: PhysAddr, len: usize) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(Seen::CleanInval(phys.as_u64(), len));
         }
     }
 
@@ -947,6 +1012,56 @@ mod tests {
             .unwrap();
         assert_eq!(cache.take(), []);
         assert_eq!(xen.flushes(), []);
+    }
+
+    #[test]
+    fn preserving_hooks_clean_wherever_the_plain_ones_invalidate() {
+        let (xen, table, cache, mem) = (
+            FakeXen::new(DIRECT, 0),
+            BoundedForeignTable::<8>::new(),
+            RecordingCache::default(),
+            FakeMem::default(),
+        );
+        table.ins(Pfn::new(0x48001), Bfn::new(0x7a123), 1).unwrap();
+        let p = platform(&xen, &table, &cache, &mem, true);
+        let dev = noncoherent();
+        let local = (PhysAddr::new(0x6000_0f00), BusAddr::new(0x6000_0f00));
+        let foreign = (PhysAddr::new(0x4800_1f00), BusAddr::new(0x7a12_3f00));
+        let both = GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL;
+        for dir in [DmaDirection::FromDevice, DmaDirection::Bidirectional] {
+            for (phys, bus) in [local, foreign] {
+                p.sync_for_cpu_preserving(&dev, Some(phys), bus, 0x100, dir)
+                    .unwrap();
+            }
+            assert_eq!(cache.take(), [Seen::CleanInval(0x6000_0f00, 0x100)]);
+            assert_eq!(xen.flushes(), [(0x7a12_3000, 0xf00, 0x100, both)]);
+        }
+        p.sync_for_cpu_preserving(&dev, Some(local.0), local.1, 0x100, DmaDirection::ToDevice)
+            .unwrap();
+        assert_eq!((cache.take(), xen.flushes()), (Vec::new(), Vec::new()));
+        for (phys, bus) in [local, foreign] {
+            p.sync_for_device_preserving(&dev, Some(phys), bus, 0x100, DmaDirection::FromDevice)
+                .unwrap();
+        }
+        assert_eq!(cache.take(), [Seen::Clean(0x6000_0f00, 0x100)]);
+        assert_eq!(xen.flushes(), [(0x7a12_3000, 0xf00, 0x100, both)]);
+        p.sync_for_device_preserving(&dev, None, local.1, 0x10, DmaDirection::ToDevice)
+            .unwrap();
+        assert_eq!(
+            xen.flushes(),
+            [(0x6000_0000, 0xf00, 0x10, GNTTAB_CACHE_CLEAN)]
+        );
+        // Coherent devices need nothing.
+        let coherent = Device::new(DmaMask::FULL);
+        p.sync_for_cpu_preserving(
+            &coherent,
+            Some(local.0),
+            local.1,
+            0x100,
+            DmaDirection::FromDevice,
+        )
+        .unwrap();
+        assert_eq!((cache.take(), xen.flushes()), (Vec::new(), Vec::new()));
     }
 
     #[test]

@@ -29,6 +29,9 @@ impl CacheOps for SimCache {
     fn invalidate(&self, phys: PhysAddr, len: usize) {
         self.0.cache_invalidate(phys, len);
     }
+    fn clean_invalidate(&self, phys: PhysAddr, len: usize) {
+        self.0.cache_clean_invalidate(phys, len);
+    }
 }
 
 /// dom0's hypercalls, with every `GNTTABOP_cache_flush` request recorded on the way to the
@@ -443,6 +446,7 @@ struct ForgetfulCache;
 impl CacheOps for ForgetfulCache {
     fn clean(&self, _phys: PhysAddr, _len: usize) {}
     fn invalidate(&self, _phys: PhysAddr, _len: usize) {}
+    fn clean_invalidate(&self, _phys: PhysAddr, _len: usize) {}
 }
 
 #[test]

@@ -788,6 +788,35 @@ unsafe impl<H: Hypercall + Sync, M: PhysMemory> Platform for X86PvPlatform<'_, H
         self.mfn_to_local_pfn(bfn)
     }
 
+    /// The P2M frame by frame up to the first break; past the end of the P2M every frame is
+    /// an identity frame (`raw_entry`), so the rest of a range that reaches it in step is one
+    /// run, answered without a walk.
+    fn contiguous_run(&self, pfn: Pfn, max_frames: u64) -> Option<(Bfn, u64)> {
+        let b0 = self.pfn_to_mfn(pfn)?;
+        let room = Pfn::MAX.as_u64() - pfn.as_u64() + 1;
+        let max = max_frames.clamp(1, room);
+        // CAST: usize fits in u64.
+        let p2m_end = self.p2m.len() as u64;
+        let mut n = 1;
+        while n < max {
+            // Cannot overflow: n < max <= room.
+            let p = pfn.as_u64() + n;
+            let want = b0.as_u64().checked_add(n);
+            if p >= p2m_end {
+                // Identity from here on: contiguous to the end exactly when in step now.
+                if want == Some(p) {
+                    n = max;
+                }
+                break;
+            }
+            if self.pfn_to_mfn(Pfn::new(p)).map(Bfn::as_u64) != want {
+                break;
+            }
+            n += 1;
+        }
+        Some((b0, n))
+    }
+
     unsafe fn create_contiguous_region(
         &self,
         phys: PhysAddr,

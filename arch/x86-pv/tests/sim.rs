@@ -780,3 +780,39 @@ fn an_exchange_that_loses_frames_reports_every_unresolved_page() {
         assert!(e.to_string().contains("ENOMEM (12)"), "{e}");
     }
 }
+
+#[test]
+fn contiguous_runs_agree_with_the_p2m_and_cover_the_identity_space_in_one_step() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    // What a frame-by-frame walk of `pfn_to_bfn` says.
+    let reference = |pfn: u64, max: u64| {
+        let b0 = pv.pfn_to_bfn(Pfn::new(pfn))?;
+        let n = (1..max)
+            .find(|&i| pv.pfn_to_bfn(Pfn::new(pfn + i)) != b0.checked_add(i))
+            .unwrap_or(max);
+        Some((b0, n))
+    };
+    for pfn in 0..g.nr_pages() {
+        for max in [1, 3, 64] {
+            assert_eq!(
+                pv.contiguous_run(Pfn::new(pfn), max),
+                reference(pfn, max),
+                "pfn {pfn:#x}, max {max}"
+            );
+        }
+    }
+    // A region made contiguous is one run.
+    let phys = g.alloc_aligned(16, 16);
+    // SAFETY: the region was just allocated for this test alone.
+    unsafe { pv.create_contiguous(phys, 4, 32) }.unwrap();
+    let (_, n) = pv.contiguous_run(Pfn::new(pfn0(phys)), 1 << 40).unwrap();
+    assert!(n >= 16, "{n}");
+    // Past the P2M every frame is an identity frame: one run of any length, in one step.
+    let past = g.p2m().len() as u64 + 5;
+    assert_eq!(
+        pv.contiguous_run(Pfn::new(past), 1 << 40),
+        Some((Bfn::new(past), 1 << 40))
+    );
+    check(&xen, &g);
+}

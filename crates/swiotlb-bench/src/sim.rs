@@ -69,6 +69,10 @@ impl CacheOps for SimCache {
     fn invalidate(&self, phys: PhysAddr, len: usize) {
         self.0.cache_invalidate(phys, len);
     }
+
+    fn clean_invalidate(&self, phys: PhysAddr, len: usize) {
+        self.0.cache_clean_invalidate(phys, len);
+    }
 }
 
 /// The engine on the simulator, mapping the threads' buffers.

@@ -347,8 +347,16 @@ impl PlatformError {
 ///   guest's own frame whose translation is that bus frame (never for foreign frames);
 /// - make [`create_contiguous_region`](Self::create_contiguous_region) return the bus address
 ///   of a region that really is bus-contiguous and below the limit asked for;
+/// - answer [`contiguous_run`](Self::contiguous_run) as `pfn_to_bfn` answers frame by frame;
+/// - never discard data the CPU wrote in [`sync_for_device_preserving`] and
+///   [`sync_for_cpu_preserving`]: where the plain hooks invalidate, these clean and
+///   invalidate (a platform whose plain hooks never invalidate, such as one whose devices are
+///   all coherent, keeps the defaults, which call the plain hooks);
 /// - be callable from several CPUs at once (it is `Sync`), serialising internally where it
 ///   changes shared state.
+///
+/// [`sync_for_device_preserving`]: Self::sync_for_device_preserving
+/// [`sync_for_cpu_preserving`]: Self::sync_for_cpu_preserving
 pub unsafe trait Platform: Sync {
     /// Translates a guest frame to the bus frame a device uses for it. `None` when the frame
     /// has no valid translation (e.g. an invalid P2M entry).
@@ -357,6 +365,30 @@ pub unsafe trait Platform: Sync {
     /// Translates a bus frame back to the guest's own frame. `None` for frames that are not
     /// the guest's own (foreign, unknown).
     fn bfn_to_local_pfn(&self, bfn: Bfn) -> Option<Pfn>;
+
+    /// The bus-contiguous run of frames that starts at `pfn`: `Some((bfn, n))` with
+    /// `1 <= n <= max_frames` when `pfn` translates to `bfn` and each of the `n` frames
+    /// `pfn + i` to `bfn + i`; `None` when `pfn` has no translation. The run may stop short
+    /// of a longer one (the engine asks again from where it stopped), but never beyond the
+    /// first frame that breaks it. `max_frames` is at least 1.
+    ///
+    /// The engine's contiguity check (Linux's `range_straddles_page_boundary`) walks a range
+    /// by runs through this, so its cost is the number of runs rather than of frames. The
+    /// default asks [`pfn_to_bfn`](Self::pfn_to_bfn) frame by frame up to the first break; a
+    /// platform that knows runs (a 1:1 translation, a table of ranges) answers one in a
+    /// step.
+    fn contiguous_run(&self, pfn: Pfn, max_frames: u64) -> Option<(Bfn, u64)> {
+        let b0 = self.pfn_to_bfn(pfn)?;
+        let mut n = 1;
+        while n < max_frames {
+            let next = pfn.checked_add(n).and_then(|p| self.pfn_to_bfn(p));
+            if next.is_none() || next != b0.checked_add(n) {
+                break;
+            }
+            n += 1;
+        }
+        Some((b0, n))
+    }
 
     /// A platform reason to bounce a mapping that is otherwise reachable (Linux's
     /// `xen_arch_need_swiotlb`). The default is never.
@@ -411,6 +443,47 @@ pub unsafe trait Platform: Sync {
     ) -> Result<(), PlatformError> {
         let _ = (dev, phys, bus, len, dir);
         Ok(())
+    }
+
+    /// [`sync_for_device`](Self::sync_for_device) for a range the engine cannot check
+    /// against a mapping: the sync of a **direct** mapping, whose extent is only the
+    /// caller's word (the engine records no direct mapping), so the range may cover other
+    /// owners' memory. The hook must not discard data the CPU wrote: where
+    /// `sync_for_device` invalidates (on arm64, a foreign page for
+    /// [`DmaDirection::FromDevice`]), this cleans and invalidates. Cleaning is always
+    /// allowed.
+    ///
+    /// The default calls `sync_for_device`, which is right only for a platform whose
+    /// `sync_for_device` never invalidates (see the trait's implementation safety).
+    fn sync_for_device_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        self.sync_for_device(dev, phys, bus, len, dir)
+    }
+
+    /// [`sync_for_cpu`](Self::sync_for_cpu) for a range the engine cannot check against a
+    /// mapping: the unmap or sync of a **direct** mapping, with the caller's size. The hook
+    /// must not discard data the CPU wrote: where `sync_for_cpu` invalidates, this cleans
+    /// and invalidates (arm64's `dc civac`, `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`). For a
+    /// range that really is the mapping, the effect is the invalidate's: a non-coherent
+    /// device's buffer holds no dirty line the CPU still needs while the device owns it.
+    ///
+    /// The default calls `sync_for_cpu`, which is right only for a platform whose
+    /// `sync_for_cpu` never invalidates (see the trait's implementation safety).
+    fn sync_for_cpu_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        self.sync_for_cpu(dev, phys, bus, len, dir)
     }
 
     /// Makes the `2^order` frames starting at `phys` bus-contiguous and below
@@ -516,6 +589,11 @@ unsafe impl<P: Platform + ?Sized> Platform for &P {
     }
 
     #[inline]
+    fn contiguous_run(&self, pfn: Pfn, max_frames: u64) -> Option<(Bfn, u64)> {
+        (**self).contiguous_run(pfn, max_frames)
+    }
+
+    #[inline]
     fn needs_bounce(&self, dev: &Device, phys: PhysAddr, bus: BusAddr) -> bool {
         (**self).needs_bounce(dev, phys, bus)
     }
@@ -540,6 +618,28 @@ unsafe impl<P: Platform + ?Sized> Platform for &P {
         dir: DmaDirection,
     ) -> Result<(), PlatformError> {
         (**self).sync_for_cpu(dev, phys, bus, len, dir)
+    }
+
+    fn sync_for_device_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        (**self).sync_for_device_preserving(dev, phys, bus, len, dir)
+    }
+
+    fn sync_for_cpu_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        (**self).sync_for_cpu_preserving(dev, phys, bus, len, dir)
     }
 
     unsafe fn create_contiguous_region(

@@ -579,3 +579,230 @@ fn concurrent_foreign_and_local_mappings_for_a_non_coherent_device() {
     grants.unmap(&mapped).unwrap();
     assert!(arm.table.is_empty());
 }
+
+/// Issue 15's size: far past a 64-byte bounce, past the 1 MiB pool and the pages after it.
+const OVERSIZE: usize = 0x14_2000;
+
+#[test]
+fn oversize_unmaps_and_syncs_discard_no_dirty_line_outside_the_mapping() {
+    let arm = Arm::new();
+    let engine = arm.engine(MIB);
+    let pool_start = engine.pool().unwrap().start();
+    let d64 = arm.xen.device(DmaMask::FULL, false);
+    let dev = d64.core_device();
+    let bounce = dev.with_force_bounce(true);
+    assert!(!dev.coherent);
+    // A buffer and a guard page right after it; the CPU's writes to the guard sit dirty in
+    // its cache (the simulator's cache model) until something cleans them.
+    let buf = arm.guest.alloc_pages(1);
+    let guard = arm.guest.alloc_pages(1);
+    assert_eq!(guard.as_u64(), buf.as_u64() + PAGE);
+    assert!(guard.as_u64() + PAGE <= pool_start.as_u64() + OVERSIZE as u64);
+    let dirty_guard = |seed| arm.mem.write(guard, &pattern(seed, PAGE as usize));
+    let guard_intact = |seed, what: &str| {
+        let mut got = vec![0; PAGE as usize];
+        arm.mem.read(guard, &mut got);
+        same(&got, &pattern(seed, PAGE as usize), what);
+        check(&arm.xen, &engine, &[&d64]);
+    };
+    let none = DmaAttrs::empty();
+    let bidi = DmaDirection::Bidirectional;
+    arm.mem.write(buf, &pattern(1, 64));
+
+    // A 64-byte bounce (in the pool's first slot) unmapped with 1.3 MiB.
+    dirty_guard(10);
+    // SAFETY: the buffer is the test's until the unmap.
+    let bus = unsafe { engine.map_page(&bounce, buf, 64, bidi, none) }.unwrap();
+    assert!(is_bounced(&engine, bus));
+    d64.write(bus, &pattern(2, 64)).unwrap();
+    engine
+        .unmap_page(&bounce, bus, OVERSIZE, bidi, none)
+        .unwrap();
+    let mut got = vec![0; 64];
+    arm.mem.read(buf, &mut got);
+    same(&got, &pattern(2, 64), "the mapping came back");
+    guard_intact(10, "the guard after an oversize unmap");
+
+    // A sync of a pool address that was never mapped: an error, and nothing touched.
+    dirty_guard(11);
+    let never = BusAddr::new(pool_start.as_u64() + 0x8_0000);
+    for r in [
+        engine.sync_single_for_cpu(&dev, never, OVERSIZE, bidi),
+        engine.sync_single_for_device(&dev, never, OVERSIZE, bidi),
+        engine.unmap_page(&dev, never, OVERSIZE, bidi, none),
+    ] {
+        assert!(
+            matches!(
+                r,
+                Err(DmaError::Pool {
+                    source: Error::NotMapped { .. },
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    // The stale address of the first bounce, too.
+    assert!(
+        engine
+            .sync_single_for_cpu(&bounce, bus, OVERSIZE, bidi)
+            .is_err()
+    );
+    guard_intact(11, "the guard after syncs of unmapped pool addresses");
+
+    // An oversize sync of a live bounce is clamped to it.
+    dirty_guard(12);
+    // SAFETY: as above.
+    let bus = unsafe { engine.map_page(&bounce, buf, 64, bidi, none) }.unwrap();
+    d64.write(bus, &pattern(3, 64)).unwrap();
+    engine
+        .sync_single_for_cpu(&bounce, bus, OVERSIZE, bidi)
+        .unwrap();
+    arm.mem.read(buf, &mut got);
+    same(&got, &pattern(3, 64), "the synced bytes");
+    engine.unmap_page(&bounce, bus, 64, bidi, none).unwrap();
+    guard_intact(12, "the guard after an oversize sync");
+
+    // A direct mapping is not recorded: its oversize unmap and syncs clean and invalidate,
+    // so the dirty guard survives them too.
+    dirty_guard(13);
+    // SAFETY: as above.
+    let bus = unsafe { engine.map_page(&dev, buf, 64, bidi, none) }.unwrap();
+    assert!(!is_bounced(&engine, bus));
+    engine
+        .sync_single_for_cpu(&dev, bus, OVERSIZE, bidi)
+        .unwrap();
+    engine
+        .sync_single_for_device(&dev, bus, OVERSIZE, bidi)
+        .unwrap();
+    engine.unmap_page(&dev, bus, OVERSIZE, bidi, none).unwrap();
+    guard_intact(13, "the guard after a direct oversize unmap");
+    assert_eq!(pool_used(&engine), 0);
+}
+
+/// The arm64 platform, counting the frames the engine asks about: each `pfn_to_bfn` counts
+/// one, each `contiguous_run` one per call (the work a run costs the platform). Panics past
+/// `limit`, so a walk proportional to an absurd size fails at once instead of running for
+/// years.
+struct Counting<'a> {
+    inner: ArmPlatform<'a>,
+    calls: std::sync::atomic::AtomicU64,
+    limit: std::sync::atomic::AtomicU64,
+}
+
+impl Counting<'_> {
+    fn count(&self) {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            n <= limit,
+            "the engine asked about more than {limit} frames"
+        );
+    }
+}
+
+// SAFETY: every answer is the arm64 platform's; only the counting is added.
+unsafe impl swiotlb_core::Platform for Counting<'_> {
+    fn pfn_to_bfn(&self, pfn: swiotlb_core::Pfn) -> Option<swiotlb_core::Bfn> {
+        self.count();
+        self.inner.pfn_to_bfn(pfn)
+    }
+    fn bfn_to_local_pfn(&self, bfn: swiotlb_core::Bfn) -> Option<swiotlb_core::Pfn> {
+        self.inner.bfn_to_local_pfn(bfn)
+    }
+    fn contiguous_run(
+        &self,
+        pfn: swiotlb_core::Pfn,
+        max_frames: u64,
+    ) -> Option<(swiotlb_core::Bfn, u64)> {
+        self.count();
+        self.inner.contiguous_run(pfn, max_frames)
+    }
+    fn needs_bounce(&self, dev: &Device, phys: PhysAddr, bus: BusAddr) -> bool {
+        self.inner.needs_bounce(dev, phys, bus)
+    }
+    unsafe fn create_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        address_bits: u32,
+    ) -> Result<BusAddr, swiotlb_core::PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe {
+            self.inner
+                .create_contiguous_region(phys, order, address_bits)
+        }
+    }
+    unsafe fn destroy_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+    ) -> Result<(), swiotlb_core::PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.inner.destroy_contiguous_region(phys, order) }
+    }
+}
+
+#[test]
+fn an_absurd_size_costs_a_few_platform_calls_not_one_per_frame() {
+    let arm = Arm::new();
+    // Foreign pages in dom0's window, far above its RAM: a 2^60-byte range from RAM meets
+    // them.
+    let (grants, mapped) = foreign(&arm, 2);
+    let n = MIB / PAGE;
+    let pool = arm.guest.alloc_aligned(n, n.next_power_of_two());
+    let pages = SimPages::arm(&arm.guest, 64);
+    let counting = Counting {
+        inner: arm.platform(),
+        calls: std::sync::atomic::AtomicU64::new(0),
+        limit: std::sync::atomic::AtomicU64::new(u64::MAX),
+    };
+    let engine = build_engine(counting, arm.mem.clone(), pool, MIB, pages);
+    let buf = arm.guest.alloc_pages(1);
+    let absurd = 1usize << 60;
+    let reset = |e: &SimEngine<Counting<'_>, SimPages>| {
+        e.platform()
+            .calls
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+    };
+    // From here on the engine may ask about 16 frames per map (building it walked the
+    // pool's 256 frames).
+    reset(&engine);
+    engine
+        .platform()
+        .limit
+        .store(16, std::sync::atomic::Ordering::Relaxed);
+    reset(&engine);
+    let none = DmaAttrs::empty();
+    let bidi = DmaDirection::Bidirectional;
+    for (mask, reason) in [
+        // The mask cannot cover 2^60 bytes: refused before any walk.
+        (DmaMask::BITS_32, BounceReason::OutsideMask),
+        // A 64-bit mask covers it: the walk meets the foreign pages after one run of RAM.
+        (DmaMask::FULL, BounceReason::NotContiguous),
+    ] {
+        let dev = Device::new(mask);
+        // SAFETY: refused before any memory is reached (asserted).
+        let r = unsafe { engine.map_page(&dev, buf, absurd, bidi, none) };
+        assert!(
+            matches!(
+                r,
+                Err(DmaError::Bounce {
+                    source: Error::TooLarge { .. },
+                    reason: got,
+                    ..
+                }) if got == reason
+            ),
+            "{mask:?}: {r:?}"
+        );
+        let calls = reset(&engine);
+        assert!(calls <= 4, "{mask:?}: {calls} platform calls");
+    }
+    assert_eq!(pool_used(&engine), 0);
+    check(&arm.xen, &engine, &[]);
+    drop(engine);
+    grants.unmap(&mapped).unwrap();
+}

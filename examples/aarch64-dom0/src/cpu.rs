@@ -92,4 +92,9 @@ impl CacheOps for IdentityCacheOps {
             core::arch::asm!("dc civac, {}", in(reg) a, options(nostack));
         });
     }
+
+    fn clean_invalidate(&self, phys: PhysAddr, len: usize) {
+        // `invalidate` is already a clean and invalidate (`dc civac`) here.
+        self.invalidate(phys, len);
+    }
 }

@@ -49,6 +49,10 @@ impl CacheOps for SimCache {
     fn invalidate(&self, phys: PhysAddr, len: usize) {
         self.0.cache_invalidate(phys, len);
     }
+
+    fn clean_invalidate(&self, phys: PhysAddr, len: usize) {
+        self.0.cache_clean_invalidate(phys, len);
+    }
 }
 
 /// Which simulated guest a [`SimPages`] serves.

@@ -204,17 +204,24 @@ where
             bump(&self.counters.direct_unmaps);
             return Ok(());
         };
-        let cache_result = if cache {
-            self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForCpu)
-        } else {
-            Ok(())
-        };
-        // SAFETY: `buf` is valid for writes and accessed by nobody else during this call (the
-        // caller's promise); the pool checks that `tlb` starts a live buffer mapping.
-        unsafe { pool.unmap_buffer(dev, tlb, buf, dir, attrs) }.map_err(|source| match source {
+        let pool_err = |source| match source {
             PoolError::NotMapped { .. } => DmaError::BufferNotMapped { bus, tlb, size },
             source => DmaError::Pool { bus, tlb, source },
-        })?;
+        };
+        // The pool finds and claims the mapping first; the maintenance then covers the
+        // mapping's own bytes only, however long `buf` is.
+        // SAFETY: `buf` is valid for writes and accessed by nobody else during this call (the
+        // caller's promise); the pool checks that `tlb` starts a live buffer mapping.
+        let cache_result = unsafe {
+            if cache {
+                pool.unmap_buffer_maintained(dev, tlb, buf, dir, attrs, |t, len| {
+                    self.cache(dev, Some(t), bus, len, dir, CacheOp::ForCpu)
+                })
+            } else {
+                pool.unmap_buffer(dev, tlb, buf, dir, attrs).map(Ok)
+            }
+        }
+        .map_err(pool_err)?;
         bump(&self.counters.bounced_unmaps);
         cache_result
     }

@@ -371,10 +371,16 @@ where
         if attrs.contains(DmaAttrs::MMIO) || dev.behind_iommu {
             // Never bounced. Behind an IOMMU the I/O address is the physical one (the IOMMU
             // translates for the domain); MMIO is translated but must be contiguous.
+            // The mask on the first frame's address before the walk, as for `direct_bus`.
             let bus = if dev.behind_iommu {
                 Some(BusAddr::new(phys.as_u64()))
             } else {
-                self.contiguous_bus(phys, len).ok()
+                match self.first_bus(phys) {
+                    Ok(first) if dev.dma_mask.covers(first, len) => {
+                        self.contiguous_from(phys, len, first).ok()
+                    }
+                    first => first.ok(),
+                }
             };
             let bus = match bus {
                 Some(b) if dev.dma_mask.covers(b, len) => b,
@@ -441,13 +447,17 @@ where
         self.check_bus(bus, size)?;
         let cache = !dev.coherent && !attrs.intersects(DmaAttrs::SKIP_CPU_SYNC | DmaAttrs::MMIO);
         if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
+            let pool_err = |source| DmaError::Pool { bus, tlb, source };
+            // The pool finds and claims the mapping first; the maintenance then covers the
+            // mapping's own bytes only, however large `size` is.
             let cache_result = if cache {
-                self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForCpu)
+                pool.unmap_maintained(dev, tlb, size, dir, attrs, |t, len| {
+                    self.cache(dev, Some(t), bus, len, dir, CacheOp::ForCpu)
+                })
             } else {
-                Ok(())
-            };
-            pool.unmap(dev, tlb, size, dir, attrs)
-                .map_err(|source| DmaError::Pool { bus, tlb, source })?;
+                pool.unmap(dev, tlb, size, dir, attrs).map(Ok)
+            }
+            .map_err(pool_err)?;
             bump(&self.counters.bounced_unmaps);
             return cache_result;
         }
@@ -509,23 +519,22 @@ where
         let cache = !dev.coherent;
         if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
             let pool_err = |source| DmaError::Pool { bus, tlb, source };
-            match op {
-                CacheOp::ForCpu => {
-                    if cache {
-                        self.cache(dev, Some(tlb), bus, size, dir, op)?;
-                    }
-                    pool.sync_for_cpu(dev, tlb, size, dir).map_err(pool_err)
+            // The pool validates the address and clamps the range to the mapping before the
+            // maintenance runs (before its copy for the CPU, after it for the device).
+            let maintain = |t: PhysAddr, len: usize| self.cache(dev, Some(t), bus, len, dir, op);
+            return match (op, cache) {
+                (CacheOp::ForCpu, true) => {
+                    pool.sync_for_cpu_maintained(dev, tlb, size, dir, maintain)
                 }
-                CacheOp::ForDevice => {
-                    pool.sync_for_device(dev, tlb, size, dir)
-                        .map_err(pool_err)?;
-                    if cache {
-                        self.cache(dev, Some(tlb), bus, size, dir, op)?;
-                    }
-                    Ok(())
+                (CacheOp::ForDevice, true) => {
+                    pool.sync_for_device_maintained(dev, tlb, size, dir, maintain)
                 }
+                (CacheOp::ForCpu, false) => pool.sync_for_cpu(dev, tlb, size, dir).map(Ok),
+                (CacheOp::ForDevice, false) => pool.sync_for_device(dev, tlb, size, dir).map(Ok),
             }
-        } else if cache {
+            .map_err(pool_err)?;
+        }
+        if cache {
             self.cache_direct(dev, bus, size, dir, op)
         } else {
             Ok(())
@@ -555,39 +564,68 @@ where
     /// The bus address of `[phys, phys + len)` if every frame translates and the frames are
     /// bus-contiguous (the negation of Linux's `range_straddles_page_boundary`). `len > 0`
     /// and the range does not wrap.
-    fn contiguous_bus(&self, phys: PhysAddr, len: u64) -> Result<BusAddr, BounceReason> {
-        let first = phys.frame();
-        let b0 = self
-            .platform
-            .pfn_to_bfn(first)
-            .ok_or(BounceReason::Untranslatable)?;
+    ///
+    /// The first frame's translation comes first (`first`, from
+    /// [`first_bus`](Self::first_bus)); the walk goes by runs
+    /// ([`Platform::contiguous_run`]), so it costs the number of runs, not of frames.
+    fn contiguous_from(
+        &self,
+        phys: PhysAddr,
+        len: u64,
+        first: BusAddr,
+    ) -> Result<BusAddr, BounceReason> {
+        let pfn0 = phys.frame();
+        let b0 = first.frame();
         // The caller checked that the range does not wrap.
         let last = PhysAddr::new(phys.as_u64() + (len - 1)).frame();
-        for i in 1..=(last.as_u64() - first.as_u64()) {
-            // Cannot overflow: `first + i <= last`.
-            let pfn = Pfn::new(first.as_u64() + i);
-            let b = self
+        // Cannot overflow: `last >= pfn0`, and fewer than 2^52 frames.
+        let total = last.as_u64() - pfn0.as_u64() + 1;
+        let mut done = 0u64;
+        while done < total {
+            // Cannot overflow: `pfn0 + done <= last`.
+            let pfn = Pfn::new(pfn0.as_u64() + done);
+            let (b, n) = self
                 .platform
-                .pfn_to_bfn(pfn)
+                .contiguous_run(pfn, total - done)
                 .ok_or(BounceReason::Untranslatable)?;
-            if Some(b.as_u64()) != b0.as_u64().checked_add(i) {
+            if Some(b) != b0.checked_add(done) {
                 return Err(BounceReason::NotContiguous);
             }
+            // A platform that answers more than asked is held to what was asked.
+            done += n.clamp(1, total - done);
         }
-        Ok(phys.with_bus_frame(b0))
+        Ok(first)
+    }
+
+    /// [`contiguous_from`](Self::contiguous_from) with the first frame translated here.
+    fn contiguous_bus(&self, phys: PhysAddr, len: u64) -> Result<BusAddr, BounceReason> {
+        let first = self.first_bus(phys)?;
+        self.contiguous_from(phys, len, first)
+    }
+
+    /// The bus address of `phys` by its first frame alone: the address a contiguous range
+    /// from `phys` would have.
+    #[inline]
+    fn first_bus(&self, phys: PhysAddr) -> Result<BusAddr, BounceReason> {
+        self.phys_to_bus(phys).ok_or(BounceReason::Untranslatable)
     }
 
     /// The direct-mapping decision for a device not behind an IOMMU: the bus address, or
     /// why the mapping must be bounced.
+    ///
+    /// In Linux's order (`dma_capable` before `range_straddles_page_boundary`): the mask
+    /// and the size are checked on the first frame's bus address before any walk, so a
+    /// size the device could never reach costs one translation, not one per frame.
     #[inline]
     fn direct_bus(&self, dev: &Device, phys: PhysAddr, len: u64) -> Result<BusAddr, BounceReason> {
         if dev.force_bounce {
             return Err(BounceReason::Forced);
         }
-        let bus = self.contiguous_bus(phys, len)?;
-        if !dev.dma_mask.covers(bus, len) {
+        let first = self.first_bus(phys)?;
+        if !dev.dma_mask.covers(first, len) {
             return Err(BounceReason::OutsideMask);
         }
+        let bus = self.contiguous_from(phys, len, first)?;
         if self.platform.needs_bounce(dev, phys, bus) {
             return Err(BounceReason::Platform);
         }
@@ -618,9 +656,29 @@ where
         dir: DmaDirection,
         op: CacheOp,
     ) -> Result<(), DmaError> {
-        let r = match op {
-            CacheOp::ForDevice => self.platform.sync_for_device(dev, phys, bus, size, dir),
-            CacheOp::ForCpu => self.platform.sync_for_cpu(dev, phys, bus, size, dir),
+        self.cache_hook(dev, phys, bus, size, dir, op, false)
+    }
+
+    /// [`cache`](Self::cache), through the platform's preserving hooks when `preserve`: for
+    /// a range the engine cannot check against a mapping, maintenance that never discards
+    /// data the CPU wrote ([`Platform::sync_for_cpu_preserving`]).
+    #[allow(clippy::too_many_arguments)]
+    fn cache_hook(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        size: usize,
+        dir: DmaDirection,
+        op: CacheOp,
+        preserve: bool,
+    ) -> Result<(), DmaError> {
+        let p = &self.platform;
+        let r = match (op, preserve) {
+            (CacheOp::ForDevice, false) => p.sync_for_device(dev, phys, bus, size, dir),
+            (CacheOp::ForCpu, false) => p.sync_for_cpu(dev, phys, bus, size, dir),
+            (CacheOp::ForDevice, true) => p.sync_for_device_preserving(dev, phys, bus, size, dir),
+            (CacheOp::ForCpu, true) => p.sync_for_cpu_preserving(dev, phys, bus, size, dir),
         };
         r.map_err(|source| {
             bump(&self.counters.cache_failures);
@@ -636,6 +694,12 @@ where
     /// Runs a cache hook over a direct mapping known only by its bus address, in runs: the
     /// domain's own frames (translated back, `pfn_valid`, physically consecutive) with their
     /// physical address, and consecutive other frames (foreign pages) with `None`.
+    ///
+    /// A direct mapping is not recorded, so nothing says that `[bus, bus + size)` is the
+    /// caller's: the range goes to the platform's preserving hooks
+    /// ([`Platform::sync_for_cpu_preserving`], [`Platform::sync_for_device_preserving`]),
+    /// which clean and invalidate where the plain hooks would only invalidate. A size too
+    /// large cannot discard anybody's data, it only costs time.
     fn cache_direct(
         &self,
         dev: &Device,
@@ -646,7 +710,8 @@ where
     ) -> Result<(), DmaError> {
         if dev.behind_iommu {
             // The I/O address is the physical address.
-            return self.cache(dev, Some(PhysAddr::new(bus.as_u64())), bus, size, dir, op);
+            let phys = Some(PhysAddr::new(bus.as_u64()));
+            return self.cache_hook(dev, phys, bus, size, dir, op, true);
         }
         // CAST: usize fits in u64.
         let len = size as u64;
@@ -674,7 +739,7 @@ where
                 (Some((None, rb, rl)), None) => Some((None, rb, rl + chunk)),
                 (prev, phys) => {
                     if let Some((rp, rb, rl)) = prev {
-                        self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
+                        self.cache_hook(dev, rp, rb, to_usize(rl), dir, op, true)?;
                     }
                     Some((phys, b, chunk))
                 }
@@ -682,7 +747,7 @@ where
             done += chunk;
         }
         if let Some((rp, rb, rl)) = run {
-            self.cache(dev, rp, rb, to_usize(rl), dir, op)?;
+            self.cache_hook(dev, rp, rb, to_usize(rl), dir, op, true)?;
         }
         Ok(())
     }

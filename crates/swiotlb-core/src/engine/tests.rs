@@ -50,6 +50,8 @@ struct CacheEvent {
     phys: Option<PhysAddr>,
     bus: BusAddr,
     len: usize,
+    /// Through the preserving hooks (a range the engine could not check).
+    preserving: bool,
     /// The bytes of the watched CPU range when the hook ran.
     watched: Vec<u8>,
     /// What the device saw at `bus` when the hook ran (empty if a bus frame of the range
@@ -243,6 +245,7 @@ impl TestPlatform {
         phys: Option<PhysAddr>,
         bus: BusAddr,
         len: usize,
+        preserving: bool,
     ) -> Result<(), PlatformError> {
         if self.fail_cache.load(Ordering::Relaxed) {
             return Err(PlatformError::Hypercall {
@@ -260,6 +263,7 @@ impl TestPlatform {
             phys,
             bus,
             len,
+            preserving,
             watched,
             device,
         });
@@ -305,7 +309,29 @@ unsafe impl Platform for TestPlatform {
         len: usize,
         _dir: DmaDirection,
     ) -> Result<(), PlatformError> {
-        self.record(Op::ForDevice, phys, bus, len)
+        self.record(Op::ForDevice, phys, bus, len, false)
+    }
+
+    fn sync_for_device_preserving(
+        &self,
+        _dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        _dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        self.record(Op::ForDevice, phys, bus, len, true)
+    }
+
+    fn sync_for_cpu_preserving(
+        &self,
+        _dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        _dir: DmaDirection,
+    ) -> Result<(), PlatformError> {
+        self.record(Op::ForCpu, phys, bus, len, true)
     }
 
     fn sync_for_cpu(
@@ -316,7 +342,7 @@ unsafe impl Platform for TestPlatform {
         len: usize,
         _dir: DmaDirection,
     ) -> Result<(), PlatformError> {
-        self.record(Op::ForCpu, phys, bus, len)
+        self.record(Op::ForCpu, phys, bus, len, false)
     }
 
     unsafe fn create_contiguous_region(
@@ -799,7 +825,17 @@ fn no_pool_and_full_pool_fail_with_the_reason() {
     assert_eq!(fx.engine.max_mapping_size(&DEV32), usize::MAX);
 
     let fx = Fixture::new();
+    // Above 4 GiB and not contiguous: the mask is checked first, as Linux's `dma_capable`.
     let err = fx.map(&DEV32, orig(256, 0), 300 << 10, BIDI).unwrap_err();
+    assert!(matches!(
+        err,
+        DmaError::Bounce {
+            source: Error::TooLarge { .. },
+            reason: BounceReason::OutsideMask,
+            ..
+        }
+    ));
+    let err = fx.map(&DEV64, orig(256, 0), 300 << 10, BIDI).unwrap_err();
     assert!(matches!(
         err,
         DmaError::Bounce {
@@ -1153,6 +1189,223 @@ fn cache_errors_are_reported_and_never_leak_slots() {
     assert_eq!(fx.used(), 0);
     assert_eq!(fx.host.read(phys, 100), pattern(2, 100));
     assert_eq!(fx.engine.stats().cache_failures, 2);
+}
+
+/// The size of issue 15's report: far past a 64-byte bounce's slot and past the pool.
+const OVERSIZE: usize = 0x14_2000;
+
+/// The (op, physical address, bus address, length, preserving) of each cache event.
+fn cache_calls(fx: &Fixture) -> Vec<(Op, Option<PhysAddr>, BusAddr, usize, bool)> {
+    fx.p()
+        .take_events()
+        .into_iter()
+        .map(|e| (e.op, e.phys, e.bus, e.len, e.preserving))
+        .collect()
+}
+
+#[test]
+fn an_oversize_unmap_of_a_bounce_maintains_and_copies_only_the_mapping() {
+    let fx = Fixture::new();
+    let dev = DEV32.with_coherent(false);
+    let phys = orig(256, 0);
+    fx.host.write(phys, &pattern(1, 4096));
+    let bus = fx.map(&dev, phys, 64, BIDI).unwrap();
+    let tlb = fx.p().bus_to_phys(bus).unwrap();
+    assert!(fx.engine.pool().unwrap().contains(tlb));
+    fx.p().take_events();
+    fx.p().dev_write(bus, &pattern(2, 64));
+    fx.engine
+        .unmap_page(&dev, bus, OVERSIZE, BIDI, DmaAttrs::empty())
+        .unwrap();
+    // One invalidate, of the mapping's 64 bytes in the pool: not of the caller's 1.3 MiB,
+    // which reach past the pool into memory the engine knows nothing of.
+    assert_eq!(cache_calls(&fx), [(Op::ForCpu, Some(tlb), bus, 64, false)]);
+    // The copy back is clamped too: the guard bytes after the original are untouched.
+    let mut want = pattern(1, 4096);
+    want[..64].copy_from_slice(&pattern(2, 64));
+    assert_eq!(fx.host.read(phys, 4096), want);
+    assert_eq!(fx.used(), 0);
+    assert_eq!(fx.engine.pool().unwrap().stats().overflow_attempts, 1);
+    // The sg loop is the same unmap: an entry whose length is too large is clamped.
+    let mut sg = [SgEntry::new(phys, 64)];
+    // SAFETY: the test's originals are reached only through raw pointers.
+    unsafe { fx.engine.map_sg(&dev, &mut sg, BIDI, DmaAttrs::empty()) }.unwrap();
+    let tlb = fx.p().bus_to_phys(sg[0].dma_address).unwrap();
+    fx.p().take_events();
+    sg[0].dma_length = OVERSIZE;
+    fx.engine
+        .unmap_sg(&dev, &sg, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(
+        cache_calls(&fx),
+        [(Op::ForCpu, Some(tlb), sg[0].dma_address, 64, false)]
+    );
+    assert_eq!(fx.used(), 0);
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "decision logic only: its copies and pointer work are those of the tests Miri runs"
+)]
+fn unmaps_and_syncs_of_pool_addresses_that_are_not_mapped_touch_nothing() {
+    let fx = Fixture::new();
+    let dev = DEV32.with_coherent(false);
+    let pool = fx.engine.pool().unwrap();
+    // Never mapped: a slot in the middle of the pool; and a stale address, unmapped.
+    let never = BusAddr::new(POOL_BFN * 4096 + 0x1_0000);
+    let phys = orig(256, 0);
+    let stale = fx.map(&dev, phys, 64, BIDI).unwrap();
+    fx.engine
+        .unmap_page(&dev, stale, 64, BIDI, DmaAttrs::empty())
+        .unwrap();
+    fx.p().take_events();
+    let before = pool.stats();
+    for bus in [never, stale] {
+        for size in [64, OVERSIZE] {
+            let not_mapped = |r: Result<(), DmaError>| {
+                matches!(
+                    r,
+                    Err(DmaError::Pool {
+                        source: Error::NotMapped { .. },
+                        ..
+                    })
+                )
+            };
+            assert!(not_mapped(
+                fx.engine.sync_single_for_cpu(&dev, bus, size, BIDI)
+            ));
+            assert!(not_mapped(
+                fx.engine.sync_single_for_device(&dev, bus, size, BIDI)
+            ));
+            assert!(not_mapped(fx.engine.unmap_page(
+                &dev,
+                bus,
+                size,
+                BIDI,
+                DmaAttrs::empty()
+            )));
+            assert_eq!(
+                cache_calls(&fx),
+                [],
+                "{bus} {size:#x}: no cache maintenance"
+            );
+        }
+    }
+    let sg = [SgEntry {
+        dma_address: never,
+        dma_length: OVERSIZE,
+        ..SgEntry::new(phys, OVERSIZE)
+    }];
+    assert!(fx.engine.sync_sg_for_cpu(&dev, &sg, BIDI).is_err());
+    assert!(fx.engine.sync_sg_for_device(&dev, &sg, BIDI).is_err());
+    assert!(
+        fx.engine
+            .unmap_sg(&dev, &sg, BIDI, DmaAttrs::empty())
+            .is_err()
+    );
+    assert_eq!(cache_calls(&fx), []);
+    assert_eq!(pool.stats().syncs, before.syncs);
+    assert_eq!(fx.used(), 0);
+}
+
+#[test]
+fn an_oversize_sync_of_a_bounce_is_clamped_to_the_mapping() {
+    let fx = Fixture::new();
+    let dev = DEV32.with_coherent(false);
+    let phys = orig(256, 0x100);
+    fx.host.write(orig(256, 0), &pattern(1, 4096));
+    let bus = fx.map(&dev, phys, 64, BIDI).unwrap();
+    let tlb = fx.p().bus_to_phys(bus).unwrap();
+    fx.p().take_events();
+    fx.p().dev_write(bus, &pattern(2, 64));
+    fx.engine
+        .sync_single_for_cpu(&dev, bus, OVERSIZE, BIDI)
+        .unwrap();
+    assert_eq!(cache_calls(&fx), [(Op::ForCpu, Some(tlb), bus, 64, false)]);
+    let mut want = pattern(1, 4096);
+    want[0x100..0x140].copy_from_slice(&pattern(2, 64));
+    assert_eq!(fx.host.read(orig(256, 0), 4096), want);
+    // From inside the mapping: the rest of it.
+    let mid = BusAddr::new(bus.as_u64() + 16);
+    let tlb_mid = PhysAddr::new(tlb.as_u64() + 16);
+    fx.engine
+        .sync_single_for_device(&dev, mid, OVERSIZE, BIDI)
+        .unwrap();
+    assert_eq!(
+        cache_calls(&fx),
+        [(Op::ForDevice, Some(tlb_mid), mid, 48, false)]
+    );
+    // The sg loops sync each entry's `length`: clamped the same way.
+    let sg = [SgEntry {
+        dma_address: bus,
+        dma_length: 64,
+        ..SgEntry::new(phys, OVERSIZE)
+    }];
+    fx.engine.sync_sg_for_cpu(&dev, &sg, BIDI).unwrap();
+    fx.engine.sync_sg_for_device(&dev, &sg, BIDI).unwrap();
+    assert_eq!(
+        cache_calls(&fx),
+        [
+            (Op::ForCpu, Some(tlb), bus, 64, false),
+            (Op::ForDevice, Some(tlb), bus, 64, false)
+        ]
+    );
+    assert_eq!(fx.host.read(orig(256, 0), 4096), want);
+    // A failing invalidate for the CPU copies nothing back.
+    fx.p().dev_write(bus, &pattern(3, 64));
+    fx.p().fail_cache.store(true, Ordering::Relaxed);
+    assert!(matches!(
+        fx.engine.sync_single_for_cpu(&dev, bus, OVERSIZE, BIDI),
+        Err(DmaError::CacheMaintenance { size: 64, .. })
+    ));
+    assert_eq!(fx.host.read(orig(256, 0), 4096), want);
+    fx.p().fail_cache.store(false, Ordering::Relaxed);
+    fx.engine
+        .unmap_page(&dev, bus, 64, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(fx.used(), 0);
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "decision logic only: its copies and pointer work are those of the tests Miri runs"
+)]
+fn direct_unmaps_and_syncs_go_through_the_preserving_hooks() {
+    // A direct mapping is not recorded: its size at unmap or sync is the caller's word, so
+    // the maintenance must not be able to discard anybody's data.
+    let fx = Fixture::new();
+    let dev = DEV64.with_coherent(false);
+    let bus = fx.map(&dev, orig(0, 16), 100, BIDI).unwrap();
+    assert_eq!(
+        cache_calls(&fx),
+        [(Op::ForDevice, Some(orig(0, 16)), bus, 100, false)],
+        "the map's range is the caller's own (map_page's contract)"
+    );
+    fx.engine
+        .sync_single_for_cpu(&dev, bus, OVERSIZE, BIDI)
+        .unwrap();
+    fx.engine
+        .sync_single_for_device(&dev, bus, OVERSIZE, BIDI)
+        .unwrap();
+    fx.engine
+        .unmap_page(&dev, bus, OVERSIZE, BIDI, DmaAttrs::empty())
+        .unwrap();
+    let calls = cache_calls(&fx);
+    assert!(!calls.is_empty());
+    assert!(calls.iter().all(|c| c.4), "{calls:?}");
+    // Behind an IOMMU too.
+    let iommu = dev.with_iommu(true);
+    let bus = fx.map(&iommu, orig(0, 0), 100, BIDI).unwrap();
+    fx.p().take_events();
+    fx.engine
+        .unmap_page(&iommu, bus, OVERSIZE, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(
+        cache_calls(&fx),
+        [(Op::ForCpu, Some(orig(0, 0)), bus, OVERSIZE, true)]
+    );
 }
 
 #[test]

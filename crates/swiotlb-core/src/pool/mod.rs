@@ -130,6 +130,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> core::fmt::Debug for BouncePool<M, S> {
     }
 }
 
+/// The hook of the unmaps and syncs that maintain nothing.
+type NoMaintenance = fn(PhysAddr, usize) -> Result<(), core::convert::Infallible>;
+
 /// Where a sync's bytes are: the original address, the pool address and the length.
 struct SyncRange {
     orig: PhysAddr,
@@ -661,39 +664,81 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         attrs: DmaAttrs,
     ) -> Result<(), Error> {
         let _ = dev;
-        self.unmap_inner(tlb_addr, size, dir, attrs)
+        self.unmap_inner(tlb_addr, size, dir, attrs, None::<NoMaintenance>)
+            .map(|Ok(())| ())
+            .map_err(|e| self.stats.fail(e))
+    }
+
+    /// [`unmap`](Self::unmap) for a layer that maintains caches (a non-coherent device):
+    /// once the mapping is found and claimed, and before the copy back, `maintain` runs on
+    /// the pool range of the mapping that the unmap covers, `[tlb_addr, tlb_addr + len)` with
+    /// `len` the smaller of `size` and the mapped size. So cache maintenance never reaches
+    /// past the mapping's own slots, whatever `size` says, and never runs for an address that
+    /// is not the start of a live mapping.
+    ///
+    /// `maintain` runs outside the area lock, while no sync of the mapping can run. Its
+    /// error does not stop the unmap: the copy back and the freeing happen anyway and the
+    /// error comes back as the inner `Err`.
+    ///
+    /// # Errors
+    ///
+    /// The outer `Err` as for [`unmap`](Self::unmap) (`maintain` did not run, the pool is
+    /// unchanged); the inner `Err` is `maintain`'s.
+    pub fn unmap_maintained<E>(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        maintain: impl FnOnce(PhysAddr, usize) -> Result<(), E>,
+    ) -> Result<Result<(), E>, Error> {
+        let _ = dev;
+        self.unmap_inner(tlb_addr, size, dir, attrs, Some(maintain))
             .map_err(|e| self.stats.fail(e))
     }
 
     #[inline]
-    fn unmap_inner(
+    fn unmap_inner<E>(
         &self,
         tlb_addr: PhysAddr,
         size: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
-    ) -> Result<(), Error> {
+        maintain: Option<impl FnOnce(PhysAddr, usize) -> Result<(), E>>,
+    ) -> Result<Result<(), E>, Error> {
         // SAFETY: the mapper of a physical original vouched for it until this unmap; `src`
         // lies in the claimed mapping.
-        self.unmap_with(tlb_addr, size, dir, attrs, false, |orig, src, len| unsafe {
-            self.mem.copy(orig, src, len);
-        })
+        self.unmap_with(
+            tlb_addr,
+            size,
+            dir,
+            attrs,
+            false,
+            maintain,
+            |orig, src, len| unsafe {
+                self.mem.copy(orig, src, len);
+            },
+        )
     }
 
     /// The unmapping half both kinds of original share: validates that `tlb_addr` starts a
     /// live mapping of that kind (`buffer`: mapped by [`map_buffer`](Self::map_buffer)),
-    /// claims it, waits for syncs, copies back with `copy_back(orig, data_place, len)` (`orig`
-    /// is the recorded original, invalid for a buffer) and frees the slots.
+    /// claims it, waits for syncs, runs `maintain` on the part of the mapping the unmap
+    /// covers, copies back with `copy_back_with(orig, data_place, len)` (`orig` is the
+    /// recorded original, invalid for a buffer) and frees the slots.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn unmap_with(
+    fn unmap_with<E>(
         &self,
         tlb_addr: PhysAddr,
         size: usize,
         dir: DmaDirection,
         attrs: DmaAttrs,
         buffer: bool,
+        maintain: Option<impl FnOnce(PhysAddr, usize) -> Result<(), E>>,
         copy_back_with: impl FnOnce(PhysAddr, PhysAddr, usize),
-    ) -> Result<(), Error> {
+    ) -> Result<Result<(), E>, Error> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
@@ -717,8 +762,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         {
             return Err(not_mapped);
         }
-        if !copy_back && h.busy.load(Ordering::Acquire) == 0 {
-            // Nothing to copy and no sync copying: validate and free in one critical section.
+        if !copy_back && maintain.is_none() && h.busy.load(Ordering::Acquire) == 0 {
+            // Nothing to copy or maintain and no sync copying: validate and free in one
+            // critical section.
             let overflow = size > h.size.load(Ordering::Relaxed) as usize;
             self.release(slots, idx, &mut st);
             bump(&area.unmaps, 1);
@@ -726,7 +772,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
                 bump(&area.overflow_attempts, 1);
             }
             drop(st);
-            return Ok(());
+            return Ok(Ok(()));
         }
         // Claim the mapping under the area lock: from here no sync can pin it (syncs pin only
         // a HEAD mapping, under the lock) and no other unmap can touch it.
@@ -740,6 +786,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let msize = h.size.load(Ordering::Relaxed) as usize;
         let overflow = size > msize;
         let len = size.min(msize);
+        // The cache maintenance covers the mapping only (CVE-2024-35814's class: never the
+        // caller's `size` past it).
+        let maintained = maintain.map_or(Ok(()), |m| m(tlb_addr, len));
         if copy_back {
             // The mapping is claimed and no sync copies it any more, so its slots stay
             // allocated and the copy-back runs alone; `len` is within the mapping in the pool
@@ -758,7 +807,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             bump(&area.overflow_attempts, 1);
         }
         drop(st);
-        Ok(())
+        Ok(maintained)
     }
 
     /// Validates a sync of `[tlb_addr, tlb_addr + size)` and returns the original range and
@@ -816,13 +865,18 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         })
     }
 
-    fn sync(
+    /// Validates a sync of `[tlb_addr, tlb_addr + size)`, clamps it to the mapping, pins the
+    /// mapping and copies (`copy`: original to pool when `to_pool`, pool to original
+    /// otherwise). `maintain` runs on the clamped pool range while the mapping is pinned:
+    /// after the copy to the pool, before the copy from it (skipping that copy if it fails).
+    fn sync<E>(
         &self,
         tlb_addr: PhysAddr,
         size: usize,
         copy: bool,
         to_pool: bool,
-    ) -> Result<(), Error> {
+        maintain: Option<impl FnOnce(PhysAddr, usize) -> Result<(), E>>,
+    ) -> Result<Result<(), E>, Error> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
@@ -831,13 +885,17 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let guard = area.lock.lock();
         let r = self.sync_range(idx, tlb_addr, size, area)?;
         bump(&area.syncs, 1);
-        if !copy {
-            return Ok(());
+        if !copy && maintain.is_none() {
+            return Ok(Ok(()));
         }
-        // CAST: usize fits in u64.
-        bump(&area.bytes_bounced, r.len as u64);
-        // Pin the mapping so that an unmap waits for this copy; with the count saturated
-        // (65535 syncs of one mapping at once), copy under the lock instead.
+        if copy {
+            // Counted under the lock (its only writer), before a failing `maintain` may
+            // cancel a copy from the pool.
+            // CAST: usize fits in u64.
+            bump(&area.bytes_bounced, r.len as u64);
+        }
+        // Pin the mapping so that an unmap waits for this copy and maintenance; with the count
+        // saturated (65535 syncs of one mapping at once), work under the lock instead.
         let head = &self.slots()?[r.head];
         let pinned = head.busy.load(Ordering::Relaxed) < u16::MAX;
         let guard = if pinned {
@@ -847,22 +905,38 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         } else {
             Some(guard)
         };
-        // SAFETY: the mapping is pinned (or its area lock held), so an unmap waits for this
-        // copy before it copies back or frees the slots; both ranges lie within the mapping
-        // (pool side) and the original the mapper vouched for until unmap.
-        unsafe {
-            if to_pool {
-                self.mem.copy(data_place(tlb_addr), r.orig, r.len);
-            } else {
-                self.mem.copy(r.orig, data_place(tlb_addr), r.len);
+        let do_copy = || {
+            if !copy {
+                return;
             }
-        }
+            // SAFETY: the mapping is pinned (or its area lock held), so an unmap waits for
+            // this copy before it copies back or frees the slots; both ranges lie within the
+            // mapping (pool side) and the original the mapper vouched for until unmap.
+            unsafe {
+                if to_pool {
+                    self.mem.copy(data_place(tlb_addr), r.orig, r.len);
+                } else {
+                    self.mem.copy(r.orig, data_place(tlb_addr), r.len);
+                }
+            }
+        };
+        let mut maintain = maintain.map(|m| move || m(tlb_addr, r.len));
+        let maintained = if to_pool {
+            do_copy();
+            maintain.take().map_or(Ok(()), |m| m())
+        } else {
+            let res = maintain.take().map_or(Ok(()), |m| m());
+            if res.is_ok() {
+                do_copy();
+            }
+            res
+        };
         if pinned {
             // The copy happens before an unmap's acquire load sees the count drop.
             head.busy.fetch_sub(1, Ordering::Release);
         }
         drop(guard);
-        Ok(())
+        Ok(maintained)
     }
 
     /// Makes the device see the CPU's writes: copies original to pool for
@@ -886,7 +960,30 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         dir: DmaDirection,
     ) -> Result<(), Error> {
         let _ = dev;
-        self.sync(tlb_addr, size, dir.to_device(), true)
+        self.sync(tlb_addr, size, dir.to_device(), true, None::<NoMaintenance>)
+            .map(|Ok(())| ())
+            .map_err(|e| self.stats.fail(e))
+    }
+
+    /// [`sync_for_device`](Self::sync_for_device) for a layer that maintains caches: after
+    /// the copy, `maintain` runs on the synced pool range clamped to the mapping (the range
+    /// the copy covers), while the mapping is pinned. It runs for every direction, and never
+    /// for an address that is not inside a live mapping.
+    ///
+    /// # Errors
+    ///
+    /// The outer `Err` as for [`sync_for_device`](Self::sync_for_device) (nothing copied,
+    /// `maintain` did not run); the inner `Err` is `maintain`'s.
+    pub fn sync_for_device_maintained<E>(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        maintain: impl FnOnce(PhysAddr, usize) -> Result<(), E>,
+    ) -> Result<Result<(), E>, Error> {
+        let _ = dev;
+        self.sync(tlb_addr, size, dir.to_device(), true, Some(maintain))
             .map_err(|e| self.stats.fail(e))
     }
 
@@ -907,7 +1004,36 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         dir: DmaDirection,
     ) -> Result<(), Error> {
         let _ = dev;
-        self.sync(tlb_addr, size, dir.from_device(), false)
+        self.sync(
+            tlb_addr,
+            size,
+            dir.from_device(),
+            false,
+            None::<NoMaintenance>,
+        )
+        .map(|Ok(())| ())
+        .map_err(|e| self.stats.fail(e))
+    }
+
+    /// [`sync_for_cpu`](Self::sync_for_cpu) for a layer that maintains caches: before the
+    /// copy, `maintain` runs on the synced pool range clamped to the mapping (the range the
+    /// copy covers), while the mapping is pinned; if it fails nothing is copied. It runs for
+    /// every direction, and never for an address that is not inside a live mapping.
+    ///
+    /// # Errors
+    ///
+    /// The outer `Err` as for [`sync_for_cpu`](Self::sync_for_cpu) (nothing copied,
+    /// `maintain` did not run); the inner `Err` is `maintain`'s (nothing copied).
+    pub fn sync_for_cpu_maintained<E>(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        maintain: impl FnOnce(PhysAddr, usize) -> Result<(), E>,
+    ) -> Result<Result<(), E>, Error> {
+        let _ = dev;
+        self.sync(tlb_addr, size, dir.from_device(), false, Some(maintain))
             .map_err(|e| self.stats.fail(e))
     }
 
@@ -1250,6 +1376,49 @@ impl<M: BufferMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), Error> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.unmap_buffer_inner(dev, tlb_addr, buf, dir, attrs, None::<NoMaintenance>) }
+            .map(|Ok(())| ())
+    }
+
+    /// [`unmap_buffer`](Self::unmap_buffer) for a layer that maintains caches, as
+    /// [`unmap_maintained`](Self::unmap_maintained) is for [`unmap`](Self::unmap): `maintain`
+    /// runs on the mapping's own pool range (at most `buf.len()` bytes), once the mapping is
+    /// found and claimed and before the copy back.
+    ///
+    /// # Errors
+    ///
+    /// The outer `Err` as for [`unmap_buffer`](Self::unmap_buffer) (`maintain` did not run,
+    /// the pool is unchanged); the inner `Err` is `maintain`'s.
+    ///
+    /// # Safety
+    ///
+    /// As for [`unmap_buffer`](Self::unmap_buffer).
+    pub unsafe fn unmap_buffer_maintained<E>(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        buf: NonNull<[u8]>,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        maintain: impl FnOnce(PhysAddr, usize) -> Result<(), E>,
+    ) -> Result<Result<(), E>, Error> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.unmap_buffer_inner(dev, tlb_addr, buf, dir, attrs, Some(maintain)) }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`unmap_buffer`](Self::unmap_buffer).
+    unsafe fn unmap_buffer_inner<E>(
+        &self,
+        dev: &Device,
+        tlb_addr: PhysAddr,
+        buf: NonNull<[u8]>,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        maintain: Option<impl FnOnce(PhysAddr, usize) -> Result<(), E>>,
+    ) -> Result<Result<(), E>, Error> {
         let _ = dev;
         // SAFETY: the caller vouches for `buf` for `buf.len()` bytes, and `len` is at most
         // that; `src` lies in the claimed mapping.
@@ -1259,6 +1428,7 @@ impl<M: BufferMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             dir,
             attrs,
             true,
+            maintain,
             |_, src, len| unsafe {
                 self.mem.copy_to_buffer(buf.cast(), src, len);
             },

@@ -572,6 +572,9 @@ mod sim {
             fn invalidate(&self, phys: PhysAddr, len: usize) {
                 self.0.cache_invalidate(phys, len);
             }
+            fn clean_invalidate(&self, phys: PhysAddr, len: usize) {
+                self.0.cache_clean_invalidate(phys, len);
+            }
         }
         static TABLE: BoundedForeignTable<16> = BoundedForeignTable::new();
         let xen = Xen::new(SimConfig::arm64());
