@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{self, ExitCode};
 use std::time::{Duration, Instant};
 
-use crate::{fuzz, layering, loom, readme, xen_qemu};
+use crate::{fuzz, layering, loom, readme, release, xen_qemu};
 
 /// The `no_std` crates, built for every bare-metal target. The list is fixed on purpose: a
 /// crate that stops building for a kernel target is a failure, not something to skip.
@@ -198,6 +198,21 @@ fn steps() -> Vec<Step> {
                 AARCH64_TEST_CRATES,
                 "aarch64-unknown-linux-gnu",
             )),
+        },
+        Step {
+            name: "docs",
+            about: "rustdoc with warnings denied on both kernel targets and the host, and the doc tests",
+            action: Action::Check(release::docs_ci),
+        },
+        Step {
+            name: "package",
+            about: "every published crate packages and builds from its .crate, in dependency order",
+            action: Action::Check(release::package_ci),
+        },
+        Step {
+            name: "msrv",
+            about: "the library crates check with the declared rust-version's toolchain",
+            action: Action::Check(release::msrv_ci),
         },
         Step {
             name: "miri",
@@ -485,6 +500,9 @@ mod tests {
                 "no-std-x86_64",
                 "no-std-aarch64",
                 "test-aarch64",
+                "docs",
+                "package",
+                "msrv",
                 "miri",
                 "miri-arm64",
                 "miri-x86-pv",
@@ -498,6 +516,23 @@ mod tests {
         for (name, _) in PLANNED {
             assert!(!names.contains(name), "{name} is both planned and a step");
         }
+    }
+
+    #[test]
+    fn readme_ci_table_lists_every_step_in_order() {
+        let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+        let table = readme
+            .split("| step | what it runs |")
+            .nth(1)
+            .expect("README.md has the CI step table");
+        let rows: Vec<&str> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with("| `"))
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .collect();
+        let names: Vec<&str> = steps().iter().map(|s| s.name).collect();
+        assert_eq!(rows, names, "README.md's CI table and the step list differ");
     }
 
     #[test]

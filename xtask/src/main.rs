@@ -27,6 +27,7 @@ mod fuzz;
 mod layering;
 mod loom;
 mod readme;
+mod release;
 mod soak;
 mod xen_qemu;
 

@@ -18,7 +18,7 @@
 //!   `GNTTABOP_cache_flush`, in Linux's direction rules), contiguous regions as the 1:1
 //!   identity. [`Arm64Config::probe`] asks Xen for `XENFEAT_direct_mapped` and probes the
 //!   cache flush with a zeroed request.
-//! - `NativeHypercall` (aarch64 only): the `hvc #0xEA1` trap.
+//! - [`NativeHypercall`] (aarch64 only): the `hvc #0xEA1` trap.
 //!
 //! What it does not do: it does not map grants itself (the kernel's backend drivers do, and
 //! hand the results over), it does not support non-direct-mapped domains beyond refusing to
@@ -68,8 +68,17 @@
 //! assert!(!platform.needs_bounce(&dev, phys, bus));
 //! ```
 
+// `NativeHypercall` exists on aarch64 only; elsewhere the crate documentation links to its page
+// on docs.rs (built for `aarch64-unknown-none`).
+#![cfg_attr(target_arch = "aarch64", doc = "[`NativeHypercall`]: NativeHypercall")]
+#![cfg_attr(
+    not(target_arch = "aarch64"),
+    doc = "[`NativeHypercall`]: https://docs.rs/swiotlb-xen-arm64/latest/swiotlb_xen_arm64/struct.NativeHypercall.html"
+)]
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The loom build is a test configuration, not something a reader of the API chooses.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(loom))))]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;

@@ -13,7 +13,7 @@
 //!   below `2^address_bits` (`XENMEM_exchange`), maps the pages to the new frames (the last
 //!   entry flushes the TLB on all CPUs) and updates the P2M. `destroy_contiguous_region`
 //!   is the reverse exchange. Every failure is rolled back; see [`X86PvError`] for the state
-//!   each error leaves and `docs/x86-pv.md` for the protocol.
+//!   each error leaves.
 //! - **No heap, no order cap of 2 MiB.** The exchange's frame lists are the region's own
 //!   P2M entries (Xen reads them from guest memory), so any order Xen allows works with
 //!   only a 32-entry multicall batch on the stack.
@@ -25,6 +25,9 @@
 //! Not supported: 32-bit PV guests, auto-translated guests (PVH/HVM use the identity
 //! translation and need no exchange), and the kernel's own P2M maintenance (ballooning,
 //! grant-map P2M updates), which stays with the kernel.
+//!
+//! The protocol, the rollbacks and the no-heap design are described in the project's
+//! `docs/x86-pv.md`.
 //!
 //! ## Example
 //!
@@ -65,7 +68,15 @@
 //! assert!(!xen.is_bus_contiguous(PhysAddr::new(0), 8192));
 //! ```
 
+// `NativeHypercall` exists on x86_64 only; elsewhere the crate documentation links to its page
+// on docs.rs (built for `x86_64-unknown-none`).
+#![cfg_attr(target_arch = "x86_64", doc = "[`NativeHypercall`]: NativeHypercall")]
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    doc = "[`NativeHypercall`]: https://docs.rs/swiotlb-xen-x86-pv/latest/swiotlb_xen_x86_pv/struct.NativeHypercall.html"
+)]
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod boot;
 mod error;

@@ -72,6 +72,8 @@
 //! and `aarch64-unknown-none`.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The loom build is a test configuration, not something a reader of the API chooses.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(loom))))]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;

@@ -30,7 +30,7 @@
 //! The engine's pool memory must implement [`BufferMemory`] (the engine copies bounced
 //! buffers through virtio-drivers' own pointers; [`LinearMap`](swiotlb_core::LinearMap)
 //! does), and its page allocator must keep the records of
-//! [`PageAllocator::block_state`](swiotlb_core::PageAllocator::block_state), without which
+//! [`PageAllocator::block_state`], without which
 //! `dma_dealloc` refuses to free.
 //!
 //! The crate is `no_std`, needs no heap (virtio-drivers is used without its `alloc`

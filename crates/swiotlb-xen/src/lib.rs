@@ -119,6 +119,7 @@ cfg_if::cfg_if! {
         ///
         /// Every architecture's `native` module defines the same names: `ARCH`, `Platform`
         /// (the platform type with the native hypercall) and `Hypercall` (the trap).
+        #[cfg_attr(docsrs, doc(cfg(target_arch = "x86_64")))]
         pub mod native {
             /// The architecture's name.
             pub const ARCH: &str = "x86-pv";
@@ -133,6 +134,7 @@ cfg_if::cfg_if! {
         ///
         /// Every architecture's `native` module defines the same names: `ARCH`, `Platform`
         /// (the platform type with the native hypercall) and `Hypercall` (the trap).
+        #[cfg_attr(docsrs, doc(cfg(target_arch = "aarch64")))]
         pub mod native {
             /// The architecture's name.
             pub const ARCH: &str = "arm64";

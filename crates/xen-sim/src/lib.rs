@@ -4,7 +4,8 @@
 //! the same `#[repr(C)]` structures the native traps pass, so the marshalling code that runs
 //! on real Xen is the code the tests run, and it checks the guest as strictly as Xen would.
 //!
-//! What it models (details and the list of simplifications: `docs/simulator.md`):
+//! What it models (details and the list of simplifications: the project's
+//! `docs/simulator.md`):
 //!
 //! - machine memory in 4 KiB frames, in a region below 4 GiB and one above, owned per
 //!   domain (dom0 = 0, a domU = 1) or free;
@@ -31,6 +32,8 @@
 //! assert_eq!(v, 4 << 16 | 17);
 //! xen.check_invariants().unwrap();
 //! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;

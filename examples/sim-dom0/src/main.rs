@@ -14,9 +14,13 @@
 //! or a DMA operation failed.
 
 mod backend;
+// The simulator fixtures live with the `swiotlb-xen` integration tests, so that the published
+// crate carries them; the demo drives the library through the very same set-up.
+#[path = "../../../crates/swiotlb-xen/tests/common/grants.rs"]
 mod grants;
 mod pool;
 mod report;
+#[path = "../../../crates/swiotlb-xen/tests/common/sim.rs"]
 mod sim;
 mod workload;
 

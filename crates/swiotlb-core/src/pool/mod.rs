@@ -9,7 +9,7 @@
 //! whatever the direction. Metadata lives out of band in [`Slot`] storage the caller
 //! provides; every copy goes through the [`PhysMemory`] hook.
 //!
-//! `docs/semantics.md` compares each rule with Linux's.
+//! The project's `docs/semantics.md` compares each rule with Linux's.
 
 mod area;
 mod search;

@@ -1,18 +1,16 @@
 //! The simulated machines the integration tests run on, and the checks every test makes
 //! after every step.
 //!
-//! The platform, page-allocator, cache and grant-mapping fixtures are those of the
-//! `sim-dom0` example (`examples/sim-dom0/src/sim.rs` and `grants.rs`), included here so that
-//! the demo and the tests drive the library through the same set-up.
+//! The platform, page-allocator, cache and grant-mapping fixtures (`sim.rs` and `grants.rs`)
+//! are shared with the `sim-dom0` example, which includes them with `#[path]`, so that the
+//! demo and the tests drive the library through the same set-up.
 
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the fixtures"
 )]
 
-#[path = "../../../../examples/sim-dom0/src/grants.rs"]
 pub mod grants;
-#[path = "../../../../examples/sim-dom0/src/sim.rs"]
 pub mod sim;
 
 use std::sync::atomic::Ordering;

@@ -2,9 +2,10 @@
 //! built over the simulator's tables, the kernel's cache maintenance (arm64) and its page
 //! allocator.
 //!
-//! This file and `grants.rs` are the simulator fixtures of both the `sim-dom0` example and
-//! the `swiotlb-xen` integration tests (which include them with `#[path]`), so that the tests
-//! and the demo drive the library through the very same set-up.
+//! This file and `grants.rs` are the simulator fixtures of both the `swiotlb-xen` integration
+//! tests and the `sim-dom0` example (which includes them with `#[path]`), so that the tests
+//! and the demo drive the library through the very same set-up. They live in this crate so
+//! that its published package carries them.
 
 use std::sync::Mutex;
 
