@@ -196,6 +196,21 @@ impl From<X86PvError> for PlatformError {
 mod tests {
     use super::*;
 
+    /// `swiotlb-core` (which knows nothing of Xen) and `xen-abi` name the errnos with tables
+    /// of their own; a `XenError` turned into a `PlatformError` must read the same.
+    #[test]
+    fn the_core_and_abi_errno_tables_agree() {
+        for n in -5..=4200 {
+            assert_eq!(
+                swiotlb_core::errno::name(n),
+                xen_abi::Errno::new(n).name(),
+                "errno {n}"
+            );
+        }
+        let named = (1..=4200).filter(|&n| xen_abi::Errno::new(n).name().is_some());
+        assert!(named.count() >= 38);
+    }
+
     #[test]
     fn platform_errors_keep_the_values_and_name_the_operation() {
         let pfn = Pfn::new(7);

@@ -1,10 +1,11 @@
-//! The errno names of the workspace: one table of Linux's errno numbers (which Xen's public
-//! `errno.h` shares), used to print [`PlatformError`](crate::PlatformError)s here and
-//! `xen_abi::Errno` in the ABI crate, so that an error reads `ENOMEM (12)` wherever it
-//! comes from.
+//! The errno names of [`PlatformError`](crate::PlatformError): a table of Linux's errno
+//! numbers, so that an error reads `ENOMEM (12)` here as `xen_abi::XenError` does.
 //!
-//! [`for_each_errno!`](crate::for_each_errno) hands the table to a macro of the caller's,
-//! which is how `xen-abi` builds its named `Errno` constants from the same rows.
+//! This crate knows nothing of Xen (the workspace's layering), so it does not take the
+//! names from `xen-abi`, whose `Errno` names the same numbers from Xen's public `errno.h`;
+//! the x86-pv crate, which converts one into the other, tests that the two tables agree
+//! for every number. [`for_each_errno!`](crate::for_each_errno) hands the table to a macro
+//! of the caller's.
 
 /// Calls the macro `$callback` with every row of the errno table, as
 /// `NAME = value, "what it means";` (Linux's numbers, the ones Xen's `errno.h` uses).

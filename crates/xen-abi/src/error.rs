@@ -34,9 +34,49 @@ macro_rules! errnos {
     };
 }
 
-// The rows are the workspace's one errno table (`swiotlb_core::for_each_errno`), which also
-// names the errnos of `swiotlb_core::PlatformError`.
-swiotlb_core::for_each_errno!(errnos);
+// Xen's public `errno.h` (Linux's numbers). `swiotlb-core`, which knows nothing of Xen,
+// names the same numbers for its `PlatformError`; the x86-pv crate's tests check that the
+// two tables agree.
+errnos! {
+    EPERM = 1, "operation not permitted";
+    ENOENT = 2, "no such entry";
+    ESRCH = 3, "no such domain or process";
+    EINTR = 4, "interrupted";
+    EIO = 5, "I/O error";
+    ENXIO = 6, "no such device or address";
+    E2BIG = 7, "argument list too long";
+    EBADF = 9, "bad file descriptor";
+    EAGAIN = 11, "try again";
+    ENOMEM = 12, "out of memory";
+    EACCES = 13, "permission denied";
+    EFAULT = 14, "bad address";
+    EBUSY = 16, "busy";
+    EEXIST = 17, "exists";
+    EXDEV = 18, "cross-device link";
+    ENODEV = 19, "no such device";
+    EINVAL = 22, "invalid argument";
+    ENOSPC = 28, "no space left";
+    ERANGE = 34, "result out of range";
+    EDEADLK = 35, "deadlock would occur";
+    ENAMETOOLONG = 36, "name too long";
+    ENOSYS = 38, "operation not implemented";
+    ENOTEMPTY = 39, "not empty";
+    ENODATA = 61, "no data";
+    ETIME = 62, "timer expired";
+    EBADMSG = 74, "bad message";
+    EOVERFLOW = 75, "value too large";
+    EILSEQ = 84, "illegal sequence";
+    ERESTART = 85, "restart the call";
+    ENOTSOCK = 88, "not a socket";
+    EOPNOTSUPP = 95, "operation not supported";
+    EADDRINUSE = 98, "address in use";
+    EADDRNOTAVAIL = 99, "address not available";
+    ENOBUFS = 105, "no buffer space";
+    EISCONN = 106, "already connected";
+    ENOTCONN = 107, "not connected";
+    ETIMEDOUT = 110, "timed out";
+    ECONNREFUSED = 111, "connection refused";
+}
 
 impl Errno {
     /// An errno value (positive for a real errno).
