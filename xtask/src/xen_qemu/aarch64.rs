@@ -29,8 +29,6 @@ const EXAMPLE: &str = "aarch64-dom0";
 const DOMU_BIN: &str = "aarch64-domu";
 /// The bare-metal target.
 const TARGET: &str = "aarch64-unknown-none";
-/// QEMU's time limit: a boot takes seconds, so this only catches a hang.
-const LIMIT: Duration = Duration::from_secs(120);
 /// QEMU's machine: GICv3 and EL2 for Xen.
 const MACHINE: &str = "virt,gic-version=3,virtualization=on";
 /// RAM given to QEMU: `virt`'s RAM starts at 1 GiB, so 5 GiB reach 6 GiB, 2 GiB of them
@@ -73,6 +71,8 @@ pub(crate) struct Aarch64Kernel {
     domu: PathBuf,
     /// QEMU's device tree with Xen's nodes added.
     dtb: PathBuf,
+    /// QEMU's time limit per boot ([`Build::limit`]).
+    limit: Duration,
 }
 
 /// Builds both kernels as `build` says, turns them into Images and writes the device tree.
@@ -97,7 +97,12 @@ pub(crate) fn prepare(root: &Path, build: &Build) -> Result<Aarch64Kernel, Strin
          ready in {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    Ok(Aarch64Kernel { dom0, domu, dtb })
+    Ok(Aarch64Kernel {
+        dom0,
+        domu,
+        dtb,
+        limit: build.limit,
+    })
 }
 
 impl Kernel for Aarch64Kernel {
@@ -107,7 +112,7 @@ impl Kernel for Aarch64Kernel {
         disk::create(&image)?;
         let mut argv = command_line(&xen, &self.dtb, &self.dom0, &self.domu);
         argv.extend(disk::qemu_args(&image, VIRTIO_BLK_DEVICE));
-        boot(&argv, LIMIT, log)
+        boot(&argv, self.limit, log)
     }
 
     /// The domU must have printed (Xen relays its console as `DOM1: ...`), and the disk

@@ -147,7 +147,17 @@ pub(crate) struct Build {
     pub rustflags: Option<String>,
     /// Where the harness puts what it makes from the build (images, device trees).
     pub out: PathBuf,
+    /// QEMU's time limit per boot: a passing boot takes seconds, so this only catches a
+    /// hang. Shorter for mutants, which may hang by design (a driver polling a ring the
+    /// device wrote at another address) and must not cost the CI two minutes each.
+    pub limit: Duration,
 }
+
+/// QEMU's time limit for an ordinary boot.
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+/// QEMU's time limit for a mutant's boot (a passing boot takes under 10 s under TCG on
+/// this kind of machine, 20 s when it is loaded).
+const MUTANT_BOOT_LIMIT: Duration = Duration::from_secs(45);
 
 impl Build {
     /// The ordinary build: the workspace's target directory, no extra flags; outputs go to
@@ -157,6 +167,7 @@ impl Build {
             target_dir: target_dir(root),
             rustflags: None,
             out: build_dir(root, arch.name())?,
+            limit: BOOT_LIMIT,
         })
     }
 
@@ -171,6 +182,7 @@ impl Build {
             target_dir: target_dir(root).join("mutants").join(mutant.name),
             rustflags: Some(format!("--cfg swiotlb_mutant=\"{}\"", mutant.name)),
             out,
+            limit: MUTANT_BOOT_LIMIT,
         })
     }
 }

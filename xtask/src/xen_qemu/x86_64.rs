@@ -14,8 +14,6 @@ use super::{
 const ARCH: &str = "x86_64";
 /// The example's package name.
 const EXAMPLE: &str = "x86_64-pv-dom0";
-/// QEMU's time limit: a boot takes seconds, so this only catches a hang.
-const LIMIT: Duration = Duration::from_secs(120);
 /// RAM given to QEMU. With 512 MiB Xen keeps the low quarter (its DMA zone) for last and
 /// builds a 320 MiB dom0 from the top down, so dom0 owns machine RAM both above the `edu`
 /// device's 28-bit mask (its first pfns, the kernel image) and below it (its last pfns),
@@ -40,6 +38,8 @@ pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 11;
 pub(crate) struct X86Kernel {
     /// The PV dom0 ELF.
     elf: PathBuf,
+    /// QEMU's time limit per boot ([`Build::limit`]).
+    limit: Duration,
 }
 
 /// Builds the kernel as `build` says.
@@ -52,7 +52,10 @@ pub(crate) fn prepare(root: &Path, build: &Build) -> Result<X86Kernel, String> {
         ("gunzip", "gzip"),
     ])?;
     let elf = build_example(root, EXAMPLE, "x86_64-unknown-none", build)?;
-    Ok(X86Kernel { elf })
+    Ok(X86Kernel {
+        elf,
+        limit: build.limit,
+    })
 }
 
 impl Kernel for X86Kernel {
@@ -61,7 +64,7 @@ impl Kernel for X86Kernel {
         let image = disk::image_path(root, release, ARCH)?;
         disk::create(&image)?;
         let argv = command_line(&xen, &self.elf, &image);
-        boot(&argv, LIMIT, log)
+        boot(&argv, self.limit, log)
     }
 
     fn after_pass(
