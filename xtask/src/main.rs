@@ -126,6 +126,7 @@ where
             let mut list = false;
             while let Some(arg) = args.next() {
                 match arg.as_ref() {
+                    "-h" | "--help" => return Ok(Command::Help),
                     "--skip-miri" => options.skip_miri = true,
                     "--list" => list = true,
                     "--only" => {
@@ -212,6 +213,12 @@ mod tests {
     #[test]
     fn only_without_name_is_rejected() {
         assert!(parse_args(["ci", "--only"]).is_err());
+    }
+
+    #[test]
+    fn ci_answers_help() {
+        assert_eq!(parse_args(["ci", "--help"]), Ok(Command::Help));
+        assert_eq!(parse_args(["ci", "--only", "fmt", "-h"]), Ok(Command::Help));
     }
 
     #[test]

@@ -104,8 +104,9 @@ impl Default for Options {
 
 /// The usage text.
 pub const USAGE: &str = "usage: dma-map-bench [-t threads] [-s seconds] [-n node] [-b bits] \
-[-d dir] [-x delay_ns] [-g granule_pages] [--backend facade|pool] [--arch x86|arm64] [-q]
-  -d: 0 = BIDIRECTIONAL, 1 = TO_DEVICE, 2 = FROM_DEVICE";
+[-d dir] [-x delay_ns] [-g granule_pages] [--backend facade|pool] [--arch x86_64|aarch64] [-q]
+  -d: 0 = BIDIRECTIONAL, 1 = TO_DEVICE, 2 = FROM_DEVICE
+  --arch: x86_64 (or x86-pv, x86), aarch64 (or arm64)";
 
 /// The direction names the kernel tool prints, by `-d` value.
 pub const DIRECTIONS: [&str; 3] = ["BIDIRECTIONAL", "TO_DEVICE", "FROM_DEVICE"];
@@ -172,7 +173,9 @@ impl Options {
                                 o.backend = Options::default().backend;
                             }
                         }
-                        ("--arch", "x86" | "x86_64") => o.backend = Backend::Facade(Arch::X86),
+                        ("--arch", "x86" | "x86_64" | "x86-pv") => {
+                            o.backend = Backend::Facade(Arch::X86);
+                        }
                         ("--arch", "arm64" | "aarch64") => {
                             o.backend = Backend::Facade(Arch::Arm64);
                         }
@@ -608,6 +611,16 @@ mod tests {
         assert_eq!(a.direction(), DmaDirection::FromDevice);
         let x = Options::parse(&args("--backend pool --arch x86")).unwrap();
         assert_eq!(x.backend, Backend::Facade(Arch::X86));
+        // The architecture names every tool of the project takes.
+        for (name, arch) in [
+            ("x86_64", Arch::X86),
+            ("x86-pv", Arch::X86),
+            ("aarch64", Arch::Arm64),
+            ("arm64", Arch::Arm64),
+        ] {
+            let o = Options::parse(&args(&format!("--arch {name}"))).unwrap();
+            assert_eq!(o.backend, Backend::Facade(arch), "{name}");
+        }
     }
 
     #[test]

@@ -125,9 +125,12 @@ fn command() -> Command {
         .arg(
             Arg::new("arch")
                 .long("arch")
-                .value_parser(["x86-pv", "arm64", "both"])
+                .value_parser(["x86-pv", "x86_64", "x86", "arm64", "aarch64", "both", "all"])
                 .default_value("both")
-                .help("platform to run on; `both` runs x86-pv, then arm64"),
+                .help(
+                    "platform to run on: x86-pv (or x86_64), arm64 (or aarch64), both (or \
+                     all: x86-pv, then arm64), the names every tool of the project takes",
+                ),
         )
         .arg(
             Arg::new("dma-bits")
@@ -139,7 +142,7 @@ fn command() -> Command {
         .arg(
             Arg::new("transfers")
                 .long("transfers")
-                .value_parser(value_parser!(u64).range(1..))
+                .value_parser(parse_positive)
                 .default_value("2000")
                 .help("transfers per platform (packets and block requests)"),
         )
@@ -193,7 +196,7 @@ fn command() -> Command {
         .arg(
             Arg::new("check-every")
                 .long("check-every")
-                .value_parser(value_parser!(u64).range(1..))
+                .value_parser(parse_positive)
                 .default_value("64")
                 .help("check the simulator's and the pool's invariants every N transfers"),
         )
@@ -220,11 +223,19 @@ fn parse_u64(s: &str) -> Result<u64, String> {
     r.map_err(|e| format!("{s:?} is not a number: {e}"))
 }
 
+/// A count of at least 1, said as `1..` when it is not (not as the whole `u64` range).
+fn parse_positive(s: &str) -> Result<u64, String> {
+    match parse_u64(s)? {
+        0 => Err("must be 1 or more (1..)".to_owned()),
+        v => Ok(v),
+    }
+}
+
 fn options() -> Result<Options, clap::Error> {
     let m = command().try_get_matches()?;
     let archs = match m.get_one::<String>("arch").map(String::as_str) {
-        Some("x86-pv") => vec![Arch::X86Pv],
-        Some("arm64") => vec![Arch::Arm64],
+        Some("x86-pv" | "x86_64" | "x86") => vec![Arch::X86Pv],
+        Some("arm64" | "aarch64") => vec![Arch::Arm64],
         _ => vec![Arch::X86Pv, Arch::Arm64],
     };
     let coherent = if m.get_flag("coherent") {

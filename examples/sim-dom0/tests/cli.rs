@@ -131,6 +131,23 @@ fn a_corrupted_byte_fails_the_run() {
 }
 
 #[test]
+fn counts_below_one_say_1_and_not_the_u64_range() {
+    let out = sim_dom0(&["--transfers", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("1.."), "{err}");
+    assert!(!err.contains("18446744073709551615"), "{err}");
+}
+
+#[test]
+fn every_tool_name_of_the_architectures_is_taken() {
+    for arch in ["x86_64", "x86-pv", "aarch64", "arm64"] {
+        let out = sim_dom0(&["--arch", arch, "--transfers", "3", "--quiet"]);
+        assert!(out.status.success(), "--arch {arch}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
 fn bad_options_are_usage_errors() {
     for args in [
         &["--arch", "riscv"][..],

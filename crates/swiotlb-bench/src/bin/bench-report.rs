@@ -7,10 +7,14 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use swiotlb_bench::suite::{SuiteOptions, run};
+use swiotlb_bench::suite::{SuiteOptions, USAGE, run};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let o = match SuiteOptions::parse(&args) {
         Ok(o) => o,
         Err(e) => {
