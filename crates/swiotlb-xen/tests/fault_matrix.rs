@@ -1308,3 +1308,246 @@ fn arm64_probe_fault_matrix() {
     }
     t.report("arm64 probe (xen_version, GNTTABOP_cache_flush)");
 }
+
+/// Foreign cache maintenance failing at sync time (arm64, a non-coherent device, a granted
+/// page mapped direct, maintained by `GNTTABOP_cache_flush`): every flush of
+/// `sync_single_for_cpu` and of `sync_single_for_device` fails with each errno. The sync
+/// reports `CacheMaintenance` naming the hypercall and errno, counted as a cache failure
+/// and an unmap/sync failure; the mapping stays usable (a clean sync and the unmap work
+/// afterwards, the device's data reaches the page). Then a scatter-gather list of the
+/// foreign page (direct) and a page above 4 GiB (bounced for a 32-bit device) whose unmap
+/// and sync for the CPU fail at the foreign entry's flush: the bounced entry is still
+/// copied back and, at the unmap, released (the pool is empty), and the error names entry 0.
+#[test]
+fn foreign_cache_flush_at_sync_fault_matrix_arm64() {
+    use swiotlb_core::engine::SgEntry;
+    let arm = Arm::new();
+    let engine = arm.engine(SEGMENT * 4);
+    let sdev = arm.xen.device(DmaMask::BITS_32, false);
+    let dev = sdev.core_device();
+    let domid = arm.xen.domu().id();
+    let refs = arm.xen.domu_grant(1);
+    let grants = arm.grants(1);
+    let m = grants.map(domid, &refs).expect("map grants");
+    let domu = arm.xen.domu_guest();
+    let g = m[0];
+    let len = 4096;
+    let bi = DmaDirection::Bidirectional;
+    let none = DmaAttrs::empty();
+    let before = frames(&arm.xen, None);
+
+    domu.write_page(g.gref, 0, &pattern(3, len)).unwrap();
+    // SAFETY: the foreign page stays mapped until after every unmap below.
+    let bus = unsafe { engine.map_page(&dev, g.phys, len, bi, none) }.expect("map");
+    assert!(
+        !common::is_bounced(&engine, bus),
+        "the test needs a direct mapping"
+    );
+    let sync = |for_cpu: bool| {
+        if for_cpu {
+            engine.sync_single_for_cpu(&dev, bus, len, bi)
+        } else {
+            engine.sync_single_for_device(&dev, bus, len, bi)
+        }
+    };
+    let mut t = Tally::default();
+    for for_cpu in [true, false] {
+        arm.xen.reset_counters();
+        sync(for_cpu).expect("clean sync");
+        let flushes = arm.xen.counters().count(SimOp::CacheFlush);
+        assert!(flushes >= 1, "a sync of a foreign page must flush");
+        for nth in 1..=flushes {
+            for errno in ERRNOS {
+                t.cases += 1;
+                let fault = Fault::FailNth {
+                    op: SimOp::CacheFlush,
+                    nth,
+                    errno,
+                };
+                let s0 = engine.stats();
+                arm.xen.inject(fault);
+                let r = sync(for_cpu);
+                if !arm.xen.pending_faults().is_empty() {
+                    t.unreached += 1;
+                }
+                arm.xen.clear_faults();
+                arm.xen.clear_cache_violations();
+                arm.xen.check_invariants().unwrap();
+                let e = r.expect_err("a failed flush is an error");
+                t.err += 1;
+                assert!(
+                    matches!(e, DmaError::CacheMaintenance { .. }),
+                    "{fault:?}: {e:?}"
+                );
+                assert_names_failure(&e, &fault);
+                let s1 = engine.stats();
+                assert_eq!(s1.cache_failures, s0.cache_failures + 1, "{fault:?}");
+                assert_eq!(
+                    s1.unmap_sync_failures,
+                    s0.unmap_sync_failures + 1,
+                    "{fault:?}"
+                );
+                // The mapping is still live: the device writes, a clean sync shows it.
+                let data = pattern(100 + nth, len);
+                sdev.write(bus, &data).unwrap();
+                engine.sync_single_for_cpu(&dev, bus, len, bi).unwrap();
+                common::same(&domu.read_page(g.gref).unwrap(), &data, "after the retry");
+                assert_eq!(frames(&arm.xen, None), before, "{fault:?}: frames");
+            }
+        }
+    }
+    engine.unmap_page(&dev, bus, len, bi, none).expect("unmap");
+
+    // A list of the foreign page (direct) and a bounced page: the failing flush of entry 0
+    // does not stop entry 1 from being synced and unmapped.
+    let (_, bank0) = arm.guest.ram_banks()[0];
+    let high = arm.guest.alloc_pages(bank0 / PAGE - 16);
+    assert!(high.as_u64() >= 1 << 32);
+    for unmap in [false, true] {
+        t.cases += 1;
+        let mut sg = [SgEntry::new(g.phys, len), SgEntry::new(high, 3000)];
+        // SAFETY: both pages stay mapped and unused by the CPU until the unmap.
+        unsafe { engine.map_sg(&dev, &mut sg, bi, none) }.expect("map_sg");
+        assert!(common::is_bounced(&engine, sg[1].dma_address));
+        let data = pattern(77, 3000);
+        sdev.write(sg[1].dma_address, &data).unwrap();
+        let fault = Fault::FailNth {
+            op: SimOp::CacheFlush,
+            nth: 1,
+            errno: 12,
+        };
+        arm.xen.inject(fault);
+        let r = if unmap {
+            engine.unmap_sg(&dev, &sg, bi, none)
+        } else {
+            engine.sync_sg_for_cpu(&dev, &sg, bi)
+        };
+        assert!(arm.xen.pending_faults().is_empty(), "{fault:?} never fired");
+        arm.xen.clear_faults();
+        arm.xen.clear_cache_violations();
+        let e = r.expect_err("the flush failed");
+        t.err += 1;
+        assert_eq!((e.index, e.failures), (0, 1), "{e:?}");
+        assert!(matches!(e.source, DmaError::CacheMaintenance { .. }));
+        assert_names_failure(&e.source, &fault);
+        let mut back = vec![0; 3000];
+        arm.mem.read(high, &mut back);
+        common::same(
+            &back,
+            &data,
+            "the bounced entry after the failed list operation",
+        );
+        if unmap {
+            assert_eq!(pool_used(&engine), 0, "the bounced entry was not released");
+        } else {
+            assert_eq!(pool_used(&engine), 2, "two slots for 3000 bytes");
+            engine.unmap_sg(&dev, &sg, bi, none).expect("unmap_sg");
+        }
+        arm.xen.check_invariants().unwrap();
+    }
+    assert_eq!(pool_used(&engine), 0);
+    t.report("foreign cache maintenance at sync and list unmap (arm64)");
+    grants.unmap(&m).unwrap();
+    assert!(arm.table.is_empty());
+    assert_eq!(frames(&arm.xen, None), before, "frames");
+}
+
+/// The XSA-361 path (arm64): a grant Xen mapped that the foreign table cannot record (the
+/// table is full) is unmapped at once; its request's handle becomes
+/// `INVALID_GRANT_HANDLE` (Xen frees the handle at the unmap and may reuse it) and its
+/// status `GNTST_general_error`, so the caller neither uses the page for DMA nor unmaps by
+/// the stale handle. Cells: the immediate unmap succeeding (the grant is unmapped: the
+/// domU can revoke it), and failing with each errno (counted as `unmap_failed`; the grant
+/// stays mapped, handle and status as before; the test unmaps it by the original handle).
+/// No frame is lost and the table keeps exactly its entries.
+#[test]
+fn xsa_361_immediate_unmap_fault_matrix_arm64() {
+    use swiotlb_xen_arm64::{BoundedForeignTable, ForeignTableError, INVALID_GRANT_HANDLE};
+    use xen_abi::{GNTMAP_HOST_MAP, GNTST_OKAY, GnttabMapGrantRef, GnttabUnmapGrantRef, ops};
+    let arm = Arm::new();
+    let table = BoundedForeignTable::<2>::new();
+    let full =
+        common::grants::ArmGrants::new(&table, &arm.dom0, arm.guest.foreign_window_base(), 2);
+    let domid = arm.xen.domu().id();
+    let refs = arm.xen.domu_grant(2);
+    let kept = full.map(domid, &refs).expect("fill the table");
+    assert_eq!(table.len(), 2);
+    let before = frames(&arm.xen, None);
+    let entries = table.read().entries().to_vec();
+    let host = arm.guest.foreign_window_base().as_u64() + 2 * PAGE;
+    let domu = arm.xen.domu_guest();
+
+    let mut t = Tally::default();
+    let cells: Vec<Option<Fault>> = std::iter::once(None)
+        .chain(ERRNOS.map(|errno| {
+            Some(Fault::FailNth {
+                op: SimOp::GrantUnmap,
+                nth: 1,
+                errno,
+            })
+        }))
+        .collect();
+    for fault in cells {
+        t.cases += 1;
+        let gref = arm.xen.domu_grant(1)[0];
+        let mut reqs = [GnttabMapGrantRef::new(host, GNTMAP_HOST_MAP, gref, domid)];
+        // SAFETY: maps at a window page nothing uses.
+        unsafe { ops::grant_map(&arm.dom0, &mut reqs) }.expect("Xen maps the grant");
+        assert_eq!(reqs[0].status, GNTST_OKAY);
+        let (handle, machine) = (reqs[0].handle, reqs[0].dev_bus_addr);
+        if let Some(f) = fault {
+            arm.xen.inject(f);
+        }
+        // SAFETY: `reqs` is the unchanged result of that map, not used yet.
+        let s = unsafe { table.record_grant_maps(&mut reqs, &arm.dom0) };
+        if !arm.xen.pending_faults().is_empty() {
+            t.unreached += 1;
+        }
+        arm.xen.clear_faults();
+        arm.xen.check_invariants().expect("simulator invariants");
+        // The immediate unmap ran: the request is failed and its handle invalid.
+        assert_eq!((s.recorded, s.failed), (0, 1), "{fault:?}: {s:?}");
+        assert_eq!(
+            s.first_error,
+            Some(ForeignTableError::Full { capacity: 2 }),
+            "{fault:?}"
+        );
+        assert_eq!(
+            reqs[0].handle, INVALID_GRANT_HANDLE,
+            "{fault:?}: stale handle"
+        );
+        assert_eq!(reqs[0].status, GNTST_GENERAL_ERROR, "{fault:?}: status");
+        assert_eq!(
+            table.read().entries(),
+            &entries[..],
+            "{fault:?}: table changed"
+        );
+        match fault {
+            None => {
+                t.ok += 1;
+                assert_eq!(s.unmap_failed, 0);
+                domu.revoke(gref).expect("the grant is no longer mapped");
+            }
+            Some(_) => {
+                t.err += 1;
+                assert_eq!(
+                    s.unmap_failed, 1,
+                    "{fault:?}: the failed unmap is not counted"
+                );
+                assert!(
+                    domu.revoke(gref).is_err(),
+                    "{fault:?}: the grant should still be mapped"
+                );
+                // The caller's clean-up: by the handle it kept from Xen's answer.
+                let mut un = [GnttabUnmapGrantRef::new(host, machine, handle)];
+                // SAFETY: the mapping is ours and unused.
+                unsafe { ops::grant_unmap(&arm.dom0, &mut un) }.expect("unmap by hand");
+                domu.revoke(gref).expect("unmapped now");
+            }
+        }
+        assert_eq!(frames(&arm.xen, None), before, "{fault:?}: frames");
+    }
+    t.report("XSA-361 immediate unmap (arm64, full foreign table)");
+    full.unmap(&kept).expect("unmap the table's grants");
+    assert!(table.is_empty());
+}
