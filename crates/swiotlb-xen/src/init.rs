@@ -494,13 +494,11 @@ struct LeftBehind {
 impl LeftBehind {
     /// Records a chunk whose give-back failed with `source`.
     fn add(&mut self, phys: PhysAddr, order: u32, source: PlatformError) {
-        if source.damage().is_some() {
-            if self.damaged.is_none() {
-                self.damaged = Some((phys, order, source));
-                return;
-            }
-            // A second damaged chunk can only be counted; it is not given back either.
+        if source.damage().is_some() && self.damaged.is_none() {
+            self.damaged = Some((phys, order, source));
+            return;
         }
+        // A second damaged chunk can only be counted; it is not given back either.
         self.failed += 1;
         self.not_given_back.get_or_insert((phys, order, source));
     }
