@@ -34,7 +34,9 @@
 //! is the unmapping and remapping themselves, 32 pages per multicall as Linux batches them.
 //!
 //! After any error everything exchanged so far has been given back, except what the error
-//! names ([`InitError::GiveBack`]).
+//! names and counts: a damaged chunk ([`InitError::Damaged`], which takes precedence) and
+//! the chunks whose give-back failed ([`InitError::GiveBack`] names the first and counts
+//! them all; `Damaged` counts them). Giving back goes on after a failing chunk.
 
 #[cfg(test)]
 mod tests;
@@ -251,24 +253,39 @@ pub enum InitError {
     /// before and must never be freed to the kernel's page allocator nor reused: the
     /// caller quarantines `[phys, phys + 4 KiB << order)` (the rest of the pool region is
     /// the caller's again, as before).
-    #[error("pool chunk {phys} (order {order}) is damaged and must be quarantined: {source}")]
+    ///
+    /// The chunk is damaged either by making it contiguous or by giving it back after
+    /// another error. It takes precedence over a failed give-back: `not_given_back` counts
+    /// the other chunks whose give-back failed meanwhile (they stay exchanged, as after
+    /// [`InitError::GiveBack`]: usable memory, contiguous below the limit).
+    #[error(
+        "pool chunk {phys} (order {order}) is damaged and must be quarantined ({not_given_back} other chunks not given back): {source}"
+    )]
     Damaged {
         /// The chunk.
         phys: PhysAddr,
         /// Its order.
         order: u32,
+        /// Other chunks whose give-back failed (they stay exchanged, not damaged).
+        not_given_back: u32,
         /// The platform's error, a [`PlatformError::RegionDamaged`].
         #[source]
         source: PlatformError,
     },
     /// A chunk could not be given back (after a halving, after an error, or in
-    /// [`release`]); it stays exchanged and is the caller's to deal with.
-    #[error("giving back the chunk {phys} (order {order}) failed: {source}")]
+    /// [`release`]); it stays exchanged (its pages mapped and translated, contiguous below
+    /// the limit) and is the caller's to deal with. `failed` counts every chunk whose
+    /// give-back failed, this one (the first) included; the others stay exchanged too.
+    #[error(
+        "giving back the chunk {phys} (order {order}) failed ({failed} chunks not given back): {source}"
+    )]
     GiveBack {
-        /// The chunk.
+        /// The first chunk that could not be given back.
         phys: PhysAddr,
         /// Its order.
         order: u32,
+        /// Chunks not given back, this one included (at least 1).
+        failed: u32,
         /// The platform's error.
         #[source]
         source: PlatformError,
@@ -443,9 +460,9 @@ impl<P: Platform> Fixup<'_, P> {
         Next::Halve(err)
     }
 
-    /// Gives back every exchanged chunk that ends past `new_end`; returns the first failure.
-    fn give_back_from(&mut self, new_end: u64) -> Result<(), InitError> {
-        let mut first = None;
+    /// Gives back every exchanged chunk that ends past `new_end`, going on after a failure,
+    /// and records what could not be given back in `left`.
+    fn give_back_from(&mut self, new_end: u64, left: &mut LeftBehind) {
         while let Some(c) = self.report.chunks.last().copied() {
             if c.phys.as_u64() + c.bytes() <= new_end {
                 break;
@@ -457,15 +474,53 @@ impl<P: Platform> Fixup<'_, P> {
                 // is still owned exclusively by it.
                 let r = unsafe { self.platform.destroy_contiguous_region(c.phys, c.order) };
                 if let Err(source) = r {
-                    first.get_or_insert(InitError::GiveBack {
-                        phys: c.phys,
-                        order: c.order,
-                        source,
-                    });
+                    left.add(c.phys, c.order, source);
                 }
             }
         }
-        first.map_or(Ok(()), Err)
+    }
+}
+
+/// What giving chunks back left behind: the first damaged chunk (a give-back that damaged
+/// it, or the chunk whose creation did), the first chunk not given back, and how many
+/// chunks were not given back.
+#[derive(Default)]
+struct LeftBehind {
+    damaged: Option<(PhysAddr, u32, PlatformError)>,
+    not_given_back: Option<(PhysAddr, u32, PlatformError)>,
+    failed: u32,
+}
+
+impl LeftBehind {
+    /// Records a chunk whose give-back failed with `source`.
+    fn add(&mut self, phys: PhysAddr, order: u32, source: PlatformError) {
+        if source.damage().is_some() && self.damaged.is_none() {
+            self.damaged = Some((phys, order, source));
+            return;
+        }
+        // A second damaged chunk can only be counted; it is not given back either.
+        self.failed += 1;
+        self.not_given_back.get_or_insert((phys, order, source));
+    }
+
+    /// The error naming what is left, if anything: a damaged chunk first (it must be
+    /// quarantined), else the first chunk not given back.
+    fn into_error(self) -> Option<InitError> {
+        if let Some((phys, order, source)) = self.damaged {
+            return Some(InitError::Damaged {
+                phys,
+                order,
+                not_given_back: self.failed,
+                source,
+            });
+        }
+        self.not_given_back
+            .map(|(phys, order, source)| InitError::GiveBack {
+                phys,
+                order,
+                failed: self.failed,
+                source,
+            })
     }
 }
 
@@ -478,8 +533,9 @@ impl<P: Platform> Fixup<'_, P> {
 /// [`InitError::Misaligned`], [`InitError::BadSize`], [`InitError::TooSmall`],
 /// [`InitError::Exhausted`], [`InitError::Damaged`], [`InitError::GiveBack`],
 /// [`InitError::Pool`], [`InitError::Engine`]. After an error every chunk exchanged has been
-/// given back, except one named by `GiveBack`, and the rest of the region is as before,
-/// except the chunk named by `Damaged`, which must be quarantined.
+/// given back, except the chunks counted by `GiveBack` (the first named) or by `Damaged`'s
+/// `not_given_back`, and the rest of the region is as before, except the chunk named by
+/// `Damaged`, which must be quarantined.
 ///
 /// # Safety
 ///
@@ -562,36 +618,35 @@ where
         let Err((source, order)) = fx.step() else {
             continue;
         };
+        let mut left = LeftBehind::default();
         if source.damage().is_some() {
             // The platform left the chunk at the cursor damaged: give back every chunk made
-            // so far and name it, for the caller to quarantine.
-            let phys = PhysAddr::new(fx.cursor);
-            fx.give_back_from(fx.start)?;
-            return Err(InitError::Damaged {
-                phys,
-                order,
-                source,
-            });
+            // so far and name it, for the caller to quarantine (a give-back failing
+            // meanwhile is counted, never hides the damage).
+            left.damaged = Some((PhysAddr::new(fx.cursor), order, source));
+            fx.give_back_from(fx.start, &mut left);
+            return Err(left.into_error().expect("a damaged chunk is named"));
         }
         let size = fx.end - fx.start;
         let half = (size / 2) / SEGMENT * SEGMENT;
         // CAST: `min` is a usize.
         if half < min as u64 {
             let failed_at = PhysAddr::new(fx.cursor);
-            fx.give_back_from(fx.start)?;
-            return Err(InitError::Exhausted {
+            fx.give_back_from(fx.start, &mut left);
+            return Err(left.into_error().unwrap_or(InitError::Exhausted {
                 min,
                 address_bits: fx.max_bits,
                 phys: failed_at,
                 order,
                 source,
-            });
+            }));
         }
         let new_end = fx.start + half;
-        if let Err(e) = fx.give_back_from(new_end) {
-            // Give back the rest too, then name the chunk that stayed.
-            let _ = fx.give_back_from(fx.start);
-            return Err(e);
+        fx.give_back_from(new_end, &mut left);
+        if left.failed > 0 || left.damaged.is_some() {
+            // Give back the rest too, then name what stayed.
+            fx.give_back_from(fx.start, &mut left);
+            return Err(left.into_error().expect("a failed give-back is named"));
         }
         fx.end = new_end;
         fx.report.halvings += 1;
@@ -637,7 +692,8 @@ where
 ///
 /// # Errors
 ///
-/// [`InitError::GiveBack`] for the first chunk that could not be given back.
+/// [`InitError::GiveBack`] for the first chunk that could not be given back (counting them
+/// all), or [`InitError::Damaged`] for the first a give-back left damaged (to quarantine).
 ///
 /// # Safety
 ///
@@ -645,17 +701,13 @@ where
 /// holds a bounce address), and `report` describes chunks of `platform` not given back
 /// yet.
 pub unsafe fn release<P: Platform>(platform: &P, report: &InitReport) -> Result<(), InitError> {
-    let mut first = None;
+    let mut left = LeftBehind::default();
     for c in report.exchanged() {
         // SAFETY: the caller guarantees nobody uses the chunk, which `init` made contiguous
         // with this order.
         if let Err(source) = unsafe { platform.destroy_contiguous_region(c.phys, c.order) } {
-            first.get_or_insert(InitError::GiveBack {
-                phys: c.phys,
-                order: c.order,
-                source,
-            });
+            left.add(c.phys, c.order, source);
         }
     }
-    first.map_or(Ok(()), Err)
+    left.into_error().map_or(Ok(()), Err)
 }

@@ -143,7 +143,7 @@ fn assert_reports_every_stranded_page<P: Platform>(
     phys: PhysAddr,
     order: u32,
     stranded: &Stranded,
-    fault: &Fault,
+    fault: &dyn std::fmt::Debug,
 ) {
     let first = phys.frame().as_u64();
     let untranslated: Vec<u64> = (first..first + (1 << order))
@@ -254,57 +254,237 @@ fn frames(xen: &Xen, pv: Option<&Pv>) -> (u64, u64) {
 
 const POOL_BYTES: usize = 1 << 20;
 
+/// What a pool initialisation did with its chunks, as seen by the platform it called: the
+/// chunks made contiguous and not given back, the chunks left damaged, and the give-backs
+/// (`destroy_contiguous_region`) attempted and failed. The oracle for "after an error every
+/// chunk was given back except the one the error names".
+#[derive(Debug, Default)]
+struct LedgerState {
+    outstanding: std::collections::BTreeSet<(u64, u32)>,
+    damaged: std::collections::BTreeSet<(u64, u32)>,
+    give_backs: usize,
+    give_back_failures: usize,
+    give_backs_damaged: usize,
+}
+
+/// The x86 PV platform of the simulator, keeping a [`LedgerState`].
+struct Ledger<'a> {
+    inner: common::SimPv<'a>,
+    state: std::sync::Mutex<LedgerState>,
+}
+
+impl Ledger<'_> {
+    fn state(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn created(&self, phys: PhysAddr, order: u32, r: &Result<impl Sized, PlatformError>) {
+        let mut st = self.state();
+        match r {
+            Ok(_) => assert!(st.outstanding.insert((phys.as_u64(), order)), "made twice"),
+            Err(e) if e.damage().is_some() => {
+                st.damaged.insert((phys.as_u64(), order));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+// SAFETY: every answer and every change is the x86 PV platform's; only the bookkeeping is
+// added.
+unsafe impl Platform for Ledger<'_> {
+    fn pfn_to_bfn(&self, pfn: swiotlb_core::Pfn) -> Option<swiotlb_core::Bfn> {
+        self.inner.pfn_to_bfn(pfn)
+    }
+    fn bfn_to_local_pfn(&self, bfn: swiotlb_core::Bfn) -> Option<swiotlb_core::Pfn> {
+        self.inner.bfn_to_local_pfn(bfn)
+    }
+    fn contiguous_run(
+        &self,
+        pfn: swiotlb_core::Pfn,
+        max_frames: u64,
+    ) -> Option<(swiotlb_core::Bfn, u64)> {
+        self.inner.contiguous_run(pfn, max_frames)
+    }
+    unsafe fn create_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        address_bits: u32,
+    ) -> Result<swiotlb_core::BusAddr, PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        let r = unsafe {
+            self.inner
+                .create_contiguous_region(phys, order, address_bits)
+        };
+        self.created(phys, order, &r);
+        r
+    }
+    unsafe fn create_contiguous_region_rising(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+        min_bits: u32,
+        max_bits: u32,
+    ) -> Result<(swiotlb_core::BusAddr, u32), PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        let r = unsafe {
+            self.inner
+                .create_contiguous_region_rising(phys, order, min_bits, max_bits)
+        };
+        self.created(phys, order, &r);
+        r
+    }
+    unsafe fn destroy_contiguous_region(
+        &self,
+        phys: PhysAddr,
+        order: u32,
+    ) -> Result<(), PlatformError> {
+        // SAFETY: the caller's promise, passed on.
+        let r = unsafe { self.inner.destroy_contiguous_region(phys, order) };
+        let mut st = self.state();
+        let key = (phys.as_u64(), order);
+        assert!(
+            st.outstanding.contains(&key),
+            "gave back {key:x?}, never made"
+        );
+        st.give_backs += 1;
+        match &r {
+            Ok(()) => {
+                st.outstanding.remove(&key);
+            }
+            Err(e) => {
+                st.give_back_failures += 1;
+                if e.damage().is_some() {
+                    st.give_backs_damaged += 1;
+                    st.outstanding.remove(&key);
+                    st.damaged.insert(key);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// What [`pool_init_run`] saw.
+struct InitRun {
+    /// Whether every injected fault fired.
+    fired: bool,
+    /// How many of the injected faults never fired.
+    unfired: usize,
+    /// The hypercall counters of the initialisation alone.
+    counters: Counters,
+    /// Give-backs the initialisation attempted, and how many failed (and were damaged).
+    give_backs: usize,
+    give_back_failures: usize,
+    give_backs_damaged: usize,
+    result: Result<(), InitError>,
+}
+
 /// One pool initialisation on a fresh x86 PV machine (the path depends on which frames are
-/// free, so every case starts from the same state), with `fault` injected: checks the
-/// machine afterwards, releases what a successful initialisation exchanged, and returns
-/// whether the fault fired, the hypercall counters of the initialisation alone, and its
-/// outcome.
-fn pool_init_case(fault: Option<Fault>) -> (bool, Counters, Result<(), InitError>) {
+/// free, so every case starts from the same state), with `faults` injected at once: checks
+/// the machine afterwards, releases what a successful initialisation exchanged (or what an
+/// error names as not given back), and returns what happened.
+///
+/// Checked after every case: the simulator's invariants, no TLB violation, the chunks the
+/// platform still holds exchanged or damaged are exactly those the result names (all of a
+/// success's exchanged chunks, the one chunk of `GiveBack` or `Damaged`, nothing else), and
+/// no frame is lost or duplicated beyond the stranded pages a damage report counts.
+fn pool_init_run(faults: &[Fault], bytes: usize, options: InitOptions) -> InitRun {
     let pv = Pv::new();
-    let pages = (POOL_BYTES as u64) / PAGE;
+    let pages = (bytes as u64) / PAGE;
     let pool = pv.guest.alloc_aligned(pages, pages);
     let before = frames(&pv.xen, Some(&pv));
-    let storage: Box<[Slot]> = (0..POOL_BYTES / 2048).map(|_| Slot::new()).collect();
+    let storage: Box<[Slot]> = (0..bytes / 2048).map(|_| Slot::new()).collect();
+    let ledger = Ledger {
+        inner: common::sim::pv_platform(&pv.xen, &pv.guest),
+        state: Default::default(),
+    };
     pv.xen.reset_counters();
-    if let Some(f) = fault {
+    for &f in faults {
         pv.xen.inject(f);
     }
     // SAFETY: the region is fresh dom0 memory given to the pool alone.
     let r = unsafe {
         init(
-            common::sim::pv_platform(&pv.xen, &pv.guest),
+            &ledger,
             pv.guest.memory(),
             pool,
-            POOL_BYTES,
+            bytes,
             storage,
             swiotlb_core::engine::NoPageAllocator,
-            InitOptions::default(),
+            options,
         )
     };
-    let fired = pv.xen.pending_faults().is_empty();
+    let unfired = pv.xen.pending_faults().len();
+    let fired = unfired == 0;
     let counters = pv.xen.counters();
     pv.xen.clear_faults();
     pv.xen.check_invariants().expect("simulator invariants");
-    assert_eq!(pv.xen.tlb_violations(), [], "{fault:?}");
+    assert_eq!(pv.xen.tlb_violations(), [], "{faults:?}");
+    let (give_backs, give_back_failures, give_backs_damaged) = {
+        let st = ledger.state();
+        (st.give_backs, st.give_back_failures, st.give_backs_damaged)
+    };
+    let held = |st: &LedgerState| (st.outstanding.clone(), st.damaged.clone());
+    let one =
+        |phys: &PhysAddr, order: &u32| std::collections::BTreeSet::from([(phys.as_u64(), *order)]);
+    let none = std::collections::BTreeSet::new;
     let r = match r {
         Ok((engine, report)) => {
-            assert!(
-                report.bytes >= InitOptions::default().min_bytes as _,
-                "{report:?}"
-            );
+            assert!(report.bytes >= options.min_bytes, "{report:?}");
             assert!(engine.pool_bus_top().unwrap().as_u64() < 1 << 32);
             engine.pool().unwrap().check_invariants().unwrap();
+            let exchanged = report
+                .exchanged()
+                .map(|c| (c.phys.as_u64(), c.order))
+                .collect();
+            assert_eq!(
+                held(&ledger.state()),
+                (exchanged, none()),
+                "{faults:?}: the report's chunks are not what the platform holds"
+            );
             let (platform, _, _) = engine.into_parts();
             // SAFETY: the engine is gone; the pool's memory is no longer used.
             unsafe { release(&platform, &report) }.expect("release");
             Ok(())
         }
         Err(e) => {
-            if let InitError::GiveBack { phys, order, .. } = e {
-                // Left exchanged, as documented: the caller gives it back.
-                let p = common::sim::pv_platform(&pv.xen, &pv.guest);
+            let (outstanding, damaged) = held(&ledger.state());
+            let (named_out, not_given_back, named_damaged) = match &e {
+                InitError::GiveBack {
+                    phys,
+                    order,
+                    failed,
+                    ..
+                } => (Some((phys.as_u64(), *order)), *failed, none()),
+                InitError::Damaged {
+                    phys,
+                    order,
+                    not_given_back,
+                    ..
+                } => (None, *not_given_back, one(phys, order)),
+                _ => (None, 0, none()),
+            };
+            // Every chunk left behind is named or counted: the damaged one exactly, the
+            // ones not given back by number (the first of them by name).
+            assert_eq!(
+                (damaged, outstanding.len() as u32),
+                (named_damaged, not_given_back),
+                "{faults:?}: {e:?} does not name what the initialisation left behind: \
+                 {outstanding:x?} still exchanged"
+            );
+            assert!(
+                named_out.is_none_or(|c| outstanding.contains(&c)),
+                "{faults:?}: {e:?}"
+            );
+            // Left exchanged, as documented: the caller gives them back.
+            for (phys, order) in outstanding {
                 // SAFETY: the chunk is the failed initialisation's, unused.
-                unsafe { p.destroy_contiguous_region(phys, order) }.expect("give back");
+                unsafe { ledger.destroy_contiguous_region(PhysAddr::new(phys), order) }
+                    .expect("give back");
             }
             Err(e)
         }
@@ -316,13 +496,12 @@ fn pool_init_case(fault: Option<Fault>) -> (bool, Counters, Result<(), InitError
             phys,
             order,
             source,
+            ..
         }) => {
             let s = *source.damage().expect("a damaged chunk names its damage");
-            let p = common::sim::pv_platform(&pv.xen, &pv.guest);
-            let f = fault.expect("damage needs a fault");
-            assert_reports_every_stranded_page(&p, *phys, *order, &s, &f);
+            assert_reports_every_stranded_page(&ledger.inner, *phys, *order, &s, &faults);
             // The damaged chunk lies in the pool region, which is otherwise as before.
-            assert!(*phys >= pool && phys.as_u64() < pool.as_u64() + POOL_BYTES as u64);
+            assert!(*phys >= pool && phys.as_u64() < pool.as_u64() + bytes as u64);
             s.count()
         }
         _ => 0,
@@ -331,9 +510,23 @@ fn pool_init_case(fault: Option<Fault>) -> (bool, Counters, Result<(), InitError
     assert_eq!(
         frames(&pv.xen, Some(&pv)),
         (before.0 + lost, before.1 - stranded),
-        "{fault:?}: a frame was lost"
+        "{faults:?}: a frame was lost"
     );
-    (fired, counters, r)
+    InitRun {
+        fired,
+        unfired,
+        counters,
+        give_backs,
+        give_back_failures,
+        give_backs_damaged,
+        result: r,
+    }
+}
+
+/// [`pool_init_run`] of the default 1 MiB pool with at most one fault.
+fn pool_init_case(fault: Option<Fault>) -> (bool, Counters, Result<(), InitError>) {
+    let run = pool_init_run(fault.as_slice(), POOL_BYTES, InitOptions::default());
+    (run.fired, run.counters, run.result)
 }
 
 /// Every hypercall of the pool initialisation (x86 PV, a 1 MiB pool, its chunks made
@@ -435,6 +628,259 @@ fn pool_init_double_fault_matrix_x86_pv() {
         t.err, t.cases,
         "an initialisation succeeded without hypercalls"
     );
+}
+
+/// `k` of the performances `1..=n`: all of them up to `k`, else the first, the last and
+/// `k - 2` spread evenly between.
+fn spread(n: u64, k: u64) -> Vec<u64> {
+    if n <= k {
+        return (1..=n).collect();
+    }
+    let mut v: Vec<u64> = (0..k).map(|i| 1 + i * (n - 1) / (k - 1)).collect();
+    v.dedup();
+    v
+}
+
+/// The second faults of a two-fault case, for a run (with its first fault) that made `c`:
+/// each counted operation failing at `k` of its performances (see [`spread`]) with EINVAL
+/// (exchanges with ENOMEM too, which moves to the next address limit), each multicall's first and last entry, each exchange completing nothing or
+/// half, and the damaging faults at the same steps.
+fn sampled_faults(c: &Counters, exchange_extents: u64, k: u64) -> Vec<Fault> {
+    let mut v = Vec::new();
+    for op in OPS {
+        let errnos: &[i32] = if op == SimOp::MemoryExchange {
+            &[12, 22]
+        } else {
+            &[22]
+        };
+        for nth in spread(c.count(op), k) {
+            for &errno in errnos {
+                v.push(Fault::FailNth { op, nth, errno });
+            }
+        }
+    }
+    for nth_multicall in spread(c.count(SimOp::Multicall), k) {
+        for entry in [0, 31] {
+            v.push(Fault::MulticallEntry {
+                nth_multicall,
+                entry,
+                errno: 22,
+            });
+        }
+    }
+    for nth in spread(c.count(SimOp::MemoryExchange), k) {
+        v.push(Fault::PartialExchange {
+            nth,
+            done_extents: exchange_extents / 2,
+        });
+        for kept in [0, exchange_extents / 2] {
+            v.push(Fault::ExchangeLosesFrames { nth, kept });
+        }
+    }
+    for nth in spread(c.count(SimOp::UpdateVaMapping) / 2, k) {
+        v.push(Fault::MapRefused { nth, errno: 14 });
+    }
+    v
+}
+
+/// Asserts that an error names a hypercall and the errno of one of the injected faults.
+#[track_caller]
+fn assert_names_one_of(e: &(dyn StdError + 'static), faults: &[Fault]) {
+    let (_, errno) =
+        hypercall_in(e).unwrap_or_else(|| panic!("{faults:?}: {e:?} names no hypercall"));
+    let f = faults
+        .iter()
+        .find(|f| errno_of(f).is_none_or(|want| want == errno))
+        .unwrap_or_else(|| panic!("{faults:?}: {e} names errno {errno}, not injected"));
+    assert_names_failure(e, f);
+}
+
+/// Counts of a two-fault matrix, beyond [`Tally`]'s.
+#[derive(Debug, Default)]
+struct GiveBackTally {
+    /// Cases in which only one of the two faults fired (the other's step never came: the
+    /// first changed the path). Counted as cases, not as two-fault cases.
+    one_fired: usize,
+    /// Cases in which the initialisation gave chunks back.
+    gave_back: usize,
+    /// Cases in which a give-back failed and was named by `GiveBack`.
+    give_back_failed: usize,
+    /// Cases in which a give-back left its chunk damaged, named by `Damaged`.
+    give_back_damaged: usize,
+}
+
+/// Every pair (a first fault of `firsts`, a second fault from [`sampled_faults`] of the run
+/// with the first) in one pool initialisation of `bytes` with `options`; each case checked
+/// by [`pool_init_run`], and its error named by one of the two faults.
+fn two_fault_matrix(
+    bytes: usize,
+    options: InitOptions,
+    firsts: &[Fault],
+    k: u64,
+) -> (Tally, GiveBackTally) {
+    let mut t = Tally::default();
+    let mut g = GiveBackTally::default();
+    for &first in firsts {
+        let alone = pool_init_run(&[first], bytes, options);
+        assert!(alone.fired, "{first:?} never fired");
+        let extents = 1 << SEGMENT_ORDER_IN_TEST;
+        for second in sampled_faults(&alone.counters, extents, k) {
+            if second == first {
+                continue;
+            }
+            let pair = [first, second];
+            t.cases += 1;
+            let run = pool_init_run(&pair, bytes, options);
+            match run.unfired {
+                0 => {}
+                1 => g.one_fired += 1,
+                _ => t.unreached += 1,
+            }
+            if run.give_backs > 0 {
+                g.gave_back += 1;
+            }
+            let damaging = pair.iter().any(|f| {
+                matches!(
+                    f,
+                    Fault::MapRefused { .. } | Fault::ExchangeLosesFrames { .. }
+                )
+            });
+            match run.result {
+                Ok(()) => t.ok += 1,
+                Err(e) => {
+                    t.err += 1;
+                    match e {
+                        InitError::Damaged { .. } => {
+                            assert!(damaging, "{pair:?}: {e:?}");
+                            t.damaged += 1;
+                            if run.give_backs_damaged > 0 {
+                                g.give_back_damaged += 1;
+                            }
+                        }
+                        InitError::GiveBack { .. } => {
+                            assert!(run.give_back_failures > 0, "{pair:?}: {e:?}");
+                            g.give_back_failed += 1;
+                        }
+                        InitError::Exhausted { .. } => {
+                            assert_eq!(run.give_back_failures, 0, "{pair:?}: {e:?}");
+                        }
+                        e => panic!("{pair:?}: {e:?}"),
+                    }
+                    assert_names_one_of(&e, &pair);
+                }
+            }
+        }
+    }
+    (t, g)
+}
+
+/// The order of the chunks of the give-back matrices (a segment each).
+const SEGMENT_ORDER_IN_TEST: u32 = 6;
+
+/// Two independent faults in one pool initialisation (x86 PV, 1 MiB): the first exchange
+/// refused (`ENOMEM`: the chunk is split in two) or the first remap multicall entry failing
+/// (the retry alone remaps it), then a second fault at a sample of every later step: an
+/// exchange fault plus a remap fault, two exchange faults, a refused page after a split,
+/// an exchange losing frames after a retry. Each case recovers or fails cleanly, names
+/// one of its faults, leaves nothing exchanged that the error does not name, and loses no
+/// frame.
+#[test]
+fn pool_init_two_fault_matrix_x86_pv() {
+    two_faults(3);
+}
+
+/// [`pool_init_two_fault_matrix_x86_pv`] with 8 steps of each operation instead of 3.
+#[test]
+#[ignore = "slow: about 40 s in debug; the default matrix samples 3 steps per operation"]
+fn pool_init_two_fault_matrix_x86_pv_wide() {
+    two_faults(8);
+}
+
+fn two_faults(k: u64) {
+    let firsts = [
+        Fault::FailNth {
+            op: SimOp::MemoryExchange,
+            nth: 1,
+            errno: 12,
+        },
+        Fault::MulticallEntry {
+            nth_multicall: 2,
+            entry: 0,
+            errno: 22,
+        },
+    ];
+    let (t, g) = two_fault_matrix(POOL_BYTES, InitOptions::default(), &firsts, k);
+    assert!(t.ok > 0 && t.err > 0 && t.damaged > 0, "{t:?}");
+    t.report(&format!(
+        "pool init, two faults (x86 PV, 1 MiB, {k} steps per op; both fired in {})",
+        t.cases - g.one_fired - t.unreached
+    ));
+}
+
+/// The give-back paths of the pool initialisation (x86 PV, chunks of one segment): a pool
+/// of 1 MiB whose last chunk fails (`EINVAL`), so that the three made before are given
+/// back and the result is `Exhausted`; a pool of 2 MiB (at least 1 MiB) whose last chunk
+/// fails, so that it is halved and the three chunks past the new end are given back; and
+/// in each a second fault at a sample of every step, the give-backs' own exchanges and
+/// remaps included. A give-back that fails is named by `GiveBack` (the caller gives the
+/// chunk back); one that leaves its chunk damaged is named by `Damaged` (the caller
+/// quarantines it); every other chunk is given back.
+#[test]
+fn pool_init_give_back_fault_matrix_x86_pv() {
+    give_back(3);
+}
+
+/// [`pool_init_give_back_fault_matrix_x86_pv`] with 8 steps of each operation instead of 3.
+#[test]
+#[ignore = "slow: about 40 s in debug; the default matrix samples 3 steps per operation"]
+fn pool_init_give_back_fault_matrix_x86_pv_wide() {
+    give_back(8);
+}
+
+fn give_back(k: u64) {
+    let options = InitOptions::default().with_max_order(SEGMENT_ORDER_IN_TEST);
+    let mut total = Tally::default();
+    let mut gtotal = GiveBackTally::default();
+    for (bytes, min) in [(POOL_BYTES, POOL_BYTES), (2 * POOL_BYTES, POOL_BYTES)] {
+        let options = options.with_min_bytes(min);
+        let clean = pool_init_run(&[], bytes, options);
+        clean.result.expect("clean init");
+        let last = Fault::FailNth {
+            op: SimOp::MemoryExchange,
+            nth: clean.counters.count(SimOp::MemoryExchange),
+            errno: 22,
+        };
+        let alone = pool_init_run(&[last], bytes, options);
+        assert_eq!(alone.give_backs, 3, "{bytes:#x}: three chunks given back");
+        assert_eq!(alone.give_back_failures, 0);
+        match (bytes == min, &alone.result) {
+            (true, Err(InitError::Exhausted { .. })) | (false, Ok(())) => {}
+            (_, r) => panic!("{bytes:#x}: {r:?}"),
+        }
+        let (t, g) = two_fault_matrix(bytes, options, &[last], k);
+        total.cases += t.cases;
+        total.ok += t.ok;
+        total.err += t.err;
+        total.damaged += t.damaged;
+        total.unreached += t.unreached;
+        gtotal.one_fired += g.one_fired;
+        gtotal.gave_back += g.gave_back;
+        gtotal.give_back_failed += g.give_back_failed;
+        gtotal.give_back_damaged += g.give_back_damaged;
+    }
+    assert!(
+        gtotal.gave_back > 0 && gtotal.give_back_failed > 0 && gtotal.give_back_damaged > 0,
+        "a give-back path not reached: {gtotal:?}"
+    );
+    eprintln!(
+        "  give-back paths: {} cases gave chunks back, {} named a failed give-back, {} a damaged one",
+        gtotal.gave_back, gtotal.give_back_failed, gtotal.give_back_damaged
+    );
+    total.report(&format!(
+        "pool init give-back, two faults (x86 PV, 1 and 2 MiB in segments, {k} steps per op; \
+         both fired in {})",
+        total.cases - gtotal.one_fired - total.unreached
+    ));
 }
 
 /// Coherent allocations that need an exchange (x86 PV, a 32-bit coherent mask, 16 KiB on
@@ -861,4 +1307,247 @@ fn arm64_probe_fault_matrix() {
         }
     }
     t.report("arm64 probe (xen_version, GNTTABOP_cache_flush)");
+}
+
+/// Foreign cache maintenance failing at sync time (arm64, a non-coherent device, a granted
+/// page mapped direct, maintained by `GNTTABOP_cache_flush`): every flush of
+/// `sync_single_for_cpu` and of `sync_single_for_device` fails with each errno. The sync
+/// reports `CacheMaintenance` naming the hypercall and errno, counted as a cache failure
+/// and an unmap/sync failure; the mapping stays usable (a clean sync and the unmap work
+/// afterwards, the device's data reaches the page). Then a scatter-gather list of the
+/// foreign page (direct) and a page above 4 GiB (bounced for a 32-bit device) whose unmap
+/// and sync for the CPU fail at the foreign entry's flush: the bounced entry is still
+/// copied back and, at the unmap, released (the pool is empty), and the error names entry 0.
+#[test]
+fn foreign_cache_flush_at_sync_fault_matrix_arm64() {
+    use swiotlb_core::engine::SgEntry;
+    let arm = Arm::new();
+    let engine = arm.engine(SEGMENT * 4);
+    let sdev = arm.xen.device(DmaMask::BITS_32, false);
+    let dev = sdev.core_device();
+    let domid = arm.xen.domu().id();
+    let refs = arm.xen.domu_grant(1);
+    let grants = arm.grants(1);
+    let m = grants.map(domid, &refs).expect("map grants");
+    let domu = arm.xen.domu_guest();
+    let g = m[0];
+    let len = 4096;
+    let bi = DmaDirection::Bidirectional;
+    let none = DmaAttrs::empty();
+    let before = frames(&arm.xen, None);
+
+    domu.write_page(g.gref, 0, &pattern(3, len)).unwrap();
+    // SAFETY: the foreign page stays mapped until after every unmap below.
+    let bus = unsafe { engine.map_page(&dev, g.phys, len, bi, none) }.expect("map");
+    assert!(
+        !common::is_bounced(&engine, bus),
+        "the test needs a direct mapping"
+    );
+    let sync = |for_cpu: bool| {
+        if for_cpu {
+            engine.sync_single_for_cpu(&dev, bus, len, bi)
+        } else {
+            engine.sync_single_for_device(&dev, bus, len, bi)
+        }
+    };
+    let mut t = Tally::default();
+    for for_cpu in [true, false] {
+        arm.xen.reset_counters();
+        sync(for_cpu).expect("clean sync");
+        let flushes = arm.xen.counters().count(SimOp::CacheFlush);
+        assert!(flushes >= 1, "a sync of a foreign page must flush");
+        for nth in 1..=flushes {
+            for errno in ERRNOS {
+                t.cases += 1;
+                let fault = Fault::FailNth {
+                    op: SimOp::CacheFlush,
+                    nth,
+                    errno,
+                };
+                let s0 = engine.stats();
+                arm.xen.inject(fault);
+                let r = sync(for_cpu);
+                if !arm.xen.pending_faults().is_empty() {
+                    t.unreached += 1;
+                }
+                arm.xen.clear_faults();
+                arm.xen.clear_cache_violations();
+                arm.xen.check_invariants().unwrap();
+                let e = r.expect_err("a failed flush is an error");
+                t.err += 1;
+                assert!(
+                    matches!(e, DmaError::CacheMaintenance { .. }),
+                    "{fault:?}: {e:?}"
+                );
+                assert_names_failure(&e, &fault);
+                let s1 = engine.stats();
+                assert_eq!(s1.cache_failures, s0.cache_failures + 1, "{fault:?}");
+                assert_eq!(
+                    s1.unmap_sync_failures,
+                    s0.unmap_sync_failures + 1,
+                    "{fault:?}"
+                );
+                // The mapping is still live: the device writes, a clean sync shows it.
+                let data = pattern(100 + nth, len);
+                sdev.write(bus, &data).unwrap();
+                engine.sync_single_for_cpu(&dev, bus, len, bi).unwrap();
+                common::same(&domu.read_page(g.gref).unwrap(), &data, "after the retry");
+                assert_eq!(frames(&arm.xen, None), before, "{fault:?}: frames");
+            }
+        }
+    }
+    engine.unmap_page(&dev, bus, len, bi, none).expect("unmap");
+
+    // A list of the foreign page (direct) and a bounced page: the failing flush of entry 0
+    // does not stop entry 1 from being synced and unmapped.
+    let (_, bank0) = arm.guest.ram_banks()[0];
+    let high = arm.guest.alloc_pages(bank0 / PAGE - 16);
+    assert!(high.as_u64() >= 1 << 32);
+    for unmap in [false, true] {
+        t.cases += 1;
+        let mut sg = [SgEntry::new(g.phys, len), SgEntry::new(high, 3000)];
+        // SAFETY: both pages stay mapped and unused by the CPU until the unmap.
+        unsafe { engine.map_sg(&dev, &mut sg, bi, none) }.expect("map_sg");
+        assert!(common::is_bounced(&engine, sg[1].dma_address));
+        let data = pattern(77, 3000);
+        sdev.write(sg[1].dma_address, &data).unwrap();
+        let fault = Fault::FailNth {
+            op: SimOp::CacheFlush,
+            nth: 1,
+            errno: 12,
+        };
+        arm.xen.inject(fault);
+        let r = if unmap {
+            engine.unmap_sg(&dev, &sg, bi, none)
+        } else {
+            engine.sync_sg_for_cpu(&dev, &sg, bi)
+        };
+        assert!(arm.xen.pending_faults().is_empty(), "{fault:?} never fired");
+        arm.xen.clear_faults();
+        arm.xen.clear_cache_violations();
+        let e = r.expect_err("the flush failed");
+        t.err += 1;
+        assert_eq!((e.index, e.failures), (0, 1), "{e:?}");
+        assert!(matches!(e.source, DmaError::CacheMaintenance { .. }));
+        assert_names_failure(&e.source, &fault);
+        let mut back = vec![0; 3000];
+        arm.mem.read(high, &mut back);
+        common::same(
+            &back,
+            &data,
+            "the bounced entry after the failed list operation",
+        );
+        if unmap {
+            assert_eq!(pool_used(&engine), 0, "the bounced entry was not released");
+        } else {
+            assert_eq!(pool_used(&engine), 2, "two slots for 3000 bytes");
+            engine.unmap_sg(&dev, &sg, bi, none).expect("unmap_sg");
+        }
+        arm.xen.check_invariants().unwrap();
+    }
+    assert_eq!(pool_used(&engine), 0);
+    t.report("foreign cache maintenance at sync and list unmap (arm64)");
+    grants.unmap(&m).unwrap();
+    assert!(arm.table.is_empty());
+    assert_eq!(frames(&arm.xen, None), before, "frames");
+}
+
+/// The XSA-361 path (arm64): a grant Xen mapped that the foreign table cannot record (the
+/// table is full) is unmapped at once; its request's handle becomes
+/// `INVALID_GRANT_HANDLE` (Xen frees the handle at the unmap and may reuse it) and its
+/// status `GNTST_general_error`, so the caller neither uses the page for DMA nor unmaps by
+/// the stale handle. Cells: the immediate unmap succeeding (the grant is unmapped: the
+/// domU can revoke it), and failing with each errno (counted as `unmap_failed`; the grant
+/// stays mapped, handle and status as before; the test unmaps it by the original handle).
+/// No frame is lost and the table keeps exactly its entries.
+#[test]
+fn xsa_361_immediate_unmap_fault_matrix_arm64() {
+    use swiotlb_xen_arm64::{BoundedForeignTable, ForeignTableError, INVALID_GRANT_HANDLE};
+    use xen_abi::{GNTMAP_HOST_MAP, GNTST_OKAY, GnttabMapGrantRef, GnttabUnmapGrantRef, ops};
+    let arm = Arm::new();
+    let table = BoundedForeignTable::<2>::new();
+    let full =
+        common::grants::ArmGrants::new(&table, &arm.dom0, arm.guest.foreign_window_base(), 2);
+    let domid = arm.xen.domu().id();
+    let refs = arm.xen.domu_grant(2);
+    let kept = full.map(domid, &refs).expect("fill the table");
+    assert_eq!(table.len(), 2);
+    let before = frames(&arm.xen, None);
+    let entries = table.read().entries().to_vec();
+    let host = arm.guest.foreign_window_base().as_u64() + 2 * PAGE;
+    let domu = arm.xen.domu_guest();
+
+    let mut t = Tally::default();
+    let cells: Vec<Option<Fault>> = std::iter::once(None)
+        .chain(ERRNOS.map(|errno| {
+            Some(Fault::FailNth {
+                op: SimOp::GrantUnmap,
+                nth: 1,
+                errno,
+            })
+        }))
+        .collect();
+    for fault in cells {
+        t.cases += 1;
+        let gref = arm.xen.domu_grant(1)[0];
+        let mut reqs = [GnttabMapGrantRef::new(host, GNTMAP_HOST_MAP, gref, domid)];
+        // SAFETY: maps at a window page nothing uses.
+        unsafe { ops::grant_map(&arm.dom0, &mut reqs) }.expect("Xen maps the grant");
+        assert_eq!(reqs[0].status, GNTST_OKAY);
+        let (handle, machine) = (reqs[0].handle, reqs[0].dev_bus_addr);
+        if let Some(f) = fault {
+            arm.xen.inject(f);
+        }
+        // SAFETY: `reqs` is the unchanged result of that map, not used yet.
+        let s = unsafe { table.record_grant_maps(&mut reqs, &arm.dom0) };
+        if !arm.xen.pending_faults().is_empty() {
+            t.unreached += 1;
+        }
+        arm.xen.clear_faults();
+        arm.xen.check_invariants().expect("simulator invariants");
+        // The immediate unmap ran: the request is failed and its handle invalid.
+        assert_eq!((s.recorded, s.failed), (0, 1), "{fault:?}: {s:?}");
+        assert_eq!(
+            s.first_error,
+            Some(ForeignTableError::Full { capacity: 2 }),
+            "{fault:?}"
+        );
+        assert_eq!(
+            reqs[0].handle, INVALID_GRANT_HANDLE,
+            "{fault:?}: stale handle"
+        );
+        assert_eq!(reqs[0].status, GNTST_GENERAL_ERROR, "{fault:?}: status");
+        assert_eq!(
+            table.read().entries(),
+            &entries[..],
+            "{fault:?}: table changed"
+        );
+        match fault {
+            None => {
+                t.ok += 1;
+                assert_eq!(s.unmap_failed, 0);
+                domu.revoke(gref).expect("the grant is no longer mapped");
+            }
+            Some(_) => {
+                t.err += 1;
+                assert_eq!(
+                    s.unmap_failed, 1,
+                    "{fault:?}: the failed unmap is not counted"
+                );
+                assert!(
+                    domu.revoke(gref).is_err(),
+                    "{fault:?}: the grant should still be mapped"
+                );
+                // The caller's clean-up: by the handle it kept from Xen's answer.
+                let mut un = [GnttabUnmapGrantRef::new(host, machine, handle)];
+                // SAFETY: the mapping is ours and unused.
+                unsafe { ops::grant_unmap(&arm.dom0, &mut un) }.expect("unmap by hand");
+                domu.revoke(gref).expect("unmapped now");
+            }
+        }
+        assert_eq!(frames(&arm.xen, None), before, "{fault:?}: frames");
+    }
+    t.report("XSA-361 immediate unmap (arm64, full foreign table)");
+    full.unmap(&kept).expect("unmap the table's grants");
+    assert!(table.is_empty());
 }

@@ -216,3 +216,81 @@ impl fmt::Debug for SimDevice {
             .finish_non_exhaustive()
     }
 }
+
+/// An adversarial DMA device: at every [`CopyPoint`](crate::CopyPoint) of the CPU's copies
+/// (once installed with [`Adversary::install`]) or whenever [`strike`](Self::strike) is
+/// called, it writes a fresh pattern over every one of its targets, whatever it was given:
+/// the bounce slot while the CPU syncs or unmaps it, neighbouring slots, the rest of the
+/// page, the whole pool. Its writes are ordinary DMA of a [`SimDevice`] (within its mask;
+/// a refused write is recorded as the device's fault).
+pub struct Adversary {
+    device: SimDevice,
+    targets: std::sync::Mutex<Vec<(BusAddr, usize)>>,
+    strikes: std::sync::atomic::AtomicU64,
+}
+
+impl Adversary {
+    /// An adversary writing through `device`, with no targets yet.
+    #[must_use]
+    pub fn new(device: SimDevice) -> Arc<Self> {
+        Arc::new(Self {
+            device,
+            targets: std::sync::Mutex::new(Vec::new()),
+            strikes: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Sets the bus ranges it writes.
+    pub fn aim(&self, targets: Vec<(BusAddr, usize)>) {
+        *self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = targets;
+    }
+
+    /// Writes a fresh pattern (seeded by the strike count) over every target now.
+    pub fn strike(&self) {
+        let n = self
+            .strikes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let targets = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (i, (bus, len)) in targets.into_iter().enumerate() {
+            // CAST: usize fits u64.
+            let seed = 0xad00_0000 ^ (n << 8) ^ i as u64;
+            let data: Vec<u8> = (0..len).map(|j| crate::pattern_byte(seed, j)).collect();
+            let _ = self.device.write(bus, &data);
+        }
+    }
+
+    /// How many times it struck.
+    #[must_use]
+    pub fn strikes(&self) -> u64 {
+        self.strikes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The device it writes through.
+    #[must_use]
+    pub fn device(&self) -> &SimDevice {
+        &self.device
+    }
+
+    /// Makes it strike at every copy point of the CPU's copies on `xen` (until
+    /// `xen.on_cpu_copy(None)`).
+    pub fn install(self: &Arc<Self>, xen: &crate::Xen) {
+        let me = Arc::clone(self);
+        xen.on_cpu_copy(Some(Arc::new(move |_| me.strike())));
+    }
+}
+
+impl fmt::Debug for Adversary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Adversary")
+            .field("device", &self.device)
+            .field("strikes", &self.strikes())
+            .finish_non_exhaustive()
+    }
+}

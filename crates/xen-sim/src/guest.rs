@@ -60,11 +60,32 @@ impl SimMemory {
 // storage, under the machine's lock (so concurrent calls are serialised).
 unsafe impl PhysMemory for SimMemory {
     unsafe fn copy(&self, dst: PhysAddr, src: PhysAddr, len: usize) {
-        let mut buf = vec![0u8; len];
-        cpu(&self.inner, "copy", |st, lb| {
-            st.cpu_read(lb, src.as_u64(), &mut buf)?;
-            st.cpu_write(lb, dst.as_u64(), &buf)
-        });
+        let hook = self
+            .inner
+            .copy_hook
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let part = |from: usize, to: usize| {
+            let mut buf = vec![0u8; to - from];
+            // CAST: usize fits u64.
+            let (s, d) = (src.as_u64() + from as u64, dst.as_u64() + from as u64);
+            cpu(&self.inner, "copy", |st, lb| {
+                st.cpu_read(lb, s, &mut buf)?;
+                st.cpu_write(lb, d, &buf)
+            });
+        };
+        let Some(hook) = hook else {
+            part(0, len);
+            return;
+        };
+        // With a hook: the copy in two halves, the hook before, between and after them,
+        // without the machine's lock (a device may write meanwhile).
+        hook(crate::CopyPoint::Before { dst, src, len });
+        part(0, len / 2);
+        hook(crate::CopyPoint::Middle { dst, src, len });
+        part(len / 2, len);
+        hook(crate::CopyPoint::After { dst, src, len });
     }
 
     unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize) {

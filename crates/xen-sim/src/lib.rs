@@ -53,7 +53,7 @@ mod machine;
 mod rng;
 
 pub use config::{SimArch, SimConfig};
-pub use device::{CacheViolation, CacheViolationKind, DmaFault, SimDevice};
+pub use device::{Adversary, CacheViolation, CacheViolationKind, DmaFault, SimDevice};
 pub use fault::{Counters, Fault, OpName, SimOp};
 pub use grant::DomU;
 pub use guest::{ArmGuest, PvGuest, SimMemory};
@@ -116,6 +116,47 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     pub(crate) p2m: Box<[AtomicU64]>,
     pub(crate) m2p: Box<[AtomicU64]>,
+    /// Run at the copy points of every [`PhysMemory::copy`](swiotlb_core::PhysMemory::copy)
+    /// through [`SimMemory`] ([`Xen::on_cpu_copy`]).
+    pub(crate) copy_hook: std::sync::RwLock<Option<CopyHook>>,
+}
+
+/// A function run at each [`CopyPoint`] of the CPU's copies.
+pub type CopyHook = Arc<dyn Fn(CopyPoint) + Send + Sync>;
+
+/// Where in a CPU copy (`PhysMemory::copy` of [`SimMemory`], the pool's bounce copies) a
+/// [`Xen::on_cpu_copy`] hook runs: before any byte is read, half-way (the first half of the
+/// source has been read and written, the second not yet), and after the last byte is
+/// written. The machine's lock is not held, so the hook may do DMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyPoint {
+    /// Before the copy of `len` bytes from `src` to `dst` (guest-physical addresses).
+    Before {
+        /// Destination.
+        dst: swiotlb_core::PhysAddr,
+        /// Source.
+        src: swiotlb_core::PhysAddr,
+        /// Length.
+        len: usize,
+    },
+    /// Half-way through it.
+    Middle {
+        /// Destination.
+        dst: swiotlb_core::PhysAddr,
+        /// Source.
+        src: swiotlb_core::PhysAddr,
+        /// Length.
+        len: usize,
+    },
+    /// After it.
+    After {
+        /// Destination.
+        dst: swiotlb_core::PhysAddr,
+        /// Source.
+        src: swiotlb_core::PhysAddr,
+        /// Length.
+        len: usize,
+    },
 }
 
 impl Inner {
@@ -168,6 +209,7 @@ impl Xen {
                 state: Mutex::new(built.state),
                 p2m: built.p2m,
                 m2p: built.m2p,
+                copy_hook: std::sync::RwLock::new(None),
             }),
         })
     }
@@ -308,6 +350,17 @@ impl Xen {
     /// The first broken invariant found.
     pub fn check_invariants(&self) -> Result<(), Violation> {
         self.inner.check()
+    }
+
+    /// Runs `hook` at every [`CopyPoint`] of the CPU's copies (`None`: no hook), so that a
+    /// test can make a device write while the CPU copies (see
+    /// [`Adversary`](crate::Adversary)).
+    pub fn on_cpu_copy(&self, hook: Option<CopyHook>) {
+        *self
+            .inner
+            .copy_hook
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = hook;
     }
 
     /// Adds a DMA device with `mask`, cache-coherent or not.
