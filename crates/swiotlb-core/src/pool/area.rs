@@ -90,6 +90,18 @@ impl Slot {
         }
     }
 
+    /// Frees a slot of a released allocation (the caller holds the area lock): only the
+    /// fields a reader looks at before it has seen a non-free state. Every other field is
+    /// written by the map or allocation that next takes the slot before it publishes the
+    /// slot's state, and `busy` is already zero (an unmap frees only once no sync is
+    /// pinning the mapping).
+    #[inline]
+    pub(crate) fn release(&self) {
+        debug_assert_eq!(self.busy.load(Ordering::Relaxed), 0);
+        self.orig.store(INVALID_PHYS, Ordering::Relaxed);
+        self.state.store(state::FREE, Ordering::Release);
+    }
+
     /// Resets the slot to free (the caller holds the area lock or owns the pool).
     #[inline]
     pub(crate) fn clear(&self) {

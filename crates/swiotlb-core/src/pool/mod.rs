@@ -541,7 +541,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let n = usize::from(h.nslots.load(Ordering::Relaxed));
         let first = head - pad;
         for s in &slots[first..first + n] {
-            s.clear();
+            s.release();
         }
         give_run(slots, self.area_segs(), first, n);
         st.used -= n;
