@@ -9,7 +9,10 @@ use swiotlb_core::DmaDirection;
 fn main() {
     let mut args = std::env::args().skip(1);
     let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1500);
-    let iters: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000_000);
+    let iters: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000_000);
     let mem = harness::case_memory().expect("memory");
     // SAFETY: the pool lives within `mem`'s scope and alone uses its part of it.
     let pool = unsafe { harness::real_pool(&mem) }.expect("pool");

@@ -23,13 +23,10 @@ use swiotlb_core::{
 /// One segment: the smallest pool.
 const NSLABS: usize = 128;
 
-/// A loom model with room for the pool's set-up (hundreds of atomic stores by one thread)
-/// and for the pool itself on a thread's stack: its areas (128-byte aligned, a dozen
-/// counters each) are inline, and loom's atomics are far larger than `core`'s.
+/// A loom model with room for the pool's set-up (hundreds of atomic stores by one thread).
 fn model<F: Fn() + Sync + Send + 'static>(f: F) {
     let mut b = loom::model::Builder::new();
     b.max_branches = 100_000;
-    b.stack_size = 8 << 20;
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(2);
     }
