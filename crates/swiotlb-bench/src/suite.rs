@@ -66,9 +66,10 @@ pub struct SuiteOutput {
 }
 
 /// The figures `--quick` promises (and the full run too), by key.
-pub const HEADLINE_KEYS: [&str; 5] = [
+pub const HEADLINE_KEYS: [&str; 6] = [
     "map_unmap_1500_fill90_vs_linux",
     "map_unmap_1500_vs_memcpy",
+    "map_unmap_65536_vs_memcpy",
     "two_thread_scaling",
     "fixup_hypercalls_per_mib",
     "linux_fixup_hypercalls_per_mib",
@@ -78,6 +79,8 @@ pub const HEADLINE_KEYS: [&str; 5] = [
 pub const HEADLINE_FILL: u32 = 90;
 /// The headline size (an Ethernet frame).
 pub const HEADLINE_SIZE: usize = 1500;
+/// The large headline size (`map_unmap_65536_vs_memcpy`), where the copy dominates.
+pub const LARGE_SIZE: usize = 65536;
 
 fn setup<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> Result<T, String> {
     r.map_err(|e| format!("cannot set up {what}: {e}"))
@@ -107,7 +110,7 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
 
     // Latency grid.
     let sizes: Vec<usize> = if o.quick {
-        vec![HEADLINE_SIZE]
+        vec![HEADLINE_SIZE, LARGE_SIZE]
     } else {
         SIZES.to_vec()
     };
@@ -159,6 +162,17 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
         )
         .with("ours_ns", ours)
         .with("memcpy_ns", floor_of(hs))
+        .with("fill", f64::from(hf)),
+    );
+    let large = ns_of(Impl::Ours, LARGE_SIZE, hf);
+    out.figures.push(
+        Figure::new(
+            format!("map_unmap_{LARGE_SIZE}_vs_memcpy"),
+            large / floor_of(LARGE_SIZE),
+            "ratio",
+        )
+        .with("ours_ns", large)
+        .with("memcpy_ns", floor_of(LARGE_SIZE))
         .with("fill", f64::from(hf)),
     );
 
@@ -239,6 +253,7 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
     }
 
     if o.quick {
+        out.figures.push(load_at_end());
         return Ok(out);
     }
 
@@ -431,7 +446,19 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
             &groups,
         ),
     ));
+    out.figures.push(load_at_end());
     Ok(out)
+}
+
+/// The 1-minute load average when the measurements ended (`machine_load_1min_end`), to
+/// compare with the one at the start.
+#[must_use]
+pub fn load_at_end() -> Figure {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    Figure::new("machine_load_1min_end", load, "load")
 }
 
 /// The machine the run is on: the 1-minute load average at the start (other work on the

@@ -183,43 +183,44 @@ pub fn spin_wait() {
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct IrqHook {
-    save: fn() -> usize,
-    restore: fn(usize),
+    /// The kernel's two functions, `None` for [`IrqHook::NONE`]: a lock with no hook then
+    /// makes no indirect call at all (a predicted branch instead of two calls per
+    /// critical section).
+    fns: Option<IrqFns>,
 }
 
-/// The `save` of [`IrqHook::NONE`].
-fn no_save() -> usize {
-    0
-}
-
-/// The `restore` of [`IrqHook::NONE`].
-fn no_restore(_: usize) {}
+/// An [`IrqHook`]'s save and restore functions.
+type IrqFns = (fn() -> usize, fn(usize));
 
 impl IrqHook {
     /// A hook that masks nothing, for kernels that never call the crates from interrupt
     /// context.
-    pub const NONE: Self = Self {
-        save: no_save,
-        restore: no_restore,
-    };
+    pub const NONE: Self = Self { fns: None };
 
     /// A hook from the kernel's two functions.
     #[must_use]
     pub const fn new(save: fn() -> usize, restore: fn(usize)) -> Self {
-        Self { save, restore }
+        Self {
+            fns: Some((save, restore)),
+        }
     }
 
     /// Masks local interrupts and returns the previous state.
     #[inline]
     #[must_use]
     pub fn save(&self) -> usize {
-        (self.save)()
+        match self.fns {
+            Some((save, _)) => save(),
+            None => 0,
+        }
     }
 
     /// Restores the state `save` returned.
     #[inline]
     pub fn restore(&self, state: usize) {
-        (self.restore)(state);
+        if let Some((_, restore)) = self.fns {
+            restore(state);
+        }
     }
 }
 

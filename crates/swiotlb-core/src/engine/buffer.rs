@@ -77,7 +77,7 @@ where
     ) -> Result<BusAddr, DmaError> {
         // SAFETY: the caller's promise, passed on.
         unsafe { self.map_buffer_inner(dev, buf, phys, dir, attrs) }
-            .inspect_err(|_| bump(&self.counters.map_failures))
+            .inspect_err(|_| bump(&self.counters().map_failures))
     }
 
     /// # Safety
@@ -180,7 +180,7 @@ where
     ) -> Result<(), DmaError> {
         // SAFETY: the caller's promise, passed on.
         unsafe { self.unmap_buffer_inner(dev, bus, buf, dir, attrs) }
-            .inspect_err(|_| bump(&self.counters.unmap_sync_failures))
+            .inspect_err(|_| bump(&self.counters().unmap_sync_failures))
     }
 
     /// # Safety
@@ -201,7 +201,7 @@ where
             if cache {
                 self.cache_direct(dev, bus, size, dir, CacheOp::ForCpu)?;
             }
-            bump(&self.counters.direct_unmaps);
+            bump(&self.counters().direct_unmaps);
             return Ok(());
         };
         let pool_err = |source| match source {
@@ -222,7 +222,7 @@ where
             }
         }
         .map_err(pool_err)?;
-        bump(&self.counters.bounced_unmaps);
+        bump(&self.counters().bounced_unmaps);
         cache_result
     }
 }

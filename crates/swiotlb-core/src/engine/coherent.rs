@@ -126,12 +126,12 @@ where
         let r = self.alloc_inner(dev, size);
         match &r {
             Ok(a) => {
-                bump(&self.counters.coherent_allocs);
+                bump(&self.counters().coherent_allocs);
                 if a.exchanged {
-                    bump(&self.counters.coherent_exchanged);
+                    bump(&self.counters().coherent_exchanged);
                 }
             }
-            Err(_) => bump(&self.counters.coherent_failures),
+            Err(_) => bump(&self.counters().coherent_failures),
         }
         r
     }
@@ -267,7 +267,7 @@ where
     ) -> Result<(), CoherentFreeError> {
         let _ = dev;
         if alloc.quarantined {
-            bump(&self.counters.coherent_failures);
+            bump(&self.counters().coherent_failures);
             return Err(CoherentFreeError {
                 source: DmaError::CoherentNotAllocated {
                     phys: alloc.phys,
@@ -284,7 +284,7 @@ where
                     .destroy_contiguous_region(alloc.phys, alloc.order)
             };
             if let Err(source) = r {
-                bump(&self.counters.coherent_failures);
+                bump(&self.counters().coherent_failures);
                 if source.damage().is_some() {
                     self.pages.quarantine(alloc.phys, alloc.order);
                     let (phys, order) = (alloc.phys, alloc.order);
@@ -313,7 +313,7 @@ where
         // SAFETY: the block came from this engine's allocator with this order (caller's
         // promise) and nobody uses it.
         unsafe { self.pages.free_pages(alloc.phys, alloc.order) };
-        bump(&self.counters.coherent_frees);
+        bump(&self.counters().coherent_frees);
         Ok(())
     }
 
@@ -353,7 +353,7 @@ where
     ) -> Result<(), DmaError> {
         let alloc = self
             .coherent_record(dev, phys, bus, size)
-            .inspect_err(|_| bump(&self.counters.coherent_failures))?;
+            .inspect_err(|_| bump(&self.counters().coherent_failures))?;
         // SAFETY: the record was rebuilt from the allocator's and the platform's answers for
         // a live allocation of this engine; the caller guarantees nobody uses it.
         unsafe { self.free_coherent(dev, alloc) }.map_err(|e| e.source)

@@ -60,7 +60,7 @@ use crate::addr::{BusAddr, Pfn, PhysAddr, XEN_PAGE_SIZE};
 use crate::dma::{Device, DmaAttrs, DmaDirection, DmaMask};
 use crate::hooks::{PhysMemory, Platform};
 use crate::pool::{self, BouncePool, IO_TLB_SEGMENT_BYTES, Slot};
-use stats::{Counters, bump};
+use stats::{Counters, ShardedCounters, bump};
 
 /// The CPU hint used when none is given: always area 0 first.
 fn cpu_zero() -> usize {
@@ -91,7 +91,7 @@ pub struct DmaEngine<P, M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot], A = N
     pool_bus_top: Option<BusAddr>,
     pages: A,
     cpu_hint: fn() -> usize,
-    counters: Counters,
+    counters: ShardedCounters,
 }
 
 impl<P, M: PhysMemory, S: AsRef<[Slot]>, A> core::fmt::Debug for DmaEngine<P, M, S, A> {
@@ -144,7 +144,7 @@ where
             pool_bus_top,
             pages,
             cpu_hint: cpu_zero,
-            counters: Counters::default(),
+            counters: ShardedCounters::default(),
         })
     }
 
@@ -192,7 +192,15 @@ where
         self.pool_bus_top
     }
 
-    /// A snapshot of the engine's counters and its pool's.
+    /// The counters of the calling CPU (by the CPU hint): the only ones its operations
+    /// write.
+    #[inline]
+    fn counters(&self) -> &Counters {
+        self.counters.shard((self.cpu_hint)())
+    }
+
+    /// A snapshot of the engine's counters (summed over the per-CPU shards) and its
+    /// pool's.
     #[must_use]
     pub fn stats(&self) -> EngineStats {
         self.counters
@@ -272,7 +280,7 @@ where
     ) -> Result<BusAddr, DmaError> {
         // SAFETY: the caller's promise, passed on.
         unsafe { self.map_inner(dev, phys, size, dir, attrs) }
-            .inspect_err(|_| bump(&self.counters.map_failures))
+            .inspect_err(|_| bump(&self.counters().map_failures))
     }
 
     /// # Safety
@@ -350,7 +358,7 @@ where
         if cache {
             self.cache(dev, Some(tlb), bus, size, dir, CacheOp::ForDevice)?;
         }
-        self.counters.bounced(reason);
+        self.counters().bounced(reason);
         Ok(bus)
     }
 
@@ -396,7 +404,7 @@ where
             if cache && !attrs.contains(DmaAttrs::MMIO) {
                 self.cache(dev, Some(phys), bus, size, dir, CacheOp::ForDevice)?;
             }
-            bump(&self.counters.direct_maps);
+            bump(&self.counters().direct_maps);
             return Ok(Ok(bus));
         }
         match self.direct_bus(dev, phys, len) {
@@ -404,7 +412,7 @@ where
                 if cache {
                     self.cache(dev, Some(phys), bus, size, dir, CacheOp::ForDevice)?;
                 }
-                bump(&self.counters.direct_maps);
+                bump(&self.counters().direct_maps);
                 Ok(Ok(bus))
             }
             Err(reason) => Ok(Err(reason)),
@@ -433,7 +441,7 @@ where
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
         self.unmap_inner(dev, bus, size, dir, attrs)
-            .inspect_err(|_| bump(&self.counters.unmap_sync_failures))
+            .inspect_err(|_| bump(&self.counters().unmap_sync_failures))
     }
 
     fn unmap_inner(
@@ -458,13 +466,13 @@ where
                 pool.unmap(dev, tlb, size, dir, attrs).map(Ok)
             }
             .map_err(pool_err)?;
-            bump(&self.counters.bounced_unmaps);
+            bump(&self.counters().bounced_unmaps);
             return cache_result;
         }
         if cache {
             self.cache_direct(dev, bus, size, dir, CacheOp::ForCpu)?;
         }
-        bump(&self.counters.direct_unmaps);
+        bump(&self.counters().direct_unmaps);
         Ok(())
     }
 
@@ -485,7 +493,7 @@ where
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
         self.sync_inner(dev, bus, size, dir, CacheOp::ForCpu)
-            .inspect_err(|_| bump(&self.counters.unmap_sync_failures))
+            .inspect_err(|_| bump(&self.counters().unmap_sync_failures))
     }
 
     /// Linux's `xen_swiotlb_sync_single_for_device`: makes the CPU's writes to
@@ -504,7 +512,7 @@ where
         dir: DmaDirection,
     ) -> Result<(), DmaError> {
         self.sync_inner(dev, bus, size, dir, CacheOp::ForDevice)
-            .inspect_err(|_| bump(&self.counters.unmap_sync_failures))
+            .inspect_err(|_| bump(&self.counters().unmap_sync_failures))
     }
 
     fn sync_inner(
@@ -681,7 +689,7 @@ where
             (CacheOp::ForCpu, true) => p.sync_for_cpu_preserving(dev, phys, bus, size, dir),
         };
         r.map_err(|source| {
-            bump(&self.counters.cache_failures);
+            bump(&self.counters().cache_failures);
             DmaError::CacheMaintenance {
                 phys,
                 bus,

@@ -89,7 +89,7 @@ where
                         done.dma_length = 0;
                     }
                     sg[i].dma_length = 0;
-                    bump(&self.counters.sg_failures);
+                    bump(&self.counters().sg_failures);
                     return Err(SgError {
                         index: i,
                         source,
@@ -99,7 +99,7 @@ where
                 }
             }
         }
-        bump(&self.counters.sg_maps);
+        bump(&self.counters().sg_maps);
         Ok(sg.len())
     }
 

@@ -43,10 +43,42 @@ pub struct EngineStats {
     pub pool: Option<Stats>,
 }
 
-/// The live counters. Kept on their own cache line, away from the engine's read-mostly
-/// fields.
+/// How many shards of counters an engine keeps: the CPU hint picks one, modulo this.
+pub(crate) const COUNTER_SHARDS: usize = 8;
+
+/// The live counters, in [`COUNTER_SHARDS`] shards: each operation counts in the shard of
+/// its CPU hint ([`DmaEngine::with_cpu_hint`](super::DmaEngine::with_cpu_hint)), so CPUs
+/// with different hints (modulo the shard count) never write the same cache line; a
+/// snapshot sums the shards. With the default hint (always 0) every CPU counts in shard 0.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+pub(crate) struct ShardedCounters {
+    shards: [Counters; COUNTER_SHARDS],
+}
+
+impl ShardedCounters {
+    /// The shard of CPU hint `cpu`.
+    #[inline]
+    pub(crate) fn shard(&self, cpu: usize) -> &Counters {
+        &self.shards[cpu % COUNTER_SHARDS]
+    }
+
+    /// The sums of the shards, with the pool's statistics.
+    pub(crate) fn snapshot(&self, pool: Option<Stats>) -> EngineStats {
+        let mut s = EngineStats {
+            pool,
+            ..EngineStats::default()
+        };
+        for c in &self.shards {
+            c.add_to(&mut s);
+        }
+        s
+    }
+}
+
+/// One shard of the live counters, on its own pair of cache lines (128 bytes, which x86's
+/// adjacent-line prefetcher fetches together).
+#[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Counters {
     pub(crate) direct_maps: AtomicU64,
     pub(crate) bounced: [AtomicU64; 5],
@@ -73,25 +105,48 @@ impl Counters {
         bump(&self.bounced[reason.index()]);
     }
 
-    pub(crate) fn snapshot(&self, pool: Option<Stats>) -> EngineStats {
+    /// Adds this shard's counts to `s`.
+    fn add_to(&self, s: &mut EngineStats) {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let by_reason = [0, 1, 2, 3, 4].map(|i| r(&self.bounced[i]));
-        EngineStats {
-            direct_maps: r(&self.direct_maps),
-            bounced_maps: by_reason.iter().sum(),
-            bounced_by_reason: by_reason,
-            map_failures: r(&self.map_failures),
-            direct_unmaps: r(&self.direct_unmaps),
-            bounced_unmaps: r(&self.bounced_unmaps),
-            unmap_sync_failures: r(&self.unmap_sync_failures),
-            cache_failures: r(&self.cache_failures),
-            sg_maps: r(&self.sg_maps),
-            sg_failures: r(&self.sg_failures),
-            coherent_allocs: r(&self.coherent_allocs),
-            coherent_exchanged: r(&self.coherent_exchanged),
-            coherent_frees: r(&self.coherent_frees),
-            coherent_failures: r(&self.coherent_failures),
-            pool,
+        for (i, c) in self.bounced.iter().enumerate() {
+            s.bounced_by_reason[i] += r(c);
+            s.bounced_maps += r(c);
         }
+        s.direct_maps += r(&self.direct_maps);
+        s.map_failures += r(&self.map_failures);
+        s.direct_unmaps += r(&self.direct_unmaps);
+        s.bounced_unmaps += r(&self.bounced_unmaps);
+        s.unmap_sync_failures += r(&self.unmap_sync_failures);
+        s.cache_failures += r(&self.cache_failures);
+        s.sg_maps += r(&self.sg_maps);
+        s.sg_failures += r(&self.sg_failures);
+        s.coherent_allocs += r(&self.coherent_allocs);
+        s.coherent_exchanged += r(&self.coherent_exchanged);
+        s.coherent_frees += r(&self.coherent_frees);
+        s.coherent_failures += r(&self.coherent_failures);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_apart_and_summed() {
+        assert_eq!(core::mem::align_of::<Counters>(), 128);
+        assert_eq!(core::mem::size_of::<Counters>() % 128, 0);
+        let c = ShardedCounters::default();
+        // CPUs 0 and 1 count in different shards, on different line pairs.
+        let (s0, s1) = (c.shard(0), c.shard(1));
+        let gap = (core::ptr::from_ref(s1).addr()).abs_diff(core::ptr::from_ref(s0).addr());
+        assert!(gap >= 128);
+        bump(&s0.direct_maps);
+        bump(&s1.direct_maps);
+        bump(&c.shard(COUNTER_SHARDS + 1).direct_maps);
+        c.shard(3).bounced(BounceReason::ALL[1]);
+        bump(&c.shard(7).coherent_frees);
+        let s = c.snapshot(None);
+        assert_eq!((s.direct_maps, s.bounced_maps, s.coherent_frees), (3, 1, 1));
+        assert_eq!(s.bounced_by_reason[BounceReason::ALL[1].index()], 1);
     }
 }

@@ -3,6 +3,7 @@
 //! All metadata lives out of band, in storage the caller provides: nothing is ever read back
 //! from the pool memory, which a device (or another domain) may write at any time.
 
+use crate::error::Error;
 use crate::lock::SpinLock;
 use crate::lock::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::lock::const_fn_unless_loom;
@@ -44,8 +45,9 @@ pub struct Slot {
     /// Linux's `orig_addr`: where the original bytes that belong at this slot's data
     /// position live; [`INVALID_PHYS`] for free and pad slots.
     pub(crate) orig: AtomicU64,
-    /// On slots `2 s` and `2 s + 1` (for every segment `s`): the low and high halves of
-    /// segment `s`'s free bitmap, where bit `i` is set when slot `128 s + i` is free. The
+    /// On slots `b + 2 r` and `b + 2 r + 1`, where `b` is the first slot of the area and
+    /// `r` the segment's index in it: the low and high halves of segment `s`'s free bitmap,
+    /// where bit `i` is set when slot `128 s + i` is free (`search::bitmap_slot`). The
     /// bitmaps replace Linux's per-slot free counts, which they determine exactly (see
     /// [`super::BouncePool::free_count`]); unused on the other slots.
     pub(crate) free_bits: AtomicU64,
@@ -88,6 +90,18 @@ impl Slot {
         }
     }
 
+    /// Frees a slot of a released allocation (the caller holds the area lock): only the
+    /// fields a reader looks at before it has seen a non-free state. Every other field is
+    /// written by the map or allocation that next takes the slot before it publishes the
+    /// slot's state, and `busy` is already zero (an unmap frees only once no sync is
+    /// pinning the mapping).
+    #[inline]
+    pub(crate) fn release(&self) {
+        debug_assert_eq!(self.busy.load(Ordering::Relaxed), 0);
+        self.orig.store(INVALID_PHYS, Ordering::Relaxed);
+        self.state.store(state::FREE, Ordering::Release);
+    }
+
     /// Resets the slot to free (the caller holds the area lock or owns the pool).
     #[inline]
     pub(crate) fn clear(&self) {
@@ -109,17 +123,26 @@ pub(crate) struct AreaState {
     pub(crate) used: usize,
     /// Where the next search starts, relative to the area (Linux's `index`).
     pub(crate) index: usize,
+    /// The largest `used` of this area since construction or the last
+    /// [`reset_high_water`](super::BouncePool::reset_high_water).
+    pub(crate) high: usize,
 }
 
-/// One area: a lock and counters. Aligned to a cache line so that areas used by different
-/// CPUs do not share one.
-#[repr(align(64))]
+/// One area: a lock, its statistics and its failure counters.
+///
+/// Every counter of the pool lives in an area, so that a map, unmap or sync writes (and
+/// reads for writing) only the cache lines of the area it works in, which with one area per
+/// CPU no other CPU touches; [`super::BouncePool::stats`] sums the areas. Aligned to 128
+/// bytes (a pair of cache lines, which x86's adjacent-line prefetcher fetches together) so
+/// that areas used by different CPUs share no line.
+#[repr(align(128))]
 pub(crate) struct Area {
     pub(crate) lock: SpinLock<AreaState>,
-    /// A copy of `AreaState::used`, stored under `lock` and read without it, so that the
-    /// pool-wide use is a sum of per-area values and no map or unmap does a shared atomic
-    /// read-modify-write.
+    /// A copy of `AreaState::used`, stored under `lock` and read without it by
+    /// [`super::BouncePool::stats`] and on the rare high-water updates.
     pub(crate) used: AtomicUsize,
+    /// A copy of `AreaState::high`, stored under `lock`.
+    pub(crate) high: AtomicUsize,
     /// Counters written only under `lock` (plain load and store, no read-modify-write) and
     /// read without it by [`super::BouncePool::stats`].
     pub(crate) maps: AtomicU64,
@@ -127,19 +150,69 @@ pub(crate) struct Area {
     pub(crate) syncs: AtomicU64,
     pub(crate) bytes_bounced: AtomicU64,
     pub(crate) overflow_attempts: AtomicU64,
+    pub(crate) allocs: AtomicU64,
+    pub(crate) frees: AtomicU64,
+    /// Failures of requests that concerned this area (the CPU hint's area for maps and
+    /// allocations, the address's area for the others), counted without the lock.
+    pub(crate) fails: FailCounters,
+}
+
+/// Failed requests by cause ([`super::Stats`]'s `fail_*`).
+#[derive(Debug)]
+pub(crate) struct FailCounters {
+    pub(crate) full: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) invalid: AtomicU64,
+    pub(crate) not_mapped: AtomicU64,
+}
+
+impl FailCounters {
+    const_fn_unless_loom! {
+        pub(crate) fn new() -> Self {
+            Self {
+                full: AtomicU64::new(0),
+                too_large: AtomicU64::new(0),
+                invalid: AtomicU64::new(0),
+                not_mapped: AtomicU64::new(0),
+            }
+        }
+    }
+
+    /// Counts a failure by its cause and passes the error on.
+    #[cold]
+    pub(crate) fn count(&self, err: Error) -> Error {
+        let counter = match err {
+            Error::PoolFull { .. } => &self.full,
+            Error::TooLarge { .. } | Error::ExceedsSegment { .. } => &self.too_large,
+            Error::NotInPool { .. } | Error::NotMapped { .. } | Error::SyncOutOfRange { .. } => {
+                &self.not_mapped
+            }
+            _ => &self.invalid,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        err
+    }
 }
 
 impl Area {
     const_fn_unless_loom! {
         pub(crate) fn new() -> Self {
             Self {
-                lock: SpinLock::new(AreaState { used: 0, index: 0 }),
+                lock: SpinLock::new(AreaState {
+                    used: 0,
+                    index: 0,
+                    high: 0,
+                }),
                 used: AtomicUsize::new(0),
+                high: AtomicUsize::new(0),
                 maps: AtomicU64::new(0),
                 unmaps: AtomicU64::new(0),
                 syncs: AtomicU64::new(0),
                 bytes_bounced: AtomicU64::new(0),
                 overflow_attempts: AtomicU64::new(0),
+                allocs: AtomicU64::new(0),
+                frees: AtomicU64::new(0),
+                fails: FailCounters::new(),
             }
         }
     }

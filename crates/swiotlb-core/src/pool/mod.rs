@@ -48,7 +48,13 @@ pub const IO_TLB_MIN_SLABS: usize = (1 << 20) >> IO_TLB_SHIFT;
 /// The page size behind the "streaming maps of a page or more are page aligned" rule.
 pub const PAGE_SIZE: u64 = 4096;
 /// The largest number of areas a pool supports.
+#[cfg(not(loom))]
 pub const MAX_AREAS: usize = 64;
+/// The largest number of areas a pool supports: fewer under loom, whose atomics are so much
+/// larger than `core`'s that 64 inline areas overflow a model thread's stack (the models
+/// use at most two).
+#[cfg(loom)]
+pub const MAX_AREAS: usize = 4;
 
 const SLOT_MASK: u64 = IO_TLB_SIZE as u64 - 1;
 
@@ -221,11 +227,17 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             areas.push(Area::new());
         }
         let slots = &storage.as_ref()[..nslabs];
-        let nwords = 2 * (nslabs / IO_TLB_SEGSIZE);
+        let area_nslabs = nslabs / nareas;
+        // Two bitmap words per segment at the start of each area (`search::bitmap_slot`).
+        let nwords = 2 * (area_nslabs / IO_TLB_SEGSIZE);
         for (i, slot) in slots.iter().enumerate() {
             slot.clear();
             // Every slot starts free: both bitmap words of each segment are all ones.
-            let word = if i < nwords { u64::MAX } else { 0 };
+            let word = if i % area_nslabs < nwords {
+                u64::MAX
+            } else {
+                0
+            };
             slot.free_bits.store(word, Ordering::Relaxed);
         }
         // SAFETY: the caller gives the pool exclusive use of this range, which `mem`
@@ -237,7 +249,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             start,
             end,
             nslabs,
-            area_nslabs: nslabs / nareas,
+            area_nslabs,
             areas,
             stats: GlobalStats::default(),
         })
@@ -322,45 +334,71 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         max_mapping_size(dev)
     }
 
-    /// A snapshot of the statistics.
+    /// A snapshot of the statistics: the sums of the areas' counters (each read without its
+    /// lock), and the high-water marks described at [`Stats::high_water`].
     #[must_use]
     pub fn stats(&self) -> Stats {
         let mut s = Stats {
             nslabs: self.nslabs,
             nareas: self.areas.len(),
-            used: self.used(),
-            high_water: self.stats.high_water.load(Ordering::Relaxed),
-            allocs: self.stats.allocs.load(Ordering::Relaxed),
-            frees: self.stats.frees.load(Ordering::Relaxed),
-            fail_full: self.stats.fail_full.load(Ordering::Relaxed),
-            fail_too_large: self.stats.fail_too_large.load(Ordering::Relaxed),
-            fail_invalid: self.stats.fail_invalid.load(Ordering::Relaxed),
-            fail_not_mapped: self.stats.fail_not_mapped.load(Ordering::Relaxed),
             ..Stats::default()
         };
         for a in &self.areas {
+            s.used += a.used.load(Ordering::Relaxed);
+            s.high_water_bound += a.high.load(Ordering::Relaxed);
             s.maps += a.maps.load(Ordering::Relaxed);
             s.unmaps += a.unmaps.load(Ordering::Relaxed);
             s.syncs += a.syncs.load(Ordering::Relaxed);
+            s.allocs += a.allocs.load(Ordering::Relaxed);
+            s.frees += a.frees.load(Ordering::Relaxed);
             s.bytes_bounced += a.bytes_bounced.load(Ordering::Relaxed);
             s.overflow_attempts += a.overflow_attempts.load(Ordering::Relaxed);
+            s.fail_full += a.fails.full.load(Ordering::Relaxed);
+            s.fail_too_large += a.fails.too_large.load(Ordering::Relaxed);
+            s.fail_invalid += a.fails.invalid.load(Ordering::Relaxed);
+            s.fail_not_mapped += a.fails.not_mapped.load(Ordering::Relaxed);
         }
+        let mark = self.stats.high_water.load(Ordering::Relaxed);
+        s.high_water = mark.max(s.used);
+        // The areas' maxima were read at slightly different times from the mark; keep the
+        // documented order `high_water <= high_water_bound`.
+        s.high_water_bound = s.high_water_bound.max(s.high_water);
         s
     }
 
-    /// Resets the high-water mark to the current use (writing 0 to debugfs
-    /// `io_tlb_used_hiwater`).
+    /// Resets the high-water marks to the current use (writing 0 to debugfs
+    /// `io_tlb_used_hiwater`): each area's own maximum, under its lock, and the pool-wide
+    /// mark.
     pub fn reset_high_water(&self) {
+        for a in &self.areas {
+            let mut st = a.lock.lock();
+            st.high = st.used;
+            a.high.store(st.high, Ordering::Relaxed);
+        }
         self.stats.high_water.store(self.used(), Ordering::Relaxed);
     }
 
-    /// Slots in use: the sum of the areas' counts (each read without its lock).
-    #[inline]
+    /// Slots in use: the sum of the areas' counts (each read without its lock). Reads every
+    /// area's line: not for the map/unmap path.
     fn used(&self) -> usize {
         self.areas
             .iter()
             .map(|a| a.used.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Counts a failed map or allocation in the area of the CPU hint `cpu`.
+    #[cold]
+    fn fail_cpu(&self, cpu: usize, err: Error) -> Error {
+        self.areas[cpu & (self.areas.len() - 1)].fails.count(err)
+    }
+
+    /// Counts a failed unmap, sync or free in the area of `addr` (the first area for an
+    /// address outside the pool).
+    #[cold]
+    fn fail_at(&self, addr: PhysAddr, err: Error) -> Error {
+        let a = self.slot_index(addr).map_or(0, |i| self.area_of(i));
+        self.areas[a].fails.count(err)
     }
 
     /// Linux's free count of slot `index` (its `list` field): the number of free slots from
@@ -373,9 +411,15 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         }
         let slots = self.slots().ok()?;
         let _guard = self.areas[self.area_of(index)].lock.lock();
-        let free = seg_free(slots, index / IO_TLB_SEGSIZE);
+        let free = seg_free(slots, self.area_segs(), index / IO_TLB_SEGSIZE);
         // CAST: trailing_ones() <= 128.
         Some((free >> (index % IO_TLB_SEGSIZE)).trailing_ones() as usize)
+    }
+
+    /// Segments per area.
+    #[inline]
+    fn area_segs(&self) -> usize {
+        self.area_nslabs / IO_TLB_SEGSIZE
     }
 
     /// The area of slot `idx` (no division for one area or power-of-two area sizes).
@@ -433,7 +477,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             let Some(g) = search_area(slots, base, self.area_nslabs, st.index, plan) else {
                 continue;
             };
-            take_run(slots, g, plan.nslots);
+            take_run(slots, self.area_segs(), g, plan.nslots);
             let head = g + plan.pad;
             for s in &slots[g..head] {
                 s.state.store(state::PAD, Ordering::Relaxed);
@@ -464,6 +508,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
                 bump(&area.bytes_bounced, size as u64);
                 state::RESERVED
             } else {
+                bump(&area.allocs, 1);
                 state::COHERENT
             };
             h.state.store(head_state, Ordering::Release);
@@ -474,8 +519,17 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             st.index = next;
             st.used += plan.nslots;
             area.used.store(st.used, Ordering::Relaxed);
+            // Only an area that exceeds its own maximum can take the pool past its mark, so
+            // only then is the pool-wide use summed (see `Stats::high_water`).
+            let new_high = st.used > st.high;
+            if new_high {
+                st.high = st.used;
+                area.high.store(st.high, Ordering::Relaxed);
+            }
             drop(st);
-            self.stats.raise_high_water(self.used());
+            if new_high {
+                self.stats.raise_high_water(self.used());
+            }
             return Ok(head);
         }
         Err(Error::PoolFull {
@@ -493,9 +547,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let n = usize::from(h.nslots.load(Ordering::Relaxed));
         let first = head - pad;
         for s in &slots[first..first + n] {
-            s.clear();
+            s.release();
         }
-        give_run(slots, first, n);
+        give_run(slots, self.area_segs(), first, n);
         st.used -= n;
         self.areas[self.area_of(first)]
             .used
@@ -540,7 +594,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         // The copy-in happens for every direction and attribute (CVE-2022-0854).
         let _ = (dir, attrs);
         let r = self.map_inner(dev, orig, size, alloc_align_mask, cpu);
-        r.map_err(|e| self.stats.fail(e))
+        r.map_err(|e| self.fail_cpu(cpu, e))
     }
 
     #[inline]
@@ -666,7 +720,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let _ = dev;
         self.unmap_inner(tlb_addr, size, dir, attrs, None::<NoMaintenance>)
             .map(|Ok(())| ())
-            .map_err(|e| self.stats.fail(e))
+            .map_err(|e| self.fail_at(tlb_addr, e))
     }
 
     /// [`unmap`](Self::unmap) for a layer that maintains caches (a non-coherent device):
@@ -695,7 +749,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     ) -> Result<Result<(), E>, Error> {
         let _ = dev;
         self.unmap_inner(tlb_addr, size, dir, attrs, Some(maintain))
-            .map_err(|e| self.stats.fail(e))
+            .map_err(|e| self.fail_at(tlb_addr, e))
     }
 
     #[inline]
@@ -962,7 +1016,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let _ = dev;
         self.sync(tlb_addr, size, dir.to_device(), true, None::<NoMaintenance>)
             .map(|Ok(())| ())
-            .map_err(|e| self.stats.fail(e))
+            .map_err(|e| self.fail_at(tlb_addr, e))
     }
 
     /// [`sync_for_device`](Self::sync_for_device) for a layer that maintains caches: after
@@ -984,7 +1038,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     ) -> Result<Result<(), E>, Error> {
         let _ = dev;
         self.sync(tlb_addr, size, dir.to_device(), true, Some(maintain))
-            .map_err(|e| self.stats.fail(e))
+            .map_err(|e| self.fail_at(tlb_addr, e))
     }
 
     /// Makes the CPU see the device's writes: copies pool to original for
@@ -1012,7 +1066,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             None::<NoMaintenance>,
         )
         .map(|Ok(())| ())
-        .map_err(|e| self.stats.fail(e))
+        .map_err(|e| self.fail_at(tlb_addr, e))
     }
 
     /// [`sync_for_cpu`](Self::sync_for_cpu) for a layer that maintains caches: before the
@@ -1034,7 +1088,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     ) -> Result<Result<(), E>, Error> {
         let _ = dev;
         self.sync(tlb_addr, size, dir.from_device(), false, Some(maintain))
-            .map_err(|e| self.stats.fail(e))
+            .map_err(|e| self.fail_at(tlb_addr, e))
     }
 
     /// Allocates `size` bytes of pool memory for coherent use (Linux's `swiotlb_alloc`, for
@@ -1047,7 +1101,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     /// [`Error::PoolFull`].
     pub fn alloc(&self, dev: &Device, size: usize, cpu: usize) -> Result<PhysAddr, Error> {
         self.alloc_inner(dev, size, cpu)
-            .map_err(|e| self.stats.fail(e))
+            .map_err(|e| self.fail_cpu(cpu, e))
     }
 
     fn alloc_inner(&self, dev: &Device, size: usize, cpu: usize) -> Result<PhysAddr, Error> {
@@ -1076,7 +1130,6 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let addr = self.slot_addr(head, 0);
         // SAFETY: the slots are ours (COHERENT, returned to nobody yet), inside the pool.
         unsafe { self.mem.fill(addr, 0, size) };
-        self.stats.allocs.fetch_add(1, Ordering::Relaxed);
         Ok(addr)
     }
 
@@ -1092,7 +1145,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     /// coherent allocation. The pool is unchanged after an error.
     pub fn free(&self, dev: &Device, addr: PhysAddr) -> Result<(), Error> {
         let _ = dev;
-        self.free_inner(addr).map_err(|e| self.stats.fail(e))
+        self.free_inner(addr).map_err(|e| self.fail_at(addr, e))
     }
 
     fn free_inner(&self, addr: PhysAddr) -> Result<(), Error> {
@@ -1106,8 +1159,8 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             return Err(Error::NotMapped { addr });
         }
         self.release(slots, idx, &mut st);
+        bump(&area.frees, 1);
         drop(st);
-        self.stats.frees.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1156,7 +1209,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         attrs: DmaAttrs,
     ) -> Result<(), (PoolMapping, Error)> {
         if mapping.pool != self.identity() {
-            let e = self.stats.fail(Error::NotMapped { addr: mapping.tlb });
+            let e = self.fail_at(mapping.tlb, Error::NotMapped { addr: mapping.tlb });
             return Err((mapping, e));
         }
         self.unmap(dev, mapping.tlb, mapping.size, dir, attrs)
@@ -1185,7 +1238,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     /// [`Error::NotMapped`] for a token of another pool, and [`free`](Self::free)'s.
     pub fn free_owned(&self, dev: &Device, alloc: PoolAlloc) -> Result<(), (PoolAlloc, Error)> {
         if alloc.pool != self.identity() {
-            let e = self.stats.fail(Error::NotMapped { addr: alloc.addr });
+            let e = self.fail_at(alloc.addr, Error::NotMapped { addr: alloc.addr });
             return Err((alloc, e));
         }
         self.free(dev, alloc.addr).map_err(|e| (alloc, e))
@@ -1219,7 +1272,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             let mut used = 0;
             let mut i = base;
             while i < base + self.area_nslabs {
-                let free = seg_free(slots, i / IO_TLB_SEGSIZE);
+                let free = seg_free(slots, self.area_segs(), i / IO_TLB_SEGSIZE);
                 let is_free = free >> (i % IO_TLB_SEGSIZE) & 1 == 1;
                 let s = &slots[i];
                 let stt = s.state.load(Ordering::Acquire);
@@ -1349,7 +1402,7 @@ impl<M: BufferMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
                 self.mem.copy_from_buffer(dst, buf.cast(), size);
             },
         );
-        r.map_err(|e| self.stats.fail(e))
+        r.map_err(|e| self.fail_cpu(cpu, e))
     }
 
     /// [`unmap`](Self::unmap) for a mapping of [`map_buffer`](Self::map_buffer): copies the
@@ -1433,7 +1486,7 @@ impl<M: BufferMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
                 self.mem.copy_to_buffer(buf.cast(), src, len);
             },
         );
-        r.map_err(|e| self.stats.fail(e))
+        r.map_err(|e| self.fail_at(tlb_addr, e))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Pool statistics.
 
+#[cfg(doc)]
 use crate::error::Error;
-use crate::lock::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::lock::atomic::{AtomicUsize, Ordering};
 
 /// A snapshot of a pool's statistics ([`super::BouncePool::stats`]).
 ///
@@ -17,8 +18,23 @@ pub struct Stats {
     /// Slots in use, pad slots included (debugfs `io_tlb_used`).
     pub used: usize,
     /// The largest `used` seen since construction or the last
-    /// [`reset_high_water`](super::BouncePool::reset_high_water) (`io_tlb_used_hiwater`).
+    /// [`reset_high_water`](super::BouncePool::reset_high_water) (`io_tlb_used_hiwater`),
+    /// as far as the pool can tell without a pool-wide counter on the map path.
+    ///
+    /// Exact for a pool of one area. With several areas, each area keeps its own maximum
+    /// and the pool-wide mark is raised only when an area exceeds its own maximum (to the
+    /// sum of all areas' uses read at that moment) or by the snapshot itself (to the
+    /// current `used`). It therefore misses a pool-wide peak reached while every area
+    /// stays at or below its own earlier maximum: with several areas it is a lower bound
+    /// of the true peak (up to the areas' uses being read one after the other while other
+    /// CPUs map), and the true peak lies between it and
+    /// [`high_water_bound`](Self::high_water_bound). Linux keeps an exact mark with a
+    /// pool-wide atomic updated by every map, the shared cache line this pool avoids.
     pub high_water: usize,
+    /// The sum of every area's own largest use since construction or the last reset: an
+    /// upper bound of the true pool-wide peak (each area's use never exceeded its maximum).
+    /// Equal to [`high_water`](Self::high_water) for a pool of one area.
+    pub high_water_bound: usize,
     /// Successful streaming maps.
     pub maps: u64,
     /// Successful unmaps.
@@ -46,41 +62,20 @@ pub struct Stats {
     pub fail_not_mapped: u64,
 }
 
-/// The pool-wide counters (the per-area ones live in the areas).
+/// The one pool-wide statistic: the high-water mark, written only when an area's use
+/// exceeds that area's own previous maximum (rare once the pool has warmed up), never on the
+/// steady map/unmap path.
 #[derive(Debug, Default)]
 pub(crate) struct GlobalStats {
     pub(crate) high_water: AtomicUsize,
-    pub(crate) allocs: AtomicU64,
-    pub(crate) frees: AtomicU64,
-    pub(crate) fail_full: AtomicU64,
-    pub(crate) fail_too_large: AtomicU64,
-    pub(crate) fail_invalid: AtomicU64,
-    pub(crate) fail_not_mapped: AtomicU64,
 }
 
 impl GlobalStats {
-    /// Raises the high-water mark to `now` if it is higher (Linux's
-    /// `inc_used_and_hiwater`). The mark is read-mostly, so this is a plain load on the
-    /// fast path.
-    #[inline]
+    /// Raises the high-water mark to `now` if it is higher.
+    #[cold]
     pub(crate) fn raise_high_water(&self, now: usize) {
         if now > self.high_water.load(Ordering::Relaxed) {
             self.high_water.fetch_max(now, Ordering::Relaxed);
         }
-    }
-
-    /// Counts a failure by its cause and passes the error on.
-    #[cold]
-    pub(crate) fn fail(&self, err: Error) -> Error {
-        let counter = match err {
-            Error::PoolFull { .. } => &self.fail_full,
-            Error::TooLarge { .. } | Error::ExceedsSegment { .. } => &self.fail_too_large,
-            Error::NotInPool { .. } | Error::NotMapped { .. } | Error::SyncOutOfRange { .. } => {
-                &self.fail_not_mapped
-            }
-            _ => &self.fail_invalid,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        err
     }
 }

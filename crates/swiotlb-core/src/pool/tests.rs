@@ -1115,3 +1115,88 @@ fn ownership_tokens_unmap_and_free_once_and_only_in_their_pool() {
     a.pool.free_owned(&dev(), c).unwrap();
     assert_eq!((a.pool.stats().used, b.pool.stats().used), (0, 0));
 }
+
+#[test]
+fn areas_and_their_counters_share_no_cache_line_pair() {
+    // Two areas on two CPUs must not write the same 128-byte pair of lines.
+    assert_eq!(core::mem::align_of::<area::Area>(), 128);
+    assert_eq!(core::mem::size_of::<area::Area>() % 128, 0);
+    // Every segment's free bitmap lies in the metadata of its own area (so a CPU updating
+    // its area's bitmaps never writes a line holding another area's slots).
+    let f = Fixture::new(8 * IO_TLB_SEGSIZE, 4);
+    let area_nslabs = f.pool.nslabs() / f.pool.nareas();
+    let area_segs = area_nslabs / IO_TLB_SEGSIZE;
+    for seg in 0..f.pool.nslabs() / IO_TLB_SEGSIZE {
+        let w = search::bitmap_slot(seg, area_segs);
+        let area_of_seg = seg * IO_TLB_SEGSIZE / area_nslabs;
+        assert_eq!(w / area_nslabs, area_of_seg, "segment {seg}");
+        assert_eq!((w + 1) / area_nslabs, area_of_seg, "segment {seg}");
+    }
+    // Each area's bitmaps are adjacent: one cache line (two slots' words) per segment.
+    assert_eq!(search::bitmap_slot(5, 2), 4 * IO_TLB_SEGSIZE + 2);
+    f.check();
+}
+
+#[test]
+fn statistics_are_summed_over_the_areas() {
+    let f = Fixture::new(4 * IO_TLB_SEGSIZE, 2);
+    let d = dev();
+    let a = f
+        .map_full(&d, f.orig(0), 100, 0, TD, DmaAttrs::empty(), 0)
+        .unwrap();
+    let b = f
+        .map_full(&d, f.orig(0), 5000, 0, BI, DmaAttrs::empty(), 1)
+        .unwrap();
+    assert_ne!(
+        f.pool.area_of(f.pool.slot_index(a).unwrap()),
+        f.pool.area_of(f.pool.slot_index(b).unwrap())
+    );
+    let c = f.pool.alloc(&d, 4096, 1).unwrap();
+    let _ = f.map_full(&d, f.orig(0), 0, 0, TD, DmaAttrs::empty(), 1);
+    let _ = f.pool.unmap(&d, PhysAddr::new(1), 1, TD, NONE);
+    let s = f.pool.stats();
+    assert_eq!(
+        (s.used, s.high_water, s.high_water_bound, s.maps, s.allocs),
+        (1 + 3 + 2, 6, 6, 2, 1)
+    );
+    assert_eq!((s.fail_invalid, s.fail_not_mapped), (1, 1));
+    f.pool.unmap(&d, a, 100, TD, NONE).unwrap();
+    f.pool.unmap(&d, b, 5000, BI, NONE).unwrap();
+    f.pool.free(&d, c).unwrap();
+    let s = f.pool.stats();
+    assert_eq!((s.used, s.high_water, s.unmaps, s.frees), (0, 6, 2, 1));
+    assert_eq!(s.bytes_bounced, 100 + 2 * 5000);
+    f.check();
+}
+
+#[test]
+fn high_water_with_several_areas_lies_between_its_documented_bounds() {
+    // The semantics `Stats::high_water` documents: exact while the peaks are new per-area
+    // maxima, a lower bound (with `high_water_bound` above the true peak) when the pool
+    // peaks while every area is at or below its own earlier maximum.
+    let f = Fixture::new(4 * IO_TLB_SEGSIZE, 2);
+    let d = dev();
+    let on = |cpu| {
+        f.map_full(&d, f.orig(0), 100, 0, TD, DmaAttrs::empty(), cpu)
+            .unwrap()
+    };
+    let a: Vec<_> = (0..4).map(|_| on(0)).collect();
+    f.pool.unmap(&d, a[0], 100, TD, NONE).unwrap();
+    f.pool.unmap(&d, a[1], 100, TD, NONE).unwrap();
+    let b: Vec<_> = (0..4).map(|_| on(1)).collect();
+    let s = f.pool.stats();
+    assert_eq!((s.used, s.high_water, s.high_water_bound), (6, 6, 8));
+    // Area 0 goes back to its maximum of 4: the pool holds 8, its true peak.
+    let a2: Vec<_> = (0..2).map(|_| on(0)).collect();
+    assert_eq!(f.pool.stats().high_water, 8);
+    for t in a2.iter().chain(&a[2..]).chain(&b) {
+        f.pool.unmap(&d, *t, 100, TD, NONE).unwrap();
+    }
+    let s = f.pool.stats();
+    // The peak of 8 was seen only by the snapshot while it lasted; the mark kept 6.
+    assert_eq!((s.used, s.high_water, s.high_water_bound), (0, 6, 8));
+    f.pool.reset_high_water();
+    let s = f.pool.stats();
+    assert_eq!((s.high_water, s.high_water_bound), (0, 0));
+    f.check();
+}
