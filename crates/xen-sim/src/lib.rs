@@ -354,7 +354,7 @@ impl Xen {
 
     /// Runs `hook` at every [`CopyPoint`] of the CPU's copies (`None`: no hook), so that a
     /// test can make a device write while the CPU copies (see
-    /// [`Adversary`](crate::Adversary)).
+    /// [`Adversary`]).
     pub fn on_cpu_copy(&self, hook: Option<CopyHook>) {
         *self
             .inner
