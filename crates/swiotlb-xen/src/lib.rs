@@ -117,8 +117,47 @@ cfg_if::cfg_if! {
     if #[cfg(target_arch = "x86_64")] {
         /// The platform of the architecture being built: x86 PV on `x86_64`.
         ///
-        /// Every architecture's `native` module defines the same names: `ARCH`, `Platform`
-        /// (the platform type with the native hypercall) and `Hypercall` (the trap).
+        /// Every architecture's `native` module defines the same names: `ARCH`, `Hypercall`
+        /// (the trap) and `Platform<'a, M, ..>` (the platform type with the native trap,
+        /// `M` the kernel's [`PhysMemory`](crate::PhysMemory) first), built with
+        /// `unsafe { Platform::new(..) }` from what the architecture's boot gives. What
+        /// follows `M`, and what `new` takes, differ because the platforms do:
+        ///
+        /// | | x86 PV (this module) | arm64 |
+        /// |---|---|---|
+        /// | alias | `Platform<'a, M>` | `Platform<'a, M, C, S>`: `C` the cache hook, `S` the foreign table's storage |
+        /// | `new` takes | the P2M, the M2P, the linear map's base, `Hypercall` by value, `M` by value | `&Hypercall`, `&'a` foreign table, `C`, `&'a M`, a configuration (or `probe` asks Xen) |
+        /// | from | `start_info` ([`x86_pv::boot`](crate::x86_pv::boot)) | the device tree (RAM banks, `dma-coherent`) and Xen's features |
+        ///
+        /// `M` by value here and by reference on arm64: pass `&MEMORY` here too (a
+        /// borrowed [`PhysMemory`](crate::PhysMemory) is one) and both take the same
+        /// `static`, which [`init`](crate::init::init) can take as well.
+        ///
+        /// ```no_run
+        /// use core::sync::atomic::AtomicU64;
+        /// use swiotlb_xen::native;
+        /// use swiotlb_xen::x86_pv::boot;
+        /// use swiotlb_xen::LinearMap;
+        ///
+        /// /// The kernel's direct map of all RAM (Linux's `PAGE_OFFSET`).
+        /// const LINEAR_BASE: u64 = 0xffff_8880_0000_0000;
+        ///
+        /// /// # Safety
+        /// ///
+        /// /// `start_info` is the page Xen passed in `%rsi`; `memory` reaches all of RAM at
+        /// /// the physical addresses of the P2M's frames.
+        /// unsafe fn platform(start_info: *const u8, memory: &'static LinearMap)
+        ///     -> native::Platform<'static, &'static LinearMap>
+        /// {
+        ///     // SAFETY: the caller's promise; the M2P is where Xen says.
+        ///     let p2m: &'static [AtomicU64] = unsafe { boot::p2m_from_start_info(start_info) };
+        ///     let (m2p_start, m2p_entries) = boot::m2p_location(&native::Hypercall);
+        ///     // SAFETY: Xen maps the M2P read-only there.
+        ///     let m2p = unsafe { boot::m2p_at(m2p_start, m2p_entries) };
+        ///     // SAFETY: the tables are this domain's and Xen's, RAM is mapped at LINEAR_BASE.
+        ///     unsafe { native::Platform::new(p2m, m2p, LINEAR_BASE, native::Hypercall, memory) }
+        /// }
+        /// ```
         #[cfg_attr(docsrs, doc(cfg(target_arch = "x86_64")))]
         pub mod native {
             /// The architecture's name.
@@ -126,23 +165,68 @@ cfg_if::cfg_if! {
             /// The native trap: `syscall` into Xen.
             pub use swiotlb_xen_x86_pv::NativeHypercall as Hypercall;
             /// The x86 PV platform with the native trap; `M` is the kernel's
-            /// [`PhysMemory`](crate::PhysMemory).
+            /// [`PhysMemory`](crate::PhysMemory) (a `&'a` reference to a shared one works).
             pub type Platform<'a, M> = swiotlb_xen_x86_pv::X86PvPlatform<'a, Hypercall, M>;
         }
     } else if #[cfg(target_arch = "aarch64")] {
         /// The platform of the architecture being built: arm64 dom0 on `aarch64`.
         ///
-        /// Every architecture's `native` module defines the same names: `ARCH`, `Platform`
-        /// (the platform type with the native hypercall) and `Hypercall` (the trap).
+        /// Every architecture's `native` module defines the same names: `ARCH`, `Hypercall`
+        /// (the trap) and `Platform<'a, M, ..>` (the platform type with the native trap,
+        /// `M` the kernel's [`PhysMemory`](crate::PhysMemory) first), built with
+        /// `unsafe { Platform::new(..) }` (or `Platform::probe`, which asks Xen for the
+        /// configuration). What follows `M`, and what `new` takes, differ because the
+        /// platforms do:
+        ///
+        /// | | x86 PV | arm64 (this module) |
+        /// |---|---|---|
+        /// | alias | `Platform<'a, M>` | `Platform<'a, M, C, S>`: `C` the cache hook, `S` the foreign table's storage ([`ForeignStorage<N>`](ForeignStorage)) |
+        /// | `new` takes | the P2M, the M2P, the linear map's base, `Hypercall` by value, `M` by value | `&Hypercall`, `&'a` foreign table, `C`, `&'a M`, a configuration (or `probe` asks Xen) |
+        /// | from | `start_info` | the device tree (RAM banks, `dma-coherent`) and Xen's features |
+        ///
+        /// ```no_run
+        /// use swiotlb_xen::arm64::{BoundedForeignTable, CacheOps, ProbeOptions};
+        /// use swiotlb_xen::{native, LinearMap, PhysAddr};
+        ///
+        /// /// The kernel's cache maintenance by physical address (`dc cvac`, `dc ivac`,
+        /// /// `dc civac` over its linear map, then `dsb sy`).
+        /// struct KernelCache;
+        /// impl CacheOps for KernelCache {
+        ///     fn clean(&self, phys: PhysAddr, len: usize) { /* dc cvac ... */ }
+        ///     fn invalidate(&self, phys: PhysAddr, len: usize) { /* dc ivac ... */ }
+        ///     fn clean_invalidate(&self, phys: PhysAddr, len: usize) { /* dc civac ... */ }
+        /// }
+        ///
+        /// /// Grant-mapped pages of other domains, recorded by the backends.
+        /// static FOREIGN: BoundedForeignTable<1024> = BoundedForeignTable::new();
+        ///
+        /// type Platform = native::Platform<'static, LinearMap, KernelCache, native::ForeignStorage<1024>>;
+        ///
+        /// /// # Safety
+        /// ///
+        /// /// `memory` reaches all of dom0's RAM (the device tree's banks) at their
+        /// /// physical addresses.
+        /// unsafe fn platform(memory: &'static LinearMap) -> Platform {
+        ///     // SAFETY: the trap is this domain's; the mapping comes from Xen's features.
+        ///     let probed = unsafe {
+        ///         native::Platform::probe(&native::Hypercall, &FOREIGN, KernelCache, memory,
+        ///                                 ProbeOptions::initial_domain())
+        ///     };
+        ///     probed.expect("XENVER_get_features")
+        /// }
+        /// ```
         #[cfg_attr(docsrs, doc(cfg(target_arch = "aarch64")))]
         pub mod native {
             /// The architecture's name.
             pub const ARCH: &str = "arm64";
             /// The native trap: `hvc #0xEA1`.
             pub use swiotlb_xen_arm64::NativeHypercall as Hypercall;
-            /// The arm64 platform with the native trap; `C` is the kernel's cache hook, `M`
-            /// its [`PhysMemory`](crate::PhysMemory), `S` the foreign table's storage.
-            pub type Platform<'a, C, M, S> =
+            /// The storage of a bounded foreign table of `N` entries, to name `S` with.
+            pub use swiotlb_xen_arm64::BoundedForeignStorage as ForeignStorage;
+            /// The arm64 platform with the native trap; `M` is the kernel's
+            /// [`PhysMemory`](crate::PhysMemory) (borrowed for `'a`), `C` its cache hook,
+            /// `S` the foreign table's storage.
+            pub type Platform<'a, M, C, S> =
                 swiotlb_xen_arm64::Arm64Platform<'a, Hypercall, C, M, S>;
         }
     } else {
