@@ -311,7 +311,8 @@ pub struct ForeignTable<S> {
 /// and engine types with it and needs no `arrayvec` dependency of its own:
 ///
 /// ```
-/// use swiotlb_xen_arm64::{Arm64Platform, BoundedForeignStorage, BoundedForeignTable, ForeignTable};
+/// use swiotlb_xen_arm64::{Arm64Platform, BoundedForeignStorage, BoundedForeignTable};
+/// use swiotlb_xen_arm64::ForeignTable;
 ///
 /// static FOREIGN: BoundedForeignTable<64> = BoundedForeignTable::new();
 /// let table: &ForeignTable<BoundedForeignStorage<64>> = &FOREIGN;
