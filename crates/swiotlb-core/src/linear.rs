@@ -184,11 +184,12 @@ mod tests {
         // SAFETY: `buf` outlives `map` and is only read at the end, after the last copy.
         let map = unsafe { LinearMap::new(buf.as_mut_ptr(), PhysAddr::new(0x2000), 64) };
         // The pool and a platform may each hold `&map`: one description, built once.
-        through(&map, PhysAddr::new(0x2010), PhysAddr::new(0x2000));
-        through(&&map, PhysAddr::new(0x2020), PhysAddr::new(0x2010));
+        through::<&LinearMap>(&map, PhysAddr::new(0x2010), PhysAddr::new(0x2000));
+        let shared = &map;
+        through::<&&LinearMap>(&shared, PhysAddr::new(0x2020), PhysAddr::new(0x2010));
         let dst = NonNull::from(&mut out).cast::<u8>();
         // SAFETY: `out` is a live 4-byte buffer no one else touches; the source is inside.
-        unsafe { (&map).copy_to_buffer(dst, PhysAddr::new(0x2020), 4) };
+        unsafe { BufferMemory::copy_to_buffer(&shared, dst, PhysAddr::new(0x2020), 4) };
         assert_eq!(out, [0x5a; 4]);
         assert_eq!(&buf[0x20..0x24], &[0x5a; 4]);
     }
