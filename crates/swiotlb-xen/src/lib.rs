@@ -482,7 +482,7 @@ cfg_if::cfg_if! {
         ///
         /// Every architecture's `native` module defines the same names: `ARCH`, `Hypercall`
         /// (the trap) and `Platform<'a, M, ..>` (the platform type with the native trap,
-        /// `M` the kernel's [`PhysMemory`](crate::PhysMemory) first), built with
+        /// `M` the kernel's [`PhysMemory`] first), built with
         /// `unsafe { Platform::new(..) }` from what the architecture's boot gives. What
         /// follows `M`, and what `new` takes, differ because the platforms do:
         ///
@@ -490,11 +490,11 @@ cfg_if::cfg_if! {
         /// |---|---|---|
         /// | alias | `Platform<'a, M>` | `Platform<'a, M, C, S>`: `C` the cache hook, `S` the foreign table's storage |
         /// | `new` takes | the P2M, the M2P, the linear map's base, `Hypercall` by value, `M` by value | `&Hypercall`, `&'a` foreign table, `C`, `&'a M`, a configuration (or `probe` asks Xen) |
-        /// | from | `start_info` ([`x86_pv::boot`](crate::x86_pv::boot)) | the device tree (RAM banks, `dma-coherent`) and Xen's features |
+        /// | from | `start_info` ([`x86_pv::boot`]) | the device tree (RAM banks, `dma-coherent`) and Xen's features |
         ///
         /// `M` by value here and by reference on arm64: pass `&MEMORY` here too (a
-        /// borrowed [`PhysMemory`](crate::PhysMemory) is one) and both take the same
-        /// `static`, which [`init`](crate::init::init) can take as well.
+        /// borrowed [`PhysMemory`] is one) and both take the same
+        /// `static`, which [`init`](init::init) can take as well.
         ///
         /// ```no_run
         /// use core::sync::atomic::AtomicU64;
@@ -536,14 +536,14 @@ cfg_if::cfg_if! {
         ///
         /// Every architecture's `native` module defines the same names: `ARCH`, `Hypercall`
         /// (the trap) and `Platform<'a, M, ..>` (the platform type with the native trap,
-        /// `M` the kernel's [`PhysMemory`](crate::PhysMemory) first), built with
+        /// `M` the kernel's [`PhysMemory`] first), built with
         /// `unsafe { Platform::new(..) }` (or `Platform::probe`, which asks Xen for the
         /// configuration). What follows `M`, and what `new` takes, differ because the
         /// platforms do:
         ///
         /// | | x86 PV | arm64 (this module) |
         /// |---|---|---|
-        /// | alias | `Platform<'a, M>` | `Platform<'a, M, C, S>`: `C` the cache hook, `S` the foreign table's storage ([`ForeignStorage<N>`](ForeignStorage)) |
+        /// | alias | `Platform<'a, M>` | `Platform<'a, M, C, S>`: `C` the cache hook, `S` the foreign table's storage ([`ForeignStorage<N>`](crate::native::ForeignStorage)) |
         /// | `new` takes | the P2M, the M2P, the linear map's base, `Hypercall` by value, `M` by value | `&Hypercall`, `&'a` foreign table, `C`, `&'a M`, a configuration (or `probe` asks Xen) |
         /// | from | `start_info` | the device tree (RAM banks, `dma-coherent`) and Xen's features |
         ///
