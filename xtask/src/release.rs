@@ -102,7 +102,8 @@ fn with_packages(subcommand: &[&str], packages: &[&str]) -> Vec<String> {
 
 /// The commands of the `docs` step: rustdoc with warnings denied for the `no_std` crates
 /// on both kernel targets (with the features docs.rs shows) and for `xen-sim` on the host,
-/// then the doc tests of every published crate with those features.
+/// then the doc tests of the crates with aarch64-only examples for aarch64, and those of
+/// every published crate with those features on the host.
 pub fn docs_commands() -> Vec<CargoRun> {
     let mut runs = Vec::new();
     for target in KERNEL_TARGETS {
@@ -117,11 +118,32 @@ pub fn docs_commands() -> Vec<CargoRun> {
         rustdocflags: Some("-D warnings"),
         ..CargoRun::new(with_packages(&["doc", "--no-deps"], &["xen-sim"]))
     });
+    // The doc tests that compile only for aarch64 (the facade's arm64 kernel example and
+    // `native` module, arm64's trap), as Linux binaries under qemu-user.
+    let mut arm64 = with_packages(&["test", "--doc"], AARCH64_DOCTEST_CRATES);
+    arm64.extend(
+        [
+            "--features",
+            DOC_FEATURES,
+            "--target",
+            AARCH64_DOCTEST_TARGET,
+        ]
+        .map(str::to_owned),
+    );
+    runs.push(CargoRun::new(arm64));
     let mut doctests = with_packages(&["test", "--doc"], PUBLISHED_CRATES);
     doctests.extend(["--features", DOC_FEATURES].map(str::to_owned));
     runs.push(CargoRun::new(doctests));
     runs
 }
+
+/// The crates whose doc tests also run for aarch64: those with examples only that
+/// architecture compiles.
+pub const AARCH64_DOCTEST_CRATES: &[&str] = &["swiotlb-xen-arm64", "swiotlb-xen"];
+
+/// The target of the aarch64 doc tests (linked with the cross compiler, run under qemu-user,
+/// as the `test-aarch64` step's tests).
+pub const AARCH64_DOCTEST_TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// The command of the `package` step: every published crate packaged and verified (built
 /// from its `.crate` file), in dependency order, each one's workspace dependencies resolved
@@ -239,6 +261,14 @@ mod tests {
         assert!(
             lines.contains(
                 &"RUSTDOCFLAGS=\"-D warnings\" cargo doc --no-deps -p xen-sim".to_owned()
+            )
+        );
+        let arm64 = &lines[lines.len() - 2];
+        assert_eq!(
+            arm64,
+            &format!(
+                "cargo test --doc -p swiotlb-xen-arm64 -p swiotlb-xen --features {DOC_FEATURES} \
+                 --target aarch64-unknown-linux-gnu"
             )
         );
         let doctests = lines.last().unwrap();

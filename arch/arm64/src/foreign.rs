@@ -305,12 +305,34 @@ pub struct ForeignTable<S> {
     len: AtomicUsize,
 }
 
+/// The storage of a [`BoundedForeignTable`]: up to `N` entries in place, without a heap.
+///
+/// It is the `S` of [`ForeignTable<S>`] and of the platform, so a kernel names its platform
+/// and engine types with it and needs no `arrayvec` dependency of its own:
+///
+/// ```
+/// use swiotlb_xen_arm64::{Arm64Platform, BoundedForeignStorage, BoundedForeignTable};
+/// use swiotlb_xen_arm64::ForeignTable;
+///
+/// static FOREIGN: BoundedForeignTable<64> = BoundedForeignTable::new();
+/// let table: &ForeignTable<BoundedForeignStorage<64>> = &FOREIGN;
+/// assert_eq!(table.capacity(), Some(64));
+///
+/// // The platform of a kernel with its hypercall `H`, cache hook `C` and memory `M`:
+/// type KernelPlatform<H, C, M> = Arm64Platform<'static, H, C, M, BoundedForeignStorage<64>>;
+/// ```
+pub type BoundedForeignStorage<const N: usize> = ArrayVec<ForeignEntry, N>;
+
 /// A foreign table of at most `N` entries, without a heap.
-pub type BoundedForeignTable<const N: usize> = ForeignTable<ArrayVec<ForeignEntry, N>>;
+pub type BoundedForeignTable<const N: usize> = ForeignTable<BoundedForeignStorage<N>>;
+
+/// The storage of an [`UnboundedForeignTable`] (feature `alloc`).
+#[cfg(feature = "alloc")]
+pub type UnboundedForeignStorage = Vec<ForeignEntry>;
 
 /// A foreign table limited only by memory (feature `alloc`).
 #[cfg(feature = "alloc")]
-pub type UnboundedForeignTable = ForeignTable<Vec<ForeignEntry>>;
+pub type UnboundedForeignTable = ForeignTable<UnboundedForeignStorage>;
 
 impl<const N: usize> ForeignTable<ArrayVec<ForeignEntry, N>> {
     const_fn_unless_loom! {

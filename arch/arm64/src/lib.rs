@@ -7,7 +7,8 @@
 //!
 //! - [`ForeignTable`]: the foreign-mapping table (pfn, mfn, number of pages) for the pages
 //!   dom0 grant-maps from other domains; sorted, O(log n) lookups under a reader-writer spin
-//!   lock, bounded without a heap ([`BoundedForeignTable`]) or, with the `alloc` feature,
+//!   lock, bounded without a heap ([`BoundedForeignTable`], whose storage type
+//!   [`BoundedForeignStorage`] names the platform's `S`) or, with the `alloc` feature,
 //!   unbounded (`UnboundedForeignTable`); overlapping entries are refused.
 //! - [`ForeignTable::record_grant_maps`] / [`ForeignTable::clear_grant_unmaps`]: recording
 //!   the results of `GNTTABOP_map_grant_ref` and clearing after `GNTTABOP_unmap_grant_ref`,
@@ -97,12 +98,12 @@ mod testutil;
 mod native;
 
 pub use cache::{CacheOps, NoCacheOps};
-#[cfg(feature = "alloc")]
-pub use foreign::UnboundedForeignTable;
 pub use foreign::{
-    BoundedForeignTable, EntryStorage, ForeignEntry, ForeignTable, ForeignTableError,
-    ForeignTableView,
+    BoundedForeignStorage, BoundedForeignTable, EntryStorage, ForeignEntry, ForeignTable,
+    ForeignTableError, ForeignTableView,
 };
+#[cfg(feature = "alloc")]
+pub use foreign::{UnboundedForeignStorage, UnboundedForeignTable};
 pub use grant::{GrantMapSummary, GrantUnmapSummary, INVALID_GRANT_HANDLE};
 #[cfg(target_arch = "aarch64")]
 pub use native::NativeHypercall;

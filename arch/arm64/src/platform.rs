@@ -507,7 +507,7 @@ where
 
     /// As [`sync_for_device`](Platform::sync_for_device), with a foreign page's
     /// `GNTTAB_CACHE_INVAL` made `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`: nothing is
-    /// discarded (see [`CacheOps::clean_invalidate`](crate::CacheOps::clean_invalidate)).
+    /// discarded.
     fn sync_for_device_preserving(
         &self,
         dev: &Device,
@@ -524,8 +524,7 @@ where
 
     /// As [`sync_for_cpu`](Platform::sync_for_cpu), with clean and invalidate instead of
     /// invalidate: local frames through [`CacheOps::clean_invalidate`], foreign ones with
-    /// `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`. Nothing is discarded (see
-    /// [`CacheOps::clean_invalidate`](crate::CacheOps::clean_invalidate)).
+    /// `GNTTAB_CACHE_CLEAN | GNTTAB_CACHE_INVAL`. Nothing is discarded.
     fn sync_for_cpu_preserving(
         &self,
         dev: &Device,

@@ -75,6 +75,57 @@ pub unsafe trait BufferMemory: PhysMemory {
     unsafe fn copy_to_buffer(&self, dst: NonNull<u8>, src: PhysAddr, len: usize);
 }
 
+/// A borrowed [`PhysMemory`] is one: the pool and a platform (or two pools) can share one
+/// description of the kernel's memory, built once.
+///
+/// ```
+/// use swiotlb_core::{BouncePool, LinearMap, PhysAddr, PhysMemory, Slot};
+///
+/// fn reaches<M: PhysMemory>(_: &M) {}
+///
+/// let mut ram = vec![0u8; 256 << 10];
+/// // SAFETY: `ram` outlives the map and the pool, and no reference to it is used meanwhile.
+/// let linear = unsafe { LinearMap::new(ram.as_mut_ptr(), PhysAddr::new(0x10_0000), ram.len()) };
+/// let slots: Vec<Slot> = (0..128).map(|_| Slot::new()).collect();
+/// // SAFETY: the whole region is the pool's.
+/// let pool = unsafe { BouncePool::new(&linear, PhysAddr::new(0x10_0000), 128, 1, slots) }?;
+/// reaches(&linear); // still usable by whatever else needs the kernel's memory
+/// assert_eq!(pool.memory().phys_base(), PhysAddr::new(0x10_0000));
+/// # drop(pool);
+/// # drop(ram);
+/// # Ok::<(), swiotlb_core::Error>(())
+/// ```
+// SAFETY: every method forwards to `M`, which upholds the contract.
+unsafe impl<M: PhysMemory + ?Sized> PhysMemory for &M {
+    #[inline]
+    unsafe fn copy(&self, dst: PhysAddr, src: PhysAddr, len: usize) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).copy(dst, src, len) }
+    }
+
+    #[inline]
+    unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).fill(dst, byte, len) }
+    }
+}
+
+/// A borrowed [`BufferMemory`] is one, as for [`PhysMemory`].
+// SAFETY: every method forwards to `M`, which upholds the contract.
+unsafe impl<M: BufferMemory + ?Sized> BufferMemory for &M {
+    #[inline]
+    unsafe fn copy_from_buffer(&self, dst: PhysAddr, src: NonNull<u8>, len: usize) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).copy_from_buffer(dst, src, len) }
+    }
+
+    #[inline]
+    unsafe fn copy_to_buffer(&self, dst: NonNull<u8>, src: PhysAddr, len: usize) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { (**self).copy_to_buffer(dst, src, len) }
+    }
+}
+
 /// An error reported by a platform hook.
 ///
 /// The variants carry the values involved so that a log line says what failed without a

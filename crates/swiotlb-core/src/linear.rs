@@ -169,4 +169,28 @@ mod tests {
         assert_eq!(&buf[0x20..0x24], &[0xab; 4]);
         assert_eq!(buf[0x24], 0);
     }
+
+    #[test]
+    fn a_borrowed_linear_map_reaches_the_same_memory() {
+        fn through<M: BufferMemory>(m: M, dst: PhysAddr, src: PhysAddr) {
+            // SAFETY: both ranges are inside the test's region, disjoint and unreferenced.
+            unsafe {
+                m.fill(src, 0x5a, 4);
+                m.copy(dst, src, 4);
+            }
+        }
+        let mut buf = std::vec![0u8; 64];
+        let mut out = [0u8; 4];
+        // SAFETY: `buf` outlives `map` and is only read at the end, after the last copy.
+        let map = unsafe { LinearMap::new(buf.as_mut_ptr(), PhysAddr::new(0x2000), 64) };
+        // The pool and a platform may each hold `&map`: one description, built once.
+        through::<&LinearMap>(&map, PhysAddr::new(0x2010), PhysAddr::new(0x2000));
+        let shared = &map;
+        through::<&&LinearMap>(&shared, PhysAddr::new(0x2020), PhysAddr::new(0x2010));
+        let dst = NonNull::from(&mut out).cast::<u8>();
+        // SAFETY: `out` is a live 4-byte buffer no one else touches; the source is inside.
+        unsafe { BufferMemory::copy_to_buffer(&shared, dst, PhysAddr::new(0x2020), 4) };
+        assert_eq!(out, [0x5a; 4]);
+        assert_eq!(&buf[0x20..0x24], &[0x5a; 4]);
+    }
 }

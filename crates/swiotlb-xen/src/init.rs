@@ -97,6 +97,17 @@ impl Default for InitOptions {
 
 impl InitOptions {
     /// Sets the number of areas.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use swiotlb_xen::init::InitOptions;
+    ///
+    /// // Eight areas (locks): a CPU count, lowered to whole segments per area.
+    /// let options = InitOptions::default().with_nareas(8);
+    /// assert_eq!(options.nareas, 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn with_nareas(mut self, nareas: usize) -> Self {
         self.nareas = nareas;
@@ -104,6 +115,17 @@ impl InitOptions {
     }
 
     /// Sets the smallest acceptable pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use swiotlb_xen::init::InitOptions;
+    ///
+    /// // Halve a pool that cannot be made contiguous no further than 2 MiB.
+    /// let options = InitOptions::default().with_min_bytes(2 << 20);
+    /// assert_eq!(options.min_bytes, 2 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn with_min_bytes(mut self, bytes: usize) -> Self {
         self.min_bytes = bytes;
@@ -111,6 +133,17 @@ impl InitOptions {
     }
 
     /// Sets the largest chunk order tried.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use swiotlb_xen::init::InitOptions;
+    ///
+    /// // Ask Xen for chunks of at most 2 MiB (a domain without I/O capabilities).
+    /// let options = InitOptions::default().with_max_order(9);
+    /// assert_eq!(options.max_order, 9);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn with_max_order(mut self, order: u32) -> Self {
         self.max_order = order;
@@ -118,6 +151,17 @@ impl InitOptions {
     }
 
     /// Sets the highest address limit asked for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use swiotlb_xen::init::InitOptions;
+    ///
+    /// // A device that reaches 1 GiB: the pool below it.
+    /// let options = InitOptions::default().with_max_address_bits(30);
+    /// assert_eq!(options.max_address_bits, 30);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn with_max_address_bits(mut self, bits: u32) -> Self {
         self.max_address_bits = bits;
@@ -141,12 +185,69 @@ pub struct Chunk {
 
 impl Chunk {
     /// The chunk's size in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use swiotlb_xen::init::{init, InitOptions};
+    /// # use swiotlb_xen::x86_pv::X86PvPlatform;
+    /// # use swiotlb_xen::{NoPageAllocator, Slot};
+    /// # use xen_sim::{SimConfig, Xen};
+    /// #
+    /// # let xen = Xen::new(SimConfig::x86_pv());
+    /// # let guest = xen.pv_guest();
+    /// # // SAFETY: the simulated dom0's own tables, linear map, hypercalls and memory.
+    /// # let platform = unsafe {
+    /// #     let (p2m, m2p, base) = (guest.p2m(), guest.m2p(), guest.linear_base());
+    /// #     X86PvPlatform::new(p2m, m2p, base, xen.dom0(), guest.memory())
+    /// # };
+    /// # let pool = guest.alloc_aligned(1024, 1024);
+    /// # let slots: Vec<Slot> = (0..2048).map(|_| Slot::new()).collect();
+    /// # // SAFETY: the pool's pages are the engine's alone; `guest.memory()` reaches all of dom0.
+    /// # let (engine, report) = unsafe {
+    /// #     let options = InitOptions::default();
+    /// #     init(platform, guest.memory(), pool, 4 << 20, slots, NoPageAllocator, options)
+    /// # }?;
+    ///
+    /// let total: u64 = report.chunks.iter().map(|c| c.bytes()).sum();
+    /// assert_eq!(total, 4 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn bytes(&self) -> u64 {
         XEN_PAGE_SIZE << self.order
     }
 
     /// Whether the chunk was made contiguous (and must be given back at teardown).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use swiotlb_xen::init::{init, InitOptions};
+    /// # use swiotlb_xen::x86_pv::X86PvPlatform;
+    /// # use swiotlb_xen::{NoPageAllocator, Slot};
+    /// # use xen_sim::{SimConfig, Xen};
+    /// #
+    /// # let xen = Xen::new(SimConfig::x86_pv());
+    /// # let guest = xen.pv_guest();
+    /// # // SAFETY: the simulated dom0's own tables, linear map, hypercalls and memory.
+    /// # let platform = unsafe {
+    /// #     let (p2m, m2p, base) = (guest.p2m(), guest.m2p(), guest.linear_base());
+    /// #     X86PvPlatform::new(p2m, m2p, base, xen.dom0(), guest.memory())
+    /// # };
+    /// # let pool = guest.alloc_aligned(1024, 1024);
+    /// # let slots: Vec<Slot> = (0..2048).map(|_| Slot::new()).collect();
+    /// # // SAFETY: the pool's pages are the engine's alone; `guest.memory()` reaches all of dom0.
+    /// # let (engine, report) = unsafe {
+    /// #     let options = InitOptions::default();
+    /// #     init(platform, guest.memory(), pool, 4 << 20, slots, NoPageAllocator, options)
+    /// # }?;
+    ///
+    /// let chunk = report.chunks[0];
+    /// assert!(chunk.is_exchanged()); // `release` gives it back to Xen
+    /// assert_eq!(chunk.bytes(), 4 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn is_exchanged(&self) -> bool {
         self.address_bits.is_some()
@@ -182,17 +283,103 @@ pub struct InitReport {
 
 impl InitReport {
     /// The chunks that were exchanged (not kept as they were).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use swiotlb_xen::init::{init, InitOptions};
+    /// # use swiotlb_xen::x86_pv::X86PvPlatform;
+    /// # use swiotlb_xen::{NoPageAllocator, Slot};
+    /// # use xen_sim::{SimConfig, Xen};
+    /// #
+    /// # let xen = Xen::new(SimConfig::x86_pv());
+    /// # let guest = xen.pv_guest();
+    /// # // SAFETY: the simulated dom0's own tables, linear map, hypercalls and memory.
+    /// # let platform = unsafe {
+    /// #     let (p2m, m2p, base) = (guest.p2m(), guest.m2p(), guest.linear_base());
+    /// #     X86PvPlatform::new(p2m, m2p, base, xen.dom0(), guest.memory())
+    /// # };
+    /// # let pool = guest.alloc_aligned(1024, 1024);
+    /// # let slots: Vec<Slot> = (0..2048).map(|_| Slot::new()).collect();
+    /// # // SAFETY: the pool's pages are the engine's alone; `guest.memory()` reaches all of dom0.
+    /// # let (engine, report) = unsafe {
+    /// #     let options = InitOptions::default();
+    /// #     init(platform, guest.memory(), pool, 4 << 20, slots, NoPageAllocator, options)
+    /// # }?;
+    ///
+    /// // On x86 PV the pool's pages had to be exchanged for machine-contiguous ones.
+    /// assert!(report.exchanged().count() >= 1);
+    /// assert!(report.exchanged().all(|c| c.address_bits.is_some()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn exchanged(&self) -> impl Iterator<Item = &Chunk> {
         self.chunks.iter().filter(|c| c.is_exchanged())
     }
 
     /// The highest address limit any chunk needed, if any was exchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use swiotlb_xen::init::{init, InitOptions};
+    /// # use swiotlb_xen::x86_pv::X86PvPlatform;
+    /// # use swiotlb_xen::{NoPageAllocator, Slot};
+    /// # use xen_sim::{SimConfig, Xen};
+    /// #
+    /// # let xen = Xen::new(SimConfig::x86_pv());
+    /// # let guest = xen.pv_guest();
+    /// # // SAFETY: the simulated dom0's own tables, linear map, hypercalls and memory.
+    /// # let platform = unsafe {
+    /// #     let (p2m, m2p, base) = (guest.p2m(), guest.m2p(), guest.linear_base());
+    /// #     X86PvPlatform::new(p2m, m2p, base, xen.dom0(), guest.memory())
+    /// # };
+    /// # let pool = guest.alloc_aligned(1024, 1024);
+    /// # let slots: Vec<Slot> = (0..2048).map(|_| Slot::new()).collect();
+    /// # // SAFETY: the pool's pages are the engine's alone; `guest.memory()` reaches all of dom0.
+    /// # let (engine, report) = unsafe {
+    /// #     let options = InitOptions::default();
+    /// #     init(platform, guest.memory(), pool, 4 << 20, slots, NoPageAllocator, options)
+    /// # }?;
+    ///
+    /// // The lowest limit that had room, never above the default 32 bits.
+    /// let bits = report.max_address_bits_used().expect("a chunk was exchanged");
+    /// assert!((22..=32).contains(&bits));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn max_address_bits_used(&self) -> Option<u32> {
         self.chunks.iter().filter_map(|c| c.address_bits).max()
     }
 
     /// The smallest and largest chunk orders.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use swiotlb_xen::init::{init, InitOptions};
+    /// # use swiotlb_xen::x86_pv::X86PvPlatform;
+    /// # use swiotlb_xen::{NoPageAllocator, Slot};
+    /// # use xen_sim::{SimConfig, Xen};
+    /// #
+    /// # let xen = Xen::new(SimConfig::x86_pv());
+    /// # let guest = xen.pv_guest();
+    /// # // SAFETY: the simulated dom0's own tables, linear map, hypercalls and memory.
+    /// # let platform = unsafe {
+    /// #     let (p2m, m2p, base) = (guest.p2m(), guest.m2p(), guest.linear_base());
+    /// #     X86PvPlatform::new(p2m, m2p, base, xen.dom0(), guest.memory())
+    /// # };
+    /// # let pool = guest.alloc_aligned(1024, 1024);
+    /// # let slots: Vec<Slot> = (0..2048).map(|_| Slot::new()).collect();
+    /// # // SAFETY: the pool's pages are the engine's alone; `guest.memory()` reaches all of dom0.
+    /// # let (engine, report) = unsafe {
+    /// #     let options = InitOptions::default();
+    /// #     init(platform, guest.memory(), pool, 4 << 20, slots, NoPageAllocator, options)
+    /// # }?;
+    ///
+    /// // 4 MiB aligned to its size: one chunk of order 10 (1024 frames).
+    /// assert_eq!(report.order_range(), Some((10, 10)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn order_range(&self) -> Option<(u32, u32)> {
         let min = self.chunks.iter().map(|c| c.order).min()?;
@@ -546,6 +733,45 @@ impl LeftBehind {
 ///   platform's physical address space, as does `pages`;
 /// - the translation of the region's frames changes only through this function (and
 ///   [`release`]) while the engine lives.
+///
+/// # Examples
+///
+/// A 4 MiB pool for an x86 PV dom0 on the `xen-sim` simulator (a kernel passes its own
+/// tables, [`native::Hypercall`](crate::native), its memory and its page allocator), with 4
+/// areas, one per CPU; and its teardown.
+///
+/// ```
+/// use swiotlb_xen::init::{init, release, InitOptions};
+/// use swiotlb_xen::x86_pv::X86PvPlatform;
+/// use swiotlb_xen::{NoPageAllocator, Slot};
+/// use xen_sim::{SimConfig, Xen};
+///
+/// let xen = Xen::new(SimConfig::x86_pv());
+/// let guest = xen.pv_guest();
+/// // SAFETY: the simulated dom0's own tables, linear map, hypercalls and memory.
+/// let platform = unsafe {
+///     let (p2m, m2p, base) = (guest.p2m(), guest.m2p(), guest.linear_base());
+///     X86PvPlatform::new(p2m, m2p, base, xen.dom0(), guest.memory())
+/// };
+/// let pool = guest.alloc_aligned(1024, 1024); // 4 MiB, aligned to its size: one chunk
+/// let slots: Vec<Slot> = (0..2048).map(|_| Slot::new()).collect(); // one per 2 KiB
+/// let options = InitOptions::default().with_nareas(4);
+/// // SAFETY: the pool's pages are the engine's alone; `guest.memory()` reaches all of dom0.
+/// let (engine, report) = unsafe {
+///     init(platform, guest.memory(), pool, 4 << 20, slots, NoPageAllocator, options)
+/// }?;
+/// assert_eq!((report.bytes, report.nslabs, report.halvings), (4 << 20, 2048, 0));
+/// assert_eq!(report.chunks.len(), 1);
+/// assert!(report.bus_top.as_u64() < 1 << 32);
+/// assert_eq!(engine.pool_bus_top(), Some(report.bus_top));
+///
+/// // At teardown, with the engine gone, the exchanged chunks go back to Xen.
+/// let (platform, _pool, _pages) = engine.into_parts();
+/// // SAFETY: nothing uses the pool any more.
+/// unsafe { release(&platform, &report) }?;
+/// xen.check_invariants().expect("P2M, M2P and page tables agree");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub unsafe fn init<P, M, S, A>(
     platform: P,
     mem: M,
@@ -700,6 +926,39 @@ where
 /// Nothing uses the pool any more (the engine is dropped or never maps again, no device
 /// holds a bounce address), and `report` describes chunks of `platform` not given back
 /// yet.
+///
+/// # Examples
+///
+/// ```
+/// use swiotlb_xen::init::release;
+/// # use swiotlb_xen::init::{init, InitOptions};
+/// # use swiotlb_xen::x86_pv::X86PvPlatform;
+/// # use swiotlb_xen::{NoPageAllocator, Slot};
+/// # use xen_sim::{SimConfig, Xen};
+/// #
+/// # let xen = Xen::new(SimConfig::x86_pv());
+/// # let guest = xen.pv_guest();
+/// # // SAFETY: the simulated dom0's own tables, linear map, hypercalls and memory.
+/// # let platform = unsafe {
+/// #     let (p2m, m2p, base) = (guest.p2m(), guest.m2p(), guest.linear_base());
+/// #     X86PvPlatform::new(p2m, m2p, base, xen.dom0(), guest.memory())
+/// # };
+/// # let pool = guest.alloc_aligned(1024, 1024);
+/// # let slots: Vec<Slot> = (0..2048).map(|_| Slot::new()).collect();
+/// # // SAFETY: the pool's pages are the engine's alone; `guest.memory()` reaches all of dom0.
+/// # let (engine, report) = unsafe {
+/// #     let options = InitOptions::default();
+/// #     init(platform, guest.memory(), pool, 4 << 20, slots, NoPageAllocator, options)
+/// # }?;
+///
+/// let frames_before = xen.free_frames();
+/// let (platform, _pool, _pages) = engine.into_parts();
+/// // SAFETY: the engine is gone and no device holds a bounce address.
+/// unsafe { release(&platform, &report) }?;
+/// // Xen got its contiguous frames back, in exchange for the pool's pages' frames.
+/// assert_eq!(xen.free_frames(), frames_before);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub unsafe fn release<P: Platform>(platform: &P, report: &InitReport) -> Result<(), InitError> {
     let mut left = LeftBehind::default();
     for c in report.exchanged() {

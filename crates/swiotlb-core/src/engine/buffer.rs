@@ -67,6 +67,31 @@ where
     ///   the pointer it is given). In between, the CPU may hold references to it but must
     ///   not write it while the device may read it directly, and must not access it while
     ///   the device may write it.
+    ///
+    /// # Examples
+    ///
+    /// A buffer the caller holds as a Rust value, with no physical address the engine could
+    /// use (host memory here; a stack buffer outside the linear map in a kernel): bounced, every
+    /// copy made through the caller's pointer.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use core::ptr::NonNull;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// let mut packet = *b"a packet";
+    /// let buf = NonNull::from(&mut packet[..]);
+    /// // SAFETY: `packet` stays valid and is written by nobody until the unmap.
+    /// let bus = unsafe { engine.map_buffer(&dev, buf, None, dir, none) }?;
+    /// assert!(m.bounced(bus));
+    /// assert_eq!(m.device_read(bus, 8), b"a packet");
+    /// // SAFETY: the mapping of `buf` made above; nobody else touches `packet` meanwhile.
+    /// unsafe { engine.unmap_buffer(&dev, bus, buf, dir, none) }?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn map_buffer(
         &self,
         dev: &Device,
@@ -170,6 +195,27 @@ where
     /// `bus`, `buf.len()` and `dir` must be those of a live mapping made by
     /// [`map_buffer`](Self::map_buffer), and `buf` must point at that buffer, valid for
     /// writes and not accessed by anyone else during this call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use core::ptr::NonNull;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::FromDevice, DmaAttrs::empty());
+    /// let mut reply = [0u8; 5];
+    /// let buf = NonNull::from(&mut reply[..]);
+    /// // SAFETY: `reply` stays valid and is touched by nobody until the unmap.
+    /// let bus = unsafe { engine.map_buffer(&dev, buf, None, dir, none) }?;
+    /// m.device_write(bus, b"reply");
+    /// // SAFETY: the mapping of `buf` made above; nobody else touches `reply` meanwhile.
+    /// unsafe { engine.unmap_buffer(&dev, bus, buf, dir, none) }?;
+    /// assert_eq!(&reply, b"reply");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn unmap_buffer(
         &self,
         dev: &Device,

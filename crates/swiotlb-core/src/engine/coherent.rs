@@ -122,6 +122,26 @@ where
     /// (pages without a frame, [`PlatformError::RegionDamaged`](crate::PlatformError)), so
     /// it is handed to [`PageAllocator::quarantine`] instead and never used again; the same
     /// happens to a block whose exchange cannot be undone after `CoherentUnreachable`.
+    ///
+    /// # Examples
+    ///
+    /// A descriptor ring both sides use without syncs.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let ring = engine.alloc_coherent(&dev, 8192)?;
+    /// assert!(DmaMask::BITS_32.covers(ring.bus(), 8192));
+    /// assert_eq!(m.read(ring.phys(), 8192), vec![0; 8192]); // zeroed
+    /// m.write(ring.phys(), b"descriptor");
+    /// assert_eq!(m.device_read(ring.bus(), 10), b"descriptor");
+    /// // SAFETY: neither the CPU nor the device uses the ring any more.
+    /// unsafe { engine.free_coherent(&dev, ring) }?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn alloc_coherent(&self, dev: &Device, size: usize) -> Result<CoherentAlloc, DmaError> {
         let r = self.alloc_inner(dev, size);
         match &r {
@@ -255,6 +275,23 @@ where
     ///
     /// `alloc` must come from this engine's [`alloc_coherent`](Self::alloc_coherent), and
     /// neither the CPU (no reference) nor any device may use the memory any more.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaMask};
+    ///
+    /// let (engine, _m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let buf = engine.alloc_coherent(&dev, 4096)?;
+    /// // Reachable as allocated: nothing to give back to the platform.
+    /// assert!(!buf.is_exchanged());
+    /// // SAFETY: neither the CPU nor the device uses the buffer any more.
+    /// unsafe { engine.free_coherent(&dev, buf) }?;
+    /// assert_eq!(engine.stats().coherent_frees, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[expect(
         clippy::result_large_err,
         reason = "the error hands the allocation record back with a damage report (136 \
@@ -344,6 +381,29 @@ where
     /// memory any more, no other free of the same allocation may run at the same time, and
     /// `dev` must describe the device it was allocated for (whether it is behind an IOMMU).
     /// The addresses themselves are checked.
+    ///
+    /// # Examples
+    ///
+    /// A caller that kept only the two addresses; a second free is refused, since the
+    /// allocator's records say the block is free.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaError, DmaMask};
+    ///
+    /// let (engine, _m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (phys, bus) = {
+    ///     let buf = engine.alloc_coherent(&dev, 4096)?;
+    ///     (buf.phys(), buf.bus())
+    /// };
+    /// // SAFETY: neither the CPU nor the device uses the buffer any more.
+    /// unsafe { engine.free_coherent_at(&dev, phys, bus, 4096) }?;
+    /// // SAFETY: as above (and the addresses are checked).
+    /// let again = unsafe { engine.free_coherent_at(&dev, phys, bus, 4096) };
+    /// assert!(matches!(again, Err(DmaError::CoherentNotAllocated { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn free_coherent_at(
         &self,
         dev: &Device,

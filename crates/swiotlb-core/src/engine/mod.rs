@@ -80,6 +80,15 @@ enum CacheOp {
 /// All operations take `&self` and may run on many CPUs at once; the pool and the platform
 /// do their own locking.
 ///
+/// Every method has an example. They run on a small machine without Xen, whose bus addresses
+/// are its physical addresses: 2 MiB of heap memory around 4 GiB, with the pool (256 KiB)
+/// and some buffers below 4 GiB (`m.low(i)`, which a 32-bit device reaches directly), a
+/// page allocator that keeps records, and buffers above 4 GiB (`m.high(i)`, bounced for a
+/// 32-bit device). `machine()` builds it with an engine; `m.write`/`m.read` are the CPU's
+/// accesses and `m.device_read`/`m.device_write` the device's. Its code is
+/// `src/engine/doc_setup.rs` of this crate. The `swiotlb-xen` crate's examples run on the
+/// `xen-sim` simulator of a Xen machine.
+///
 /// # Invariants
 ///
 /// When there is a pool, every 4 KiB frame of it translates through the platform, each
@@ -128,6 +137,36 @@ where
     ///   and those of `pages` are in the platform's physical address space, and the pool's
     ///   [`PhysMemory`] reaches every buffer later mapped (it copies them).
     /// - The translations of the pool's frames do not change while the engine lives.
+    ///
+    /// # Examples
+    ///
+    /// An engine over a 256 KiB pool of the examples' machine (bus addresses are physical
+    /// addresses there; a kernel passes its platform and page allocator), and one without a pool.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{BouncePool, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError};
+    /// use swiotlb_core::{DmaMask, LinearMap, NoPageAllocator, PhysAddr, Slot};
+    ///
+    /// let m = bare_machine();
+    /// let slots: Vec<Slot> = (0..128).map(|_| Slot::new()).collect();
+    /// // SAFETY: the pool's 256 KiB at RAM_BASE are its own; `m.memory()` reaches all the RAM.
+    /// let pool = unsafe { BouncePool::new(m.memory(), PhysAddr::new(RAM_BASE), 128, 1, slots) }?;
+    /// // SAFETY: the identity is the machine's translation; the pool and the buffers are its RAM.
+    /// let engine = unsafe { DmaEngine::new(Identity, Some(pool), NoPageAllocator) }?;
+    /// assert_eq!(engine.pool_bus_top().map(|b| b.as_u64()), Some(RAM_BASE + (256 << 10) - 1));
+    ///
+    /// // Without a pool, what needs bouncing fails.
+    /// // SAFETY: as above.
+    /// let direct_only: DmaEngine<_, LinearMap> =
+    ///     unsafe { DmaEngine::new(Identity, None, NoPageAllocator) }?;
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// // SAFETY: the buffer is the machine's memory, covered by no reference.
+    /// let r = unsafe { direct_only.map_page(&dev, m.high(0), 64, dir, none) };
+    /// assert!(matches!(r, Err(DmaError::NoPool { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn new(
         platform: P,
         pool: Option<BouncePool<M, S>>,
@@ -152,6 +191,35 @@ where
     /// pool lock masks local interrupts through it, so that the map, unmap and sync entry
     /// points may be called from interrupt handlers. A kernel that builds its pool through
     /// the facade's `init` sets the hook here. Without a pool this does nothing.
+    ///
+    /// # Examples
+    ///
+    /// A kernel that maps from interrupt handlers passes its `local_irq_save` and
+    /// `local_irq_restore` (here they only count).
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use core::sync::atomic::{AtomicUsize, Ordering};
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, IrqHook};
+    ///
+    /// static SAVES: AtomicUsize = AtomicUsize::new(0);
+    /// fn save() -> usize {
+    ///     SAVES.fetch_add(1, Ordering::Relaxed);
+    ///     0 // the previous interrupt state
+    /// }
+    /// fn restore(_state: usize) {}
+    ///
+    /// let (engine, m) = machine();
+    /// let engine = engine.with_irq_hook(IrqHook::new(save, restore));
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let none = DmaAttrs::empty();
+    /// // SAFETY: the buffer is the machine's memory, covered by no reference until the unmap.
+    /// let bus = unsafe { engine.map_page(&dev, m.high(0), 64, DmaDirection::ToDevice, none) }?;
+    /// engine.unmap_page(&dev, bus, 64, DmaDirection::ToDevice, none)?;
+    /// // The pool's area lock masked interrupts at the map and at the unmap.
+    /// assert!(SAVES.load(Ordering::Relaxed) >= 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn with_irq_hook(mut self, hook: crate::lock::IrqHook) -> Self {
         if let Some(pool) = &mut self.pool {
@@ -162,6 +230,20 @@ where
 
     /// Sets the function giving the current CPU number, which picks the pool area a bounce
     /// searches first (Linux uses `raw_smp_processor_id()`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    ///
+    /// fn this_cpu() -> usize {
+    ///     0 // the kernel's `raw_smp_processor_id()`
+    /// }
+    /// let (engine, _m) = machine();
+    /// let engine = engine.with_cpu_hint(this_cpu);
+    /// assert_eq!(engine.stats().bounced_maps, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn with_cpu_hint(mut self, cpu: fn() -> usize) -> Self {
         self.cpu_hint = cpu;
@@ -169,24 +251,81 @@ where
     }
 
     /// The platform.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Bfn, Pfn, Platform};
+    ///
+    /// let (engine, _m) = machine();
+    /// // The engine's translation is its platform's (the identity on the examples' machine).
+    /// let pfn = Pfn::new(0x10_0000);
+    /// assert_eq!(engine.platform().pfn_to_bfn(pfn), Some(Bfn::new(0x10_0000)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn platform(&self) -> &P {
         &self.platform
     }
 
     /// The bounce pool, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::PhysAddr;
+    ///
+    /// let (engine, _m) = machine();
+    /// let pool = engine.pool().expect("built with a pool");
+    /// assert_eq!(pool.stats().nslabs, 128);
+    /// assert!(pool.contains(PhysAddr::new(RAM_BASE)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn pool(&self) -> Option<&BouncePool<M, S>> {
         self.pool.as_ref()
     }
 
     /// The page allocator.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::engine::{BlockState, PageAllocator};
+    /// use swiotlb_core::{Device, DmaMask};
+    ///
+    /// let (engine, _m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let buf = engine.alloc_coherent(&dev, 4096)?;
+    /// // The kernel's allocator keeps the records of its blocks.
+    /// let state = engine.pages().block_state(buf.phys(), 0);
+    /// assert_eq!(state, Some(BlockState::Allocated { exchanged: false }));
+    /// // SAFETY: neither the CPU nor the device uses the buffer any more.
+    /// unsafe { engine.free_coherent(&dev, buf) }?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn pages(&self) -> &A {
         &self.pages
     }
 
     /// The highest bus address of the pool (its last byte), if there is a pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::DmaMask;
+    ///
+    /// let (engine, _m) = machine();
+    /// let top = engine.pool_bus_top().expect("a pool");
+    /// assert_eq!(top.as_u64(), RAM_BASE + (256 << 10) - 1);
+    /// assert!(DmaMask::BITS_32.covers(top, 1)); // a 32-bit device reaches every bounce buffer
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn pool_bus_top(&self) -> Option<BusAddr> {
         self.pool_bus_top
@@ -201,6 +340,30 @@ where
 
     /// A snapshot of the engine's counters (summed over the per-CPU shards) and its
     /// pool's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::engine::BounceReason;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// // SAFETY: the buffers are the machine's memory, covered by no reference until the unmaps.
+    /// let direct = unsafe { engine.map_page(&dev, m.low(0), 64, dir, none) }?;
+    /// // SAFETY: as above.
+    /// let bounced = unsafe { engine.map_page(&dev, m.high(0), 64, dir, none) }?;
+    /// let s = engine.stats();
+    /// assert_eq!((s.direct_maps, s.bounced_maps), (1, 1));
+    /// assert_eq!(s.bounced_by_reason[BounceReason::OutsideMask.index()], 1);
+    /// assert_eq!(s.pool.map(|p| p.used), Some(1));
+    /// engine.unmap_page(&dev, direct, 64, dir, none)?;
+    /// engine.unmap_page(&dev, bounced, 64, dir, none)?;
+    /// assert_eq!(engine.stats().pool.map(|p| p.used), Some(0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn stats(&self) -> EngineStats {
         self.counters
@@ -208,6 +371,18 @@ where
     }
 
     /// Takes the engine apart, giving back the platform, the pool and the page allocator.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    ///
+    /// let (engine, _m) = machine();
+    /// let (_platform, pool, _pages) = engine.into_parts();
+    /// let pool = pool.expect("a pool");
+    /// assert_eq!(pool.stats().used, 0); // nothing mapped: the pool's memory may be given back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn into_parts(self) -> (P, Option<BouncePool<M, S>>, A) {
         (self.platform, self.pool, self.pages)
@@ -217,6 +392,21 @@ where
     /// engine, i.e. reach every byte of the bounce pool (its real highest bus address, not a
     /// pseudo-physical limit). Always `true` without a pool or for a device behind an
     /// IOMMU.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaMask};
+    ///
+    /// let (engine, _m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// assert!(engine.dma_supported(&dev, DmaMask::BITS_32)); // the pool lies below 4 GiB
+    /// let mask24 = DmaMask::from_bits(24).expect("a mask");
+    /// assert!(!engine.dma_supported(&dev, mask24));
+    /// assert!(engine.dma_supported(&dev.with_iommu(true), mask24));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn dma_supported(&self, dev: &Device, mask: DmaMask) -> bool {
         if dev.behind_iommu {
@@ -229,6 +419,19 @@ where
     /// Linux's `swiotlb_max_mapping_size`: the largest streaming mapping that can be
     /// bounced for `dev` (256 KiB less its `min_align_mask`). Larger direct mappings still
     /// work; without a pool there is no limit (`usize::MAX`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaMask};
+    ///
+    /// let (engine, _m) = machine();
+    /// assert_eq!(engine.max_mapping_size(&Device::new(DmaMask::BITS_32)), 256 << 10);
+    /// let nvme = Device::new(DmaMask::FULL).with_min_align_mask(0xfff);
+    /// assert_eq!(engine.max_mapping_size(&nvme), 252 << 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn max_mapping_size(&self, dev: &Device) -> usize {
         if self.pool.is_some() {
@@ -270,6 +473,34 @@ where
     /// [`sync_single_for_device`]: Self::sync_single_for_device
     /// [`sync_single_for_cpu`]: Self::sync_single_for_cpu
     /// [`unmap_page`]: Self::unmap_page
+    ///
+    /// # Examples
+    ///
+    /// A 32-bit device and two buffers: one below 4 GiB, mapped directly, and one above,
+    /// bounced (copied into the pool, which the device reaches).
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// let (low, high) = (m.low(0), m.high(0));
+    /// m.write(low, b"direct");
+    /// m.write(high, b"bounced");
+    /// // SAFETY: the buffers are the machine's memory, covered by no reference until the unmaps.
+    /// let a = unsafe { engine.map_page(&dev, low, 6, dir, none) }?;
+    /// // SAFETY: as above.
+    /// let b = unsafe { engine.map_page(&dev, high, 7, dir, none) }?;
+    /// assert_eq!(a.as_u64(), low.as_u64()); // the buffer's own bus address
+    /// assert!(m.bounced(b));
+    /// assert_eq!(m.device_read(a, 6), b"direct");
+    /// assert_eq!(m.device_read(b, 7), b"bounced");
+    /// engine.unmap_page(&dev, a, 6, dir, none)?;
+    /// engine.unmap_page(&dev, b, 7, dir, none)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn map_page(
         &self,
         dev: &Device,
@@ -432,6 +663,28 @@ where
     /// bounce mapping: a double unmap, an address inside a mapping; nothing changed), and
     /// [`DmaError::CacheMaintenance`], after which a bounced mapping is still copied back
     /// and freed (the mapping is gone; the copied bytes may be stale).
+    ///
+    /// # Examples
+    ///
+    /// A receive buffer above 4 GiB: the device writes the bounce buffer, the unmap copies it
+    /// back and frees the slots; a second unmap is refused.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::FromDevice, DmaAttrs::empty());
+    /// let buf = m.high(1);
+    /// // SAFETY: the buffer is the machine's memory, covered by no reference until the unmap.
+    /// let bus = unsafe { engine.map_page(&dev, buf, 5, dir, none) }?;
+    /// m.device_write(bus, b"reply");
+    /// engine.unmap_page(&dev, bus, 5, dir, none)?;
+    /// assert_eq!(m.read(buf, 5), b"reply");
+    /// assert!(engine.unmap_page(&dev, bus, 5, dir, none).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unmap_page(
         &self,
         dev: &Device,
@@ -485,6 +738,31 @@ where
     ///
     /// [`DmaError::ZeroSize`], [`DmaError::BusOverflow`], [`DmaError::CacheMaintenance`]
     /// (nothing copied), [`DmaError::Pool`] (not inside a live bounce mapping).
+    ///
+    /// # Examples
+    ///
+    /// The CPU reads what the device wrote so far without ending the mapping, then gives the
+    /// buffer back to the device.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::FromDevice, DmaAttrs::empty());
+    /// let buf = m.high(2);
+    /// // SAFETY: the buffer is the machine's memory, covered by no reference until the unmap.
+    /// let bus = unsafe { engine.map_page(&dev, buf, 4096, dir, none) }?;
+    /// m.device_write(bus, b"first");
+    /// engine.sync_single_for_cpu(&dev, bus, 4096, dir)?;
+    /// assert_eq!(m.read(buf, 5), b"first");
+    /// engine.sync_single_for_device(&dev, bus, 4096, dir)?;
+    /// m.device_write(bus, b"second");
+    /// engine.unmap_page(&dev, bus, 4096, dir, none)?;
+    /// assert_eq!(m.read(buf, 6), b"second");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sync_single_for_cpu(
         &self,
         dev: &Device,
@@ -504,6 +782,30 @@ where
     ///
     /// As [`sync_single_for_cpu`](Self::sync_single_for_cpu); a cache error comes after
     /// the copy.
+    ///
+    /// # Examples
+    ///
+    /// The CPU rewrites a mapped transmit buffer and hands it to the device again.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// let buf = m.high(3);
+    /// m.write(buf, b"old");
+    /// // SAFETY: the buffer is the machine's memory, covered by no reference until the unmap.
+    /// let bus = unsafe { engine.map_page(&dev, buf, 3, dir, none) }?;
+    /// assert_eq!(m.device_read(bus, 3), b"old");
+    /// engine.sync_single_for_cpu(&dev, bus, 3, dir)?;
+    /// m.write(buf, b"new");
+    /// engine.sync_single_for_device(&dev, bus, 3, dir)?;
+    /// assert_eq!(m.device_read(bus, 3), b"new");
+    /// engine.unmap_page(&dev, bus, 3, dir, none)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sync_single_for_device(
         &self,
         dev: &Device,

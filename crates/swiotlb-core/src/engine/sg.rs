@@ -61,6 +61,31 @@ where
     /// # Safety
     ///
     /// As [`map_page`](Self::map_page), for every entry's buffer.
+    ///
+    /// # Examples
+    ///
+    /// Two entries for a 32-bit device: the one below 4 GiB is mapped directly, the one above
+    /// is bounced.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::engine::SgEntry;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// m.write(m.low(0), &[1; 100]);
+    /// m.write(m.high(0), &[2; 200]);
+    /// let mut sg = [SgEntry::new(m.low(0), 100), SgEntry::new(m.high(0), 200)];
+    /// // SAFETY: both buffers are the machine's memory, covered by no reference until the unmap.
+    /// assert_eq!(unsafe { engine.map_sg(&dev, &mut sg, dir, none) }?, 2);
+    /// assert_eq!(sg[0].dma_address.as_u64(), m.low(0).as_u64());
+    /// assert!(m.bounced(sg[1].dma_address));
+    /// assert_eq!(m.device_read(sg[1].dma_address, 200), [2; 200]);
+    /// engine.unmap_sg(&dev, &sg, dir, none)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn map_sg(
         &self,
         dev: &Device,
@@ -109,6 +134,30 @@ where
     /// # Errors
     ///
     /// [`SgError`] with the first failing entry and the number that failed.
+    ///
+    /// # Examples
+    ///
+    /// The device fills both entries of a receive list; the unmap copies the bounced one back.
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::engine::SgEntry;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::FromDevice, DmaAttrs::empty());
+    /// let mut sg = [SgEntry::new(m.low(1), 64), SgEntry::new(m.high(1), 64)];
+    /// // SAFETY: both buffers are the machine's memory, covered by no reference until the unmap.
+    /// unsafe { engine.map_sg(&dev, &mut sg, dir, none) }?;
+    /// for (i, e) in sg.iter().enumerate() {
+    ///     m.device_write(e.dma_address, &[i as u8 + 1; 64]);
+    /// }
+    /// engine.unmap_sg(&dev, &sg, dir, none)?;
+    /// assert_eq!(m.read(m.low(1), 64), [1; 64]);
+    /// assert_eq!(m.read(m.high(1), 64), [2; 64]); // copied back from the bounce buffer
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unmap_sg(
         &self,
         dev: &Device,
@@ -128,6 +177,26 @@ where
     /// # Errors
     ///
     /// [`SgError`] with the first failing entry and the number that failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::engine::SgEntry;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::FromDevice, DmaAttrs::empty());
+    /// let mut sg = [SgEntry::new(m.high(4), 32), SgEntry::new(m.high(5), 32)];
+    /// // SAFETY: both buffers are the machine's memory, covered by no reference until the unmap.
+    /// unsafe { engine.map_sg(&dev, &mut sg, dir, none) }?;
+    /// m.device_write(sg[1].dma_address, &[7; 32]);
+    /// engine.sync_sg_for_cpu(&dev, &sg, dir)?; // the CPU may now read both buffers
+    /// assert_eq!(m.read(m.high(5), 32), [7; 32]);
+    /// engine.unmap_sg(&dev, &sg, dir, none)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sync_sg_for_cpu(
         &self,
         dev: &Device,
@@ -146,6 +215,27 @@ where
     /// # Errors
     ///
     /// [`SgError`] with the first failing entry and the number that failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::engine::SgEntry;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// let mut sg = [SgEntry::new(m.high(6), 32)];
+    /// // SAFETY: the buffer is the machine's memory, covered by no reference until the unmap.
+    /// unsafe { engine.map_sg(&dev, &mut sg, dir, none) }?;
+    /// engine.sync_sg_for_cpu(&dev, &sg, dir)?; // the CPU owns the buffer again
+    /// m.write(m.high(6), &[9; 32]);
+    /// engine.sync_sg_for_device(&dev, &sg, dir)?;
+    /// assert_eq!(m.device_read(sg[0].dma_address, 32), [9; 32]);
+    /// engine.unmap_sg(&dev, &sg, dir, none)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sync_sg_for_device(
         &self,
         dev: &Device,

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use swiotlb_core::engine::{DmaEngine, PageAllocator};
 use swiotlb_core::{BusAddr, PhysAddr, Platform, Slot};
 use swiotlb_xen::init::{InitOptions, InitReport};
-use swiotlb_xen_arm64::{Arm64Platform, BoundedForeignTable, ForeignEntry, ProbeOptions};
+use swiotlb_xen_arm64::{Arm64Platform, BoundedForeignTable, ProbeOptions};
 use swiotlb_xen_x86_pv::p2m;
 use xen_sim::{ArmGuest, Domain, PvGuest, SimConfig, SimDevice, SimMemory, Xen, pattern_byte};
 
@@ -37,7 +37,7 @@ pub type PvEngine<'a> = DmaEngine<SimPv<'a>, SimMemory, Box<[Slot]>, SimPages>;
 /// Entries of the arm64 foreign table in the tests.
 pub const FOREIGN_ENTRIES: usize = 256;
 /// The foreign table's storage (no heap, as in a kernel).
-pub type Storage = arrayvec::ArrayVec<ForeignEntry, FOREIGN_ENTRIES>;
+pub type Storage = swiotlb_xen::arm64::BoundedForeignStorage<FOREIGN_ENTRIES>;
 /// The arm64 platform under test.
 pub type ArmPlatform<'a> = Arm64Platform<'a, Domain, SimCache, SimMemory, Storage>;
 /// The arm64 engine under test.

@@ -11,12 +11,12 @@ use aarch64_dom0::layout::{
 };
 use aarch64_dom0::pattern;
 use aarch64_dom0::report::Report;
-use arrayvec::ArrayVec;
 use core::fmt::Write;
 use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use swiotlb_xen::arm64::{
-    Arm64Config, Arm64Platform, BoundedForeignTable, DomainMapping, ForeignEntry, ProbeOptions,
+    Arm64Config, Arm64Platform, BoundedForeignStorage, BoundedForeignTable, DomainMapping,
+    ProbeOptions,
 };
 use swiotlb_xen::init::{InitOptions, init};
 use swiotlb_xen::{
@@ -30,7 +30,7 @@ use xen_abi::{
 };
 
 type R = Report<XenConsole>;
-type Table = ArrayVec<ForeignEntry, 64>;
+type Table = BoundedForeignStorage<64>;
 pub(super) type Plat = Arm64Platform<'static, Traced, IdentityCacheOps, IdentityMemory, Table>;
 
 /// The traced native hypercall every check goes through.
@@ -208,6 +208,17 @@ pub fn run(r: &mut R, info: &BootInfo) {
     engine_checks(r, platform, &mapped, info);
 }
 
+/// The banks as ` base..end` each, for a check line.
+struct BankList<'a>(&'a [aarch64_dom0::fdt::Range]);
+
+impl core::fmt::Display for BankList<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0
+            .iter()
+            .try_for_each(|b| write!(f, " {:#x}..{:#x}", b.base, b.end()))
+    }
+}
+
 /// dom0's RAM as the device tree Xen gave it says: the bank the kernel runs in lies below
 /// 4 GiB, and another bank lies above (for the buffers a 32-bit device cannot reach).
 fn ram_checks(r: &mut R, info: &BootInfo) {
@@ -218,10 +229,7 @@ fn ram_checks(r: &mut R, info: &BootInfo) {
         .iter()
         .any(|b| b.base == DOM0_RAM_BASE && b.contains(image, 4096) && b.end() <= 1 << 32);
     let high = banks.as_slice().iter().any(|b| b.base >= 1 << 32);
-    let mut list = arrayvec::ArrayString::<160>::new();
-    for b in banks.as_slice() {
-        let _ = write!(list, " {:#x}..{:#x}", b.base, b.end());
-    }
+    let list = BankList(banks.as_slice());
     r.check(
         "ram-banks",
         info.dtb.1 > 0 && info.banks.len == banks.len && low && high,
