@@ -312,32 +312,20 @@ where
                 what: "a sync whose physical and bus addresses differ in frame offset",
             });
         }
-        // A run of local bytes not yet handed to the cache hook: (start, length).
-        let mut run: Option<(PhysAddr, u64)> = None;
+        // `phys` and `bus` have the same offset in their frame, so the frames of `phys + i`
+        // and `bus + i` are a constant distance apart: either every frame of the range is
+        // local (the same number) and goes to the kernel's cache hook in one call, whatever
+        // its length, or none is and each is flushed by bus address.
+        if let Some(p) = phys.filter(|p| p.frame().as_u64() == bus.frame().as_u64()) {
+            return self.maintain_local(p, len, m.local);
+        }
         let mut done = 0u64;
         while done < len {
-            // Cannot overflow: checked_last above bounds phys + len and bus + len.
+            // Cannot overflow: checked_last above bounds bus + len.
             let b = BusAddr::new(bus.as_u64() + done);
             let chunk = (len - done).min(XEN_PAGE_SIZE - b.frame_offset());
-            // The CPU address of a local frame: the same frame number as its bus frame.
-            let local = phys
-                .map(|p| PhysAddr::new(p.as_u64() + done))
-                .filter(|p| p.frame().as_u64() == b.frame().as_u64());
-            if let Some(p) = local {
-                run = Some(match run {
-                    Some((start, n)) => (start, n + chunk),
-                    None => (p, chunk),
-                });
-            } else {
-                if let Some((start, n)) = run.take() {
-                    self.maintain_local(start, n, m.local)?;
-                }
-                self.flush_foreign(b, chunk, m.foreign)?;
-            }
+            self.flush_foreign(b, chunk, m.foreign)?;
             done += chunk;
-        }
-        if let Some((start, n)) = run {
-            self.maintain_local(start, n, m.local)?;
         }
         Ok(())
     }
@@ -461,6 +449,34 @@ where
         match self.table.lookup(pfn) {
             Some(_) => None,
             None => Some(pfn),
+        }
+    }
+
+    /// One answer per run, as [`contiguous_run`](Platform::contiguous_run): the frame
+    /// numbers of a foreign-table entry do not translate back (the run ends with the entry),
+    /// every other frame translates back to itself up to the next entry (a binary search).
+    fn local_run(&self, bfn: Bfn, max_frames: u64) -> (Option<Pfn>, u64) {
+        // Frames up to the largest frame number, and at least the one asked for.
+        let room = Bfn::MAX.as_u64() - bfn.as_u64() + 1;
+        let max = max_frames.clamp(1, room);
+        if !self.config.mapping.is_direct() {
+            return (None, max);
+        }
+        // Pfn and Bfn share their range.
+        let pfn = Pfn::new(bfn.as_u64());
+        match self.table.entry_containing(pfn) {
+            // Cannot underflow: the entry contains `pfn`.
+            Some(e) => (
+                None,
+                (e.pfn().as_u64() + e.nr_pages() - pfn.as_u64()).clamp(1, max),
+            ),
+            None => {
+                let run = self
+                    .table
+                    .first_overlap(pfn, max)
+                    .map_or(max, |e| e.pfn().as_u64() - pfn.as_u64());
+                (Some(pfn), run.clamp(1, max))
+            }
         }
     }
 

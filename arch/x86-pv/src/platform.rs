@@ -817,6 +817,40 @@ unsafe impl<H: Hypercall + Sync, M: PhysMemory> Platform for X86PvPlatform<'_, H
         Some((b0, n))
     }
 
+    /// The M2P frame by frame up to the first break; past the end of the M2P no frame
+    /// translates back, so the rest of a range that reaches it untranslated is one run,
+    /// answered without a walk (a range's cost is bounded by the machine's frames, not by
+    /// its size).
+    fn local_run(&self, bfn: Bfn, max_frames: u64) -> (Option<Pfn>, u64) {
+        let room = Bfn::MAX.as_u64() - bfn.as_u64() + 1;
+        let max = max_frames.clamp(1, room);
+        // CAST: usize fits in u64.
+        let m2p_end = self.m2p.len() as u64;
+        let first = self.mfn_to_local_pfn(bfn);
+        let mut n = 1;
+        while n < max {
+            // Cannot overflow: n < max <= room.
+            let b = bfn.as_u64() + n;
+            if b >= m2p_end {
+                // Nothing translates back from here on.
+                if first.is_none() {
+                    n = max;
+                }
+                break;
+            }
+            let next = self.mfn_to_local_pfn(Bfn::new(b));
+            let same = match first {
+                Some(p) => next.is_some() && next == p.checked_add(n),
+                None => next.is_none(),
+            };
+            if !same {
+                break;
+            }
+            n += 1;
+        }
+        (first, n)
+    }
+
     unsafe fn create_contiguous_region(
         &self,
         phys: PhysAddr,

@@ -398,7 +398,8 @@ impl PlatformError {
 ///   guest's own frame whose translation is that bus frame (never for foreign frames);
 /// - make [`create_contiguous_region`](Self::create_contiguous_region) return the bus address
 ///   of a region that really is bus-contiguous and below the limit asked for;
-/// - answer [`contiguous_run`](Self::contiguous_run) as `pfn_to_bfn` answers frame by frame;
+/// - answer [`contiguous_run`](Self::contiguous_run) as `pfn_to_bfn` answers frame by frame,
+///   and [`local_run`](Self::local_run) as `bfn_to_local_pfn` does;
 /// - never discard data the CPU wrote in [`sync_for_device_preserving`] and
 ///   [`sync_for_cpu_preserving`]: where the plain hooks invalidate, these clean and
 ///   invalidate (a platform whose plain hooks never invalidate, such as one whose devices are
@@ -439,6 +440,39 @@ pub unsafe trait Platform: Sync {
             n += 1;
         }
         Some((b0, n))
+    }
+
+    /// The run of bus frames from `bfn` that translate back alike: `(Some(pfn), n)` when each
+    /// of the `n` frames `bfn + i` translates back ([`bfn_to_local_pfn`](Self::bfn_to_local_pfn))
+    /// to `pfn + i`, `(None, n)` when none of them translates back. `1 <= n <= max_frames`
+    /// (`max_frames` is at least 1); the run may stop short of a longer one (the engine asks
+    /// again from where it stopped), but never beyond the first frame that breaks it.
+    ///
+    /// The engine walks the bus range of a direct mapping by these runs when it maintains the
+    /// caches of a non-coherent device at unmap and sync time (it has only the bus address
+    /// then), so the cost of a range is the number of runs, not of frames: a caller's absurd
+    /// size does not become a walk of 2^52 frames. The default asks
+    /// [`bfn_to_local_pfn`](Self::bfn_to_local_pfn) frame by frame up to the first break; a
+    /// platform that knows runs (a 1:1 translation, the end of its M2P) answers one in a
+    /// step.
+    fn local_run(&self, bfn: Bfn, max_frames: u64) -> (Option<Pfn>, u64) {
+        let first = self.bfn_to_local_pfn(bfn);
+        let mut n = 1;
+        while n < max_frames {
+            let Some(b) = bfn.checked_add(n) else {
+                break;
+            };
+            let next = self.bfn_to_local_pfn(b);
+            let same = match first {
+                Some(p) => next.is_some() && next == p.checked_add(n),
+                None => next.is_none(),
+            };
+            if !same {
+                break;
+            }
+            n += 1;
+        }
+        (first, n)
     }
 
     /// A platform reason to bounce a mapping that is otherwise reachable (Linux's
@@ -642,6 +676,11 @@ unsafe impl<P: Platform + ?Sized> Platform for &P {
     #[inline]
     fn contiguous_run(&self, pfn: Pfn, max_frames: u64) -> Option<(Bfn, u64)> {
         (**self).contiguous_run(pfn, max_frames)
+    }
+
+    #[inline]
+    fn local_run(&self, bfn: Bfn, max_frames: u64) -> (Option<Pfn>, u64) {
+        (**self).local_run(bfn, max_frames)
     }
 
     #[inline]

@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{Arm, PAGE, Pv, SEGMENT, SimEngine, check, pattern, pool_used};
+use common::{Arm, PAGE, Pv, SEGMENT, SimEngine, check, pool_used};
 use std::sync::Arc;
 use swiotlb_core::engine::PageAllocator;
 use swiotlb_core::{BusAddr, Device, DmaAttrs, DmaDirection, DmaMask, PhysAddr, Platform};
@@ -66,24 +66,21 @@ impl<P: Platform, A: PageAllocator> Target<'_, P, A> {
     /// Reads guest-physical memory by machine address (raw, outside the cache model and
     /// the CPU's page table).
     fn raw(&self, phys: PhysAddr, len: usize) -> Vec<u8> {
-        let mut out = vec![0; len];
-        let mut at = 0;
-        while at < len {
-            // CAST: usize fits u64.
-            let p = PhysAddr::new(phys.as_u64() + at as u64);
-            let n = (len - at).min((PAGE - p.frame_offset()) as usize);
-            let m = (self.machine)(p);
-            assert!(
-                self.xen.read_machine(m, &mut out[at..at + n]),
-                "{p} unreadable"
-            );
-            at += n;
+        common::guard::read_raw(self.xen, self.machine, phys, len)
+    }
+
+    /// The guarded buffer region.
+    fn guarded(&self) -> common::guard::Guarded<'_> {
+        common::guard::Guarded {
+            xen: self.xen,
+            machine: self.machine,
+            start: self.region,
+            len: REGION,
         }
-        out
     }
 
     fn region_bytes(&self) -> Vec<u8> {
-        self.raw(self.region, REGION)
+        self.guarded().bytes()
     }
 
     /// The bus range of every page of the pool.
@@ -132,7 +129,7 @@ impl<P: Platform, A: PageAllocator> Target<'_, P, A> {
 
     /// Fills the region with its guard pattern (through the CPU).
     fn guard(&self) {
-        self.cpu.write(self.region, &pattern(0x6a, REGION));
+        self.guarded().fill(&self.cpu, 0x6a);
     }
 
     /// Maps every entry of [`MAPPINGS`] for `dev` (forced to bounce).
@@ -161,26 +158,18 @@ impl<P: Platform, A: PageAllocator> Target<'_, P, A> {
     /// it too); where the CPU may receive data (`l`'s bytes), they must be `want` if given.
     #[track_caller]
     fn assert_guarded(&self, before: &[u8], l: &Live, want: Option<&[u8]>, what: &str) {
-        let after = self.region_bytes();
-        // CAST: offsets inside the region.
-        let off = (l.phys.as_u64() - self.region.as_u64()) as usize;
-        let (lo, hi) = if l.dir == DmaDirection::ToDevice {
-            (off, off)
+        let n = if l.dir == DmaDirection::ToDevice {
+            0
         } else {
-            (off, off + l.len)
+            l.len
         };
-        common::same(
-            &after[..lo],
-            &before[..lo],
-            &format!("{what}: before the mapping"),
-        );
-        common::same(
-            &after[hi..],
-            &before[hi..],
-            &format!("{what}: after the mapping"),
+        self.guarded().assert_unchanged(
+            before,
+            &[(l.phys, n)],
+            &format!("{what}: outside the mapping"),
         );
         if let Some(w) = want {
-            common::same(&after[off..off + l.len], w, &format!("{what}: the mapping"));
+            common::same(&self.raw(l.phys, l.len), w, &format!("{what}: the mapping"));
         }
     }
 }

@@ -680,10 +680,10 @@ fn oversize_unmaps_and_syncs_discard_no_dirty_line_outside_the_mapping() {
     assert_eq!(pool_used(&engine), 0);
 }
 
-/// The arm64 platform, counting the frames the engine asks about: each `pfn_to_bfn` counts
-/// one, each `contiguous_run` one per call (the work a run costs the platform). Panics past
-/// `limit`, so a walk proportional to an absurd size fails at once instead of running for
-/// years.
+/// The arm64 platform, counting the frames the engine asks about: each `pfn_to_bfn` and
+/// `bfn_to_local_pfn` counts one, each `contiguous_run`, `local_run` and cache hook one per
+/// call (the work a run costs the platform). Panics past `limit`, so a walk proportional to
+/// an absurd size fails at once instead of running for years.
 struct Counting<'a> {
     inner: ArmPlatform<'a>,
     calls: std::sync::atomic::AtomicU64,
@@ -711,6 +711,7 @@ unsafe impl swiotlb_core::Platform for Counting<'_> {
         self.inner.pfn_to_bfn(pfn)
     }
     fn bfn_to_local_pfn(&self, bfn: swiotlb_core::Bfn) -> Option<swiotlb_core::Pfn> {
+        self.count();
         self.inner.bfn_to_local_pfn(bfn)
     }
     fn contiguous_run(
@@ -721,8 +722,61 @@ unsafe impl swiotlb_core::Platform for Counting<'_> {
         self.count();
         self.inner.contiguous_run(pfn, max_frames)
     }
+    fn local_run(
+        &self,
+        bfn: swiotlb_core::Bfn,
+        max_frames: u64,
+    ) -> (Option<swiotlb_core::Pfn>, u64) {
+        self.count();
+        self.inner.local_run(bfn, max_frames)
+    }
     fn needs_bounce(&self, dev: &Device, phys: PhysAddr, bus: BusAddr) -> bool {
         self.inner.needs_bounce(dev, phys, bus)
+    }
+    fn sync_for_device(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), swiotlb_core::PlatformError> {
+        self.count();
+        self.inner.sync_for_device(dev, phys, bus, len, dir)
+    }
+    fn sync_for_cpu(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), swiotlb_core::PlatformError> {
+        self.count();
+        self.inner.sync_for_cpu(dev, phys, bus, len, dir)
+    }
+    fn sync_for_device_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), swiotlb_core::PlatformError> {
+        self.count();
+        self.inner
+            .sync_for_device_preserving(dev, phys, bus, len, dir)
+    }
+    fn sync_for_cpu_preserving(
+        &self,
+        dev: &Device,
+        phys: Option<PhysAddr>,
+        bus: BusAddr,
+        len: usize,
+        dir: DmaDirection,
+    ) -> Result<(), swiotlb_core::PlatformError> {
+        self.count();
+        self.inner.sync_for_cpu_preserving(dev, phys, bus, len, dir)
     }
     unsafe fn create_contiguous_region(
         &self,
@@ -746,12 +800,8 @@ unsafe impl swiotlb_core::Platform for Counting<'_> {
     }
 }
 
-#[test]
-fn an_absurd_size_costs_a_few_platform_calls_not_one_per_frame() {
-    let arm = Arm::new();
-    // Foreign pages in dom0's window, far above its RAM: a 2^60-byte range from RAM meets
-    // them.
-    let (grants, mapped) = foreign(&arm, 2);
+/// An engine over the [`Counting`] arm64 platform with a 1 MiB pool, its count reset.
+fn counting_engine(arm: &Arm) -> SimEngine<Counting<'_>, SimPages> {
     let n = MIB / PAGE;
     let pool = arm.guest.alloc_aligned(n, n.next_power_of_two());
     let pages = SimPages::arm(&arm.guest, 64);
@@ -761,6 +811,101 @@ fn an_absurd_size_costs_a_few_platform_calls_not_one_per_frame() {
         limit: std::sync::atomic::AtomicU64::new(u64::MAX),
     };
     let engine = build_engine(counting, arm.mem.clone(), pool, MIB, pages);
+    engine
+        .platform()
+        .calls
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    engine
+}
+
+/// Issue 15's defect 5 on the unmap and sync side: the cache maintenance of a direct
+/// mapping of a non-coherent device, known only by its bus address, walked the caller's
+/// size frame by frame (`bfn_to_local_pfn` per 4 KiB), so a size of 2^60 bytes ran for
+/// years. Now a range the mask cannot cover is refused before any walk, and a covered one is
+/// walked by runs: a handful of platform calls, whatever the size.
+#[test]
+fn an_absurd_size_to_unmap_or_sync_a_direct_mapping_costs_a_few_platform_calls() {
+    let arm = Arm::new();
+    // Foreign pages in dom0's window: a range from RAM meets them far above.
+    let (grants, mapped) = foreign(&arm, 2);
+    let engine = counting_engine(&arm);
+    let none = DmaAttrs::empty();
+    let bidi = DmaDirection::Bidirectional;
+    let buf = arm.guest.alloc_pages(1);
+    let reset = |e: &SimEngine<Counting<'_>, SimPages>| {
+        e.platform()
+            .calls
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+    };
+    for (mask, absurd) in [
+        (DmaMask::BITS_32, 1usize << 40),
+        (DmaMask::BITS_32, usize::MAX - buf.as_u64() as usize),
+        (DmaMask::FULL, 1usize << 60),
+        (DmaMask::FULL, usize::MAX - buf.as_u64() as usize),
+    ] {
+        let sdev = arm.xen.device(mask, false);
+        let dev = sdev.core_device();
+        // SAFETY: the buffer is the test's until the unmap.
+        let bus = unsafe { engine.map_page(&dev, buf, 64, bidi, none) }.unwrap();
+        assert!(!is_bounced(&engine, bus));
+        reset(&engine);
+        engine
+            .platform()
+            .limit
+            .store(16, std::sync::atomic::Ordering::Relaxed);
+        type Op<'a> = &'a dyn Fn() -> Result<(), DmaError>;
+        let ops: [(&str, Op<'_>); 3] = [
+            ("sync for the CPU", &|| {
+                engine.sync_single_for_cpu(&dev, bus, absurd, bidi)
+            }),
+            ("sync for the device", &|| {
+                engine.sync_single_for_device(&dev, bus, absurd, bidi)
+            }),
+            ("unmap", &|| {
+                engine.unmap_page(&dev, bus, absurd, bidi, none)
+            }),
+        ];
+        for (what, op) in ops {
+            let r = op();
+            let calls = reset(&engine);
+            if mask == DmaMask::BITS_32 {
+                // Beyond what the mask can address: refused before any walk.
+                assert!(
+                    matches!(r, Err(DmaError::NotADirectMapping { size, .. }) if size == absurd),
+                    "{mask:?} {what}: {r:?}"
+                );
+                // One translation back: whether the address is the pool's.
+                assert_eq!(calls, 1, "{mask:?} {what}: a walk before the mask check");
+            } else {
+                // Walked by runs: dom0's RAM bank is maintained (clean and invalidate, so
+                // nothing is discarded), then the hole after it is not RAM nor granted, and
+                // Xen refuses its GNTTABOP_cache_flush.
+                assert!(
+                    matches!(r, Err(DmaError::CacheMaintenance { .. })),
+                    "{mask:?} {what}: {r:?}"
+                );
+                assert!(calls <= 8, "{mask:?} {what}: {calls} platform calls");
+            }
+        }
+        engine
+            .platform()
+            .limit
+            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        engine.unmap_page(&dev, bus, 64, bidi, none).unwrap();
+        check(&arm.xen, &engine, &[&sdev]);
+    }
+    assert_eq!(pool_used(&engine), 0);
+    drop(engine);
+    grants.unmap(&mapped).unwrap();
+}
+
+#[test]
+fn an_absurd_size_costs_a_few_platform_calls_not_one_per_frame() {
+    let arm = Arm::new();
+    // Foreign pages in dom0's window, far above its RAM: a 2^60-byte range from RAM meets
+    // them.
+    let (grants, mapped) = foreign(&arm, 2);
+    let engine = counting_engine(&arm);
     let buf = arm.guest.alloc_pages(1);
     let absurd = 1usize << 60;
     let reset = |e: &SimEngine<Counting<'_>, SimPages>| {
@@ -769,8 +914,7 @@ fn an_absurd_size_costs_a_few_platform_calls_not_one_per_frame() {
             .swap(0, std::sync::atomic::Ordering::Relaxed)
     };
     // From here on the engine may ask about 16 frames per map (building it walked the
-    // pool's 256 frames).
-    reset(&engine);
+    // pool's 256 frames; `counting_engine` reset the count).
     engine
         .platform()
         .limit

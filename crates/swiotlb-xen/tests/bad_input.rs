@@ -5,11 +5,17 @@
 //! invariants, free machine frames, dom0's P2M, the page allocator, the original buffer's
 //! bytes. Nothing panics.
 //!
-//! The catalogue prints how many inputs it tried (`cargo test -- --nocapture`).
+//! `live_mappings_reject_bad_unmaps_and_syncs_on_both_platforms` adds, on x86 PV and arm64
+//! (foreign pages in the table), with coherent and non-coherent devices: oversize, extreme,
+//! wrong-direction, out-of-mapping and stale unmaps and syncs of live mappings, unmapped
+//! pool addresses and direct mappings with absurd sizes, checking guard bytes around every
+//! buffer and slot (`common::guard`) and, on arm64, that no dirty line was discarded.
+//!
+//! The catalogue prints how many inputs it tried, per platform (`cargo test -- --nocapture`).
 
 mod common;
 
-use common::{PAGE, Pv, PvEngine, SEGMENT, check, pattern, pool_used};
+use common::{Arm, PAGE, Pv, PvEngine, SEGMENT, check, pattern, pool_used};
 use swiotlb_core::engine::{DmaError, SgEntry};
 use swiotlb_core::{
     BusAddr, Device, DmaAttrs, DmaDirection, DmaMask, Error, PhysAddr, Platform, Slot,
@@ -508,4 +514,469 @@ fn pool_init_rejects_bad_regions() {
         );
     }
     eprintln!("bad input, pool init: {n} inputs");
+}
+
+/// A machine for the live-mapping catalogue: the engine, the CPU's memory, how to reach a
+/// page by machine address, a guarded buffer region and the guarded pool.
+struct Live<'e, P: Platform, A: swiotlb_core::engine::PageAllocator> {
+    xen: &'e xen_sim::Xen,
+    engine: &'e common::SimEngine<P, A>,
+    cpu: xen_sim::SimMemory,
+    region: common::guard::Guarded<'e>,
+    pool: common::guard::Guarded<'e>,
+    tried: usize,
+}
+
+const LIVE_PAGES: u64 = 8;
+
+/// What an input may do: fail as `want` says (or succeed, for `None`).
+type Want = Option<fn(&DmaError) -> bool>;
+
+fn not_mapped(e: &DmaError) -> bool {
+    pool_err(e, |s| matches!(s, Error::NotMapped { .. }))
+}
+
+fn out_of_range(e: &DmaError) -> bool {
+    pool_err(e, |s| matches!(s, Error::SyncOutOfRange { .. }))
+}
+
+impl<P: Platform, A: swiotlb_core::engine::PageAllocator> Live<'_, P, A> {
+    fn at(&self, off: u64) -> PhysAddr {
+        PhysAddr::new(self.region.start.as_u64() + off)
+    }
+
+    /// The pool address of a bounce bus address.
+    fn tlb(&self, bus: BusAddr) -> PhysAddr {
+        let pfn = self
+            .engine
+            .platform()
+            .bfn_to_local_pfn(bus.frame())
+            .unwrap();
+        bus.with_phys_frame(pfn)
+    }
+
+    /// Runs `op`, which must give `want`, and asserts that no byte outside `allowed` (an
+    /// original and its bounce) changed, in the region or the pool, that no dirty line was
+    /// discarded (arm64's cache model, read back through the CPU), and the invariants.
+    #[track_caller]
+    fn case(
+        &mut self,
+        what: &str,
+        allowed: &[(PhysAddr, usize)],
+        want: Want,
+        op: impl FnOnce() -> Result<(), DmaError>,
+    ) {
+        let (r0, p0) = (self.region.bytes(), self.pool.bytes());
+        let r = op();
+        match (want, &r) {
+            (None, Ok(())) => {}
+            (Some(w), Err(e)) if w(e) => {}
+            _ => panic!("{what}: got {r:?}"),
+        }
+        self.region
+            .assert_unchanged(&r0, allowed, &format!("{what}: region"));
+        self.pool
+            .assert_unchanged(&p0, allowed, &format!("{what}: pool"));
+        self.region.cpu_read(&self.cpu);
+        self.pool.cpu_read(&self.cpu);
+        check(self.xen, self.engine, &[]);
+        self.tried += 1;
+    }
+
+    /// A forced bounce of `len` bytes at `off` of the region for `dev`.
+    fn bounce(&self, dev: &Device, off: u64, len: usize, dir: DmaDirection) -> BusAddr {
+        // SAFETY: the test's region, unreferenced until the unmap.
+        unsafe {
+            self.engine.map_page(
+                &dev.with_force_bounce(true),
+                self.at(off),
+                len,
+                dir,
+                DmaAttrs::empty(),
+            )
+        }
+        .expect("bounce")
+    }
+}
+
+/// Oversize, extreme, wrong-direction, out-of-mapping and stale unmaps and syncs of live
+/// bounced mappings, unmapped pool addresses, and direct mappings with absurd sizes, on both
+/// platforms with coherent and non-coherent devices. Each gives its documented result and
+/// changes no byte outside the mapping it names (guard bytes fill the buffer region and
+/// every free byte of the pool, slots between mappings and pad slots included); on arm64 no
+/// dirty line outside it is discarded.
+///
+/// Documented results:
+/// - an unmap or sync larger than the mapping is clamped to it: `Ok`, the mapping's bytes
+///   only (Linux's swiotlb clamps too); a size whose range wraps is `BusOverflow`;
+/// - an unmap's direction decides the copy back (as in Linux): a to-device mapping
+///   unmapped `FromDevice` gets its bounce copied back (its own bytes), a from-device one
+///   unmapped `ToDevice` nothing;
+/// - a sync before a mapping's first byte or past its end in its last slot is
+///   `SyncOutOfRange`; in a pad slot, a free slot or a slot after the mapping `NotMapped`;
+///   an unmap of any of them `NotMapped`;
+/// - a stale bus address (unmapped, its slots since mapped by a second owner) cannot be
+///   told from the second owner's: the pool knows mappings by address, as Linux does. The
+///   stale call acts on the second mapping only, within its bytes: a stale sync for the CPU
+///   delivers what the device wrote to the second owner's original (its data survives, in
+///   its own buffer), a stale unmap ends the second mapping (copying back per the stale
+///   call's direction) and the second owner's own unmap is then refused (`NotMapped`);
+///   nothing outside the second mapping changes;
+/// - a direct mapping's unmap or sync whose range the mask does not cover is
+///   `NotADirectMapping` before any walk; one it covers is walked by runs: `Ok` for a
+///   coherent device and on x86 PV, on arm64 the preserving maintenance runs over the RAM it
+///   meets (nothing discarded) and stops at the hole after it with `CacheMaintenance`.
+#[test]
+fn live_mappings_reject_bad_unmaps_and_syncs_on_both_platforms() {
+    let mut sizes = Vec::new();
+    {
+        let pv = Pv::new();
+        let engine = pv.engine(SEGMENT * 4);
+        let machine = |p: PhysAddr| pv.machine(p);
+        let region = pv.guest.alloc_pages(LIVE_PAGES);
+        let n = live_catalogue(&pv.xen, &engine, pv.guest.memory(), &machine, region, None);
+        sizes.push(("x86 PV", n));
+    }
+    {
+        let arm = Arm::new();
+        let engine = arm.engine(SEGMENT * 4);
+        let machine = |p: PhysAddr| BusAddr::new(p.as_u64());
+        let region = arm.guest.alloc_pages(LIVE_PAGES);
+        // Foreign pages in the table: granted by the domU, mapped in dom0's window.
+        use common::grants::GrantMapper;
+        let refs = arm.xen.domu_grant(2);
+        let grants = arm.grants(2);
+        let mapped = grants.map(arm.xen.domu().id(), &refs).unwrap();
+        let n = live_catalogue(
+            &arm.xen,
+            &engine,
+            arm.mem.clone(),
+            &machine,
+            region,
+            Some(mapped[1].phys),
+        );
+        grants.unmap(&mapped).unwrap();
+        sizes.push(("arm64", n));
+    }
+    for (name, n) in sizes {
+        eprintln!("bad input, live mappings and direct sizes, {name}: {n} inputs");
+    }
+}
+
+fn live_catalogue<P: Platform, A: swiotlb_core::engine::PageAllocator>(
+    xen: &xen_sim::Xen,
+    engine: &common::SimEngine<P, A>,
+    cpu: xen_sim::SimMemory,
+    machine: common::guard::Machine<'_>,
+    region: PhysAddr,
+    foreign: Option<PhysAddr>,
+) -> usize {
+    let arm = foreign.is_some();
+    let pool = engine.pool().unwrap();
+    let mut t = Live {
+        xen,
+        engine,
+        cpu: cpu.clone(),
+        region: common::guard::Guarded {
+            xen,
+            machine,
+            start: region,
+            len: (LIVE_PAGES * PAGE) as usize,
+        },
+        pool: common::guard::Guarded {
+            xen,
+            machine,
+            start: pool.start(),
+            // CAST: a 1 MiB pool.
+            len: (pool.end().as_u64() - pool.start().as_u64()) as usize,
+        },
+        tried: 0,
+    };
+    t.region.fill(&cpu, 0x51);
+    t.pool.fill(&cpu, 0x52);
+    let none = DmaAttrs::empty();
+    let (to, from, bi) = (
+        DmaDirection::ToDevice,
+        DmaDirection::FromDevice,
+        DmaDirection::Bidirectional,
+    );
+    for coherent in [true, false] {
+        let c = if coherent { "coherent" } else { "non-coherent" };
+        let dev = Device::new(DmaMask::FULL).with_coherent(coherent);
+        let d32 = Device::new(DmaMask::BITS_32).with_coherent(coherent);
+        // A 64-byte bidirectional bounce, and 100 bytes whose in-page offset (0xa40, kept by
+        // min_align_mask 0xfff) puts a pad slot in front of it.
+        let (off, len) = (0x1040u64, 64usize);
+        let mine = |t: &Live<'_, P, A>, bus: BusAddr, len: usize| {
+            vec![(t.tlb(bus), len), (t.at(off), len)]
+        };
+        let bus = t.bounce(&dev, off, len, bi);
+        for (what, size, want) in [
+            ("0x142000", 0x14_2000usize, None),
+            ("2^40", 1 << 40, None),
+            (
+                "to the end of the bus space",
+                usize::MAX - bus.as_u64() as usize,
+                None,
+            ),
+            (
+                "usize::MAX",
+                usize::MAX,
+                Some(bus_overflow as fn(&DmaError) -> bool),
+            ),
+        ] {
+            let a = mine(&t, bus, len);
+            t.case(
+                &format!("{c}: oversize sync for the CPU, {what}"),
+                &a,
+                want,
+                || engine.sync_single_for_cpu(&dev, bus, size, bi),
+            );
+            t.case(
+                &format!("{c}: oversize sync for the device, {what}"),
+                &a,
+                want,
+                || engine.sync_single_for_device(&dev, bus, size, bi),
+            );
+        }
+        for (what, size) in [("0x142000", 0x14_2000usize), ("2^40", 1 << 40)] {
+            let bus = t.bounce(&dev, off, len, bi);
+            let a = mine(&t, bus, len);
+            t.case(&format!("{c}: oversize unmap, {what}"), &a, None, || {
+                engine.unmap_page(&dev, bus, size, bi, none)
+            });
+        }
+        t.case(
+            &format!("{c}: unmap overflowing"),
+            &[],
+            Some(bus_overflow),
+            || engine.unmap_page(&dev, bus, usize::MAX, bi, none),
+        );
+        engine.unmap_page(&dev, bus, len, bi, none).unwrap();
+        // Wrong directions at unmap.
+        for (map_dir, unmap_dir) in [(to, from), (from, to), (to, bi), (bi, to)] {
+            let bus = t.bounce(&dev, off, len, map_dir);
+            let a = mine(&t, bus, len);
+            t.case(
+                &format!("{c}: {map_dir:?} mapping unmapped {unmap_dir:?}"),
+                &a,
+                None,
+                || engine.unmap_page(&dev, bus, len, unmap_dir, none),
+            );
+        }
+        // Offsets outside the mapping.
+        let md = dev.with_min_align_mask(0xfff);
+        let poff = 0x3a40u64;
+        let pbus = t.bounce(&md, poff, 100, bi);
+        let ptlb = t.tlb(pbus);
+        assert_eq!(ptlb.as_u64() & 0xfff, 0xa40, "the offset is kept");
+        let rel = |d: i64| BusAddr::new(pbus.as_u64().wrapping_add_signed(d));
+        for (what, b, want) in [
+            (
+                "before the first byte",
+                rel(-0x10),
+                out_of_range as fn(&DmaError) -> bool,
+            ),
+            ("past the end, in the last slot", rel(100 + 8), out_of_range),
+            ("in the pad slot", rel(-0x900), not_mapped),
+            (
+                "in the slot after the mapping",
+                rel(0x5c0 + 0x10),
+                not_mapped,
+            ),
+            ("a page after the mapping", rel(4096), not_mapped),
+        ] {
+            for size in [16usize, 0x14_2000] {
+                t.case(
+                    &format!("{c}: sync for the CPU {what}, {size:#x}"),
+                    &[],
+                    Some(want),
+                    || engine.sync_single_for_cpu(&md, b, size, bi),
+                );
+                t.case(
+                    &format!("{c}: sync for the device {what}, {size:#x}"),
+                    &[],
+                    Some(want),
+                    || engine.sync_single_for_device(&md, b, size, bi),
+                );
+                t.case(
+                    &format!("{c}: unmap {what}, {size:#x}"),
+                    &[],
+                    Some(not_mapped),
+                    || engine.unmap_page(&md, b, size, bi, none),
+                );
+            }
+        }
+        engine.unmap_page(&md, pbus, 100, bi, none).unwrap();
+        // Pool addresses no mapping uses, of every slot offset kind.
+        let p0 = engine
+            .platform()
+            .pfn_to_bfn(pool.start().frame())
+            .unwrap()
+            .start();
+        for idle_off in [0u64, 0x40, 0x800, 0x1_0000 + 0x7ff, 0xf_f000] {
+            let b = BusAddr::new(p0.as_u64() + idle_off);
+            for size in [64usize, 0x14_2000] {
+                t.case(
+                    &format!("{c}: unmap of idle {idle_off:#x}"),
+                    &[],
+                    Some(not_mapped),
+                    || engine.unmap_page(&dev, b, size, bi, none),
+                );
+                t.case(
+                    &format!("{c}: sync of idle {idle_off:#x}"),
+                    &[],
+                    Some(not_mapped),
+                    || engine.sync_single_for_cpu(&dev, b, size, bi),
+                );
+                t.case(
+                    &format!("{c}: sync for device of idle {idle_off:#x}"),
+                    &[],
+                    Some(not_mapped),
+                    || engine.sync_single_for_device(&dev, b, size, bi),
+                );
+            }
+        }
+        // Direct mappings with absurd sizes.
+        let dbuf = t.at(0x6000);
+        // SAFETY: the test's region, unreferenced until the unmap.
+        let dbus = unsafe { engine.map_page(&d32, dbuf, 64, bi, none) }.unwrap();
+        assert!(!common::is_bounced(engine, dbus), "{c}: direct");
+        let direct = [(dbuf, 64usize)];
+        for size in [1usize << 40, usize::MAX - dbus.as_u64() as usize] {
+            t.case(
+                &format!("{c}: 32-bit direct sync {size:#x}"),
+                &direct,
+                Some(not_direct),
+                || engine.sync_single_for_cpu(&d32, dbus, size, bi),
+            );
+            t.case(
+                &format!("{c}: 32-bit direct unmap {size:#x}"),
+                &direct,
+                Some(not_direct),
+                || engine.unmap_page(&d32, dbus, size, bi, none),
+            );
+        }
+        // A 64-bit mask covers them: walked by runs.
+        let walked: Want = if arm && !coherent {
+            Some(cache_failed)
+        } else {
+            None
+        };
+        for size in [1usize << 44, usize::MAX - dbus.as_u64() as usize] {
+            for (what, r) in [
+                ("sync for the CPU", 0),
+                ("sync for the device", 1),
+                ("unmap", 2),
+            ] {
+                t.case(
+                    &format!("{c}: 64-bit direct {what} {size:#x}"),
+                    &direct,
+                    walked,
+                    || match r {
+                        0 => engine.sync_single_for_cpu(&dev, dbus, size, bi),
+                        1 => engine.sync_single_for_device(&dev, dbus, size, bi),
+                        _ => engine.unmap_page(&dev, dbus, size, bi, none),
+                    },
+                );
+            }
+        }
+        t.case(
+            &format!("{c}: direct overflowing"),
+            &direct,
+            Some(bus_overflow),
+            || engine.unmap_page(&dev, dbus, usize::MAX, bi, none),
+        );
+        engine.unmap_page(&d32, dbus, 64, bi, none).unwrap();
+        // A direct mapping of a foreign page (arm64): its absurd unmap and sync are walked
+        // by runs too; for a non-coherent device the page is flushed by bus address, and
+        // the frames after it, granted to nobody, are refused by Xen.
+        if let Some(fp) = foreign {
+            // SAFETY: the granted page stays mapped until after the unmap.
+            let fbus = unsafe { engine.map_page(&dev, fp, 64, bi, none) }.unwrap();
+            assert!(
+                !common::is_bounced(engine, fbus),
+                "{c}: a direct foreign page"
+            );
+            let size = usize::MAX - fbus.as_u64() as usize;
+            t.case(
+                &format!("{c}: foreign direct sync {size:#x}"),
+                &[],
+                walked,
+                || engine.sync_single_for_cpu(&dev, fbus, size, bi),
+            );
+            t.case(
+                &format!("{c}: foreign direct unmap {size:#x}"),
+                &[],
+                walked,
+                || engine.unmap_page(&dev, fbus, size, bi, none),
+            );
+            engine.unmap_page(&dev, fbus, 64, bi, none).unwrap();
+        }
+    }
+    // A stale bus address: A is unmapped, B (another owner) gets its slots.
+    let dev = Device::new(DmaMask::FULL);
+    let sdev = xen.device(DmaMask::FULL, true);
+    let (aoff, boff) = (0x4000u64, 0x5000u64);
+    let abus = t.bounce(&dev, aoff, 64, DmaDirection::Bidirectional);
+    engine
+        .unmap_page(
+            &dev,
+            abus,
+            64,
+            DmaDirection::Bidirectional,
+            DmaAttrs::empty(),
+        )
+        .unwrap();
+    let mut bbus = t.bounce(&dev, boff, 64, DmaDirection::FromDevice);
+    let mut tries = 0;
+    while bbus != abus {
+        // The pool hands slots out round-robin: map and unmap until the index wraps.
+        engine
+            .unmap_page(&dev, bbus, 64, DmaDirection::FromDevice, DmaAttrs::empty())
+            .unwrap();
+        bbus = t.bounce(&dev, boff, 64, DmaDirection::FromDevice);
+        tries += 1;
+        assert!(tries < 4096, "the pool never reused A's slot");
+    }
+    let data = common::pattern(0x77, 64);
+    sdev.write(bbus, &data).unwrap();
+    let b_mine = vec![(t.tlb(bbus), 64), (t.at(boff), 64)];
+    t.case("stale sync for the CPU", &b_mine, None, || {
+        engine.sync_single_for_cpu(&dev, abus, 64, DmaDirection::Bidirectional)
+    });
+    let mut got = vec![0; 64];
+    cpu.read(t.at(boff), &mut got);
+    common::same(&got, &data, "the second owner's data, after a stale sync");
+    t.case("stale unmap", &b_mine, None, || {
+        engine.unmap_page(
+            &dev,
+            abus,
+            64,
+            DmaDirection::Bidirectional,
+            DmaAttrs::empty(),
+        )
+    });
+    cpu.read(t.at(boff), &mut got);
+    common::same(&got, &data, "the second owner's data, after a stale unmap");
+    t.case(
+        "the second owner's unmap after a stale one",
+        &[],
+        Some(not_mapped),
+        || engine.unmap_page(&dev, bbus, 64, DmaDirection::FromDevice, DmaAttrs::empty()),
+    );
+    assert_eq!(pool_used(engine), 0);
+    t.tried
+}
+
+fn bus_overflow(e: &DmaError) -> bool {
+    matches!(e, DmaError::BusOverflow { .. })
+}
+
+fn not_direct(e: &DmaError) -> bool {
+    matches!(e, DmaError::NotADirectMapping { .. })
+}
+
+fn cache_failed(e: &DmaError) -> bool {
+    matches!(e, DmaError::CacheMaintenance { .. })
 }

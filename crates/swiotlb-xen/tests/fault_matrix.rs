@@ -308,6 +308,13 @@ unsafe impl Platform for Ledger<'_> {
     ) -> Option<(swiotlb_core::Bfn, u64)> {
         self.inner.contiguous_run(pfn, max_frames)
     }
+    fn local_run(
+        &self,
+        bfn: swiotlb_core::Bfn,
+        max_frames: u64,
+    ) -> (Option<swiotlb_core::Pfn>, u64) {
+        self.inner.local_run(bfn, max_frames)
+    }
     unsafe fn create_contiguous_region(
         &self,
         phys: PhysAddr,

@@ -84,6 +84,19 @@ pub enum DmaError {
         /// The size.
         size: usize,
     },
+    /// An unmap or sync of a bus range outside the bounce pool (so of a direct mapping) that
+    /// the device's mask does not cover: no direct mapping can be there (every one was checked
+    /// against the mask when it was made), so the range is refused before any cache
+    /// maintenance or walk, however large `size` is. Nothing changed.
+    #[error("{bus}+{size:#x} is outside the device mask {mask}: not a direct mapping")]
+    NotADirectMapping {
+        /// The bus address.
+        bus: BusAddr,
+        /// The size.
+        size: usize,
+        /// The device's DMA mask.
+        mask: DmaMask,
+    },
     /// A mapping that cannot be bounced (MMIO, or a device behind an IOMMU) lies outside the
     /// device's mask, or has no bus translation (`bus` is then `None`).
     #[error("{phys}+{size:#x} is not reachable by the device (bus {bus:?}, mask {mask})")]

@@ -660,7 +660,9 @@ where
     /// # Errors
     ///
     /// [`DmaError::ZeroSize`], [`DmaError::BusOverflow`], [`DmaError::Pool`] (not a live
-    /// bounce mapping: a double unmap, an address inside a mapping; nothing changed), and
+    /// bounce mapping: a double unmap, an address inside a mapping; nothing changed),
+    /// [`DmaError::NotADirectMapping`] (outside the pool and beyond what the device's mask
+    /// covers, refused before any walk however large `size` is; nothing changed), and
     /// [`DmaError::CacheMaintenance`], after which a bounced mapping is still copied back
     /// and freed (the mapping is gone; the copied bytes may be stale).
     ///
@@ -722,6 +724,7 @@ where
             bump(&self.counters().bounced_unmaps);
             return cache_result;
         }
+        self.check_direct(dev, bus, size)?;
         if cache {
             self.cache_direct(dev, bus, size, dir, CacheOp::ForCpu)?;
         }
@@ -737,7 +740,13 @@ where
     /// # Errors
     ///
     /// [`DmaError::ZeroSize`], [`DmaError::BusOverflow`], [`DmaError::CacheMaintenance`]
-    /// (nothing copied), [`DmaError::Pool`] (not inside a live bounce mapping).
+    /// (nothing copied), [`DmaError::Pool`] (not inside a live bounce mapping),
+    /// [`DmaError::NotADirectMapping`] (outside the pool and beyond the device's mask; no
+    /// walk, nothing changed).
+    ///
+    /// The cache maintenance of a direct mapping (non-coherent devices) walks the caller's
+    /// range by runs ([`Platform::local_run`], [`PageAllocator::pfn_valid_run`]) through the
+    /// preserving hooks: an oversize range costs the runs it meets and discards nothing.
     ///
     /// # Examples
     ///
@@ -844,6 +853,7 @@ where
             }
             .map_err(pool_err)?;
         }
+        self.check_direct(dev, bus, size)?;
         if cache {
             self.cache_direct(dev, bus, size, dir, op)
         } else {
@@ -1009,7 +1019,11 @@ where
     /// caller's: the range goes to the platform's preserving hooks
     /// ([`Platform::sync_for_cpu_preserving`], [`Platform::sync_for_device_preserving`]),
     /// which clean and invalidate where the plain hooks would only invalidate. A size too
-    /// large cannot discard anybody's data, it only costs time.
+    /// large cannot discard anybody's data, it only costs time, and little of it: the range
+    /// is walked by runs ([`Platform::local_run`], [`PageAllocator::pfn_valid_run`]), not
+    /// frame by frame, so its cost is the number of runs it meets (the caller checked it
+    /// against the device's mask). The walk stops at the first run the platform refuses to
+    /// maintain (on arm64, memory that is neither the domain's RAM nor a granted page).
     fn cache_direct(
         &self,
         dev: &Device,
@@ -1025,6 +1039,8 @@ where
         }
         // CAST: usize fits in u64.
         let len = size as u64;
+        // The caller checked that the range does not wrap.
+        let last = BusAddr::new(bus.as_u64() + (len - 1)).frame();
         // The run not yet handed over: (physical start or None for foreign, bus start,
         // length).
         let mut run: Option<(Option<PhysAddr>, BusAddr, u64)> = None;
@@ -1032,12 +1048,25 @@ where
         while done < len {
             // Cannot overflow: the caller checked `bus + len`.
             let b = BusAddr::new(bus.as_u64() + done);
-            let chunk = (len - done).min(XEN_PAGE_SIZE - b.frame_offset());
-            let local = self
-                .platform
-                .bfn_to_local_pfn(b.frame())
-                .filter(|&p| self.pages.pfn_valid(p))
-                .map(|p| b.with_phys_frame(p));
+            // Frames of the range from `b`'s on: at least 1, since `b <= last byte`.
+            let frames = last.as_u64() - b.frame().as_u64() + 1;
+            // A platform or allocator that answers more than asked is held to what was asked.
+            let (local, n) = self.platform.local_run(b.frame(), frames);
+            let n = n.clamp(1, frames);
+            let (local, n) = match local {
+                Some(p) => {
+                    let (valid, m) = self.pages.pfn_valid_run(p, n);
+                    (valid.then_some(p), m.clamp(1, n))
+                }
+                None => (None, n),
+            };
+            // The bytes of those `n` frames inside the range (`n * 4 KiB` saturates only for
+            // a range of the whole address space, whose rest is then all of it).
+            let chunk = n
+                .saturating_mul(XEN_PAGE_SIZE)
+                .saturating_sub(b.frame_offset())
+                .min(len - done);
+            let local = local.map(|p| b.with_phys_frame(p));
             run = match (run, local) {
                 // Bus addresses of a run are consecutive by construction; a local run also
                 // needs consecutive physical addresses, a foreign run nothing more.
@@ -1060,6 +1089,23 @@ where
             self.cache_hook(dev, rp, rb, to_usize(rl), dir, op, true)?;
         }
         Ok(())
+    }
+
+    /// Checks the bus range of an unmap or sync that is not in the pool, which can only be
+    /// a direct mapping: the map checked every direct mapping against the device's mask, so
+    /// a range the mask does not cover is no mapping at all. Refused before any walk, so an
+    /// absurd size costs nothing.
+    fn check_direct(&self, dev: &Device, bus: BusAddr, size: usize) -> Result<(), DmaError> {
+        // CAST: usize fits in u64.
+        if dev.dma_mask.covers(bus, size as u64) {
+            Ok(())
+        } else {
+            Err(DmaError::NotADirectMapping {
+                bus,
+                size,
+                mask: dev.dma_mask,
+            })
+        }
     }
 }
 

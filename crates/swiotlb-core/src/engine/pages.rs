@@ -38,6 +38,27 @@ pub unsafe trait PageAllocator: Sync {
         true
     }
 
+    /// How many frames from `pfn` answer [`pfn_valid`](Self::pfn_valid) as `pfn` does:
+    /// `(pfn_valid(pfn), n)` with `1 <= n <= max_frames` (`max_frames` is at least 1), each
+    /// of the frames `pfn + i` for `i < n` answering the same. The run may stop short of a
+    /// longer one, never beyond the first frame that answers otherwise.
+    ///
+    /// The engine asks this once per run of a direct mapping's frames at unmap and sync time,
+    /// so that the cost of a range is the number of runs, not of frames. The default asks
+    /// `pfn_valid` frame by frame up to the first change; an allocator that knows its RAM as
+    /// ranges (memblock) answers in a step.
+    fn pfn_valid_run(&self, pfn: Pfn, max_frames: u64) -> (bool, u64) {
+        let first = self.pfn_valid(pfn);
+        let mut n = 1;
+        while n < max_frames {
+            match pfn.checked_add(n) {
+                Some(p) if self.pfn_valid(p) == first => n += 1,
+                _ => break,
+            }
+        }
+        (first, n)
+    }
+
     /// Records that the engine made the live block of `2^order` pages at `phys` contiguous
     /// (Linux's `SetPageXenRemapped`), so that
     /// [`free_coherent_at`](crate::engine::DmaEngine::free_coherent_at) gives the exchange
@@ -118,6 +139,10 @@ unsafe impl<A: PageAllocator + ?Sized> PageAllocator for &A {
 
     fn pfn_valid(&self, pfn: Pfn) -> bool {
         (**self).pfn_valid(pfn)
+    }
+
+    fn pfn_valid_run(&self, pfn: Pfn, max_frames: u64) -> (bool, u64) {
+        (**self).pfn_valid_run(pfn, max_frames)
     }
 
     fn set_exchanged(&self, phys: PhysAddr, order: u32) {

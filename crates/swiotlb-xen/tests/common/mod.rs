@@ -11,6 +11,7 @@
 )]
 
 pub mod grants;
+pub mod guard;
 pub mod sim;
 
 use std::sync::atomic::Ordering;

@@ -210,4 +210,23 @@ unsafe impl PageAllocator for SimPages {
             Guest::Arm(g) => g.is_ram(pfn.start()),
         }
     }
+
+    /// dom0's RAM as ranges (the P2M's length, arm64's banks): one answer per range.
+    fn pfn_valid_run(&self, pfn: Pfn, max_frames: u64) -> (bool, u64) {
+        let p = pfn.as_u64();
+        let max = max_frames.max(1);
+        let ranges: Vec<(u64, u64)> = match &self.guest {
+            Guest::Pv(g) => vec![(0, g.nr_pages())],
+            Guest::Arm(g) => g
+                .ram_banks()
+                .iter()
+                .map(|&(base, bytes)| (base.as_u64() / PAGE, bytes / PAGE))
+                .collect(),
+        };
+        if let Some(&(b, n)) = ranges.iter().find(|&&(b, n)| p >= b && p - b < n) {
+            return (true, (b + n - p).min(max));
+        }
+        let next = ranges.iter().map(|&(b, _)| b).filter(|&b| b > p).min();
+        (false, next.map_or(max, |b| (b - p).min(max)))
+    }
 }
