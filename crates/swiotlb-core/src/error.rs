@@ -22,14 +22,18 @@ pub enum Error {
         max: usize,
     },
     /// The allocation, after the kept offset and the alignment round-up, needs more slots
-    /// than one 128-slot segment holds.
+    /// than one 128-slot segment holds, or than fit between two of the device's segment
+    /// boundaries (`seg_boundary_mask + 1` bytes, when that is smaller than a segment): a
+    /// request too large for this device, which fails however idle the pool is (Linux
+    /// answers the boundary case with "swiotlb buffer is full").
     #[error(
         "allocation of {alloc_size:#x} bytes (with offset and alignment) exceeds a segment of {max:#x}"
     )]
     ExceedsSegment {
         /// Bytes needed including the kept offset and alignment round-up.
         alloc_size: u64,
-        /// Bytes in one segment (256 KiB).
+        /// The largest run a request of this device can take: bytes in one segment
+        /// (256 KiB), or between two of its segment boundaries if fewer.
         max: u64,
     },
     /// `addr + size` overflows the physical address space.
@@ -40,17 +44,38 @@ pub enum Error {
         /// The size.
         size: usize,
     },
-    /// No run of free slots satisfies the request in any area.
+    /// No run of free slots satisfies the request in any area. The message starts with
+    /// Linux's "swiotlb buffer is full" line, with the same values, and goes on with the
+    /// cause.
+    ///
+    /// `cause` tells an exhausted pool (fewer free slots than the request needs) from a
+    /// fragmented one (enough free slots, but no run of them that the request's size,
+    /// alignment and boundary rules accept). The figures after `size` are a snapshot taken
+    /// once the search has failed (on the failure path only), under each area's lock in
+    /// turn: other CPUs may map and unmap meanwhile, so with concurrent unmaps they can show
+    /// room the search did not find (a `Fragmented` cause with a `largest_free_run` of at
+    /// least `needed`). `used + free.free == total` always holds.
     #[error(
-        "swiotlb buffer is full (sz: {size} bytes), total {total} (slots), used {used} (slots)"
+        "swiotlb buffer is full (sz: {size} bytes), total {total} (slots), used {used} (slots): \
+         {cause}, {needed} slots needed, {free}"
     )]
     PoolFull {
-        /// The mapping size asked for.
+        /// The allocation size, as Linux prints it: the request plus the kept offset
+        /// (`orig & min_align_mask & (alloc_align_mask | 0x7ff)`: 2 KiB or more only with an
+        /// `alloc_align_mask`, kept in pad slots), rounded up to `alloc_align_mask + 1`
+        /// (Linux's `ALIGN(mapping_size + offset, alloc_align_mask + 1)`). For a coherent
+        /// allocation, the size rounded up to its alignment.
         size: usize,
+        /// Slots the allocation needs (`size` in slots, pad slots included).
+        needed: usize,
         /// Slots in the pool.
         total: usize,
-        /// Slots in use when the search gave up.
+        /// Slots in use in the snapshot.
         used: usize,
+        /// The free slots and the largest free run in the snapshot.
+        free: FreeSpace,
+        /// Exhausted or fragmented.
+        cause: FullCause,
     },
     /// A map whose original `[addr, addr + size)` overlaps the pool itself: bouncing it
     /// would copy between overlapping ranges (and could overwrite other mappings' slots).
@@ -125,4 +150,87 @@ pub enum Error {
         /// Slots in the pool.
         need: usize,
     },
+}
+
+/// Why no free run fit a request ([`Error::PoolFull`]'s `cause`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FullCause {
+    /// Fewer free slots in the whole pool than the request needs: the pool is too small for
+    /// the load (or mappings leak); only unmaps or a larger pool help.
+    Exhausted,
+    /// Enough free slots in the pool, but no free run inside one segment of one area that
+    /// is long enough and satisfies the request's alignment (`min_align_mask`,
+    /// `alloc_align_mask`, page alignment) and segment boundary: the free space is scattered.
+    /// [`FreeSpace::largest_run`] says how long the longest run is; when it is at least the
+    /// request's length, the alignment or boundary rules ruled out every run of that length.
+    Fragmented,
+}
+
+impl core::fmt::Display for FullCause {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Exhausted => "exhausted",
+            Self::Fragmented => "fragmented",
+        })
+    }
+}
+
+/// The free space of a pool or area: free slots and the longest run of them.
+///
+/// A run never crosses a 128-slot segment (no allocation can), so `largest_run` is at most
+/// [`IO_TLB_SEGSIZE`](crate::pool::IO_TLB_SEGSIZE) even in an idle pool of many segments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FreeSpace {
+    /// Free slots.
+    pub free: usize,
+    /// The longest run of free slots inside one segment.
+    pub largest_run: usize,
+}
+
+impl FreeSpace {
+    /// The longest free run in bytes: the largest allocation (offset and alignment
+    /// round-up included) that could still fit, ignoring alignment.
+    #[must_use]
+    pub const fn largest_run_bytes(&self) -> usize {
+        self.largest_run.saturating_mul(crate::pool::IO_TLB_SIZE)
+    }
+
+    /// The fragmentation of the free space in thousandths:
+    /// `1000 * (1 - largest_run / min(free, 128))`, rounded down; 0 with no free slot.
+    ///
+    /// 0 means the longest free run is as long as the free space allows (all of it, or a
+    /// whole segment: runs cannot be longer), so an idle pool of any size is at 0; near
+    /// 1000 means the free slots are scattered in short runs (one free slot in every
+    /// second slot of a large pool gives 992). The plain `1 - largest_run / free` would call
+    /// an idle pool of more than one segment fragmented, hence the cap at a segment.
+    #[must_use]
+    pub const fn fragmentation_permille(&self) -> u32 {
+        let cap = if self.free < crate::pool::IO_TLB_SEGSIZE {
+            self.free
+        } else {
+            crate::pool::IO_TLB_SEGSIZE
+        };
+        if cap == 0 || self.largest_run >= cap {
+            return 0;
+        }
+        // CAST: the quotient is below 1000.
+        ((cap - self.largest_run) * 1000 / cap) as u32
+    }
+}
+
+impl core::fmt::Display for FreeSpace {
+    /// `free F (slots), largest free run R (slots, B bytes), fragmentation 0.xyz`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let p = self.fragmentation_permille();
+        write!(
+            f,
+            "free {} (slots), largest free run {} (slots, {} bytes), fragmentation {}.{:03}",
+            self.free,
+            self.largest_run,
+            self.largest_run_bytes(),
+            p / 1000,
+            p % 1000
+        )
+    }
 }

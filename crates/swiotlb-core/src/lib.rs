@@ -96,8 +96,8 @@ pub use engine::{
     CoherentAlloc, DmaEngine, DmaError, EngineStats, NoPageAllocator, PageAllocator, SgEntry,
     SgError,
 };
-pub use error::Error;
+pub use error::{Error, FreeSpace, FullCause};
 pub use hooks::{DamagedBy, PhysMemory, Platform, PlatformError, Stranded, StrandedFrame};
 pub use linear::LinearMap;
 pub use lock::IrqHook;
-pub use pool::{BouncePool, Slot, Stats, max_mapping_size};
+pub use pool::{AreaReport, BouncePool, PoolReport, Slot, Stats, max_mapping_size};

@@ -59,7 +59,7 @@ pub use stats::EngineStats;
 use crate::addr::{BusAddr, Pfn, PhysAddr, XEN_PAGE_SIZE};
 use crate::dma::{Device, DmaAttrs, DmaDirection, DmaMask};
 use crate::hooks::{PhysMemory, Platform};
-use crate::pool::{self, BouncePool, IO_TLB_SEGMENT_BYTES, Slot};
+use crate::pool::{self, BouncePool, IO_TLB_SEGMENT_BYTES, PoolReport, Slot};
 use stats::{Counters, ShardedCounters, bump};
 
 /// The CPU hint used when none is given: always area 0 first.
@@ -286,6 +286,42 @@ where
     #[must_use]
     pub fn pool(&self) -> Option<&BouncePool<M, S>> {
         self.pool.as_ref()
+    }
+
+    /// A report of the bounce pool's occupancy, for the kernel to print when a mapping
+    /// fails: per pool and area, the slots in use, the high-water mark and the longest free
+    /// run ([`BouncePool::report`]; cold, it takes each area lock in turn). `None` without a
+    /// pool. A [`DmaError::Bounce`] says why one mapping failed (its `source`: too large for
+    /// the device, or a full pool, exhausted or fragmented); the report shows the pool as a
+    /// whole. See the project's `docs/capacity.md`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use swiotlb_core::engine::DmaError;
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, Error, FullCause};
+    ///
+    /// let (engine, m) = machine();
+    /// let dev = Device::new(DmaMask::BITS_32);
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// // SAFETY: the buffers are the machine's memory, covered by no reference until the unmap.
+    /// let a = unsafe { engine.map_page(&dev, m.high(0), 200 << 10, dir, none) }?;
+    /// // SAFETY: as above; the map fails.
+    /// let err = unsafe { engine.map_page(&dev, m.high(64), 100 << 10, dir, none) };
+    /// let Err(DmaError::Bounce { source: Error::PoolFull { cause, free, .. }, .. }) = err else {
+    ///     panic!("{err:?}");
+    /// };
+    /// assert_eq!((cause, free.free), (FullCause::Exhausted, 28));
+    /// let report = engine.pool_report().expect("built with a pool");
+    /// assert_eq!((report.used, report.high_water, report.fail_full), (100, 100, 1));
+    /// assert!(format!("{report}").starts_with("swiotlb pool"));
+    /// engine.unmap_page(&dev, a, 200 << 10, dir, none)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn pool_report(&self) -> Option<PoolReport> {
+        self.pool.as_ref().and_then(BouncePool::report)
     }
 
     /// The page allocator.

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::addr::Bfn;
-use crate::error::Error;
+use crate::error::{Error, FreeSpace, FullCause};
 use crate::hooks::PlatformError;
 use crate::linear::LinearMap;
 use core::ptr::NonNull;
@@ -2085,4 +2085,64 @@ fn the_irq_hook_reaches_the_pool_locks() {
         .unwrap();
     assert!(TEST_SAVES.load(Relaxed) >= 2);
     assert_eq!(TEST_MASKED.load(Relaxed), 0);
+}
+
+#[test]
+fn failed_bounce_says_why_with_linuxs_size_and_the_device_maximum() {
+    let fx = Fixture::new();
+    let nvme = DEV64.with_min_align_mask(0xfff).with_force_bounce(true);
+    let td = DmaDirection::ToDevice;
+    // Too large for this device, with its maximum.
+    assert_eq!(fx.engine.max_mapping_size(&nvme), 252 << 10);
+    assert!(matches!(
+        fx.map(&nvme, orig(0, 0), 253 << 10, td),
+        Err(DmaError::Bounce {
+            source: Error::TooLarge {
+                size: 0x3_f400,
+                max: 0x3_f000
+            },
+            reason: BounceReason::Forced,
+            ..
+        })
+    ));
+    // Fill both segments of the pool.
+    let dev = DEV64.with_force_bounce(true);
+    let a = fx.map(&dev, orig(0, 0), 256 << 10, td).unwrap();
+    let b = fx.map(&dev, orig(64, 0), 256 << 10, td).unwrap();
+    // Exhausted; the size is Linux's: the request plus the 0x10 bytes kept in the slot.
+    let err = fx.map(&nvme, orig(0, 0x810), 1000, td).unwrap_err();
+    let DmaError::Bounce {
+        source:
+            Error::PoolFull {
+                size,
+                needed,
+                used,
+                free,
+                cause,
+                ..
+            },
+        ..
+    } = err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!((size, needed, used), (1016, 1, 256));
+    assert_eq!((free, cause), (FreeSpace::default(), FullCause::Exhausted));
+    let text = std::format!("{err}");
+    assert!(
+        text.contains("swiotlb buffer is full (sz: 1016 bytes), total 256 (slots), used 256"),
+        "{text}"
+    );
+    let report = fx.engine.pool_report().unwrap();
+    assert_eq!(
+        (report.used, report.fail_full, report.fail_too_large),
+        (256, 1, 1)
+    );
+    fx.engine
+        .unmap_page(&dev, a, 256 << 10, td, DmaAttrs::empty())
+        .unwrap();
+    fx.engine
+        .unmap_page(&dev, b, 256 << 10, td, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(fx.engine.pool_report().unwrap().free.largest_run, 128);
 }

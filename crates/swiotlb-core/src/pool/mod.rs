@@ -12,6 +12,7 @@
 //! The project's `docs/semantics.md` compares each rule with Linux's.
 
 mod area;
+mod report;
 mod search;
 mod stats;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tests;
 
 pub use crate::lock::{IrqHook, SpinLock, SpinLockGuard};
 pub use area::Slot;
+pub use report::{AreaReport, PoolReport};
 pub use stats::Stats;
 
 use crate::addr::PhysAddr;
@@ -532,11 +534,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             }
             return Ok(head);
         }
-        Err(Error::PoolFull {
-            size,
-            total: self.nslabs,
-            used: self.used(),
-        })
+        Err(self.full_error(slots, plan))
     }
 
     /// Frees the run whose first data slot is `head` in `slots` (the pool's metadata). The

@@ -19,6 +19,10 @@ use crate::lock::atomic::Ordering;
 pub(crate) struct Plan {
     /// Slots to take, pad slots included (Linux's `nr_slots(alloc_size)`).
     pub(crate) nslots: usize,
+    /// Bytes to take: the size plus the kept offset, rounded up to the alignment (Linux's
+    /// `ALIGN(mapping_size + offset, alloc_align_mask + 1)`, the size its "swiotlb buffer is
+    /// full" message prints).
+    pub(crate) alloc_size: usize,
     /// Whole slots in front of the first data slot.
     pub(crate) pad: usize,
     /// The offset of the data inside the first data slot (below 2 KiB).
@@ -113,6 +117,8 @@ impl Plan {
         let shift = (pool_start & seg_boundary_mask) >> IO_TLB_SHIFT;
         Ok(Self {
             nslots,
+            // CAST: alloc_size <= 256 KiB.
+            alloc_size: alloc_size as usize,
             // CAST: offset < 256 KiB, so pad < 128; small_off < 2048.
             pad: (offset >> IO_TLB_SHIFT) as usize,
             small_off: (offset & io_tlb_mask) as u16,
@@ -146,6 +152,17 @@ impl Plan {
             width <<= 1;
         }
         pattern << p0
+    }
+
+    /// The bytes between two of the device's segment boundaries when the request needs more
+    /// slots than that (so that it never fits, however idle the pool), else `None`.
+    pub(crate) fn exceeds_boundary(&self) -> Option<u64> {
+        // Only then is the shift below 128 slots (a wide boundary's would overflow).
+        if self.nslots as u64 > self.max_slots {
+            Some(self.max_slots << IO_TLB_SHIFT)
+        } else {
+            None
+        }
     }
 
     /// Linux's `iommu_is_span_boundary` for a run of `nslots` starting at global slot `g`.
@@ -214,6 +231,22 @@ pub(crate) fn run_starts(free: u128, n: usize) -> u128 {
         k += t;
     }
     r
+}
+
+/// The length of the longest run of set bits of a segment's free bitmap.
+pub(crate) fn longest_run(free: u128) -> usize {
+    let mut x = free;
+    let mut best = 0;
+    while x != 0 {
+        // The next run starts at the lowest set bit; skip the zeros below it.
+        x >>= x.trailing_zeros();
+        let ones = x.trailing_ones();
+        best = best.max(ones);
+        // A shift by 128 (a full bitmap) leaves nothing.
+        x = x.checked_shr(ones).unwrap_or(0);
+    }
+    // CAST: at most 128.
+    best as usize
 }
 
 /// Searches the area of `area_nslabs` slots starting at global slot `area_base` for a run
@@ -297,6 +330,18 @@ mod tests {
         assert_eq!(run_starts(u128::MAX, 128), 1);
         assert_eq!(run_starts(u128::MAX, 127), 0b11);
         assert_eq!(run_starts(u128::MAX << 1, 128), 0);
+    }
+
+    #[test]
+    fn longest_run_measures_the_longest_free_run() {
+        assert_eq!(longest_run(0), 0);
+        assert_eq!(longest_run(u128::MAX), 128);
+        assert_eq!(longest_run(u128::MAX << 1), 127);
+        assert_eq!(longest_run(u128::MAX >> 1), 127);
+        assert_eq!(longest_run(0b1110_0111_1000), 4);
+        assert_eq!(longest_run(0b1010_1010), 1);
+        assert_eq!(longest_run((1u128 << 127) | 0b11), 2);
+        assert_eq!(longest_run(run_mask(40, 50) | run_mask(100, 20)), 50);
     }
 
     #[test]

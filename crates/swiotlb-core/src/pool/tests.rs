@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::linear::LinearMap;
-use crate::{DmaMask, Error};
+use crate::{DmaMask, Error, FreeSpace, FullCause};
 use std::boxed::Box;
 use std::vec;
 use std::vec::Vec;
@@ -406,11 +406,17 @@ fn segment_boundary_mask_is_never_crossed() {
         4,
         "slots 1..=4 would cross the 8 KiB boundary"
     );
-    // A run longer than the boundary never fits.
-    assert!(matches!(
+    // A run longer than the boundary never fits: too large for this device, not a full
+    // pool (Linux would say "swiotlb buffer is full" with the pool nearly idle).
+    assert_eq!(
         f.map(&d, f.orig(0), 5 * 2048, TD),
-        Err(Error::PoolFull { .. })
-    ));
+        Err(Error::ExceedsSegment {
+            alloc_size: 5 * 2048,
+            max: 8192
+        })
+    );
+    assert_eq!(f.pool.stats().fail_too_large, 1);
+    assert_eq!(f.pool.stats().fail_full, 0);
     f.check();
 }
 
@@ -757,8 +763,14 @@ fn pool_full_reports_size_total_and_used() {
         f.map(&d, f.orig(0), 100 * 1024, TD),
         Err(Error::PoolFull {
             size: 100 * 1024,
+            needed: 50,
             total: 128,
-            used: 100
+            used: 100,
+            free: FreeSpace {
+                free: 28,
+                largest_run: 28
+            },
+            cause: FullCause::Exhausted,
         })
     );
     assert_eq!(snapshot(&f), before);
@@ -1199,4 +1211,244 @@ fn high_water_with_several_areas_lies_between_its_documented_bounds() {
     let s = f.pool.stats();
     assert_eq!((s.high_water, s.high_water_bound), (0, 0));
     f.check();
+}
+
+/// The `PoolFull` fields other than the size and the cause.
+fn full_parts(e: Result<PhysAddr, Error>) -> (usize, usize, usize, FreeSpace, FullCause) {
+    match e {
+        Err(Error::PoolFull {
+            size,
+            needed,
+            used,
+            free,
+            cause,
+            ..
+        }) => (size, needed, used, free, cause),
+        other => panic!("expected PoolFull, got {other:?}"),
+    }
+}
+
+#[test]
+fn pool_full_size_is_linuxs_allocation_size_with_the_kept_offset() {
+    // Linux prints `ALIGN(mapping_size + offset, alloc_align_mask + 1)`, offset being
+    // `orig & min_align_mask & (alloc_align_mask | 0x7ff)`.
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    let all = f.map(&d, f.orig(0), 256 * 1024, TD).unwrap();
+    let nvme = dev().with_min_align_mask(0xfff);
+    // 0x10 kept in the slot (bit 11 is kept by the slot's parity): 1000 + 0x10 bytes.
+    let r = f.map(&nvme, f.orig(0x810), 1000, TD);
+    assert_eq!(
+        full_parts(r),
+        (
+            1000 + 0x10,
+            1,
+            128,
+            FreeSpace::default(),
+            FullCause::Exhausted
+        )
+    );
+    // With a 4 KiB alloc_align_mask all of 0x810 is kept (a pad slot), and the sum is
+    // rounded up: ALIGN(1000 + 0x810, 4096), pad slot included in the two needed.
+    let r = f.map_full(&nvme, f.orig(0x810), 1000, 0xfff, TD, NONE, 0);
+    let (size, needed, ..) = full_parts(r);
+    assert_eq!((size, needed), (4096, 2));
+    // ALIGN(5000 + 0x10, 2048).
+    let r = f.map_full(&nvme, f.orig(0x810), 5000, 0x7ff, TD, NONE, 0);
+    assert_eq!(full_parts(r).0, 6144);
+    // Without a mask nothing is kept: the request itself.
+    assert_eq!(full_parts(f.map(&d, f.orig(0x810), 1000, TD)).0, 1000);
+    // A coherent allocation: the size rounded up to its power-of-two page alignment.
+    match f.pool.alloc(&d, 5000, 0) {
+        Err(Error::PoolFull { size, needed, .. }) => assert_eq!((size, needed), (8192, 4)),
+        other => panic!("expected PoolFull, got {other:?}"),
+    }
+    assert_eq!(f.pool.stats().fail_full, 5);
+    f.pool.unmap(&d, all, 256 * 1024, TD, NONE).unwrap();
+    f.check();
+}
+
+#[test]
+fn exhausted_and_fragmented_pools_are_told_apart() {
+    let f = Fixture::new(128, 1);
+    let d = dev();
+    let singles: Vec<PhysAddr> = (0..128)
+        .map(|_| f.map(&d, f.orig(0), 2048, TD).unwrap())
+        .collect();
+    // Every second slot free: 64 free slots, none next to another.
+    for t in singles.iter().skip(1).step_by(2) {
+        f.pool.unmap(&d, *t, 2048, TD, NONE).unwrap();
+    }
+    let frag = FreeSpace {
+        free: 64,
+        largest_run: 1,
+    };
+    assert_eq!(frag.fragmentation_permille(), 984);
+    assert_eq!(
+        f.map(&d, f.orig(0), 4096, TD),
+        Err(Error::PoolFull {
+            size: 4096,
+            needed: 2,
+            total: 128,
+            used: 64,
+            free: frag,
+            cause: FullCause::Fragmented,
+        })
+    );
+    // Filled up again, the same request finds the pool exhausted.
+    let refill: Vec<PhysAddr> = (0..64)
+        .map(|_| f.map(&d, f.orig(0), 2048, TD).unwrap())
+        .collect();
+    assert_eq!(
+        full_parts(f.map(&d, f.orig(0), 4096, TD)),
+        (4096, 2, 128, FreeSpace::default(), FullCause::Exhausted)
+    );
+    for t in singles.iter().step_by(2).chain(&refill) {
+        f.pool.unmap(&d, *t, 2048, TD, NONE).unwrap();
+    }
+    // Free pairs at odd slots: runs of two, but a 4 KiB map must start on an even slot
+    // (page alignment). Fragmented although the longest run is as long as the request.
+    let singles: Vec<PhysAddr> = (0..128)
+        .map(|_| f.map(&d, f.orig(0), 2048, TD).unwrap())
+        .collect();
+    for (i, t) in singles.iter().enumerate() {
+        if i % 4 == 1 || i % 4 == 2 {
+            f.pool.unmap(&d, *t, 2048, TD, NONE).unwrap();
+        }
+    }
+    assert_eq!(
+        full_parts(f.map(&d, f.orig(0), 4096, TD)),
+        (
+            4096,
+            2,
+            64,
+            FreeSpace {
+                free: 64,
+                largest_run: 2
+            },
+            FullCause::Fragmented
+        )
+    );
+    assert_eq!(f.pool.stats().fail_full, 3);
+    f.check();
+}
+
+#[test]
+fn free_space_split_between_areas_is_fragmented() {
+    // Two areas of one segment, each with a free run of 60 slots: 120 free in all, but a
+    // 100-slot request fits in neither.
+    let f = Fixture::new(256, 2);
+    let d = dev();
+    let a = f
+        .map_full(&d, f.orig(0), 68 * 2048, 0, TD, NONE, 0)
+        .unwrap();
+    let b = f
+        .map_full(&d, f.orig(0), 68 * 2048, 0, TD, NONE, 1)
+        .unwrap();
+    assert_eq!((f.slot_of(a), f.slot_of(b)), (0, 128));
+    let r = f.map_full(&d, f.orig(0), 100 * 2048, 0, TD, NONE, 0);
+    assert_eq!(
+        full_parts(r),
+        (
+            100 * 2048,
+            100,
+            136,
+            FreeSpace {
+                free: 120,
+                largest_run: 60
+            },
+            FullCause::Fragmented
+        )
+    );
+    assert_eq!(
+        f.pool.free_space(),
+        Some(FreeSpace {
+            free: 120,
+            largest_run: 60
+        })
+    );
+    f.check();
+}
+
+#[test]
+fn report_gives_each_areas_use_high_water_and_longest_free_run() {
+    // Two areas of two segments (256 slots each).
+    let f = Fixture::new(512, 2);
+    let d = dev();
+    let map = |size: usize, cpu: usize| f.map_full(&d, f.orig(0), size, 0, TD, NONE, cpu);
+    // Area 0: A at 0..100, B at 100, C at 128..178 (27 free slots in segment 0 are too
+    // few for it), then A unmapped: free runs of 100, 27 and 78.
+    let a = map(200 * 1024, 0).unwrap();
+    let b = map(2048, 0).unwrap();
+    let c = map(100 * 1024, 0).unwrap();
+    assert_eq!((f.slot_of(a), f.slot_of(b), f.slot_of(c)), (0, 100, 128));
+    f.pool.unmap(&d, a, 200 * 1024, TD, NONE).unwrap();
+    // Area 1: 256 KiB at 256..384 and 200 KiB at 384..484.
+    let d1 = map(256 * 1024, 1).unwrap();
+    let d2 = map(200 * 1024, 1).unwrap();
+    assert_eq!((f.slot_of(d1), f.slot_of(d2)), (256, 384));
+    // 256 KiB needs a whole free segment: 233 free slots, none of them one.
+    let full = map(256 * 1024, 0).unwrap_err();
+    assert_eq!(
+        std::format!("{full}"),
+        "swiotlb buffer is full (sz: 262144 bytes), total 512 (slots), used 279 (slots): \
+         fragmented, 128 slots needed, free 233 (slots), largest free run 100 (slots, \
+         204800 bytes), fragmentation 0.218"
+    );
+    assert!(matches!(map(300 * 1024, 0), Err(Error::TooLarge { .. })));
+
+    let r = f.pool.report().unwrap();
+    let area0 = AreaReport {
+        used: 51,
+        high_water: 151,
+        free: FreeSpace {
+            free: 205,
+            largest_run: 100,
+        },
+    };
+    let area1 = AreaReport {
+        used: 228,
+        high_water: 228,
+        free: FreeSpace {
+            free: 28,
+            largest_run: 28,
+        },
+    };
+    assert_eq!(r.areas(), &[area0, area1]);
+    assert_eq!(f.pool.area_report(0), Some(area0));
+    assert_eq!(f.pool.area_report(2), None);
+    assert_eq!((r.nslabs, r.area_nslabs, r.used), (512, 256, 279));
+    // The pool-wide mark was last raised when area 1 passed its own maximum, to
+    // 51 + 228; the bound sums the areas' maxima.
+    assert_eq!((r.high_water, r.high_water_bound), (279, 379));
+    assert_eq!(
+        r.free,
+        FreeSpace {
+            free: 233,
+            largest_run: 100
+        }
+    );
+    assert_eq!((r.fail_full, r.fail_too_large), (1, 1));
+    let text = std::format!("{r}");
+    std::println!("{text}");
+    assert_eq!(
+        text,
+        "swiotlb pool 0x40000000-0x40100000: total 512 (slots) in 2 areas, used 279 (slots), \
+         high-water 279 (slots, at most 379), free 233 (slots), largest free run 100 (slots, \
+         204800 bytes), fragmentation 0.218; failed: 1 full, 1 too large\n  \
+         area 0: total 256 (slots), used 51 (slots), high-water 151 (slots), free 205 \
+         (slots), largest free run 100 (slots, 204800 bytes), fragmentation 0.218\n  \
+         area 1: total 256 (slots), used 228 (slots), high-water 228 (slots), free 28 \
+         (slots), largest free run 28 (slots, 57344 bytes), fragmentation 0.000"
+    );
+    for t in [b, c] {
+        f.pool.unmap(&d, t, 2048, TD, NONE).unwrap();
+    }
+    for t in [d1, d2] {
+        f.pool.unmap(&d, t, 2048, TD, NONE).unwrap();
+    }
+    f.check();
+    let idle = f.pool.report().unwrap();
+    assert_eq!(idle.free.largest_run, IO_TLB_SEGSIZE);
+    assert_eq!(idle.free.fragmentation_permille(), 0);
 }

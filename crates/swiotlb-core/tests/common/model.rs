@@ -6,7 +6,7 @@
 
 use super::{Fixture, POOL_BASE};
 use swiotlb_core::pool::IO_TLB_SIZE;
-use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, Error, PhysAddr};
+use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask, Error, FullCause, PhysAddr};
 
 /// Slots in the model's pool.
 pub const NSLABS: usize = 256;
@@ -200,11 +200,16 @@ fn device(kind: u8) -> (Device, u64) {
     }
 }
 
+/// Linux's allocation size, the one its "swiotlb buffer is full" message prints:
+/// `ALIGN(size + offset, align + 1)`.
+fn linux_alloc(dev: &Device, orig: u64, size: usize, align: u64) -> usize {
+    let offset = orig & dev.min_align_mask & (align | (IO_TLB_SIZE as u64 - 1));
+    ((size as u64 + offset + align) & !align) as usize
+}
+
 /// Linux's slot count: `nr_slots(ALIGN(size + offset, align + 1))`.
 fn linux_nslots(dev: &Device, orig: u64, size: usize, align: u64) -> usize {
-    let offset = orig & dev.min_align_mask & (align | (IO_TLB_SIZE as u64 - 1));
-    let alloc = (size as u64 + offset + align) & !align;
-    alloc.div_ceil(IO_TLB_SIZE as u64) as usize
+    linux_alloc(dev, orig, size, align).div_ceil(IO_TLB_SIZE)
 }
 
 fn dir_of(d: u8) -> DmaDirection {
@@ -268,12 +273,41 @@ pub fn run(ops: &[Op]) -> Result<(), String> {
                             dev_bytes: data,
                         });
                     }
-                    Err(Error::PoolFull { used: u, total, .. }) => {
+                    Err(Error::PoolFull {
+                        size: sz,
+                        needed,
+                        used: u,
+                        total,
+                        free,
+                        cause,
+                    }) => {
                         check_eq!(total, NSLABS);
-                        check!(u <= NSLABS);
+                        // One thread: the snapshot is exact.
+                        check_eq!(u, used);
                         check_eq!(f.pool.stats().used, used);
+                        check_eq!(free.free, NSLABS - used);
+                        // Linux's size: the request plus the kept offset, aligned.
+                        let nslots = linux_nslots(&dev, orig.as_u64(), size, align);
+                        check_eq!(needed, nslots);
+                        check_eq!(sz, linux_alloc(&dev, orig.as_u64(), size, align));
+                        check!(free.largest_run <= free.free);
+                        let want = if free.free < nslots {
+                            FullCause::Exhausted
+                        } else {
+                            FullCause::Fragmented
+                        };
+                        check_eq!(cause, want);
                     }
                     Err(Error::TooLarge { .. }) => check!(size > 252 * 1024),
+                    // Longer than the device's segment boundary: never fits, whatever the
+                    // pool holds.
+                    Err(Error::ExceedsSegment { alloc_size, max }) => {
+                        let bytes = linux_alloc(&dev, orig.as_u64(), size, align) as u64;
+                        check_eq!(alloc_size, bytes);
+                        check_eq!(max, dev.seg_boundary_mask + 1);
+                        check!(bytes > max);
+                        check_eq!(f.pool.stats().used, used);
+                    }
                     Err(e) => return Err(format!("map failed: {e}")),
                 }
             }
