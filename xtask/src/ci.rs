@@ -227,7 +227,7 @@ fn steps() -> Vec<Step> {
         },
         Step {
             name: "loom",
-            about: "loom models of the pool's areas and counters and the foreign table",
+            about: "loom models of the pool, the foreign table and the x86 PV platform (locks, sequence range, interrupt re-entry)",
             action: Action::Check(loom::ci),
         },
         Step {

@@ -11,9 +11,10 @@
 //!   release under QEMU and read their verdicts; `xen-qemu mutants` requires every kernel
 //!   built with a deliberate fault to fail ([`xen_qemu`]).
 //! - `bench [--quick]`: the comparative benchmarks, one JSON line per figure ([`bench`]).
-//! - `fuzz [--smoke]`: the cargo-fuzz targets ([`fuzz`]).
-//! - `soak --minutes N` (or `--seconds N`): concurrent map/unmap/sync on the simulator, every byte verified
-//!   ([`soak`]).
+//! - `fuzz [--smoke] [--cmin]`: the cargo-fuzz targets, or minimizing their corpus
+//!   ([`fuzz`]).
+//! - `soak --minutes N` (or `--seconds N`): concurrent map/unmap/sync on the simulator,
+//!   with faults, foreign pages and a full pool, every byte verified ([`soak`]).
 //! - `help`: usage.
 //!
 //! The tool has no dependencies: it spawns `cargo` (and `cargo +nightly` for Miri) in the
