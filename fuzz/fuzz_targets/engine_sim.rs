@@ -13,8 +13,8 @@
 //!   unmaps at offsets outside it, and stale bus addresses (an unmap or sync after the
 //!   unmap, when the driver owns and has rewritten the buffer). The mapping and up to
 //!   16 KiB on each side hold a known pattern (dirty in the CPU's cache on arm64) and must
-//!   hold exactly the expected bytes afterwards: nothing outside the mapping changes, and no result is
-//!   an undocumented error;
+//!   hold exactly the expected bytes afterwards: nothing outside the mapping changes, and
+//!   no result is an undocumented error;
 //! - faults of the simulator (every [`Fault`] kind: a failing hypercall or multicall entry,
 //!   a partial exchange, a page Xen keeps refusing to map, an exchange that loses frames, a
 //!   failing cache flush) armed before a coherent allocation and free or a streaming
@@ -186,8 +186,8 @@ fn acceptable_misuse(r: &Result<(), DmaError>) -> bool {
 
 /// A live mapping misused: oversize unmaps and syncs, unmaps and syncs at offsets outside
 /// it, and stale bus addresses after the unmap. The mapping and up to 16 KiB on each side
-/// are checked afterwards: nothing outside the mapping changed, and inside it is what the device wrote
-/// (or the CPU's bytes for a to-device mapping).
+/// are checked afterwards: nothing outside the mapping changed, and inside it is what the
+/// device wrote (or the CPU's bytes for a to-device mapping).
 fn misuse<P: Platform>(
     w: &World<P, SimPages>,
     sdev: &SimDevice,
@@ -207,7 +207,7 @@ fn misuse<P: Platform>(
     let phys = PhysAddr::new(window.as_u64() + off as u64);
     let dir = dir_of(how >> 2);
     let none = DmaAttrs::empty();
-    // The CPU writes the whole region: on arm64 these lines are dirty in its cache, so a
+    // The CPU writes the whole window: on arm64 these lines are dirty in its cache, so a
     // destructive invalidate outside the mapping would lose them.
     let mut expect = pattern(u64::from(tag) << 8 | u64::from(how), buf_bytes);
     w.cpu.write(window, &expect);
