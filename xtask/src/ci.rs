@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{self, ExitCode};
 use std::time::{Duration, Instant};
 
-use crate::{fuzz, layering, loom, readme, release, xen_qemu};
+use crate::{fuzz, layering, loom, readme, release, soak, xen_qemu};
 
 /// The `no_std` crates, built for every bare-metal target. The list is fixed on purpose: a
 /// crate that stops building for a kernel target is a failure, not something to skip.
@@ -242,13 +242,18 @@ fn steps() -> Vec<Step> {
         },
         Step {
             name: "loom",
-            about: "loom models of the pool's areas and counters and the foreign table",
+            about: "loom models of the pool, the foreign table and the x86 PV platform (locks, sequence range, interrupt re-entry)",
             action: Action::Check(loom::ci),
         },
         Step {
             name: "fuzz-smoke",
             about: "every cargo-fuzz target runs briefly, checking data and invariants",
             action: Action::Check(fuzz::ci),
+        },
+        Step {
+            name: "soak-smoke",
+            about: "a one-minute soak on both simulated machines with faults armed, foreign pages and a full pool",
+            action: Action::Check(soak::ci),
         },
         Step {
             name: "xen-qemu",
@@ -509,6 +514,7 @@ mod tests {
                 "miri-sim",
                 "loom",
                 "fuzz-smoke",
+                "soak-smoke",
                 "xen-qemu",
                 "xen-qemu-mutants"
             ]

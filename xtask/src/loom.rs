@@ -6,7 +6,13 @@
 //!   and sequence range (`swiotlb_core::lock::SeqRange`: no torn or wrongly hidden lookup);
 //! - `swiotlb-xen-arm64`'s `tests/loom.rs`: the foreign table's lookups racing inserts and
 //!   removes, writers racing writers, and an interrupt-time lookup nested in a lookup while a
-//!   writer waits (no deadlock with the interrupt hook; the deadlock shown without it).
+//!   writer waits (no deadlock with the interrupt hook; the deadlock shown without it);
+//! - `swiotlb-xen-x86-pv`'s `tests/loom.rs`: the platform itself (its P2M and M2P entries are
+//!   loom atomics under `--cfg loom`) making regions contiguous and giving them back against
+//!   a model of Xen's exchange, racing lookups on another CPU (never the frame Xen took,
+//!   never a half-done region), and interrupts raised inside the exchange while the lock is
+//!   held: lookups that never wait, and a handler that takes the lock (no deadlock with the
+//!   interrupt hook; the deadlock shown without it).
 //!
 //! The models run in release mode with at most [`MAX_PREEMPTIONS`] preemptions per execution
 //! (unless `LOOM_MAX_PREEMPTIONS` is already set), which keeps the step well under two
@@ -20,7 +26,7 @@ use std::process::Command;
 pub const MAX_PREEMPTIONS: &str = "2";
 
 /// The packages with loom models, each with a `tests/loom.rs`.
-pub const PACKAGES: &[&str] = &["swiotlb-core", "swiotlb-xen-arm64"];
+pub const PACKAGES: &[&str] = &["swiotlb-core", "swiotlb-xen-arm64", "swiotlb-xen-x86-pv"];
 
 /// The `cargo` arguments of the step.
 pub fn cargo_args() -> Vec<String> {

@@ -11,9 +11,10 @@
 //!   release under QEMU and read their verdicts; `xen-qemu mutants` requires every kernel
 //!   built with a deliberate fault to fail ([`xen_qemu`]).
 //! - `bench [--quick]`: the comparative benchmarks, one JSON line per figure ([`bench`]).
-//! - `fuzz [--smoke]`: the cargo-fuzz targets ([`fuzz`]).
-//! - `soak --minutes N`: concurrent map/unmap/sync on the simulator, every byte verified
-//!   ([`soak`]).
+//! - `fuzz [--smoke] [--cmin]`: the cargo-fuzz targets, or minimizing their corpus
+//!   ([`fuzz`]).
+//! - `soak --minutes N` (or `--seconds N`): concurrent map/unmap/sync on the simulator,
+//!   with faults, foreign pages and a full pool, every byte verified ([`soak`]).
 //! - `help`: usage.
 //!
 //! The tool has no dependencies: it spawns `cargo` (and `cargo +nightly` for Miri) in the
@@ -95,8 +96,8 @@ commands:
   xen-qemu [ARCH] [--xen VERSION]      boot the dom0 examples on real Xen (4.17, 4.20) under QEMU
   xen-qemu mutants [ARCH]              every kernel built with a deliberate fault must FAIL
   bench [--quick]                      comparative benchmarks, one JSON line per figure
-  fuzz [--smoke]                       run the cargo-fuzz targets
-  soak --minutes N                     concurrent map/unmap/sync on the simulator
+  fuzz [--smoke] [--cmin]              run the cargo-fuzz targets (or minimize the corpus)
+  soak --minutes N | --seconds N       concurrent map/unmap/sync on the simulator
   help                                 print this text
 
 `--only` may be given several times; the steps still run in their fixed order.";

@@ -1,13 +1,25 @@
 //! `cargo xtask soak --minutes N [--threads T]`: concurrent map/unmap/sync with random
 //! sizes, directions, attributes and devices through one engine on the simulated Xen (x86 PV,
-//! then arm64), every byte verified, the invariants checked with every thread paused every
-//! ten seconds. It runs the `soak` example of `swiotlb-xen` in release mode, which prints the
-//! progress and a summary, and fails on the first wrong byte or broken invariant.
+//! then arm64), with coherent allocations, foreign pages (arm64), a simulator fault kept
+//! armed and a pool filled to the last slot again and again; every byte verified, the
+//! invariants checked with every thread paused every ten seconds, the frames counted at the
+//! end. It runs the `soak` example of `swiotlb-xen` in release mode, which prints the
+//! progress and a summary (mappings and elapsed time), and fails on the first wrong byte,
+//! lost frame or broken invariant.
+//!
+//! The `soak-smoke` CI step ([`ci`]) runs the same for [`SMOKE_SECONDS`] seconds with
+//! [`SMOKE_THREADS`] threads.
 
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
-/// The arguments of the `soak` example: `--minutes N` (required, a positive number) and
-/// optionally `--threads T`.
+/// Seconds of the `soak-smoke` CI step (half on each machine).
+pub const SMOKE_SECONDS: u64 = 60;
+/// Worker threads of the `soak-smoke` CI step.
+pub const SMOKE_THREADS: u64 = 2;
+
+/// The arguments of the `soak` example: `--minutes N` or `--seconds N` (one required, a
+/// positive number) and optionally `--threads T`.
 pub fn example_args(args: &[String]) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut minutes = None;
@@ -19,7 +31,8 @@ pub fn example_args(args: &[String]) -> Result<Vec<String>, String> {
                 .ok_or_else(|| format!("{a} needs a positive number"))
         };
         match a.as_str() {
-            "--minutes" => minutes = Some(value(it.next())?),
+            "--minutes" => minutes = Some(("--minutes", value(it.next())?)),
+            "--seconds" => minutes = Some(("--seconds", value(it.next())?)),
             "--threads" => {
                 let t = value(it.next())?;
                 out.extend(["--threads".to_owned(), t.to_string()]);
@@ -27,9 +40,48 @@ pub fn example_args(args: &[String]) -> Result<Vec<String>, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    let minutes = minutes.ok_or("usage: cargo xtask soak --minutes N [--threads T]")?;
-    out.extend(["--minutes".to_owned(), minutes.to_string()]);
+    let (unit, n) = minutes.ok_or("usage: cargo xtask soak --minutes N [--threads T]")?;
+    out.extend([unit.to_owned(), n.to_string()]);
     Ok(out)
+}
+
+/// The `cargo` command that runs the example with `example` arguments.
+fn command(example: &[String]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "swiotlb-xen",
+        "--example",
+        "soak",
+        "--",
+    ])
+    .args(example);
+    println!(
+        "cargo run --release -p swiotlb-xen --example soak -- {}",
+        example.join(" ")
+    );
+    cmd
+}
+
+/// The `soak-smoke` CI step: a one-minute soak with faults, foreign pages and a full pool.
+pub fn ci(root: &Path) -> Result<(), String> {
+    let example = example_args(&[
+        "--seconds".to_owned(),
+        SMOKE_SECONDS.to_string(),
+        "--threads".to_owned(),
+        SMOKE_THREADS.to_string(),
+    ])?;
+    let status = command(&example)
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("soak: could not start cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("soak: failed ({status})"))
+    }
 }
 
 /// Runs the command with its arguments.
@@ -41,22 +93,7 @@ pub fn run(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut cmd = Command::new("cargo");
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "swiotlb-xen",
-        "--example",
-        "soak",
-        "--",
-    ])
-    .args(&example);
-    println!(
-        "cargo run --release -p swiotlb-xen --example soak -- {}",
-        example.join(" ")
-    );
-    match cmd.status() {
+    match command(&example).status() {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(s) => {
             eprintln!("xtask soak: failed ({s})");
@@ -86,6 +123,10 @@ mod tests {
         assert_eq!(
             example_args(&s(&["--threads", "2", "--minutes", "1"])),
             Ok(s(&["--threads", "2", "--minutes", "1"]))
+        );
+        assert_eq!(
+            example_args(&s(&["--seconds", "60", "--threads", "2"])),
+            Ok(s(&["--threads", "2", "--seconds", "60"]))
         );
         assert!(example_args(&[]).is_err());
         assert!(example_args(&s(&["--minutes", "0"])).is_err());

@@ -6,7 +6,8 @@
 //! mapped read-only by Xen at `MACH2PHYS_VIRT_START`, written by Xen). This module only
 //! reads them.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+// `core`'s atomics, or loom's under `--cfg loom` (the platform's loom models).
+use swiotlb_core::lock::atomic::{AtomicU64, Ordering};
 
 /// `INVALID_P2M_ENTRY`: the pfn has no machine frame.
 pub const INVALID_P2M_ENTRY: u64 = !0;

@@ -1,10 +1,8 @@
 //! [`X86PvPlatform`]: the `swiotlb_core::Platform` of an x86_64 PV guest.
 
+use arrayvec::ArrayVec;
 use core::fmt;
 use core::ops::RangeInclusive;
-use core::sync::atomic::{AtomicU64, Ordering};
-
-use arrayvec::ArrayVec;
 use swiotlb_core::hooks::Stranded;
 use swiotlb_core::{
     Bfn, BusAddr, Pfn, PhysAddr, PhysMemory, Platform, PlatformError, XEN_PAGE_SHIFT, XEN_PAGE_SIZE,
@@ -18,6 +16,8 @@ use xen_abi::{
 
 use crate::error::X86PvError;
 use crate::p2m::{self, INVALID_M2P_ENTRY, INVALID_P2M_ENTRY, P2mEntry};
+// `core`'s atomics, or loom's under `--cfg loom` (the platform's own loom models).
+use swiotlb_core::lock::atomic::{AtomicU64, Ordering};
 use swiotlb_core::lock::{IrqHook, SeqRange, SpinLock};
 
 /// Entries per multicall batch (Linux's `MC_BATCH`). The batch lives on the stack:

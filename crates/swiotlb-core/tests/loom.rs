@@ -1,7 +1,9 @@
 //! Loom models of the pool's concurrent parts (the area locks, the lock-free slot states,
 //! the syncs that pin a mapping and copy outside the lock, the per-area and pool-wide
-//! counters) and of the x86 PV platform's lock and sequence range, with two threads (plus
-//! the main one) in every interleaving loom can reach within its preemption bound.
+//! counters, interrupt re-entry through the pool's interrupt hook) and of the protocol of
+//! the x86 PV platform's lock and sequence range (the platform itself has its own models in
+//! `arch/x86-pv/tests/loom.rs`), with two threads (plus the main one) in every interleaving
+//! loom can reach within its preemption bound.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p swiotlb-core --release --test loom`
 //! (`cargo xtask ci --only loom` sets `LOOM_MAX_PREEMPTIONS` to keep it short).
@@ -491,4 +493,227 @@ fn sync_copying_outside_the_lock_holds_off_the_unmap() {
         p.pool.check_invariants().unwrap();
         assert_eq!(p.pool.stats().used, 0);
     });
+}
+
+loom::thread_local! {
+    /// The modelled CPU's interrupt flag: true while local interrupts are masked. Each loom
+    /// thread is one CPU.
+    static MASKED: core::cell::Cell<bool> = core::cell::Cell::new(false);
+    /// Interrupt points left on this CPU before [`RAISE`] is raised.
+    static COUNTDOWN: core::cell::Cell<usize> = core::cell::Cell::new(0);
+    /// The interrupt this CPU raises at its `COUNTDOWN`-th interrupt point.
+    static RAISE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        std::cell::RefCell::new(None);
+    /// An interrupt raised while interrupts were masked, delivered at the restore.
+    static PENDING: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        std::cell::RefCell::new(None);
+}
+
+/// Runs a handler as a CPU does: with interrupts masked.
+fn deliver(handler: Box<dyn FnOnce()>) {
+    MASKED.with(|m| m.set(true));
+    handler();
+    MASKED.with(|m| m.set(false));
+}
+
+/// A point where an interrupt may arrive: the pending one is raised once its countdown runs
+/// out, delivered at once if interrupts are enabled and at the restore if they are masked.
+fn interrupt_point() {
+    let now = COUNTDOWN.with(|c| {
+        let n = c.get();
+        c.set(n.saturating_sub(1));
+        n == 1
+    });
+    if !now {
+        return;
+    }
+    let Some(h) = RAISE.with(|r| r.borrow_mut().take()) else {
+        return;
+    };
+    if MASKED.with(core::cell::Cell::get) {
+        PENDING.with(|p| *p.borrow_mut() = Some(h));
+    } else {
+        deliver(h);
+    }
+}
+
+/// The kernel's `local_irq_save` in the model. An interrupt may arrive just before the mask
+/// takes effect (the CPU is about to take the lock: it is delivered at once), or just after
+/// it (the CPU is about to take, or holds, the lock: it stays pending until the restore).
+fn irq_save() -> usize {
+    interrupt_point();
+    let prev = usize::from(MASKED.with(|m| m.replace(true)));
+    interrupt_point();
+    prev
+}
+
+/// The kernel's `local_irq_restore` in the model: restoring enabled interrupts delivers a
+/// pending interrupt.
+fn irq_restore(prev: usize) {
+    MASKED.with(|m| m.set(prev != 0));
+    if prev == 0
+        && let Some(h) = PENDING.with(|p| p.borrow_mut().take())
+    {
+        deliver(h);
+    }
+}
+
+/// A [`LinearMap`] whose copies are interrupt points (they run outside the area lock, with
+/// interrupts as the caller had them) and loom scheduling points.
+struct IrqMemory(LinearMap, loom::sync::atomic::AtomicUsize);
+
+// SAFETY: every call is forwarded unchanged to the `LinearMap`.
+unsafe impl PhysMemory for IrqMemory {
+    unsafe fn copy(&self, dst: PhysAddr, src: PhysAddr, len: usize) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        interrupt_point();
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.copy(dst, src, len) }
+    }
+
+    unsafe fn fill(&self, dst: PhysAddr, byte: u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.fill(dst, byte, len) }
+    }
+}
+
+/// A one-area pool over [`IrqMemory`] with the model's interrupt hook, and 3 pages of
+/// originals after it.
+struct IrqPool {
+    base: *mut u8,
+    len: usize,
+    pool: BouncePool<IrqMemory, Vec<Slot>>,
+}
+
+// SAFETY: as for `SlowPool`: threads keep their accesses disjoint.
+unsafe impl Sync for IrqPool {}
+// SAFETY: as for `Sync`; the allocation is freed once, in `Drop`.
+unsafe impl Send for IrqPool {}
+
+impl IrqPool {
+    fn new() -> Self {
+        let len = NSLABS * 2048 + 3 * 4096;
+        let base = Box::into_raw(vec![0u8; len].into_boxed_slice()).cast::<u8>();
+        let mem = IrqMemory(
+            // SAFETY: `base..base + len` is one allocation freed only in `Drop`, after the
+            // pool.
+            unsafe { LinearMap::new(base, PhysAddr::new(0x10_0000), len) },
+            loom::sync::atomic::AtomicUsize::new(0),
+        );
+        let storage = (0..NSLABS).map(|_| Slot::new()).collect();
+        // SAFETY: the pool range is the start of the allocation and used by the pool alone.
+        let mut pool =
+            unsafe { BouncePool::new(mem, PhysAddr::new(0x10_0000), NSLABS, 1, storage) }.unwrap();
+        pool.set_irq_hook(swiotlb_core::IrqHook::new(irq_save, irq_restore));
+        Self { base, len, pool }
+    }
+
+    fn at(&self, addr: PhysAddr) -> *mut u8 {
+        let off = usize::try_from(addr.as_u64() - 0x10_0000).unwrap();
+        assert!(off < self.len);
+        // SAFETY: checked to be inside the allocation.
+        unsafe { self.base.add(off) }
+    }
+
+    fn write(&self, addr: PhysAddr, bytes: &[u8]) {
+        // SAFETY: inside the allocation (checked for the first byte; the models stay in
+        // their page); no reference covers it.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at(addr), bytes.len()) }
+    }
+
+    fn read(&self, addr: PhysAddr, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        // SAFETY: as for `write`.
+        unsafe { core::ptr::copy_nonoverlapping(self.at(addr), v.as_mut_ptr(), len) }
+        v
+    }
+
+    /// Original page `i`.
+    fn orig(&self, i: u64) -> PhysAddr {
+        PhysAddr::new(self.pool.end().as_u64() + i * 4096)
+    }
+
+    /// A bidirectional round trip of 16 bytes of `tag` at original page `i`: the bounce gets
+    /// the CPU's bytes, the "device" writes its own, a sync for the CPU and the unmap bring
+    /// them back. Asserts every byte on the way.
+    fn round_trip(&self, i: u64, tag: u8) {
+        let (orig, dir, none) = (self.orig(i), DmaDirection::Bidirectional, DmaAttrs::empty());
+        self.write(orig, &[tag; 16]);
+        // SAFETY: each caller passes an original no other CPU or handler uses.
+        let tlb = unsafe { self.pool.map(&dev(), orig, 16, 0, dir, none, 0) }.expect("map");
+        assert_eq!(self.read(tlb, 16), [tag; 16], "bounce copy-in of {tag}");
+        self.write(tlb, &[tag + 100; 16]);
+        self.pool.sync_for_cpu(&dev(), tlb, 16, dir).expect("sync");
+        assert_eq!(
+            self.read(orig, 16),
+            [tag + 100; 16],
+            "sync for the CPU of {tag}"
+        );
+        self.pool.unmap(&dev(), tlb, 16, dir, none).expect("unmap");
+        assert_eq!(self.read(orig, 16), [tag + 100; 16], "unmap of {tag}");
+    }
+}
+
+impl Drop for IrqPool {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `Box::into_raw` of a slice of `len` bytes.
+        drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(self.base, self.len)) });
+    }
+}
+
+/// Interrupt re-entry through the pool's interrupt hook. CPU 0 maps, syncs and unmaps in
+/// its one area while CPU 1 does the same; an interrupt arrives on CPU 0 at its `n`-th
+/// interrupt point (just before a lock is taken: delivered at once; once interrupts are
+/// masked for a lock: delivered at the restore after the lock is released; or in a copy,
+/// outside the lock) and its handler maps, syncs and unmaps through the same area. The
+/// hook masks interrupts for as long as an area lock is held or awaited, so the handler
+/// never spins for a lock its own CPU holds (which loom would report as a model that cannot
+/// make progress); every byte of the three round trips is its own (no torn or crossed
+/// copy), and the counters are exact.
+#[test]
+fn interrupt_time_map_with_the_hook_never_deadlocks() {
+    for n in [1, 2, 3, 6] {
+        model(move || {
+            // CPU 0, on a stack large enough for the pool and for the handler's round trip
+            // nested in its own (loom's main thread has a small one).
+            let cpu0 = thread::Builder::new()
+                .stack_size(4 << 20)
+                .spawn(move || interrupted_round_trip(n))
+                .unwrap();
+            cpu0.join().unwrap();
+        });
+    }
+}
+
+/// The body of [`interrupt_time_map_with_the_hook_never_deadlocks`] on CPU 0.
+fn interrupted_round_trip(n: usize) {
+    let p = Arc::new(IrqPool::new());
+    let other = {
+        let p = Arc::clone(&p);
+        thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || p.round_trip(1, 2))
+            .unwrap()
+    };
+    let ran = std::rc::Rc::new(core::cell::Cell::new(false));
+    {
+        let (p, ran) = (Arc::clone(&p), ran.clone());
+        COUNTDOWN.with(|c| c.set(n));
+        RAISE.with(|r| {
+            *r.borrow_mut() = Some(Box::new(move || {
+                p.round_trip(2, 3);
+                ran.set(true);
+            }));
+        });
+    }
+    p.round_trip(0, 1);
+    assert!(ran.get(), "the interrupt at point {n} was not delivered");
+    assert!(
+        !MASKED.with(core::cell::Cell::get),
+        "interrupts left masked"
+    );
+    other.join().unwrap();
+    p.pool.check_invariants().unwrap();
+    let s = p.pool.stats();
+    assert_eq!((s.used, s.maps, s.unmaps), (0, 3, 3), "{s:?}");
 }
