@@ -284,13 +284,23 @@ fn root() -> PathBuf {
         .map_or_else(|| dir.to_path_buf(), Path::to_path_buf)
 }
 
-/// Runs the command with its arguments.
+/// Usage text, for `--help` and after a usage error.
+pub const USAGE: &str = "usage: cargo xtask fuzz [--smoke | --seconds N] [--cmin] [TARGET...]
+  TARGET: pool_model, foreign_table, engine_sim (default: all)
+  --smoke: 15 s a target, as the CI step; --cmin: minimize the committed corpus";
+
+/// Runs the command with its arguments: `--help` prints the usage; a usage error exits 2.
 pub fn run(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let options = match parse(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("xtask fuzz: {e}");
-            return ExitCode::FAILURE;
+            // A usage error, as for every tool of the project.
+            eprintln!("xtask fuzz: {e}\n{USAGE}");
+            return ExitCode::from(2);
         }
     };
     if options.cmin {
@@ -348,6 +358,14 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn help_answers_and_usage_errors_exit_2() {
+        let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        assert_eq!(run(&s(&["-h"])), ExitCode::SUCCESS);
+        assert_eq!(run(&s(&["--bogus"])), ExitCode::from(2));
+        assert_eq!(run(&s(&["--seconds", "0"])), ExitCode::from(2));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn example_args(args: &[String]) -> Result<Vec<String>, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    let (unit, n) = minutes.ok_or("usage: cargo xtask soak --minutes N [--threads T]")?;
+    let (unit, n) = minutes.ok_or("--minutes or --seconds is required")?;
     out.extend([unit.to_owned(), n.to_string()]);
     Ok(out)
 }
@@ -84,13 +84,21 @@ pub fn ci(root: &Path) -> Result<(), String> {
     }
 }
 
-/// Runs the command with its arguments.
+/// Usage text, for `--help` and after a usage error.
+pub const USAGE: &str = "usage: cargo xtask soak (--minutes N | --seconds N) [--threads T]";
+
+/// Runs the command with its arguments: `--help` prints the usage; a usage error exits 2.
 pub fn run(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let example = match example_args(args) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("xtask soak: {e}");
-            return ExitCode::FAILURE;
+            // A usage error, as for every tool of the project.
+            eprintln!("xtask soak: {e}\n{USAGE}");
+            return ExitCode::from(2);
         }
     };
     match command(&example).status() {
@@ -112,6 +120,13 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn help_answers_and_usage_errors_exit_2() {
+        assert_eq!(run(&s(&["--help"])), ExitCode::SUCCESS);
+        assert_eq!(run(&s(&[])), ExitCode::from(2));
+        assert_eq!(run(&s(&["--minutes", "0"])), ExitCode::from(2));
     }
 
     #[test]
