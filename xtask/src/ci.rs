@@ -172,8 +172,16 @@ fn steps() -> Vec<Step> {
         },
         Step {
             name: "test",
-            about: "unit, integration and doc tests of the whole workspace on the host",
-            action: cargo(args(&["test", "--workspace"])),
+            about: "unit and integration tests of the whole workspace on the host (the doc \
+                    tests run in `docs`)",
+            action: cargo(args(&[
+                "test",
+                "--workspace",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--examples",
+            ])),
         },
         Step {
             name: "demo",
