@@ -540,9 +540,10 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     /// Unmaps the `n` pages from `pfn0` without a flush (the remap flushes), in batches: an
     /// `mmu_update` list of up to [`MMU_BATCH`] entries for the pages whose PTE the kernel
     /// locates ([`Hypercall::pte_machine_addr`]), a multicall of up to [`MC_BATCH`]
-    /// `update_va_mapping` entries for the others. On a failure, maps every page of the
-    /// batches issued so far back to its P2M frame (the P2M is not changed by the zap) and
-    /// reports the failure.
+    /// `update_va_mapping` entries for the others. On a failure, maps every page that may
+    /// have been unmapped back to its P2M frame (the P2M is not changed by the zap): those of
+    /// the batches issued so far, but for the pages of an `mmu_update` list from the failed
+    /// request on, which Xen did not perform; and reports the failure.
     fn zap_or_restore(&self, pfn0: u64, n: u64) -> Result<(), X86PvError> {
         let mut start = 0;
         while start < n {
@@ -557,20 +558,23 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
                     .iter()
                     .zip(start..)
                     .find_map(|(e, i)| (e.result != 0).then(|| (i, entry_errno(e.result, rc))));
-                (end, failed)
+                // Entries run independently: any page of the batch may be unmapped.
+                (end, failed.map(|(i, errno)| (i, errno, end)))
             } else {
-                // CAST: at most MMU_BATCH entries.
-                let end = start + addrs.len() as u64;
                 let first = self.mmu_update(&addrs);
+                // CAST: k < MMU_BATCH.
                 let failed = self
                     .mmu_update_rest(&addrs, 0, first)
                     .err()
-                    // CAST: k < MMU_BATCH.
                     .map(|(k, errno)| (start + k as u64, errno));
-                (end, failed)
+                // Xen stops the list at the failed request: the pages from it on are still
+                // mapped.
+                // CAST: at most MMU_BATCH entries.
+                let end = start + addrs.len() as u64;
+                (end, failed.map(|(i, errno)| (i, errno, i)))
             };
-            if let Some((i, errno)) = failed {
-                let report = self.remap(pfn0, end, |j| Some(self.p2m_load(pfn0 + j)));
+            if let Some((i, errno, unmapped)) = failed {
+                let report = self.remap(pfn0, unmapped, |j| Some(self.p2m_load(pfn0 + j)));
                 remap_result(&report)?;
                 return Err(X86PvError::ZapFailed {
                     pfn: pfn_of(pfn0 + i),
