@@ -547,32 +547,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     fn zap_or_restore(&self, pfn0: u64, n: u64) -> Result<(), X86PvError> {
         let mut start = 0;
         while start < n {
-            let addrs = self.pte_addrs(pfn0, start, n);
-            let (end, failed) = if addrs.is_empty() {
-                let end = n.min(start + MC_BATCH as u64);
-                let mut batch: ArrayVec<MulticallEntry, MC_BATCH> = (start..end)
-                    .map(|i| uvm_entry(self.va_of(pfn0 + i), 0, 0))
-                    .collect();
-                let rc = self.multicall(&mut batch);
-                let failed = batch
-                    .iter()
-                    .zip(start..)
-                    .find_map(|(e, i)| (e.result != 0).then(|| (i, entry_errno(e.result, rc))));
-                // Entries run independently: any page of the batch may be unmapped.
-                (end, failed.map(|(i, errno)| (i, errno, end)))
-            } else {
-                let first = self.mmu_update(&addrs);
-                // CAST: k < MMU_BATCH.
-                let failed = self
-                    .mmu_update_rest(&addrs, 0, first)
-                    .err()
-                    .map(|(k, errno)| (start + k as u64, errno));
-                // Xen stops the list at the failed request: the pages from it on are still
-                // mapped.
-                // CAST: at most MMU_BATCH entries.
-                let end = start + addrs.len() as u64;
-                (end, failed.map(|(i, errno)| (i, errno, i)))
-            };
+            let (end, failed) = self.zap_batch(pfn0, start, n);
             if let Some((i, errno, unmapped)) = failed {
                 let report = self.remap(pfn0, unmapped, |j| Some(self.p2m_load(pfn0 + j)));
                 remap_result(&report)?;
@@ -586,6 +561,41 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         Ok(())
     }
 
+    /// Unmaps the pages of one batch from `start` (see
+    /// [`zap_or_restore`](Self::zap_or_restore)): its end, and on a failure the failed page,
+    /// the errno and the end of the pages that may have been unmapped. Not inlined, so that
+    /// its batch is off the stack when the caller restores.
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn zap_batch(&self, pfn0: u64, start: u64, n: u64) -> (u64, Option<(u64, i32, u64)>) {
+        let addrs = self.pte_addrs(pfn0, start, n);
+        if addrs.is_empty() {
+            let end = n.min(start + MC_BATCH as u64);
+            let mut batch: ArrayVec<MulticallEntry, MC_BATCH> = (start..end)
+                .map(|i| uvm_entry(self.va_of(pfn0 + i), 0, 0))
+                .collect();
+            let rc = self.multicall(&mut batch);
+            let failed = batch
+                .iter()
+                .zip(start..)
+                .find_map(|(e, i)| (e.result != 0).then(|| (i, entry_errno(e.result, rc))));
+            // Entries run independently: any page of the batch may be unmapped.
+            (end, failed.map(|(i, errno)| (i, errno, end)))
+        } else {
+            let first = self.mmu_update(&addrs);
+            // CAST: k < MMU_BATCH.
+            let failed = self
+                .mmu_update_rest(&addrs, 0, first)
+                .err()
+                .map(|(k, errno)| (start + k as u64, errno));
+            // Xen stops the list at the failed request: the pages from it on are still
+            // mapped.
+            // CAST: at most MMU_BATCH entries.
+            let end = start + addrs.len() as u64;
+            (end, failed.map(|(i, errno)| (i, errno, i)))
+        }
+    }
+
     /// Maps page `i` (of the `n` from `pfn0`) to frame `mfn_of(i)` and sets its P2M entry;
     /// `None` leaves the page unmapped with an INVALID P2M entry. In batches as the zap
     /// ([`zap_or_restore`](Self::zap_or_restore)); the TLB of every CPU is flushed once, by
@@ -597,12 +607,13 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     /// pages, with the frame it should have had. When the flush fails (even retried), the
     /// TLB is flushed with `MMUEXT_TLB_FLUSH_ALL`, so that no CPU keeps a translation of a
     /// frame the region gave up.
+    #[inline(never)]
     fn remap<F: FnMut(u64) -> Option<u64>>(&self, pfn0: u64, n: u64, mut mfn_of: F) -> RemapReport {
         let mut report = RemapReport::default();
         let mut flushed = n == 0;
         let mut start = 0;
         while start < n {
-            let addrs = self.pte_addrs(pfn0, start, n);
+            let mut addrs = self.pte_addrs(pfn0, start, n);
             let end = if addrs.is_empty() {
                 n.min(start + MC_BATCH as u64)
             } else {
@@ -644,11 +655,10 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             if addrs.is_empty() {
                 flushed |= self.remap_by_va(pfn0, start, end, n, pte_of, &mut settle);
             } else {
-                let mut reqs = addrs;
-                for (k, r) in reqs.iter_mut().enumerate() {
+                for (k, r) in addrs.iter_mut().enumerate() {
                     r.val = pte_of(k);
                 }
-                flushed |= self.remap_by_pte(&reqs, end == n, &mut settle);
+                flushed |= self.remap_by_pte(&addrs, end == n, &mut settle);
             }
             start = end;
         }
@@ -663,6 +673,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     /// of `update_va_mapping` entries, the last page of the region flushing every TLB, and
     /// retries each failed entry alone. Settles each page with its errno (0: mapped), in
     /// order; returns whether the flush happened.
+    #[inline(never)]
     fn remap_by_va(
         &self,
         pfn0: u64,
@@ -712,6 +723,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     /// `MMUEXT_TLB_FLUSH_ALL` when `flush`. Xen stops a list at the first request that
     /// fails: that one is retried alone and the rest of the list is resubmitted. Settles each
     /// request with its errno (0: written), in order; returns whether the flush happened.
+    #[inline(never)]
     fn remap_by_pte(
         &self,
         reqs: &[MmuUpdate],
