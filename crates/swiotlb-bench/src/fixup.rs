@@ -128,11 +128,11 @@ pub unsafe fn linux_fixup(
     if bytes == 0 || !bytes.is_multiple_of(SEGMENT_BYTES) {
         return Err(FixupError::Size { bytes });
     }
-    // SAFETY: the simulator's P2M, M2P, linear map and memory of dom0, and dom0's
-    // hypercalls; only the caller's region is changed.
     // Linux changes each mapping by virtual address (multicalls of `update_va_mapping`):
     // the domain does not tell the platform where its PTEs are.
     let dom0 = xen.dom0().without_pte_addresses();
+    // SAFETY: the simulator's P2M, M2P, linear map and memory of dom0, and dom0's
+    // hypercalls; only the caller's region is changed.
     let pv = unsafe { X86PvPlatform::new(g.p2m(), g.m2p(), g.linear_base(), dom0, g.memory()) };
     xen.reset_counters();
     let mut dma_bits = SEGMENT_ORDER + 12;

@@ -408,7 +408,7 @@ fn linux_fixup(env: &Env, region: PhysAddr) -> Outcome {
         let first = pfn0 + k * 64;
         let b0 = env.p2m_raw(first);
         ensure!(
-            b0 % 64 == 0 && (0..64).all(|i| env.p2m_raw(first + i) == b0 + i),
+            b0.is_multiple_of(64) && (0..64).all(|i| env.p2m_raw(first + i) == b0 + i),
             "segment {k} not contiguous"
         );
     }
