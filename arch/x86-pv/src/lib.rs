@@ -89,6 +89,6 @@ pub use error::X86PvError;
 #[cfg(target_arch = "x86_64")]
 pub use native::NativeHypercall;
 pub use platform::{
-    DEFAULT_PTE_FLAGS, MC_BATCH, PTE_ACCESSED, PTE_DIRTY, PTE_MFN_MASK, PTE_NX, PTE_PRESENT,
-    PTE_RW, X86PvPlatform, XEN_MAX_ORDER,
+    DEFAULT_PTE_FLAGS, MC_BATCH, MMU_BATCH, PTE_ACCESSED, PTE_DIRTY, PTE_MFN_MASK, PTE_NX,
+    PTE_PRESENT, PTE_RW, X86PvPlatform, XEN_MAX_ORDER,
 };

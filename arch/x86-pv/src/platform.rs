@@ -8,10 +8,10 @@ use swiotlb_core::{
     Bfn, BusAddr, Pfn, PhysAddr, PhysMemory, Platform, PlatformError, XEN_PAGE_SHIFT, XEN_PAGE_SIZE,
 };
 use xen_abi::{
-    DOMID_SELF, GuestHandle, HYPERVISOR_MEMORY_OP, HYPERVISOR_MMUEXT_OP, HYPERVISOR_MULTICALL,
-    HYPERVISOR_UPDATE_VA_MAPPING, Hypercall, MMUEXT_TLB_FLUSH_ALL, MmuextOp, MulticallEntry,
-    UVMF_ALL, UVMF_INVLPG, UVMF_TLB_FLUSH, XENMEM_EXCHANGE, XenMemoryExchange,
-    XenMemoryReservation,
+    DOMID_SELF, GuestHandle, HYPERVISOR_MEMORY_OP, HYPERVISOR_MMU_UPDATE, HYPERVISOR_MMUEXT_OP,
+    HYPERVISOR_MULTICALL, HYPERVISOR_UPDATE_VA_MAPPING, Hypercall, MMUEXT_TLB_FLUSH_ALL, MmuUpdate,
+    MmuextOp, MulticallEntry, UVMF_ALL, UVMF_INVLPG, UVMF_TLB_FLUSH, XENMEM_EXCHANGE,
+    XenMemoryExchange, XenMemoryReservation,
 };
 
 use crate::error::X86PvError;
@@ -23,6 +23,11 @@ use swiotlb_core::lock::{IrqHook, SeqRange, SpinLock};
 /// Entries per multicall batch (Linux's `MC_BATCH`). The batch lives on the stack:
 /// `32 * 64` bytes.
 pub const MC_BATCH: usize = 32;
+
+/// Requests per `mmu_update` list (one PTE each). The list lives on the stack with the
+/// pages' target frames: `128 * (16 + 8)` bytes (the deepest frame of a zap or remap is
+/// about 6 to 9 KiB in a release build, the multicall path's included).
+pub const MMU_BATCH: usize = 128;
 
 /// Xen's `MAX_ORDER` on x86: the largest extent order `XENMEM_exchange` can accept at all.
 /// Whether a domain may use orders above 9 is Xen's decision (I/O capabilities).
@@ -56,6 +61,9 @@ const EIO: i32 = 5;
 const ENOMEM: i32 = swiotlb_core::hooks::ENOMEM;
 /// `EINVAL`, reported for a multicall entry that failed without an error code.
 const EINVAL: i32 = 22;
+/// `ERESTART`: Xen's internal "preempted" code. Xen turns it into a continuation and a guest
+/// never sees it; a call that returns it anyway is resubmitted from its `done` count.
+const ERESTART: i32 = 85;
 
 /// The x86 PV platform: translation through the kernel's P2M and Xen's M2P, and
 /// machine-contiguous regions through `XENMEM_exchange`.
@@ -530,23 +538,19 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         })
     }
 
-    /// Unmaps the `n` pages from `pfn0` in multicall batches, without a flush (the remap's
-    /// last entry flushes). On a failure, maps every page of the batches issued so far back
-    /// to its P2M frame (the P2M is not changed by the zap) and reports the failure.
+    /// Unmaps the `n` pages from `pfn0` without a flush (the remap flushes), in batches: an
+    /// `mmu_update` list of up to [`MMU_BATCH`] entries for the pages whose PTE the kernel
+    /// locates ([`Hypercall::pte_machine_addr`]), a multicall of up to [`MC_BATCH`]
+    /// `update_va_mapping` entries for the others. On a failure, maps every page that may
+    /// have been unmapped back to its P2M frame (the P2M is not changed by the zap): those of
+    /// the batches issued so far, but for the pages of an `mmu_update` list from the failed
+    /// request on, which Xen did not perform; and reports the failure.
     fn zap_or_restore(&self, pfn0: u64, n: u64) -> Result<(), X86PvError> {
         let mut start = 0;
         while start < n {
-            let end = n.min(start + MC_BATCH as u64);
-            let mut batch: ArrayVec<MulticallEntry, MC_BATCH> = (start..end)
-                .map(|i| uvm_entry(self.va_of(pfn0 + i), 0, 0))
-                .collect();
-            let rc = self.multicall(&mut batch);
-            let failed = batch
-                .iter()
-                .zip(start..)
-                .find_map(|(e, i)| (e.result != 0).then(|| (i, entry_errno(e.result, rc))));
-            if let Some((i, errno)) = failed {
-                let report = self.remap(pfn0, end, |j| Some(self.p2m_load(pfn0 + j)));
+            let (end, failed) = self.zap_batch(pfn0, start, n);
+            if let Some((i, errno, unmapped)) = failed {
+                let report = self.remap(pfn0, unmapped, |j| Some(self.p2m_load(pfn0 + j)));
                 remap_result(&report)?;
                 return Err(X86PvError::ZapFailed {
                     pfn: pfn_of(pfn0 + i),
@@ -558,63 +562,88 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         Ok(())
     }
 
+    /// Unmaps the pages of one batch from `start` (see
+    /// [`zap_or_restore`](Self::zap_or_restore)): its end, and on a failure the failed page,
+    /// the errno and the end of the pages that may have been unmapped. Not inlined, so that
+    /// its batch is off the stack when the caller restores.
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn zap_batch(&self, pfn0: u64, start: u64, n: u64) -> (u64, Option<(u64, i32, u64)>) {
+        let addrs = self.pte_addrs(pfn0, start, n);
+        if addrs.is_empty() {
+            let end = n.min(start + MC_BATCH as u64);
+            let mut batch: ArrayVec<MulticallEntry, MC_BATCH> = (start..end)
+                .map(|i| uvm_entry(self.va_of(pfn0 + i), 0, 0))
+                .collect();
+            let rc = self.multicall(&mut batch);
+            let failed = batch
+                .iter()
+                .zip(start..)
+                .find_map(|(e, i)| (e.result != 0).then(|| (i, entry_errno(e.result, rc))));
+            // Entries run independently: any page of the batch may be unmapped.
+            (end, failed.map(|(i, errno)| (i, errno, end)))
+        } else {
+            let first = self.mmu_update(&addrs);
+            // CAST: k < MMU_BATCH.
+            let failed = self
+                .mmu_update_rest(&addrs, 0, first)
+                .err()
+                .map(|(k, errno)| (start + k as u64, errno));
+            // Xen stops the list at the failed request: the pages from it on are still
+            // mapped.
+            // CAST: at most MMU_BATCH entries.
+            let end = start + addrs.len() as u64;
+            (end, failed.map(|(i, errno)| (i, errno, i)))
+        }
+    }
+
     /// Maps page `i` (of the `n` from `pfn0`) to frame `mfn_of(i)` and sets its P2M entry;
-    /// `None` leaves the page unmapped with an INVALID P2M entry. Batched multicalls; the
-    /// last entry flushes the TLB on all CPUs. An entry that fails is retried alone once;
-    /// if that fails too the page is left unmapped with an INVALID P2M entry. Every page
-    /// left unmapped is recorded in the report's stranded pages, with the frame it should
-    /// have had. When the last entry (the flush) fails even retried, the TLB is flushed
-    /// with `MMUEXT_TLB_FLUSH_ALL`, so that no CPU keeps a translation of a frame the
-    /// region gave up.
+    /// `None` leaves the page unmapped with an INVALID P2M entry. In batches as the zap
+    /// ([`zap_or_restore`](Self::zap_or_restore)); the TLB of every CPU is flushed once, by
+    /// the last batch: its last multicall entry (`UVMF_TLB_FLUSH | UVMF_ALL`), or an
+    /// `MMUEXT_TLB_FLUSH_ALL` in the same multicall as its `mmu_update` list. An entry that
+    /// fails is retried alone once (the rest of an `mmu_update` list, which Xen stops at
+    /// the failure, is resubmitted); if that fails too the page is left unmapped with an
+    /// INVALID P2M entry. Every page left unmapped is recorded in the report's stranded
+    /// pages, with the frame it should have had. When the flush fails (even retried), the
+    /// TLB is flushed with `MMUEXT_TLB_FLUSH_ALL`, so that no CPU keeps a translation of a
+    /// frame the region gave up.
+    #[inline(never)]
     fn remap<F: FnMut(u64) -> Option<u64>>(&self, pfn0: u64, n: u64, mut mfn_of: F) -> RemapReport {
         let mut report = RemapReport::default();
         let mut flushed = n == 0;
-        let last_flags = if n == 1 {
-            UVMF_INVLPG | UVMF_ALL
-        } else {
-            UVMF_TLB_FLUSH | UVMF_ALL
-        };
         let mut start = 0;
         while start < n {
-            let end = n.min(start + MC_BATCH as u64);
-            let mut targets: ArrayVec<Option<u64>, MC_BATCH> = ArrayVec::new();
-            let mut batch: ArrayVec<MulticallEntry, MC_BATCH> = ArrayVec::new();
+            let mut addrs = self.pte_addrs(pfn0, start, n);
+            let end = if addrs.is_empty() {
+                n.min(start + MC_BATCH as u64)
+            } else {
+                // CAST: at most MMU_BATCH entries.
+                start + addrs.len() as u64
+            };
+            // INVALID_P2M_ENTRY for a page without a frame (no frame number is all ones).
+            let mut targets: ArrayVec<u64, MMU_BATCH> = ArrayVec::new();
             for i in start..end {
-                targets.push(mfn_of(i));
+                targets.push(mfn_of(i).unwrap_or(INVALID_P2M_ENTRY));
             }
-            for (k, i) in (start..end).enumerate() {
-                let flags = if i + 1 == n { last_flags } else { 0 };
-                // The mutant of `cargo xtask xen-qemu mutants`: page i is mapped to the frame
-                // of page i^1 while its P2M entry stays right, so the CPU and a device see
-                // different memory.
+            let target = |k: usize| Some(targets[k]).filter(|&m| m != INVALID_P2M_ENTRY);
+            // The mutant of `cargo xtask xen-qemu mutants`: page i is mapped to the frame of
+            // page i^1 while its P2M entry stays right, so the CPU and a device see different
+            // memory.
+            let pte_of = |k: usize| {
                 #[cfg(swiotlb_mutant = "crosswise_remap")]
                 let k = if k ^ 1 < targets.len() { k ^ 1 } else { k };
-                batch.push(uvm_entry(self.va_of(pfn0 + i), self.pte(targets[k]), flags));
-            }
-            let rc = self.multicall(&mut batch);
-            for ((e, target), i) in batch.iter().zip(&targets).zip(start..) {
-                let pfn = pfn0 + i;
-                let is_last = i + 1 == n;
-                let mut ok = e.result == 0;
-                let mut errno = entry_errno(e.result, rc);
-                if !ok {
-                    let flags = if is_last {
-                        last_flags
-                    } else {
-                        UVMF_INVLPG | UVMF_ALL
-                    };
-                    let rc = self.update_va_mapping(self.va_of(pfn), self.pte(*target), flags);
-                    ok = rc == 0;
-                    errno = errno_of(rc);
-                }
-                if is_last {
-                    flushed = ok;
-                }
-                if !ok {
+                self.pte(target(k))
+            };
+            // Page `start + k` mapped (errno 0) or not: its P2M entry and the report.
+            let mut settle = |k: usize, errno: i32| {
+                // CAST: k < MMU_BATCH.
+                let pfn = pfn0 + start + k as u64;
+                if errno != 0 {
                     report.first_errno.get_or_insert(errno);
                 }
-                let entry = match (*target, ok) {
-                    (Some(m), true) => m,
+                let entry = match (target(k), errno) {
+                    (Some(m), 0) => m,
                     (target, _) => {
                         report
                             .stranded
@@ -623,6 +652,14 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
                     }
                 };
                 self.p2m[idx(pfn)].store(entry, Ordering::Release);
+            };
+            if addrs.is_empty() {
+                flushed |= self.remap_by_va(pfn0, start, end, n, pte_of, &mut settle);
+            } else {
+                for (k, r) in addrs.iter_mut().enumerate() {
+                    r.val = pte_of(k);
+                }
+                flushed |= self.remap_by_pte(&addrs, end == n, &mut settle);
             }
             start = end;
         }
@@ -631,6 +668,193 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         }
         report.stranded.set_flushed(flushed);
         report
+    }
+
+    /// Remaps pages `start..end` (of the `n` from `pfn0`) to `pte_of(k)` with one multicall
+    /// of `update_va_mapping` entries, the last page of the region flushing every TLB, and
+    /// retries each failed entry alone. Settles each page with its errno (0: mapped), in
+    /// order; returns whether the flush happened.
+    #[inline(never)]
+    fn remap_by_va(
+        &self,
+        pfn0: u64,
+        start: u64,
+        end: u64,
+        n: u64,
+        pte_of: impl Fn(usize) -> u64,
+        settle: &mut impl FnMut(usize, i32),
+    ) -> bool {
+        let last_flags = if n == 1 {
+            UVMF_INVLPG | UVMF_ALL
+        } else {
+            UVMF_TLB_FLUSH | UVMF_ALL
+        };
+        let mut flushed = false;
+        let batch_of = |(k, i): (usize, u64)| {
+            let flags = if i + 1 == n { last_flags } else { 0 };
+            uvm_entry(self.va_of(pfn0 + i), pte_of(k), flags)
+        };
+        let mut batch: ArrayVec<MulticallEntry, MC_BATCH> =
+            (start..end).enumerate().map(batch_of).collect();
+        let rc = self.multicall(&mut batch);
+        for ((k, e), i) in batch.iter().enumerate().zip(start..) {
+            let mut errno = if e.result == 0 {
+                0
+            } else {
+                entry_errno(e.result, rc)
+            };
+            if errno != 0 {
+                let flags = if i + 1 == n {
+                    last_flags
+                } else {
+                    UVMF_INVLPG | UVMF_ALL
+                };
+                let rc = self.update_va_mapping(self.va_of(pfn0 + i), pte_of(k), flags);
+                errno = if rc == 0 { 0 } else { entry_errno(rc, rc) };
+            }
+            if i + 1 == n {
+                flushed = errno == 0;
+            }
+            settle(k, errno);
+        }
+        flushed
+    }
+
+    /// Writes the PTEs of `reqs` with `mmu_update`, in one multicall with an
+    /// `MMUEXT_TLB_FLUSH_ALL` when `flush`. Xen stops a list at the first request that
+    /// fails: that one is retried alone and the rest of the list is resubmitted. Settles each
+    /// request with its errno (0: written), in order; returns whether the flush happened.
+    #[inline(never)]
+    fn remap_by_pte(
+        &self,
+        reqs: &[MmuUpdate],
+        flush: bool,
+        settle: &mut impl FnMut(usize, i32),
+    ) -> bool {
+        let (mut outcome, flushed) = if flush {
+            self.mmu_update_and_flush(reqs)
+        } else {
+            (self.mmu_update(reqs), false)
+        };
+        let mut off = 0;
+        while off < reqs.len() {
+            match self.mmu_update_rest(reqs, off, outcome) {
+                Ok(()) => {
+                    (off..reqs.len()).for_each(|k| settle(k, 0));
+                    break;
+                }
+                Err((k, _)) => {
+                    (off..k).for_each(|k| settle(k, 0));
+                    let (done, rc) = self.mmu_update(&reqs[k..=k]);
+                    let errno = match (done, errno_of(rc)) {
+                        (1, _) => 0,
+                        (_, 0) => EIO,
+                        (_, e) => e,
+                    };
+                    settle(k, errno);
+                    off = k + 1;
+                    if off < reqs.len() {
+                        outcome = self.mmu_update(&reqs[off..]);
+                    }
+                }
+            }
+        }
+        flushed
+    }
+
+    /// The `mmu_update` requests that clear the PTEs of pages `start..` of the `n` from
+    /// `pfn0`, as far as the kernel locates them without a gap, at most [`MMU_BATCH`]; empty
+    /// when it does not locate the first one.
+    fn pte_addrs(&self, pfn0: u64, start: u64, n: u64) -> ArrayVec<MmuUpdate, MMU_BATCH> {
+        let mut reqs = ArrayVec::new();
+        for i in start..n.min(start + MMU_BATCH as u64) {
+            match self
+                .hyp
+                .pte_machine_addr(self.va_of(pfn0 + i))
+                .and_then(|a| MmuUpdate::normal(a, 0))
+            {
+                Some(r) => reqs.push(r),
+                None => break,
+            }
+        }
+        reqs
+    }
+
+    /// Carries on with `reqs[off..]` after a submission that had `outcome` (`(done, rc)`):
+    /// resubmits what is left while Xen reports progress without an error (a preempted call
+    /// that returned `-ERESTART` or a short count, rather than continuing itself), up to the
+    /// end or the request that failed, `Err((index, errno))`.
+    fn mmu_update_rest(
+        &self,
+        reqs: &[MmuUpdate],
+        mut off: usize,
+        mut outcome: (usize, i64),
+    ) -> Result<(), (usize, i32)> {
+        loop {
+            let (done, rc) = outcome;
+            let done = done.min(reqs.len() - off);
+            off += done;
+            if off == reqs.len() {
+                return Ok(());
+            }
+            let preempted = rc >= 0 || rc == -i64::from(ERESTART);
+            if !preempted || done == 0 {
+                // An error, or no progress: the request at `off` failed.
+                let errno = match errno_of(rc) {
+                    0 | ERESTART => EIO,
+                    e => e,
+                };
+                return Err((off, errno));
+            }
+            outcome = self.mmu_update(&reqs[off..]);
+        }
+    }
+
+    /// One `mmu_update` of `reqs`: the count Xen reports done and its result.
+    fn mmu_update(&self, reqs: &[MmuUpdate]) -> (usize, i64) {
+        let mut done = 0u32;
+        // CAST: at most MMU_BATCH entries.
+        let nr = reqs.len() as u64;
+        // SAFETY: the list and the count are valid for the call; each request writes a PTE of
+        // a page of a region the caller owns exclusively (the kernel located it), to a frame
+        // of the domain or to nothing.
+        let rc = unsafe {
+            self.hyp.hypercall(
+                HYPERVISOR_MMU_UPDATE,
+                [
+                    addr_of(reqs.as_ptr().cast_mut()),
+                    nr,
+                    addr_of(&raw mut done),
+                    u64::from(DOMID_SELF),
+                    0,
+                ],
+            )
+        };
+        // CAST: u32 fits usize.
+        (done as usize, rc)
+    }
+
+    /// `mmu_update(reqs)` and `MMUEXT_TLB_FLUSH_ALL` in one multicall: the list's outcome
+    /// (as [`mmu_update`](Self::mmu_update)) and whether the flush succeeded.
+    fn mmu_update_and_flush(&self, reqs: &[MmuUpdate]) -> ((usize, i64), bool) {
+        let mut done = 0u32;
+        let op = MmuextOp::new(MMUEXT_TLB_FLUSH_ALL, 0, 0);
+        let mut batch = [
+            MulticallEntry::mmu_update(reqs, &raw mut done, DOMID_SELF),
+            MulticallEntry::mmuext_op(
+                core::slice::from_ref(&op),
+                core::ptr::null_mut(),
+                DOMID_SELF,
+            ),
+        ];
+        let rc = self.multicall(&mut batch);
+        let result = |e: &MulticallEntry| match e.result {
+            NOT_RUN if rc < 0 => rc,
+            NOT_RUN => -i64::from(EINVAL),
+            r => r,
+        };
+        // CAST: u32 fits usize.
+        ((done as usize, result(&batch[0])), result(&batch[1]) == 0)
     }
 
     /// Flushes the TLB of every CPU (`MMUEXT_TLB_FLUSH_ALL`), for a remap whose flushing
@@ -754,7 +978,8 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         // CAST: at most MC_BATCH entries.
         let nr = batch.len() as u64;
         // SAFETY: the entries are valid for the call; each is an update_va_mapping of a page
-        // of a region the caller owns exclusively, with no pointer arguments.
+        // of a region the caller owns exclusively, or an mmu_update of such pages' PTEs with a
+        // TLB flush, whose lists the caller keeps alive for the call.
         unsafe {
             self.hyp.hypercall(
                 HYPERVISOR_MULTICALL,

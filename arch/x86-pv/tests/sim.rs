@@ -21,9 +21,39 @@ fn machine() -> (Xen, PvGuest) {
 }
 
 fn platform<'a>(xen: &Xen, g: &'a PvGuest) -> Pv<'a> {
+    platform_by(xen, g, Path::Pte)
+}
+
+/// How the platform changes the region's mappings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// The kernel locates its PTEs: `mmu_update` lists.
+    Pte,
+    /// It does not: multicalls of `update_va_mapping`, Linux's way.
+    Va,
+}
+
+const PATHS: [Path; 2] = [Path::Pte, Path::Va];
+
+fn platform_by<'a>(xen: &Xen, g: &'a PvGuest, path: Path) -> Pv<'a> {
+    let dom0 = match path {
+        Path::Pte => xen.dom0(),
+        Path::Va => xen.dom0().without_pte_addresses(),
+    };
     // SAFETY: the simulator's P2M, M2P, linear map and memory of dom0, and dom0's
     // hypercalls; the tests change only regions they allocated.
-    unsafe { X86PvPlatform::new(g.p2m(), g.m2p(), g.linear_base(), xen.dom0(), g.memory()) }
+    unsafe { X86PvPlatform::new(g.p2m(), g.m2p(), g.linear_base(), dom0, g.memory()) }
+}
+
+/// The traps of one unmapping or remapping of `n` pages, by path: `mmu_update` lists of
+/// `MMU_BATCH` (the remap's last one in a multicall with the flush), or multicalls of
+/// `MC_BATCH`.
+fn batches(path: Path, n: u64) -> u64 {
+    let per = match path {
+        Path::Pte => swiotlb_xen_x86_pv::MMU_BATCH,
+        Path::Va => swiotlb_xen_x86_pv::MC_BATCH,
+    };
+    n.div_ceil(per as u64)
 }
 
 fn pfn0(phys: PhysAddr) -> u64 {
@@ -231,8 +261,14 @@ fn exchanges_at_every_limit_from_18_to_32_bits_succeed_or_fail_cleanly() {
 
 #[test]
 fn rising_limits_unmap_and_remap_once_and_pay_one_exchange_per_refused_limit() {
+    for path in PATHS {
+        rising_limits_by(path);
+    }
+}
+
+fn rising_limits_by(path: Path) {
     let (xen, g) = machine();
-    let pv = platform(&xen, &g);
+    let pv = platform_by(&xen, &g, path);
     // Memory starts at 16 MiB (2^24): limits 18..=24 are refused, 25 fits an order-6 extent.
     let lowest_ram = xen.config().low_base;
     let fits = (18..=32u32).find(|&b| (1u64 << b) > lowest_ram).unwrap();
@@ -248,12 +284,21 @@ fn rising_limits_unmap_and_remap_once_and_pay_one_exchange_per_refused_limit() {
     assert_contiguous(&pv, &g, buf, order, bus.as_u64(), bits);
     assert!(is_zero(&g, buf, (n * PAGE) as usize));
     let c = xen.counters();
-    let batches = n.div_ceil(swiotlb_xen_x86_pv::MC_BATCH as u64);
-    assert_eq!(c.count(SimOp::MemoryExchange), u64::from(fits - 18) + 1);
+    let exchanges = u64::from(fits - 18) + 1;
+    assert_eq!(c.count(SimOp::MemoryExchange), exchanges);
     assert_eq!(
-        c.count(SimOp::Multicall),
-        2 * batches,
-        "one unmapping, one remapping"
+        c.traps(),
+        2 * batches(path, n) + exchanges,
+        "{path:?}: one unmapping, one remapping"
+    );
+    let (ptes, uvms) = match path {
+        Path::Pte => (2 * n, 0),
+        Path::Va => (0, 2 * n),
+    };
+    assert_eq!(
+        (c.count(SimOp::MmuUpdate), c.count(SimOp::UpdateVaMapping)),
+        (ptes, uvms),
+        "{path:?}"
     );
     // The trait method takes the same path.
     let buf2 = g.alloc_aligned(n, n);
@@ -276,7 +321,10 @@ fn rising_limits_unmap_and_remap_once_and_pay_one_exchange_per_refused_limit() {
         xen.counters().count(SimOp::MemoryExchange),
         u64::from(fits - 18)
     );
-    assert_eq!(xen.counters().count(SimOp::Multicall), 2 * batches);
+    assert_eq!(
+        xen.counters().traps(),
+        2 * batches(path, n) + u64::from(fits - 18)
+    );
     check(&xen, &g);
     // An empty or impossible range is refused before any hypercall.
     xen.reset_counters();
@@ -396,14 +444,21 @@ struct Counts {
     multicalls: u64,
     uvms: u64,
     exchanges: u64,
+    /// `mmu_update` requests.
+    ptes: u64,
+    /// `mmu_update` calls: traps that are neither multicalls nor exchanges.
+    mmu_calls: u64,
 }
 
 fn counts(xen: &Xen) -> Counts {
     let c = xen.counters();
+    let (multicalls, exchanges) = (c.count(SimOp::Multicall), c.count(SimOp::MemoryExchange));
     Counts {
-        multicalls: c.count(SimOp::Multicall),
+        multicalls,
         uvms: c.count(SimOp::UpdateVaMapping),
-        exchanges: c.count(SimOp::MemoryExchange),
+        exchanges,
+        ptes: c.count(SimOp::MmuUpdate),
+        mmu_calls: c.traps() - multicalls - exchanges,
     }
 }
 
@@ -433,6 +488,28 @@ fn faults(c: Counts) -> Vec<Fault> {
             });
         }
     }
+    // A request in the middle of an mmu_update list (the zap's or the remap's) fails.
+    for errno in [22, 14] {
+        for nth in 1..=c.ptes {
+            v.push(Fault::FailNth {
+                op: SimOp::MmuUpdate,
+                nth,
+                errno,
+            });
+        }
+    }
+    // Xen preempts a list part-way: its continuation, or a -ERESTART the guest resubmits.
+    for nth in 1..=c.mmu_calls + c.multicalls {
+        for after in [0, 1, N / 2, N - 1] {
+            for restart in [false, true] {
+                v.push(Fault::MmuUpdatePreempted {
+                    nth,
+                    after,
+                    restart,
+                });
+            }
+        }
+    }
     for nth_multicall in 1..=c.multicalls {
         for entry in [0, 1, 31] {
             v.push(Fault::MulticallEntry {
@@ -456,8 +533,34 @@ const N: u64 = 1 << ORDER;
 
 #[test]
 fn a_fault_at_any_hypercall_of_create_leaves_the_guest_consistent() {
+    for path in PATHS {
+        a_fault_at_any_hypercall_of_create_by(path);
+    }
+}
+
+/// The clean counts of an order-6 create or destroy: one zap, one exchange, one remap.
+fn assert_clean(path: Path, clean: Counts) {
+    let expected = match path {
+        // An mmu_update list for the zap, a multicall of the remap's list and the flush.
+        Path::Pte => (1, 0, 1, 2 * N, 1),
+        Path::Va => (4, 2 * N, 1, 0, 0),
+    };
+    assert_eq!(
+        (
+            clean.multicalls,
+            clean.uvms,
+            clean.exchanges,
+            clean.ptes,
+            clean.mmu_calls
+        ),
+        expected,
+        "{path:?}: {clean:?}"
+    );
+}
+
+fn a_fault_at_any_hypercall_of_create_by(path: Path) {
     let (xen, g) = machine();
-    let pv = platform(&xen, &g);
+    let pv = platform_by(&xen, &g, path);
     let buf = g.alloc_aligned(N, N);
     let guard = g.alloc_pages(1);
     g.fill_pattern(guard, PAGE as usize, 7);
@@ -466,11 +569,7 @@ fn a_fault_at_any_hypercall_of_create_leaves_the_guest_consistent() {
     // SAFETY: the test owns `buf` exclusively.
     unsafe { pv.create_contiguous(buf, ORDER, 32) }.unwrap();
     let clean = counts(&xen);
-    assert_eq!(
-        (clean.multicalls, clean.uvms, clean.exchanges),
-        (4, 2 * N, 1),
-        "{clean:?}"
-    );
+    assert_clean(path, clean);
     // SAFETY: as above.
     unsafe { pv.destroy_contiguous(buf, ORDER) }.unwrap();
     check(&xen, &g);
@@ -517,8 +616,14 @@ fn a_fault_at_any_hypercall_of_create_leaves_the_guest_consistent() {
 
 #[test]
 fn a_fault_at_any_hypercall_of_destroy_leaves_the_guest_consistent() {
+    for path in PATHS {
+        a_fault_at_any_hypercall_of_destroy_by(path);
+    }
+}
+
+fn a_fault_at_any_hypercall_of_destroy_by(path: Path) {
     let (xen, g) = machine();
-    let pv = platform(&xen, &g);
+    let pv = platform_by(&xen, &g, path);
     let buf = g.alloc_aligned(N, N);
     let guard = g.alloc_pages(1);
     g.fill_pattern(guard, PAGE as usize, 7);
@@ -529,11 +634,7 @@ fn a_fault_at_any_hypercall_of_destroy_leaves_the_guest_consistent() {
     // SAFETY: as above.
     unsafe { pv.destroy_contiguous(buf, ORDER) }.unwrap();
     let clean = counts(&xen);
-    assert_eq!(
-        (clean.multicalls, clean.uvms, clean.exchanges),
-        (4, 2 * N, 1),
-        "{clean:?}"
-    );
+    assert_clean(path, clean);
 
     let mut outcomes = [0u32; 2];
     for fault in faults(clean) {
@@ -615,21 +716,26 @@ fn translations_of_other_pages_hold_while_regions_change_on_other_threads() {
 
 #[test]
 fn a_remap_that_fails_twice_strands_the_page_with_an_invalid_p2m_entry() {
+    for path in PATHS {
+        a_remap_that_fails_twice_by(path);
+    }
+}
+
+fn a_remap_that_fails_twice_by(path: Path) {
     let (xen, g) = machine();
-    let pv = platform(&xen, &g);
+    let pv = platform_by(&xen, &g, path);
     let buf = g.alloc_aligned(N, N);
-    // The 65th update_va_mapping is the first remap entry (after 64 zaps); its retry alone
-    // comes after the 32 entries of that batch, as the 97th.
-    xen.inject(Fault::FailNth {
-        op: SimOp::UpdateVaMapping,
-        nth: 65,
-        errno: 22,
-    });
-    xen.inject(Fault::FailNth {
-        op: SimOp::UpdateVaMapping,
-        nth: 97,
-        errno: 22,
-    });
+    let (op, retry) = match path {
+        // The 65th request is the first of the remap's list (after 64 zaps); Xen stops the
+        // list there and the page is retried alone at once, as the 66th.
+        Path::Pte => (SimOp::MmuUpdate, 66),
+        // The 65th update_va_mapping is the first remap entry (after 64 zaps); its retry
+        // alone comes after the 32 entries of that batch, as the 97th.
+        Path::Va => (SimOp::UpdateVaMapping, 97),
+    };
+    for nth in [65, retry] {
+        xen.inject(Fault::FailNth { op, nth, errno: 22 });
+    }
     // SAFETY: the test owns `buf` exclusively.
     let r = unsafe { pv.create_contiguous(buf, ORDER, 32) };
     let Err(X86PvError::RemapFailed {
@@ -673,8 +779,14 @@ fn a_remap_that_fails_twice_strands_the_page_with_an_invalid_p2m_entry() {
 /// flushes explicitly. Every other frame is where it should be: frames are conserved.
 #[test]
 fn pages_refused_in_the_batch_and_the_retry_are_all_reported_and_the_tlb_is_flushed() {
+    for path in PATHS {
+        pages_refused_by(path);
+    }
+}
+
+fn pages_refused_by(path: Path) {
     let (xen, g) = machine();
-    let pv = platform(&xen, &g);
+    let pv = platform_by(&xen, &g, path);
     let buf = g.alloc_aligned(N, N);
     let before = local_entries(&g);
     let free = xen.free_frames();
@@ -702,7 +814,8 @@ fn pages_refused_in_the_batch_and_the_retry_are_all_reported_and_the_tlb_is_flus
     assert_eq!(pages, [0, 40, N - 1]);
     assert_eq!(stranded.count(), 3);
     assert!(stranded.is_complete());
-    // The last entry failed in the batch and alone: the TLB was flushed explicitly.
+    // By VA the last entry (the flushing one) failed in the batch and alone, so the TLB was
+    // flushed explicitly; by PTE the flush is its own entry beside the list.
     assert!(stranded.flushed());
     assert_eq!(xen.counters().count(SimOp::MmuextOp), 1);
     assert!(xen.tlb_violations().is_empty());
@@ -814,5 +927,125 @@ fn contiguous_runs_agree_with_the_p2m_and_cover_the_identity_space_in_one_step()
         pv.contiguous_run(Pfn::new(past), 1 << 40),
         Some((Bfn::new(past), 1 << 40))
     );
+    check(&xen, &g);
+}
+
+/// A request that fails in the middle of the zap's `mmu_update` list: Xen stops the list
+/// there (pages 0..40 unmapped, 40.. still mapped), the platform maps every page back to
+/// its frame and names page 40.
+#[test]
+fn a_zap_that_fails_in_the_middle_of_its_list_restores_every_page() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(N, N);
+    let before = frames(&g, buf, N);
+    xen.inject(Fault::FailNth {
+        op: SimOp::MmuUpdate,
+        nth: 41,
+        errno: 22,
+    });
+    xen.reset_counters();
+    // SAFETY: the test owns `buf` exclusively.
+    let r = unsafe { pv.create_contiguous(buf, ORDER, 32) };
+    let Err(X86PvError::ZapFailed { pfn, errno: 22 }) = r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(pfn.as_u64(), pfn0(buf) + 40);
+    assert_eq!(frames(&g, buf, N), before);
+    check(&xen, &g);
+    // The zap's list, then the restoring remap of the 40 pages Xen unmapped (the rest were
+    // never touched): one list and its flush, no exchange.
+    let c = counts(&xen);
+    assert_eq!((c.exchanges, c.mmu_calls, c.multicalls), (0, 1, 1), "{c:?}");
+    assert_eq!(c.ptes, 40 + 1 + 40, "{c:?}");
+}
+
+/// A remap request that fails in the middle of its list, and again alone: only that page is
+/// stranded; the rest of the list is resubmitted and every other page is mapped.
+#[test]
+fn a_remap_that_fails_in_the_middle_of_its_list_strands_that_page_only() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(N, N);
+    // 64 zaps, then the remap's 41st request (page 40) and its retry alone, the 106th.
+    for nth in [N + 41, N + 42] {
+        xen.inject(Fault::FailNth {
+            op: SimOp::MmuUpdate,
+            nth,
+            errno: 14,
+        });
+    }
+    xen.reset_counters();
+    // SAFETY: the test owns `buf` exclusively.
+    let r = unsafe { pv.create_contiguous(buf, ORDER, 32) };
+    let Err(X86PvError::RemapFailed {
+        errno: 14,
+        stranded,
+    }) = r
+    else {
+        panic!("{r:?}");
+    };
+    let pages: Vec<u64> = stranded
+        .listed()
+        .map(|f| f.pfn.as_u64() - pfn0(buf))
+        .collect();
+    assert_eq!(pages, [40]);
+    assert!(stranded.flushed() && stranded.is_complete());
+    let mfn40 = stranded.listed().next().unwrap().bfn.unwrap().as_u64();
+    for i in (0..N).filter(|&i| i != 40) {
+        let p = Pfn::new(pfn0(buf) + i);
+        assert_eq!(pv.pfn_to_bfn(p), Some(Bfn::new(mfn40 - 40 + i)), "page {i}");
+        assert_eq!(
+            g.machine_addr(p.start()).map(|b| b.as_u64() / PAGE),
+            Some(mfn40 - 40 + i)
+        );
+    }
+    assert_eq!(pv.pfn_to_bfn(Pfn::new(pfn0(buf) + 40)), None);
+    xen.check_invariants().unwrap();
+    assert!(xen.tlb_violations().is_empty());
+    // The zap's list; the remap's list with the flush; page 40 alone; the rest resubmitted.
+    let c = counts(&xen);
+    assert_eq!((c.mmu_calls, c.multicalls, c.exchanges), (3, 1, 1), "{c:?}");
+}
+
+/// Xen preempts a long list: with its continuation the guest sees nothing but one more
+/// trap; with a `-ERESTART` the platform resubmits the rest from the `done` count. Either
+/// way the region ends contiguous, at the cost of one more trap.
+#[test]
+fn a_preempted_list_is_continued_or_resubmitted_from_its_done_count() {
+    let order = 10;
+    let n = 1u64 << order;
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g);
+    let buf = g.alloc_aligned(n, n);
+    xen.reset_counters();
+    // SAFETY: the test owns `buf` exclusively.
+    let bus = unsafe { pv.create_contiguous(buf, order, 32) }.unwrap();
+    let clean = xen.counters().traps();
+    assert_eq!(clean, 2 * batches(Path::Pte, n) + 1);
+    // SAFETY: as above.
+    unsafe { pv.destroy_contiguous(buf, order) }.unwrap();
+    for restart in [false, true] {
+        // The zap's second list and the remap's last one (in its multicall), part-way.
+        let last = 2 * batches(Path::Pte, n);
+        for nth in [2, last] {
+            xen.inject(Fault::MmuUpdatePreempted {
+                nth,
+                after: 50,
+                restart,
+            });
+        }
+        xen.reset_counters();
+        // SAFETY: as above.
+        let bus = unsafe { pv.create_contiguous(buf, order, 32) }.unwrap();
+        assert!(xen.pending_faults().is_empty());
+        check(&xen, &g);
+        assert_contiguous(&pv, &g, buf, order, bus.as_u64(), 32);
+        assert_eq!(xen.counters().traps(), clean + 2, "restart {restart}");
+        assert_eq!(xen.counters().count(SimOp::MmuUpdate), 2 * n);
+        // SAFETY: as above.
+        unsafe { pv.destroy_contiguous(buf, order) }.unwrap();
+    }
+    let _ = bus;
     check(&xen, &g);
 }

@@ -4,7 +4,9 @@
 //! §2.5) with this project's x86 PV platform on `xen-sim`: one `XENMEM_exchange` per
 //! 256 KiB segment (`Platform::create_contiguous_region` of order 6, the call the facade
 //! makes), address bits starting at 18 and rising by one on each failure, never reset
-//! between segments, up to 32. The simulator counts
+//! between segments, up to 32, each segment zapped and remapped page by page in multicalls
+//! of 32 `update_va_mapping` entries (the platform's path for a kernel that does not locate
+//! its PTEs, [`xen_sim::Domain::without_pte_addresses`]). The simulator counts
 //! every trap (a multicall is one trap however many entries it carries), so the count
 //! includes the failed attempts, the zap and remap multicalls and the exchanges, as on a
 //! real machine.
@@ -126,10 +128,12 @@ pub unsafe fn linux_fixup(
     if bytes == 0 || !bytes.is_multiple_of(SEGMENT_BYTES) {
         return Err(FixupError::Size { bytes });
     }
+    // Linux changes each mapping by virtual address (multicalls of `update_va_mapping`):
+    // the domain does not tell the platform where its PTEs are.
+    let dom0 = xen.dom0().without_pte_addresses();
     // SAFETY: the simulator's P2M, M2P, linear map and memory of dom0, and dom0's
     // hypercalls; only the caller's region is changed.
-    let pv =
-        unsafe { X86PvPlatform::new(g.p2m(), g.m2p(), g.linear_base(), xen.dom0(), g.memory()) };
+    let pv = unsafe { X86PvPlatform::new(g.p2m(), g.m2p(), g.linear_base(), dom0, g.memory()) };
     xen.reset_counters();
     let mut dma_bits = SEGMENT_ORDER + 12;
     let mut off = 0;

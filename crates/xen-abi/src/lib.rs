@@ -79,7 +79,11 @@ pub use structs::*;
 /// An implementation performs hypercall `op` with the five arguments in order and returns
 /// Xen's result unchanged (`0` or a positive value on success, `-errno` on failure). It must
 /// not read or write memory other than what Xen's definition of `op` reads or writes through
-/// pointers in the arguments.
+/// pointers in the arguments. An answer of
+/// [`pte_machine_addr`](Self::pte_machine_addr) other than `None` is the machine address of
+/// the 8-byte L1 page-table entry that maps the page of `va` in this domain's address space,
+/// and stays so for as long as the mapping exists: x86 PV platforms write that entry with
+/// `mmu_update`.
 pub unsafe trait Hypercall {
     /// Performs hypercall number `op` (for example [`HYPERVISOR_MEMORY_OP`]) with up to five
     /// arguments (unused ones are zero) and returns Xen's result.
@@ -91,4 +95,17 @@ pub unsafe trait Hypercall {
     /// to perform on memory it owns (an exchange or remap changes what the guest's addresses
     /// reach).
     unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64;
+
+    /// The machine address of the L1 page-table entry that maps virtual address `va` (an
+    /// x86 PV kernel walks its page tables for it), or `None` when the implementation does
+    /// not know it, the default.
+    ///
+    /// An x86 PV platform that knows the entries of its linear map writes many of them in
+    /// one `mmu_update` (`MMU_NORMAL_PT_UPDATE`, which names an entry by machine address);
+    /// without them it changes each mapping by virtual address with `update_va_mapping`,
+    /// one multicall entry per page, as Linux does.
+    fn pte_machine_addr(&self, va: u64) -> Option<u64> {
+        let _ = va;
+        None
+    }
 }

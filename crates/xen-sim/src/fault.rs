@@ -223,11 +223,12 @@ pub enum Fault {
         /// The status to report.
         status: i16,
     },
-    /// The `nth` `update_va_mapping` that installs a present PTE (in a multicall or alone)
-    /// fails with `-errno` and has no effect, and so does **every later attempt to map the
-    /// same virtual address** until the faults are cleared: a page Xen keeps refusing to
-    /// map, so that a failed multicall entry fails again when retried alone. Unmapping
-    /// (a non-present PTE) is not affected, and does not count.
+    /// The `nth` page-table write that installs a present PTE (an `update_va_mapping`, in a
+    /// multicall or alone, or an `MMU_NORMAL_PT_UPDATE` request of `mmu_update`) fails with
+    /// `-errno` and has no effect, and so does **every later attempt to map the same
+    /// virtual address** (either way) until the faults are cleared: a page Xen keeps
+    /// refusing to map, so that a failed entry fails again when retried alone. Unmapping (a
+    /// non-present PTE) is not affected, and does not count.
     MapRefused {
         /// Which mapping `update_va_mapping` (1 = the next one).
         nth: u64,
@@ -248,6 +249,27 @@ pub enum Fault {
         /// Stolen frames given back before the rest are lost.
         kept: u64,
     },
+    /// The `nth` `mmu_update` call (alone or in a multicall) is preempted after `after` of
+    /// its requests. With `restart == false` Xen's own behaviour: a continuation (the
+    /// guest re-enters the call for the rest, one more trap, and `success_count`
+    /// accumulates), invisible to the guest but for the count of traps. With
+    /// `restart == true` the call returns `-ERESTART` with `after` requests done instead,
+    /// which Xen never shows a guest: it checks that the guest resubmits the rest.
+    MmuUpdatePreempted {
+        /// Which `mmu_update` call (1 = the next one).
+        nth: u64,
+        /// Requests performed before the preemption.
+        after: u64,
+        /// Return `-ERESTART` instead of continuing.
+        restart: bool,
+    },
+}
+
+/// A preemption of an `mmu_update` call ([`Fault::MmuUpdatePreempted`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Preemption {
+    pub(crate) after: u64,
+    pub(crate) restart: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -274,7 +296,7 @@ impl Faults {
         self.refused.clear();
     }
 
-    /// Counts one `update_va_mapping` that maps a present PTE at `va`; returns the errno
+    /// Counts one page-table write that maps a present PTE at `va`; returns the errno
     /// if the address is refused (a [`Fault::MapRefused`] fired for it, now or before).
     pub(crate) fn map_refused(&mut self, va: u64) -> Option<i32> {
         if let Some(&(_, errno)) = self.refused.iter().find(|(v, _)| *v == va) {
@@ -325,6 +347,19 @@ impl Faults {
                 entry,
                 errno,
             } => Some((nth_multicall, (entry, errno))),
+            _ => None,
+        })
+    }
+
+    /// Counts one `mmu_update` call; returns the preemption of a `MmuUpdatePreempted` that
+    /// fires.
+    pub(crate) fn mmu_update_preempted(&mut self) -> Option<Preemption> {
+        self.fire(|f| match f {
+            Fault::MmuUpdatePreempted {
+                nth,
+                after,
+                restart,
+            } => Some((nth, Preemption { after, restart })),
             _ => None,
         })
     }

@@ -373,6 +373,7 @@ impl DomU {
         Domain {
             inner: Arc::clone(&self.inner),
             id: DOMU,
+            locates_ptes: true,
         }
     }
 

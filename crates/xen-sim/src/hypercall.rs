@@ -31,6 +31,8 @@ pub(crate) const EFAULT: i64 = 14;
 pub(crate) const EINVAL: i64 = 22;
 pub(crate) const ENOSYS: i64 = 38;
 pub(crate) const EOPNOTSUPP: i64 = 95;
+/// Xen's internal "preempted, continue me" code (never returned to a guest by Xen itself).
+pub(crate) const ERESTART: i64 = 85;
 
 /// `XENVER_extraversion`.
 const XENVER_EXTRAVERSION: u32 = 1;
@@ -87,6 +89,9 @@ pub(crate) fn elem<T>(base: u64, i: u64) -> Option<u64> {
 pub struct Domain {
     pub(crate) inner: Arc<Inner>,
     pub(crate) id: DomId,
+    /// Whether [`Hypercall::pte_machine_addr`] answers (a kernel that walks its page
+    /// tables) or not (the trait's default).
+    pub(crate) locates_ptes: bool,
 }
 
 impl Domain {
@@ -94,6 +99,15 @@ impl Domain {
     #[must_use]
     pub fn id(&self) -> DomId {
         self.id
+    }
+
+    /// The same domain as a kernel that does not locate its page-table entries:
+    /// [`Hypercall::pte_machine_addr`] answers `None`, so an x86 PV platform changes each
+    /// mapping by virtual address (`update_va_mapping`), as Linux does.
+    #[must_use]
+    pub fn without_pte_addresses(mut self) -> Self {
+        self.locates_ptes = false;
+        self
     }
 }
 
@@ -115,6 +129,18 @@ unsafe impl Hypercall for Domain {
         let a = [args[0], args[1], args[2], args[3], args[4], 0];
         // SAFETY: the caller's contract (pointers valid for what `op` accesses) is forwarded.
         unsafe { dispatch(&self.inner, &mut st, self.id, u64::from(op), a, false) }
+    }
+
+    /// The simulated L1 entry of dom0's linear-map page at `va` (at
+    /// [`PvGuest::pte_machine_addr`](crate::PvGuest::pte_machine_addr)), as a kernel that
+    /// walks its page tables finds it; `None` outside dom0's linear map, on arm64 and for
+    /// a domain [`without_pte_addresses`](Self::without_pte_addresses).
+    fn pte_machine_addr(&self, va: u64) -> Option<u64> {
+        if !self.locates_ptes || self.id != DOM0 || self.inner.cfg.arch != SimArch::X86Pv {
+            return None;
+        }
+        let st = self.inner.lock();
+        linear_pfn(&self.inner, &st, va).map(|pfn| PT_MACHINE_BASE + 8 * pfn)
     }
 }
 
@@ -335,9 +361,31 @@ unsafe fn mmu_update(
         st.counters.bump(SimOp::MmuUpdate);
         return -EPERM;
     }
+    // A continued call carries the count done so far in `success_count`, as Xen's
+    // `MMU_UPDATE_PREEMPTED` continuation does; the list and the count are what is left.
+    let (mut reqs, mut count, mut base) = (reqs, count, 0u64);
     let mut rc = 0;
     let mut n = 0u64;
+    let mut preempt = st.faults.mmu_update_preempted();
     while n < count {
+        if let Some(p) = preempt
+            && p.after == n
+        {
+            if p.restart {
+                // Surfaced to the guest instead of continued (see `Fault`).
+                rc = -ERESTART;
+                break;
+            }
+            // Xen's continuation: the guest re-enters the hypercall (one more trap) with the
+            // rest of the list; `done` accumulates.
+            st.counters.traps += 1;
+            reqs = elem::<MmuUpdate>(reqs, n).unwrap_or(0);
+            count -= n;
+            base += n;
+            n = 0;
+            preempt = None;
+            continue;
+        }
         let Some(addr) = elem::<MmuUpdate>(reqs, n) else {
             rc = -EFAULT;
             break;
@@ -360,8 +408,13 @@ unsafe fn mmu_update(
                     let a = req.ptr & !7;
                     // CAST: usize fits u64.
                     let end = PT_MACHINE_BASE + 8 * st.pte.len() as u64;
+                    let va = |pfn: u64| inner.cfg.linear_base + pfn * PAGE;
                     if a < PT_MACHINE_BASE || a >= end {
                         Err(-EINVAL)
+                    } else if req.val & PTE_PRESENT != 0
+                        && let Some(errno) = st.faults.map_refused(va((a - PT_MACHINE_BASE) / 8))
+                    {
+                        Err(-i64::from(errno))
                     } else {
                         set_pte(st, dom, (a - PT_MACHINE_BASE) / 8, req.val)
                     }
@@ -386,6 +439,7 @@ unsafe fn mmu_update(
         }
         n += 1;
     }
+    let n = base + n;
     // SAFETY: the caller guarantees `done` is null or a writable u32.
     if done != 0 && !unsafe { gwrite::<u32>(done, u32::try_from(n).unwrap_or(u32::MAX)) } {
         return -EFAULT;

@@ -232,6 +232,7 @@ impl Xen {
         Domain {
             inner: Arc::clone(&self.inner),
             id: DOM0,
+            locates_ptes: true,
         }
     }
 
@@ -241,6 +242,7 @@ impl Xen {
         Domain {
             inner: Arc::clone(&self.inner),
             id: DOMU,
+            locates_ptes: true,
         }
     }
 

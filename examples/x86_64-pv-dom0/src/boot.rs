@@ -6,7 +6,8 @@ use crate::{VIRT_BASE, checks, console, hyp};
 
 /// Bytes of the boot stack. It lives in `.bss`: Xen puts `start_info`, the P2M and the
 /// initial page tables right after the image, so a stack there would overwrite the P2M.
-const STACK_SIZE: usize = 128 * 1024;
+/// 256 KiB: with the platform's `mmu_update` batches 128 KiB overflowed into `.bss`.
+const STACK_SIZE: usize = 256 * 1024;
 
 /// The boot stack.
 #[repr(C, align(4096))]

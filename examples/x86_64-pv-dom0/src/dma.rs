@@ -2,8 +2,11 @@
 //! maps that straddle machine discontinuities or lie above a device's mask, scatter-gather,
 //! coherent allocations, and the engine's error paths.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use swiotlb_xen::init::{self, InitError, InitOptions, InitReport};
 use swiotlb_xen::swiotlb_core::Error;
+use swiotlb_xen::x86_pv::X86PvPlatform;
 use swiotlb_xen::{
     Bfn, BounceReason, BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, DmaError, DmaMask,
     NoPageAllocator, Pfn, PhysAddr, Platform, PlatformError, SgEntry, Slot,
@@ -15,7 +18,7 @@ use crate::checks::{
 use crate::console::Line;
 use crate::edu::{DMA_MASK_BITS, Edu};
 use crate::fmt_line;
-use crate::hyp::COUNTERS;
+use crate::hyp::{COUNTERS, CountedByVa, rdtsc};
 use crate::pages::{ALLOCATOR, Pages};
 
 /// The bounce pool's size: 4 MiB, 2048 slots of 2 KiB.
@@ -158,6 +161,7 @@ pub fn run(
     let pool = init.phys;
     let (pv, _, _) = eng.into_parts();
     report.record("pool-release", pool_release(env, &pv, &init));
+    report.record("linux-fixup", linux_fixup(env, pool));
     report.record("order-10", order_10(env, &pv, pool));
 }
 
@@ -165,8 +169,9 @@ pub fn run(
 /// facade's initialisation policy (`swiotlb_xen::init`).
 fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
     let pool_phys = phys_of(&raw const POOL);
-    let c0 = COUNTERS.snapshot();
     let pages0 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    let c0 = COUNTERS.snapshot();
+    let t0 = rdtsc();
     // SAFETY: the pool's memory is a static given to the pool alone; the image map reaches
     // it, every buffer the checks map and every coherent page, at the platform's
     // pseudo-physical addresses; the pool's translation changes only through `init`.
@@ -182,7 +187,10 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
         )
     }
     .map_err(|e| fmt_line!("swiotlb_xen::init::init: {e}"))?;
+    let cycles = rdtsc().wrapping_sub(t0);
     let calls = COUNTERS.snapshot().since(c0);
+    OURS.0.store(calls.total, Ordering::Relaxed);
+    OURS.1.store(cycles, Ordering::Relaxed);
     ensure!(
         init.bytes == POOL_BYTES && init.nslabs == NSLABS && init.halvings == 0,
         "init built {:#x} bytes, {} slots, {} halvings",
@@ -243,8 +251,8 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
             "{mib} MiB pool at {pool_phys} (above the mask at boot) through swiotlb_xen::init \
              (max_address_bits {DMA_MASK_BITS}): {} chunk(s) [order/bits: {chunks}], {} init create calls ({} refused), every 256 KiB \
              segment machine-contiguous and M2P-consistent, bus top {bus_top:#x}, reservation \
-             unchanged; {} hypercalls ({} exchanges, {} multicalls) = {}.{:02} per MiB \
-             ({}.{:02} exchanges per MiB; Linux: at least 4)",
+             unchanged; {} hypercalls ({} exchanges, {} multicalls) = {}.{:02} per MiB in \
+             {cycles} TSC cycles (Linux's scheme: linux-fixup)",
             init.chunks.len(),
             init.create_calls,
             init.create_failures,
@@ -253,8 +261,6 @@ fn pool_init(env: &Env, pv: Pv) -> Result<(Engine, InitReport, Line), Line> {
             calls.multicalls,
             calls.total / mib,
             (calls.total * 100 / mib) % 100,
-            calls.exchanges / mib,
-            (calls.exchanges * 100 / mib) % 100
         ),
     ))
 }
@@ -353,6 +359,93 @@ fn pool_release(env: &Env, pv: &Pv, init: &InitReport) -> Outcome {
          agree, reservation {pages1} unchanged",
         init.exchanged().count(),
         calls.exchanges
+    ))
+}
+
+/// The hypercalls and TSC cycles of `pool-init` (ours), for `linux-fixup` to compare.
+static OURS: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+
+/// Linux's `xen_swiotlb_fixup` scheme (`reference/linux-swiotlb-xen.md` §2.5) run by this
+/// kernel on the released pool's memory (as many MiB as `pool-init` made contiguous): one
+/// `create_contiguous_region` of order 6 per 256 KiB segment, address bits from 18 rising by
+/// one on each failure and never reset, up to 32; each zapped and remapped page by page in
+/// multicalls of `update_va_mapping` (the platform over [`CountedByVa`], which names no
+/// PTE). Its hypercalls and TSC cycles beside `pool-init`'s, then every segment given back.
+fn linux_fixup(env: &Env, region: PhysAddr) -> Outcome {
+    const ORDER: u32 = 6;
+    const SEGMENT: u64 = 256 << 10;
+    // SAFETY: this domain's P2M and Xen's M2P, the linear base of the initial mapping, and
+    // the same trap as the checks' platform; only the released pool's memory is changed.
+    let linux = unsafe {
+        X86PvPlatform::new(
+            env.p2m,
+            env.m2p,
+            crate::VIRT_BASE,
+            CountedByVa,
+            KernelMemory::new(env.low),
+        )
+    };
+    let pages0 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    let c0 = COUNTERS.snapshot();
+    let t0 = rdtsc();
+    let mut bits = ORDER + 12;
+    let segments = POOL_BYTES as u64 / SEGMENT;
+    for k in 0..segments {
+        let seg = PhysAddr::new(region.as_u64() + k * SEGMENT);
+        loop {
+            // SAFETY: the released pool's memory, used by nothing else.
+            match unsafe { linux.create_contiguous_region(seg, ORDER, bits) } {
+                Ok(_) => break,
+                Err(e) if bits >= 32 => return Err(fmt_line!("segment {k} at {seg}: {e}")),
+                Err(_) => bits += 1,
+            }
+        }
+    }
+    let cycles = rdtsc().wrapping_sub(t0);
+    let calls = COUNTERS.snapshot().since(c0);
+    let pfn0 = region.frame().as_u64();
+    for k in 0..segments {
+        let first = pfn0 + k * 64;
+        let b0 = env.p2m_raw(first);
+        ensure!(
+            b0.is_multiple_of(64) && (0..64).all(|i| env.p2m_raw(first + i) == b0 + i),
+            "segment {k} not contiguous"
+        );
+    }
+    for k in 0..segments {
+        let seg = PhysAddr::new(region.as_u64() + k * SEGMENT);
+        // SAFETY: as above.
+        unsafe { linux.destroy_contiguous_region(seg, ORDER) }
+            .map_err(|e| fmt_line!("giving segment {k} back: {e}"))?;
+    }
+    let pages1 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    ensure!(pages0 == pages1, "reservation {pages0} -> {pages1}");
+    let (ours, ours_cycles) = (
+        OURS.0.load(Ordering::Relaxed),
+        OURS.1.load(Ordering::Relaxed),
+    );
+    let mib = (POOL_BYTES >> 20) as u64;
+    ensure!(
+        ours > 0 && calls.total > 0,
+        "no hypercall counted (ours {ours}, Linux {})",
+        calls.total
+    );
+    Ok(fmt_line!(
+        "Linux's scheme on the same {mib} MiB: {segments} segments up to {bits} bits in {} \
+         hypercalls ({} exchanges, {} multicalls) = {}.{:02} per MiB, {cycles} TSC cycles; \
+         ours (pool-init): {ours} hypercalls = {}.{:02} per MiB, {ours_cycles} TSC cycles: \
+         {}.{:02}x Linux's hypercalls, {}.{:02}x its cycles; segments given back",
+        calls.total,
+        calls.exchanges,
+        calls.multicalls,
+        calls.total / mib,
+        (calls.total * 100 / mib) % 100,
+        ours / mib,
+        (ours * 100 / mib) % 100,
+        ours / calls.total,
+        (ours * 100 / calls.total) % 100,
+        ours_cycles / cycles.max(1),
+        (ours_cycles * 100 / cycles.max(1)) % 100,
     ))
 }
 

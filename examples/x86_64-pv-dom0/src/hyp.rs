@@ -92,6 +92,33 @@ unsafe impl Hypercall for Counted {
         // SAFETY: the caller's contract is the trait's, passed on unchanged.
         unsafe { Native.hypercall(op, args) }
     }
+
+    /// The walk of the kernel's page tables: the platform writes the PTEs of its regions
+    /// with `mmu_update` lists.
+    fn pte_machine_addr(&self, va: u64) -> Option<u64> {
+        crate::mmu::linear_pte_maddr(va)
+    }
+}
+
+/// [`Counted`] without the PTE addresses: a platform over it changes each mapping by
+/// virtual address, in multicalls of `update_va_mapping`, as Linux does (the `linux-fixup`
+/// check measures Linux's scheme with it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountedByVa;
+
+// SAFETY: forwards every call unchanged to `Counted`; answers no PTE address (the default).
+unsafe impl Hypercall for CountedByVa {
+    unsafe fn hypercall(&self, op: u32, args: [u64; 5]) -> i64 {
+        // SAFETY: the caller's contract is the trait's, passed on unchanged.
+        unsafe { Counted.hypercall(op, args) }
+    }
+}
+
+/// The time-stamp counter (`rdtsc`): TSC cycles, the kernel's clock for timing.
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc reads a counter; a PV guest may run it (Xen does not trap it by
+    // default, and emulates it where it does).
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Ends the machine with `SCHEDOP_shutdown(SHUTDOWN_reboot)`: when dom0 shuts down Xen

@@ -10,7 +10,7 @@
 //! (`MMU_NORMAL_PT_UPDATE`, Xen validates it as an L1 table), and then maps each page with
 //! `update_va_mapping`.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use swiotlb_xen::x86_pv::{PTE_ACCESSED, PTE_DIRTY, PTE_MFN_MASK, PTE_NX, PTE_PRESENT, PTE_RW};
 use xen_abi::{DOMID_SELF, MmuUpdate, UVMF_INVLPG};
@@ -48,6 +48,47 @@ static mut L1_TABLES: Tables = Tables([[0; 4096]; TABLES]);
 /// How many of [`L1_TABLES`] are in use.
 static USED_TABLES: AtomicUsize = AtomicUsize::new(0);
 
+/// The virtual address of the initial L4 table, for [`linear_pte_maddr`] (0 until
+/// [`Mmu::new`] ran).
+static L4_VA: AtomicU64 = AtomicU64::new(0);
+/// Xen's M2P (address and entries), for [`linear_pte_maddr`]'s walk.
+static M2P: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+
+/// The machine address of the L1 entry that maps `va`, by a walk of the kernel's page
+/// tables (L4 to L1, each table found through the M2P at `VIRT_BASE + pfn * 4096`, where
+/// Xen's initial mapping puts them); `None` before [`Mmu::new`], for an address no L1 table
+/// covers, or a table outside the initial mapping. The platform's `mmu_update` lists name
+/// PTEs by it ([`crate::hyp::Counted`]'s `pte_machine_addr`).
+pub fn linear_pte_maddr(va: u64) -> Option<u64> {
+    let l4 = L4_VA.load(Ordering::Acquire);
+    let (m2p, m2p_len) = (M2P.0.load(Ordering::Acquire), M2P.1.load(Ordering::Acquire));
+    if l4 == 0 || m2p == 0 {
+        return None;
+    }
+    let table_va = |entry: u64| {
+        if entry & PTE_PRESENT == 0 {
+            return None;
+        }
+        let mfn = (entry & PTE_MFN_MASK) >> 12;
+        if mfn >= m2p_len {
+            return None;
+        }
+        let p: *const u64 = core::ptr::with_exposed_provenance((m2p + mfn * 8) as usize);
+        // SAFETY: Xen's M2P is mapped read-only at `m2p` with `m2p_len` entries.
+        let pfn = unsafe { p.read_volatile() };
+        // Only the initial mapping is reached this way (1 GiB from VIRT_BASE).
+        (pfn < (1 << 18)).then_some(VIRT_BASE + (pfn << 12))
+    };
+    let l3 = table_va(Mmu::entry(l4, (va >> 39) % ENTRIES))?;
+    let l2 = table_va(Mmu::entry(l3, (va >> 30) % ENTRIES))?;
+    let l2e = Mmu::entry(l2, (va >> 21) % ENTRIES);
+    // A 2 MiB page (PSE) has no L1 entry.
+    if l2e & PTE_PRESENT == 0 || l2e & (1 << 7) != 0 {
+        return None;
+    }
+    Some((l2e & PTE_MFN_MASK) + ((va >> 12) % ENTRIES) * 8)
+}
+
 /// The kernel's page tables, found from `start_info.pt_base`.
 pub struct Mmu<'e> {
     env: &'e Env,
@@ -64,6 +105,10 @@ impl<'e> Mmu<'e> {
     pub unsafe fn new(env: &'e Env, start_info: *const u8) -> Self {
         // SAFETY: the caller's promise; pt_base is an aligned u64 inside the page.
         let l4 = unsafe { start_info.add(START_INFO_PT_BASE).cast::<u64>().read() };
+        let m2p = env.m2p.as_ptr().expose_provenance() as u64;
+        M2P.1.store(env.m2p.len() as u64, Ordering::Release);
+        M2P.0.store(m2p, Ordering::Release);
+        L4_VA.store(l4, Ordering::Release);
         Self { env, l4 }
     }
 
