@@ -3,7 +3,7 @@
 use arrayvec::ArrayVec;
 use core::fmt;
 use core::ops::RangeInclusive;
-use swiotlb_core::hooks::Stranded;
+use swiotlb_core::hooks::{Stranded, StrandedFrame};
 use swiotlb_core::{
     Bfn, BusAddr, Pfn, PhysAddr, PhysMemory, Platform, PlatformError, XEN_PAGE_SHIFT, XEN_PAGE_SIZE,
 };
@@ -89,6 +89,7 @@ pub struct X86PvPlatform<'a, H, M> {
     max_order: u32,
     lock: SpinLock<()>,
     transition: SeqRange,
+    stranded_hook: Option<fn(StrandedFrame)>,
 }
 
 impl<H, M> fmt::Debug for X86PvPlatform<'_, H, M> {
@@ -167,6 +168,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             max_order: XEN_MAX_ORDER,
             lock: SpinLock::new(()),
             transition: SeqRange::new(),
+            stranded_hook: None,
         }
     }
 
@@ -179,6 +181,21 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     #[must_use]
     pub fn with_irq_hook(mut self, hook: IrqHook) -> Self {
         self.lock.set_irq_hook(hook);
+        self
+    }
+
+    /// Sets a hook called once for every stranded page of a damaged region (a page left
+    /// without a frame after a remap that failed even retried alone, or after a partial
+    /// exchange), as it is found: the error ([`X86PvError::RemapFailed`],
+    /// [`X86PvError::PartialExchange`], `PlatformError::RegionDamaged`) counts them all but
+    /// lists only the first [`STRANDED_LISTED`](swiotlb_core::hooks::STRANDED_LISTED), so a
+    /// kernel that wants every one (to log it, or to give a frame it still owns back later)
+    /// records them here. The hook runs with the platform's lock held, in the context of
+    /// the call that failed (interrupt context if that is where it came from): it must not
+    /// block or call back into the platform.
+    #[must_use]
+    pub fn with_stranded_hook(mut self, hook: fn(StrandedFrame)) -> Self {
+        self.stranded_hook = Some(hook);
         self
     }
 
@@ -645,9 +662,11 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
                 let entry = match (target(k), errno) {
                     (Some(m), 0) => m,
                     (target, _) => {
-                        report
-                            .stranded
-                            .push(pfn_of(pfn), target.and_then(Bfn::try_new));
+                        let (pfn, bfn) = (pfn_of(pfn), target.and_then(Bfn::try_new));
+                        report.stranded.push(pfn, bfn);
+                        if let Some(hook) = self.stranded_hook {
+                            hook(StrandedFrame { pfn, bfn });
+                        }
                         INVALID_P2M_ENTRY
                     }
                 };

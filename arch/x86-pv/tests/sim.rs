@@ -842,9 +842,16 @@ fn pages_refused_by(path: Path) {
 /// damaged, and the only frames dom0 lost are those Xen took.
 #[test]
 fn an_exchange_that_loses_frames_reports_every_unresolved_page() {
+    /// Every stranded page the platform's hook was given, in order.
+    static SEEN: std::sync::Mutex<Vec<swiotlb_core::hooks::StrandedFrame>> =
+        std::sync::Mutex::new(Vec::new());
+    fn record(f: swiotlb_core::hooks::StrandedFrame) {
+        SEEN.lock().unwrap().push(f);
+    }
     for destroy in [false, true] {
         let (xen, g) = machine();
-        let pv = platform(&xen, &g);
+        let pv = platform(&xen, &g).with_stranded_hook(record);
+        SEEN.lock().unwrap().clear();
         let buf = g.alloc_aligned(N, N);
         if destroy {
             // SAFETY: the test owns `buf` exclusively.
@@ -873,6 +880,12 @@ fn an_exchange_that_loses_frames_reports_every_unresolved_page() {
         assert_eq!(lost.len() as u64, N - 10);
         assert_eq!((unresolved, stranded.count()), (N - 10, N - 10));
         assert!(stranded.flushed());
+        // The hook saw every one of them, the error lists the first ones.
+        let seen = SEEN.lock().unwrap().clone();
+        assert_eq!(seen.len() as u64, N - 10, "destroy {destroy}");
+        for (k, f) in seen.iter().enumerate() {
+            assert_eq!((f.pfn.as_u64(), f.bfn), (pfn0(buf) + 10 + k as u64, None));
+        }
         // The first pages listed are the first unresolved ones, with no frame left.
         let listed: Vec<_> = stranded.listed().collect();
         assert_eq!(listed.len(), swiotlb_core::hooks::STRANDED_LISTED);
