@@ -379,6 +379,7 @@ fn get<'a>(figs: &'a [Figure], key: &str) -> Option<&'a Figure> {
 /// one run measured it, `-` when none did.
 fn stat(fig: Option<&Figure>, prec: usize) -> String {
     match fig {
+        Some(f) if f.runs > 1 && f.min == f.max => format!("{:.prec$} (every run)", f.value),
         Some(f) if f.runs > 1 => format!("{:.prec$} ({:.prec$}–{:.prec$})", f.value, f.min, f.max),
         Some(f) if f.runs == 1 => format!("{:.prec$}", f.value),
         _ => "-".into(),
@@ -400,6 +401,16 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
     let g = |k: &str| get(figs, k);
     let n = o.runs;
     let mut out = String::new();
+    out.push_str(&format!(
+        "### Headline figures\n\nMedian (min–max) over {n} runs; the inputs are medians over the \
+         runs.\n\n"
+    ));
+    out.push_str(&markdown_table(
+        &["key", "value", "unit", "from"],
+        1,
+        &headline_rows(figs),
+    ));
+    out.push('\n');
     let mut ns_rows = Vec::new();
     let mut ratio_rows = Vec::new();
     for &size in &sizes {
@@ -427,11 +438,9 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
         }
     }
     out.push_str(&format!(
-        "### Map+unmap, ToDevice: ns per round trip
-
-         Median (min–max) over {n} runs, each run's value the median of its batches.          fill column: target (reached by ours/linux/buddy/bitmap, median)
-
-"
+        "### Map+unmap, ToDevice: ns per round trip\n\nMedian (min–max) over {n} runs, \
+         each run's value the median of its batches. The fill column gives the target \
+         and, in parentheses, the fill reached by ours/linux/buddy/bitmap (medians).\n\n"
     ));
     out.push_str(&markdown_table(
         &["size", "fill", "ours", "linux", "buddy", "bitmap", "memcpy"],
@@ -439,12 +448,8 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
         &ns_rows,
     ));
     out.push_str(&format!(
-        "
-### Map+unmap, ToDevice: ours against each
-
-         Median (min–max) over {n} runs of each run's ratio.
-
-"
+        "\n### Map+unmap, ToDevice: ours against each\n\nMedian (min–max) over {n} runs \
+         of each run's ratio.\n\n"
     ));
     out.push_str(&markdown_table(
         &[
@@ -476,12 +481,8 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
         })
         .collect();
     out.push_str(&format!(
-        "
-### Map+unmap, Bidirectional at {hf}% fill (copy in and copy back)
-
-         ns per round trip and ratios, median (min–max) over {n} runs.
-
-"
+        "\n### Map+unmap, Bidirectional at {hf}% fill (copy in and copy back)\n\nns per \
+         round trip and ratios, median (min–max) over {n} runs.\n\n"
     ));
     out.push_str(&markdown_table(
         &[
@@ -514,12 +515,9 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
         })
         .collect();
     out.push_str(&format!(
-        "
-### Scaling: {hs} B ToDevice round trips at {hf}% fill
-
-         Millions per second (per wall-clock second, and per second of each thread's CPU          time), medians over {n} runs; the ratios median (min–max) over the runs.
-
-"
+        "\n### Scaling: {hs} B ToDevice round trips at {hf}% fill\n\nMillions per second \
+         (per wall-clock second, and per second of each thread's CPU time), medians over \
+         {n} runs; the ratios median (min–max) over the runs.\n\n"
     ));
     out.push_str(&markdown_table(
         &[
@@ -536,27 +534,19 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
     ));
 
     out.push_str(&format!(
-        "
-### Pool fixup on the simulated x86 PV machine
-
-Median (min–max) over {n} runs.
-
-"
+        "\n### Pool fixup on the simulated x86 PV machine\n\nMedian (min–max) over {n} \
+         runs.\n\n"
     ));
     let frows: Vec<Vec<String>> = figs
         .iter()
         .filter(|f| f.key.contains("fixup_"))
-        .map(|f| vec![format!("`{}`", f.key), stat(Some(f), 2), f.unit.to_string()])
+        .map(|f| vec![format!("`{}`", f.key), stat(Some(f), 4), f.unit.to_string()])
         .collect();
     out.push_str(&markdown_table(&["figure", "value", "unit"], 1, &frows));
 
     out.push_str(&format!(
-        "
-### Foreign-table lookup
-
-ns per lookup and ratio, median (min–max) over {n} runs.
-
-"
+        "\n### Foreign-table lookup\n\nns per lookup and ratio, median (min–max) over {n} \
+         runs.\n\n"
     ));
     let frows: Vec<Vec<String>> = FOREIGN_ENTRIES
         .iter()
@@ -575,6 +565,52 @@ ns per lookup and ratio, median (min–max) over {n} runs.
         &frows,
     ));
     out
+}
+
+/// The keys of the headline table, after [`HEADLINE_KEYS`]'s.
+const MORE_HEADLINES: [&str; 9] = [
+    "map_unmap_1500_fill90_vs_buddy",
+    "map_unmap_1500_fill90_vs_bitmap",
+    "two_thread_scaling_cpu_time",
+    "linux_two_thread_scaling",
+    "linux_two_thread_scaling_cpu_time",
+    "fixup_exchanges_per_mib",
+    "linux_fixup_exchanges_per_mib",
+    "foreign_lookup_10000_vs_btreemap",
+    "foreign_lookup_100000_vs_btreemap",
+];
+
+/// The rows of the headline table: each figure with its inputs (medians over the runs).
+fn headline_rows(figs: &[Figure]) -> Vec<Vec<String>> {
+    HEADLINE_KEYS
+        .iter()
+        .chain(MORE_HEADLINES.iter())
+        .filter_map(|k| get(figs, k))
+        .map(|f| {
+            let prec = if f.unit == "per_mib" { 4 } else { 2 };
+            let from: Vec<String> = f
+                .inputs
+                .iter()
+                .filter(|(name, v)| v.is_finite() && !matches!(name.as_str(), "size" | "fill"))
+                .map(|(name, v)| {
+                    if v.abs() >= 1e5 {
+                        format!("{name} {:.2}M", v / 1e6)
+                    } else if v.fract() == 0.0 {
+                        format!("{name} {v:.0}")
+                    } else {
+                        format!("{name} {v:.2}")
+                    }
+                })
+                .chain(f.notes.iter().map(|(name, t)| format!("{name} `{t}`")))
+                .collect();
+            vec![
+                format!("`{}`", f.key),
+                stat(Some(f), prec),
+                f.unit.to_string(),
+                from.join(", "),
+            ]
+        })
+        .collect()
 }
 
 /// A figure as a plot point at `x` (NaN if there is none).
@@ -851,6 +887,19 @@ mod tests {
         );
         assert!(t.contains("| 1500 B | 90% | 0.30 (0.25–0.30) |"), "{t}");
         assert!(t.contains("| ours | 8.00 | - | 1.80 (1.50–1.80) |"), "{t}");
+        assert!(
+            t.contains(
+                "| `two_thread_scaling` | 1.80 (1.50–1.80) | ratio | one_thread_per_s 8.00M |"
+            ),
+            "{t}"
+        );
+        // A figure every run measured alike says so.
+        assert!(
+            t.contains("| `two_thread_scaling_cpu_time` | 1.90 (every run) | ratio |  |"),
+            "{t}"
+        );
+        // No line of text is indented (which Markdown would render as code).
+        assert!(!t.contains("\n "), "{t}");
         // A figure no run produced is a dash, never a number.
         assert!(
             t.contains("| 64 B | 0% | 0.30 (0.25–0.30) | - | - | - |"),

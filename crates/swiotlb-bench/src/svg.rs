@@ -120,6 +120,7 @@ pub fn line_chart(
             .configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| format!("{v}"))
             .light_line_style(TRANSPARENT)
             .draw()
@@ -166,7 +167,8 @@ pub fn line_chart(
 
 /// A grouped bar chart: one group per entry of `groups` (its name, then one point per entry
 /// of `bars`, whose `x` is ignored), bars up to the median with an error bar from min to
-/// max, y linear from 0, and a dashed horizontal line at each of `marks`.
+/// max, y linear from 0, a dashed horizontal line at each of `marks`, and the groups'
+/// names under the axis.
 ///
 /// # Errors
 ///
@@ -196,7 +198,7 @@ pub fn bar_chart(
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 16))
             .margin(12)
-            .x_label_area_size(16)
+            .x_label_area_size(28)
             .y_label_area_size(64)
             .build_cartesian_2d(0.0..n, 0.0..y1)
             .map_err(err)?;
@@ -246,7 +248,7 @@ pub fn bar_chart(
                 // CAST: as above.
                 Text::new(
                     name.clone(),
-                    (g as f64 + 0.5, y1 * 0.97),
+                    (g as f64 + 0.5, -y1 * 0.02),
                     ("sans-serif", 14).into_font().color(&BLACK).pos(
                         plotters::style::text_anchor::Pos::new(
                             plotters::style::text_anchor::HPos::Center,
