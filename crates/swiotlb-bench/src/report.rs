@@ -181,14 +181,22 @@ pub fn aggregate(runs: &[Vec<Figure>]) -> Vec<Figure> {
         .collect()
 }
 
-/// A Markdown table from a header and rows.
+/// A Markdown table from a header and rows, the columns from `right_aligned_from` on
+/// aligned right (numbers).
 #[must_use]
 pub fn markdown_table(header: &[&str], right_aligned_from: usize, rows: &[Vec<String>]) -> String {
+    let right: Vec<bool> = (0..header.len()).map(|i| i >= right_aligned_from).collect();
+    markdown_table_aligned(header, &right, rows)
+}
+
+/// A Markdown table from a header and rows, column `i` aligned right if `right[i]`.
+#[must_use]
+pub fn markdown_table_aligned(header: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let align: Vec<&str> = (0..header.len())
         .map(|i| {
-            if i >= right_aligned_from {
+            if right.get(i).copied().unwrap_or(false) {
                 "---:"
             } else {
                 "---"
@@ -274,5 +282,7 @@ mod tests {
     fn table() {
         let t = markdown_table(&["a", "b"], 1, &[vec!["x".into(), "1".into()]]);
         assert_eq!(t, "| a | b |\n|---|---:|\n| x | 1 |\n");
+        let t = markdown_table_aligned(&["a", "b", "c"], &[false, true], &[]);
+        assert_eq!(t, "| a | b | c |\n|---|---:|---|\n");
     }
 }

@@ -24,7 +24,7 @@ use crate::compare::{Impl, ScalingCase, Timing, latency_all, with_pool};
 use crate::fixup;
 use crate::foreign::ForeignCase;
 use crate::harness::{FILLS, SIZES};
-use crate::report::{Figure, aggregate, markdown_table};
+use crate::report::{Figure, aggregate, markdown_table, markdown_table_aligned};
 use crate::svg::{Point, Series, bar_chart, line_chart};
 
 /// Runs of the full suite unless `--runs` says otherwise.
@@ -405,9 +405,9 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
         "### Headline figures\n\nMedian (min–max) over {n} runs; the inputs are medians over the \
          runs.\n\n"
     ));
-    out.push_str(&markdown_table(
+    out.push_str(&markdown_table_aligned(
         &["key", "value", "unit", "from"],
-        1,
+        &[false, true, false, false],
         &headline_rows(figs),
     ));
     out.push('\n');
@@ -542,7 +542,11 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
         .filter(|f| f.key.contains("fixup_"))
         .map(|f| vec![format!("`{}`", f.key), stat(Some(f), 4), f.unit.to_string()])
         .collect();
-    out.push_str(&markdown_table(&["figure", "value", "unit"], 1, &frows));
+    out.push_str(&markdown_table_aligned(
+        &["figure", "value", "unit"],
+        &[false, true, false],
+        &frows,
+    ));
 
     out.push_str(&format!(
         "\n### Foreign-table lookup\n\nns per lookup and ratio, median (min–max) over {n} \

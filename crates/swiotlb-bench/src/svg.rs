@@ -121,6 +121,7 @@ pub fn line_chart(
             .x_desc(x_label)
             .y_desc(y_label)
             .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_labels(8)
             .y_label_formatter(&|v| format!("{v}"))
             .light_line_style(TRANSPARENT)
             .draw()
@@ -187,7 +188,8 @@ pub fn bar_chart(
         .map(|p| p.max)
         .chain(marks.iter().copied())
         .fold(0.0, f64::max);
-    let y1 = if top > 0.0 { top * 1.15 } else { 1.0 };
+    // Room above the tallest whisker for the legend.
+    let y1 = if top > 0.0 { top * 1.3 } else { 1.0 };
     // CAST: a handful of groups and bars.
     let n = groups.len().max(1) as f64;
     let w = 0.7 / bars.len().max(1) as f64;
