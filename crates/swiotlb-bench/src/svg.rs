@@ -121,7 +121,6 @@ pub fn line_chart(
             .x_desc(x_label)
             .y_desc(y_label)
             .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_labels(8)
             .y_label_formatter(&|v| format!("{v}"))
             .light_line_style(TRANSPARENT)
             .draw()
