@@ -10,7 +10,8 @@
 //! - `xen-qemu [ARCH] [--xen VERSION]`: boot the bare-metal dom0 examples on each real Xen
 //!   release under QEMU and read their verdicts; `xen-qemu mutants` requires every kernel
 //!   built with a deliberate fault to fail ([`xen_qemu`]).
-//! - `bench [--quick]`: the comparative benchmarks, one JSON line per figure ([`bench`]).
+//! - `bench [--quick] [--runs N] [--svg-dir DIR]`: the comparative benchmarks, each figure's
+//!   median, min and max over N runs, one JSON line per figure ([`bench`]).
 //! - `fuzz [--smoke] [--cmin]`: the cargo-fuzz targets, or minimizing their corpus
 //!   ([`fuzz`]).
 //! - `soak --minutes N` (or `--seconds N`): concurrent map/unmap/sync on the simulator,
@@ -95,7 +96,8 @@ commands:
   demo [-- ARGS]                       run the main job (the README's demo command)
   xen-qemu [ARCH] [--xen VERSION]      boot the dom0 examples on real Xen (4.17, 4.20) under QEMU
   xen-qemu mutants [ARCH]              every kernel built with a deliberate fault must FAIL
-  bench [--quick]                      comparative benchmarks, one JSON line per figure
+  bench [--quick] [--runs N] [--svg-dir DIR]
+                                       comparative benchmarks, N runs, one JSON line per figure
   fuzz [--smoke] [--cmin]              run the cargo-fuzz targets (or minimize the corpus)
   soak --minutes N | --seconds N       concurrent map/unmap/sync on the simulator
   help                                 print this text

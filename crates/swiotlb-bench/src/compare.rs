@@ -129,14 +129,14 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// For `--quick`: 15 batches of 4 ms.
+    /// One run of `--quick`: 5 batches of 4 ms (three runs by default).
     pub const QUICK: Timing = Timing {
-        batches: 15,
+        batches: 5,
         batch_time: Duration::from_millis(4),
     };
-    /// For the full tables: 31 batches of 5 ms.
+    /// One run of the full tables: 15 batches of 5 ms (five runs by default).
     pub const FULL: Timing = Timing {
-        batches: 31,
+        batches: 15,
         batch_time: Duration::from_millis(5),
     };
 }

@@ -15,7 +15,8 @@
 //! really bounces the data; [`fixup`] and [`sim`] count the Xen pool initialisation's
 //! hypercalls on `xen-sim` (Linux's scheme and the facade's); [`foreign`] times arm64's
 //! foreign table against a `BTreeMap`; [`suite`] runs it all for `cargo xtask bench`, with
-//! [`report`] (JSON lines, tables) and [`svg`] (plots). [`mapbench`] is Linux's
+//! [`report`] (JSON lines with `serde_json`, each figure's median, min and max over the runs;
+//! tables) and [`svg`] (plots with `plotters`, the spread drawn). [`mapbench`] is Linux's
 //! `dma_map_benchmark`, the `dma-map-bench` binary. `benches/pool.rs` runs the pool cases
 //! under criterion; `tests/oracle.rs` checks the real pool against the Linux port.
 //!

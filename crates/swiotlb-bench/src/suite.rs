@@ -2,54 +2,100 @@
 //! scaling, the fixup's hypercalls and the foreign-table lookup, as [`Figure`]s, Markdown
 //! tables and SVG plots.
 //!
-//! `--quick` measures only what the headline figures need (1500 B at 90% fill for every
-//! pool, the floor, scaling of ours and Linux, both fixups, both table sizes) with short
-//! batches; the full run measures the whole grid ([`SIZES`] x [`FILLS`] x [`Impl::ALL`],
-//! `ToDevice`, plus `Bidirectional` at 90%), scaling of every pool, and draws the plots.
+//! Everything is measured `--runs N` times (default [`DEFAULT_RUNS`], [`QUICK_RUNS`] with
+//! `--quick`), each run a whole pass over the cases ([`run_once`]), and the runs are folded
+//! into one figure per key ([`aggregate`]): the median, the least and the greatest run.
+//! The tables and plots are made from those figures alone, so they print nothing the JSON
+//! lines do not carry. The machine's load (`/proc/loadavg`) is recorded at the start and at
+//! the end, with the number of CPUs.
+//!
+//! `--quick` measures only what the headline figures need (1500 B and 64 KiB at 90% fill
+//! for every pool, the floor, scaling of ours and Linux, both fixups, both table sizes)
+//! with short batches; the full run measures the whole grid ([`SIZES`] x [`FILLS`] x
+//! [`Impl::ALL`], `ToDevice`, plus `Bidirectional` at 90%), scaling of every pool, and
+//! draws the plots.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use swiotlb_core::DmaDirection;
 
-use crate::compare::{Impl, Latency, ScalingCase, Timing, latency_all, with_pool};
+use crate::compare::{Impl, ScalingCase, Timing, latency_all, with_pool};
 use crate::fixup;
 use crate::foreign::ForeignCase;
 use crate::harness::{FILLS, SIZES};
-use crate::report::{Figure, markdown_table};
-use crate::svg::{Series, bar_chart, line_chart};
+use crate::report::{Figure, aggregate, markdown_table, markdown_table_aligned};
+use crate::svg::{Point, Series, bar_chart, line_chart};
+
+/// Runs of the full suite unless `--runs` says otherwise.
+pub const DEFAULT_RUNS: usize = 5;
+/// Runs of `--quick` unless `--runs` says otherwise.
+pub const QUICK_RUNS: usize = 3;
+/// The most runs `--runs` accepts.
+pub const MAX_RUNS: usize = 100;
 
 /// What the command line asked for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SuiteOptions {
     /// Only the headline figures, short batches.
     pub quick: bool,
+    /// How many times every figure is measured.
+    pub runs: usize,
     /// Where to write the SVG plots (full run only).
     pub svg_dir: Option<PathBuf>,
 }
 
-/// The usage line.
-pub const USAGE: &str = "usage: bench-report [--quick] [--svg-dir DIR]";
+impl Default for SuiteOptions {
+    fn default() -> Self {
+        Self {
+            quick: false,
+            runs: DEFAULT_RUNS,
+            svg_dir: None,
+        }
+    }
+}
+
+/// The usage text.
+pub const USAGE: &str = "usage: bench-report [--quick] [--runs N] [--svg-dir DIR]
+
+  --quick        only the headline figures, short batches, no tables or plots
+  --runs N       measure every figure N times (1..=100; default 5, 3 with --quick) and
+                 report the median, min and max
+  --svg-dir DIR  write the plots there (full run only)
+
+One JSON line per figure on stdout, then (full run) the Markdown tables; progress on stderr.";
+
+fn parse_runs(v: Option<&String>) -> Result<usize, String> {
+    let v = v.ok_or_else(|| format!("--runs needs a count in 1..={MAX_RUNS}"))?;
+    match v.parse::<usize>() {
+        Ok(n) if (1..=MAX_RUNS).contains(&n) => Ok(n),
+        _ => Err(format!("--runs {v:?}: expected a count in 1..={MAX_RUNS}")),
+    }
+}
 
 impl SuiteOptions {
     /// Parses the arguments (without the program name).
     ///
     /// # Errors
     ///
-    /// An unknown argument, or `--svg-dir` without a directory.
+    /// An unknown argument, `--svg-dir` without a directory, or `--runs` without a count in
+    /// `1..=`[`MAX_RUNS`].
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let mut o = Self::default();
+        let mut runs = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--quick" => o.quick = true,
+                "--runs" => runs = Some(parse_runs(it.next())?),
                 "--svg-dir" => {
                     let d = it.next().ok_or("--svg-dir needs a directory")?;
                     o.svg_dir = Some(PathBuf::from(d));
                 }
-                other => return Err(format!("unknown argument {other:?}; {USAGE}")),
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
+        o.runs = runs.unwrap_or(if o.quick { QUICK_RUNS } else { DEFAULT_RUNS });
         Ok(o)
     }
 }
@@ -57,7 +103,7 @@ impl SuiteOptions {
 /// What a run produced.
 #[derive(Clone, Debug, Default)]
 pub struct SuiteOutput {
-    /// The figures, in order.
+    /// The figures, in order, each folded over the runs.
     pub figures: Vec<Figure>,
     /// Markdown tables (full run).
     pub tables: String,
@@ -81,160 +127,198 @@ pub const HEADLINE_FILL: u32 = 90;
 pub const HEADLINE_SIZE: usize = 1500;
 /// The large headline size (`map_unmap_65536_vs_memcpy`), where the copy dominates.
 pub const LARGE_SIZE: usize = 65536;
+/// The foreign-table sizes.
+pub const FOREIGN_ENTRIES: [usize; 2] = [10_000, 100_000];
 
 fn setup<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> Result<T, String> {
     r.map_err(|e| format!("cannot set up {what}: {e}"))
 }
 
-/// One cell for every pool, and the floor.
-fn cells(
-    size: usize,
-    fill: u32,
-    dir: DmaDirection,
-    t: Timing,
-) -> Result<([Latency; 4], f64), String> {
-    let copies = if dir == DmaDirection::ToDevice { 1 } else { 2 };
-    setup(latency_all(size, fill, dir, copies, t), "the pools")
+/// The sizes and fills a run measures.
+fn grid_of(o: &SuiteOptions) -> (Vec<usize>, Vec<u32>) {
+    if o.quick {
+        (vec![HEADLINE_SIZE, LARGE_SIZE], vec![HEADLINE_FILL])
+    } else {
+        (SIZES.to_vec(), FILLS.to_vec())
+    }
 }
 
-/// Runs the suite, calling `progress` with a line before each step.
+/// The pools whose scaling a run measures.
+fn scaled_of(o: &SuiteOptions) -> Vec<Impl> {
+    if o.quick {
+        vec![Impl::Ours, Impl::Linux]
+    } else {
+        Impl::ALL.to_vec()
+    }
+}
+
+/// Key of one grid cell's latency.
+fn cell_key(size: usize, fill: u32, imp: Impl) -> String {
+    format!("map_unmap_{size}_fill{fill}_{}_ns", imp.name())
+}
+
+/// Key of one grid cell's ratio of ours to `peer` (`"memcpy"` for the floor).
+fn ratio_key(size: usize, fill: u32, peer: &str) -> String {
+    format!("map_unmap_{size}_fill{fill}_vs_{peer}")
+}
+
+/// Key of the `Bidirectional` cell's latency.
+fn bidi_key(size: usize, imp: &str) -> String {
+    format!("map_unmap_bidi_{size}_fill{HEADLINE_FILL}_{imp}_ns")
+}
+
+/// Key of a pool's scaling (wall clock; `_cpu_time` appended for the CPU-time ratio).
+fn scaling_key(imp: Impl) -> String {
+    if imp == Impl::Ours {
+        "two_thread_scaling".to_string()
+    } else {
+        format!("{}_two_thread_scaling", imp.name())
+    }
+}
+
+// CAST: sizes and fills fit f64 exactly.
+fn f(v: usize) -> f64 {
+    v as f64
+}
+
+/// One pass over every case: each figure measured once.
 ///
 /// # Errors
 ///
 /// If a pool, the memory or a simulated machine cannot be set up.
-pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutput, String> {
+pub fn run_once(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, String> {
     let t = if o.quick { Timing::QUICK } else { Timing::FULL };
-    let mut out = SuiteOutput::default();
-    out.figures.push(machine_figure());
+    let mut figs = Vec::new();
     let to_dev = DmaDirection::ToDevice;
+    let (hs, hf) = (HEADLINE_SIZE, HEADLINE_FILL);
 
     // Latency grid.
-    let sizes: Vec<usize> = if o.quick {
-        vec![HEADLINE_SIZE, LARGE_SIZE]
-    } else {
-        SIZES.to_vec()
-    };
-    let fills: Vec<u32> = if o.quick {
-        vec![HEADLINE_FILL]
-    } else {
-        FILLS.to_vec()
-    };
-    let mut floor = Vec::new();
-    let mut grid = Vec::new(); // (imp, size, fill, latency)
+    let (sizes, fills) = grid_of(o);
+    let mut cells = Vec::new(); // (size, fill, [ns; 4], floor)
     for &size in &sizes {
         let mut floors = Vec::new();
+        let mut rows = Vec::new();
         for &fill in &fills {
             progress(&format!("map+unmap {size} B at {fill}% fill"));
-            let (lat, f) = cells(size, fill, to_dev, t)?;
-            floors.push(f);
+            let (lat, floor) = setup(latency_all(size, fill, to_dev, 1, t), "the pools")?;
+            floors.push(floor);
             for (imp, l) in Impl::ALL.into_iter().zip(lat) {
-                grid.push((imp, size, fill, l));
+                figs.push(
+                    Figure::new(cell_key(size, fill, imp), l.ns, "ns")
+                        .with("reached_fill", l.reached_fill),
+                );
             }
+            rows.push((fill, lat.map(|l| l.ns)));
         }
-        // The floor does not depend on the fill: the median of its measurements.
-        floor.push((size, crate::compare::median(&mut floors)));
+        // The floor does not depend on the fill: this run's median of its measurements.
+        let floor = crate::compare::median(&mut floors);
+        figs.push(Figure::new(format!("memcpy_{size}_ns"), floor, "ns"));
+        for (fill, ns) in rows {
+            for (i, peer) in Impl::ALL.iter().enumerate().skip(1) {
+                figs.push(
+                    Figure::new(ratio_key(size, fill, peer.name()), ns[0] / ns[i], "ratio")
+                        .with("ours_ns", ns[0])
+                        .with(format!("{}_ns", peer.name()), ns[i]),
+                );
+            }
+            figs.push(
+                Figure::new(ratio_key(size, fill, "memcpy"), ns[0] / floor, "ratio")
+                    .with("ours_ns", ns[0])
+                    .with("memcpy_ns", floor),
+            );
+            cells.push((size, fill, ns, floor));
+        }
     }
-    let ns_of = |imp: Impl, size: usize, fill: u32| {
-        grid.iter()
-            .find(|g| g.0 == imp && g.1 == size && g.2 == fill)
-            .map_or(f64::NAN, |g| g.3.ns)
-    };
-    let floor_of = |size: usize| floor.iter().find(|f| f.0 == size).map_or(f64::NAN, |f| f.1);
-    let (hs, hf) = (HEADLINE_SIZE, HEADLINE_FILL);
-    let ours = ns_of(Impl::Ours, hs, hf);
-    for peer in [Impl::Linux, Impl::Buddy, Impl::Bitmap] {
-        let p = ns_of(peer, hs, hf);
-        out.figures.push(
-            Figure::new(
-                format!("map_unmap_{hs}_fill{hf}_vs_{}", peer.name()),
-                ours / p,
+    let cell = |size: usize, fill: u32| cells.iter().find(|c| c.0 == size && c.1 == fill);
+    for size in [hs, LARGE_SIZE] {
+        if let Some(&(_, _, ns, floor)) = cell(size, hf) {
+            figs.push(
+                Figure::new(
+                    format!("map_unmap_{size}_vs_memcpy"),
+                    ns[0] / floor,
+                    "ratio",
+                )
+                .with("ours_ns", ns[0])
+                .with("memcpy_ns", floor)
+                .with("fill", f64::from(hf)),
+            );
+        }
+    }
+
+    // Bidirectional at the headline fill: copy in and copy back (full run).
+    if !o.quick {
+        for &size in &sizes {
+            progress(&format!("bidirectional {size} B at {hf}% fill"));
+            let (lat, floor2) = setup(
+                latency_all(size, hf, DmaDirection::Bidirectional, 2, t),
+                "the pools",
+            )?;
+            for (imp, l) in Impl::ALL.into_iter().zip(lat) {
+                figs.push(
+                    Figure::new(bidi_key(size, imp.name()), l.ns, "ns")
+                        .with("reached_fill", l.reached_fill),
+                );
+            }
+            figs.push(Figure::new(bidi_key(size, "2x_memcpy"), floor2, "ns"));
+            figs.push(Figure::new(
+                format!("map_unmap_bidi_{size}_fill{hf}_vs_linux"),
+                lat[0].ns / lat[1].ns,
                 "ratio",
-            )
-            .with("ours_ns", ours)
-            .with(format!("{}_ns", peer.name()), p),
-        );
+            ));
+            figs.push(Figure::new(
+                format!("map_unmap_bidi_{size}_fill{hf}_vs_2x_memcpy"),
+                lat[0].ns / floor2,
+                "ratio",
+            ));
+        }
     }
-    out.figures.push(
-        Figure::new(
-            format!("map_unmap_{hs}_vs_memcpy"),
-            ours / floor_of(hs),
-            "ratio",
-        )
-        .with("ours_ns", ours)
-        .with("memcpy_ns", floor_of(hs))
-        .with("fill", f64::from(hf)),
-    );
-    let large = ns_of(Impl::Ours, LARGE_SIZE, hf);
-    out.figures.push(
-        Figure::new(
-            format!("map_unmap_{LARGE_SIZE}_vs_memcpy"),
-            large / floor_of(LARGE_SIZE),
-            "ratio",
-        )
-        .with("ours_ns", large)
-        .with("memcpy_ns", floor_of(LARGE_SIZE))
-        .with("fill", f64::from(hf)),
-    );
 
     // Scaling.
     let (run, rounds) = if o.quick {
-        (Duration::from_millis(150), 7)
+        (Duration::from_millis(100), 2)
     } else {
-        (Duration::from_millis(200), 9)
+        (Duration::from_millis(200), 5)
     };
-    let scaled: Vec<Impl> = if o.quick {
-        vec![Impl::Ours, Impl::Linux]
-    } else {
-        Impl::ALL.to_vec()
-    };
-    let mut scaling = Vec::new();
-    for imp in scaled {
+    for imp in scaled_of(o) {
         progress(&format!("scaling of {} (1 and 2 threads)", imp.name()));
-        let s = setup(
-            with_pool(
-                imp,
-                ScalingCase {
-                    fill: hf,
-                    size: hs,
-                    run,
-                    rounds,
-                },
-            ),
-            imp.name(),
-        )?;
-        let key = if imp == Impl::Ours {
-            "two_thread_scaling".to_string()
-        } else {
-            format!("{}_two_thread_scaling", imp.name())
+        let case = ScalingCase {
+            fill: hf,
+            size: hs,
+            run,
+            rounds,
         };
-        out.figures.push(
-            Figure::new(key, s.ratio, "ratio")
+        let s = setup(with_pool(imp, case), imp.name())?;
+        figs.push(
+            Figure::new(scaling_key(imp), s.ratio, "ratio")
                 .with("one_thread_per_s", s.one)
                 .with("two_threads_per_s", s.two)
                 .with("cpu_time_ratio", s.cpu_ratio)
-                .with("size", f64::from(u32::try_from(hs).unwrap_or(u32::MAX)))
+                .with("one_thread_cpu_per_s", s.one_cpu)
+                .with("two_threads_cpu_per_s", s.two_cpu)
+                .with("size", f(hs))
                 .with("fill", f64::from(hf)),
         );
-        scaling.push((imp, s));
+        figs.push(Figure::new(
+            format!("{}_cpu_time", scaling_key(imp)),
+            s.cpu_ratio,
+            "ratio",
+        ));
     }
 
-    // Fixup hypercalls.
+    // Fixup hypercalls (the simulator's counts: the same in every run).
     progress("fixup hypercalls on the simulator");
-    let fix = fixup_figures()?;
-    out.figures.extend(fix.iter().cloned());
+    figs.extend(fixup_figures()?);
 
     // Foreign table.
-    let ft = if o.quick { Timing::QUICK } else { Timing::FULL };
-    let mut foreign_rows = Vec::new();
-    for n in [10_000usize, 100_000] {
+    for n in FOREIGN_ENTRIES {
         progress(&format!("foreign table lookup, {n} entries"));
         let c = setup(
             ForeignCase::new(n, 0xf0_4e19 + n as u64),
             "the foreign table",
         )?;
         let hits = c.check()?;
-        let (table, btree) = c.time(ft);
-        out.figures.push(
+        let (table, btree) = c.time(t);
+        figs.push(
             Figure::new(
                 format!("foreign_lookup_{n}_vs_btreemap"),
                 table / btree,
@@ -242,93 +326,165 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
             )
             .with("table_ns", table)
             .with("btreemap_ns", btree)
-            .with("hit_share", hits as f64 / crate::foreign::QUERIES as f64),
+            .with("hit_share", f(hits) / f(crate::foreign::QUERIES)),
         );
-        foreign_rows.push(vec![
-            format!("{n}"),
-            format!("{table:.1}"),
-            format!("{btree:.1}"),
-            format!("{:.2}", table / btree),
-        ]);
+        figs.push(Figure::new(
+            format!("foreign_lookup_{n}_table_ns"),
+            table,
+            "ns",
+        ));
+        figs.push(Figure::new(
+            format!("foreign_lookup_{n}_btreemap_ns"),
+            btree,
+            "ns",
+        ));
     }
+    Ok(figs)
+}
 
-    if o.quick {
-        out.figures.push(load_at_end());
-        return Ok(out);
+/// Runs the suite `o.runs` times, calling `progress` with a line before each step, and
+/// folds the runs into one figure per key; makes the tables and plots of a full run from
+/// those figures.
+///
+/// # Errors
+///
+/// If a pool, the memory or a simulated machine cannot be set up, or a plot cannot be
+/// drawn.
+pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutput, String> {
+    let start = machine_figure("machine_load_1min");
+    let mut runs = Vec::with_capacity(o.runs);
+    for r in 1..=o.runs.max(1) {
+        let n = o.runs.max(1);
+        runs.push(run_once(o, &mut |step| {
+            progress(&format!("run {r}/{n}: {step}"))
+        })?);
     }
+    let mut out = SuiteOutput::default();
+    out.figures.push(start);
+    out.figures.extend(aggregate(&runs));
+    out.figures.push(machine_figure("machine_load_1min_end"));
+    if !o.quick {
+        out.tables = tables(o, &out.figures);
+        out.svgs = plots(o, &out.figures)?;
+    }
+    Ok(out)
+}
 
-    // Per-cell figures and the full tables.
-    let mut rows = Vec::new();
-    for &(imp, size, fill, lat) in &grid {
-        out.figures.push(
-            Figure::new(
-                format!("map_unmap_{size}_fill{fill}_{}_ns", imp.name()),
-                lat.ns,
-                "ns",
-            )
-            .with("reached_fill", lat.reached_fill),
-        );
+/// The figure called `key`.
+fn get<'a>(figs: &'a [Figure], key: &str) -> Option<&'a Figure> {
+    figs.iter().find(|f| f.key == key)
+}
+
+/// A figure's median and spread for a table cell: `median (min–max)`, `median` alone when
+/// one run measured it, `-` when none did.
+fn stat(fig: Option<&Figure>, prec: usize) -> String {
+    match fig {
+        Some(f) if f.runs > 1 && f.min == f.max => format!("{:.prec$} (every run)", f.value),
+        Some(f) if f.runs > 1 => format!("{:.prec$} ({:.prec$}–{:.prec$})", f.value, f.min, f.max),
+        Some(f) if f.runs == 1 => format!("{:.prec$}", f.value),
+        _ => "-".into(),
     }
+}
+
+/// A figure's input (a median over the runs) for a table cell.
+fn input(fig: Option<&Figure>, name: &str, scale: f64, prec: usize) -> String {
+    match fig.and_then(|f| f.input(name)) {
+        Some(v) if v.is_finite() => format!("{:.prec$}", v * scale),
+        _ => "-".into(),
+    }
+}
+
+/// The Markdown tables of a full run, from its figures.
+fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
+    let (sizes, fills) = grid_of(o);
+    let (hs, hf) = (HEADLINE_SIZE, HEADLINE_FILL);
+    let g = |k: &str| get(figs, k);
+    let n = o.runs;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "### Headline figures\n\nMedian (min–max) over {n} runs; the inputs are medians over the \
+         runs.\n\n"
+    ));
+    out.push_str(&markdown_table_aligned(
+        &["key", "value", "unit", "from"],
+        &[false, true, false, false],
+        &headline_rows(figs),
+    ));
+    out.push('\n');
+    let mut ns_rows = Vec::new();
+    let mut ratio_rows = Vec::new();
     for &size in &sizes {
         for &fill in &fills {
-            let row_ns: Vec<f64> = Impl::ALL.iter().map(|&i| ns_of(i, size, fill)).collect();
             let reached: Vec<String> = Impl::ALL
                 .iter()
-                .map(|&i| {
-                    grid.iter()
-                        .find(|g| g.0 == i && g.1 == size && g.2 == fill)
-                        .map_or("-".into(), |g| format!("{:.0}", g.3.reached_fill))
-                })
+                .map(|&i| input(g(&cell_key(size, fill, i)), "reached_fill", 1.0, 0))
                 .collect();
             let mut r = vec![
                 format!("{size} B"),
                 format!("{fill}% ({})", reached.join("/")),
             ];
-            r.extend(row_ns.iter().map(|c| format!("{c:.1}")));
-            r.push(format!("{:.1}", floor_of(size)));
-            r.extend(row_ns[1..].iter().map(|c| format!("{:.2}", row_ns[0] / c)));
-            r.push(format!("{:.2}", row_ns[0] / floor_of(size)));
-            rows.push(r);
+            r.extend(
+                Impl::ALL
+                    .iter()
+                    .map(|&i| stat(g(&cell_key(size, fill, i)), 1)),
+            );
+            r.push(stat(g(&format!("memcpy_{size}_ns")), 1));
+            ns_rows.push(r);
+            let mut r = vec![format!("{size} B"), format!("{fill}%")];
+            for peer in ["linux", "buddy", "bitmap", "memcpy"] {
+                r.push(stat(g(&ratio_key(size, fill, peer)), 2));
+            }
+            ratio_rows.push(r);
         }
     }
-    out.tables.push_str(
-        "### Map+unmap, ToDevice (median ns per round trip)\n\n\
-         fill column: target (reached by ours/linux/buddy/bitmap)\n\n",
-    );
-    out.tables.push_str(&markdown_table(
+    out.push_str(&format!(
+        "### Map+unmap, ToDevice: ns per round trip\n\nMedian (min–max) over {n} runs, \
+         each run's value the median of its batches. The fill column gives the target \
+         and, in parentheses, the fill reached by ours/linux/buddy/bitmap (medians).\n\n"
+    ));
+    out.push_str(&markdown_table(
+        &["size", "fill", "ours", "linux", "buddy", "bitmap", "memcpy"],
+        2,
+        &ns_rows,
+    ));
+    out.push_str(&format!(
+        "\n### Map+unmap, ToDevice: ours against each\n\nMedian (min–max) over {n} runs \
+         of each run's ratio.\n\n"
+    ));
+    out.push_str(&markdown_table(
         &[
             "size",
             "fill",
-            "ours",
-            "linux",
-            "buddy",
-            "bitmap",
-            "memcpy",
             "ours/linux",
             "ours/buddy",
             "ours/bitmap",
             "ours/memcpy",
         ],
         2,
-        &rows,
+        &ratio_rows,
     ));
 
-    // Bidirectional at the headline fill: copy in and copy back.
-    let mut bidi = Vec::new();
-    for &size in &sizes {
-        progress(&format!("bidirectional {size} B at {hf}% fill"));
-        let (lat, floor2) = cells(size, hf, DmaDirection::Bidirectional, t)?;
-        let mut r = vec![format!("{size} B")];
-        r.extend(lat.iter().map(|l| format!("{:.1}", l.ns)));
-        r.push(format!("{floor2:.1}"));
-        r.push(format!("{:.2}", lat[0].ns / lat[1].ns));
-        r.push(format!("{:.2}", lat[0].ns / floor2));
-        bidi.push(r);
-    }
-    out.tables.push_str(&format!(
-        "\n### Map+unmap, Bidirectional at {hf}% fill (copy in and copy back; median ns)\n\n"
+    let bidi: Vec<Vec<String>> = sizes
+        .iter()
+        .map(|&size| {
+            let mut r = vec![format!("{size} B")];
+            for imp in ["ours", "linux", "buddy", "bitmap", "2x_memcpy"] {
+                r.push(stat(g(&bidi_key(size, imp)), 1));
+            }
+            for peer in ["linux", "2x_memcpy"] {
+                r.push(stat(
+                    g(&format!("map_unmap_bidi_{size}_fill{hf}_vs_{peer}")),
+                    2,
+                ));
+            }
+            r
+        })
+        .collect();
+    out.push_str(&format!(
+        "\n### Map+unmap, Bidirectional at {hf}% fill (copy in and copy back)\n\nns per \
+         round trip and ratios, median (min–max) over {n} runs.\n\n"
     ));
-    out.tables.push_str(&markdown_table(
+    out.push_str(&markdown_table(
         &[
             "size",
             "ours",
@@ -343,26 +499,27 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
         &bidi,
     ));
 
-    // Scaling table.
-    let srows: Vec<Vec<String>> = scaling
-        .iter()
-        .map(|(i, s)| {
+    let srows: Vec<Vec<String>> = scaled_of(o)
+        .into_iter()
+        .map(|i| {
+            let s = g(&scaling_key(i));
             vec![
                 i.name().to_string(),
-                format!("{:.2}", s.one / 1e6),
-                format!("{:.2}", s.two / 1e6),
-                format!("{:.2}", s.ratio),
-                format!("{:.2}", s.one_cpu / 1e6),
-                format!("{:.2}", s.two_cpu / 1e6),
-                format!("{:.2}", s.cpu_ratio),
+                input(s, "one_thread_per_s", 1e-6, 2),
+                input(s, "two_threads_per_s", 1e-6, 2),
+                stat(s, 2),
+                input(s, "one_thread_cpu_per_s", 1e-6, 2),
+                input(s, "two_threads_cpu_per_s", 1e-6, 2),
+                stat(g(&format!("{}_cpu_time", scaling_key(i))), 2),
             ]
         })
         .collect();
-    out.tables.push_str(&format!(
-        "\n### Scaling: {hs} B ToDevice round trips at {hf}% fill (millions per second; \
-         per wall-clock second, and per second of each thread's CPU time)\n\n"
+    out.push_str(&format!(
+        "\n### Scaling: {hs} B ToDevice round trips at {hf}% fill\n\nMillions per second \
+         (per wall-clock second, and per second of each thread's CPU time), medians over \
+         {n} runs; the ratios median (min–max) over the runs.\n\n"
     ));
-    out.tables.push_str(&markdown_table(
+    out.push_str(&markdown_table(
         &[
             "pool",
             "1 thread",
@@ -376,24 +533,114 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
         &srows,
     ));
 
-    // Fixup and foreign tables.
-    out.tables
-        .push_str("\n### Pool fixup on the simulated x86 PV machine\n\n");
-    let frows: Vec<Vec<String>> = fix
+    out.push_str(&format!(
+        "\n### Pool fixup on the simulated x86 PV machine\n\nMedian (min–max) over {n} \
+         runs.\n\n"
+    ));
+    let frows: Vec<Vec<String>> = figs
         .iter()
-        .map(|f| vec![f.key.clone(), format!("{:.2}", f.value), f.unit.to_string()])
+        .filter(|f| f.key.contains("fixup_"))
+        .map(|f| vec![format!("`{}`", f.key), stat(Some(f), 4), f.unit.to_string()])
         .collect();
-    out.tables
-        .push_str(&markdown_table(&["figure", "value", "unit"], 1, &frows));
-    out.tables
-        .push_str("\n### Foreign-table lookup (median ns per lookup)\n\n");
-    out.tables.push_str(&markdown_table(
-        &["entries", "ForeignTable", "BTreeMap", "table/btree"],
-        1,
-        &foreign_rows,
+    out.push_str(&markdown_table_aligned(
+        &["figure", "value", "unit"],
+        &[false, true, false],
+        &frows,
     ));
 
-    // Plots.
+    out.push_str(&format!(
+        "\n### Foreign-table lookup\n\nns per lookup and ratio, median (min–max) over {n} \
+         runs.\n\n"
+    ));
+    let frows: Vec<Vec<String>> = FOREIGN_ENTRIES
+        .iter()
+        .map(|&e| {
+            vec![
+                format!("{e}"),
+                stat(g(&format!("foreign_lookup_{e}_table_ns")), 1),
+                stat(g(&format!("foreign_lookup_{e}_btreemap_ns")), 1),
+                stat(g(&format!("foreign_lookup_{e}_vs_btreemap")), 2),
+            ]
+        })
+        .collect();
+    out.push_str(&markdown_table(
+        &["entries", "ForeignTable", "BTreeMap", "table/btree"],
+        1,
+        &frows,
+    ));
+    out
+}
+
+/// The keys of the headline table, after [`HEADLINE_KEYS`]'s.
+const MORE_HEADLINES: [&str; 9] = [
+    "map_unmap_1500_fill90_vs_buddy",
+    "map_unmap_1500_fill90_vs_bitmap",
+    "two_thread_scaling_cpu_time",
+    "linux_two_thread_scaling",
+    "linux_two_thread_scaling_cpu_time",
+    "fixup_exchanges_per_mib",
+    "linux_fixup_exchanges_per_mib",
+    "foreign_lookup_10000_vs_btreemap",
+    "foreign_lookup_100000_vs_btreemap",
+];
+
+/// The rows of the headline table: each figure with its inputs (medians over the runs).
+fn headline_rows(figs: &[Figure]) -> Vec<Vec<String>> {
+    HEADLINE_KEYS
+        .iter()
+        .chain(MORE_HEADLINES.iter())
+        .filter_map(|k| get(figs, k))
+        .map(|f| {
+            let prec = if f.unit == "per_mib" { 4 } else { 2 };
+            let from: Vec<String> = f
+                .inputs
+                .iter()
+                .filter(|(name, v)| v.is_finite() && !matches!(name.as_str(), "size" | "fill"))
+                .map(|(name, v)| {
+                    if v.abs() >= 1e5 {
+                        format!("{name} {:.2}M", v / 1e6)
+                    } else if v.fract() == 0.0 {
+                        format!("{name} {v:.0}")
+                    } else {
+                        format!("{name} {v:.2}")
+                    }
+                })
+                .chain(f.notes.iter().map(|(name, t)| format!("{name} `{t}`")))
+                .collect();
+            vec![
+                format!("`{}`", f.key),
+                stat(Some(f), prec),
+                f.unit.to_string(),
+                from.join(", "),
+            ]
+        })
+        .collect()
+}
+
+/// A figure as a plot point at `x` (NaN if there is none).
+fn point(fig: Option<&Figure>, x: f64) -> Point {
+    fig.map_or(
+        Point {
+            x,
+            median: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+        },
+        |f| Point {
+            x,
+            median: f.value,
+            min: f.min,
+            max: f.max,
+        },
+    )
+}
+
+/// The SVG plots of a full run, from its figures.
+fn plots(o: &SuiteOptions, figs: &[Figure]) -> Result<Vec<(String, String)>, String> {
+    let (_, fills) = grid_of(o);
+    let (hs, hf) = (HEADLINE_SIZE, HEADLINE_FILL);
+    let n = o.runs;
+    let mut out = Vec::new();
     for size in [HEADLINE_SIZE, 4096, 65536] {
         let mut series: Vec<Series> = Impl::ALL
             .iter()
@@ -401,7 +648,7 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
                 name: i.name().to_string(),
                 points: fills
                     .iter()
-                    .map(|&f| (f64::from(f), ns_of(i, size, f)))
+                    .map(|&fl| point(get(figs, &cell_key(size, fl, i)), f64::from(fl)))
                     .collect(),
             })
             .collect();
@@ -409,69 +656,66 @@ pub fn run(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<SuiteOutp
             name: "memcpy".into(),
             points: fills
                 .iter()
-                .map(|&f| (f64::from(f), floor_of(size)))
+                .map(|&fl| point(get(figs, &format!("memcpy_{size}_ns")), f64::from(fl)))
                 .collect(),
         });
-        out.svgs.push((
+        out.push((
             format!("latency-vs-fill-{size}.svg"),
             line_chart(
-                &format!("{size} B ToDevice map+unmap against pool fill"),
+                &format!(
+                    "{size} B ToDevice map+unmap against pool fill ({n} runs: median, min-max)"
+                ),
                 "fill level (% of slots in use, fragmented)",
-                "median ns per round trip (log)",
+                "ns per round trip (log)",
                 &series,
-            ),
+            )?,
         ));
     }
-    let groups: Vec<(String, Vec<f64>, String)> = scaling
-        .iter()
-        .map(|(i, s)| {
+    let groups: Vec<(String, Vec<Point>)> = scaled_of(o)
+        .into_iter()
+        .map(|i| {
             (
                 i.name().to_string(),
-                vec![s.one / 1e6, s.two / 1e6, s.one_cpu / 1e6, s.two_cpu / 1e6],
-                format!("{:.2}x / {:.2}x", s.ratio, s.cpu_ratio),
+                vec![
+                    point(get(figs, &scaling_key(i)), 0.0),
+                    point(get(figs, &format!("{}_cpu_time", scaling_key(i))), 0.0),
+                ],
             )
         })
         .collect();
-    out.svgs.push((
+    out.push((
         "scaling.svg".into(),
         bar_chart(
-            &format!("{hs} B round trips at {hf}% fill, 1 and 2 threads (2/1: wall / CPU)"),
-            "millions of round trips per second",
-            &[
-                "1 thread",
-                "2 threads",
-                "1 thread, CPU time",
-                "2 threads, CPU time",
-            ],
+            &format!(
+                "{hs} B round trips at {hf}% fill: 2 threads / 1 thread ({n} runs: median, min-max)"
+            ),
+            "2 threads / 1 thread (2 = perfect, 1 = none)",
+            &["per wall-clock second", "per CPU second"],
             &groups,
-        ),
+            &[1.0, 2.0],
+        )?,
     ));
-    out.figures.push(load_at_end());
     Ok(out)
 }
 
-/// The 1-minute load average when the measurements ended (`machine_load_1min_end`), to
-/// compare with the one at the start.
+/// The load averages of `/proc/loadavg` now (`key`'s value the 1-minute one, with the 5-
+/// and 15-minute ones and the CPUs this process may use as inputs): other work on the CPUs
+/// skews every figure, scaling most. A number that cannot be read is `null`.
 #[must_use]
-pub fn load_at_end() -> Figure {
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(f64::NAN);
-    Figure::new("machine_load_1min_end", load, "load")
-}
-
-/// The machine the run is on: the 1-minute load average at the start (other work on the
-/// CPUs skews every figure, scaling most) and the CPUs available.
-#[must_use]
-pub fn machine_figure() -> Figure {
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(f64::NAN);
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    // CAST: a CPU count fits f64 exactly.
-    Figure::new("machine_load_1min", load, "load").with("cpus", cpus as f64)
+pub fn machine_figure(key: &str) -> Figure {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let loads: Vec<f64> = text
+        .split_whitespace()
+        .take(3)
+        .map(|s| s.parse::<f64>().unwrap_or(f64::NAN))
+        .chain(std::iter::repeat(f64::NAN))
+        .take(3)
+        .collect();
+    let cpus = std::thread::available_parallelism().map_or(f64::NAN, |n| f(n.get()));
+    Figure::new(key, loads[0], "load")
+        .with("load_5min", loads[1])
+        .with("load_15min", loads[2])
+        .with("cpus", cpus)
 }
 
 /// The fixup figures: Linux's scheme on the simulator, and the facade's pool init, for a
@@ -551,20 +795,38 @@ pub fn fixup_figures() -> Result<Vec<Figure>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::svg::tests::has_text;
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_string()).collect()
     }
 
+    /// Checks a JSON line: parses, and its spread is ordered.
+    fn check_line(line: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["key"].is_string() && v["unit"].is_string(), "{v}");
+        let runs = v["runs"].as_u64().unwrap();
+        if runs > 0 {
+            let (lo, mid, hi) = (
+                v["min"].as_f64().unwrap(),
+                v["median"].as_f64().unwrap(),
+                v["max"].as_f64().unwrap(),
+            );
+            assert!(lo <= mid && mid <= hi, "{v}");
+            assert_eq!(v["value"], v["median"], "{v}");
+        }
+        v
+    }
+
     #[test]
-    fn quick_run_has_every_headline_figure_once() {
-        let o = SuiteOptions {
-            quick: true,
-            svg_dir: None,
-        };
-        let mut steps = 0;
-        let out = run(&o, &mut |_| steps += 1).unwrap();
-        assert!(steps > 3);
+    fn quick_run_has_every_headline_figure_once_with_its_spread() {
+        let o = SuiteOptions::parse(&args(&["--quick", "--runs", "2"])).unwrap();
+        let mut steps = Vec::new();
+        let out = run(&o, &mut |s| steps.push(s.to_string())).unwrap();
+        assert!(
+            steps.iter().any(|s| s.starts_with("run 2/2: ")),
+            "{steps:?}"
+        );
         assert!(out.tables.is_empty() && out.svgs.is_empty());
         for key in HEADLINE_KEYS {
             let f: Vec<&Figure> = out.figures.iter().filter(|f| f.key == key).collect();
@@ -574,12 +836,92 @@ mod tests {
                 "{key}: {:?}",
                 f[0]
             );
+            assert_eq!(f[0].runs, 2, "{key}");
         }
-        // Every line is one JSON object with a key, a value and a unit.
+        // Every line is one JSON object with a key, a value and its ordered spread.
         for f in &out.figures {
-            let v: serde_json::Value = serde_json::from_str(&f.to_json()).unwrap();
-            assert!(v["key"].is_string() && v["unit"].is_string(), "{v}");
+            check_line(&f.to_json());
         }
+        // The load at the start and at the end, with the CPUs.
+        let first = check_line(&out.figures[0].to_json());
+        assert_eq!(first["key"], "machine_load_1min");
+        assert!(first["cpus"].as_f64().unwrap() >= 1.0, "{first}");
+        assert!(first["load_15min"].is_number(), "{first}");
+        let last = out.figures.last().unwrap();
+        assert_eq!(last.key, "machine_load_1min_end");
+    }
+
+    #[test]
+    fn tables_and_plots_carry_what_the_figures_say() {
+        // Two made-up runs of the figures the tables and plots read: what they print must
+        // come from the figures, with the spread of the runs.
+        let o = SuiteOptions::default();
+        let (sizes, fills) = grid_of(&o);
+        let one = |k: f64| {
+            let mut v = Vec::new();
+            for &s in &sizes {
+                for &fl in &fills {
+                    for (j, i) in Impl::ALL.into_iter().enumerate() {
+                        v.push(
+                            Figure::new(cell_key(s, fl, i), k * (10.0 + f(j)), "ns")
+                                .with("reached_fill", f64::from(fl)),
+                        );
+                    }
+                    v.push(Figure::new(ratio_key(s, fl, "linux"), k * 0.25, "ratio"));
+                }
+                v.push(Figure::new(format!("memcpy_{s}_ns"), 5.0, "ns"));
+            }
+            for i in Impl::ALL {
+                v.push(Figure::new(scaling_key(i), k * 1.5, "ratio").with("one_thread_per_s", 8e6));
+                v.push(Figure::new(
+                    format!("{}_cpu_time", scaling_key(i)),
+                    1.9,
+                    "ratio",
+                ));
+            }
+            v
+        };
+        let figs = aggregate(&[one(1.0), one(1.2)]);
+        let o = SuiteOptions { runs: 2, ..o };
+        let t = tables(&o, &figs);
+        // 1500 B at 90%: ours 10 and 12 ns; the upper middle of two is 12.
+        assert!(
+            t.contains("| 1500 B | 90% (90/90/90/90) | 12.0 (10.0–12.0) |"),
+            "{t}"
+        );
+        assert!(t.contains("| 1500 B | 90% | 0.30 (0.25–0.30) |"), "{t}");
+        assert!(t.contains("| ours | 8.00 | - | 1.80 (1.50–1.80) |"), "{t}");
+        assert!(
+            t.contains(
+                "| `two_thread_scaling` | 1.80 (1.50–1.80) | ratio | one_thread_per_s 8.00M |"
+            ),
+            "{t}"
+        );
+        // A figure every run measured alike says so.
+        assert!(
+            t.contains("| `two_thread_scaling_cpu_time` | 1.90 (every run) | ratio |  |"),
+            "{t}"
+        );
+        // No line of text is indented (which Markdown would render as code).
+        assert!(!t.contains("\n "), "{t}");
+        // A figure no run produced is a dash, never a number.
+        assert!(
+            t.contains("| 64 B | 0% | 0.30 (0.25–0.30) | - | - | - |"),
+            "{t}"
+        );
+        let svgs = plots(&o, &figs).unwrap();
+        assert_eq!(svgs.len(), 4);
+        for (name, svg) in &svgs {
+            assert!(svg.starts_with("<svg"), "{name}");
+            assert!(svg.trim_end().ends_with("</svg>"), "{name}");
+        }
+        let lat = &svgs[0].1;
+        for s in ["ours", "linux", "buddy", "bitmap", "memcpy"] {
+            assert!(has_text(lat, s), "{s} missing from {}", svgs[0].0);
+        }
+        // A median marker per point: 5 series of 6 fills.
+        assert_eq!(lat.matches("<circle").count(), 30);
+        assert!(has_text(&svgs[3].1, "bitmap"));
     }
 
     #[test]
@@ -587,8 +929,22 @@ mod tests {
         assert_eq!(SuiteOptions::parse(&[]), Ok(SuiteOptions::default()));
         let o = SuiteOptions::parse(&args(&["--quick", "--svg-dir", "docs/perf"])).unwrap();
         assert!(o.quick);
+        assert_eq!(o.runs, QUICK_RUNS);
         assert_eq!(o.svg_dir, Some(PathBuf::from("docs/perf")));
+        assert_eq!(
+            SuiteOptions::parse(&args(&["--runs", "7"])).unwrap().runs,
+            7
+        );
         assert!(SuiteOptions::parse(&args(&["--svg-dir"])).is_err());
+        for bad in [
+            &["--runs", "0"][..],
+            &["--runs", "101"],
+            &["--runs", "x"],
+            &["--runs"],
+        ] {
+            let e = SuiteOptions::parse(&args(bad)).unwrap_err();
+            assert!(e.contains("1..=100"), "{bad:?}: {e}");
+        }
         assert!(
             SuiteOptions::parse(&args(&["--fast"]))
                 .unwrap_err()

@@ -1,8 +1,9 @@
-//! The comparative benchmarks of `cargo xtask bench`: one JSON line per figure on stdout,
-//! then (without `--quick`) the Markdown tables; progress on stderr; with `--svg-dir DIR`
-//! (full run) the plots written there.
+//! The comparative benchmarks of `cargo xtask bench`: every figure measured `--runs N` times,
+//! one JSON line per figure (median, min, max) on stdout, then (without `--quick`) the
+//! Markdown tables; progress on stderr; with `--svg-dir DIR` (full run) the plots written
+//! there. A usage error exits with 2.
 //!
-//! `cargo run --release -p swiotlb-bench --bin bench-report -- [--quick] [--svg-dir DIR]`
+//! `cargo run --release -p swiotlb-bench --bin bench-report -- [--quick] [--runs N] [--svg-dir DIR]`
 
 use std::process::ExitCode;
 use std::time::Instant;
