@@ -11,8 +11,8 @@ use xen_abi::{
     HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_MEMORY_OP, HYPERVISOR_MMU_UPDATE, HYPERVISOR_MMUEXT_OP,
     HYPERVISOR_MULTICALL, HYPERVISOR_SCHED_OP, HYPERVISOR_UPDATE_VA_MAPPING,
     HYPERVISOR_XEN_VERSION, Hypercall, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
-    MMU_PT_UPDATE_PRESERVE_AD, MmuUpdate, MulticallEntry, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
-    UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH, XENFEAT_DIRECT_MAPPED,
+    MMU_PT_UPDATE_PRESERVE_AD, MmuUpdate, MmuextOp, MulticallEntry, SCHEDOP_SHUTDOWN,
+    SCHEDOP_YIELD, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH, XENFEAT_DIRECT_MAPPED,
     XENFEAT_NOT_DIRECT_MAPPED, XENMEM_EXCHANGE, XENMEMF_ADDRESS_BITS_MASK, XENVER_GET_FEATURES,
     XENVER_VERSION, XenMemoryExchange, XenPfn,
 };
@@ -486,12 +486,13 @@ unsafe fn mmuext_op(
     let mut rc = 0;
     let mut n = 0u64;
     while n < count {
-        let Some(addr) = elem::<[u64; 3]>(ops, n) else {
+        let Some(addr) = elem::<MmuextOp>(ops, n) else {
             rc = -EFAULT;
             break;
         };
-        // SAFETY: the caller guarantees `count` operations at `ops`.
-        let Some([cmd, arg1, _]) = (unsafe { gread::<[u64; 3]>(addr) }) else {
+        // SAFETY: the caller guarantees `count` operations at `ops`. Read as the ABI struct,
+        // not as three words: the padding after `cmd` is not initialised memory.
+        let Some(MmuextOp { cmd, arg1, .. }) = (unsafe { gread::<MmuextOp>(addr) }) else {
             rc = -EFAULT;
             break;
         };
@@ -500,8 +501,7 @@ unsafe fn mmuext_op(
             rc = -i64::from(errno);
             break;
         }
-        // CAST: `cmd` is the low 32 bits of the first word (little-endian).
-        match cmd as u32 {
+        match cmd {
             MMUEXT_TLB_FLUSH_LOCAL | MMUEXT_TLB_FLUSH_MULTI | MMUEXT_TLB_FLUSH_ALL => {
                 st.tlb_pending.clear();
                 st.counters.tlb_flushes += 1;
