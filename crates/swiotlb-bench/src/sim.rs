@@ -18,7 +18,7 @@ use swiotlb_xen::init::{InitOptions, InitReport, init};
 use swiotlb_xen::x86_pv::X86PvPlatform;
 use xen_sim::{ArmGuest, Domain, PvGuest, SimConfig, SimMemory, Xen};
 
-use crate::fixup::{FixupCount, SEGMENT_BYTES};
+use crate::fixup::{FixupCount, PoolAlign, SEGMENT_BYTES, alloc_pool};
 use crate::linux::current_cpu;
 use crate::mapbench::{Arch, Options, PAGE, Target};
 
@@ -301,21 +301,21 @@ fn pv_platform<'a>(xen: &Xen, g: &'a PvGuest) -> X86PvPlatform<'a, Domain, SimMe
 }
 
 /// The facade's pool initialisation of `bytes` (a multiple of 256 KiB) on the default x86
-/// PV machine ([`crate::fixup::machine`]), the pool aligned to its size as the facade's
-/// docs advise, counted by the simulator from a reset just before `init`.
+/// PV machine ([`crate::fixup::machine`]), the pool placed as `align` says (aligned to its
+/// size as the facade's docs advise, or to 256 KiB only as Linux's is), counted by the
+/// simulator from a reset just before `init`.
 ///
 /// # Errors
 ///
 /// If the initialisation fails, or leaves a segment not contiguous.
-pub fn facade_fixup(bytes: u64) -> Result<(FixupCount, InitReport), String> {
+pub fn facade_fixup(bytes: u64, align: PoolAlign) -> Result<(FixupCount, InitReport), String> {
     if bytes == 0 || !bytes.is_multiple_of(SEGMENT_BYTES) {
         return Err(format!(
             "{bytes:#x} bytes is not a whole number of segments"
         ));
     }
     let (xen, g) = crate::fixup::machine();
-    let pages = bytes / PAGE as u64;
-    let pool = g.alloc_aligned(pages, pages.next_power_of_two());
+    let pool = alloc_pool(&g, bytes, align);
     let platform = pv_platform(&xen, &g);
     // CAST: the slot count and the size fit usize.
     let storage: Box<[Slot]> = (0..(bytes / 2048) as usize).map(|_| Slot::new()).collect();
@@ -346,7 +346,10 @@ pub fn facade_fixup(bytes: u64) -> Result<(FixupCount, InitReport), String> {
     }
     drop(engine);
     xen.check_invariants().map_err(|v| v.to_string())?;
-    Ok((FixupCount::from_counters(&counters, bytes, bits), report))
+    Ok((
+        FixupCount::from_counters(&counters, pool, bytes, bits),
+        report,
+    ))
 }
 
 #[cfg(test)]
@@ -474,10 +477,23 @@ mod tests {
 
     #[test]
     fn facade_fixup_is_counted() {
-        let (c, report) = facade_fixup(crate::fixup::FIXUP_POOL_BYTES).unwrap();
-        assert_eq!(c.bytes, crate::fixup::FIXUP_POOL_BYTES);
+        let bytes = crate::fixup::FIXUP_POOL_BYTES;
+        let (c, report) = facade_fixup(bytes, PoolAlign::Natural).unwrap();
+        assert_eq!(c.bytes, bytes);
+        assert!(crate::fixup::alignment_of(c.pool) >= bytes);
         assert!(c.exchanges >= report.chunks.iter().filter(|c| c.is_exchanged()).count() as u64);
         assert!(c.traps >= c.exchanges);
-        assert!(facade_fixup(1000).is_err());
+        assert!(facade_fixup(1000, PoolAlign::Natural).is_err());
+        // Aligned to 256 KiB only, the pool cannot start with a chunk larger than a segment
+        // (order 6), so the facade makes more, smaller chunks contiguous: more traps.
+        let (s, sreport) = facade_fixup(bytes, PoolAlign::SegmentOnly).unwrap();
+        assert_eq!(crate::fixup::alignment_of(s.pool), SEGMENT_BYTES);
+        assert_eq!(
+            sreport.chunks.first().map(|c| c.order),
+            Some(6),
+            "{sreport:?}"
+        );
+        assert!(sreport.chunks.len() > report.chunks.len(), "{sreport:?}");
+        assert!(s.traps > c.traps, "{s:?} against {c:?}");
     }
 }
