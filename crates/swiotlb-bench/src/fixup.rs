@@ -31,9 +31,48 @@ pub const SEGMENT_ORDER: u32 = 6;
 /// The widest address Linux's fixup tries.
 pub const MAX_DMA_BITS: u32 = 32;
 
+/// Where a fixup's pool lies in dom0's pseudo-physical memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolAlign {
+    /// Aligned to its size rounded up to a power of two, as the facade's docs advise: the
+    /// facade can then make it contiguous in chunks as large as it allows.
+    Natural,
+    /// Aligned to one segment (256 KiB) and to nothing larger: Linux's pool, which Linux's
+    /// fixup needs aligned only to the segment each `XENMEM_exchange` replaces.
+    SegmentOnly,
+}
+
+/// Allocates `bytes` (a whole number of pages) of dom0 memory on `g` placed as `align`
+/// says. [`PoolAlign::SegmentOnly`] takes one segment more than it returns: the pool starts
+/// one segment into a range aligned to two, so its address is an odd multiple of 256 KiB.
+///
+/// # Panics
+///
+/// When dom0 has no such range left.
+#[must_use]
+pub fn alloc_pool(g: &PvGuest, bytes: u64, align: PoolAlign) -> PhysAddr {
+    let pages = bytes / 4096;
+    let seg_pages = SEGMENT_BYTES / 4096;
+    match align {
+        PoolAlign::Natural => g.alloc_aligned(pages, pages.next_power_of_two()),
+        PoolAlign::SegmentOnly => {
+            let p = g.alloc_aligned(pages + seg_pages, 2 * seg_pages);
+            PhysAddr::new(p.as_u64() + SEGMENT_BYTES)
+        }
+    }
+}
+
+/// The largest power of two that divides `phys` (`2^63` for address zero).
+#[must_use]
+pub fn alignment_of(phys: PhysAddr) -> u64 {
+    1u64 << phys.as_u64().trailing_zeros().min(63)
+}
+
 /// What a fixup cost, from the simulator's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct FixupCount {
+    /// Where the pool was.
+    pub pool: PhysAddr,
     /// Bytes of pool made contiguous.
     pub bytes: u64,
     /// Hypercall traps (entries into the hypervisor).
@@ -47,10 +86,12 @@ pub struct FixupCount {
 }
 
 impl FixupCount {
-    /// The counts of `c` (taken after a reset before the fixup) for `bytes` of pool.
+    /// The counts of `c` (taken after a reset before the fixup) for `bytes` of pool at
+    /// `pool`.
     #[must_use]
-    pub fn from_counters(c: &Counters, bytes: u64, max_bits: u32) -> Self {
+    pub fn from_counters(c: &Counters, pool: PhysAddr, bytes: u64, max_bits: u32) -> Self {
         Self {
+            pool,
             bytes,
             traps: c.traps(),
             exchanges: c.count(SimOp::MemoryExchange),
@@ -154,7 +195,12 @@ pub unsafe fn linux_fixup(
         }
         off += SEGMENT_BYTES;
     }
-    Ok(FixupCount::from_counters(&xen.counters(), bytes, dma_bits))
+    Ok(FixupCount::from_counters(
+        &xen.counters(),
+        phys,
+        bytes,
+        dma_bits,
+    ))
 }
 
 /// Whether every 4 KiB frame of `bytes` at `phys` is dom0's own, in one machine-contiguous
@@ -202,5 +248,21 @@ mod tests {
         // SAFETY: refused before any page is touched.
         let odd = unsafe { linux_fixup(&xen, &g, phys, 1000) };
         assert_eq!(odd, Err(FixupError::Size { bytes: 1000 }));
+    }
+
+    #[test]
+    fn pools_are_placed_as_asked() {
+        let (_, g) = machine();
+        let bytes = 4 << 20;
+        for _ in 0..3 {
+            let p = alloc_pool(&g, bytes, PoolAlign::SegmentOnly);
+            assert_eq!(alignment_of(p), SEGMENT_BYTES, "{p}");
+            let n = alloc_pool(&g, bytes, PoolAlign::Natural);
+            assert!(alignment_of(n) >= bytes, "{n}");
+            // Disjoint, in dom0's memory.
+            assert!(n.as_u64() >= p.as_u64() + bytes, "{p} {n}");
+        }
+        assert_eq!(alignment_of(PhysAddr::new(0x4_0000)), 0x4_0000);
+        assert_eq!(alignment_of(PhysAddr::new(0)), 1 << 63);
     }
 }

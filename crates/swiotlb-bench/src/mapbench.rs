@@ -1,12 +1,16 @@
-//! `dma-map-bench`: Linux's `dma_map_benchmark` (the selftest
-//! `tools/testing/selftests/dma/dma_map_benchmark.c` and its kernel side
-//! `kernel/dma/map_benchmark.c`) for this project's mapping layer.
+//! `dma-map-bench`: Linux's `dma_map_benchmark` (the tool `tools/dma/dma_map_benchmark.c`,
+//! formerly `tools/testing/selftests/dma/`, and its kernel side `kernel/dma/map_benchmark.c`)
+//! for this project's mapping layer.
 //!
 //! Same options, same checks on them, same loop, same output:
 //!
 //! - each of `-t` threads owns a buffer of `-g` pages, and until `-s` seconds have passed it
 //!   stains the buffer with `0x66` (unless the direction is `FROM_DEVICE`), times one map,
 //!   waits `-x` nanoseconds (the "transfer", a busy wait like `ndelay`), and times one unmap;
+//! - `-m` picks what one map is (the kernel's 2025 map modes): `0`, `SINGLE_MODE` (the
+//!   default), one `dma_map_single` of the `-g` pages; `1`, `SG_MODE`, one `dma_map_sg` of a
+//!   scatterlist of `-g` entries (`sg_nents`) of one page each, unmapped by one
+//!   `dma_unmap_sg` ([`Mode`]);
 //! - the result is the average and the standard deviation of the map and unmap latencies
 //!   over every iteration of every thread, printed as the kernel tool prints them
 //!   (`average map latency(us):%.1f standard deviation:%.1f`).
@@ -14,18 +18,23 @@
 //! Differences, deliberately: the kernel truncates each sample to 100 ns before summing
 //! (`div64_ul(delta, 100)`), which reads 0.0 for the tens of nanoseconds a pool round trip
 //! takes here; this tool sums nanoseconds and prints the kernel's lines from them, plus the
-//! same two lines in nanoseconds. `-n` (NUMA node) is accepted and ignored. A progress line
-//! goes to stderr once a second (`-q` turns it off).
+//! same two lines in nanoseconds and the 50th, 99th and 99.9th percentiles of each latency
+//! (which the kernel does not report: a mean and a deviation hide how long the rare slow
+//! maps take), from a [`Histogram`] per thread. `-n` (NUMA node) is accepted and ignored. A
+//! progress line goes to stderr once a second (`-q` turns it off).
 //!
 //! Backends (`--backend`): `facade` maps through `swiotlb_xen`'s engine on the simulated Xen
-//! machine (`--arch x86` or `arm64`), the pool initialised by the facade; `pool` maps
-//! through a bare `swiotlb_core::BouncePool` on host memory (no translation, no mask).
+//! machine (`--arch x86` or `arm64`), the pool initialised by the facade, in either mode
+//! (`SG_MODE` through `DmaEngine::map_sg` and `unmap_sg`); `pool` maps through a bare
+//! `swiotlb_core::BouncePool` on host memory (no translation, no mask), which has no
+//! scatter-gather call, so it takes `SINGLE_MODE` only.
 
 use std::fmt::Write as _;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use swiotlb_core::engine::SgEntry;
 use swiotlb_core::{BouncePool, Device, DmaAttrs, DmaDirection, DmaMask, PhysAddr, PhysMemory};
 
 use crate::harness::RealPool;
@@ -48,6 +57,28 @@ pub enum Arch {
     X86,
     /// arm64 1:1 dom0.
     Arm64,
+}
+
+/// What one map of the benchmark is (`-m`, the kernel's `map_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// `0`, `DMA_MAP_BENCH_SINGLE_MODE`: one `dma_map_single` of the thread's `-g` pages.
+    #[default]
+    Single,
+    /// `1`, `DMA_MAP_BENCH_SG_MODE`: one `dma_map_sg` of a scatterlist of `-g` entries, one
+    /// page each.
+    Sg,
+}
+
+impl Mode {
+    /// The name the kernel tool prints (`mode[map_mode]`).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Single => "SINGLE_MODE",
+            Self::Sg => "SG_MODE",
+        }
+    }
 }
 
 /// Where the maps go.
@@ -74,8 +105,11 @@ pub struct Options {
     pub dir: u32,
     /// `-x`: simulated transfer time in ns (0..=10 ms, default 0).
     pub xdelay_ns: u32,
-    /// `-g`: granule in pages (1..=1024, default 1).
+    /// `-g`: granule in pages (1..=1024, default 1); in [`Mode::Sg`] the number of
+    /// scatterlist entries (`sg_nents`), one page each.
     pub granule: u32,
+    /// `-m`: the map mode (default [`Mode::Single`]).
+    pub mode: Mode,
     /// `--backend` and `--arch`.
     pub backend: Backend,
     /// `-q`: no progress line.
@@ -92,6 +126,7 @@ impl Default for Options {
             dir: 0,
             xdelay_ns: 0,
             granule: 1,
+            mode: Mode::Single,
             backend: Backend::Facade(if cfg!(target_arch = "aarch64") {
                 Arch::Arm64
             } else {
@@ -104,8 +139,11 @@ impl Default for Options {
 
 /// The usage text.
 pub const USAGE: &str = "usage: dma-map-bench [-t threads] [-s seconds] [-n node] [-b bits] \
-[-d dir] [-x delay_ns] [-g granule_pages] [--backend facade|pool] [--arch x86_64|aarch64] [-q]
+[-d dir] [-x delay_ns] [-g granule_pages] [-m mode] [--backend facade|pool] \
+[--arch x86_64|aarch64] [-q]
   -d: 0 = BIDIRECTIONAL, 1 = TO_DEVICE, 2 = FROM_DEVICE
+  -m: 0 = SINGLE_MODE (one map of -g pages), 1 = SG_MODE (one scatterlist of -g one-page
+      entries; facade backend only)
   --arch: x86_64 (or x86-pv, x86), aarch64 (or arm64)";
 
 /// The direction names the kernel tool prints, by `-d` value.
@@ -146,6 +184,12 @@ pub enum OptError {
     /// `-g` out of range.
     #[error("invalid granule size")]
     Granule,
+    /// `-m` out of range.
+    #[error("invalid map mode, SINGLE_MODE:0, SG_MODE: 1")]
+    Mode,
+    /// `-m 1` with `--backend pool`, whose bare pool has no scatter-gather call.
+    #[error("SG_MODE (-m 1) maps through the engine's map_sg: use --backend facade")]
+    SgNeedsFacade,
 }
 
 impl Options {
@@ -185,7 +229,7 @@ impl Options {
                 s if s.len() >= 2 && s.starts_with('-') && !s.starts_with("--") => {
                     let mut chars = s[1..].chars();
                     let c = chars.next().unwrap_or('?');
-                    if !"tsnbdxg".contains(c) {
+                    if !"tsnbdxgm".contains(c) {
                         return Err(OptError::Bad(s.to_string()));
                     }
                     let attached: String = chars.collect();
@@ -205,6 +249,9 @@ impl Options {
                 _ => return Err(OptError::Bad(a.clone())),
             }
         }
+        // The kernel tool's order of checks: the mode first, then threads, seconds, delay,
+        // bits, direction, granule (a stable sort keeps repeated options in their order).
+        nums.sort_by_key(|&(c, _)| "mtsxbdgn".find(c));
         let ranged = |n: i64, lo: i64, hi: i64, e: OptError| {
             if (lo..=hi).contains(&n) {
                 // CAST: within the range checked, which fits u32.
@@ -222,8 +269,18 @@ impl Options {
                 'd' => o.dir = ranged(n, 0, 2, OptError::Direction)?,
                 'x' => o.xdelay_ns = ranged(n, 0, MAX_TRANS_DELAY_NS.into(), OptError::Delay)?,
                 'g' => o.granule = ranged(n, 1, 1024, OptError::Granule)?,
+                'm' => {
+                    o.mode = match n {
+                        0 => Mode::Single,
+                        1 => Mode::Sg,
+                        _ => return Err(OptError::Mode),
+                    }
+                }
                 _ => return Err(OptError::Bad(format!("-{c}"))),
             }
+        }
+        if o.mode == Mode::Sg && o.backend == Backend::Pool {
+            return Err(OptError::SgNeedsFacade);
         }
         Ok(o)
     }
@@ -253,8 +310,122 @@ impl Options {
     }
 }
 
-/// Sums over the iterations of every thread, in nanoseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Sub-buckets per power of two of a [`Histogram`] above its exact range (`2^6`).
+const SUB_BITS: u32 = 6;
+const SUB: u64 = 1 << SUB_BITS;
+/// Values below this are counted exactly, one bucket each (`2^7`).
+const EXACT: u64 = 2 * SUB;
+
+/// A log-linear histogram of latencies in nanoseconds (the layout of an HDR histogram with
+/// two significant binary digits of six bits): every value below 128 ns has a bucket of its
+/// own, and each power of two above is split into 64 buckets of equal width, so a bucket
+/// spans at most 1/64 of its lower bound. [`percentile`](Self::percentile) answers with
+/// the middle of the bucket that holds the sample of that rank: exact below 128 ns, within
+/// 1/128 (0.8%) of the true sample above. Memory is fixed (at most 3776 counters, however
+/// many samples), which a list of every sample of a 20-second run (a hundred million maps
+/// and unmaps) would not be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Samples per bucket; empty until the first sample.
+    counts: Vec<u64>,
+    /// Samples in all.
+    total: u64,
+}
+
+impl Histogram {
+    /// The bucket of `v`.
+    fn index(v: u64) -> usize {
+        let i = if v < EXACT {
+            v
+        } else {
+            // `e` >= 7: the position of the highest set bit; the next six bits pick the
+            // sub-bucket.
+            let e = u64::from(63 - v.leading_zeros());
+            EXACT
+                + (e - u64::from(SUB_BITS) - 1) * SUB
+                + ((v >> (e - u64::from(SUB_BITS))) & (SUB - 1))
+        };
+        // CAST: at most 3775.
+        i as usize
+    }
+
+    /// The smallest value of bucket `i` and the bucket's width.
+    fn bounds(i: usize) -> (u64, u64) {
+        // CAST: bucket indices fit u64.
+        let i = i as u64;
+        if i < EXACT {
+            return (i, 1);
+        }
+        let (e, sub) = (
+            (i - EXACT) / SUB + u64::from(SUB_BITS) + 1,
+            (i - EXACT) % SUB,
+        );
+        let width = 1u64 << (e - u64::from(SUB_BITS));
+        ((SUB + sub) * width, width)
+    }
+
+    /// Counts one sample.
+    pub fn record(&mut self, v: u64) {
+        let i = Self::index(v);
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += 1;
+        self.total += 1;
+    }
+
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, o: &Histogram) {
+        if self.counts.len() < o.counts.len() {
+            self.counts.resize(o.counts.len(), 0);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.total += o.total;
+    }
+
+    /// Samples counted.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether no sample was counted.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The `per_mille`/1000 percentile by nearest rank: the sample of rank
+    /// `ceil(n * per_mille / 1000)` (at least 1) in ascending order, as the middle of its
+    /// bucket (rounded down); `None` without samples. `per_mille` is clamped to 1000.
+    #[must_use]
+    pub fn percentile(&self, per_mille: u32) -> Option<u64> {
+        if self.total == 0 {
+            return None;
+        }
+        let p = u128::from(per_mille.min(1000));
+        // CAST: the rank is at most `total`, a u64.
+        let rank = ((u128::from(self.total) * p).div_ceil(1000) as u64).max(1);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let (lo, width) = Self::bounds(i);
+                return Some(lo + (width - 1) / 2);
+            }
+        }
+        None
+    }
+}
+
+/// The percentiles the report prints, in parts per thousand: p50, p99, p99.9.
+pub const PERCENTILES: [(u32, &str); 3] = [(500, "p50"), (990, "p99"), (999, "p99.9")];
+
+/// Sums over the iterations of every thread, in nanoseconds, and the latencies'
+/// histograms.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sums {
     /// Iterations.
     pub loops: u64,
@@ -266,6 +437,10 @@ pub struct Sums {
     pub unmap: u128,
     /// Sum of their squares.
     pub unmap_sq: u128,
+    /// Map latencies.
+    pub map_hist: Histogram,
+    /// Unmap latencies.
+    pub unmap_hist: Histogram,
 }
 
 impl Sums {
@@ -277,6 +452,8 @@ impl Sums {
         self.map_sq += m * m;
         self.unmap += u;
         self.unmap_sq += u * u;
+        self.map_hist.record(map_ns);
+        self.unmap_hist.record(unmap_ns);
     }
 
     /// Adds another thread's sums.
@@ -286,6 +463,8 @@ impl Sums {
         self.map_sq += o.map_sq;
         self.unmap += o.unmap;
         self.unmap_sq += o.unmap_sq;
+        self.map_hist.merge(&o.map_hist);
+        self.unmap_hist.merge(&o.unmap_hist);
     }
 
     /// `(average, standard deviation)` of the map and of the unmap latencies in ns, as the
@@ -304,9 +483,18 @@ impl Sums {
         };
         (f(self.map, self.map_sq), f(self.unmap, self.unmap_sq))
     }
+
+    /// The [`PERCENTILES`] of the map and of the unmap latencies in ns (zeros without
+    /// loops).
+    #[must_use]
+    pub fn percentiles(&self) -> ([u64; 3], [u64; 3]) {
+        let p = |h: &Histogram| PERCENTILES.map(|(pm, _)| h.percentile(pm).unwrap_or(0));
+        (p(&self.map_hist), p(&self.unmap_hist))
+    }
 }
 
-/// The report, as the kernel tool prints it, then the same in nanoseconds.
+/// The report: the kernel tool's lines, then the same averages in nanoseconds, the
+/// [`PERCENTILES`] of each latency and the iterations.
 #[must_use]
 pub fn format_report(o: &Options, s: &Sums) -> String {
     let ((m, ms), (u, us)) = s.stats();
@@ -315,8 +503,13 @@ pub fn format_report(o: &Options, s: &Sums) -> String {
     let dir = DIRECTIONS.get(o.dir as usize).copied().unwrap_or("?");
     let _ = writeln!(
         out,
-        "dma mapping benchmark: threads:{} seconds:{} node:{} dir:{} granule: {}",
-        o.threads, o.seconds, o.node, dir, o.granule
+        "dma mapping benchmark({}): threads:{} seconds:{} node:{} dir:{} granule:{}",
+        o.mode.name(),
+        o.threads,
+        o.seconds,
+        o.node,
+        dir,
+        o.granule
     );
     let _ = writeln!(
         out,
@@ -338,6 +531,14 @@ pub fn format_report(o: &Options, s: &Sums) -> String {
         out,
         "average unmap latency(ns):{u:.1} standard deviation:{us:.1}"
     );
+    let (mp, up) = s.percentiles();
+    for (what, p) in [("map", mp), ("unmap", up)] {
+        let _ = write!(out, "{what} latency percentiles(ns):");
+        for ((_, name), v) in PERCENTILES.iter().zip(p) {
+            let _ = write!(out, " {name}:{v}");
+        }
+        out.push('\n');
+    }
     let _ = writeln!(out, "iterations:{}", s.loops);
     out
 }
@@ -379,6 +580,32 @@ pub trait Target: Sync {
     ///
     /// Why the unmap failed.
     fn unmap(&self, h: Self::Handle, len: usize, dir: DmaDirection) -> Result<(), String>;
+
+    /// Maps the scatterlist `sg` for the device ([`Mode::Sg`]), filling in each entry's
+    /// `dma_address` and `dma_length`. The default refuses: a target without a
+    /// scatter-gather call.
+    ///
+    /// # Errors
+    ///
+    /// Why the map failed.
+    ///
+    /// # Safety
+    ///
+    /// As [`map`](Self::map), for every entry's buffer.
+    unsafe fn map_sg(&self, sg: &mut [SgEntry], dir: DmaDirection) -> Result<(), String> {
+        let _ = (sg, dir);
+        Err("this target has no scatter-gather call".into())
+    }
+
+    /// Unmaps a scatterlist [`map_sg`](Self::map_sg) mapped.
+    ///
+    /// # Errors
+    ///
+    /// Why the unmap failed.
+    fn unmap_sg(&self, sg: &[SgEntry], dir: DmaDirection) -> Result<(), String> {
+        let _ = (sg, dir);
+        Err("this target has no scatter-gather call".into())
+    }
 
     /// A line about the target after the run (pool use, direct and bounced maps, ...).
     fn summary(&self) -> String;
@@ -425,32 +652,66 @@ pub fn run<T: Target>(
                 let (stop, loops, start) = (&stop, &loops, &start);
                 s.spawn(move || -> Result<Sums, String> {
                     let buf = target.buffer(t);
+                    // SG_MODE's scatterlist, made once as the kernel's `prepare` does: the
+                    // buffer's pages, one entry each.
+                    let mut sg: Vec<SgEntry> = match o.mode {
+                        Mode::Single => Vec::new(),
+                        Mode::Sg => (0..o.granule)
+                            .map(|i| {
+                                let off = u64::from(i) * PAGE as u64;
+                                SgEntry::new(PhysAddr::new(buf.as_u64() + off), PAGE)
+                            })
+                            .collect(),
+                    };
                     let mut sums = Sums::default();
+                    let fail = |e: String| {
+                        stop.store(true, Ordering::Relaxed);
+                        Err(e)
+                    };
                     start.wait();
                     while !stop.load(Ordering::Relaxed) {
                         if dir != DmaDirection::FromDevice {
                             // SAFETY: the thread's own buffer, not mapped now.
                             unsafe { target.stain(buf, 0x66, size) };
                         }
-                        let t0 = Instant::now();
-                        // SAFETY: as above; unused until the unmap below.
-                        let h = unsafe { target.map(buf, size, dir) };
-                        let map_ns = ns_since(t0);
-                        let h = match h {
-                            Ok(h) => h,
-                            Err(e) => {
-                                stop.store(true, Ordering::Relaxed);
-                                return Err(format!("dma_map_single failed: {e}"));
+                        let (map_ns, unmap_ns) = match o.mode {
+                            Mode::Single => {
+                                let t0 = Instant::now();
+                                // SAFETY: as above; unused until the unmap below.
+                                let h = unsafe { target.map(buf, size, dir) };
+                                let map_ns = ns_since(t0);
+                                let h = match h {
+                                    Ok(h) => h,
+                                    Err(e) => return fail(format!("dma_map_single failed: {e}")),
+                                };
+                                ndelay(o.xdelay_ns);
+                                let t1 = Instant::now();
+                                let r = target.unmap(h, size, dir);
+                                let unmap_ns = ns_since(t1);
+                                if let Err(e) = r {
+                                    return fail(format!("dma_unmap_single failed: {e}"));
+                                }
+                                (map_ns, unmap_ns)
+                            }
+                            Mode::Sg => {
+                                let t0 = Instant::now();
+                                // SAFETY: every entry is a page of the thread's own buffer,
+                                // unused until the unmap below.
+                                let r = unsafe { target.map_sg(&mut sg, dir) };
+                                let map_ns = ns_since(t0);
+                                if let Err(e) = r {
+                                    return fail(format!("dma_map_sg failed: {e}"));
+                                }
+                                ndelay(o.xdelay_ns);
+                                let t1 = Instant::now();
+                                let r = target.unmap_sg(&sg, dir);
+                                let unmap_ns = ns_since(t1);
+                                if let Err(e) = r {
+                                    return fail(format!("dma_unmap_sg failed: {e}"));
+                                }
+                                (map_ns, unmap_ns)
                             }
                         };
-                        ndelay(o.xdelay_ns);
-                        let t1 = Instant::now();
-                        let r = target.unmap(h, size, dir);
-                        let unmap_ns = ns_since(t1);
-                        if let Err(e) = r {
-                            stop.store(true, Ordering::Relaxed);
-                            return Err(format!("dma_unmap_single failed: {e}"));
-                        }
                         sums.add(map_ns, unmap_ns);
                         loops.fetch_add(1, Ordering::Relaxed);
                     }
@@ -594,6 +855,7 @@ mod tests {
         );
         assert_eq!(o.direction(), DmaDirection::Bidirectional);
         assert_eq!(o.size(), 4096);
+        assert_eq!(o.mode, Mode::Single);
     }
 
     #[test]
@@ -606,6 +868,16 @@ mod tests {
         assert!(o.quiet);
         assert_eq!(o.direction(), DmaDirection::ToDevice);
         assert_eq!(o.device().dma_mask, DmaMask::from_bits(28).unwrap());
+        let m = Options::parse(&args("-m 1 -g 8 -t 8 -s 30 -d 2")).unwrap();
+        assert_eq!(
+            (m.mode, m.granule, m.threads, m.seconds),
+            (Mode::Sg, 8, 8, 30)
+        );
+        assert_eq!(m.mode.name(), "SG_MODE");
+        assert_eq!(Options::parse(&args("-m0")).unwrap().mode, Mode::Single);
+        // The last --backend counts: back on the facade, SG_MODE is fine.
+        let f = Options::parse(&args("--backend pool --backend facade -m 1")).unwrap();
+        assert_eq!((f.mode, f.backend), (Mode::Sg, Options::default().backend));
         let a = Options::parse(&args("--arch arm64 -d 2")).unwrap();
         assert_eq!(a.backend, Backend::Facade(Arch::Arm64));
         assert_eq!(a.direction(), DmaDirection::FromDevice);
@@ -642,6 +914,20 @@ mod tests {
         assert!(matches!(e("-t"), OptError::Bad(_)));
         assert!(matches!(e("-t two"), OptError::NotANumber { .. }));
         assert!(matches!(e("--arch riscv"), OptError::Bad(_)));
+        assert_eq!(e("-m 2"), OptError::Mode);
+        assert_eq!(e("-m -1"), OptError::Mode);
+        assert!(matches!(e("-m sg"), OptError::NotANumber { .. }));
+        assert!(matches!(e("-m"), OptError::Bad(_)));
+        // The kernel tool checks the mode before the rest.
+        assert_eq!(e("-t 0 -m 7"), OptError::Mode);
+        assert_eq!(e("-g 0 -t 0"), OptError::Threads);
+        assert_eq!(
+            OptError::Mode.to_string(),
+            "invalid map mode, SINGLE_MODE:0, SG_MODE: 1"
+        );
+        // The bare pool has no scatter-gather call, whichever order the options come in.
+        assert_eq!(e("-m 1 --backend pool"), OptError::SgNeedsFacade);
+        assert_eq!(e("--backend pool -m1"), OptError::SgNeedsFacade);
         assert_eq!(
             OptError::Bits.to_string(),
             "invalid dma mask bit, must be in 20-64"
@@ -680,7 +966,8 @@ mod tests {
         let lines: Vec<&str> = r.lines().collect();
         assert_eq!(
             lines[0],
-            "dma mapping benchmark: threads:2 seconds:3 node:-1 dir:TO_DEVICE granule: 4"
+            "dma mapping benchmark(SINGLE_MODE): threads:2 seconds:3 node:-1 dir:TO_DEVICE \
+             granule:4"
         );
         assert_eq!(
             lines[1],
@@ -694,7 +981,114 @@ mod tests {
             lines[3],
             "average map latency(ns):2000.0 standard deviation:500.0"
         );
-        assert_eq!(lines[5], "iterations:2");
+        // The middles of the samples' buckets: 1500 in 1488..=1503, 2500 in 2496..=2527,
+        // 800 in 800..=807, 1200 in 1200..=1215.
+        assert_eq!(
+            lines[5],
+            "map latency percentiles(ns): p50:1495 p99:2511 p99.9:2511"
+        );
+        assert_eq!(
+            lines[6],
+            "unmap latency percentiles(ns): p50:803 p99:1207 p99.9:1207"
+        );
+        assert_eq!(lines[7], "iterations:2");
+        let sg = Options {
+            mode: Mode::Sg,
+            ..o
+        };
+        assert!(format_report(&sg, &s).starts_with("dma mapping benchmark(SG_MODE): threads:2 "));
+        // No iteration: the kernel's zeros, and zeros for the percentiles.
+        let empty = format_report(&o, &Sums::default());
+        assert!(
+            empty.contains("map latency percentiles(ns): p50:0 p99:0 p99.9:0\n"),
+            "{empty}"
+        );
+    }
+
+    /// The nearest-rank percentile of `v` (sorted), computed directly.
+    fn nearest_rank(v: &[u64], per_mille: u64) -> u64 {
+        let n = v.len() as u64;
+        let rank = (n * per_mille).div_ceil(1000).max(1);
+        v[(rank - 1) as usize]
+    }
+
+    #[test]
+    fn percentiles_are_exact_below_128_ns() {
+        let mut h = Histogram::default();
+        assert_eq!(h.percentile(500), None);
+        assert!(h.is_empty());
+        // 1..=100 ns: p50 is the 50th sample, p99 the 99th, p99.9 the 100th.
+        for v in 1..=100 {
+            h.record(v);
+        }
+        assert_eq!(h.len(), 100);
+        assert_eq!(h.percentile(500), Some(50));
+        assert_eq!(h.percentile(990), Some(99));
+        assert_eq!(h.percentile(999), Some(100));
+        assert_eq!(h.percentile(0), Some(1));
+        assert_eq!(h.percentile(1000), Some(100));
+        assert_eq!(h.percentile(5000), Some(100));
+        // One slow outlier among 1000 fast ones: p99 does not see it, p99.9 does not either
+        // (rank 1000 of 1001), the maximum does.
+        let mut h = Histogram::default();
+        for _ in 0..1000 {
+            h.record(40);
+        }
+        h.record(100);
+        assert_eq!(h.percentile(990), Some(40));
+        assert_eq!(h.percentile(999), Some(40));
+        assert_eq!(h.percentile(1000), Some(100));
+        // Order of recording does not matter; a single sample is every percentile.
+        let mut one = Histogram::default();
+        one.record(0);
+        assert_eq!(PERCENTILES.map(|(p, _)| one.percentile(p)), [Some(0); 3]);
+    }
+
+    #[test]
+    fn percentiles_stay_within_a_128th_above_128_ns() {
+        // A spread of latencies from 50 ns to 40 ms, in a scrambled order.
+        let mut v: Vec<u64> = (0..20_000u64)
+            .map(|i| 50 + (i * 7919 % 20_000).pow(2) / 10)
+            .collect();
+        let mut h = Histogram::default();
+        for &x in &v {
+            h.record(x);
+        }
+        v.sort_unstable();
+        for pm in [1, 100, 500, 900, 990, 999, 1000] {
+            let want = nearest_rank(&v, pm);
+            let got = h.percentile(pm as u32).unwrap();
+            let err = got.abs_diff(want) as f64;
+            assert!(err <= want as f64 / 128.0, "p{pm}: {got} for {want}");
+        }
+        // Every bucket holds exactly the values that map to it, and they tile the range.
+        let mut next = 0;
+        for i in 0..3776 {
+            let (lo, width) = Histogram::bounds(i);
+            assert_eq!(lo, next, "bucket {i}");
+            assert_eq!(Histogram::index(lo), i);
+            assert_eq!(Histogram::index(lo + (width - 1)), i);
+            assert!(width == 1 || width * 64 <= lo, "bucket {i}: {lo}+{width}");
+            next = lo.wrapping_add(width);
+        }
+        assert_eq!(next, 0, "the last bucket ends at 2^64");
+        assert_eq!(Histogram::index(u64::MAX), 3775);
+    }
+
+    #[test]
+    fn merged_histograms_are_the_histogram_of_all_samples() {
+        let (mut a, mut b, mut all) = (Sums::default(), Sums::default(), Sums::default());
+        for i in 0..500u64 {
+            let (m, u) = (i * 37 % 3000, 5000 - i);
+            if i % 3 == 0 { &mut a } else { &mut b }.add(m, u);
+            all.add(m, u);
+        }
+        let mut merged = Sums::default();
+        merged.merge(&b);
+        merged.merge(&a);
+        assert_eq!(merged, all);
+        assert_eq!(merged.percentiles(), all.percentiles());
+        assert_eq!(Sums::default().percentiles(), ([0; 3], [0; 3]));
     }
 
     #[test]
@@ -721,6 +1115,21 @@ mod tests {
         // Bidirectional: copied in and back.
         assert_eq!(st.bytes_bounced, s.loops * 2 * 8192);
         assert!(target.summary().contains("maps"));
+    }
+
+    #[test]
+    fn a_target_without_scatter_gather_refuses_sg_mode() {
+        // Options that parsing refuses (SG_MODE on the pool), built by hand: the run stops
+        // at the first map with the target's reason, as the kernel's thread does.
+        let o = Options {
+            mode: Mode::Sg,
+            backend: Backend::Pool,
+            ..Options::default()
+        };
+        let target = PoolTarget::new(&o).unwrap();
+        let e = run(&o, &target, Some(Duration::from_secs(5)), &mut |_, _| {}).unwrap_err();
+        assert!(e.starts_with("dma_map_sg failed: "), "{e}");
+        assert_eq!(target.pool.stats().maps, 0);
     }
 
     #[test]

@@ -572,7 +572,7 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
 }
 
 /// The keys of the headline table, after [`HEADLINE_KEYS`]'s.
-const MORE_HEADLINES: [&str; 9] = [
+const MORE_HEADLINES: [&str; 11] = [
     "map_unmap_1500_fill90_vs_buddy",
     "map_unmap_1500_fill90_vs_bitmap",
     "two_thread_scaling_cpu_time",
@@ -580,6 +580,8 @@ const MORE_HEADLINES: [&str; 9] = [
     "linux_two_thread_scaling_cpu_time",
     "fixup_exchanges_per_mib",
     "linux_fixup_exchanges_per_mib",
+    "fixup_hypercalls_per_mib_align256k",
+    "linux_fixup_hypercalls_per_mib_align256k",
     "foreign_lookup_10000_vs_btreemap",
     "foreign_lookup_100000_vs_btreemap",
 ];
@@ -718,23 +720,45 @@ pub fn machine_figure(key: &str) -> Figure {
         .with("cpus", cpus)
 }
 
+/// The cases of [`fixup_figures`]: pool bytes, key suffix, and where the pool lies (for
+/// Linux's scheme `None` is dom0's first free segment-aligned range, 1 MiB into dom0 on a
+/// fresh machine).
+const FIXUP_CASES: [(u64, &str, Option<fixup::PoolAlign>); 3] = [
+    (fixup::FIXUP_POOL_BYTES, "", None),
+    (16 << 20, "_16mib", None),
+    (
+        fixup::FIXUP_POOL_BYTES,
+        "_align256k",
+        Some(fixup::PoolAlign::SegmentOnly),
+    ),
+];
+
 /// The fixup figures: Linux's scheme on the simulator, and the facade's pool init, for a
 /// 32 MiB pool (the headline keys: on the default machine it outgrows the free memory below
-/// 2^25 halfway, so the address width must rise mid-pool) and a 16 MiB one (keys suffixed
-/// `_16mib`: one width fits it all).
+/// 2^25 halfway, so the address width must rise mid-pool), a 16 MiB one (keys suffixed
+/// `_16mib`: one width fits it all), and the 32 MiB pool again aligned to 256 KiB and to
+/// nothing larger, as Linux's pool is (keys suffixed `_align256k`; the headline case aligns
+/// ours to its size, as the facade's docs advise). Every figure carries `pool_align_kib`,
+/// the largest power of two dividing the pool's address as placed.
 ///
 /// # Errors
 ///
 /// If a fixup fails on the simulator.
 pub fn fixup_figures() -> Result<Vec<Figure>, String> {
     let mut v = Vec::new();
-    for (bytes, suffix) in [(fixup::FIXUP_POOL_BYTES, ""), (16 << 20, "_16mib")] {
+    for (bytes, suffix, align) in FIXUP_CASES {
         let (xen, g) = fixup::machine();
-        let phys = g.alloc_aligned(bytes / 4096, 64);
+        let phys = match align {
+            Some(a) => fixup::alloc_pool(&g, bytes, a),
+            None => g.alloc_aligned(bytes / 4096, fixup::SEGMENT_BYTES / 4096),
+        };
         // SAFETY: fresh dom0 pages, used by nothing else.
         let linux =
             unsafe { fixup::linux_fixup(&xen, &g, phys, bytes) }.map_err(|e| e.to_string())?;
-        let (ours, report) = crate::sim::facade_fixup(bytes)?;
+        let (ours, report) =
+            crate::sim::facade_fixup(bytes, align.unwrap_or(fixup::PoolAlign::Natural))?;
+        // CAST: alignments in KiB fit f64 exactly up to 2^53.
+        let align_kib = |c: &fixup::FixupCount| (fixup::alignment_of(c.pool) >> 10) as f64;
         let chunks: Vec<String> = report
             .chunks
             .iter()
@@ -759,6 +783,7 @@ pub fn fixup_figures() -> Result<Vec<Figure>, String> {
                     .saturating_sub(report.exchanged().count() as u64) as f64,
             )
             .with("pool_mib", (ours.bytes >> 20) as f64)
+            .with("pool_align_kib", align_kib(&ours))
             .with("max_address_bits", f64::from(ours.max_bits))
             .note("chunks_order_at_bits", chunks.join(" ")),
         );
@@ -781,6 +806,7 @@ pub fn fixup_figures() -> Result<Vec<Figure>, String> {
                 (linux.exchanges - bytes / fixup::SEGMENT_BYTES) as f64,
             )
             .with("pool_mib", (bytes >> 20) as f64)
+            .with("pool_align_kib", align_kib(&linux))
             .with("max_address_bits", f64::from(linux.max_bits)),
         );
         v.push(Figure::new(
@@ -922,6 +948,46 @@ mod tests {
         // A median marker per point: 5 series of 6 fills.
         assert_eq!(lat.matches("<circle").count(), 30);
         assert!(has_text(&svgs[3].1, "bitmap"));
+    }
+
+    #[test]
+    fn fixup_figures_count_a_pool_aligned_to_256_kib_only() {
+        let figs = fixup_figures().unwrap();
+        let g = |k: &str| get(&figs, k).unwrap_or_else(|| panic!("{k} missing"));
+        let input = |k: &str, name: &str| g(k).input(name).unwrap_or_else(|| panic!("{k}.{name}"));
+        for (_, suffix, _) in FIXUP_CASES {
+            for scheme in ["", "linux_"] {
+                for what in ["hypercalls", "exchanges"] {
+                    let k = format!("{scheme}fixup_{what}_per_mib{suffix}");
+                    assert!(g(&k).value.is_finite() && g(&k).value > 0.0, "{k}");
+                }
+                // The figure is the trap count of that run, per MiB.
+                let k = format!("{scheme}fixup_hypercalls_per_mib{suffix}");
+                let per_mib = input(&k, "traps") / input(&k, "pool_mib");
+                assert!((g(&k).value - per_mib).abs() < 1e-9, "{k}");
+            }
+        }
+        // Placed as the keys say: ours aligned to its size in the headline case, both
+        // schemes' pools at an odd multiple of 256 KiB in the `_align256k` one.
+        assert!(input("fixup_hypercalls_per_mib", "pool_align_kib") >= 32768.0);
+        for k in [
+            "fixup_hypercalls_per_mib_align256k",
+            "linux_fixup_hypercalls_per_mib_align256k",
+        ] {
+            assert_eq!(input(k, "pool_align_kib"), 256.0, "{k}");
+            assert_eq!(input(k, "pool_mib"), 32.0, "{k}");
+        }
+        // Smaller chunks at the ends of a pool aligned to 256 KiB only: more traps for ours.
+        assert!(
+            g("fixup_hypercalls_per_mib_align256k").value > g("fixup_hypercalls_per_mib").value
+        );
+        let chunks = &g("fixup_hypercalls_per_mib_align256k").notes;
+        assert!(
+            chunks
+                .iter()
+                .any(|(n, t)| n == "chunks_order_at_bits" && t.starts_with("6@")),
+            "{chunks:?}"
+        );
     }
 
     #[test]

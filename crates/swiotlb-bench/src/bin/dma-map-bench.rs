@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p swiotlb-bench --bin dma-map-bench -- -t 2 -s 5 -g 1 -d 1 --arch x86
+//! cargo run --release -p swiotlb-bench --bin dma-map-bench -- -m 1 -g 8 -s 5 -d 2 --arch arm64
 //! cargo run --release -p swiotlb-bench --bin dma-map-bench -- -s 5 --backend pool
 //! ```
 
