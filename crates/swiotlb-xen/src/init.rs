@@ -15,8 +15,8 @@
 //!    `MAX_DMA_BITS`), never going back down for later chunks (as Linux). On x86 PV the
 //!    chunk is unmapped and remapped once around all the limits it tries, so a refused
 //!    limit costs one `XENMEM_exchange` (Linux pays the unmapping and remapping of its
-//!    segment again for every limit). An "order too large" answer (`OrderTooLarge`, or
-//!    `EPERM` from `XENMEM_exchange`) lowers the order cap for good; no room below the
+//!    segment again for every limit). An "order too large" answer (`OrderTooLarge`,
+//!    `OrderRefused`, or `EPERM` from `XENMEM_exchange`) lowers the order cap for good; no room below the
 //!    highest limit for a chunk larger than a segment splits it.
 //! 3. When even a segment cannot be made contiguous, the pool is **halved** (keeping whole
 //!    segments): chunks beyond the new end are given back with
@@ -627,7 +627,7 @@ impl<P: Platform> Fixup<'_, P> {
     /// Decides what to do after `err` for a chunk of `order` that was tried at every limit
     /// from the current one to the highest.
     fn classify(&mut self, err: PlatformError, order: u32) -> Next {
-        if let PlatformError::OrderTooLarge { max, .. } = err {
+        if let Some(max) = err.order_limit() {
             self.cap = self.cap.min(max.max(SEGMENT_ORDER));
         }
         // Xen refuses an order beyond the domain's limit with EPERM; no limit had room for
@@ -637,6 +637,7 @@ impl<P: Platform> Fixup<'_, P> {
             || matches!(
                 err,
                 PlatformError::OrderTooLarge { .. }
+                    | PlatformError::OrderRefused { .. }
                     | PlatformError::Hypercall { errno: EPERM, .. }
                     | PlatformError::AddressBits { .. }
             );
