@@ -38,7 +38,10 @@ pub struct SimConfig {
     pub domu_pages: u64,
     /// Seed of the deterministic PRNG that scrambles the P2M and picks frames.
     pub seed: u64,
-    /// Whether `GNTTABOP_cache_flush` exists; `false` simulates an old Xen (`-ENOSYS`).
+    /// Whether `GNTTABOP_cache_flush` exists; `false` simulates an old Xen (`-ENOSYS`). On
+    /// x86 from Xen 4.21 on (`xen_version >= (4, 21)`) it never exists, whatever this says:
+    /// Xen builds the operation for Arm only (`CONFIG_HAS_GRANT_CACHE_FLUSH`) and answers
+    /// `-ENOSYS` (see [`has_cache_flush`](Self::has_cache_flush)).
     pub cache_flush: bool,
     /// Largest extent order of `XENMEM_exchange` for the domU (Xen's `max_order()` of an
     /// ordinary domain: the first value of `memop-max-order`, default 9, a 2 MiB superpage).
@@ -137,11 +140,36 @@ impl SimConfig {
         self
     }
 
-    /// Sets whether `GNTTABOP_cache_flush` exists.
+    /// Sets whether `GNTTABOP_cache_flush` exists (on x86 before Xen 4.21; see
+    /// [`has_cache_flush`](Self::has_cache_flush)).
     #[must_use]
     pub fn with_cache_flush(mut self, available: bool) -> Self {
         self.cache_flush = available;
         self
+    }
+
+    /// Sets the version `XENVER_version` reports. It also decides what exists: on x86,
+    /// `GNTTABOP_cache_flush` is gone from 4.21 on.
+    #[must_use]
+    pub fn with_xen_version(mut self, major: u16, minor: u16) -> Self {
+        self.xen_version = (major, minor);
+        self
+    }
+
+    /// Whether `GNTTABOP_cache_flush` exists on this machine: [`cache_flush`](Self::cache_flush),
+    /// except on x86 from Xen 4.21 on, where Xen no longer builds it (it was only ever
+    /// needed on Arm) and answers `-ENOSYS`, the answer of an old Xen.
+    ///
+    /// ```
+    /// use xen_sim::SimConfig;
+    ///
+    /// assert!(SimConfig::x86_pv().with_xen_version(4, 20).has_cache_flush());
+    /// assert!(!SimConfig::x86_pv().with_xen_version(4, 21).has_cache_flush());
+    /// assert!(SimConfig::arm64().with_xen_version(4, 21).has_cache_flush());
+    /// ```
+    #[must_use]
+    pub fn has_cache_flush(&self) -> bool {
+        self.cache_flush && !(self.arch == SimArch::X86Pv && self.xen_version >= (4, 21))
     }
 
     /// Sets the exchange order limits of the domU and of dom0 directly.
