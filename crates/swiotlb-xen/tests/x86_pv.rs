@@ -656,6 +656,56 @@ fn a_coherent_allocation_above_the_domains_limit_fails_naming_it_once_learnt() {
     assert_eq!(pv.xen.free_frames(), free, "no machine frame lost");
 }
 
+/// Xen 4.21 removed `GNTTABOP_cache_flush` on x86 (`-ENOSYS`, the answer of a Xen that
+/// never had it). That is normal here: x86 DMA is cache-coherent and the x86 PV platform
+/// never asks for it, so bounced and direct maps, syncs and coherent allocations behave on
+/// 4.21 exactly as on 4.20, with no `GNTTABOP_cache_flush` at all.
+#[test]
+fn xen_4_21_without_gnttabop_cache_flush_is_normal_on_x86() {
+    let mut seen = Vec::new();
+    for (major, minor) in [(4, 20), (4, 21)] {
+        let pv = Pv::with_config(xen_sim::SimConfig::x86_pv().with_xen_version(major, minor));
+        assert_eq!(
+            xen_abi::ops::cache_flush_probe(&pv.dom0),
+            (major, minor) < (4, 21),
+            "{major}.{minor}"
+        );
+        let engine = pv.engine(MIB);
+        pv.xen.reset_counters();
+        let d32 = pv.xen.device(DmaMask::BITS_32, true);
+        let buf = pv.guest.alloc_pages(64);
+        let mut bounced = Vec::new();
+        for low in [true, false] {
+            let phys = at(page_where(&pv, buf, 64, low), 100);
+            let s = exercise(
+                &pv.xen,
+                &engine,
+                &d32,
+                &d32.core_device(),
+                &pv.guest.memory(),
+                phys,
+                1000,
+                7,
+                &no_iommu,
+            );
+            bounced.push(s.bounced);
+        }
+        let a = engine.alloc_coherent(&d32.core_device(), 16384).unwrap();
+        // SAFETY: nothing uses the allocation any more.
+        unsafe { engine.free_coherent(&d32.core_device(), a) }.unwrap();
+        check(&pv.xen, &engine, &[&d32]);
+        assert_eq!(
+            pv.xen.counters().count(SimOp::CacheFlush),
+            0,
+            "{major}.{minor}"
+        );
+        let st = engine.stats();
+        assert_eq!(st.map_failures + st.unmap_sync_failures, 0);
+        seen.push(bounced);
+    }
+    assert_eq!(seen[0], seen[1], "the same decisions on 4.20 and 4.21");
+}
+
 #[test]
 fn dma_supported_answers_from_the_pools_real_bus_addresses() {
     let pv = Pv::new();
