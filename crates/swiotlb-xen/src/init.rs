@@ -58,9 +58,10 @@ pub const MAX_DMA_BITS: u32 = 32;
 /// The most chunks an [`InitReport`] records; a pool needing more (tiny order caps on a
 /// huge pool) is halved until it fits.
 pub const MAX_CHUNKS: usize = 64;
-/// The default order cap: 4096 frames (16 MiB), Xen's default limit for the hardware
-/// domain (`CONFIG_HWDOM_MAX_ORDER`). Larger orders are refused by Xen with `EPERM`, which
-/// lowers the cap anyway.
+/// The default order cap: 4096 frames (16 MiB), Xen's default limit for a hardware domain
+/// that is not also the control domain (`memop-max-order`'s hwdom value; an x86 dom0 is
+/// both and may go to 18). Orders above the domain's limit are refused by Xen with `EPERM`
+/// (`PlatformError::OrderRefused` on x86 PV), which lowers the cap anyway.
 pub const DEFAULT_MAX_ORDER: u32 = 12;
 
 const EPERM: i32 = 1;
