@@ -17,13 +17,31 @@ use swiotlb_core::{Pfn, PhysAddr, PlatformError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum X86PvError {
-    /// The order is above the platform's maximum (see
-    /// [`X86PvPlatform::with_max_order`](crate::X86PvPlatform::with_max_order)).
+    /// The order is above the platform's maximum: the one set with
+    /// [`X86PvPlatform::with_max_order`](crate::X86PvPlatform::with_max_order), or the
+    /// limit learnt from Xen ([`X86PvPlatform::max_order`](crate::X86PvPlatform::max_order)).
+    /// Nothing was done (no hypercall).
     #[error("order {order} exceeds the supported maximum {max}")]
     OrderTooLarge {
         /// The order asked for.
         order: u32,
         /// The largest accepted order.
+        max: u32,
+    },
+    /// Xen refused the exchange with `EPERM` and exchanged nothing: the order is above the
+    /// domain's `memop-max-order`. The original frames were remapped, so the region is as
+    /// before, and the platform now accepts orders up to `max` only (a later create of this
+    /// order fails with [`OrderTooLarge`](Self::OrderTooLarge) without a hypercall). A
+    /// region of this order cannot be made contiguous in one piece on this Xen.
+    #[error(
+        "XENMEM_exchange of order {order} refused with EPERM (above the domain's \
+         memop-max-order); the original frames were remapped and orders above {max} are no \
+         longer asked"
+    )]
+    OrderRefused {
+        /// The order Xen refused.
+        order: u32,
+        /// The largest order the platform asks from now on.
         max: u32,
     },
     /// The region does not start on a `4 KiB << order` boundary.
@@ -145,11 +163,19 @@ pub enum X86PvError {
 
 /// `EIO`, for a damaging exchange that reported no errno.
 const EIO: i32 = 5;
+/// `EPERM`, Xen's answer to an exchange above the domain's order limit.
+const EPERM: i32 = 1;
 
 impl From<X86PvError> for PlatformError {
     fn from(e: X86PvError) -> Self {
         match e {
             X86PvError::OrderTooLarge { order, max } => Self::OrderTooLarge { order, max },
+            X86PvError::OrderRefused { order, max } => Self::OrderRefused {
+                op: "XENMEM_exchange",
+                errno: EPERM,
+                order,
+                max,
+            },
             X86PvError::Misaligned { phys, align } => Self::Misaligned { addr: phys, align },
             X86PvError::AddressBits { bits, min, max } => Self::AddressBits { bits, min, max },
             X86PvError::BeyondP2m { first, .. } => Self::NoTranslation { pfn: first },
@@ -217,6 +243,15 @@ mod tests {
         assert_eq!(
             PlatformError::from(X86PvError::OrderTooLarge { order: 21, max: 20 }),
             PlatformError::OrderTooLarge { order: 21, max: 20 }
+        );
+        assert_eq!(
+            PlatformError::from(X86PvError::OrderRefused { order: 12, max: 11 }),
+            PlatformError::OrderRefused {
+                op: "XENMEM_exchange",
+                errno: 1,
+                order: 12,
+                max: 11
+            }
         );
         let phys = PhysAddr::new(0x1000);
         assert_eq!(

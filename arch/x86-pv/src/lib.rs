@@ -16,7 +16,9 @@
 //!   each error leaves.
 //! - **No heap, no order cap of 2 MiB.** The exchange's frame lists are the region's own
 //!   P2M entries (Xen reads them from guest memory), so any order Xen allows works with
-//!   only a 32-entry multicall batch on the stack.
+//!   only a 32-entry multicall batch on the stack. The limit Xen sets for the domain
+//!   (`memop-max-order`, 18 for a dom0 by default) is learnt from its `EPERM` and
+//!   remembered ([`X86PvPlatform::max_order`]).
 //! - **Boot.** [`boot`] finds the tables: the P2M from `start_info`, the M2P where
 //!   `XENMEM_machphys_mapping` says (or Linux's fixed fallback).
 //! - **The trap.** [`NativeHypercall`] issues `syscall` (only on `x86_64`); the simulator in

@@ -17,7 +17,7 @@ use xen_abi::{
 use crate::error::X86PvError;
 use crate::p2m::{self, INVALID_M2P_ENTRY, INVALID_P2M_ENTRY, P2mEntry};
 // `core`'s atomics, or loom's under `--cfg loom` (the platform's own loom models).
-use swiotlb_core::lock::atomic::{AtomicU64, Ordering};
+use swiotlb_core::lock::atomic::{AtomicU32, AtomicU64, Ordering};
 use swiotlb_core::lock::{IrqHook, SeqRange, SpinLock};
 
 /// Entries per multicall batch (Linux's `MC_BATCH`). The batch lives on the stack:
@@ -30,8 +30,18 @@ pub const MC_BATCH: usize = 32;
 pub const MMU_BATCH: usize = 128;
 
 /// Xen's `MAX_ORDER` on x86: the largest extent order `XENMEM_exchange` can accept at all.
-/// Whether a domain may use orders above 9 is Xen's decision (I/O capabilities).
+///
+/// The order a domain may really use is Xen's `max_order()` of the calling domain, set by the
+/// `memop-max-order=<domU>,<ctldom>,<hwdom>,<ptdom>` boot option (x86 defaults `9,18,12,12`):
+/// the largest of the values that apply to it, so 18 (1 GiB) for a dom0, which is the control
+/// and the hardware domain, and 9 (2 MiB) for an ordinary domU. An exchange above it fails
+/// with `-EPERM` before anything is exchanged; the platform then remembers the limit (see
+/// [`X86PvPlatform::max_order`]).
 pub const XEN_MAX_ORDER: u32 = 20;
+
+/// The smallest order Xen's `max_order()` can return: a refusal with `EPERM` at or below it
+/// is not about the order (an XSM policy, a foreign domain), so it teaches nothing.
+const MIN_LIMIT_ORDER: u32 = 0;
 
 /// PTE bit: present.
 pub const PTE_PRESENT: u64 = 1 << 0;
@@ -59,6 +69,8 @@ const EIO: i32 = 5;
 
 /// `ENOMEM`: Xen has no memory that satisfies the exchange's address limit.
 const ENOMEM: i32 = swiotlb_core::hooks::ENOMEM;
+/// `EPERM`: Xen's answer to an exchange whose order is above the domain's `memop-max-order`.
+const EPERM: i32 = 1;
 /// `EINVAL`, reported for a multicall entry that failed without an error code.
 const EINVAL: i32 = 22;
 /// `ERESTART`: Xen's internal "preempted" code. Xen turns it into a continuation and a guest
@@ -78,7 +90,8 @@ const ERESTART: i32 = 85;
 ///
 /// `p2m` is this domain's P2M, `m2p` is Xen's M2P, and `linear_base` maps every pfn of the
 /// P2M at `linear_base + pfn * 4096` (established by [`new`](Self::new)'s caller).
-/// `max_order <= XEN_MAX_ORDER`.
+/// `max_order <= XEN_MAX_ORDER` and `xen_order <= XEN_MAX_ORDER`; `xen_order` only goes
+/// down.
 pub struct X86PvPlatform<'a, H, M> {
     p2m: &'a [AtomicU64],
     m2p: &'a [AtomicU64],
@@ -86,7 +99,11 @@ pub struct X86PvPlatform<'a, H, M> {
     hyp: H,
     mem: M,
     pte_flags: u64,
+    /// The largest order the kernel allows ([`with_max_order`](Self::with_max_order)).
     max_order: u32,
+    /// The largest order Xen has not refused: [`XEN_MAX_ORDER`] until an exchange of a
+    /// larger order fails with `EPERM`, then one less than that order.
+    xen_order: AtomicU32,
     lock: SpinLock<()>,
     transition: SeqRange,
     stranded_hook: Option<fn(StrandedFrame)>,
@@ -100,6 +117,7 @@ impl<H, M> fmt::Debug for X86PvPlatform<'_, H, M> {
             .field("linear_base", &format_args!("{:#x}", self.linear_base))
             .field("pte_flags", &format_args!("{:#x}", self.pte_flags))
             .field("max_order", &self.max_order)
+            .field("xen_order", &self.xen_order.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +184,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
             mem,
             pte_flags: DEFAULT_PTE_FLAGS,
             max_order: XEN_MAX_ORDER,
+            xen_order: AtomicU32::new(XEN_MAX_ORDER),
             lock: SpinLock::new(()),
             transition: SeqRange::new(),
             stranded_hook: None,
@@ -209,7 +228,9 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     }
 
     /// Sets the largest order accepted, at most [`XEN_MAX_ORDER`] (larger values are
-    /// clamped). Xen itself refuses orders above 9 to a domain without I/O capabilities.
+    /// clamped). There is no need to know Xen's limit for the domain (its `memop-max-order`,
+    /// see [`XEN_MAX_ORDER`]): the platform learns it from Xen's answers
+    /// ([`max_order`](Self::max_order)).
     #[must_use]
     pub fn with_max_order(mut self, order: u32) -> Self {
         // INVARIANT: clamped to the constant maximum.
@@ -217,10 +238,20 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         self
     }
 
-    /// The largest order accepted.
+    /// The largest order [`create_contiguous`](Self::create_contiguous) accepts: the one set
+    /// with [`with_max_order`](Self::with_max_order), lowered by what Xen refused.
+    ///
+    /// Xen refuses an exchange above the domain's `memop-max-order` with `EPERM` and
+    /// exchanges nothing; no hypercall tells the limit. So when an exchange of order `N`
+    /// fails that way, the platform remembers that Xen allows at most `N - 1` (atomically,
+    /// for every CPU) and the create fails with [`X86PvError::OrderRefused`]; from then on
+    /// an order above it fails with [`X86PvError::OrderTooLarge`] before any hypercall. The
+    /// limit only goes down, one refusal at a time, so it is the largest order Xen has not
+    /// refused. [`destroy_contiguous`](Self::destroy_contiguous) is bound only by
+    /// `with_max_order`: a region Xen made contiguous can always be given back.
     #[must_use]
     pub fn max_order(&self) -> u32 {
-        self.max_order
+        self.max_order.min(self.xen_order.load(Ordering::Relaxed))
     }
 
     /// The PTE flags of remapped pages.
@@ -323,7 +354,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         min_bits: u32,
         max_bits: u32,
     ) -> Result<(BusAddr, u32), X86PvError> {
-        let (pfn0, n) = self.region(phys, order)?;
+        let (pfn0, n) = self.region(phys, order, self.max_order())?;
         let min = order + XEN_PAGE_SHIFT;
         for bits in [min_bits, max_bits] {
             if !(min..=64).contains(&bits) || min_bits > max_bits {
@@ -348,7 +379,7 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
     ///
     /// As [`create_contiguous`](Self::create_contiguous).
     pub unsafe fn destroy_contiguous(&self, phys: PhysAddr, order: u32) -> Result<(), X86PvError> {
-        let (pfn0, n) = self.region(phys, order)?;
+        let (pfn0, n) = self.region(phys, order, self.max_order)?;
         self.check_local(pfn0, n)?;
         let e0 = self.p2m_load(pfn0);
         for i in 1..n {
@@ -471,6 +502,15 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         }
         if counts[1] == n {
             remap_result(&report)?;
+            if errno == EPERM && x.nr_exchanged == 0 && order > MIN_LIMIT_ORDER {
+                // Above the domain's memop-max-order: remember it, so that no later create
+                // pays the unmapping and remapping to hear it again.
+                self.xen_order.fetch_min(order - 1, Ordering::Relaxed);
+                return Err(X86PvError::OrderRefused {
+                    order,
+                    max: self.max_order(),
+                });
+            }
             return Err(X86PvError::ExchangeFailed {
                 errno: if errno == 0 { EIO } else { errno },
                 nr_exchanged: x.nr_exchanged,
@@ -896,16 +936,13 @@ impl<'a, H: Hypercall, M: PhysMemory> X86PvPlatform<'a, H, M> {
         }
     }
 
-    /// Checks the order and alignment and that the region lies in the P2M; returns the
-    /// first pfn and the page count.
-    fn region(&self, phys: PhysAddr, order: u32) -> Result<(u64, u64), X86PvError> {
-        if order > self.max_order {
-            return Err(X86PvError::OrderTooLarge {
-                order,
-                max: self.max_order,
-            });
+    /// Checks the order (at most `max`) and alignment and that the region lies in the P2M;
+    /// returns the first pfn and the page count.
+    fn region(&self, phys: PhysAddr, order: u32, max: u32) -> Result<(u64, u64), X86PvError> {
+        if order > max {
+            return Err(X86PvError::OrderTooLarge { order, max });
         }
-        // `max_order <= 20`, so the shifts cannot overflow.
+        // `max <= max_order <= 20`, so the shifts cannot overflow.
         let n = 1u64 << order;
         let align = XEN_PAGE_SIZE << order;
         if !phys.is_aligned(align) {

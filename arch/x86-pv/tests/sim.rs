@@ -364,7 +364,8 @@ fn large_orders_use_no_scratch_and_follow_xen_s_limit() {
         unsafe { pv.destroy_contiguous(buf, order) }.unwrap();
         check(&xen, &g);
     }
-    // Above the simulator's privileged limit (18), Xen refuses with EPERM; nothing changes.
+    // Above dom0's limit (here 10), Xen refuses with EPERM: nothing changes, and the
+    // platform remembers the limit.
     let xen = Xen::new(SimConfig::x86_pv().with_max_orders(9, 10));
     let g = xen.pv_guest();
     let pv = platform(&xen, &g);
@@ -372,11 +373,85 @@ fn large_orders_use_no_scratch_and_follow_xen_s_limit() {
     let before = frames(&g, buf, 2048);
     // SAFETY: as above.
     let r = unsafe { pv.create_contiguous(buf, 11, 32) };
+    assert_eq!(r, Err(X86PvError::OrderRefused { order: 11, max: 10 }));
+    assert_eq!(frames(&g, buf, 2048), before);
+    check(&xen, &g);
+}
+
+/// Xen's `memop-max-order` is learnt from its `EPERM` and remembered: the refused order is
+/// asked once (unmap, one exchange, remap), later attempts fail before any hypercall, an
+/// order at the limit still works, and no frame is lost.
+#[test]
+fn the_order_xen_refuses_is_learnt_once_and_remembered() {
+    let xen = Xen::new(SimConfig::x86_pv().with_max_orders(9, 10));
+    let g = xen.pv_guest();
+    let free = xen.free_frames();
+    for path in PATHS {
+        let pv = platform_by(&xen, &g, path);
+        assert_eq!(pv.max_order(), swiotlb_xen_x86_pv::XEN_MAX_ORDER);
+        let n = 1u64 << 12;
+        let buf = g.alloc_aligned(n, n);
+        g.fill_pattern(buf, (n * PAGE) as usize, 4);
+        let before = frames(&g, buf, n);
+        xen.reset_counters();
+        // SAFETY: the test owns `buf` exclusively.
+        let r = unsafe { pv.create_contiguous(buf, 12, 32) };
+        assert_eq!(r, Err(X86PvError::OrderRefused { order: 12, max: 11 }));
+        let c = xen.counters();
+        assert_eq!(c.count(SimOp::MemoryExchange), 1, "{path:?}");
+        assert_eq!(c.traps(), 2 * batches(path, n) + 1, "{path:?}");
+        assert_eq!(pv.max_order(), 11);
+        assert_eq!(
+            frames(&g, buf, n),
+            before,
+            "{path:?}: the region is as it was"
+        );
+        check(&xen, &g);
+        // The same order again: refused by the platform, no hypercall.
+        xen.reset_counters();
+        // SAFETY: as above.
+        let r = unsafe { pv.create_contiguous_region(buf, 12, 32) };
+        assert_eq!(r, Err(PlatformError::OrderTooLarge { order: 12, max: 11 }));
+        assert_eq!(xen.counters().traps(), 0);
+        // One below: Xen refuses it too (the limit is 10), and the platform learns 10.
+        // SAFETY: as above.
+        let r = unsafe { pv.create_contiguous(buf, 11, 32) };
+        assert_eq!(r, Err(X86PvError::OrderRefused { order: 11, max: 10 }));
+        assert_eq!(pv.max_order(), 10);
+        // At the limit: one exchange, contiguous, and given back.
+        xen.reset_counters();
+        // SAFETY: as above.
+        let bus = unsafe { pv.create_contiguous(buf, 10, 32) }.unwrap();
+        assert_eq!(xen.counters().count(SimOp::MemoryExchange), 1);
+        assert_contiguous(&pv, &g, buf, 10, bus.as_u64(), 32);
+        check(&xen, &g);
+        // SAFETY: as above.
+        unsafe { pv.destroy_contiguous(buf, 10) }.unwrap();
+        assert_eq!(pv.max_order(), 10, "a success does not raise the limit");
+        check(&xen, &g);
+    }
+    assert_eq!(xen.free_frames(), free, "no machine frame lost");
+}
+
+/// An `EPERM` that is not about the order (order 0: Xen's limit is never below 0) teaches
+/// nothing, and a configured maximum below the learnt one is kept.
+#[test]
+fn an_eperm_at_order_0_is_not_an_order_limit() {
+    let (xen, g) = machine();
+    let pv = platform(&xen, &g).with_max_order(14);
+    let buf = g.alloc_aligned(1, 1);
+    xen.inject(Fault::FailNth {
+        op: SimOp::MemoryExchange,
+        nth: 1,
+        errno: 1,
+    });
+    // SAFETY: the test owns `buf` exclusively.
+    let r = unsafe { pv.create_contiguous(buf, 0, 32) };
     assert!(
         matches!(r, Err(X86PvError::ExchangeFailed { errno: 1, .. })),
         "{r:?}"
     );
-    assert_eq!(frames(&g, buf, 2048), before);
+    assert_eq!(pv.max_order(), 14);
     check(&xen, &g);
 }
 

@@ -156,6 +156,25 @@ pub enum PlatformError {
         /// The largest supported order.
         max: u32,
     },
+    /// The hypervisor refused an operation for its order and did nothing (x86 PV:
+    /// `XENMEM_exchange` above the domain's `memop-max-order`, `EPERM`). The platform
+    /// remembers it: from now on an order above `max` fails with
+    /// [`OrderTooLarge`](Self::OrderTooLarge) before any hypercall.
+    #[error(
+        "{op} of order {order} failed with {}: above the domain's limit, orders above \
+         {max} are no longer asked",
+        Named(i64::from(*.errno))
+    )]
+    OrderRefused {
+        /// The operation, e.g. `"XENMEM_exchange"`.
+        op: &'static str,
+        /// The positive errno (`1` for EPERM).
+        errno: i32,
+        /// The order refused.
+        order: u32,
+        /// The largest order the platform asks from now on.
+        max: u32,
+    },
     /// An address that is not aligned as the operation requires.
     #[error("{addr} is not aligned to {align:#x}")]
     Misaligned {
@@ -372,6 +391,16 @@ impl PlatformError {
     /// [`ENOMEM`]): asking again with a higher address limit, or a smaller size, may succeed.
     pub const fn is_out_of_memory(&self) -> bool {
         matches!(self, Self::Hypercall { errno: ENOMEM, .. })
+    }
+
+    /// The largest order the platform accepts, when the error says the order was too large
+    /// ([`OrderTooLarge`](Self::OrderTooLarge), or [`OrderRefused`](Self::OrderRefused) by
+    /// the hypervisor): a smaller order may succeed.
+    pub const fn order_limit(&self) -> Option<u32> {
+        match self {
+            Self::OrderTooLarge { max, .. } | Self::OrderRefused { max, .. } => Some(*max),
+            _ => None,
+        }
     }
 
     /// The stranded pages when the operation left its region damaged
@@ -854,6 +883,21 @@ mod tests {
         assert_eq!(e.damage().map(Stranded::count), Some(5));
         assert!(!s.is_complete() && s.is_damage());
         assert_eq!(NO_MEMORY.damage(), None);
+        let refused = PlatformError::OrderRefused {
+            op: "XENMEM_exchange",
+            errno: 1,
+            order: 12,
+            max: 11,
+        };
+        assert_eq!(
+            refused.to_string(),
+            "XENMEM_exchange of order 12 failed with EPERM (1): above the domain's limit, \
+             orders above 11 are no longer asked"
+        );
+        assert_eq!(refused.order_limit(), Some(11));
+        let too_large = PlatformError::OrderTooLarge { order: 12, max: 9 };
+        assert_eq!(too_large.order_limit(), Some(9));
+        assert_eq!(NO_MEMORY.order_limit(), None);
     }
 
     #[test]

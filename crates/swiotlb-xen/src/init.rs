@@ -15,8 +15,8 @@
 //!    `MAX_DMA_BITS`), never going back down for later chunks (as Linux). On x86 PV the
 //!    chunk is unmapped and remapped once around all the limits it tries, so a refused
 //!    limit costs one `XENMEM_exchange` (Linux pays the unmapping and remapping of its
-//!    segment again for every limit). An "order too large" answer (`OrderTooLarge`, or
-//!    `EPERM` from `XENMEM_exchange`) lowers the order cap for good; no room below the
+//!    segment again for every limit). An "order too large" answer (`OrderTooLarge`,
+//!    `OrderRefused`, or `EPERM` from `XENMEM_exchange`) lowers the order cap for good; no room below the
 //!    highest limit for a chunk larger than a segment splits it.
 //! 3. When even a segment cannot be made contiguous, the pool is **halved** (keeping whole
 //!    segments): chunks beyond the new end are given back with
@@ -58,9 +58,10 @@ pub const MAX_DMA_BITS: u32 = 32;
 /// The most chunks an [`InitReport`] records; a pool needing more (tiny order caps on a
 /// huge pool) is halved until it fits.
 pub const MAX_CHUNKS: usize = 64;
-/// The default order cap: 4096 frames (16 MiB), Xen's default limit for the hardware
-/// domain (`CONFIG_HWDOM_MAX_ORDER`). Larger orders are refused by Xen with `EPERM`, which
-/// lowers the cap anyway.
+/// The default order cap: 4096 frames (16 MiB), Xen's default limit for a hardware domain
+/// that is not also the control domain (`memop-max-order`'s hwdom value; an x86 dom0 is
+/// both and may go to 18). Orders above the domain's limit are refused by Xen with `EPERM`
+/// (`PlatformError::OrderRefused` on x86 PV), which lowers the cap anyway.
 pub const DEFAULT_MAX_ORDER: u32 = 12;
 
 const EPERM: i32 = 1;
@@ -627,7 +628,7 @@ impl<P: Platform> Fixup<'_, P> {
     /// Decides what to do after `err` for a chunk of `order` that was tried at every limit
     /// from the current one to the highest.
     fn classify(&mut self, err: PlatformError, order: u32) -> Next {
-        if let PlatformError::OrderTooLarge { max, .. } = err {
+        if let Some(max) = err.order_limit() {
             self.cap = self.cap.min(max.max(SEGMENT_ORDER));
         }
         // Xen refuses an order beyond the domain's limit with EPERM; no limit had room for
@@ -637,6 +638,7 @@ impl<P: Platform> Fixup<'_, P> {
             || matches!(
                 err,
                 PlatformError::OrderTooLarge { .. }
+                    | PlatformError::OrderRefused { .. }
                     | PlatformError::Hypercall { errno: EPERM, .. }
                     | PlatformError::AddressBits { .. }
             );

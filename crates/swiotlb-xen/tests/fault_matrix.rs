@@ -206,7 +206,10 @@ fn hypercall_in(e: &(dyn StdError + 'static)) -> Option<(&'static str, i32)> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         match err.downcast_ref::<PlatformError>() {
-            Some(PlatformError::Hypercall { op, errno }) => return Some((op, *errno)),
+            Some(
+                PlatformError::Hypercall { op, errno }
+                | PlatformError::OrderRefused { op, errno, .. },
+            ) => return Some((op, *errno)),
             Some(PlatformError::RegionDamaged { op, errno, .. }) => {
                 return Some((op.name(), *errno));
             }

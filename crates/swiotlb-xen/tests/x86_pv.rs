@@ -8,7 +8,9 @@ mod common;
 
 use common::*;
 use swiotlb_core::engine::{BounceReason, DmaError, SgEntry};
-use swiotlb_core::{BusAddr, DmaAttrs, DmaDirection, DmaMask, Error, PhysAddr, Platform};
+use swiotlb_core::{
+    BusAddr, DmaAttrs, DmaDirection, DmaMask, Error, PhysAddr, Platform, PlatformError,
+};
 use xen_sim::SimOp;
 
 const MIB: u64 = 1 << 20;
@@ -518,6 +520,190 @@ fn coherent_allocations_are_contiguous_below_the_mask_and_given_back() {
     assert!(!a.is_exchanged());
     // SAFETY: unused.
     unsafe { engine.free_coherent(&d64, a) }.unwrap();
+}
+
+/// The `mmu_update` lists of one unmapping or remapping of `pages` pages.
+fn mmu_lists(pages: u64) -> u64 {
+    pages.div_ceil(swiotlb_xen_x86_pv::MMU_BATCH as u64)
+}
+
+/// Linux's `xen_create_contiguous_region` for `2^order` pages, `(traps, exchanges)`: before
+/// 2025 nothing above its `MAX_CONTIG_ORDER` (9; `-ENOMEM` before any hypercall, so its
+/// `alloc_coherent` of more than 2 MiB fails); since the 2025 growable `discontig_frames`,
+/// any order, with a zap and a remap of one `update_va_mapping` per page in multicalls of 32
+/// (`MC_BATCH`) around one `XENMEM_exchange`, paid again on every attempt Xen refuses.
+fn linux_contiguous_region(order: u32, since_2025: bool) -> Option<(u64, u64)> {
+    (since_2025 || order <= 9).then(|| (2 * (1u64 << order).div_ceil(32) + 1, 1))
+}
+
+/// A 4 MiB (order-10) coherent allocation on a dom0 whose Xen allows order 18 (x86's
+/// default `memop-max-order` for the control domain): one batched `XENMEM_exchange` of 1024
+/// order-0 frames for one order-10 extent, with the unmapping and remapping in `mmu_update`
+/// lists of 128. Linux before 2025 refuses the order (its `MAX_CONTIG_ORDER` is 9); since
+/// 2025 it makes the same single exchange with four times the traps around it.
+#[test]
+fn a_4_mib_coherent_allocation_is_one_exchange_on_a_dom0_that_xen_allows() {
+    let pv = Pv::new();
+    let engine = pv.engine_with_pages(MIB, 2048);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    let free = pv.xen.free_frames();
+    let size = 4 << 20;
+    pv.xen.reset_counters();
+    let a = engine.alloc_coherent(&dev, size).unwrap();
+    let c = pv.xen.counters();
+    let (exchanges, traps) = (c.count(SimOp::MemoryExchange), c.traps());
+    assert_eq!(a.order(), 10);
+    assert!(a.is_exchanged());
+    assert_eq!(exchanges, 1, "one batched exchange");
+    assert_eq!(traps, 2 * mmu_lists(1024) + 1, "unmap, exchange, remap");
+    assert_eq!(linux_contiguous_region(10, false), None, "old Linux cannot");
+    let (linux_traps, linux_exchanges) = linux_contiguous_region(10, true).unwrap();
+    println!(
+        "order-10 coherent allocation: {traps} hypercalls, {exchanges} XENMEM_exchange; \
+         Linux before 2025: refused (MAX_CONTIG_ORDER 9); since 2025: {linux_traps} \
+         hypercalls, {linux_exchanges} XENMEM_exchange"
+    );
+    assert_eq!(exchanges, linux_exchanges);
+    assert_eq!(
+        4 * (traps - 1),
+        linux_traps - 1,
+        "lists of 128 against multicalls of 32"
+    );
+    assert!(a.bus().as_u64() + size as u64 <= GIB4);
+    assert_eq!(
+        a.bus().as_u64() % size as u64,
+        0,
+        "naturally aligned on the bus"
+    );
+    for p in (0..1024).map(|p| p * PAGE) {
+        assert_eq!(pv.machine(at(a.phys(), p)).as_u64(), a.bus().as_u64() + p);
+    }
+    let data = pattern(3, size);
+    pv.guest.memory().write(a.phys(), &data);
+    same(&d32.read(a.bus(), size).unwrap(), &data, "the device read");
+    check(&pv.xen, &engine, &[&d32]);
+    // SAFETY: nothing uses the allocation any more.
+    unsafe { engine.free_coherent(&dev, a) }.unwrap();
+    assert_eq!(pv.xen.counters().count(SimOp::MemoryExchange), 2);
+    check(&pv.xen, &engine, &[&d32]);
+    assert_eq!(pv.xen.free_frames(), free, "no machine frame lost");
+    assert_eq!(pv.local_entries(), pv.guest.nr_pages());
+}
+
+/// On a dom0 whose Xen allows order 9 only (`memop-max-order=9,9,9,9`), a 4 MiB coherent
+/// allocation fails naming the limit Xen taught (one refused exchange, the region
+/// restored, the pages given back), the next one fails the same way without a hypercall
+/// (Linux since 2025 pays the zap, the exchange and the remap again, 65 traps, every time),
+/// 2 MiB still works, and no frame or page is lost.
+#[test]
+fn a_coherent_allocation_above_the_domains_limit_fails_naming_it_once_learnt() {
+    let pv = Pv::with_config(xen_sim::SimConfig::x86_pv().with_memop_max_order(9, 9, 9, 9));
+    let engine = pv.engine_with_pages(MIB, 2048);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    let free = pv.xen.free_frames();
+    // First Xen's refusal (named, with the limit now remembered), then the platform's own.
+    let refused = |e: &DmaError, attempt| match e {
+        DmaError::CoherentContiguous {
+            order: 10, source, ..
+        } => {
+            let named = if attempt == 0 {
+                PlatformError::OrderRefused {
+                    op: "XENMEM_exchange",
+                    errno: 1,
+                    order: 10,
+                    max: 9,
+                }
+            } else {
+                PlatformError::OrderTooLarge { order: 10, max: 9 }
+            };
+            *source == named && source.order_limit() == Some(9)
+        }
+        _ => false,
+    };
+    for attempt in 0..2 {
+        pv.xen.reset_counters();
+        let e = engine.alloc_coherent(&dev, 4 << 20).unwrap_err();
+        assert!(refused(&e, attempt), "attempt {attempt}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains("order 10") && msg.contains(" 9"), "{msg}");
+        println!("attempt {attempt}: {msg}");
+        let c = pv.xen.counters();
+        let expected = if attempt == 0 {
+            (1, 2 * mmu_lists(1024) + 1)
+        } else {
+            (0, 0)
+        };
+        assert_eq!(
+            (c.count(SimOp::MemoryExchange), c.traps()),
+            expected,
+            "attempt {attempt}"
+        );
+        assert_eq!(engine.pages().in_use(), 0, "the pages were given back");
+        assert!(engine.pages().quarantined().is_empty());
+        check(&pv.xen, &engine, &[&d32]);
+        assert_eq!(pv.xen.free_frames(), free, "no machine frame lost");
+        assert_eq!(pv.local_entries(), pv.guest.nr_pages());
+    }
+    assert_eq!(engine.platform().max_order(), 9);
+    let a = engine.alloc_coherent(&dev, 2 << 20).unwrap();
+    assert!(a.is_exchanged() && a.order() == 9);
+    // SAFETY: nothing uses the allocation any more.
+    unsafe { engine.free_coherent(&dev, a) }.unwrap();
+    assert_eq!(engine.stats().coherent_failures, 2);
+    check(&pv.xen, &engine, &[&d32]);
+    assert_eq!(pv.xen.free_frames(), free, "no machine frame lost");
+}
+
+/// Xen 4.21 removed `GNTTABOP_cache_flush` on x86 (`-ENOSYS`, the answer of a Xen that
+/// never had it). That is normal here: x86 DMA is cache-coherent and the x86 PV platform
+/// never asks for it, so bounced and direct maps, syncs and coherent allocations behave on
+/// 4.21 exactly as on 4.20, with no `GNTTABOP_cache_flush` at all.
+#[test]
+fn xen_4_21_without_gnttabop_cache_flush_is_normal_on_x86() {
+    let mut seen = Vec::new();
+    for (major, minor) in [(4, 20), (4, 21)] {
+        let pv = Pv::with_config(xen_sim::SimConfig::x86_pv().with_xen_version(major, minor));
+        assert_eq!(
+            xen_abi::ops::cache_flush_probe(&pv.dom0),
+            (major, minor) < (4, 21),
+            "{major}.{minor}"
+        );
+        let engine = pv.engine(MIB);
+        pv.xen.reset_counters();
+        let d32 = pv.xen.device(DmaMask::BITS_32, true);
+        let buf = pv.guest.alloc_pages(64);
+        let mut bounced = Vec::new();
+        for low in [true, false] {
+            let phys = at(page_where(&pv, buf, 64, low), 100);
+            let s = exercise(
+                &pv.xen,
+                &engine,
+                &d32,
+                &d32.core_device(),
+                &pv.guest.memory(),
+                phys,
+                1000,
+                7,
+                &no_iommu,
+            );
+            bounced.push(s.bounced);
+        }
+        let a = engine.alloc_coherent(&d32.core_device(), 16384).unwrap();
+        // SAFETY: nothing uses the allocation any more.
+        unsafe { engine.free_coherent(&d32.core_device(), a) }.unwrap();
+        check(&pv.xen, &engine, &[&d32]);
+        assert_eq!(
+            pv.xen.counters().count(SimOp::CacheFlush),
+            0,
+            "{major}.{minor}"
+        );
+        let st = engine.stats();
+        assert_eq!(st.map_failures + st.unmap_sync_failures, 0);
+        seen.push(bounced);
+    }
+    assert_eq!(seen[0], seen[1], "the same decisions on 4.20 and 4.21");
 }
 
 #[test]

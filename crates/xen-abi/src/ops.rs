@@ -579,6 +579,24 @@ pub struct XenVersion {
     pub minor: u16,
 }
 
+impl XenVersion {
+    /// The first release whose x86 build has no `GNTTABOP_cache_flush` (Xen 4.21: the
+    /// operation is built for Arm only, `CONFIG_HAS_GRANT_CACHE_FLUSH`).
+    pub const X86_NO_CACHE_FLUSH: Self = Self {
+        major: 4,
+        minor: 21,
+    };
+
+    /// Whether Xen of this version has `GNTTABOP_cache_flush` on x86. From 4.21 on it
+    /// answers `ENOSYS`, which is normal there: x86 DMA is cache-coherent and nothing on x86
+    /// needs the operation. Arm keeps it in every release (there an `ENOSYS` means an old
+    /// Xen, whose foreign pages must be bounced for non-coherent devices).
+    #[must_use]
+    pub fn x86_has_cache_flush(self) -> bool {
+        self < Self::X86_NO_CACHE_FLUSH
+    }
+}
+
 impl core::fmt::Display for XenVersion {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{}.{}", self.major, self.minor)
@@ -1094,6 +1112,10 @@ mod tests {
             }
         );
         assert_eq!(v.to_string(), "4.17");
+        assert!(v.x86_has_cache_flush());
+        for (major, minor, has) in [(4, 20, true), (4, 21, false), (4, 22, false), (5, 0, false)] {
+            assert_eq!(XenVersion { major, minor }.x86_has_cache_flush(), has);
+        }
         assert_eq!(get_features(&h, 0), Ok((1 << 17) | (1 << 11)));
         assert_eq!(has_feature(&h, XENFEAT_DIRECT_MAPPED), Ok(true));
         assert_eq!(has_feature(&h, XENFEAT_NOT_DIRECT_MAPPED), Ok(false));

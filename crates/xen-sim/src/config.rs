@@ -38,12 +38,18 @@ pub struct SimConfig {
     pub domu_pages: u64,
     /// Seed of the deterministic PRNG that scrambles the P2M and picks frames.
     pub seed: u64,
-    /// Whether `GNTTABOP_cache_flush` exists; `false` simulates an old Xen (`-ENOSYS`).
+    /// Whether `GNTTABOP_cache_flush` exists; `false` simulates an old Xen (`-ENOSYS`). On
+    /// x86 from Xen 4.21 on (`xen_version >= (4, 21)`) it never exists, whatever this says:
+    /// Xen builds the operation for Arm only (`CONFIG_HAS_GRANT_CACHE_FLUSH`) and answers
+    /// `-ENOSYS` (see [`has_cache_flush`](Self::has_cache_flush)).
     pub cache_flush: bool,
-    /// Largest extent order of `XENMEM_exchange` for a domain without I/O capabilities
-    /// (Xen: 9, a 2 MiB superpage).
+    /// Largest extent order of `XENMEM_exchange` for the domU (Xen's `max_order()` of an
+    /// ordinary domain: the first value of `memop-max-order`, default 9, a 2 MiB superpage).
+    /// Above it the exchange fails with `-EPERM` before anything else is checked.
     pub max_order_unprivileged: u32,
-    /// Largest extent order for a domain with I/O capabilities (dom0).
+    /// Largest extent order for dom0, the control and hardware domain (Xen's `max_order()`:
+    /// the largest `memop-max-order` value that applies, 18 with x86's defaults
+    /// `9,18,12,12`). See [`with_memop_max_order`](SimConfig::with_memop_max_order).
     pub max_order_privileged: u32,
     /// The version `XENVER_version` reports, as `(major, minor)`.
     pub xen_version: (u16, u16),
@@ -134,19 +140,65 @@ impl SimConfig {
         self
     }
 
-    /// Sets whether `GNTTABOP_cache_flush` exists.
+    /// Sets whether `GNTTABOP_cache_flush` exists (on x86 before Xen 4.21; see
+    /// [`has_cache_flush`](Self::has_cache_flush)).
     #[must_use]
     pub fn with_cache_flush(mut self, available: bool) -> Self {
         self.cache_flush = available;
         self
     }
 
-    /// Sets the exchange order limits (without and with I/O capabilities).
+    /// Sets the version `XENVER_version` reports. It also decides what exists: on x86,
+    /// `GNTTABOP_cache_flush` is gone from 4.21 on.
+    #[must_use]
+    pub fn with_xen_version(mut self, major: u16, minor: u16) -> Self {
+        self.xen_version = (major, minor);
+        self
+    }
+
+    /// Whether `GNTTABOP_cache_flush` exists on this machine: [`cache_flush`](Self::cache_flush),
+    /// except on x86 from Xen 4.21 on, where Xen no longer builds it (it was only ever
+    /// needed on Arm) and answers `-ENOSYS`, the answer of an old Xen.
+    ///
+    /// ```
+    /// use xen_sim::SimConfig;
+    ///
+    /// assert!(SimConfig::x86_pv().with_xen_version(4, 20).has_cache_flush());
+    /// assert!(!SimConfig::x86_pv().with_xen_version(4, 21).has_cache_flush());
+    /// assert!(SimConfig::arm64().with_xen_version(4, 21).has_cache_flush());
+    /// ```
+    #[must_use]
+    pub fn has_cache_flush(&self) -> bool {
+        self.cache_flush && !(self.arch == SimArch::X86Pv && self.xen_version >= (4, 21))
+    }
+
+    /// Sets the exchange order limits of the domU and of dom0 directly.
     #[must_use]
     pub fn with_max_orders(mut self, unprivileged: u32, privileged: u32) -> Self {
         self.max_order_unprivileged = unprivileged;
         self.max_order_privileged = privileged;
         self
+    }
+
+    /// Sets the exchange order limits as Xen's `memop-max-order=<domU>,<ctldom>,<hwdom>,<ptdom>`
+    /// boot option does (x86 defaults `9,18,12,12`, Arm `9,18,10,10`), with Xen's
+    /// `max_order()`: a domain gets the largest of the values that apply to it, capped at
+    /// Xen's `MAX_ORDER` (20). The domU is an ordinary domain; dom0 is the control and the
+    /// hardware domain with I/O capabilities, so every value applies to it.
+    ///
+    /// ```
+    /// use xen_sim::SimConfig;
+    ///
+    /// let c = SimConfig::x86_pv().with_memop_max_order(9, 18, 12, 12);
+    /// assert_eq!((c.max_order_unprivileged, c.max_order_privileged), (9, 18));
+    /// let c = SimConfig::x86_pv().with_memop_max_order(9, 4, 10, 4);
+    /// assert_eq!((c.max_order_unprivileged, c.max_order_privileged), (9, 10));
+    /// ```
+    #[must_use]
+    pub fn with_memop_max_order(self, domu: u32, ctldom: u32, hwdom: u32, ptdom: u32) -> Self {
+        const MAX_ORDER: u32 = 20;
+        let dom0 = domu.max(ctldom).max(hwdom).max(ptdom);
+        self.with_max_orders(domu.min(MAX_ORDER), dom0.min(MAX_ORDER))
     }
 
     /// Checks the configuration; the simulator refuses inconsistent machines.

@@ -100,7 +100,7 @@ pub(crate) unsafe fn grant_table_op(
             0
         }
         Ok(GNTTABOP_CACHE_FLUSH) => {
-            if !inner.cfg.cache_flush {
+            if !inner.cfg.has_cache_flush() {
                 st.counters.bump(SimOp::CacheFlush);
                 return -ENOSYS;
             }

@@ -561,6 +561,19 @@ unsafe fn exchange(inner: &Inner, st: &mut State, dom: DomId, arg: u64) -> i64 {
     let loses = st.faults.exchange_loses_frames();
     let (inr, outr) = (exch.in_, exch.out);
     let (in_order, out_order) = (inr.extent_order, outr.extent_order);
+    // Xen checks the orders first, against the calling domain's `max_order()` (its
+    // `memop-max-order`), before any other argument: `-EPERM`, nothing exchanged.
+    let Some(d) = st.dom_index(dom) else {
+        return -EPERM;
+    };
+    let max = if st.doms[d].privileged {
+        inner.cfg.max_order_privileged
+    } else {
+        inner.cfg.max_order_unprivileged
+    };
+    if in_order.max(out_order) > max {
+        return -EPERM;
+    }
     let sizes_ok = in_order < 64
         && out_order < 64
         && (u64::MAX >> in_order) >= inr.nr_extents
@@ -570,17 +583,6 @@ unsafe fn exchange(inner: &Inner, st: &mut State, dom: DomId, arg: u64) -> i64 {
         return -EINVAL;
     }
     if inr.domid != DOMID_SELF && inr.domid != dom {
-        return -EPERM;
-    }
-    let Some(d) = st.dom_index(dom) else {
-        return -EPERM;
-    };
-    let max = if st.doms[d].privileged {
-        inner.cfg.max_order_privileged
-    } else {
-        inner.cfg.max_order_unprivileged
-    };
-    if in_order > max || out_order > max {
         return -EPERM;
     }
     if exch.nr_exchanged == inr.nr_extents {

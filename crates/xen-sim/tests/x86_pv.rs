@@ -175,6 +175,9 @@ fn exchange_argument_checks() {
         exchange(&xen.domu(), &mut one, 10, &mut [0u64], 10, 0).0,
         EPERM
     );
+    // As Xen's memory_exchange, the order is checked first: unequal sizes above the limit
+    // are EPERM, not EINVAL.
+    assert_eq!(exchange(&d, &mut inp, 0, &mut out, 19, 32).0, EPERM);
     // nr_exchanged beyond in.nr_extents, mismatched and foreign domids, null lists.
     let mk = |inp: &mut [u64], out: &mut [u64]| XenMemoryExchange {
         in_: XenMemoryReservation {
@@ -455,8 +458,22 @@ fn dom0_may_exchange_above_order_9_and_the_limits_are_configurable() {
     let strict = Xen::new(SimConfig::x86_pv().with_max_orders(9, 9));
     let (g2, d2) = (strict.pv_guest(), strict.dom0());
     let buf = g2.alloc_aligned(1024, 1024);
+    let free = strict.free_frames();
     assert_eq!(create_contiguous(&g2, &d2, buf, 10, 32), Err(EPERM));
+    assert_eq!(strict.free_frames(), free, "nothing exchanged");
     strict.check_invariants().unwrap();
+    // memop-max-order=9,4,11,4: dom0 (control and hardware domain) gets the largest, 11.
+    let booted = Xen::new(SimConfig::x86_pv().with_memop_max_order(9, 4, 11, 4));
+    let (g3, d3) = (booted.pv_guest(), booted.dom0());
+    let buf = g3.alloc_aligned(4096, 4096);
+    assert_eq!(create_contiguous(&g3, &d3, buf, 12, 32), Err(EPERM));
+    assert!(create_contiguous(&g3, &d3, buf, 11, 32).is_ok());
+    let mut one = [0u64];
+    assert_eq!(
+        exchange(&booted.domu(), &mut one, 10, &mut [0u64], 10, 0).0,
+        EPERM
+    );
+    booted.check_invariants().unwrap();
 }
 
 #[test]

@@ -262,6 +262,7 @@ pub fn run(start_info: *const u8) -> Line {
     );
     report.record("exchange-refused", exchange_refused(&env, &pv, region, old));
     report.record("bad-input-platform", bad_input_platform(&env, &pv, region));
+    report.record("cache-flush-probe", cache_flush_probe());
     // SAFETY: start_info is Xen's page.
     let mmu = unsafe { Mmu::new(&env, start_info) };
     let edu = match crate::edu::Edu::probe(&mmu, env.p2m.len() as u64) {
@@ -633,6 +634,38 @@ fn exchange_refused(env: &Env, pv: &Pv, region: PhysAddr, old: Option<[u64; 16]>
         calls.total,
         old[0]
     ))
+}
+
+/// `GNTTABOP_cache_flush`'s zeroed probe (length 0, op 0: Xen touches no memory or cache),
+/// Linux's `xen_mm_init` test: 0 (present) before Xen 4.21, `ENOSYS` from 4.21 on, where x86
+/// no longer has the operation. Both are normal on x86, whose DMA is coherent and whose
+/// platform never asks; an answer that is neither, or not the release's, fails.
+fn cache_flush_probe() -> Outcome {
+    let v = XEN_VERSION.load(Ordering::Relaxed);
+    let version = xen_abi::ops::XenVersion {
+        major: u16::try_from(v >> 16).unwrap_or(u16::MAX),
+        minor: u16::try_from(v & 0xffff).unwrap_or(u16::MAX),
+    };
+    let mut req = xen_abi::GnttabCacheFlush::probe();
+    let c0 = COUNTERS.snapshot();
+    // SAFETY: the zeroed request cleans and invalidates nothing.
+    let r = unsafe { xen_abi::ops::cache_flush(&Counted, &mut req) };
+    let calls = COUNTERS.snapshot().since(c0);
+    ensure!(calls.total == 1, "{} hypercalls for one probe", calls.total);
+    match (r, version.x86_has_cache_flush()) {
+        (Ok(()), true) => Ok(fmt_line!(
+            "Xen {version}: the zeroed GNTTABOP_cache_flush answers 0, present (x86 DMA never \
+             uses it)"
+        )),
+        (Err(e), false) if e.errno == Errno::ENOSYS => Ok(fmt_line!(
+            "Xen {version}: `{e}`, normal: x86 Xen has no GNTTABOP_cache_flush from 4.21 on, \
+             and x86 DMA never needs it"
+        )),
+        (r, present) => Err(fmt_line!(
+            "Xen {version}: zeroed GNTTABOP_cache_flush gave {r:?}, expected {}",
+            if present { "0" } else { "ENOSYS" }
+        )),
+    }
 }
 
 /// Bad arguments to the platform: documented errors, no hypercall, nothing changed.

@@ -113,12 +113,24 @@ where
     /// returned [`CoherentAlloc`] records. On arm64 (1:1) and for devices behind an IOMMU
     /// they are used as they are.
     ///
+    /// The order is bounded only by the platform: the x86 PV platform makes any order Xen
+    /// allows the domain contiguous with one exchange (Xen's `memop-max-order`: 18, 1 GiB,
+    /// for a dom0 with x86's defaults, 9 for a domU), where Linux's
+    /// `xen_create_contiguous_region` refused every order above 9 (`MAX_CONTIG_ORDER`) until
+    /// 2025.
+    ///
     /// # Errors
     ///
     /// [`DmaError::ZeroSize`], [`DmaError::CoherentTooLarge`],
     /// [`DmaError::CoherentNoMemory`], [`DmaError::CoherentMisaligned`],
     /// [`DmaError::CoherentContiguous`], [`DmaError::CoherentUnreachable`]: the pages are
-    /// given back. [`DmaError::CoherentDamaged`]: the platform left the block damaged
+    /// given back. A block of an order the platform cannot make contiguous in one piece is
+    /// `CoherentContiguous` naming the largest order it can: with
+    /// [`PlatformError::OrderRefused`](crate::PlatformError::OrderRefused) when the
+    /// hypervisor refused it (x86 PV: `XENMEM_exchange` with `EPERM`, above the domain's
+    /// `memop-max-order`), which the platform remembers, and with
+    /// [`PlatformError::OrderTooLarge`](crate::PlatformError::OrderTooLarge), without a
+    /// hypercall, for every later allocation of that order. [`DmaError::CoherentDamaged`]: the platform left the block damaged
     /// (pages without a frame, [`PlatformError::RegionDamaged`](crate::PlatformError)), so
     /// it is handed to [`PageAllocator::quarantine`] instead and never used again; the same
     /// happens to a block whose exchange cannot be undone after `CoherentUnreachable`.

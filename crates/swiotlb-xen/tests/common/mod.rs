@@ -65,9 +65,15 @@ impl Pv {
 
     /// The engine with a bounce pool of `pool_bytes` and 64 pages for coherent allocations.
     pub fn engine(&self, pool_bytes: u64) -> PvEngine<'_> {
+        self.engine_with_pages(pool_bytes, 64)
+    }
+
+    /// The engine with a bounce pool of `pool_bytes` and `pages` (a power of two) pages for
+    /// coherent allocations.
+    pub fn engine_with_pages(&self, pool_bytes: u64, pages: u64) -> PvEngine<'_> {
         let n = pool_bytes / PAGE;
         let pool = self.guest.alloc_aligned(n, n.next_power_of_two());
-        let pages = SimPages::pv(&self.guest, 64);
+        let pages = SimPages::pv(&self.guest, pages);
         build_engine(
             sim::pv_platform(&self.xen, &self.guest),
             self.guest.memory(),
