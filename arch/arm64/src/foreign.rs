@@ -6,8 +6,9 @@
 //! elsewhere. Linux keeps them in an rbtree of `(pfn, mfn, nr_pages)` under an rwlock
 //! (`arch/arm/xen/p2m.c`). This module keeps them in an array sorted by `pfn`:
 //!
-//! - lookup is a binary search, O(log n), under a shared lock that readers do not contend on
-//!   (translation runs on every DMA map), with a lock-free fast path when the table is empty;
+//! - lookup is a binary search, O(log n), under a shared lock whose readers, given a CPU hint
+//!   ([`ForeignTable::with_cpu_hint`]), write only their own CPU's cache line (translation
+//!   runs on every DMA map), with a lock-free fast path when the table is empty;
 //! - insert and remove keep the array sorted (O(log n) search plus a `memmove` of the tail);
 //! - entries never overlap: adding one that overlaps is an error
 //!   ([`ForeignTableError::Overlap`]), never a silent overwrite.
@@ -290,7 +291,8 @@ impl EntryStorage for Vec<ForeignEntry> {
 ///
 /// Safe to share between CPUs: lookups take a shared lock and do not block each other;
 /// [`insert`](Self::insert) and [`remove`](Self::remove) take it exclusively (a
-/// writer-preferring [`RwSpinLock`]). Both mask local interrupts through the table's
+/// writer-preferring [`RwSpinLock`], whose readers count on their own CPU's cache line once
+/// the table has a CPU hint: [`with_cpu_hint`](Self::with_cpu_hint)). Both mask local interrupts through the table's
 /// [`IrqHook`] ([`set_irq_hook`](Self::set_irq_hook), [`with_irq_hook`](Self::with_irq_hook));
 /// with a hook that masks, every method may be called from interrupt context (see
 /// [`swiotlb_core::lock`]). Without one, an interrupt-time lookup nested in a lookup of the
@@ -425,6 +427,31 @@ impl<S> ForeignTable<S> {
     #[must_use]
     pub const fn irq_hook(&self) -> IrqHook {
         self.entries.irq_hook()
+    }
+
+    /// The table with `cpu` as the CPU hint of its lock, usable in a `static`: each lookup
+    /// counts itself as a reader on its own CPU's cache line (one of
+    /// [`READER_SHARDS`](swiotlb_core::lock::READER_SHARDS)), so lookups on different CPUs,
+    /// which every DMA map makes while the table is not empty, write no shared line. Without
+    /// a hint every lookup counts on the same line. The hint is called with interrupts
+    /// masked (through the table's hook); any value is correct.
+    ///
+    /// ```
+    /// use swiotlb_xen_arm64::BoundedForeignTable;
+    /// # fn smp_processor_id() -> usize { 0 }
+    /// static FOREIGN: BoundedForeignTable<1024> =
+    ///     BoundedForeignTable::new().with_cpu_hint(smp_processor_id);
+    /// assert!(FOREIGN.lookup(swiotlb_core::Pfn::new(1)).is_none());
+    /// ```
+    #[must_use]
+    pub const fn with_cpu_hint(mut self, cpu: fn() -> usize) -> Self {
+        self.entries.set_cpu_hint(cpu);
+        self
+    }
+
+    /// Sets the CPU hint of the table's lock (see [`with_cpu_hint`](Self::with_cpu_hint)).
+    pub const fn set_cpu_hint(&mut self, cpu: fn() -> usize) {
+        self.entries.set_cpu_hint(cpu);
     }
 }
 

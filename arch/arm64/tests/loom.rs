@@ -250,3 +250,50 @@ fn interrupt_lookup_without_the_hook_deadlocks() {
         );
     });
 }
+
+loom::thread_local! {
+    /// The model's stand-in for the current CPU number.
+    static CPU: core::cell::Cell<usize> = core::cell::Cell::new(0);
+}
+
+fn this_cpu() -> usize {
+    CPU.with(core::cell::Cell::get)
+}
+
+/// With a CPU hint, readers on two CPUs count on two lines; a writer replacing an entry
+/// must wait for both, so a view never sees half of a change: both frames of the two-page
+/// entry, or neither, and never the entry the writer removes next to the one it inserts.
+/// Loom's cell tracking reports any access of the entries while the writer has them.
+#[test]
+fn readers_on_two_cpus_and_a_writer_see_whole_changes() {
+    model(|| {
+        let t = Arc::new(Table::new().with_cpu_hint(this_cpu));
+        insert(&t, 0x20, 0x3000, 1).unwrap();
+        let writer = {
+            let t = Arc::clone(&t);
+            thread::spawn(move || {
+                CPU.with(|c| c.set(0));
+                // SAFETY: as for `insert`.
+                unsafe { t.remove(Pfn::new(0x20)) }.unwrap();
+                insert(&t, 0x100, 0x9000, 2).unwrap();
+            })
+        };
+        let reader = {
+            let t = Arc::clone(&t);
+            thread::spawn(move || {
+                CPU.with(|c| c.set(1));
+                let view = t.read();
+                let (a, b) = (view.lookup(Pfn::new(0x100)), view.lookup(Pfn::new(0x101)));
+                drop(view);
+                assert_eq!(a.is_some(), b.is_some(), "half of an entry: {a:?} {b:?}");
+            })
+        };
+        CPU.with(|c| c.set(0));
+        let old = t.lookup(Pfn::new(0x20));
+        assert!(old.is_none() || old == Some(Bfn::new(0x3000)));
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(t.lookup(Pfn::new(0x101)), Some(Bfn::new(0x9001)));
+        assert_eq!(t.lookup(Pfn::new(0x20)), None);
+    });
+}

@@ -405,30 +405,62 @@ impl<T> Drop for SpinLockGuard<'_, T> {
     }
 }
 
-/// Set while a writer holds the lock.
+/// How many reader counts an [`RwSpinLock`] keeps, each on its own cache line: a reader
+/// counts itself in the one of its CPU ([`RwSpinLock::with_cpu_hint`]), so readers on
+/// different CPUs write different lines. Fewer under loom, whose atomics are much larger (the
+/// models use two CPUs).
+#[cfg(not(loom))]
+pub const READER_SHARDS: usize = 8;
+/// How many reader counts an [`RwSpinLock`] keeps (two under loom).
+#[cfg(loom)]
+pub const READER_SHARDS: usize = 2;
+
+/// A value alone on a 128-byte line (two 64-byte lines: adjacent-line prefetchers pull pairs).
+#[repr(align(128))]
+struct Line<T>(T);
+
+/// The CPU hint of a lock built without one: every reader counts in the first shard.
+const fn cpu_zero() -> usize {
+    0
+}
+
+/// Set in a reader count while a writer holds the lock or waits for its readers to leave.
 const WRITER: usize = 1 << (usize::BITS - 1);
-/// Set while a writer waits for the readers to leave.
-const WRITER_WAITING: usize = 1 << (usize::BITS - 2);
-/// The bits counting readers.
-const READERS: usize = !(WRITER | WRITER_WAITING);
+/// The bits of a reader count that count readers.
+const READERS: usize = !WRITER;
 
 /// A writer-preferring reader-writer spin lock protecting a `T`, masking interrupts through
-/// its [`IrqHook`] while held or awaited.
+/// its [`IrqHook`] while held or awaited, whose readers write only their own CPU's line.
 ///
-/// Readers do not block each other and a writer does not starve. One `AtomicUsize` holds:
+/// Readers do not block each other and a writer does not starve. The state is split so that
+/// the read path writes no line another CPU's reader writes (the per-CPU reader counts of
+/// Linux's `percpu_rw_semaphore` and of the old `brlock`): [`READER_SHARDS`] words, each on
+/// its own 128-byte line, each counting the readers of its CPUs (shard
+/// `cpu_hint() % READER_SHARDS`, see [`with_cpu_hint`](Self::with_cpu_hint)) in its low bits,
+/// with a `WRITER` bit on top.
 ///
-/// - bit `WRITER`, set while a writer holds the lock;
-/// - bit `WRITER_WAITING`, set while a writer waits: new readers stay out until it has had
-///   its turn (writer preference);
-/// - the remaining low bits, counting the readers holding the lock.
+/// - A reader adds one to its shard; if the word it replaced had `WRITER` set, it takes the
+///   one back and waits (writer preference). So taking a read lock is one atomic add on the
+///   reader's own line and releasing it one atomic subtract; the default hint (0) puts every
+///   reader on one line, as a single counter would.
+/// - A writer sets `WRITER` in the first shard (an atomic or: whoever finds it clear is the
+///   one writer), then in every other shard, then waits until every shard counts no reader.
+///   Every step is a read-modify-write of the shard itself, so reader and writer are ordered
+///   by the shard's modification order: either the writer's or saw the reader's add (and
+///   waits for its subtract) or the reader's add saw `WRITER` (and backs off).
+/// - Releasing the write lock clears `WRITER` in every shard but the first, then in the
+///   first (which lets the next writer in).
 ///
 /// # Invariants
 ///
-/// `state & READERS` is the number of live [`ReadGuard`]s; `state & WRITER` is set iff one
-/// [`WriteGuard`] is live, and then the reader count is zero. `value` is accessed shared only
-/// through read guards and exclusively only through the write guard.
+/// The low bits of each shard count its live [`ReadGuard`]s plus the readers between their
+/// add and their back-off. `WRITER` is set in the first shard exactly while a writer holds
+/// the lock or is taking or releasing it, and a [`WriteGuard`] is live only after every shard
+/// had `WRITER` set and was seen with no reader, so then no [`ReadGuard`] is live. `value` is
+/// accessed shared only through read guards and exclusively only through the write guard.
 pub struct RwSpinLock<T> {
-    state: AtomicUsize,
+    readers: [Line<AtomicUsize>; READER_SHARDS],
+    cpu: fn() -> usize,
     irq: IrqHook,
     value: UnsafeCell<T>,
 }
@@ -439,13 +471,27 @@ unsafe impl<T: Send + Sync> Sync for RwSpinLock<T> {}
 // SAFETY: moving the lock moves the `T` it owns.
 unsafe impl<T: Send> Send for RwSpinLock<T> {}
 
+/// The reader counts of a new lock, all zero.
+#[cfg(not(loom))]
+const fn no_readers() -> [Line<AtomicUsize>; READER_SHARDS] {
+    [const { Line(AtomicUsize::new(0)) }; READER_SHARDS]
+}
+
+/// The reader counts of a new lock, all zero (loom's atomics have no `const` constructor).
+#[cfg(loom)]
+fn no_readers() -> [Line<AtomicUsize>; READER_SHARDS] {
+    core::array::from_fn(|_| Line(AtomicUsize::new(0)))
+}
+
 impl<T> RwSpinLock<T> {
     const_fn_unless_loom! {
-        /// Creates an unlocked lock around `value`, with [`IrqHook::NONE`].
+        /// Creates an unlocked lock around `value`, with [`IrqHook::NONE`] and every reader
+        /// counting in the first shard.
         #[must_use]
         pub fn new(value: T) -> Self {
             Self {
-                state: AtomicUsize::new(0),
+                readers: no_readers(),
+                cpu: cpu_zero,
                 irq: IrqHook::NONE,
                 value: UnsafeCell::new(value),
             }
@@ -470,72 +516,89 @@ impl<T> RwSpinLock<T> {
         self.irq
     }
 
+    /// The lock with `cpu` as its CPU hint: a reader counts itself in shard
+    /// `cpu() % READER_SHARDS`, called after interrupts are masked. The hint only spreads
+    /// the readers' writes over lines (any value is correct; two CPUs with the same shard
+    /// share a line, as all do with the default). A kernel passes its current-CPU number
+    /// (Linux's `raw_smp_processor_id()`), as for the engine's `with_cpu_hint`.
+    #[must_use]
+    pub const fn with_cpu_hint(mut self, cpu: fn() -> usize) -> Self {
+        self.cpu = cpu;
+        self
+    }
+
+    /// Sets the CPU hint (see [`with_cpu_hint`](Self::with_cpu_hint)).
+    pub const fn set_cpu_hint(&mut self, cpu: fn() -> usize) {
+        self.cpu = cpu;
+    }
+
     /// Masks interrupts and takes the lock shared, spinning while a writer holds it or waits
     /// for it.
     pub fn read(&self) -> ReadGuard<'_, T> {
         let saved = self.irq.save();
-        loop {
-            if self.try_read_raw() {
-                // INVARIANT: the reader count now includes this guard.
-                return ReadGuard::new(self, saved);
-            }
+        let shard = (self.cpu)() % READER_SHARDS;
+        while !self.try_read_raw(shard) {
             spin_wait();
         }
+        // INVARIANT: the shard now counts this guard.
+        ReadGuard::new(self, saved, shard)
     }
 
     /// Takes the lock shared if no writer holds it or waits for it; interrupts are as
     /// before on `None`.
     pub fn try_read(&self) -> Option<ReadGuard<'_, T>> {
         let saved = self.irq.save();
-        if self.try_read_raw() {
-            // INVARIANT: the reader count now includes this guard.
-            Some(ReadGuard::new(self, saved))
+        let shard = (self.cpu)() % READER_SHARDS;
+        if self.try_read_raw(shard) {
+            // INVARIANT: the shard now counts this guard.
+            Some(ReadGuard::new(self, saved, shard))
         } else {
             self.irq.restore(saved);
             None
         }
     }
 
-    /// One attempt to join the readers; true if the reader count now includes the caller.
-    fn try_read_raw(&self) -> bool {
-        let state = self.state.load(Ordering::Relaxed);
-        // The reader count cannot reach the flag bits: that would take 2^62 live guards.
-        if state & (WRITER | WRITER_WAITING) != 0 || state & READERS == READERS {
-            return false;
+    /// One attempt to join the readers of `shard`; true if the shard now counts the caller,
+    /// false (and the count as before) if a writer holds the lock or waits for it.
+    fn try_read_raw(&self, shard: usize) -> bool {
+        let count = &self.readers[shard].0;
+        // Acquire: pairs with the release of the last writer's clearing of `WRITER` here.
+        // The count cannot reach `WRITER`: that would take 2^63 live guards.
+        if count.fetch_add(1, Ordering::Acquire) & WRITER == 0 {
+            return true;
         }
-        self.state
-            .compare_exchange(state, state + 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        count.fetch_sub(1, Ordering::Relaxed);
+        false
     }
 
     /// Masks interrupts and takes the lock exclusively, spinning until the readers and any
     /// other writer leave. While it waits, new readers are held off.
     pub fn write(&self) -> WriteGuard<'_, T> {
         let saved = self.irq.save();
-        loop {
-            let state = self.state.load(Ordering::Relaxed);
-            if state & (WRITER | READERS) == 0 {
-                // Clearing WRITER_WAITING here is harmless: another waiting writer sets it
-                // again on its next iteration.
-                if self
-                    .state
-                    .compare_exchange_weak(state, WRITER, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    // INVARIANT: no reader and no other writer; WRITER is now set.
-                    return WriteGuard::new(self, saved);
-                }
-            } else if state & WRITER_WAITING == 0 {
-                self.state.fetch_or(WRITER_WAITING, Ordering::Relaxed);
-            }
+        let (first, rest) = self.readers.split_first().expect("at least one shard");
+        // Acquire: pairs with the previous writer's release of the first shard.
+        while first.0.fetch_or(WRITER, Ordering::Acquire) & WRITER != 0 {
             spin_wait();
         }
+        for shard in rest {
+            shard.0.fetch_or(WRITER, Ordering::Relaxed);
+        }
+        for shard in &self.readers {
+            // Acquire: pairs with each leaving reader's release, so its reads happen before
+            // this writer's writes. A read-modify-write always reads the latest count.
+            while shard.0.fetch_add(0, Ordering::Acquire) & READERS != 0 {
+                spin_wait();
+            }
+        }
+        // INVARIANT: every shard has `WRITER` set and was seen with no reader after it was
+        // set: no reader holds the lock and none can enter until the guard drops.
+        WriteGuard::new(self, saved)
     }
 
     /// Whether a writer holds the lock or waits for it (a snapshot, for tests and models).
     #[must_use]
     pub fn writer_pending(&self) -> bool {
-        self.state.load(Ordering::Relaxed) & (WRITER | WRITER_WAITING) != 0
+        self.readers[0].0.load(Ordering::Relaxed) & WRITER != 0
     }
 
     /// Returns the value through an exclusive borrow (no locking needed).
@@ -579,6 +642,8 @@ pub struct ReadGuard<'a, T> {
     lock: &'a RwSpinLock<T>,
     /// What the interrupt hook's `save` returned when the lock was taken.
     saved: usize,
+    /// The reader count this guard is in.
+    shard: usize,
     _not_send: NotSendSync,
     /// Under `--cfg loom`, the shared access loom tracks for as long as the guard lives.
     #[cfg(loom)]
@@ -589,11 +654,12 @@ pub struct ReadGuard<'a, T> {
 unsafe impl<T: Sync> Sync for ReadGuard<'_, T> {}
 
 impl<'a, T> ReadGuard<'a, T> {
-    /// The guard of a shared lock the caller has just taken after saving `saved`.
-    fn new(lock: &'a RwSpinLock<T>, saved: usize) -> Self {
+    /// The guard of a shared lock the caller has just taken in `shard` after saving `saved`.
+    fn new(lock: &'a RwSpinLock<T>, saved: usize, shard: usize) -> Self {
         Self {
             lock,
             saved,
+            shard,
             _not_send: PhantomData,
             #[cfg(loom)]
             access: core::mem::ManuallyDrop::new(lock.value.get()),
@@ -623,8 +689,10 @@ impl<T> Drop for ReadGuard<'_, T> {
         unsafe {
             core::mem::ManuallyDrop::drop(&mut self.access);
         }
-        // INVARIANT: this guard leaves the reader count.
-        self.lock.state.fetch_sub(1, Ordering::Release);
+        // INVARIANT: this guard leaves its reader count.
+        self.lock.readers[self.shard]
+            .0
+            .fetch_sub(1, Ordering::Release);
         self.lock.irq.restore(self.saved);
     }
 }
@@ -695,8 +763,14 @@ impl<T> Drop for WriteGuard<'_, T> {
         unsafe {
             core::mem::ManuallyDrop::drop(&mut self.access);
         }
-        // INVARIANT: WRITER is cleared; a WRITER_WAITING bit set by another writer stays.
-        self.lock.state.fetch_and(!WRITER, Ordering::Release);
+        // INVARIANT: `WRITER` is cleared in every shard, the first last (the next writer
+        // starts there, so it finds the others clear); readers and that writer may enter.
+        // Release: the readers and the next writer acquire this writer's changes.
+        let (first, rest) = self.lock.readers.split_first().expect("at least one shard");
+        for shard in rest {
+            shard.0.fetch_and(!WRITER, Ordering::Release);
+        }
+        first.0.fetch_and(!WRITER, Ordering::Release);
         self.lock.irq.restore(self.saved);
     }
 }
@@ -791,6 +865,7 @@ mod tests {
     use core::cell::Cell;
     use std::sync::Arc;
     use std::thread;
+    use std::vec;
     use std::vec::Vec;
 
     std::thread_local! {
@@ -927,7 +1002,7 @@ mod tests {
             *l2.write() += 1;
         });
         // Wait until the writer has announced itself.
-        while lock.state.load(Ordering::Relaxed) & WRITER_WAITING == 0 {
+        while !lock.writer_pending() {
             thread::yield_now();
         }
         assert!(
@@ -966,6 +1041,111 @@ mod tests {
         }
         let writers = (threads as u64).div_ceil(2);
         assert_eq!(lock.read().0, writers * iters);
+    }
+
+    std::thread_local! {
+        static CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    }
+
+    fn this_cpu() -> usize {
+        CPU.with(core::cell::Cell::get)
+    }
+
+    #[test]
+    fn readers_of_different_cpus_count_on_different_lines() {
+        let lock = RwSpinLock::new(0u32).with_cpu_hint(this_cpu);
+        let lines: Vec<usize> = lock
+            .readers
+            .iter()
+            .map(|l| (&raw const l.0).addr())
+            .collect();
+        for pair in lines.windows(2) {
+            assert!(pair[1] - pair[0] >= 128, "two reader counts share a line");
+        }
+        let counts = |lock: &RwSpinLock<u32>| -> Vec<usize> {
+            lock.readers
+                .iter()
+                .map(|l| l.0.load(Ordering::Relaxed) & READERS)
+                .collect()
+        };
+        CPU.with(|c| c.set(3));
+        let a = lock.read();
+        CPU.with(|c| c.set(3 + READER_SHARDS));
+        let b = lock.read();
+        CPU.with(|c| c.set(5));
+        let c = lock.try_read().unwrap();
+        let mut want = vec![0; READER_SHARDS];
+        want[3] = 2;
+        want[5] = 1;
+        assert_eq!(counts(&lock), want, "each reader in its CPU's shard");
+        drop((a, b, c));
+        assert_eq!(counts(&lock), vec![0; READER_SHARDS]);
+        // Without a hint every reader counts in the first shard, as one counter would.
+        let plain = RwSpinLock::new(0u32);
+        let _r = plain.read();
+        assert_eq!(plain.readers[0].0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_writer_waits_for_readers_of_every_shard() {
+        let lock = Arc::new(RwSpinLock::new(0u32).with_cpu_hint(this_cpu));
+        CPU.with(|c| c.set(READER_SHARDS - 1));
+        let reader = lock.read();
+        let l2 = Arc::clone(&lock);
+        let writer = thread::spawn(move || {
+            CPU.with(|c| c.set(0));
+            *l2.write() += 1;
+        });
+        while !lock.writer_pending() && !writer.is_finished() {
+            thread::yield_now();
+        }
+        // The writer has announced itself and must still be waiting for the last shard.
+        for _ in 0..100 {
+            thread::yield_now();
+        }
+        assert_eq!(
+            *reader, 0,
+            "the writer entered while a reader held the lock"
+        );
+        assert!(
+            !writer.is_finished(),
+            "the writer did not wait for the last shard"
+        );
+        drop(reader);
+        writer.join().unwrap();
+        assert_eq!(*lock.read(), 1);
+    }
+
+    #[test]
+    fn concurrent_counter_on_many_shards() {
+        let (threads, iters) = if cfg!(miri) { (3, 20) } else { (4, 2000) };
+        let lock = Arc::new(
+            RwSpinLock::new((0u64, 0u64))
+                .with_irq_hook(HOOK)
+                .with_cpu_hint(this_cpu),
+        );
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let lock = Arc::clone(&lock);
+                thread::spawn(move || {
+                    CPU.with(|c| c.set(i));
+                    for _ in 0..iters {
+                        if i == 0 {
+                            let mut g = lock.write();
+                            g.0 += 1;
+                            g.1 += 1;
+                        } else {
+                            let g = lock.read();
+                            assert_eq!(g.0, g.1, "a reader saw a half-done write");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(lock.read().0, iters);
     }
 
     #[test]

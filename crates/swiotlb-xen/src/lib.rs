@@ -210,7 +210,8 @@
 //! fn this_cpu() -> usize { /* from tpidr_el1 */ 0 }
 //!
 //! /// Pages other domains granted, as the backends map them (`record_grant_maps`).
-//! static FOREIGN: BoundedForeignTable<4096> = BoundedForeignTable::new().with_irq_hook(IRQ);
+//! static FOREIGN: BoundedForeignTable<4096> =
+//!     BoundedForeignTable::new().with_irq_hook(IRQ).with_cpu_hint(this_cpu);
 //!
 //! /// Cache maintenance of dom0's own memory by physical address, over the linear map.
 //! struct KernelCache;
@@ -404,13 +405,15 @@
 //!   locks), to the x86 PV platform (`X86PvPlatform::with_irq_hook`) and to the arm64 foreign
 //!   table (`with_irq_hook`, `const` for a `static`). See the next section.
 //! - **Optionally** the CPU number ([`DmaEngine::with_cpu_hint`]), which spreads bounces over
-//!   the pool's areas ([`InitOptions::with_nareas`](init::InitOptions::with_nareas)).
+//!   the pool's areas ([`InitOptions::with_nareas`](init::InitOptions::with_nareas)) and the
+//!   engine's counters over their shards; on arm64 the foreign table's `with_cpu_hint` too,
+//!   which puts each CPU's lookups on its own reader count.
 //!
 //! ## Interrupt context and locking
 //!
 //! Every operation takes `&self` and may run on many CPUs at once. The locks are spin locks
 //! ([`swiotlb_core::lock`]): the pool has one per area, the arm64 foreign table a
-//! writer-preferring reader-writer lock, the x86 PV platform one around
+//! writer-preferring reader-writer lock with per-CPU reader counts, the x86 PV platform one around
 //! `create_contiguous`/`destroy_contiguous` (held across `XENMEM_exchange`, as Linux's
 //! `xen_reservation_lock`). No copy and no cache maintenance runs under a pool lock.
 //!
