@@ -180,7 +180,10 @@ fn map_page_rejects_bad_input() {
     // A min_align_mask that leaves no room in the pool's longest run (the whole 1 MiB pool;
     // Linux's bound, 256 KiB less the mask, is already 0 at a segment's mask).
     let tight = d.with_min_align_mask(0xf_ffff).with_force_bounce(true);
-    assert_eq!(swiotlb_core::max_mapping_size(&d.with_min_align_mask(0x3_ffff)), 0);
+    assert_eq!(
+        swiotlb_core::max_mapping_size(&d.with_min_align_mask(0x3_ffff)),
+        0
+    );
     fx.rejects(
         "min_align_mask of the whole pool",
         || fx.map(&tight, fx.at(0x123), 64, to, none),

@@ -310,7 +310,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         let (mut any, mut cap, mut len) = (false, 0, 0);
         for seg in 0..nsegs {
             len += 1;
-            let j = (seg + 1) % area_segs != 0 && joined(seg);
+            let j = !(seg + 1).is_multiple_of(area_segs) && joined(seg);
             search::join_flag(slots, area_segs, seg).store(u8::from(j), Ordering::Relaxed);
             any |= j;
             if !j {

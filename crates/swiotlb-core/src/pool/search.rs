@@ -390,10 +390,10 @@ pub(crate) fn search_joined(
     // The lowest fit in the free run [a, b) at or after `from` (the search is over), else
     // the first fit before `from` is remembered.
     let mut try_run = |a: usize, b: usize| -> Option<usize> {
-        if b > from {
-            if let Some(g) = plan.place(a.max(from), b) {
-                return Some(g);
-            }
+        if b > from
+            && let Some(g) = plan.place(a.max(from), b)
+        {
+            return Some(g);
         }
         // Nothing at or after `from` in this run, so its lowest fit (if any) is before it.
         if a < from && before.is_none() {
@@ -417,20 +417,19 @@ pub(crate) fn search_joined(
             } else {
                 open
             };
-            if let Some(a) = run {
-                if let Some(g) = try_run(a, base + head) {
-                    return Some(g);
-                }
+            if let Some(a) = run
+                && let Some(g) = try_run(a, base + head)
+            {
+                return Some(g);
             }
             let tail = free.leading_ones() as usize;
             open = (tail > 0).then(|| base + IO_TLB_SEGSIZE - tail);
         }
-        if rel + 1 == nsegs || !seg_joined(slots, nsegs, seg) {
-            if let Some(a) = open.take() {
-                if let Some(g) = try_run(a, base + IO_TLB_SEGSIZE) {
-                    return Some(g);
-                }
-            }
+        if (rel + 1 == nsegs || !seg_joined(slots, nsegs, seg))
+            && let Some(a) = open.take()
+            && let Some(g) = try_run(a, base + IO_TLB_SEGSIZE)
+        {
+            return Some(g);
         }
     }
     before

@@ -1476,6 +1476,10 @@ fn joined_fixture(
 const MIB: usize = 1 << 20;
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "megabytes of copies; the cross-segment paths run under Miri in small_maps_cross_a_join_only_when_no_segment_has_room"
+)]
 fn a_2mib_map_spans_joined_segments_with_copy_back_and_syncs() {
     // Without joins (Linux): too large, with Linux's maximum.
     let plain = Fixture::with_orig(16 * IO_TLB_SEGSIZE, 1, 2 * MIB + 8192);
@@ -1579,6 +1583,10 @@ fn a_2mib_map_spans_joined_segments_with_copy_back_and_syncs() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "megabytes of copies; the cross-segment paths run under Miri in small_maps_cross_a_join_only_when_no_segment_has_room"
+)]
 fn joined_runs_stop_at_unjoined_segments_and_at_areas() {
     // 16 segments in two areas of eight; segment 3 is not joined to 4, and the join asked
     // for between 7 and 8 (the areas' boundary) is not made.
@@ -1638,6 +1646,10 @@ fn joined_runs_stop_at_unjoined_segments_and_at_areas() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "megabytes of copies; the cross-segment paths run under Miri in small_maps_cross_a_join_only_when_no_segment_has_room"
+)]
 fn a_devices_boundary_cuts_joined_runs() {
     let f = joined_fixture(16, 1, 2 * MIB + 8192, |_| true);
     // A 1 MiB boundary: at most 1 MiB, never across a 1 MiB line.

@@ -38,7 +38,7 @@ pub fn joined(seg: usize) -> bool {
 /// area).
 fn model_joined(seg: usize) -> bool {
     let area_segs = NSLABS / NAREAS / IO_TLB_SEGSIZE;
-    (seg + 1) % area_segs != 0 && joined(seg)
+    !(seg + 1).is_multiple_of(area_segs) && joined(seg)
 }
 
 /// The runs of joined segments, as slot ranges.
