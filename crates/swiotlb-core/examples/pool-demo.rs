@@ -84,7 +84,7 @@ fn main() -> Result<(), swiotlb_core::Error> {
             "NVMe max (252 KiB)",
             nvme,
             0x8_0000,
-            BouncePool::<LinearMap>::max_mapping_size(&nvme),
+            swiotlb_core::max_mapping_size(&nvme),
             DmaDirection::ToDevice,
         ),
     ];

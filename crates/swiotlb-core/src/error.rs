@@ -13,27 +13,29 @@ pub enum Error {
     /// A map, unmap, sync or allocation of zero bytes.
     #[error("zero-sized request")]
     ZeroSize,
-    /// A mapping larger than `max_mapping_size(dev)`.
+    /// A mapping larger than Linux's `max_mapping_size(dev)` and than the pool's
+    /// ([`BouncePool::max_mapping_size`](crate::BouncePool::max_mapping_size): larger with
+    /// joined segments).
     #[error("size {size:#x} exceeds the maximum mapping size {max:#x}")]
     TooLarge {
         /// The size asked for.
         size: usize,
-        /// The device's maximum mapping size.
+        /// The device's maximum mapping size in this pool.
         max: usize,
     },
     /// The allocation, after the kept offset and the alignment round-up, needs more slots
-    /// than one 128-slot segment holds, or than fit between two of the device's segment
-    /// boundaries (`seg_boundary_mask + 1` bytes, when that is smaller than a segment): a
-    /// request too large for this device, which fails however idle the pool is (Linux
-    /// answers the boundary case with "swiotlb buffer is full").
+    /// than the longest run the device can get: one 128-slot segment, or a run of joined
+    /// segments, cut where it crosses the device's boundary (`seg_boundary_mask + 1`
+    /// bytes): a request too large for this device, which fails however idle the pool is
+    /// (Linux answers the boundary case with "swiotlb buffer is full").
     #[error(
-        "allocation of {alloc_size:#x} bytes (with offset and alignment) exceeds a segment of {max:#x}"
+        "allocation of {alloc_size:#x} bytes (with offset and alignment) exceeds the longest run of {max:#x}"
     )]
     ExceedsSegment {
         /// Bytes needed including the kept offset and alignment round-up.
         alloc_size: u64,
-        /// The largest run a request of this device can take: bytes in one segment
-        /// (256 KiB), or between two of its segment boundaries if fewer.
+        /// The largest run a request of this device can take in this pool, in bytes: a
+        /// segment (256 KiB) or a run of joined segments, cut by its segment boundaries.
         max: u64,
     },
     /// `addr + size` overflows the physical address space.
@@ -178,13 +180,17 @@ impl core::fmt::Display for FullCause {
 
 /// The free space of a pool or area: free slots and the longest run of them.
 ///
-/// A run never crosses a 128-slot segment (no allocation can), so `largest_run` is at most
-/// [`IO_TLB_SEGSIZE`](crate::pool::IO_TLB_SEGSIZE) even in an idle pool of many segments.
+/// A run crosses a 128-slot segment only where the pool joined it to the next (as an
+/// allocation can, see [`BouncePool::set_segment_joins`](crate::BouncePool::set_segment_joins)),
+/// so `largest_run` is at most [`IO_TLB_SEGSIZE`](crate::pool::IO_TLB_SEGSIZE) in a pool
+/// without joins, however idle, and at most the pool's
+/// [`max_run_slots`](crate::BouncePool::max_run_slots) in one with joins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FreeSpace {
     /// Free slots.
     pub free: usize,
-    /// The longest run of free slots inside one segment.
+    /// The longest run of free slots an allocation could take: inside one segment, or
+    /// across joined segments.
     pub largest_run: usize,
 }
 
@@ -200,7 +206,8 @@ impl FreeSpace {
     /// `1000 * (1 - largest_run / min(free, 128))`, rounded down; 0 with no free slot.
     ///
     /// 0 means the longest free run is as long as the free space allows (all of it, or a
-    /// whole segment: runs cannot be longer), so an idle pool of any size is at 0; near
+    /// whole segment, the run every pool guarantees; joined runs are not asked for), so an
+    /// idle pool of any size is at 0; near
     /// 1000 means the free slots are scattered in short runs (one free slot in every
     /// second slot of a large pool gives 992). The plain `1 - largest_run / free` would call
     /// an idle pool of more than one segment fragmented, hence the cap at a segment.

@@ -8,12 +8,15 @@
 
 mod common;
 
-use common::model::{NBUFS, NSLABS, Op, run};
+use common::model::{BIG_MAX, NBUFS, NSLABS, Op, run};
 use proptest::prelude::*;
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..NBUFS, 0..0x2000u64, 1..40_000usize, 0..3u8, 0..4u8, 0..4usize)
+        4 => (0..NBUFS, 0..0x2000u64, 1..40_000usize, 0..3u8, 0..5u8, 0..4usize)
+            .prop_map(|(buf, low, size, dir, kind, cpu)| Op::Map { buf, low, size, dir, kind, cpu }),
+        // Beyond a segment: across joined segments, or too large.
+        1 => (0..NBUFS, 0..0x2000u64, 200_000..BIG_MAX, 0..3u8, 0..5u8, 0..4usize)
             .prop_map(|(buf, low, size, dir, kind, cpu)| Op::Map { buf, low, size, dir, kind, cpu }),
         3 => (any::<usize>(), any::<bool>(), 0..3usize)
             .prop_map(|(pick, skip, extra)| Op::Unmap { pick, skip, extra }),

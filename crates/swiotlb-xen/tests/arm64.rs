@@ -406,13 +406,15 @@ fn scatter_gather_lists_of_own_and_foreign_pages() {
         same(&got, d, "after the sg unmap");
     }
     check(&arm.xen, &engine, &[&d32]);
-    // A failure in the middle: 300 KiB above 4 GiB must be bounced and is larger than any
-    // bounce; what was mapped before it is unmapped, and every slot comes back.
+    // A failure in the middle: an entry above 4 GiB must be bounced and is larger than any
+    // bounce (one byte more than the pool's longest run of bus-contiguous segments allows);
+    // what was mapped before it is unmapped, and every slot comes back.
     let used = pool_used(&engine);
+    let too_large = engine.max_mapping_size(&dev) + 1;
     let mut bad = [
         SgEntry::new(high, 4096),
         SgEntry::new(mapped[0].phys, 4096),
-        SgEntry::new(at(high, 8192), 300 * 1024),
+        SgEntry::new(at(high, 8192), too_large),
         SgEntry::new(low, 64),
     ];
     // SAFETY: as above.
@@ -949,4 +951,38 @@ fn an_absurd_size_costs_a_few_platform_calls_not_one_per_frame() {
     check(&arm.xen, &engine, &[]);
     drop(engine);
     grants.unmap(&mapped).unwrap();
+}
+
+#[test]
+fn a_2_mib_map_spans_the_pools_segments_for_a_non_coherent_device() {
+    let arm = Arm::new();
+    // dom0 is 1:1, so the whole 4 MiB pool is bus-contiguous.
+    let engine = arm.engine(4 * MIB);
+    let d32 = arm.xen.device(DmaMask::BITS_32, false);
+    let dev = d32.core_device();
+    assert_eq!(engine.max_mapping_size(&dev), 4 << 20);
+    let len = 2 << 20;
+    // Above 4 GiB: bounced for the 32-bit device, with cache maintenance over the whole
+    // bounce buffer (the simulator's cache model checks it).
+    let buf = high_ram(&arm, 512);
+    let s = exercise(
+        &arm.xen, &engine, &d32, &dev, &arm.mem, buf, len, 5, &no_iommu,
+    );
+    assert_eq!(s.bounced, [true; 3]);
+    assert!(s.bus.iter().all(|b| b.as_u64() + len as u64 <= GIB4));
+    // One byte past the pool is too large.
+    let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    // SAFETY: the buffer is dom0's, covered by no reference; the map fails.
+    let err = unsafe { engine.map_page(&dev, buf, (4 << 20) + 1, dir, none) }.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmaError::Bounce {
+                source: Error::TooLarge { max: 0x40_0000, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    check(&arm.xen, &engine, &[&d32]);
 }

@@ -159,10 +159,14 @@ fn map_page_rejects_bad_input() {
             },
         );
     }
-    // More than one bounce can hold (the buffer is scattered, so it must bounce).
+    // More than one bounce can hold (the buffer is scattered, so it must bounce): one byte
+    // past the pool's longest run of bus-contiguous segments (the whole 1 MiB pool, one
+    // chunk, here; a segment in Linux).
+    let too_large = fx.engine.max_mapping_size(&d) + 1;
+    assert!(too_large > 256 * 1024);
     fx.rejects(
-        "bounce larger than a segment",
-        || fx.map(&d, fx.big, 300 * 1024, to, none),
+        "bounce larger than the pool's longest run",
+        || fx.map(&d, fx.big, too_large, to, none),
         |e| {
             matches!(
                 e,
@@ -173,10 +177,15 @@ fn map_page_rejects_bad_input() {
             )
         },
     );
-    // A min_align_mask that leaves no room in a segment.
-    let tight = d.with_min_align_mask(0x3_ffff).with_force_bounce(true);
+    // A min_align_mask that leaves no room in the pool's longest run (the whole 1 MiB pool;
+    // Linux's bound, 256 KiB less the mask, is already 0 at a segment's mask).
+    let tight = d.with_min_align_mask(0xf_ffff).with_force_bounce(true);
+    assert_eq!(
+        swiotlb_core::max_mapping_size(&d.with_min_align_mask(0x3_ffff)),
+        0
+    );
     fx.rejects(
-        "min_align_mask of a whole segment",
+        "min_align_mask of the whole pool",
         || fx.map(&tight, fx.at(0x123), 64, to, none),
         |e| matches!(e, DmaError::Bounce { .. }),
     );
@@ -353,7 +362,12 @@ fn scatter_gather_rejects_bad_entries_and_unwinds() {
         ),
         (
             "entry larger than a bounce",
-            vec![good(0), good(1), good(2), SgEntry::new(fx.big, 260 * 1024)],
+            vec![
+                good(0),
+                good(1),
+                good(2),
+                SgEntry::new(fx.big, fx.engine.max_mapping_size(&d) + 1),
+            ],
             3,
             |e| {
                 matches!(

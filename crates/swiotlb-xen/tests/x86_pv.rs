@@ -370,14 +370,15 @@ fn scatter_gather_lists_map_verify_and_unwind() {
         .unwrap();
     check(&pv.xen, &engine, &[&d32]);
 
-    // A failure in the middle: the third entry cannot be bounced (larger than a segment),
-    // the two before it are unmapped again and the pool is as it was.
+    // A failure in the middle: the third entry cannot be bounced (one byte longer than the
+    // pool's longest bus-contiguous run), the two before it are unmapped again and the pool
+    // is as it was.
     let used = pool_used(&engine);
     let big = pv.guest.alloc_pages(80);
     let mut sg3 = [
         SgEntry::new(high, 2048),
         SgEntry::new(at(buf, 4096 * 20), 20_000),
-        SgEntry::new(big, 300 * 1024),
+        SgEntry::new(big, engine.max_mapping_size(&dev) + 1),
         SgEntry::new(low, 512),
     ];
     // SAFETY: as above.
@@ -717,11 +718,14 @@ fn dma_supported_answers_from_the_pools_real_bus_addresses() {
     let bits = 64 - top.leading_zeros();
     assert!(engine.dma_supported(&dev, DmaMask::from_bits(bits).unwrap()));
     assert!(!engine.dma_supported(&dev, DmaMask::from_bits(bits - 1).unwrap()));
-    assert_eq!(engine.max_mapping_size(&dev), 256 * 1024);
+    // The 1 MiB pool is one machine-contiguous chunk: a mapping may span all of it.
+    assert_eq!(engine.max_mapping_size(&dev), 1024 * 1024);
     assert_eq!(
         engine.max_mapping_size(&dev.with_min_align_mask(0xfff)),
-        256 * 1024 - 4096
+        1024 * 1024 - 4096
     );
+    // Linux's answer for any pool.
+    assert_eq!(swiotlb_core::max_mapping_size(&dev), 256 * 1024);
 }
 
 #[test]
@@ -831,4 +835,135 @@ fn concurrent_maps_and_coherent_allocations_from_several_cpus() {
     let st = engine.stats();
     assert_eq!(st.direct_maps + st.bounced_maps, 240);
     assert_eq!(st.coherent_allocs, st.coherent_frees);
+}
+
+/// The longest mapping a pool of init's `report` can hold for a device without boundary or
+/// alignment mask: the longest run of chunks each bus-contiguous with the next.
+fn longest_bus_run(report: &swiotlb_xen::init::InitReport) -> u64 {
+    let (mut best, mut run, mut next_bus) = (0, 0, None);
+    for c in &report.chunks {
+        run = if Some(c.bus.as_u64()) == next_bus {
+            run + c.bytes()
+        } else {
+            c.bytes()
+        };
+        best = best.max(run);
+        next_bus = Some(c.bus.as_u64() + c.bytes());
+    }
+    best
+}
+
+#[test]
+fn a_2_mib_map_spans_the_segments_of_a_machine_contiguous_chunk() {
+    let pv = Pv::new();
+    let (engine, report) = pv.engine_with(4 * MIB, swiotlb_xen::init::InitOptions::default());
+    // One 4 MiB chunk made machine-contiguous: a mapping may span all of it.
+    assert_eq!(longest_bus_run(&report), 4 * MIB);
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    assert_eq!(engine.max_mapping_size(&dev), 4 << 20);
+    assert_eq!(
+        engine.max_mapping_size(&dev.with_min_align_mask(0xfff)),
+        (4 << 20) - 4096
+    );
+    // A 64 KiB boundary still caps it.
+    assert_eq!(
+        engine.max_mapping_size(&dev.with_seg_boundary_mask(0xffff)),
+        64 << 10
+    );
+    // 2 MiB of scattered frames (the P2M is scrambled): bounced, in every direction, every
+    // byte checked each way, syncs included, and every invariant after each step.
+    let len = 2 << 20;
+    let buf = pv.guest.alloc_pages(512);
+    let cpu = pv.guest.memory();
+    let s = exercise(&pv.xen, &engine, &d32, &dev, &cpu, buf, len, 3, &no_iommu);
+    assert_eq!(s.bounced, [true; 3]);
+    for b in s.bus {
+        assert!(b.as_u64() + len as u64 <= GIB4);
+        assert_eq!(
+            b.as_u64() % 4096,
+            0,
+            "a map of a page or more is page aligned"
+        );
+    }
+    // Two fit at once; a third finds the pool exhausted.
+    let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    let other = pv.guest.alloc_pages(512);
+    // SAFETY: the buffers are dom0's, covered by no reference until the unmaps.
+    let a = unsafe { engine.map_page(&dev, buf, len, dir, none) }.unwrap();
+    // SAFETY: as above.
+    let b = unsafe { engine.map_page(&dev, other, len, dir, none) }.unwrap();
+    assert_eq!(pool_used(&engine), 2048);
+    // SAFETY: as above; the map fails.
+    let err = unsafe { engine.map_page(&dev, buf, len, dir, none) }.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmaError::Bounce {
+                source: Error::PoolFull {
+                    cause: swiotlb_core::FullCause::Exhausted,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    engine.unmap_page(&dev, a, len, dir, none).unwrap();
+    engine.unmap_page(&dev, b, len, dir, none).unwrap();
+    assert_eq!(pool_used(&engine), 0);
+    check(&pv.xen, &engine, &[&d32]);
+}
+
+#[test]
+fn a_pool_of_separate_chunks_maps_no_more_than_its_longest_bus_run() {
+    let pv = Pv::new();
+    // Chunks of one segment (order 6), each exchanged on its own: whether two neighbours
+    // are machine-contiguous is up to Xen's allocator. The engine must say what the chunks
+    // allow, no more.
+    let options = swiotlb_xen::init::InitOptions::default().with_max_order(6);
+    let (engine, report) = pv.engine_with(MIB, options);
+    assert_eq!(report.chunks.len(), 4);
+    let longest = longest_bus_run(&report) as usize;
+    let d32 = pv.xen.device(DmaMask::BITS_32, true);
+    let dev = d32.core_device();
+    assert_eq!(engine.max_mapping_size(&dev), longest);
+    let nvme = dev.with_min_align_mask(0xfff);
+    assert_eq!(engine.max_mapping_size(&nvme), longest - 4096);
+    // One byte more is too large, with that maximum, however idle the pool.
+    let buf = pv.guest.alloc_pages(300);
+    let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    // SAFETY: the buffer is dom0's, covered by no reference; the map fails.
+    let err = unsafe { engine.map_page(&dev, buf, longest + 1, dir, none) }.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmaError::Bounce {
+                source: Error::TooLarge { size, max },
+                ..
+            } if size == longest + 1 && max == longest
+        ),
+        "{err}"
+    );
+    // Four areas of one segment each: no run crosses an area, whatever the chunks.
+    let pv = Pv::new();
+    let options = swiotlb_xen::init::InitOptions::default().with_nareas(4);
+    let (engine, report) = pv.engine_with(MIB, options);
+    assert_eq!(longest_bus_run(&report), MIB);
+    let dev = pv.xen.device(DmaMask::BITS_32, true).core_device();
+    assert_eq!(engine.max_mapping_size(&dev), 256 << 10);
+    let buf = pv.guest.alloc_pages(80);
+    // SAFETY: as above; the map fails.
+    let err = unsafe { engine.map_page(&dev, buf, 300 << 10, dir, none) }.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmaError::Bounce {
+                source: Error::TooLarge { max: 0x4_0000, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    check(&pv.xen, &engine, &[]);
 }

@@ -59,7 +59,7 @@ pub use stats::EngineStats;
 use crate::addr::{BusAddr, Pfn, PhysAddr, XEN_PAGE_SIZE};
 use crate::dma::{Device, DmaAttrs, DmaDirection, DmaMask};
 use crate::hooks::{PhysMemory, Platform};
-use crate::pool::{self, BouncePool, IO_TLB_SEGMENT_BYTES, PoolReport, Slot};
+use crate::pool::{BouncePool, IO_TLB_SEGMENT_BYTES, PoolReport, Slot};
 use stats::{Counters, ShardedCounters, bump};
 
 /// The CPU hint used when none is given: always area 0 first.
@@ -92,8 +92,9 @@ enum CacheOp {
 /// # Invariants
 ///
 /// When there is a pool, every 4 KiB frame of it translates through the platform, each
-/// 256 KiB segment is bus-contiguous, and `pool_bus_top` is the highest bus address of the
-/// pool (checked by [`new`](Self::new)).
+/// 256 KiB segment is bus-contiguous, each segment the pool has joined to the next is
+/// bus-contiguous with it, and `pool_bus_top` is the highest bus address of the pool
+/// (checked and learnt by [`new`](Self::new)).
 pub struct DmaEngine<P, M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot], A = NoPageAllocator> {
     platform: P,
     pool: Option<BouncePool<M, S>>,
@@ -121,9 +122,13 @@ where
 {
     /// Builds an engine. With a pool, checks that every frame of it translates and that
     /// each 256 KiB segment is bus-contiguous (a bounce buffer may lie anywhere in a
-    /// segment), and records the pool's highest bus address for
-    /// [`dma_supported`](Self::dma_supported). Without a pool every mapping that needs
-    /// bouncing fails with [`DmaError::NoPool`].
+    /// segment), records the pool's highest bus address for
+    /// [`dma_supported`](Self::dma_supported), and tells the pool which segments are
+    /// bus-contiguous with the next ([`BouncePool::set_segment_joins`], from
+    /// [`Platform::contiguous_run`] across each boundary; any joins the pool had are
+    /// replaced): a bounce mapping may then span them, up to
+    /// [`max_mapping_size`](Self::max_mapping_size). Without a pool every mapping that
+    /// needs bouncing fails with [`DmaError::NoPool`].
     ///
     /// The CPU hint is 0 (see [`with_cpu_hint`](Self::with_cpu_hint)).
     ///
@@ -172,11 +177,17 @@ where
         pool: Option<BouncePool<M, S>>,
         pages: A,
     ) -> Result<Self, EngineInitError> {
-        let pool_bus_top = match &pool {
-            Some(p) => Some(check_pool(&platform, p)?),
+        let mut pool = pool;
+        let pool_bus_top = match &mut pool {
+            Some(p) => {
+                let top = check_pool(&platform, p)?;
+                learn_joins(&platform, p);
+                Some(top)
+            }
             None => None,
         };
-        // INVARIANT: `check_pool` verified translation, contiguity and the top.
+        // INVARIANT: `check_pool` verified translation, contiguity and the top;
+        // `learn_joins` joined only bus-contiguous segments.
         Ok(Self {
             platform,
             pool,
@@ -452,9 +463,15 @@ where
             .is_none_or(|top| top.as_u64() <= mask.as_u64())
     }
 
-    /// Linux's `swiotlb_max_mapping_size`: the largest streaming mapping that can be
-    /// bounced for `dev` (256 KiB less its `min_align_mask`). Larger direct mappings still
-    /// work; without a pool there is no limit (`usize::MAX`).
+    /// Linux's `swiotlb_max_mapping_size`, for this engine's pool: the largest streaming
+    /// mapping that can be bounced for `dev` ([`BouncePool::max_mapping_size`]). Linux's
+    /// answer is 256 KiB less the device's `min_align_mask` rounded up to a slot, whatever
+    /// the pool; here it is that formula on the longest run of bus-contiguous segments the
+    /// pool has ([`new`](Self::new) learns them), cut by the device's
+    /// `seg_boundary_mask`. A pool made contiguous in 4 MiB chunks maps 4 MiB for a device
+    /// without a boundary, 64 KiB for one with a 64 KiB boundary, and a pool whose
+    /// segments are each alone on the bus 256 KiB, Linux's value. Larger direct mappings
+    /// still work; without a pool there is no limit (`usize::MAX`).
     ///
     /// # Examples
     ///
@@ -463,6 +480,7 @@ where
     /// use swiotlb_core::{Device, DmaMask};
     ///
     /// let (engine, _m) = machine();
+    /// // The examples' pool is one segment, so Linux's values.
     /// assert_eq!(engine.max_mapping_size(&Device::new(DmaMask::BITS_32)), 256 << 10);
     /// let nvme = Device::new(DmaMask::FULL).with_min_align_mask(0xfff);
     /// assert_eq!(engine.max_mapping_size(&nvme), 252 << 10);
@@ -470,11 +488,9 @@ where
     /// ```
     #[must_use]
     pub fn max_mapping_size(&self, dev: &Device) -> usize {
-        if self.pool.is_some() {
-            pool::max_mapping_size(dev)
-        } else {
-            usize::MAX
-        }
+        self.pool
+            .as_ref()
+            .map_or(usize::MAX, |p| p.max_mapping_size(dev))
     }
 
     /// Linux's `xen_swiotlb_map_page` (`map_phys`): maps `size` bytes at `phys` for `dev`
@@ -1150,6 +1166,34 @@ where
 fn to_usize(len: u64) -> usize {
     // CAST: every caller passes a part of a range whose length was a usize.
     len as usize
+}
+
+/// Tells `pool` which of its segments are bus-contiguous with the next under `platform`:
+/// segment `s` is joined to `s + 1` when the frames from the last of `s` to the first of
+/// `s + 1` form one bus-contiguous run ([`Platform::contiguous_run`]). Each segment is
+/// bus-contiguous already ([`check_pool`]), so a run of joined segments is one
+/// bus-contiguous range.
+///
+/// A storage that shrank (the only error of `set_segment_joins`) leaves the pool without
+/// joins, and failing every operation anyway.
+fn learn_joins<P: Platform, M: PhysMemory, S: AsRef<[Slot]>>(
+    platform: &P,
+    pool: &mut BouncePool<M, S>,
+) {
+    let start = pool.start().as_u64();
+    // CAST: 256 KiB fits in u64.
+    let seg_bytes = IO_TLB_SEGMENT_BYTES as u64;
+    let _ = pool.set_segment_joins(|seg| {
+        // CAST: segment indices fit in u64; the boundary lies inside the pool.
+        let boundary = start + (seg as u64 + 1) * seg_bytes;
+        let last = PhysAddr::new(boundary - 1).frame();
+        let next = PhysAddr::new(boundary).frame();
+        // One frame when the boundary is inside a frame (a pool start not 4 KiB aligned).
+        let want = next.as_u64() - last.as_u64() + 1;
+        platform
+            .contiguous_run(last, want)
+            .is_some_and(|(_, n)| n >= want)
+    });
 }
 
 /// Checks what [`DmaEngine::new`] requires of a pool under `platform` (every frame

@@ -155,7 +155,7 @@ struct TestPlatform {
 }
 
 impl TestPlatform {
-    fn new(host: Host, contiguous_pool: bool) -> Self {
+    fn new(host: Host, contiguous_pool: bool, split_pool: bool) -> Self {
         let mut p2m = Vec::new();
         for i in 0..POOL_FRAMES {
             // A broken pool swaps two frames of the second segment.
@@ -163,6 +163,13 @@ impl TestPlatform {
                 81 - i
             } else {
                 i
+            };
+            // A split pool's second segment lies elsewhere on the bus (each segment still
+            // contiguous).
+            let k = if split_pool && i >= POOL_FRAMES / 2 {
+                k + 0x100
+            } else {
+                k
             };
             p2m.push((POOL_PFN + i, POOL_BFN + k));
         }
@@ -503,6 +510,8 @@ struct Fixture {
 struct Setup {
     pool: bool,
     contiguous_pool: bool,
+    split_pool: bool,
+    nareas: usize,
     foreign_identity: bool,
     check_ram: bool,
     cpu: Option<fn() -> usize>,
@@ -513,6 +522,8 @@ impl Default for Setup {
         Self {
             pool: true,
             contiguous_pool: true,
+            split_pool: false,
+            nareas: 2,
             foreign_identity: false,
             check_ram: true,
             cpu: None,
@@ -530,7 +541,7 @@ impl Fixture {
         let base = Box::into_raw(vec![0x5au8; len].into_boxed_slice()).cast::<u8>();
         let host = Host { base };
         let mem_owner = OwnedMem { base, len };
-        let mut platform = TestPlatform::new(host, s.contiguous_pool);
+        let mut platform = TestPlatform::new(host, s.contiguous_pool, s.split_pool);
         platform.foreign_identity = s.foreign_identity;
         let pages = TestPages::new(host, s.check_ram);
         let pool = if s.pool {
@@ -540,8 +551,16 @@ impl Fixture {
             let storage = (0..nslabs).map(|_| Slot::new()).collect();
             // SAFETY: the pool frames are used by the pool alone.
             Some(
-                unsafe { BouncePool::new(mem, PhysAddr::new(POOL_PFN * 4096), nslabs, 2, storage) }
-                    .unwrap(),
+                unsafe {
+                    BouncePool::new(
+                        mem,
+                        PhysAddr::new(POOL_PFN * 4096),
+                        nslabs,
+                        s.nareas,
+                        storage,
+                    )
+                }
+                .unwrap(),
             )
         } else {
             None
@@ -2145,4 +2164,77 @@ fn failed_bounce_says_why_with_linuxs_size_and_the_device_maximum() {
         .unmap_page(&dev, b, 256 << 10, td, DmaAttrs::empty())
         .unwrap();
     assert_eq!(fx.engine.pool_report().unwrap().free.largest_run, 128);
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "decision logic only: its copies and pointer work are those of the tests Miri runs"
+)]
+fn a_bounce_spans_segments_only_where_the_bus_joins_them() {
+    let size = 400 << 10;
+    // One area, both segments bus-contiguous: joined, a 400 KiB bounce fits.
+    let fx = Fixture::with(Setup {
+        nareas: 1,
+        ..Setup::default()
+    })
+    .unwrap();
+    let pool = fx.engine.pool().unwrap();
+    assert!(pool.segment_joined(0));
+    assert_eq!(fx.engine.max_mapping_size(&DEV32), 512 << 10);
+    assert_eq!(
+        fx.engine
+            .max_mapping_size(&DEV32.with_min_align_mask(0xfff)),
+        (512 << 10) - 4096
+    );
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    fx.host.write(orig(0, 0), &data);
+    // The originals are scattered on the bus: bounced, for a 64-bit device too.
+    let bus = fx.map(&DEV64, orig(0, 0), size, BIDI).unwrap();
+    assert_eq!(bus.as_u64(), POOL_BFN * 4096);
+    assert_eq!(fx.p().dev_read(bus, size), data);
+    let reply: Vec<u8> = (0..size).map(|i| (i * 13 % 253) as u8).collect();
+    fx.p().dev_write(bus, &reply);
+    fx.engine
+        .sync_single_for_cpu(&DEV64, bus, size, BIDI)
+        .unwrap();
+    assert_eq!(fx.host.read(orig(0, 0), size), reply);
+    fx.engine
+        .unmap_page(&DEV64, bus, size, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(fx.engine.pool().unwrap().stats().used, 0);
+    // The same pool with its second segment elsewhere on the bus: not joined, Linux's
+    // maximum, and the bounce is too large with it.
+    let fx = Fixture::with(Setup {
+        nareas: 1,
+        split_pool: true,
+        ..Setup::default()
+    })
+    .unwrap();
+    assert!(!fx.engine.pool().unwrap().segment_joined(0));
+    assert_eq!(fx.engine.max_mapping_size(&DEV32), 256 << 10);
+    let err = fx.map(&DEV64, orig(0, 0), size, BIDI).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmaError::Bounce {
+                source: Error::TooLarge {
+                    size: 0x6_4000,
+                    max: 0x4_0000
+                },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A bounce of a segment still works on either side of the break.
+    let a = fx.map(&DEV64, orig(0, 0), 256 << 10, BIDI).unwrap();
+    let b = fx.map(&DEV64, orig(100, 0), 256 << 10, BIDI).unwrap();
+    assert_eq!(fx.p().dev_read(a, 16), fx.host.read(orig(0, 0), 16));
+    assert_eq!(fx.p().dev_read(b, 16), fx.host.read(orig(100, 0), 16));
+    fx.engine
+        .pool()
+        .unwrap()
+        .check_invariants()
+        .expect("pool invariants");
 }

@@ -69,6 +69,14 @@ pub struct Slot {
     pub(crate) busy: AtomicU16,
     /// One of the [`state`] values.
     pub(crate) state: AtomicU8,
+    /// On slot `b + 2 r` (the slot holding the low half of segment `s`'s free bitmap, see
+    /// `free_bits`): 1 when segment `s` is joined to segment `s + 1` (the two are
+    /// bus-contiguous and in the same area, so a run may cross from one into the other), 0
+    /// otherwise and on every other slot. Written only by
+    /// [`super::BouncePool::set_segment_joins`] (which has the pool to itself), read under the
+    /// area lock by searches of more than a segment. It fills the byte the other fields left
+    /// free, so a `Slot` stays 32 bytes.
+    pub(crate) join: AtomicU8,
 }
 
 impl Slot {
@@ -86,6 +94,7 @@ impl Slot {
                 nslots: AtomicU16::new(0),
                 busy: AtomicU16::new(0),
                 state: AtomicU8::new(state::FREE),
+                join: AtomicU8::new(0),
             }
         }
     }
@@ -112,6 +121,7 @@ impl Slot {
         self.pad.store(0, Ordering::Relaxed);
         self.nslots.store(0, Ordering::Relaxed);
         self.busy.store(0, Ordering::Relaxed);
+        self.join.store(0, Ordering::Relaxed);
         self.state.store(state::FREE, Ordering::Release);
     }
 }

@@ -2,8 +2,11 @@
 //! `swiotlb_tbl_unmap_single`, the single syncs and `swiotlb_alloc`/`swiotlb_free`).
 //!
 //! The pool is a physically contiguous region split into 2 KiB slots, grouped in 128-slot
-//! segments (no mapping crosses a segment, so none exceeds 256 KiB), and divided into a
-//! power-of-two number of areas, each a whole number of segments with its own lock. A map
+//! segments, and divided into a power-of-two number of areas, each a whole number of
+//! segments with its own lock. As in Linux no mapping crosses a segment (so none exceeds
+//! 256 KiB), unless the pool is told that segments are *joined* (bus-contiguous with the next
+//! one, [`BouncePool::set_segment_joins`], which the DMA engine learns from its platform):
+//! then a mapping may span joined segments of one area, up to [`MAX_RUN_SLOTS`]. A map
 //! takes a run of free slots in the area chosen from the CPU hint (falling through to the
 //! others), records where the original bytes live, and copies the original into the pool
 //! whatever the direction. Metadata lives out of band in [`Slot`] storage the caller
@@ -43,6 +46,10 @@ pub const IO_TLB_SIZE: usize = 1 << IO_TLB_SHIFT;
 pub const IO_TLB_SEGSIZE: usize = 128;
 /// Bytes per segment: the largest possible allocation (256 KiB).
 pub const IO_TLB_SEGMENT_BYTES: usize = IO_TLB_SEGSIZE * IO_TLB_SIZE;
+/// The longest run of slots a pool with joined segments gives one mapping or allocation:
+/// 256 segments, 64 MiB. The metadata's slot counts and indices (`u16`) hold it with room to
+/// spare, and no device asks for a bounce buffer that large.
+pub const MAX_RUN_SLOTS: usize = 256 * IO_TLB_SEGSIZE;
 /// The default pool size in slots (Linux's 64 MiB default).
 pub const IO_TLB_DEFAULT_SLABS: usize = (64 << 20) >> IO_TLB_SHIFT;
 /// The smallest pool Linux settles for when halving on failure (1 MiB).
@@ -62,19 +69,28 @@ const SLOT_MASK: u64 = IO_TLB_SIZE as u64 - 1;
 
 /// Linux's `swiotlb_max_mapping_size(dev)`: 256 KiB less `min_align_mask` rounded up to a
 /// whole slot. With NVMe's `0xfff` that is 252 KiB.
+///
+/// That is what every pool can map for `dev` (a pool without joined segments, exactly);
+/// [`BouncePool::max_mapping_size`] is what one pool can.
 #[must_use]
 pub const fn max_mapping_size(dev: &Device) -> usize {
-    let m = dev.min_align_mask;
+    run_less_min_align(IO_TLB_SEGMENT_BYTES, dev.min_align_mask)
+}
+
+/// Linux's formula on a run of `run` bytes: the run less `min_align_mask` rounded up to a
+/// whole slot, 0 if the mask reaches the run.
+const fn run_less_min_align(run: usize, m: u64) -> usize {
     if m == 0 {
-        return IO_TLB_SEGMENT_BYTES;
+        return run;
     }
-    // roundup(m, 2048) without overflow: masks at or above a segment leave nothing.
-    if m >= IO_TLB_SEGMENT_BYTES as u64 {
+    // roundup(m, 2048) without overflow: masks at or above the run leave nothing.
+    // CAST: usize fits in u64.
+    if m >= run as u64 {
         return 0;
     }
-    // CAST: m < 256 KiB here.
+    // CAST: m < run here.
     let round = (m as usize).div_ceil(IO_TLB_SIZE) * IO_TLB_SIZE;
-    IO_TLB_SEGMENT_BYTES - round
+    run.saturating_sub(round)
 }
 
 /// Linux's `limit_nareas` with this port's invariant: halves `nareas` until every area is a
@@ -115,7 +131,10 @@ pub const fn limit_nareas(nareas: usize, nslabs: usize) -> usize {
 /// - Bit `i` of segment `s`'s free bitmap is set exactly when slot `128 s + i` is free; the
 ///   free slots of an area number `area_nslabs - used`, and each area's `used` mirror equals
 ///   its locked `used` whenever the lock is free.
-/// - Every allocated run lies inside one segment and one area.
+/// - Every allocated run lies inside one area, inside one segment or inside segments each
+///   joined to the next, and is at most [`MAX_RUN_SLOTS`] long. No segment is joined to
+///   the first segment of another area; `run_cap` is the longest run of joined segments
+///   (at most `MAX_RUN_SLOTS`, 128 without joins) and `joined` says whether any segment is.
 pub struct BouncePool<M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot]> {
     mem: M,
     storage: S,
@@ -123,6 +142,8 @@ pub struct BouncePool<M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot]> {
     end: PhysAddr,
     nslabs: usize,
     area_nslabs: usize,
+    run_cap: usize,
+    joined: bool,
     areas: ArrayVec<Area, MAX_AREAS>,
     stats: GlobalStats,
 }
@@ -252,9 +273,84 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             end,
             nslabs,
             area_nslabs,
+            run_cap: IO_TLB_SEGSIZE,
+            joined: false,
             areas,
             stats: GlobalStats::default(),
         })
+    }
+
+    /// Tells the pool which segments are bus-contiguous with the next: `joined(s)` for each
+    /// segment `s` but the last says whether segment `s + 1` continues segment `s` on the bus
+    /// (and in the pool's physical memory, which is contiguous). From then on a mapping or
+    /// allocation may span joined segments of one area, up to [`MAX_RUN_SLOTS`] (64 MiB):
+    /// a 2 MiB map fits in eight joined segments. Every alignment, offset and boundary rule
+    /// still holds; a run never crosses an area (`joined` is not asked for an area's last
+    /// segment), nor a segment that is not joined to the next. Replaces any earlier joins.
+    ///
+    /// Without this call (or with `|_| false`) no run crosses a segment: Linux's pool.
+    /// The DMA engine calls it from what its platform says of the pool's bus addresses
+    /// ([`DmaEngine::new`](crate::DmaEngine::new)).
+    ///
+    /// Requests of at most a segment are still searched segment by segment first, as
+    /// without joins; only if that finds nothing in an area are runs across its joins tried,
+    /// and only requests of more than a segment search the joins directly. So the cost of
+    /// small maps does not change.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StorageTooSmall`] if the storage shrank (nothing changed).
+    pub fn set_segment_joins(
+        &mut self,
+        mut joined: impl FnMut(usize) -> bool,
+    ) -> Result<(), Error> {
+        let area_segs = self.area_segs();
+        let nsegs = self.nslabs / IO_TLB_SEGSIZE;
+        let slots = self.slots()?;
+        let (mut any, mut cap, mut len) = (false, 0, 0);
+        for seg in 0..nsegs {
+            len += 1;
+            let j = !(seg + 1).is_multiple_of(area_segs) && joined(seg);
+            search::join_flag(slots, area_segs, seg).store(u8::from(j), Ordering::Relaxed);
+            any |= j;
+            if !j {
+                cap = cap.max(len);
+                len = 0;
+            }
+        }
+        self.joined = any;
+        self.run_cap = (cap * IO_TLB_SEGSIZE).min(MAX_RUN_SLOTS);
+        Ok(())
+    }
+
+    /// The pool with the joins of [`set_segment_joins`](Self::set_segment_joins).
+    ///
+    /// # Errors
+    ///
+    /// As for [`set_segment_joins`](Self::set_segment_joins).
+    pub fn with_segment_joins(mut self, joined: impl FnMut(usize) -> bool) -> Result<Self, Error> {
+        self.set_segment_joins(joined)?;
+        Ok(self)
+    }
+
+    /// Whether segment `seg` is joined to the next (see
+    /// [`set_segment_joins`](Self::set_segment_joins)); `false` past the pool.
+    #[must_use]
+    pub fn segment_joined(&self, seg: usize) -> bool {
+        match self.slots() {
+            Ok(slots) if seg < self.nslabs / IO_TLB_SEGSIZE => {
+                search::seg_joined(slots, self.area_segs(), seg)
+            }
+            _ => false,
+        }
+    }
+
+    /// The longest run of slots one mapping or allocation can take in this pool, whatever
+    /// the device: a segment (128) without joins, else the longest run of joined segments
+    /// of an area, at most [`MAX_RUN_SLOTS`].
+    #[must_use]
+    pub fn max_run_slots(&self) -> usize {
+        self.run_cap
     }
 
     /// Sets the interrupt hook of the area locks: how to mask local interrupts while one is
@@ -330,10 +426,110 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         self.start <= phys && phys < self.end
     }
 
-    /// [`max_mapping_size`] as an associated function.
+    /// The largest streaming mapping this pool could ever hold for `dev`, however idle:
+    /// Linux's formula ([`max_mapping_size`]) on the longest run the device can get here
+    /// instead of a segment. That run is the longest run of joined segments of one area
+    /// ([`max_run_slots`](Self::max_run_slots): 256 KiB without joins), cut where it
+    /// crosses the device's `seg_boundary_mask + 1`; less `min_align_mask` rounded up to a
+    /// slot. For a pool without joins and a device whose boundary is at least a segment,
+    /// exactly Linux's `swiotlb_max_mapping_size`.
+    ///
+    /// A map larger than this is [`Error::TooLarge`] with this value as `max` (checked
+    /// after Linux's bound, so that maps up to 256 KiB pay nothing for it).
     #[must_use]
-    pub const fn max_mapping_size(dev: &Device) -> usize {
-        max_mapping_size(dev)
+    pub fn max_mapping_size(&self, dev: &Device) -> usize {
+        let run = self.device_run_cap(dev) * IO_TLB_SIZE;
+        run_less_min_align(run, dev.min_align_mask)
+    }
+
+    /// The longest run `dev` can ever get in this pool (see
+    /// [`max_mapping_size`](Self::max_mapping_size)), in slots. Invalid masks give the
+    /// pool's cap (every request of such a device fails on the mask).
+    fn device_run_cap(&self, dev: &Device) -> usize {
+        let mask = dev.seg_boundary_mask;
+        if !search::is_low_mask(mask) {
+            return self.run_cap;
+        }
+        let max_slots = (mask >> IO_TLB_SHIFT) + 1;
+        let shift = (self.start.as_u64() & mask) >> IO_TLB_SHIFT;
+        self.boundary_run_cap(max_slots, shift)
+    }
+
+    /// The longest run of a joined group of segments (or one segment) inside one window of
+    /// a boundary of `max_slots` slots, the pool's start being `shift` slots into a window;
+    /// at most `run_cap`. Walks the join flags only when a boundary falls inside the pool.
+    #[cold]
+    fn boundary_run_cap(&self, max_slots: u64, shift: u64) -> usize {
+        // CAST: slot counts fit in u64.
+        if shift.saturating_add(self.nslabs as u64) <= max_slots {
+            return self.run_cap;
+        }
+        let Ok(slots) = self.slots() else {
+            return 0;
+        };
+        let area_segs = self.area_segs();
+        let nsegs = self.nslabs / IO_TLB_SEGSIZE;
+        let mut best = 0u64;
+        let mut a = 0usize;
+        for seg in 0..nsegs {
+            if search::seg_joined(slots, area_segs, seg) {
+                continue;
+            }
+            // The group [a, b) of slots.
+            let b = (seg + 1) * IO_TLB_SEGSIZE;
+            // CAST: slot indices fit in u64.
+            let (ga, gb) = (a as u64, b as u64);
+            let w = shift.wrapping_add(ga) & (max_slots - 1);
+            let first_end = ga + (max_slots - w);
+            let longest = if first_end >= gb {
+                gb - ga
+            } else {
+                (first_end - ga).max(max_slots.min(gb - first_end))
+            };
+            best = best.max(longest);
+            a = b;
+        }
+        // CAST: at most run_cap, a slot count.
+        best.min(self.run_cap as u64) as usize
+    }
+
+    /// [`Error::ExceedsSegment`] for an allocation of `alloc_size` bytes, with the longest
+    /// run the device (its boundary `max_slots` and `shift`, as in a [`Plan`]) can get.
+    #[cold]
+    fn exceeds_segment(&self, alloc_size: u64, max_slots: u64, shift: u64) -> Error {
+        let run = self.boundary_run_cap(max_slots, shift);
+        Error::ExceedsSegment {
+            alloc_size,
+            // CAST: a slot count times 2 KiB fits in u64.
+            max: (run as u64) << IO_TLB_SHIFT,
+        }
+    }
+
+    /// `e`, with the `max` of an [`Error::ExceedsSegment`] set to the longest run `dev` can
+    /// get in this pool.
+    #[cold]
+    fn narrow_exceeds(&self, dev: &Device, e: Error) -> Error {
+        match e {
+            Error::ExceedsSegment { alloc_size, .. } => Error::ExceedsSegment {
+                alloc_size,
+                // CAST: a slot count times 2 KiB fits in u64.
+                max: (self.device_run_cap(dev) as u64) << IO_TLB_SHIFT,
+            },
+            e => e,
+        }
+    }
+
+    /// [`Error::TooLarge`] when `size` is beyond [`max_mapping_size`](Self::max_mapping_size)
+    /// (called only for sizes beyond Linux's bound).
+    #[cold]
+    #[inline(never)]
+    fn too_large(&self, dev: &Device, size: usize) -> Result<(), Error> {
+        let max = self.max_mapping_size(dev);
+        if size > max {
+            Err(Error::TooLarge { size, max })
+        } else {
+            Ok(())
+        }
     }
 
     /// A snapshot of the statistics: the sums of the areas' counters (each read without its
@@ -476,7 +672,8 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
                 continue;
             }
             let base = a * self.area_nslabs;
-            let Some(g) = search_area(slots, base, self.area_nslabs, st.index, plan) else {
+            let Some(g) = search_area(slots, base, self.area_nslabs, st.index, plan, self.joined)
+            else {
                 continue;
             };
             take_run(slots, self.area_segs(), g, plan.nslots);
@@ -486,7 +683,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             }
             let orig_raw = orig.map_or(INVALID_PHYS, PhysAddr::as_u64);
             for (k, s) in slots[head..g + plan.nslots].iter().enumerate() {
-                // CAST: k < 128.
+                // CAST: k < nslots <= MAX_RUN_SLOTS, below u16::MAX.
                 let k16 = k as u16;
                 let o = orig.map_or(INVALID_PHYS, |o| {
                     o.as_u64().saturating_add((k as u64) << IO_TLB_SHIFT)
@@ -500,7 +697,8 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             }
             let h = &slots[head];
             h.orig.store(orig_raw, Ordering::Relaxed);
-            // CAST: size <= 256 KiB and pad, nslots <= 128.
+            // CAST: size <= MAX_RUN_SLOTS * 2 KiB (64 MiB) and pad < nslots <= MAX_RUN_SLOTS,
+            // below u16::MAX.
             h.size.store(size as u32, Ordering::Relaxed);
             h.pad.store(plan.pad as u16, Ordering::Relaxed);
             h.nslots.store(plan.nslots as u16, Ordering::Relaxed);
@@ -641,9 +839,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        let max = max_mapping_size(dev);
-        if size > max {
-            return Err(Error::TooLarge { size, max });
+        // Linux's bound first: every pool holds that much, so small maps go no further.
+        if size > max_mapping_size(dev) {
+            self.too_large(dev, size)?;
         }
         // CAST: usize fits in u64.
         let Some(last) = align_src.checked_last(size as u64) else {
@@ -668,7 +866,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             Some(align_src.as_u64()),
             size,
             alloc_align_mask,
-        )?;
+            self.run_cap,
+        )
+        .map_err(|e| self.narrow_exceeds(dev, e))?;
         let head = self.find_slots(&plan, cpu, true, orig, size)?;
         let tlb = self.slot_addr(head, u64::from(plan.small_off));
         // The slots are ours (RESERVED), so the pool range `tlb..tlb + size`, which lies
@@ -905,7 +1105,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         // CAST: usize fits in u64.
         let len = if size as u64 > remaining {
             bump(&area.overflow_attempts, 1);
-            // CAST: remaining <= 256 KiB.
+            // CAST: remaining <= the mapping's size, a usize.
             remaining as usize
         } else {
             size
@@ -1106,12 +1306,13 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        if size > IO_TLB_SEGMENT_BYTES {
-            return Err(Error::ExceedsSegment {
-                // CAST: usize fits in u64.
+        if size > self.run_cap * IO_TLB_SIZE {
+            // CAST: usize fits in u64.
+            let e = Error::ExceedsSegment {
                 alloc_size: size as u64,
-                max: IO_TLB_SEGMENT_BYTES as u64,
-            });
+                max: 0,
+            };
+            return Err(self.narrow_exceeds(dev, e));
         }
         // (1 << (get_order(size) + PAGE_SHIFT)) - 1.
         // CAST: usize fits in u64.
@@ -1123,7 +1324,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             None,
             size,
             align,
-        )?;
+            self.run_cap,
+        )
+        .map_err(|e| self.narrow_exceeds(dev, e))?;
         let head = self.find_slots(&plan, cpu, false, None, size)?;
         let addr = self.slot_addr(head, 0);
         // SAFETY: the slots are ours (COHERENT, returned to nobody yet), inside the pool.
@@ -1251,8 +1454,9 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
 
     /// Checks the pool's internal invariants, taking each area lock in turn: the free
     /// bitmaps agree with the slot states, every area's `used` matches its bitmaps, every
-    /// allocation lies in one segment with consistent metadata, and the pool-wide `used`
-    /// is the sum of the areas'. Meant for tests and debugging; call it while no operation
+    /// allocation lies in one area, in one segment or across joined segments only, no
+    /// longer than the pool's longest run, with consistent metadata, no segment is joined
+    /// across an area, and the pool-wide `used` is the sum of the areas'. Meant for tests and debugging; call it while no operation
     /// is in flight for the `used` sum to be exact.
     ///
     /// # Errors
@@ -1263,6 +1467,15 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             slot: 0,
             what: "the metadata storage holds fewer slots than the pool",
         })?;
+        let nsegs = self.nslabs / IO_TLB_SEGSIZE;
+        for seg in (self.area_segs() - 1..nsegs).step_by(self.area_segs()) {
+            if search::seg_joined(slots, self.area_segs(), seg) {
+                return Err(InvariantViolation {
+                    slot: seg * IO_TLB_SEGSIZE,
+                    what: "the last segment of an area is joined to the next",
+                });
+            }
+        }
         let mut total = 0;
         for (a, area) in self.areas.iter().enumerate() {
             let st = area.lock.lock();
@@ -1319,10 +1532,24 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
                         what: "pad or slot count disagrees with the slots",
                     });
                 }
-                if i / IO_TLB_SEGSIZE != (i + n - 1) / IO_TLB_SEGSIZE {
+                if n > self.run_cap {
                     return Err(InvariantViolation {
                         slot: i,
-                        what: "allocation crosses a segment",
+                        what: "allocation longer than the pool's longest run",
+                    });
+                }
+                if i + n > base + self.area_nslabs {
+                    return Err(InvariantViolation {
+                        slot: i,
+                        what: "allocation crosses an area",
+                    });
+                }
+                // Every segment boundary the allocation crosses must be a join.
+                let (s0, s1) = (i / IO_TLB_SEGSIZE, (i + n - 1) / IO_TLB_SEGSIZE);
+                if (s0..s1).any(|s| !search::seg_joined(slots, self.area_segs(), s)) {
+                    return Err(InvariantViolation {
+                        slot: i,
+                        what: "allocation crosses a segment that is not joined to the next",
                     });
                 }
                 for (k, s) in slots[head + 1..i + n].iter().enumerate() {

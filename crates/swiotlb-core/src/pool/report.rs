@@ -4,7 +4,7 @@
 //! taking each area's lock in turn; nothing here is on the map, unmap or sync path.
 
 use super::area::{AreaState, Slot};
-use super::search::{Plan, longest_run, seg_free};
+use super::search::{Plan, longest_run, seg_free, seg_joined};
 use super::{BouncePool, IO_TLB_SEGSIZE, MAX_AREAS};
 use crate::addr::PhysAddr;
 use crate::error::{Error, FreeSpace, FullCause};
@@ -113,17 +113,33 @@ impl fmt::Display for PoolReport {
 
 impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     /// The free space of area `a` (the caller holds its lock, `st`): its free slots and the
-    /// longest free run of its segments' bitmaps.
+    /// longest free run an allocation could take: inside a segment's bitmap, or across
+    /// joined segments (capped at the pool's longest run, [`BouncePool::max_run_slots`]).
     fn area_space(&self, slots: &[Slot], a: usize, st: &AreaState) -> FreeSpace {
         let segs = self.area_segs();
         let first = a * segs;
         let mut largest_run = 0;
+        // The free run reaching the current segment's start across joins.
+        let mut open = 0;
         for seg in first..first + segs {
-            largest_run = largest_run.max(longest_run(seg_free(slots, segs, seg)));
-            if largest_run == IO_TLB_SEGSIZE {
+            let free = seg_free(slots, segs, seg);
+            largest_run = largest_run.max(longest_run(free));
+            // CAST: trailing_ones() and leading_ones() are at most 128.
+            if free == u128::MAX {
+                open += IO_TLB_SEGSIZE;
+            } else {
+                largest_run = largest_run.max(open + free.trailing_ones() as usize);
+                open = free.leading_ones() as usize;
+            }
+            if !seg_joined(slots, segs, seg) {
+                largest_run = largest_run.max(open);
+                open = 0;
+            }
+            if largest_run >= self.run_cap {
                 break;
             }
         }
+        let largest_run = largest_run.min(self.run_cap);
         FreeSpace {
             free: self.area_nslabs - st.used,
             largest_run,
@@ -137,12 +153,10 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
     #[cold]
     #[inline(never)]
     pub(super) fn full_error(&self, slots: &[Slot], plan: &Plan) -> Error {
-        if let Some(max) = plan.exceeds_boundary() {
-            return Error::ExceedsSegment {
-                // CAST: usize fits in u64.
-                alloc_size: plan.alloc_size as u64,
-                max,
-            };
+        let (max_slots, shift) = plan.boundary();
+        if plan.nslots as u64 > max_slots || plan.nslots > self.boundary_run_cap(max_slots, shift) {
+            // CAST: usize fits in u64.
+            return self.exceeds_segment(plan.alloc_size as u64, max_slots, shift);
         }
         let mut free = FreeSpace::default();
         for (a, area) in self.areas.iter().enumerate() {

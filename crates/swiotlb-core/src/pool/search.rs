@@ -7,10 +7,18 @@
 //! position in a segment where a long enough free run starts, with the right alignment, with
 //! a handful of shifts and ands. The alignment, minimum-alignment and segment-boundary rules
 //! are those of Linux's `swiotlb_search_pool_area`, checked on the same addresses.
+//!
+//! Beyond Linux: where the pool was told that a segment is bus-contiguous with the next one
+//! (a *join*, [`super::BouncePool::set_segment_joins`]), a run may cross from one into the
+//! other. A request of more than a segment is searched only among the free runs of joined
+//! segments ([`search_joined`]); a request of at most a segment is searched segment by
+//! segment as in Linux, and only when that finds nothing in an area with joins, among the
+//! runs that cross a join. A pool without joins searches exactly as before.
 
 use super::area::Slot;
 use super::{IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, PAGE_SIZE};
 use crate::error::Error;
+use crate::lock::atomic::AtomicU8;
 use crate::lock::atomic::Ordering;
 
 /// The slot geometry and alignment constraints of one request, computed before any lock is
@@ -44,10 +52,13 @@ pub(crate) const fn is_low_mask(mask: u64) -> bool {
 
 impl Plan {
     /// Computes the plan of a request of `size` bytes whose original starts at `orig`
-    /// (`None` for a coherent allocation), for a pool starting at `pool_start`.
+    /// (`None` for a coherent allocation), for a pool starting at `pool_start` whose longest
+    /// run is `max_run` slots (a segment, 128, unless segments are joined).
     ///
     /// Mirrors `swiotlb_tbl_map_single` (offset and size) and the set-up part of
-    /// `swiotlb_search_pool_area` (alignment, stride, boundary).
+    /// `swiotlb_search_pool_area` (alignment, stride, boundary). An allocation longer than
+    /// `max_run` slots is [`Error::ExceedsSegment`] with `max_run` in bytes as its `max` (the
+    /// pool narrows it to the device's).
     #[inline]
     pub(crate) fn new(
         pool_start: u64,
@@ -56,6 +67,7 @@ impl Plan {
         orig: Option<u64>,
         size: usize,
         alloc_align_mask: u64,
+        max_run: usize,
     ) -> Result<Self, Error> {
         if !is_low_mask(alloc_align_mask) {
             return Err(Error::InvalidMask {
@@ -75,7 +87,8 @@ impl Plan {
                 mask: seg_boundary_mask,
             });
         }
-        let seg_bytes = (IO_TLB_SEGSIZE as u64) << IO_TLB_SHIFT;
+        // CAST: max_run <= MAX_RUN_SLOTS.
+        let run_bytes = (max_run as u64) << IO_TLB_SHIFT;
         let io_tlb_mask = IO_TLB_SIZE as u64 - 1;
         let orig_raw = orig.unwrap_or(0);
         // swiotlb_align_offset(dev, alloc_align_mask, orig).
@@ -85,15 +98,15 @@ impl Plan {
             .checked_add(offset)
             .and_then(|s| s.checked_add(alloc_align_mask))
             .map(|s| s & !alloc_align_mask)
-            .filter(|&s| s <= seg_bytes)
+            .filter(|&s| s <= run_bytes)
             .ok_or(Error::ExceedsSegment {
                 alloc_size: (size as u64)
                     .saturating_add(offset)
                     .saturating_add(alloc_align_mask)
                     & !alloc_align_mask,
-                max: seg_bytes,
+                max: run_bytes,
             })?;
-        // CAST: alloc_size <= 256 KiB, so the slot count is at most 128.
+        // CAST: alloc_size <= max_run slots, so the slot count is at most MAX_RUN_SLOTS.
         let nslots = alloc_size.div_ceil(IO_TLB_SIZE as u64) as usize;
 
         // The search's alignment: page alignment for large streaming maps when no mask asks
@@ -117,9 +130,9 @@ impl Plan {
         let shift = (pool_start & seg_boundary_mask) >> IO_TLB_SHIFT;
         Ok(Self {
             nslots,
-            // CAST: alloc_size <= 256 KiB.
+            // CAST: alloc_size <= max_run slots (at most 64 MiB).
             alloc_size: alloc_size as usize,
-            // CAST: offset < 256 KiB, so pad < 128; small_off < 2048.
+            // CAST: offset < alloc_size, so pad < nslots; small_off < 2048.
             pad: (offset >> IO_TLB_SHIFT) as usize,
             small_off: (offset & io_tlb_mask) as u16,
             stride,
@@ -154,15 +167,40 @@ impl Plan {
         pattern << p0
     }
 
-    /// The bytes between two of the device's segment boundaries when the request needs more
-    /// slots than that (so that it never fits, however idle the pool), else `None`.
-    pub(crate) fn exceeds_boundary(&self) -> Option<u64> {
-        // Only then is the shift below 128 slots (a wide boundary's would overflow).
-        if self.nslots as u64 > self.max_slots {
-            Some(self.max_slots << IO_TLB_SHIFT)
-        } else {
-            None
+    /// The device's segment boundary in slots and the pool's offset inside a boundary
+    /// window, in slots: what [`super::BouncePool`] needs to tell the longest run the device
+    /// can ever get.
+    pub(crate) fn boundary(&self) -> (u64, u64) {
+        (self.max_slots, self.shift)
+    }
+
+    /// The lowest start `g` in `[a, b - nslots]` (global slot indices) of a run of this
+    /// request: aligned (`g % stride == phase`) and not crossing the device's boundary.
+    #[inline]
+    fn place(&self, a: usize, b: usize) -> Option<usize> {
+        let n = self.nslots as u64;
+        // CAST: slot indices fit in u64.
+        let (a, b) = (a as u64, b as u64);
+        let last = b.checked_sub(n)?;
+        let align_up = |x: u64| x + (self.phase.wrapping_sub(x) & (self.stride - 1));
+        let mut g = align_up(a);
+        // Stride and boundary are both powers of two. If the first candidate crosses a
+        // boundary, the first one of the next boundary window is the best left: every
+        // window's first candidate sits at the same offset in it (the stride divides the
+        // window), or every candidate sits at the same offset in its window (the window
+        // divides the stride). So if that one crosses too, none fits.
+        for _ in 0..2 {
+            if g > last {
+                return None;
+            }
+            if !self.spans_boundary(g) {
+                // CAST: g <= last < b, a slot index.
+                return Some(g as usize);
+            }
+            let w = self.shift.wrapping_add(g) & (self.max_slots - 1);
+            g = align_up(g + (self.max_slots - w));
         }
+        None
     }
 
     /// Linux's `iommu_is_span_boundary` for a run of `nslots` starting at global slot `g`.
@@ -186,6 +224,20 @@ pub(crate) fn bitmap_slot(seg: usize, area_segs: usize) -> usize {
         seg % area_segs
     };
     (seg - rel) * IO_TLB_SEGSIZE + 2 * rel
+}
+
+/// Whether segment `seg` is joined to the next one (see [`Slot`]'s `join`).
+#[inline]
+pub(crate) fn seg_joined(slots: &[Slot], area_segs: usize, seg: usize) -> bool {
+    slots[bitmap_slot(seg, area_segs)]
+        .join
+        .load(Ordering::Relaxed)
+        != 0
+}
+
+/// The join flag of segment `seg` (see [`Slot`]'s `join`).
+pub(crate) fn join_flag(slots: &[Slot], area_segs: usize, seg: usize) -> &AtomicU8 {
+    &slots[bitmap_slot(seg, area_segs)].join
 }
 
 /// The free bitmap of segment `seg` in a pool of areas of `area_segs` segments.
@@ -252,16 +304,29 @@ pub(crate) fn longest_run(free: u128) -> usize {
 /// Searches the area of `area_nslabs` slots starting at global slot `area_base` for a run
 /// matching `plan`, starting with the segment that holds the area-relative slot `index`.
 /// Returns the global index of the first slot of the run. The caller holds the area lock.
+///
+/// `joined`: whether the pool has joined segments. Then a request of more than a segment is
+/// searched by [`search_joined`] only, and one of at most a segment segment by segment first
+/// and by `search_joined` when that finds nothing. Without joins (Linux's pool) a run never
+/// crosses a segment.
 pub(crate) fn search_area(
     slots: &[Slot],
     area_base: usize,
     area_nslabs: usize,
     index: usize,
     plan: &Plan,
+    joined: bool,
 ) -> Option<usize> {
     let n = plan.nslots;
     if plan.nslots as u64 > plan.max_slots {
         return None;
+    }
+    if n > IO_TLB_SEGSIZE {
+        return if joined {
+            search_joined(slots, area_base, area_nslabs, index, plan)
+        } else {
+            None
+        };
     }
     let nsegs = area_nslabs / IO_TLB_SEGSIZE;
     let first_seg = area_base / IO_TLB_SEGSIZE;
@@ -293,12 +358,89 @@ pub(crate) fn search_area(
             cand &= cand - 1;
         }
     }
+    if joined {
+        return search_joined(slots, area_base, area_nslabs, index, plan);
+    }
     None
 }
 
-/// Marks `n` slots from global slot `g` as taken in the free bitmap (all in one segment).
+/// The search of runs that may cross joined segments: walks the area's segments in order,
+/// following each free run that reaches a segment's end across the joins (a run ends at a
+/// taken slot, at a segment not joined to the next, and at the area's end), and places the
+/// request in it with [`Plan::place`]. Only runs touching a segment's end are followed: a
+/// run inside one segment is shorter than a segment, and the segment-by-segment search has
+/// seen those.
+///
+/// Returns the lowest fitting start at or after the segment holding `index` (as the
+/// segment-by-segment search starts there), else the lowest before it. Costs two bitmap
+/// words and a join flag per segment of the area (the cache line of each segment's bitmap),
+/// for requests of more than a segment or after the segment-by-segment search failed.
+#[cold]
+pub(crate) fn search_joined(
+    slots: &[Slot],
+    area_base: usize,
+    area_nslabs: usize,
+    index: usize,
+    plan: &Plan,
+) -> Option<usize> {
+    let nsegs = area_nslabs / IO_TLB_SEGSIZE;
+    let first_seg = area_base / IO_TLB_SEGSIZE;
+    let from = area_base + index / IO_TLB_SEGSIZE * IO_TLB_SEGSIZE;
+    let mut before = None;
+    // The lowest fit in the free run [a, b) at or after `from` (the search is over), else
+    // the first fit before `from` is remembered.
+    let mut try_run = |a: usize, b: usize| -> Option<usize> {
+        if b > from
+            && let Some(g) = plan.place(a.max(from), b)
+        {
+            return Some(g);
+        }
+        // Nothing at or after `from` in this run, so its lowest fit (if any) is before it.
+        if a < from && before.is_none() {
+            before = plan.place(a, b);
+        }
+        None
+    };
+    // The start of the free run that reaches the current segment's start.
+    let mut open: Option<usize> = None;
+    for rel in 0..nsegs {
+        let seg = first_seg + rel;
+        let base = seg * IO_TLB_SEGSIZE;
+        let free = seg_free(slots, nsegs, seg);
+        if free == u128::MAX {
+            open.get_or_insert(base);
+        } else {
+            // CAST: trailing_ones() and leading_ones() < 128 here.
+            let head = free.trailing_ones() as usize;
+            let run = if head > 0 {
+                Some(open.unwrap_or(base))
+            } else {
+                open
+            };
+            if let Some(a) = run
+                && let Some(g) = try_run(a, base + head)
+            {
+                return Some(g);
+            }
+            let tail = free.leading_ones() as usize;
+            open = (tail > 0).then(|| base + IO_TLB_SEGSIZE - tail);
+        }
+        if (rel + 1 == nsegs || !seg_joined(slots, nsegs, seg))
+            && let Some(a) = open.take()
+            && let Some(g) = try_run(a, base + IO_TLB_SEGSIZE)
+        {
+            return Some(g);
+        }
+    }
+    before
+}
+
+/// Marks `n` slots from global slot `g` as taken in the free bitmaps.
 #[inline]
 pub(crate) fn take_run(slots: &[Slot], area_segs: usize, g: usize, n: usize) {
+    if g % IO_TLB_SEGSIZE + n > IO_TLB_SEGSIZE {
+        return mark_joined_run(slots, area_segs, g, n, false);
+    }
     let seg = g / IO_TLB_SEGSIZE;
     let bits = seg_free(slots, area_segs, seg);
     let mask = run_mask(g % IO_TLB_SEGSIZE, n);
@@ -306,14 +448,40 @@ pub(crate) fn take_run(slots: &[Slot], area_segs: usize, g: usize, n: usize) {
     set_seg_free(slots, area_segs, seg, bits & !mask);
 }
 
-/// Marks `n` slots from global slot `g` as free in the free bitmap (all in one segment).
+/// Marks `n` slots from global slot `g` as free in the free bitmaps.
 #[inline]
 pub(crate) fn give_run(slots: &[Slot], area_segs: usize, g: usize, n: usize) {
+    if g % IO_TLB_SEGSIZE + n > IO_TLB_SEGSIZE {
+        return mark_joined_run(slots, area_segs, g, n, true);
+    }
     let seg = g / IO_TLB_SEGSIZE;
     let bits = seg_free(slots, area_segs, seg);
     let mask = run_mask(g % IO_TLB_SEGSIZE, n);
     debug_assert_eq!(bits & mask, 0, "freeing slots that are free");
     set_seg_free(slots, area_segs, seg, bits | mask);
+}
+
+/// [`take_run`] (`free` false) or [`give_run`] (`free` true) of a run that crosses segments,
+/// segment by segment.
+#[cold]
+fn mark_joined_run(slots: &[Slot], area_segs: usize, mut g: usize, mut n: usize, free: bool) {
+    while n > 0 {
+        let seg = g / IO_TLB_SEGSIZE;
+        let p = g % IO_TLB_SEGSIZE;
+        let len = n.min(IO_TLB_SEGSIZE - p);
+        let bits = seg_free(slots, area_segs, seg);
+        let mask = run_mask(p, len);
+        let bits = if free {
+            debug_assert_eq!(bits & mask, 0, "freeing slots that are free");
+            bits | mask
+        } else {
+            debug_assert_eq!(bits & mask, mask, "taking slots that are not free");
+            bits & !mask
+        };
+        set_seg_free(slots, area_segs, seg, bits);
+        g += len;
+        n -= len;
+    }
 }
 
 #[cfg(test)]
@@ -346,19 +514,19 @@ mod tests {
 
     #[test]
     fn aligned_positions_follow_stride_and_phase() {
-        let plan = Plan::new(0, 0, u64::MAX, Some(0), 4096, 0).unwrap();
+        let plan = Plan::new(0, 0, u64::MAX, Some(0), 4096, 0, 128).unwrap();
         // A 4 KiB streaming map is page aligned: every second slot.
         assert_eq!(plan.stride, 2);
         let m = plan.aligned_positions(0);
         assert_eq!(m.count_ones(), 64);
         assert_eq!(m & 0b11, 0b01);
         // NVMe: bit 11 of the original must be kept.
-        let plan = Plan::new(0, 0xfff, u64::MAX, Some(0x1800), 100, 0).unwrap();
+        let plan = Plan::new(0, 0xfff, u64::MAX, Some(0x1800), 100, 0, 128).unwrap();
         assert_eq!(plan.stride, 2);
         assert_eq!(plan.aligned_positions(0) & 0b11, 0b10);
         assert_eq!(plan.small_off, 0);
         // A stride beyond a segment selects at most one position per segment.
-        let plan = Plan::new(0, (1 << 20) - 1, u64::MAX, Some(0), 100, 0).unwrap();
+        let plan = Plan::new(0, (1 << 20) - 1, u64::MAX, Some(0), 100, 0, 128).unwrap();
         assert_eq!(plan.aligned_positions(0), 1);
         assert_eq!(plan.aligned_positions(128), 0);
         assert_eq!(plan.aligned_positions(512), 1);
@@ -367,28 +535,28 @@ mod tests {
     #[test]
     fn plan_rejects_non_low_masks_and_oversized_allocations() {
         assert!(matches!(
-            Plan::new(0, 0, u64::MAX, Some(0), 1, 0x1000),
+            Plan::new(0, 0, u64::MAX, Some(0), 1, 0x1000, 128),
             Err(Error::InvalidMask {
                 what: "alloc_align_mask",
                 ..
             })
         ));
         assert!(matches!(
-            Plan::new(0, 0x1001, u64::MAX, Some(0), 1, 0),
+            Plan::new(0, 0x1001, u64::MAX, Some(0), 1, 0, 128),
             Err(Error::InvalidMask {
                 what: "min_align_mask",
                 ..
             })
         ));
         assert!(matches!(
-            Plan::new(0, 0, 0xf0, Some(0), 1, 0),
+            Plan::new(0, 0, 0xf0, Some(0), 1, 0, 128),
             Err(Error::InvalidMask {
                 what: "seg_boundary_mask",
                 ..
             })
         ));
         assert!(matches!(
-            Plan::new(0, 0, u64::MAX, Some(0x7ff), 256 * 1024, u64::MAX),
+            Plan::new(0, 0, u64::MAX, Some(0x7ff), 256 * 1024, u64::MAX, 128),
             Err(Error::ExceedsSegment { .. })
         ));
     }

@@ -22,7 +22,12 @@ struct Fixture {
 
 impl Fixture {
     fn new(nslabs: usize, nareas: usize) -> Self {
-        let len = nslabs * IO_TLB_SIZE + ORIG_BYTES;
+        Self::with_orig(nslabs, nareas, ORIG_BYTES)
+    }
+
+    /// A pool followed by `orig_bytes` of original memory.
+    fn with_orig(nslabs: usize, nareas: usize, orig_bytes: usize) -> Self {
+        let len = nslabs * IO_TLB_SIZE + orig_bytes;
         let base = Box::into_raw(vec![0x5au8; len].into_boxed_slice()).cast::<u8>();
         // SAFETY: `base..base + len` is one live allocation freed only in `Drop`, after the
         // pool; nothing else references it.
@@ -574,12 +579,14 @@ fn max_mapping_size_is_256k_less_rounded_min_align_mask() {
         max_mapping_size(&dev().with_min_align_mask(0x1)),
         254 * 1024
     );
-    assert_eq!(
-        Pool::max_mapping_size(&dev().with_min_align_mask(u64::MAX)),
-        0
-    );
+    assert_eq!(max_mapping_size(&dev().with_min_align_mask(u64::MAX)), 0);
     let f = Fixture::new(256, 1);
     let nvme = dev().with_min_align_mask(0xfff);
+    // A pool without joins answers Linux's value, per device.
+    for d in [dev(), nvme, dev().with_min_align_mask(u64::MAX)] {
+        assert_eq!(f.pool.max_mapping_size(&d), max_mapping_size(&d));
+    }
+    assert_eq!(f.pool.max_run_slots(), IO_TLB_SEGSIZE);
     assert_eq!(
         f.map(&nvme, f.orig(0xfff), 252 * 1024 + 1, TD),
         Err(Error::TooLarge {
@@ -1451,4 +1458,269 @@ fn report_gives_each_areas_use_high_water_and_longest_free_run() {
     let idle = f.pool.report().unwrap();
     assert_eq!(idle.free.largest_run, IO_TLB_SEGSIZE);
     assert_eq!(idle.free.fragmentation_permille(), 0);
+}
+
+/// A pool of `segs` segments in `nareas` areas, with `orig` bytes of originals, whose
+/// segments are joined where `joined` says.
+fn joined_fixture(
+    segs: usize,
+    nareas: usize,
+    orig: usize,
+    joined: impl Fn(usize) -> bool,
+) -> Fixture {
+    let mut f = Fixture::with_orig(segs * IO_TLB_SEGSIZE, nareas, orig);
+    f.pool.set_segment_joins(joined).unwrap();
+    f
+}
+
+const MIB: usize = 1 << 20;
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "megabytes of copies; the cross-segment paths run under Miri in small_maps_cross_a_join_only_when_no_segment_has_room"
+)]
+fn a_2mib_map_spans_joined_segments_with_copy_back_and_syncs() {
+    // Without joins (Linux): too large, with Linux's maximum.
+    let plain = Fixture::with_orig(16 * IO_TLB_SEGSIZE, 1, 2 * MIB + 8192);
+    assert_eq!(
+        plain.map(&dev(), plain.orig(0), 2 * MIB, BI),
+        Err(Error::TooLarge {
+            size: 2 * MIB,
+            max: 256 * 1024
+        })
+    );
+    // A 4 MiB pool, one area, every segment joined to the next.
+    let f = joined_fixture(16, 1, 2 * MIB + 8192, |_| true);
+    assert_eq!(f.pool.max_run_slots(), 16 * IO_TLB_SEGSIZE);
+    assert_eq!(f.pool.max_mapping_size(&dev()), 4 * MIB);
+    let nvme = dev().with_min_align_mask(0xfff);
+    assert_eq!(f.pool.max_mapping_size(&nvme), 4 * MIB - 4096);
+    assert_eq!(
+        f.pool.free_space(),
+        Some(FreeSpace {
+            free: 2048,
+            largest_run: 2048
+        })
+    );
+    // Start the search past the first segment, so the run begins inside one.
+    let small = f.map(&dev(), f.orig(0), 3000, TD).unwrap();
+    let data = pattern(7, 2 * MIB);
+    let orig = f.orig(4096);
+    f.write(orig, &data);
+    let tlb = f.map(&dev(), orig, 2 * MIB, BI).unwrap();
+    // Page aligned (a map of 4 KiB or more), 1024 slots crossing eight segment boundaries.
+    assert_eq!(tlb.as_u64() % PAGE_SIZE, 0);
+    let first = f.slot_of(tlb);
+    assert_eq!(first, 2, "right after the small map, in the same segment");
+    assert_eq!(f.pool.stats().used, 2 + 1024);
+    assert_eq!(f.read(tlb, 2 * MIB), data);
+    f.check();
+    // The device writes across a segment boundary; a partial sync there copies it back.
+    let boundary = PhysAddr::new(POOL_BASE + IO_TLB_SEGMENT_BYTES as u64);
+    f.write(PhysAddr::new(boundary.as_u64() - 100), &[0xab; 200]);
+    f.pool
+        .sync_for_cpu(&dev(), PhysAddr::new(boundary.as_u64() - 100), 200, BI)
+        .unwrap();
+    let at = (boundary.as_u64() - 100 - tlb.as_u64()) as usize;
+    assert_eq!(
+        f.read(PhysAddr::new(orig.as_u64() + at as u64), 200),
+        vec![0xab; 200]
+    );
+    // The CPU writes near the end; a sync for the device copies it into the last segment.
+    let end_off = 2 * MIB - 50;
+    f.write(PhysAddr::new(orig.as_u64() + end_off as u64), &[0xcd; 50]);
+    f.pool
+        .sync_for_device(&dev(), PhysAddr::new(tlb.as_u64() + end_off as u64), 50, BI)
+        .unwrap();
+    assert_eq!(
+        f.read(PhysAddr::new(tlb.as_u64() + end_off as u64), 50),
+        vec![0xcd; 50]
+    );
+    // A sync past the end is clamped to the mapping.
+    f.pool
+        .sync_for_device(
+            &dev(),
+            PhysAddr::new(tlb.as_u64() + end_off as u64),
+            4096,
+            BI,
+        )
+        .unwrap();
+    assert_eq!(f.pool.stats().overflow_attempts, 1);
+    // The device fills the whole mapping; the unmap copies every byte back.
+    let reply = pattern(9, 2 * MIB);
+    f.write(tlb, &reply);
+    f.pool.unmap(&dev(), tlb, 2 * MIB, BI, NONE).unwrap();
+    assert_eq!(f.read(orig, 2 * MIB), reply);
+    assert_eq!(f.pool.stats().used, 2);
+    f.check();
+    f.pool.unmap(&dev(), small, 3000, TD, NONE).unwrap();
+    // Twice 2 MiB fill the pool; a third is exhausted, with the joined runs counted.
+    let a = f.map(&dev(), orig, 2 * MIB, TD).unwrap();
+    let b = f.map(&dev(), orig, 2 * MIB, TD).unwrap();
+    assert_ne!(a, b);
+    f.check();
+    let (_, needed, _, free, cause) = full_parts(f.map(&dev(), orig, 2 * MIB, TD));
+    assert_eq!((needed, free.free, cause), (1024, 0, FullCause::Exhausted));
+    f.pool.unmap(&dev(), a, 2 * MIB, TD, NONE).unwrap();
+    f.pool.unmap(&dev(), b, 2 * MIB, TD, NONE).unwrap();
+    f.check();
+    // A coherent allocation of 2 MiB: aligned to 2 MiB, zeroed.
+    let c = f.pool.alloc(&dev(), 2 * MIB, 0).unwrap();
+    assert_eq!(c.as_u64() % (2 * MIB as u64), 0);
+    assert_eq!(f.read(c, 2 * MIB), vec![0; 2 * MIB]);
+    f.check();
+    f.pool.free(&dev(), c).unwrap();
+    assert_eq!(
+        f.pool.alloc(&dev(), 4 * MIB + 1, 0),
+        Err(Error::ExceedsSegment {
+            alloc_size: 4 * MIB as u64 + 1,
+            max: 4 * MIB as u64
+        })
+    );
+    f.check();
+    assert_eq!(f.pool.stats().used, 0);
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "megabytes of copies; the cross-segment paths run under Miri in small_maps_cross_a_join_only_when_no_segment_has_room"
+)]
+fn joined_runs_stop_at_unjoined_segments_and_at_areas() {
+    // 16 segments in two areas of eight; segment 3 is not joined to 4, and the join asked
+    // for between 7 and 8 (the areas' boundary) is not made.
+    let f = joined_fixture(16, 2, 2 * MIB + 8192, |s| s != 3);
+    assert!(!f.pool.segment_joined(3) && !f.pool.segment_joined(7) && !f.pool.segment_joined(15));
+    assert!(f.pool.segment_joined(0) && f.pool.segment_joined(8) && f.pool.segment_joined(14));
+    assert_eq!(f.pool.max_run_slots(), 8 * IO_TLB_SEGSIZE);
+    assert_eq!(f.pool.max_mapping_size(&dev()), 2 * MIB);
+    // 1.5 MiB does not fit in area 0's runs of four segments: it goes to area 1.
+    let big = f
+        .map_full(&dev(), f.orig(0), 3 * MIB / 2, 0, TD, NONE, 0)
+        .unwrap();
+    assert!(f.slot_of(big) >= 8 * IO_TLB_SEGSIZE, "{big}");
+    // 1 MiB fits in area 0, inside segments 0-3 or 4-7.
+    let mid = f.map_full(&dev(), f.orig(0), MIB, 0, TD, NONE, 0).unwrap();
+    let s = f.slot_of(mid);
+    assert!(s == 0 || s == 4 * IO_TLB_SEGSIZE, "{mid}");
+    f.check();
+    // One byte more than the longest run is too large, with the pool's maximum.
+    assert_eq!(
+        f.map(&dev(), f.orig(0), 2 * MIB + 1, TD),
+        Err(Error::TooLarge {
+            size: 2 * MIB + 1,
+            max: 2 * MIB
+        })
+    );
+    // An alignment that doubles the allocation past the longest run.
+    assert_eq!(
+        f.map_full(
+            &dev(),
+            f.orig(0),
+            MIB + 1,
+            (4 * MIB - 1) as u64,
+            TD,
+            NONE,
+            0
+        ),
+        Err(Error::ExceedsSegment {
+            alloc_size: 4 * MIB as u64,
+            max: 2 * MIB as u64
+        })
+    );
+    f.pool.unmap(&dev(), big, 3 * MIB / 2, TD, NONE).unwrap();
+    f.pool.unmap(&dev(), mid, MIB, TD, NONE).unwrap();
+    f.check();
+    // The invariant check sees a run across a segment that is not joined.
+    let g = f.map_full(&dev(), f.orig(0), MIB, 0, TD, NONE, 0).unwrap();
+    let slots = f.pool.slots().unwrap();
+    let seg = f.slot_of(g) / IO_TLB_SEGSIZE;
+    search::join_flag(slots, 8, seg).store(0, Ordering::Relaxed);
+    assert_eq!(
+        f.pool.check_invariants().map_err(|e| e.what),
+        Err("allocation crosses a segment that is not joined to the next")
+    );
+    search::join_flag(slots, 8, seg).store(1, Ordering::Relaxed);
+    f.check();
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "megabytes of copies; the cross-segment paths run under Miri in small_maps_cross_a_join_only_when_no_segment_has_room"
+)]
+fn a_devices_boundary_cuts_joined_runs() {
+    let f = joined_fixture(16, 1, 2 * MIB + 8192, |_| true);
+    // A 1 MiB boundary: at most 1 MiB, never across a 1 MiB line.
+    let d = dev().with_seg_boundary_mask((MIB - 1) as u64);
+    assert_eq!(f.pool.max_mapping_size(&d), MIB);
+    assert_eq!(
+        f.map(&d, f.orig(0), MIB + 1, TD),
+        Err(Error::TooLarge {
+            size: MIB + 1,
+            max: MIB
+        })
+    );
+    // Four 1 MiB windows take one 600 KiB map each, never across a 1 MiB line.
+    let mut windows = Vec::new();
+    for _ in 0..4 {
+        let t = f.map(&d, f.orig(0), 600 * 1024, TD).unwrap();
+        let (a, b) = (t.as_u64(), t.as_u64() + 600 * 1024 - 1);
+        assert_eq!(a >> 20, b >> 20, "{t} crosses a 1 MiB boundary");
+        windows.push(a >> 20);
+    }
+    windows.sort_unstable();
+    windows.dedup();
+    assert_eq!(windows.len(), 4);
+    f.check();
+    // A fifth finds 848 free slots, in runs of 212 that the boundary keeps apart.
+    let (_, needed, _, free, cause) = full_parts(f.map(&d, f.orig(0), 600 * 1024, TD));
+    assert_eq!((needed, free.free, free.largest_run), (300, 848, 212));
+    assert_eq!(cause, FullCause::Fragmented);
+    // 400 KiB still fits beside one of them.
+    let t = f.map(&d, f.orig(0), 400 * 1024, TD).unwrap();
+    assert_eq!(t.as_u64() >> 20, (t.as_u64() + 400 * 1024 - 1) >> 20);
+    f.check();
+    // A 64 KiB boundary on a joined pool: maps up to a segment behave as in Linux.
+    let d64 = dev().with_seg_boundary_mask(0xffff);
+    assert_eq!(f.pool.max_mapping_size(&d64), 64 * 1024);
+    assert_eq!(
+        f.map(&d64, f.orig(0), 100 * 1024, TD),
+        Err(Error::ExceedsSegment {
+            alloc_size: 100 * 1024,
+            max: 64 * 1024
+        })
+    );
+}
+
+#[test]
+fn small_maps_cross_a_join_only_when_no_segment_has_room() {
+    for joined in [false, true] {
+        let f = joined_fixture(2, 1, MIB, |_| joined);
+        let q = 64 * IO_TLB_SIZE;
+        let maps: Vec<PhysAddr> = (0..4)
+            .map(|_| f.map(&dev(), f.orig(0), q, TD).unwrap())
+            .collect();
+        assert_eq!(f.slot_of(maps[3]), 192);
+        // Free slots 64..192: 64 at the end of segment 0 and 64 at the start of segment 1.
+        f.pool.unmap(&dev(), maps[1], q, TD, NONE).unwrap();
+        f.pool.unmap(&dev(), maps[2], q, TD, NONE).unwrap();
+        let space = f.pool.free_space().unwrap();
+        assert_eq!(space.largest_run, if joined { 128 } else { 64 });
+        // 100 slots: no segment has them; across the join they fit.
+        let r = f.map(&dev(), f.orig(0), 100 * IO_TLB_SIZE, TD);
+        if joined {
+            assert_eq!(f.slot_of(r.unwrap()), 64);
+        } else {
+            let (_, needed, _, free, cause) = full_parts(r);
+            assert_eq!((needed, free.free, free.largest_run), (100, 128, 64));
+            assert_eq!(cause, FullCause::Fragmented);
+        }
+        // A small map that fits in a segment never crosses a join.
+        let s = f.map(&dev(), f.orig(0), 20 * IO_TLB_SIZE, TD).unwrap();
+        let slot = f.slot_of(s);
+        assert_eq!(slot / 128, (slot + 19) / 128);
+        f.check();
+    }
 }

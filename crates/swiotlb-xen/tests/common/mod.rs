@@ -83,6 +83,21 @@ impl Pv {
         )
     }
 
+    /// [`engine`](Self::engine) with init `options`, and init's report.
+    pub fn engine_with(&self, pool_bytes: u64, options: InitOptions) -> (PvEngine<'_>, InitReport) {
+        let n = pool_bytes / PAGE;
+        let pool = self.guest.alloc_aligned(n, n.next_power_of_two());
+        let pages = SimPages::pv(&self.guest, 64);
+        init_engine_with(
+            sim::pv_platform(&self.xen, &self.guest),
+            self.guest.memory(),
+            pool,
+            pool_bytes,
+            pages,
+            options,
+        )
+    }
+
     /// dom0's pfns that hold their own frame: equal to dom0's page count exactly when no
     /// frame is lost (the simulator checks the frame count per domain).
     pub fn local_entries(&self) -> u64 {
@@ -178,22 +193,24 @@ pub fn init_engine<P: Platform, A: PageAllocator>(
     bytes: u64,
     pages: A,
 ) -> (SimEngine<P, A>, InitReport) {
+    init_engine_with(platform, mem, pool, bytes, pages, InitOptions::default())
+}
+
+/// As [`init_engine`], with `options`.
+pub fn init_engine_with<P: Platform, A: PageAllocator>(
+    platform: P,
+    mem: SimMemory,
+    pool: PhysAddr,
+    bytes: u64,
+    pages: A,
+    options: InitOptions,
+) -> (SimEngine<P, A>, InitReport) {
     // CAST: test pools are a few MiB.
     let storage: Box<[Slot]> = (0..bytes / 2048).map(|_| Slot::new()).collect();
     // SAFETY: the region is fresh dom0 memory given to the pool alone; the simulated CPU's
     // memory reaches it and every buffer the tests map, as it does the pages.
-    unsafe {
-        swiotlb_xen::init::init(
-            platform,
-            mem,
-            pool,
-            bytes as usize,
-            storage,
-            pages,
-            InitOptions::default(),
-        )
-    }
-    .expect("swiotlb-xen pool initialisation")
+    unsafe { swiotlb_xen::init::init(platform, mem, pool, bytes as usize, storage, pages, options) }
+        .expect("swiotlb-xen pool initialisation")
 }
 
 /// As [`init_engine`], without the report.
