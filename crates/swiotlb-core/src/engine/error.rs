@@ -133,6 +133,24 @@ pub enum DmaError {
         #[source]
         source: PoolError,
     },
+    /// The pools were full (`full`, the first pool's [`PoolError::PoolFull`]) and growing
+    /// another was refused by the kernel's limits or failed (`cause`, with the hypercall and
+    /// errno when the platform failed). Nothing stays mapped, nothing is lost: pages that
+    /// went to the hook came back to it (or to its quarantine, after damage).
+    #[error("bouncing {phys}+{size:#x} ({reason}) failed: {full}; growing a pool failed: {cause}")]
+    Growth {
+        /// The physical address.
+        phys: PhysAddr,
+        /// The size.
+        size: usize,
+        /// Why it had to be bounced.
+        reason: BounceReason,
+        /// The first pool's refusal.
+        full: PoolError,
+        /// Why no pool was added.
+        #[source]
+        cause: super::GrowthError,
+    },
     /// The bounce buffer's bus address is outside the device's mask (Linux's second
     /// `dma_capable` check); the bounce slots were given back.
     #[error("bounce buffer {tlb} (bus {bus}) +{size:#x} is outside the device mask {mask}")]
