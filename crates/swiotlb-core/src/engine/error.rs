@@ -133,20 +133,16 @@ pub enum DmaError {
         #[source]
         source: PoolError,
     },
-    /// The pools were full (`full`, the first pool's [`PoolError::PoolFull`]) and growing
-    /// another was refused by the kernel's limits or failed (`cause`, with the hypercall and
-    /// errno when the platform failed). Nothing stays mapped, nothing is lost: pages that
-    /// went to the hook came back to it (or to its quarantine, after damage).
-    #[error("bouncing {phys}+{size:#x} ({reason}) failed: {full}; growing a pool failed: {cause}")]
+    /// The pools were full and growing another was refused by the kernel's limits or failed
+    /// (`cause`, with the hypercall and errno when the platform failed). Nothing stays
+    /// mapped and nothing is lost: pages that went to the growth hook came back to it (or to
+    /// its quarantine, after damage). The first pool's own refusal is counted in its
+    /// statistics (`fail_full`) and shown by [`pool_report`](crate::engine::DmaEngine::pool_report);
+    /// it is not carried here, to keep the error small on the map path.
+    #[error("bouncing {size:#x} bytes: the pools are full and growing one failed: {cause}")]
     Growth {
-        /// The physical address.
-        phys: PhysAddr,
         /// The size.
         size: usize,
-        /// Why it had to be bounced.
-        reason: BounceReason,
-        /// The first pool's refusal.
-        full: PoolError,
         /// Why no pool was added.
         #[source]
         cause: super::GrowthError,

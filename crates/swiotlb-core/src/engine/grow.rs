@@ -312,25 +312,18 @@ pub enum GrowthError {
     },
     /// `create_contiguous_region` failed (the hypercall and errno are in `source`); the
     /// pages went back to the hook.
-    #[error("making {phys} (order {order}) contiguous below 2^{address_bits} failed: {source}")]
+    #[error("making a chunk contiguous below 2^{address_bits} failed: {source}")]
     Contiguous {
-        /// The pages.
-        phys: PhysAddr,
-        /// Their order.
-        order: u32,
         /// The address limit asked for.
         address_bits: u32,
         /// The platform's error.
         #[source]
         source: PlatformError,
     },
-    /// The platform left the pages damaged; they were handed to [`GrowthHook::quarantine`].
-    #[error("growth pages {phys} (order {order}) damaged: {source}")]
+    /// The platform left the chunk damaged; it was handed to [`GrowthHook::quarantine`]
+    /// (which is told its address).
+    #[error("a growth chunk was damaged: {source}")]
     Damaged {
-        /// The pages.
-        phys: PhysAddr,
-        /// Their order.
-        order: u32,
         /// The platform's error.
         #[source]
         source: PlatformError,
@@ -1094,20 +1087,14 @@ where
                         && covered(&g.entries[id])
                     {
                         // SAFETY: the caller's promise, passed on.
-                        if let Ok(bus) =
-                            unsafe { self.map_into(&inside, dev, phys, size, dir, attrs, reason) }
-                        {
+                        let r =
+                            unsafe { self.map_into(&inside, dev, phys, size, dir, attrs, reason) };
+                        if let Ok(bus) = r {
                             return Ok(bus);
                         }
                     }
                 }
-                return Err(DmaError::Growth {
-                    phys,
-                    size,
-                    reason,
-                    full: first,
-                    cause,
-                });
+                return Err(DmaError::Growth { size, cause });
             }
         };
         let Some(inside) = g.enter(grown) else {
@@ -1147,10 +1134,9 @@ where
         })?;
         let cache = !dev.coherent && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
         self.finish_bounce(dev, tlb, size, dir, cache, reason)
-            .map_err(|err| {
+            .inspect_err(|_| {
                 // Just taken by this call: the unmap cannot fail; nothing is copied back.
                 let _ = pool.unmap(dev, tlb, size, dir, attrs | DmaAttrs::SKIP_CPU_SYNC);
-                err
             })
     }
 
@@ -1196,9 +1182,11 @@ where
             .hook
             .alloc_pages(order, atomic)
             .ok_or(GrowthError::NoPages { order, atomic })?;
-        // SAFETY (for the `free_pages` calls below): the pages were just allocated with
-        // this order and nothing else uses them.
-        let free = || unsafe { g.hook.free_pages(phys, order) };
+        let free = || {
+            // SAFETY: the pages were just allocated with this order and nothing else uses
+            // them (each path calls this once, instead of using them).
+            unsafe { g.hook.free_pages(phys, order) }
+        };
         if !phys.is_aligned(chunk) || phys.checked_last(chunk).is_none() {
             free();
             return Err(GrowthError::Misaligned { phys, order });
@@ -1217,17 +1205,11 @@ where
                     Ok(b) => (b, true),
                     Err(source) if source.damage().is_some() => {
                         g.hook.quarantine(phys, order);
-                        return Err(GrowthError::Damaged {
-                            phys,
-                            order,
-                            source,
-                        });
+                        return Err(GrowthError::Damaged { source });
                     }
                     Err(source) => {
                         free();
                         return Err(GrowthError::Contiguous {
-                            phys,
-                            order,
                             address_bits: bits,
                             source,
                         });
@@ -1236,11 +1218,7 @@ where
             }
         };
         let undo = |err: GrowthError| match self.give_back(g, phys, order, exchanged) {
-            Err(GiveBack::Damaged(source)) => GrowthError::Damaged {
-                phys,
-                order,
-                source,
-            },
+            Err(GiveBack::Damaged(source)) => GrowthError::Damaged { source },
             Err(GiveBack::Kept(_)) => {
                 // Still contiguous: the pages are the domain's own all the same, so they go
                 // back to the kernel rather than stay lost.

@@ -605,8 +605,8 @@ where
         let tlb = match unsafe { pool.map(dev, phys, size, 0, dir, attrs, cpu) } {
             Ok(tlb) => tlb,
             // A full pool may grow (`grow.rs`); without growth this is the pool's error.
-            // SAFETY: the caller's promise, passed on.
             Err(first) => {
+                // SAFETY: the caller's promise, passed on.
                 return unsafe { self.map_grown(dev, phys, size, dir, attrs, reason, first) };
             }
         };
