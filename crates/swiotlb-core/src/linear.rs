@@ -16,7 +16,7 @@ use crate::hooks::{BufferMemory, PhysMemory};
 /// Callers of [`PhysMemory::copy`] and [`PhysMemory::fill`] must stay inside the region.
 /// Ranges outside it are a caller bug caught by `debug_assert!` in debug builds; the pool
 /// only passes ranges it has validated against the region it was built over.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LinearMap {
     base: *mut u8,
     phys_base: PhysAddr,

@@ -32,12 +32,13 @@ use crate::error::Error as PoolError;
 use crate::hooks::{BufferMemory, Platform};
 use crate::pool::Slot;
 
-impl<P, M, S, A> DmaEngine<P, M, S, A>
+impl<P, M, S, A, G> DmaEngine<P, M, S, A, G>
 where
     P: Platform,
     M: BufferMemory,
     S: AsRef<[Slot]>,
     A: PageAllocator,
+    G: super::PoolGrowth<M>,
 {
     /// [`map_page`](Self::map_page) for a buffer the caller reaches at `buf` (and, if
     /// known, the CPU at physical address `phys`): returns the bus address the device must

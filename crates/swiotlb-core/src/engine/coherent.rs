@@ -96,12 +96,13 @@ fn get_order(size: usize) -> Option<u32> {
     (order <= MAX_COHERENT_ORDER && frames.checked_next_power_of_two().is_some()).then_some(order)
 }
 
-impl<P, M, S, A> DmaEngine<P, M, S, A>
+impl<P, M, S, A, G> DmaEngine<P, M, S, A, G>
 where
     P: Platform,
     M: PhysMemory,
     S: AsRef<[Slot]>,
     A: PageAllocator,
+    G: super::PoolGrowth<M>,
 {
     /// Linux's `xen_swiotlb_alloc_coherent`: allocates `size` bytes (rounded up to a
     /// power-of-two number of 4 KiB pages) that `dev` reaches without bouncing, zeroed.

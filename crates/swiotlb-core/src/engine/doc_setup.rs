@@ -205,3 +205,42 @@ pub fn machine() -> (Engine, Machine) {
         unsafe { DmaEngine::new(Identity, Some(pool), Pages::default()) }.expect("an engine");
     (engine, m)
 }
+
+/// The growth hook of the examples: two 256 KiB blocks of the high RAM (above the buffers
+/// `high(0..128)`), one of them a reserve for atomic context.
+pub struct GrowPages {
+    free: Mutex<Vec<PhysAddr>>,
+    reserve: Mutex<Vec<PhysAddr>>,
+    pub atomic: std::sync::atomic::AtomicBool,
+}
+
+impl GrowPages {
+    pub fn new() -> Self {
+        let at = |i: u64| PhysAddr::new(HIGH_BUFFERS + (512 << 10) + i * (256 << 10));
+        Self {
+            free: Mutex::new(vec![at(0)]),
+            reserve: Mutex::new(vec![at(1)]),
+            atomic: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+// SAFETY: each block is the machine's RAM, aligned to 256 KiB, handed out once until freed;
+// in atomic context only the reserve block is handed out.
+unsafe impl swiotlb_core::engine::GrowthHook for GrowPages {
+    fn in_atomic(&self) -> bool {
+        self.atomic.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn alloc_pages(&self, order: u32, atomic: bool) -> Option<PhysAddr> {
+        if order != 6 {
+            return None;
+        }
+        let from = if atomic { &self.reserve } else { &self.free };
+        from.lock().unwrap().pop()
+    }
+    unsafe fn free_pages(&self, phys: PhysAddr, _order: u32) {
+        let reserve = phys.as_u64() == HIGH_BUFFERS + (768 << 10);
+        let to = if reserve { &self.reserve } else { &self.free };
+        to.lock().unwrap().push(phys);
+    }
+}

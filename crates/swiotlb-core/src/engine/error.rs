@@ -133,6 +133,20 @@ pub enum DmaError {
         #[source]
         source: PoolError,
     },
+    /// The pools were full and growing another was refused by the kernel's limits or failed
+    /// (`cause`, with the hypercall and errno when the platform failed). Nothing stays
+    /// mapped and nothing is lost: pages that went to the growth hook came back to it (or to
+    /// its quarantine, after damage). The first pool's own refusal is counted in its
+    /// statistics (`fail_full`) and shown by [`pool_report`](crate::engine::DmaEngine::pool_report);
+    /// it is not carried here, to keep the error small on the map path.
+    #[error("bouncing {size:#x} bytes: the pools are full and growing one failed: {cause}")]
+    Growth {
+        /// The size.
+        size: usize,
+        /// Why no pool was added.
+        #[source]
+        cause: super::GrowthError,
+    },
     /// The bounce buffer's bus address is outside the device's mask (Linux's second
     /// `dma_capable` check); the bounce slots were given back.
     #[error("bounce buffer {tlb} (bus {bus}) +{size:#x} is outside the device mask {mask}")]

@@ -43,6 +43,7 @@
 mod buffer;
 mod coherent;
 mod error;
+mod grow;
 mod pages;
 mod sg;
 mod stats;
@@ -52,6 +53,10 @@ mod tests;
 pub use crate::hooks::BufferMemory;
 pub use coherent::{CoherentAlloc, CoherentFreeError, MAX_COHERENT_ORDER};
 pub use error::{BounceReason, DmaError, EngineInitError, SgError};
+pub use grow::{
+    Growth, GrowthError, GrowthHook, GrowthLimits, GrowthStats, MAX_GROWN_POOLS, NoGrowth,
+    PoolGrowth, ReclaimReport,
+};
 pub use pages::{BlockState, NoPageAllocator, PageAllocator};
 pub use sg::SgEntry;
 pub use stats::EngineStats;
@@ -95,16 +100,24 @@ enum CacheOp {
 /// 256 KiB segment is bus-contiguous, each segment the pool has joined to the next is
 /// bus-contiguous with it, and `pool_bus_top` is the highest bus address of the pool
 /// (checked and learnt by [`new`](Self::new)).
-pub struct DmaEngine<P, M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot], A = NoPageAllocator> {
+pub struct DmaEngine<
+    P,
+    M: PhysMemory,
+    S: AsRef<[Slot]> = &'static [Slot],
+    A = NoPageAllocator,
+    G = NoGrowth,
+> {
     platform: P,
     pool: Option<BouncePool<M, S>>,
     pool_bus_top: Option<BusAddr>,
     pages: A,
     cpu_hint: fn() -> usize,
     counters: ShardedCounters,
+    /// The grown pools and the kernel's growth hook ([`DmaEngine::with_growth`]).
+    growth: G,
 }
 
-impl<P, M: PhysMemory, S: AsRef<[Slot]>, A> core::fmt::Debug for DmaEngine<P, M, S, A> {
+impl<P, M: PhysMemory, S: AsRef<[Slot]>, A, G> core::fmt::Debug for DmaEngine<P, M, S, A, G> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DmaEngine")
             .field("pool", &self.pool)
@@ -195,9 +208,19 @@ where
             pages,
             cpu_hint: cpu_zero,
             counters: ShardedCounters::default(),
+            growth: NoGrowth,
         })
     }
+}
 
+impl<P, M, S, A, G> DmaEngine<P, M, S, A, G>
+where
+    P: Platform,
+    M: PhysMemory,
+    S: AsRef<[Slot]>,
+    A: PageAllocator,
+    G: PoolGrowth<M>,
+{
     /// Sets the interrupt hook of the engine's pool (see [`crate::lock::IrqHook`]): every
     /// pool lock masks local interrupts through it, so that the map, unmap and sync entry
     /// points may be called from interrupt handlers. A kernel that builds its pool through
@@ -595,14 +618,14 @@ where
         let cpu = (self.cpu_hint)();
         // SAFETY: the caller vouches for the original range until the unmap, and the pool's
         // memory reaches it (`new`'s contract).
-        let tlb = unsafe { pool.map(dev, phys, size, 0, dir, attrs, cpu) }.map_err(|source| {
-            DmaError::Bounce {
-                phys,
-                size,
-                reason,
-                source,
+        let tlb = match unsafe { pool.map(dev, phys, size, 0, dir, attrs, cpu) } {
+            Ok(tlb) => tlb,
+            // A full pool may grow (`grow.rs`); without growth this is the pool's error.
+            Err(first) => {
+                // SAFETY: the caller's promise, passed on.
+                return unsafe { self.map_grown(dev, phys, size, dir, attrs, reason, first) };
             }
-        })?;
+        };
         let undo = |err: DmaError| {
             // The slots were just taken by this call, so the unmap cannot fail; nothing is
             // copied back (the device never saw the address).
@@ -761,20 +784,14 @@ where
     ) -> Result<(), DmaError> {
         self.check_bus(bus, size)?;
         let cache = !dev.coherent && !attrs.intersects(DmaAttrs::SKIP_CPU_SYNC | DmaAttrs::MMIO);
-        if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
-            let pool_err = |source| DmaError::Pool { bus, tlb, source };
-            // The pool finds and claims the mapping first; the maintenance then covers the
-            // mapping's own bytes only, however large `size` is.
-            let cache_result = if cache {
-                pool.unmap_maintained(dev, tlb, size, dir, attrs, |t, len| {
-                    self.cache(dev, Some(t), bus, len, dir, CacheOp::ForCpu)
-                })
-            } else {
-                pool.unmap(dev, tlb, size, dir, attrs).map(Ok)
+        match self.find_bounce(dev, bus) {
+            Found::First(pool, tlb) => {
+                return self.unmap_bounced(pool, dev, bus, tlb, size, dir, attrs, cache);
             }
-            .map_err(pool_err)?;
-            bump(&self.counters().bounced_unmaps);
-            return cache_result;
+            Found::Grown(inside, tlb) => {
+                return self.unmap_bounced(inside.pool(), dev, bus, tlb, size, dir, attrs, cache);
+            }
+            Found::No => {}
         }
         self.check_direct(dev, bus, size)?;
         if cache {
@@ -782,6 +799,34 @@ where
         }
         bump(&self.counters().direct_unmaps);
         Ok(())
+    }
+
+    /// The unmap of a bounce at `tlb` in `pool` (the first or a grown one).
+    #[allow(clippy::too_many_arguments)]
+    fn unmap_bounced<S2: AsRef<[Slot]>>(
+        &self,
+        pool: &BouncePool<M, S2>,
+        dev: &Device,
+        bus: BusAddr,
+        tlb: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        cache: bool,
+    ) -> Result<(), DmaError> {
+        let pool_err = |source| DmaError::Pool { bus, tlb, source };
+        // The pool finds and claims the mapping first; the maintenance then covers the
+        // mapping's own bytes only, however large `size` is.
+        let cache_result = if cache {
+            pool.unmap_maintained(dev, tlb, size, dir, attrs, |t, len| {
+                self.cache(dev, Some(t), bus, len, dir, CacheOp::ForCpu)
+            })
+        } else {
+            pool.unmap(dev, tlb, size, dir, attrs).map(Ok)
+        }
+        .map_err(pool_err)?;
+        bump(&self.counters().bounced_unmaps);
+        cache_result
     }
 
     /// Linux's `xen_swiotlb_sync_single_for_cpu`: makes the device's writes to
@@ -888,28 +933,71 @@ where
     ) -> Result<(), DmaError> {
         self.check_bus(bus, size)?;
         let cache = !dev.coherent;
-        if let Some((pool, tlb)) = self.bounce_phys(dev, bus) {
-            let pool_err = |source| DmaError::Pool { bus, tlb, source };
-            // The pool validates the address and clamps the range to the mapping before the
-            // maintenance runs (before its copy for the CPU, after it for the device).
-            let maintain = |t: PhysAddr, len: usize| self.cache(dev, Some(t), bus, len, dir, op);
-            return match (op, cache) {
-                (CacheOp::ForCpu, true) => {
-                    pool.sync_for_cpu_maintained(dev, tlb, size, dir, maintain)
-                }
-                (CacheOp::ForDevice, true) => {
-                    pool.sync_for_device_maintained(dev, tlb, size, dir, maintain)
-                }
-                (CacheOp::ForCpu, false) => pool.sync_for_cpu(dev, tlb, size, dir).map(Ok),
-                (CacheOp::ForDevice, false) => pool.sync_for_device(dev, tlb, size, dir).map(Ok),
+        match self.find_bounce(dev, bus) {
+            Found::First(pool, tlb) => {
+                return self.sync_bounced(pool, dev, bus, tlb, size, dir, op);
             }
-            .map_err(pool_err)?;
+            Found::Grown(inside, tlb) => {
+                return self.sync_bounced(inside.pool(), dev, bus, tlb, size, dir, op);
+            }
+            Found::No => {}
         }
         self.check_direct(dev, bus, size)?;
         if cache {
             self.cache_direct(dev, bus, size, dir, op)
         } else {
             Ok(())
+        }
+    }
+
+    /// The sync of a bounce at `tlb` in `pool` (the first or a grown one).
+    #[allow(clippy::too_many_arguments)]
+    fn sync_bounced<S2: AsRef<[Slot]>>(
+        &self,
+        pool: &BouncePool<M, S2>,
+        dev: &Device,
+        bus: BusAddr,
+        tlb: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        op: CacheOp,
+    ) -> Result<(), DmaError> {
+        let cache = !dev.coherent;
+        let pool_err = |source| DmaError::Pool { bus, tlb, source };
+        // The pool validates the address and clamps the range to the mapping before the
+        // maintenance runs (before its copy for the CPU, after it for the device).
+        let maintain = |t: PhysAddr, len: usize| self.cache(dev, Some(t), bus, len, dir, op);
+        match (op, cache) {
+            (CacheOp::ForCpu, true) => pool.sync_for_cpu_maintained(dev, tlb, size, dir, maintain),
+            (CacheOp::ForDevice, true) => {
+                pool.sync_for_device_maintained(dev, tlb, size, dir, maintain)
+            }
+            (CacheOp::ForCpu, false) => pool.sync_for_cpu(dev, tlb, size, dir).map(Ok),
+            (CacheOp::ForDevice, false) => pool.sync_for_device(dev, tlb, size, dir).map(Ok),
+        }
+        .map_err(pool_err)?
+    }
+
+    /// Where the bounce at `bus` lives: the first pool (checked first, as before growth),
+    /// a grown pool (entered: it cannot be given back until the use ends), or none.
+    #[inline]
+    fn find_bounce(&self, dev: &Device, bus: BusAddr) -> Found<'_, M, S> {
+        let Some(pool) = self.pool.as_ref() else {
+            return Found::No;
+        };
+        if dev.behind_iommu {
+            return Found::No;
+        }
+        let Some(pfn) = self.platform.bfn_to_local_pfn(bus.frame()) else {
+            return Found::No;
+        };
+        let phys = bus.with_phys_frame(pfn);
+        if pool.contains(phys) {
+            return Found::First(pool, phys);
+        }
+        match self.grown_lookup(phys) {
+            Some(inside) => Found::Grown(inside, phys),
+            None => Found::No,
         }
     }
 
@@ -1159,6 +1247,13 @@ where
             })
         }
     }
+}
+
+/// The answer of [`DmaEngine::find_bounce`].
+enum Found<'a, M: PhysMemory, S: AsRef<[Slot]>> {
+    First(&'a BouncePool<M, S>, PhysAddr),
+    Grown(grow::Inside<'a, M>, PhysAddr),
+    No,
 }
 
 /// A length known to come from a `usize`.

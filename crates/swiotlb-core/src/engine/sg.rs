@@ -38,12 +38,13 @@ impl SgEntry {
     }
 }
 
-impl<P, M, S, A> DmaEngine<P, M, S, A>
+impl<P, M, S, A, G> DmaEngine<P, M, S, A, G>
 where
     P: Platform,
     M: PhysMemory,
     S: AsRef<[Slot]>,
     A: PageAllocator,
+    G: super::PoolGrowth<M>,
 {
     /// Linux's `xen_swiotlb_map_sg`: maps every entry with [`map_page`](Self::map_page),
     /// filling in `dma_address` and `dma_length`, and returns the number of entries mapped

@@ -150,6 +150,14 @@ impl SimPages {
             .clone()
     }
 
+    /// Whether `phys` lies in this allocator's region.
+    #[must_use]
+    pub fn contains(&self, phys: PhysAddr) -> bool {
+        // CAST: a test region's page count fits u64.
+        let len = self.lock().len() as u64 * PAGE;
+        phys >= self.base && phys.as_u64() < self.base.as_u64() + len
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<bool>> {
         self.used
             .lock()
@@ -228,5 +236,93 @@ unsafe impl PageAllocator for SimPages {
         }
         let next = ranges.iter().map(|&(b, _)| b).filter(|&b| b > p).min();
         (false, next.map_or(max, |b| (b - p).min(max)))
+    }
+}
+
+/// The kernel's growth hook on the simulated machine: pages for grown pools from one
+/// [`SimPages`] region, and in atomic context only from a second one, the reserve set aside
+/// beforehand. Whether the caller is in atomic context is a switch of the test
+/// ([`SimGrowth::set_atomic`]).
+#[derive(Debug)]
+pub struct SimGrowth {
+    /// The pages for growth outside atomic context.
+    pub pages: SimPages,
+    /// The reserve: the only pages handed out in atomic context.
+    pub reserve: SimPages,
+    atomic: std::sync::atomic::AtomicBool,
+}
+
+#[allow(dead_code, reason = "each user of the fixtures uses a part")]
+impl SimGrowth {
+    /// `pages` pages for growth and `reserve` pages of reserve (powers of two) of the x86
+    /// PV dom0.
+    #[must_use]
+    pub fn pv(guest: &PvGuest, pages: u64, reserve: u64) -> Self {
+        Self::with(SimPages::pv(guest, pages), SimPages::pv(guest, reserve))
+    }
+
+    /// The same on the arm64 dom0.
+    #[must_use]
+    pub fn arm(guest: &ArmGuest, pages: u64, reserve: u64) -> Self {
+        Self::with(SimPages::arm(guest, pages), SimPages::arm(guest, reserve))
+    }
+
+    fn with(pages: SimPages, reserve: SimPages) -> Self {
+        Self {
+            pages,
+            reserve,
+            atomic: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the engine's caller is in atomic context from now on.
+    pub fn set_atomic(&self, atomic: bool) {
+        self.atomic
+            .store(atomic, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Pages handed out and not given back, quarantined ones included, of both regions.
+    #[must_use]
+    pub fn in_use(&self) -> usize {
+        self.pages.in_use() + self.reserve.in_use()
+    }
+
+    /// Quarantined pages of both regions.
+    #[must_use]
+    pub fn quarantined_pages(&self) -> usize {
+        self.pages.quarantined_pages() + self.reserve.quarantined_pages()
+    }
+
+    fn region(&self, phys: PhysAddr) -> &SimPages {
+        if self.reserve.contains(phys) {
+            &self.reserve
+        } else {
+            &self.pages
+        }
+    }
+}
+
+// SAFETY: the blocks are `SimPages`' (dom0 RAM reserved for them, naturally aligned, handed
+// out once); in atomic context only the reserve's.
+unsafe impl swiotlb_core::engine::GrowthHook for SimGrowth {
+    fn in_atomic(&self) -> bool {
+        self.atomic.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn alloc_pages(&self, order: u32, atomic: bool) -> Option<PhysAddr> {
+        if atomic {
+            self.reserve.alloc_pages(order)
+        } else {
+            self.pages.alloc_pages(order)
+        }
+    }
+
+    unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
+        // SAFETY: the caller's promise, passed on to the region that handed the block out.
+        unsafe { self.region(phys).free_pages(phys, order) }
+    }
+
+    fn quarantine(&self, phys: PhysAddr, order: u32) {
+        self.region(phys).quarantine(phys, order);
     }
 }

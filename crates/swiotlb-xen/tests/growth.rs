@@ -1,0 +1,512 @@
+//! Pools that grow and shrink at run time, on the simulated Xen (x86 PV and arm64): growth
+//! on a full pool, lookup of grown mappings at unmap and sync, shrinking after the quiet
+//! period and never while mapped, atomic context limited to the reserve, the limits, and
+//! the error when growth fails. After each test every page is back and no frame is lost.
+
+mod common;
+
+use common::sim::SimGrowth;
+use common::{Arm, PAGE, Pv, SEGMENT, pattern};
+use swiotlb_core::engine::{DmaEngine, DmaError, Growth, GrowthError, GrowthLimits, PageAllocator};
+use swiotlb_core::{
+    BusAddr, Device, DmaAttrs, DmaDirection, DmaMask, PhysAddr, Platform, PlatformError, Slot,
+};
+use xen_sim::{Fault, SimMemory, SimOp};
+
+type GEngine<P, A> = DmaEngine<P, SimMemory, Box<[Slot]>, A, Box<Growth<SimGrowth, SimMemory>>>;
+
+const CHUNK: usize = 1 << 20;
+
+fn dev() -> Device {
+    Device::new(DmaMask::BITS_32).with_force_bounce(true)
+}
+
+fn limits() -> GrowthLimits {
+    GrowthLimits::new(8 << 20, CHUNK).with_quiet_period(10)
+}
+
+/// The bounce address behind a bus address.
+fn tlb<P: Platform, A: PageAllocator>(e: &GEngine<P, A>, bus: BusAddr) -> PhysAddr {
+    let pfn = e
+        .platform()
+        .bfn_to_local_pfn(bus.frame())
+        .expect("own frame");
+    bus.with_phys_frame(pfn)
+}
+
+fn in_first<P: Platform, A: PageAllocator>(e: &GEngine<P, A>, bus: BusAddr) -> bool {
+    e.pool().expect("pool").contains(tlb(e, bus))
+}
+
+/// Fills the 1 MiB first pool with four 256 KiB mappings of `buf`.
+fn fill<P: Platform, A: PageAllocator>(e: &GEngine<P, A>, buf: PhysAddr) -> Vec<BusAddr> {
+    (0..4)
+        .map(|i| {
+            let p = PhysAddr::new(buf.as_u64() + i * SEGMENT);
+            // SAFETY: the buffer is dom0 memory nothing else uses until the unmap.
+            let b = unsafe {
+                e.map_page(
+                    &dev(),
+                    p,
+                    SEGMENT as usize,
+                    DmaDirection::ToDevice,
+                    DmaAttrs::empty(),
+                )
+            }
+            .expect("fits the first pool");
+            assert!(in_first(e, b));
+            b
+        })
+        .collect()
+}
+
+fn unmap_all<P: Platform, A: PageAllocator>(e: &GEngine<P, A>, v: &[BusAddr]) {
+    for &b in v {
+        e.unmap_page(
+            &dev(),
+            b,
+            SEGMENT as usize,
+            DmaDirection::ToDevice,
+            DmaAttrs::empty(),
+        )
+        .expect("unmap");
+    }
+}
+
+/// The body of the growth test on either platform: a full pool grows, the grown mapping is
+/// found by unmap and sync, data goes both ways, the pool shrinks after the quiet period
+/// only.
+fn grow_and_shrink<P: Platform, A: PageAllocator>(
+    e: &GEngine<P, A>,
+    mem: &SimMemory,
+    buf: PhysAddr,
+) {
+    let first = fill(e, buf);
+    let orig = PhysAddr::new(buf.as_u64() + 4 * SEGMENT);
+    let data = pattern(7, 100_000);
+    mem.write(orig, &data);
+    let dir = DmaDirection::Bidirectional;
+    // SAFETY: as in `fill`.
+    let b = unsafe { e.map_page(&dev(), orig, data.len(), dir, DmaAttrs::empty()) }
+        .expect("the engine grows a pool");
+    assert!(!in_first(e, b), "mapped in the first pool");
+    assert!(DmaMask::BITS_32.covers(b, data.len() as u64));
+    let s = e.growth_stats().unwrap();
+    assert_eq!((s.pools_added, s.live_pools, s.bytes), (1, 1, CHUNK as u64));
+    // The bounce holds the original.
+    let t = tlb(e, b);
+    let mut got = vec![0; data.len()];
+    mem.read(t, &mut got);
+    assert_eq!(got, data);
+    // The device writes; a sync for the CPU finds the grown mapping and copies back.
+    mem.write(t, b"device wrote this");
+    e.sync_single_for_cpu(&dev(), b, data.len(), dir)
+        .expect("sync of a grown mapping");
+    let mut head = [0u8; 17];
+    mem.read(orig, &mut head);
+    assert_eq!(&head, b"device wrote this");
+    // Not while mapped, however long idle the clock says.
+    assert_eq!(e.reclaim(1000).removed, 0);
+    assert_eq!(e.reclaim(5000).removed, 0);
+    mem.write(t, b"second write");
+    e.unmap_page(&dev(), b, data.len(), dir, DmaAttrs::empty())
+        .expect("unmap of a grown mapping");
+    let mut head = [0u8; 12];
+    mem.read(orig, &mut head);
+    assert_eq!(&head, b"second write");
+    // A second unmap is refused by the grown pool, not taken for a direct mapping.
+    let again = e.unmap_page(&dev(), b, data.len(), dir, DmaAttrs::empty());
+    assert!(matches!(again, Err(DmaError::Pool { .. })), "{again:?}");
+    // Quiet period: seen idle at 6000, not given back before 6010.
+    assert_eq!(e.reclaim(6000).removed, 0);
+    assert_eq!(e.reclaim(6009).removed, 0);
+    let r = e.reclaim(6010);
+    assert_eq!((r.removed, r.remaining), (1, 0));
+    let s = e.growth_stats().unwrap();
+    assert_eq!(
+        (s.pools_added, s.pools_removed, s.live_pools, s.peak_bytes),
+        (1, 1, 0, CHUNK as u64)
+    );
+    assert_eq!(
+        e.growth().unwrap().hook().in_use(),
+        0,
+        "pages not given back"
+    );
+    // The grown pool is gone: its address is no bounce any more.
+    unmap_all(e, &first);
+}
+
+#[test]
+fn grows_on_pool_full_finds_grown_mappings_and_shrinks_x86_pv() {
+    let pv = Pv::new();
+    let before = (pv.xen.free_frames(), pv.local_entries());
+    {
+        let hook = SimGrowth::pv(&pv.guest, 1024, 256);
+        let e = pv
+            .engine(4 * SEGMENT)
+            .with_growth(Box::new(Growth::new(hook, limits())));
+        let buf = pv.guest.alloc_pages(2 * 256);
+        grow_and_shrink(&e, &pv.guest.memory(), buf);
+        pv.xen.check_invariants().expect("invariants");
+    }
+    // Every frame the exchanges took came back (the first pool's chunks are still held).
+    let after = (pv.xen.free_frames(), pv.local_entries());
+    assert_eq!(after.1, before.1, "a local frame was lost");
+}
+
+#[test]
+fn grows_on_pool_full_finds_grown_mappings_and_shrinks_arm64() {
+    let arm = Arm::new();
+    let hook = SimGrowth::arm(&arm.guest, 1024, 256);
+    let e = arm
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits())));
+    let buf = arm.guest.alloc_pages(2 * 256);
+    grow_and_shrink(&e, &arm.mem, buf);
+    arm.xen.check_invariants().expect("invariants");
+}
+
+#[test]
+fn without_growth_the_full_pool_fails_as_before() {
+    let pv = Pv::new();
+    let e = pv.engine(4 * SEGMENT);
+    let buf = pv.guest.alloc_pages(2 * 256);
+    let v: Vec<_> = (0..4)
+        .map(|i| {
+            let p = PhysAddr::new(buf.as_u64() + i * SEGMENT);
+            // SAFETY: as in `fill`.
+            unsafe {
+                e.map_page(
+                    &dev(),
+                    p,
+                    SEGMENT as usize,
+                    DmaDirection::ToDevice,
+                    DmaAttrs::empty(),
+                )
+            }
+            .unwrap()
+        })
+        .collect();
+    let p = PhysAddr::new(buf.as_u64() + 4 * SEGMENT);
+    // SAFETY: as above.
+    let r = unsafe { e.map_page(&dev(), p, 4096, DmaDirection::ToDevice, DmaAttrs::empty()) };
+    assert!(matches!(r, Err(DmaError::Bounce { .. })), "{r:?}");
+    for b in v {
+        e.unmap_page(
+            &dev(),
+            b,
+            SEGMENT as usize,
+            DmaDirection::ToDevice,
+            DmaAttrs::empty(),
+        )
+        .unwrap();
+    }
+}
+
+/// A map in the grown pool between two reclaims restarts the quiet period.
+#[test]
+fn a_map_in_the_quiet_period_restarts_it() {
+    let pv = Pv::new();
+    let hook = SimGrowth::pv(&pv.guest, 1024, 256);
+    let e = pv
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits())));
+    let buf = pv.guest.alloc_pages(2 * 256);
+    let first = fill(&e, buf);
+    let p = PhysAddr::new(buf.as_u64() + 4 * SEGMENT);
+    let map = || {
+        // SAFETY: as in `fill`.
+        let b = unsafe { e.map_page(&dev(), p, 4096, DmaDirection::ToDevice, DmaAttrs::empty()) }
+            .unwrap();
+        assert!(!in_first(&e, b));
+        e.unmap_page(&dev(), b, 4096, DmaDirection::ToDevice, DmaAttrs::empty())
+            .unwrap();
+    };
+    map();
+    assert_eq!(e.reclaim(0).removed, 0);
+    map(); // busy again at 5, idle again by the next look
+    assert_eq!(e.reclaim(10).removed, 0, "the map at 5 restarts the period");
+    assert_eq!(e.reclaim(19).removed, 0);
+    assert_eq!(e.reclaim(20).removed, 1);
+    unmap_all(&e, &first);
+    assert_eq!(e.growth().unwrap().hook().in_use(), 0);
+}
+
+#[test]
+fn atomic_context_grows_only_from_the_reserve() {
+    let pv = Pv::new();
+    // A reserve of one chunk (256 pages).
+    let hook = SimGrowth::pv(&pv.guest, 1024, 256);
+    let e = pv
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits().with_quiet_period(0))));
+    let buf = pv.guest.alloc_pages(2 * 256);
+    let first = fill(&e, buf);
+    let p = PhysAddr::new(buf.as_u64() + 4 * SEGMENT);
+    let hook = e.growth().unwrap().hook();
+    hook.set_atomic(true);
+    // No slot metadata yet, and the heap is not for atomic context.
+    // SAFETY: as in `fill`.
+    let r = unsafe { e.map_page(&dev(), p, 4096, DmaDirection::ToDevice, DmaAttrs::empty()) };
+    assert!(
+        matches!(
+            r,
+            Err(DmaError::Growth {
+                cause: GrowthError::NoSlots { atomic: true, .. },
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(hook.in_use(), 0);
+    // Grown once outside atomic context (from the ordinary pages), then given back: the
+    // entry keeps its metadata.
+    hook.set_atomic(false);
+    // SAFETY: as above.
+    let b =
+        unsafe { e.map_page(&dev(), p, 4096, DmaDirection::ToDevice, DmaAttrs::empty()) }.unwrap();
+    assert!(hook.pages.contains(tlb(&e, b)));
+    assert_eq!(hook.reserve.in_use(), 0);
+    e.unmap_page(&dev(), b, 4096, DmaDirection::ToDevice, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(e.reclaim(0).removed, 1);
+    // In atomic context the reserve's chunk, and nothing else.
+    hook.set_atomic(true);
+    // SAFETY: as above.
+    let b =
+        unsafe { e.map_page(&dev(), p, 4096, DmaDirection::ToDevice, DmaAttrs::empty()) }.unwrap();
+    assert!(hook.reserve.contains(tlb(&e, b)), "not from the reserve");
+    assert_eq!(hook.pages.in_use(), 0);
+    // The reserve is used up: the next growth fails with the reason (the next free entry has
+    // no metadata yet, which atomic context cannot allocate either), and the ordinary pages
+    // stay untouched.
+    let q = PhysAddr::new(buf.as_u64() + 5 * SEGMENT);
+    let big: Vec<_> = (0..4)
+        .map(|i| {
+            let x = PhysAddr::new(q.as_u64() + i * SEGMENT / 4);
+            // SAFETY: as above.
+            unsafe {
+                e.map_page(
+                    &dev(),
+                    x,
+                    SEGMENT as usize,
+                    DmaDirection::ToDevice,
+                    DmaAttrs::empty(),
+                )
+            }
+        })
+        .collect();
+    let last = big.last().unwrap();
+    assert!(
+        matches!(
+            last,
+            Err(DmaError::Growth {
+                cause: GrowthError::NoPages { atomic: true, .. }
+                    | GrowthError::NoSlots { atomic: true, .. },
+                ..
+            })
+        ),
+        "{last:?}"
+    );
+    assert_eq!(hook.pages.in_use(), 0);
+    for m in big.into_iter().flatten() {
+        e.unmap_page(
+            &dev(),
+            m,
+            SEGMENT as usize,
+            DmaDirection::ToDevice,
+            DmaAttrs::empty(),
+        )
+        .unwrap();
+    }
+    e.unmap_page(&dev(), b, 4096, DmaDirection::ToDevice, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(e.reclaim(0).removed, 1);
+    assert_eq!(hook.in_use(), 0);
+    unmap_all(&e, &first);
+}
+
+#[test]
+fn limits_are_honoured() {
+    for (lim, want_pools) in [
+        (GrowthLimits::new(8 << 20, CHUNK).with_max_pools(2), 2u64),
+        (GrowthLimits::new(3 << 20, CHUNK), 3),
+    ] {
+        let pv = Pv::new();
+        let hook = SimGrowth::pv(&pv.guest, 2048, 256);
+        let e = pv
+            .engine(4 * SEGMENT)
+            .with_growth(Box::new(Growth::new(hook, lim.with_quiet_period(0))));
+        let buf = pv.guest.alloc_pages(16 * 64);
+        let mut live = fill(&e, buf);
+        let mut err = None;
+        for i in 4..40 {
+            let p = PhysAddr::new(buf.as_u64() + i * SEGMENT);
+            // SAFETY: as in `fill`.
+            match unsafe {
+                e.map_page(
+                    &dev(),
+                    p,
+                    SEGMENT as usize,
+                    DmaDirection::ToDevice,
+                    DmaAttrs::empty(),
+                )
+            } {
+                Ok(b) => live.push(b),
+                Err(x) => {
+                    err = Some(x);
+                    break;
+                }
+            }
+        }
+        let s = e.growth_stats().unwrap();
+        assert_eq!(s.pools_added, want_pools);
+        assert_eq!(live.len() as u64, 4 + 4 * want_pools);
+        match err {
+            Some(DmaError::Growth {
+                cause: GrowthError::PoolLimit { pools: 2, max: 2 },
+                ..
+            }) if want_pools == 2 => {}
+            Some(DmaError::Growth {
+                cause: GrowthError::ByteLimit { grown, max, .. },
+                ..
+            }) if want_pools == 3 => {
+                assert_eq!((grown, max), (3 << 20, 3 << 20));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.growth_stats().unwrap().refused, 1);
+        unmap_all(&e, &live);
+        assert_eq!(e.reclaim(0).removed as u64, want_pools);
+        assert_eq!(e.growth().unwrap().hook().in_use(), 0);
+    }
+}
+
+#[test]
+fn failed_growth_names_the_hypercall_and_gives_the_pages_back_x86_pv() {
+    let pv = Pv::new();
+    let hook = SimGrowth::pv(&pv.guest, 1024, 256);
+    let e = pv
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits())));
+    let buf = pv.guest.alloc_pages(2 * 256);
+    let first = fill(&e, buf);
+    let before = (pv.xen.free_frames(), pv.local_entries());
+    pv.xen.inject(Fault::FailNth {
+        op: SimOp::MemoryExchange,
+        nth: 1,
+        errno: 12,
+    });
+    let p = PhysAddr::new(buf.as_u64() + 4 * SEGMENT);
+    // SAFETY: as in `fill`.
+    let r = unsafe { e.map_page(&dev(), p, 4096, DmaDirection::ToDevice, DmaAttrs::empty()) };
+    let Err(DmaError::Growth {
+        cause:
+            GrowthError::Contiguous {
+                source,
+                address_bits,
+                ..
+            },
+        ..
+    }) = &r
+    else {
+        panic!("{r:?}");
+    };
+    assert_eq!(*address_bits, 32);
+    assert_eq!(
+        *source,
+        PlatformError::Hypercall {
+            op: "XENMEM_exchange",
+            errno: 12
+        }
+    );
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("XENMEM_exchange failed with ENOMEM (12)"),
+        "{msg}"
+    );
+    assert_eq!(e.growth().unwrap().hook().in_use(), 0, "pages kept");
+    assert_eq!(
+        (pv.xen.free_frames(), pv.local_entries()),
+        before,
+        "frames lost"
+    );
+    assert_eq!(e.growth_stats().unwrap().failed, 1);
+    pv.xen.check_invariants().unwrap();
+    // Without the fault it grows.
+    // SAFETY: as above.
+    let b =
+        unsafe { e.map_page(&dev(), p, 4096, DmaDirection::ToDevice, DmaAttrs::empty()) }.unwrap();
+    e.unmap_page(&dev(), b, 4096, DmaDirection::ToDevice, DmaAttrs::empty())
+        .unwrap();
+    unmap_all(&e, &first);
+    let _ = PAGE;
+}
+
+/// Many threads map and unmap in grown pools while another reclaims with no quiet period:
+/// every byte comes back, nothing is lost.
+#[test]
+fn lookups_racing_reclaim_stay_correct() {
+    let pv = Pv::new();
+    let hook = SimGrowth::pv(&pv.guest, 2048, 256);
+    let e = pv
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits().with_quiet_period(0))));
+    let buf = pv.guest.alloc_pages(2 * 256);
+    let first = fill(&e, buf);
+    let mem = pv.guest.memory();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut mappers = Vec::new();
+        for t in 0..3u64 {
+            let (e, mem) = (&e, mem.clone());
+            mappers.push(s.spawn(move || {
+                let p = PhysAddr::new(buf.as_u64() + 4 * SEGMENT + t * 16 * PAGE);
+                for i in 0..150u64 {
+                    let data = pattern(t * 1000 + i, 8192);
+                    mem.write(p, &data);
+                    let dir = DmaDirection::Bidirectional;
+                    // A reclaim holding the growth flag makes a growth fail with `Busy`
+                    // after the bounded wait; the caller may retry.
+                    let b = loop {
+                        // SAFETY: each thread's buffer is its own.
+                        let r = unsafe { e.map_page(&dev(), p, 8192, dir, DmaAttrs::empty()) };
+                        match r {
+                            Err(DmaError::Growth {
+                                cause: GrowthError::Busy,
+                                ..
+                            }) => std::thread::yield_now(),
+                            r => break r.unwrap(),
+                        }
+                    };
+                    let t2 = tlb(e, b);
+                    let mut got = vec![0; 8192];
+                    mem.read(t2, &mut got);
+                    assert_eq!(got, data);
+                    e.sync_single_for_cpu(&dev(), b, 8192, dir).unwrap();
+                    e.unmap_page(&dev(), b, 8192, dir, DmaAttrs::empty())
+                        .unwrap();
+                }
+            }));
+        }
+        s.spawn(|| {
+            let mut now = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                e.reclaim(now);
+                now += 1;
+                std::thread::yield_now();
+            }
+        });
+        let results: Vec<_> = mappers.into_iter().map(|m| m.join()).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in results {
+            r.expect("mapper");
+        }
+    });
+    unmap_all(&e, &first);
+    e.reclaim(u64::MAX - 1);
+    e.reclaim(u64::MAX);
+    assert_eq!(e.growth_stats().unwrap().live_pools, 0);
+    assert_eq!(e.growth().unwrap().hook().in_use(), 0);
+    pv.xen.check_invariants().unwrap();
+}
