@@ -436,16 +436,35 @@ struct Entry<M: PhysMemory> {
 }
 
 impl<M: PhysMemory> Entry<M> {
-    fn new() -> Self {
-        Self {
-            users: AtomicUsize::new(0),
-            state: AtomicU8::new(EMPTY),
-            bus_top: AtomicU64::new(0),
-            pool: UnsafeCell::new(None),
-            chunk: UnsafeCell::new(Chunk::default()),
-            slots: UnsafeCell::new(None),
+    crate::lock::const_fn_unless_loom! {
+        fn new() -> Self {
+            Self {
+                users: AtomicUsize::new(0),
+                state: AtomicU8::new(EMPTY),
+                bus_top: AtomicU64::new(0),
+                pool: UnsafeCell::new(None),
+                chunk: UnsafeCell::new(Chunk {
+                    phys: PhysAddr::ZERO,
+                    exchanged: false,
+                    idle_since: None,
+                    maps_seen: 0,
+                }),
+                slots: UnsafeCell::new(None),
+            }
         }
     }
+}
+
+/// The entries of a new [`Growth`], all empty.
+#[cfg(not(loom))]
+const fn no_entries<M: PhysMemory>() -> [Entry<M>; MAX_GROWN_POOLS] {
+    [const { Entry::new() }; MAX_GROWN_POOLS]
+}
+
+/// The entries of a new [`Growth`] (loom's atomics have no `const` constructor).
+#[cfg(loom)]
+fn no_entries<M: PhysMemory>() -> [Entry<M>; MAX_GROWN_POOLS] {
+    core::array::from_fn(|_| Entry::new())
 }
 
 /// A use of a live entry's pool: `users` stays raised until it drops.
@@ -476,6 +495,18 @@ struct Index {
 }
 
 impl Index {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Self {
+            seq: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            starts: [const { AtomicU64::new(0) }; MAX_GROWN_POOLS],
+            ends: [const { AtomicU64::new(0) }; MAX_GROWN_POOLS],
+            ids: [const { AtomicU8::new(0) }; MAX_GROWN_POOLS],
+        }
+    }
+
+    #[cfg(loom)]
     fn new() -> Self {
         Self {
             seq: AtomicUsize::new(0),
@@ -610,32 +641,39 @@ impl<H, M: PhysMemory> Drop for Growth<H, M> {
 }
 
 impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
-    /// Growth through `hook` within `limits` (`max_pools` is capped at
-    /// [`MAX_GROWN_POOLS`]). Invalid limits make every growth fail with
-    /// [`GrowthError::InvalidLimits`].
-    ///
-    /// # Examples
-    ///
-    /// See [`DmaEngine::with_growth`].
-    #[must_use]
-    pub fn new(hook: H, limits: GrowthLimits) -> Self {
-        let limits = GrowthLimits {
-            max_pools: limits.max_pools.min(MAX_GROWN_POOLS),
-            ..limits
-        };
-        Self {
-            hook,
-            limits,
-            entries: core::array::from_fn(|_| Entry::new()),
-            index: Index::new(),
-            busy: AtomicBool::new(false),
-            added: AtomicU64::new(0),
-            removed: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            peak: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            give_back_failures: AtomicU64::new(0),
+    crate::lock::const_fn_unless_loom! {
+        /// Growth through `hook` within `limits` (`max_pools` is capped at
+        /// [`MAX_GROWN_POOLS`]). Invalid limits make every growth fail with
+        /// [`GrowthError::InvalidLimits`].
+        ///
+        /// A `Growth` is large (its [`MAX_GROWN_POOLS`] pool entries: about 260 KiB), so a
+        /// kernel puts it in a `static` (this is a `const fn`) or on the heap rather than on
+        /// a small kernel stack, and hands the engine a reference.
+        ///
+        /// # Examples
+        ///
+        /// See [`DmaEngine::with_growth`].
+        #[must_use]
+        pub fn new(hook: H, limits: GrowthLimits) -> Self {
+            let max_pools = if limits.max_pools < MAX_GROWN_POOLS {
+                limits.max_pools
+            } else {
+                MAX_GROWN_POOLS
+            };
+            Self {
+                hook,
+                limits: GrowthLimits { max_pools, ..limits },
+                entries: no_entries(),
+                index: Index::new(),
+                busy: AtomicBool::new(false),
+                added: AtomicU64::new(0),
+                removed: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                peak: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                give_back_failures: AtomicU64::new(0),
+            }
         }
     }
 

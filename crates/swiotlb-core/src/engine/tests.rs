@@ -2238,3 +2238,122 @@ fn a_bounce_spans_segments_only_where_the_bus_joins_them() {
         .check_invariants()
         .expect("pool invariants");
 }
+
+/// The growth hook of [`a_full_pool_grows_and_the_grown_pool_is_given_back`]: the last
+/// 256 KiB of the coherent region, which no test's page allocator hands out there.
+struct GrowHook {
+    blocks: Mutex<Vec<PhysAddr>>,
+}
+
+const GROW_BLOCK: u64 = (COH_PFN + COH_FRAMES - 64) * 4096;
+
+// SAFETY: one 256 KiB block of the test's RAM, aligned to its size, the platform translates
+// and the pool's LinearMap reaches; handed out once until given back.
+unsafe impl GrowthHook for GrowHook {
+    fn in_atomic(&self) -> bool {
+        false
+    }
+    fn alloc_pages(&self, order: u32, _atomic: bool) -> Option<PhysAddr> {
+        (order == 6)
+            .then(|| self.blocks.lock().unwrap().pop())
+            .flatten()
+    }
+    unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
+        assert_eq!((phys.as_u64(), order), (GROW_BLOCK, 6));
+        self.blocks.lock().unwrap().push(phys);
+    }
+    fn alloc_slots(&self, nslabs: usize, _atomic: bool) -> Option<&'static [Slot]> {
+        static SLOTS: [Slot; 128] = [const { Slot::new() }; 128];
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        (nslabs == 128 && !TAKEN.swap(true, Ordering::Relaxed)).then_some(&SLOTS[..])
+    }
+}
+
+/// Growth's unsafe paths (its entries' cells, the index, the users count) under Miri: a full
+/// pool grows into an exchanged 256 KiB chunk, a mapping there carries bytes both ways and is
+/// found by bus address, and once idle the chunk is exchanged back and returned.
+#[test]
+fn a_full_pool_grows_and_the_grown_pool_is_given_back() {
+    let Fixture { engine, host, _mem } = Fixture::new();
+    let hook = GrowHook {
+        blocks: Mutex::new(vec![PhysAddr::new(GROW_BLOCK)]),
+    };
+    let limits = GrowthLimits::new(256 << 10, 256 << 10).with_quiet_period(0);
+    let growth = Box::new(Growth::new(hook, limits));
+    let engine = engine.with_growth(&*growth);
+    engine
+        .platform()
+        .needs_bounce
+        .store(true, Ordering::Relaxed);
+    let map = |j: u64, len: usize| {
+        // SAFETY: the test's originals are reached only through raw pointers.
+        unsafe { engine.map_page(&DEV32, orig(j, 0), len, BIDI, DmaAttrs::empty()) }
+    };
+    // Fill both areas of the first pool (one segment each).
+    let a = map(0, 256 << 10).unwrap();
+    let b = map(64, 256 << 10).unwrap();
+    let data = pattern(7, 4096);
+    host.write(orig(128, 0), &data);
+    let c = map(128, 4096).unwrap();
+    let grown = engine.growth_stats().unwrap();
+    assert_eq!((grown.pools_added, grown.live_pools), (1, 1));
+    let p = engine.platform();
+    assert_eq!(
+        p.creates.load(Ordering::Relaxed),
+        1,
+        "the chunk was exchanged"
+    );
+    assert!(!engine.pool().unwrap().contains(PhysAddr::new(c.as_u64())));
+    assert_eq!(
+        engine.platform().dev_read(c, 4096),
+        data,
+        "the device reads the copy"
+    );
+    let back = pattern(9, 4096);
+    engine.platform().dev_write(c, &back);
+    engine.sync_single_for_cpu(&DEV32, c, 4096, BIDI).unwrap();
+    assert_eq!(
+        host.read(orig(128, 0), 4096),
+        back,
+        "synced from the grown pool"
+    );
+    // Busy: nothing to give back.
+    assert_eq!(engine.reclaim(1).removed, 0);
+    engine
+        .unmap_page(&DEV32, c, 4096, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert!(
+        engine
+            .unmap_page(&DEV32, c, 4096, BIDI, DmaAttrs::empty())
+            .is_err(),
+        "a second unmap of the grown mapping"
+    );
+    let mut removed = 0;
+    for now in 2..5 {
+        removed += engine.reclaim(now).removed;
+    }
+    assert_eq!(removed, 1, "the idle grown pool is given back");
+    assert_eq!(p.destroys.load(Ordering::Relaxed), 1, "and exchanged back");
+    let stats = engine.growth_stats().unwrap();
+    assert_eq!(
+        (stats.pools_removed, stats.live_pools, stats.bytes),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        engine
+            .growth()
+            .unwrap()
+            .hook()
+            .blocks
+            .lock()
+            .unwrap()
+            .as_slice(),
+        [PhysAddr::new(GROW_BLOCK)],
+        "the block went back to the kernel"
+    );
+    for bus in [a, b] {
+        engine
+            .unmap_page(&DEV32, bus, 256 << 10, BIDI, DmaAttrs::empty())
+            .unwrap();
+    }
+}
