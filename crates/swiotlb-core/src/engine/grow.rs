@@ -243,6 +243,13 @@ impl GrowthLimits {
         self
     }
 
+    /// Whether the chunk size is valid: a power of two of at least 256 KiB.
+    #[must_use]
+    pub const fn is_valid(&self) -> bool {
+        let c = self.chunk_bytes;
+        c.is_power_of_two() && c >= IO_TLB_SEGMENT_BYTES
+    }
+
     /// The order of a chunk (`chunk_bytes = 4 KiB << order`), if the chunk size is valid.
     fn order(&self) -> Option<u32> {
         let c = self.chunk_bytes;
@@ -1081,7 +1088,17 @@ where
         let Some(g) = self.growth.growth() else {
             return Err(bounce(first));
         };
-        if !matches!(first, PoolError::PoolFull { .. }) {
+        // A full first pool, or a mapping longer than it can hold but not than a chunk:
+        // a grown pool is one bus-contiguous chunk, so it holds what the first pool's
+        // segments or areas cut (the grown pool's own checks have the last word).
+        let grown_may_hold = match first {
+            PoolError::PoolFull { .. } => true,
+            PoolError::TooLarge { .. } | PoolError::ExceedsSegment { .. } => {
+                size <= g.limits.chunk_bytes
+            }
+            _ => false,
+        };
+        if !grown_may_hold {
             return Err(bounce(first));
         }
         let bits = dev.dma_mask.bits().min(g.limits.address_bits);
@@ -1105,7 +1122,7 @@ where
         }
         let grown = match g.take_busy(g.limits.busy_spins) {
             Some(busy) => {
-                let r = self.grow(g, bits);
+                let r = self.grow(g, bits, size);
                 drop(busy);
                 r
             }
@@ -1178,8 +1195,9 @@ where
             })
     }
 
-    /// Adds a pool below `2^bits` (the caller holds `busy`); returns its entry.
-    fn grow(&self, g: &Growth<G::Hook, M>, bits: u32) -> Result<usize, GrowthError> {
+    /// Adds a pool below `2^bits` for a mapping of `need` bytes (the caller holds `busy`);
+    /// returns its entry.
+    fn grow(&self, g: &Growth<G::Hook, M>, bits: u32, need: usize) -> Result<usize, GrowthError> {
         let limits = g.limits;
         let order = limits.order().ok_or(GrowthError::InvalidLimits {
             chunk_bytes: limits.chunk_bytes,
@@ -1272,7 +1290,13 @@ where
                 address_bits: bits,
             }));
         }
-        let nareas = limit_nareas(first.nareas(), nslabs);
+        // As many areas as the first pool, unless an area would be too short for the
+        // mapping this growth is for (a run never crosses an area; one slot of slack for
+        // the kept offset).
+        let mut nareas = limit_nareas(first.nareas(), nslabs);
+        while nareas > 1 && (nslabs / nareas - 1) * IO_TLB_SIZE < need {
+            nareas /= 2;
+        }
         let Some(mem) = self.growth.pool_memory(first.memory()) else {
             return Err(undo(GrowthError::Pool { phys }));
         };

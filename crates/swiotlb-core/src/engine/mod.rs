@@ -493,8 +493,11 @@ where
     /// pool has ([`new`](Self::new) learns them), cut by the device's
     /// `seg_boundary_mask`. A pool made contiguous in 4 MiB chunks maps 4 MiB for a device
     /// without a boundary, 64 KiB for one with a 64 KiB boundary, and a pool whose
-    /// segments are each alone on the bus 256 KiB, Linux's value. Larger direct mappings
-    /// still work; without a pool there is no limit (`usize::MAX`).
+    /// segments are each alone on the bus 256 KiB, Linux's value. With growth
+    /// ([`with_growth`](Self::with_growth)) it is at least what a pool of one grown chunk
+    /// holds for `dev` (`GrowthLimits::chunk_bytes`, cut the same way): a mapping the first
+    /// pool cannot hold grows one. Larger direct mappings still work; without a pool there
+    /// is no limit (`usize::MAX`).
     ///
     /// # Examples
     ///
@@ -511,9 +514,17 @@ where
     /// ```
     #[must_use]
     pub fn max_mapping_size(&self, dev: &Device) -> usize {
-        self.pool
+        let first = self
+            .pool
             .as_ref()
-            .map_or(usize::MAX, |p| p.max_mapping_size(dev))
+            .map_or(usize::MAX, |p| p.max_mapping_size(dev));
+        // With growth, a mapping the first pool cannot hold grows a pool of one chunk.
+        match self.growth.growth() {
+            Some(g) if self.pool.is_some() && g.limits().is_valid() => first.max(
+                crate::pool::chunk_max_mapping_size(dev, g.limits().chunk_bytes),
+            ),
+            _ => first,
+        }
     }
 
     /// Linux's `xen_swiotlb_map_page` (`map_phys`): maps `size` bytes at `phys` for `dev`

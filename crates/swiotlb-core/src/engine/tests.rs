@@ -2239,33 +2239,55 @@ fn a_bounce_spans_segments_only_where_the_bus_joins_them() {
         .expect("pool invariants");
 }
 
-/// The growth hook of [`a_full_pool_grows_and_the_grown_pool_is_given_back`]: the last
-/// 256 KiB of the coherent region, which no test's page allocator hands out there.
+/// The growth hook of the growth tests: one block at the end of the coherent region, which
+/// no test's page allocator hands out there.
 struct GrowHook {
-    blocks: Mutex<Vec<PhysAddr>>,
+    /// The one block it hands out, of `4 KiB << order`, when not out.
+    block: Mutex<Option<PhysAddr>>,
+    order: u32,
+    /// Slot metadata for the block, handed out once.
+    slots: Mutex<Option<&'static [Slot]>>,
 }
 
-const GROW_BLOCK: u64 = (COH_PFN + COH_FRAMES - 64) * 4096;
+impl GrowHook {
+    /// The last `4 KiB << order` bytes of the coherent region (aligned to their size for
+    /// orders up to 8), with `slots` for their metadata.
+    fn new(order: u32, slots: &'static [Slot]) -> Self {
+        let block = (COH_PFN + COH_FRAMES - (1 << order)) * 4096;
+        assert!(block.is_multiple_of(4096 << order));
+        Self {
+            block: Mutex::new(Some(PhysAddr::new(block))),
+            order,
+            slots: Mutex::new(Some(slots)),
+        }
+    }
 
-// SAFETY: one 256 KiB block of the test's RAM, aligned to its size, the platform translates
-// and the pool's LinearMap reaches; handed out once until given back.
+    fn block_is_back(&self) -> bool {
+        self.block.lock().unwrap().is_some()
+    }
+}
+
+// SAFETY: one block of the test's RAM, aligned to its size, that the platform translates
+// and the pool's LinearMap reaches and nothing else uses; handed out once until given back.
 unsafe impl GrowthHook for GrowHook {
     fn in_atomic(&self) -> bool {
         false
     }
     fn alloc_pages(&self, order: u32, _atomic: bool) -> Option<PhysAddr> {
-        (order == 6)
-            .then(|| self.blocks.lock().unwrap().pop())
+        (order == self.order)
+            .then(|| self.block.lock().unwrap().take())
             .flatten()
     }
     unsafe fn free_pages(&self, phys: PhysAddr, order: u32) {
-        assert_eq!((phys.as_u64(), order), (GROW_BLOCK, 6));
-        self.blocks.lock().unwrap().push(phys);
+        assert_eq!(order, self.order);
+        assert!(
+            self.block.lock().unwrap().replace(phys).is_none(),
+            "a double give-back"
+        );
     }
     fn alloc_slots(&self, nslabs: usize, _atomic: bool) -> Option<&'static [Slot]> {
-        static SLOTS: [Slot; 128] = [const { Slot::new() }; 128];
-        static TAKEN: AtomicBool = AtomicBool::new(false);
-        (nslabs == 128 && !TAKEN.swap(true, Ordering::Relaxed)).then_some(&SLOTS[..])
+        let slots = self.slots.lock().unwrap().take()?;
+        (slots.len() >= nslabs).then_some(slots)
     }
 }
 
@@ -2275,11 +2297,9 @@ unsafe impl GrowthHook for GrowHook {
 #[test]
 fn a_full_pool_grows_and_the_grown_pool_is_given_back() {
     let Fixture { engine, host, _mem } = Fixture::new();
-    let hook = GrowHook {
-        blocks: Mutex::new(vec![PhysAddr::new(GROW_BLOCK)]),
-    };
+    static SLOTS: [Slot; 128] = [const { Slot::new() }; 128];
     let limits = GrowthLimits::new(256 << 10, 256 << 10).with_quiet_period(0);
-    let growth = Box::new(Growth::new(hook, limits));
+    let growth = Box::new(Growth::new(GrowHook::new(6, &SLOTS), limits));
     let engine = engine.with_growth(&*growth);
     engine
         .platform()
@@ -2304,13 +2324,9 @@ fn a_full_pool_grows_and_the_grown_pool_is_given_back() {
         "the chunk was exchanged"
     );
     assert!(!engine.pool().unwrap().contains(PhysAddr::new(c.as_u64())));
-    assert_eq!(
-        engine.platform().dev_read(c, 4096),
-        data,
-        "the device reads the copy"
-    );
+    assert_eq!(p.dev_read(c, 4096), data, "the device reads the copy");
     let back = pattern(9, 4096);
-    engine.platform().dev_write(c, &back);
+    p.dev_write(c, &back);
     engine.sync_single_for_cpu(&DEV32, c, 4096, BIDI).unwrap();
     assert_eq!(
         host.read(orig(128, 0), 4096),
@@ -2328,10 +2344,7 @@ fn a_full_pool_grows_and_the_grown_pool_is_given_back() {
             .is_err(),
         "a second unmap of the grown mapping"
     );
-    let mut removed = 0;
-    for now in 2..5 {
-        removed += engine.reclaim(now).removed;
-    }
+    let removed: usize = (2..5).map(|now| engine.reclaim(now).removed).sum();
     assert_eq!(removed, 1, "the idle grown pool is given back");
     assert_eq!(p.destroys.load(Ordering::Relaxed), 1, "and exchanged back");
     let stats = engine.growth_stats().unwrap();
@@ -2339,16 +2352,8 @@ fn a_full_pool_grows_and_the_grown_pool_is_given_back() {
         (stats.pools_removed, stats.live_pools, stats.bytes),
         (1, 0, 0)
     );
-    assert_eq!(
-        engine
-            .growth()
-            .unwrap()
-            .hook()
-            .blocks
-            .lock()
-            .unwrap()
-            .as_slice(),
-        [PhysAddr::new(GROW_BLOCK)],
+    assert!(
+        growth.hook().block_is_back(),
         "the block went back to the kernel"
     );
     for bus in [a, b] {
@@ -2356,4 +2361,49 @@ fn a_full_pool_grows_and_the_grown_pool_is_given_back() {
             .unmap_page(&DEV32, bus, 256 << 10, BIDI, DmaAttrs::empty())
             .unwrap();
     }
+}
+
+/// A mapping longer than the first pool can hold (its areas are one segment each) grows a
+/// pool of one area, one bus-contiguous 1 MiB chunk, that holds it; the bytes go both ways.
+#[test]
+fn a_mapping_longer_than_the_first_pool_holds_grows_a_pool_that_holds_it() {
+    let Fixture { engine, host, _mem } = Fixture::new();
+    static SLOTS: [Slot; 512] = [const { Slot::new() }; 512];
+    let limits = GrowthLimits::new(1 << 20, 1 << 20).with_quiet_period(0);
+    let growth = Box::new(Growth::new(GrowHook::new(8, &SLOTS), limits));
+    let engine = engine.with_growth(&*growth);
+    engine
+        .platform()
+        .needs_bounce
+        .store(true, Ordering::Relaxed);
+    let len = 768 << 10;
+    assert!(engine.pool().unwrap().max_mapping_size(&DEV32) < len);
+    assert_eq!(
+        engine.max_mapping_size(&DEV32),
+        1 << 20,
+        "what a grown chunk holds"
+    );
+    let nvme = DEV32.with_min_align_mask(0xfff);
+    assert_eq!(engine.max_mapping_size(&nvme), (1 << 20) - 4096);
+    let bounded = DEV32.with_seg_boundary_mask(0x7_ffff);
+    assert_eq!(engine.max_mapping_size(&bounded), 512 << 10);
+    let data = pattern(3, len);
+    host.write(orig(0, 0), &data);
+    // SAFETY: the test's originals are reached only through raw pointers.
+    let bus = unsafe { engine.map_page(&DEV32, orig(0, 0), len, BIDI, DmaAttrs::empty()) }.unwrap();
+    assert_eq!(engine.growth_stats().unwrap().pools_added, 1);
+    assert_eq!(engine.platform().dev_read(bus, len), data);
+    let back = pattern(5, len);
+    engine.platform().dev_write(bus, &back);
+    engine
+        .unmap_page(&DEV32, bus, len, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(
+        host.read(orig(0, 0), len),
+        back,
+        "copied back from the grown pool"
+    );
+    let removed: usize = (1..4).map(|now| engine.reclaim(now).removed).sum();
+    assert_eq!(removed, 1);
+    assert!(growth.hook().block_is_back());
 }

@@ -93,6 +93,25 @@ const fn run_less_min_align(run: usize, m: u64) -> usize {
     run.saturating_sub(round)
 }
 
+/// The longest mapping `dev` could get in a pool of one area over one bus-contiguous chunk
+/// of `chunk_bytes` aligned to its size (a pool the engine grows for a long mapping): the
+/// chunk, capped at [`MAX_RUN_SLOTS`] and cut by the device's segment boundary, less
+/// `min_align_mask` as Linux's formula.
+pub(crate) const fn chunk_max_mapping_size(dev: &Device, chunk_bytes: usize) -> usize {
+    let mut run = chunk_bytes;
+    if run > MAX_RUN_SLOTS * IO_TLB_SIZE {
+        run = MAX_RUN_SLOTS * IO_TLB_SIZE;
+    }
+    let mask = dev.seg_boundary_mask;
+    // A boundary window shorter than the chunk; the chunk's alignment puts whole windows in it.
+    // CAST: usize fits in u64.
+    if search::is_low_mask(mask) && mask < run as u64 {
+        // CAST: mask < run, a usize.
+        run = mask as usize + 1;
+    }
+    run_less_min_align(run, dev.min_align_mask)
+}
+
 /// Linux's `limit_nareas` with this port's invariant: halves `nareas` until every area is a
 /// whole, equal number of segments.
 #[must_use]
