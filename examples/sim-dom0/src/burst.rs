@@ -417,11 +417,15 @@ impl fmt::Display for BurstReport {
                 writeln!(
                     f,
                     "growth detail: {} removed in quiet periods, {} live at the end, {} refused \
-                     by the limits, {} failed; {} hypercalls in the run",
+                     by the limits, {} failed; {} hypercall traps in the run",
                     s.removed_quiet, g.live_pools, g.refused, g.failed, self.hypercalls
                 )?;
             }
-            None => writeln!(f, "growth: off; {} hypercalls in the run", self.hypercalls)?,
+            None => writeln!(
+                f,
+                "growth: off; {} hypercall traps in the run",
+                self.hypercalls
+            )?,
         }
         let by_size: Vec<String> = s
             .failures_by_size
