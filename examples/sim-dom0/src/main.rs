@@ -14,6 +14,7 @@
 //! or a DMA operation failed.
 
 mod backend;
+mod burst;
 // The simulator fixtures live with the `swiotlb-xen` integration tests, so that the published
 // crate carries them; the demo drives the library through the very same set-up.
 #[path = "../../../crates/swiotlb-xen/tests/common/grants.rs"]
@@ -103,6 +104,8 @@ struct Options {
     force_bounce: bool,
     corrupt: Option<u64>,
     quiet: bool,
+    /// `--grow` or `--no-grow`: the bursty workload ([`burst`]) instead of the backend.
+    bursts: Option<burst::BurstOptions>,
 }
 
 /// The most requests in flight, over all queues.
@@ -171,8 +174,10 @@ fn command() -> Command {
             Arg::new("pool-mib")
                 .long("pool-mib")
                 .value_parser(value_parser!(u64).range(1..=32))
-                .default_value("4")
-                .help("bounce pool size asked of the initialisation policy, in MiB"),
+                .help(
+                    "bounce pool size asked of the initialisation policy, in MiB [default: \
+                     4, with --grow or --no-grow 1]",
+                ),
         )
         .arg(
             Arg::new("coherent")
@@ -205,6 +210,30 @@ fn command() -> Command {
                 .long("quiet")
                 .action(ArgAction::SetTrue)
                 .help("no progress lines on stderr"),
+        )
+        .arg(
+            Arg::new("grow")
+                .long("grow")
+                .action(ArgAction::SetTrue)
+                .conflicts_with("no-grow")
+                .help(
+                    "instead of the backend: bursts of 1500 B to 2 MiB mappings, far beyond a \
+                     1 MiB first pool, with quiet periods; the engine grows pools and gives \
+                     them back (docs/demo.md)",
+                ),
+        )
+        .arg(
+            Arg::new("no-grow")
+                .long("no-grow")
+                .action(ArgAction::SetTrue)
+                .help("the same bursts on the fixed pool: the maps that find no room fail"),
+        )
+        .arg(
+            Arg::new("rounds")
+                .long("rounds")
+                .value_parser(parse_positive)
+                .default_value("8")
+                .help("with --grow or --no-grow: bursts, each followed by a quiet period"),
         )
         .arg(
             Arg::new("inject-corruption")
@@ -252,6 +281,11 @@ fn options() -> Result<Options, clap::Error> {
         ));
     }
     let get = |name: &str| m.get_one::<u64>(name).copied();
+    let bursts = (m.get_flag("grow") || m.get_flag("no-grow")).then(|| burst::BurstOptions {
+        grow: m.get_flag("grow"),
+        rounds: get("rounds").unwrap_or(8),
+        seed: get("seed").unwrap_or_default(),
+    });
     let (cpus, queue_depth) = (get("cpus").unwrap_or(2), get("queue-depth").unwrap_or(16));
     if cpus * queue_depth > MAX_QUEUE_DEPTH {
         return Err(command().error(
@@ -270,12 +304,13 @@ fn options() -> Result<Options, clap::Error> {
         // CAST: at most MAX_CPUS and MAX_QUEUE_DEPTH.
         cpus: cpus as usize,
         queue_depth: queue_depth as usize,
-        pool_mib: get("pool-mib").unwrap_or(4),
+        pool_mib: get("pool-mib").unwrap_or(if bursts.is_some() { 1 } else { 4 }),
         coherent,
         check_every: get("check-every").unwrap_or(64),
         force_bounce: m.get_flag("force-bounce"),
         corrupt: get("inject-corruption"),
         quiet: m.get_flag("quiet"),
+        bursts,
     })
 }
 
@@ -287,6 +322,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Some(b) = opts.bursts {
+        return bursts(&opts, b);
+    }
     for &arch in &opts.archs {
         let result = match arch {
             Arch::X86Pv => run_x86(&opts),
@@ -295,6 +333,32 @@ fn main() -> ExitCode {
         match result {
             // A closed stdout (`| head`) is not a failure of the run.
             Ok(report) => drop(writeln!(std::io::stdout(), "{report}")),
+            Err(e) => {
+                eprintln!("sim-dom0: {}: {e}", arch.name());
+                return ExitCode::from(e.exit_code());
+            }
+        }
+    }
+    drop(writeln!(std::io::stdout(), "sim-dom0: PASS"));
+    ExitCode::SUCCESS
+}
+
+/// `--grow` and `--no-grow`: the bursts on each platform. With growth a failed map fails
+/// the run (exit 1, after the report); without, failures are what the run shows.
+fn bursts(opts: &Options, b: burst::BurstOptions) -> ExitCode {
+    for &arch in &opts.archs {
+        match burst::platform(opts, arch, b) {
+            Ok(report) => {
+                drop(writeln!(std::io::stdout(), "{report}"));
+                if b.grow && report.map_failures() > 0 {
+                    let e = Failure::Verify(format!(
+                        "{} maps failed although the engine may grow",
+                        report.map_failures()
+                    ));
+                    eprintln!("sim-dom0: {}: {e}", arch.name());
+                    return ExitCode::from(e.exit_code());
+                }
+            }
             Err(e) => {
                 eprintln!("sim-dom0: {}: {e}", arch.name());
                 return ExitCode::from(e.exit_code());
@@ -348,6 +412,7 @@ fn run_x86(opts: &Options) -> Result<Report, Failure> {
         &g.memory(),
         opts.pool_mib,
         &pages,
+        4,
         |n, align| g.alloc_aligned(n, align),
     )?;
     check_supported(&engine, &dev, opts)?;
@@ -444,7 +509,7 @@ fn run_arm64(opts: &Options) -> Result<Report, Failure> {
         )
     }
     .map_err(|e| Failure::Setup(format!("probing Xen: {e}")))?;
-    let (engine, init) = pool::init(platform, &mem, opts.pool_mib, &pages, |n, align| {
+    let (engine, init) = pool::init(platform, &mem, opts.pool_mib, &pages, 4, |n, align| {
         g.alloc_aligned(n, align)
     })?;
     check_supported(&engine, &dev, opts)?;

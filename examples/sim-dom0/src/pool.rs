@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use swiotlb_core::engine::DmaEngine;
+use swiotlb_core::engine::{DmaEngine, PoolGrowth};
 use swiotlb_core::{PhysAddr, Platform, Slot};
 use swiotlb_xen::init::{self, InitOptions, InitReport};
 use xen_sim::SimMemory;
@@ -22,7 +22,9 @@ const MIB: u64 = 1 << 20;
 /// that the policy needs the fewest chunks, to the facade's initialisation, and returns the
 /// engine and what the initialisation did.
 ///
-/// `alloc(pages, align)` hands out `pages` pages of dom0 aligned to `align` pages.
+/// `alloc(pages, align)` hands out `pages` pages of dom0 aligned to `align` pages. The pool
+/// has `nareas` areas (each CPU searches its own first; a mapping lies in one area, so
+/// fewer areas allow longer mappings).
 ///
 /// # Errors
 ///
@@ -32,6 +34,7 @@ pub fn init<'a, P: Platform>(
     mem: &SimMemory,
     mib: u64,
     pages: &'a SimPages,
+    nareas: usize,
     alloc: impl Fn(u64, u64) -> PhysAddr,
 ) -> Result<(Engine<'a, P>, InitReport), Failure> {
     let nr = mib * MIB / 4096;
@@ -50,19 +53,23 @@ pub fn init<'a, P: Platform>(
             bytes,
             storage,
             pages,
-            InitOptions::default().with_nareas(4),
+            InitOptions::default().with_nareas(nareas),
         )
     }
     .map(|(engine, report)| (engine.with_cpu_hint(backend::current_cpu), report))
     .map_err(|e| Failure::Setup(format!("swiotlb-xen pool initialisation: {e}")))
 }
 
-/// Takes the engine apart and gives the pool's exchanged chunks back.
+/// Takes the engine apart and gives the pool's exchanged chunks back (an engine that grew
+/// must have given its grown pools back before: they go with its growth state `G`).
 ///
 /// # Errors
 ///
 /// [`Failure::Verify`] if a chunk cannot be given back.
-pub fn release<P: Platform>(engine: Engine<'_, P>, report: &InitReport) -> Result<(), Failure> {
+pub fn release<P: Platform, G: PoolGrowth<SimMemory>>(
+    engine: DmaEngine<P, SimMemory, Box<[Slot]>, &SimPages, G>,
+    report: &InitReport,
+) -> Result<(), Failure> {
     let (platform, pool, _) = engine.into_parts();
     drop(pool);
     // SAFETY: the engine and its pool are gone, no device holds a bounce address, and the

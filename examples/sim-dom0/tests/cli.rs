@@ -173,3 +173,82 @@ fn a_device_that_cannot_reach_the_pool_is_refused() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("dma_supported"), "{stderr}");
 }
+
+/// The `growth:` and `map failures:` numbers of each platform's burst report, in order.
+fn burst_lines(stdout: &str) -> Vec<(String, u64)> {
+    stdout
+        .split("sim-dom0 bursts: ")
+        .skip(1)
+        .map(|r| {
+            let arch = r.split(',').next().unwrap_or_default().to_owned();
+            (arch, number_after(r, "map failures:", "map failures:"))
+        })
+        .collect()
+}
+
+#[test]
+fn bursts_with_growth_map_everything_and_give_the_pools_back() {
+    let out = sim_dom0(&["--grow"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(
+        burst_lines(&stdout),
+        [("x86-pv".to_owned(), 0), ("arm64".to_owned(), 0)],
+        "{stdout}"
+    );
+    for r in stdout.split("sim-dom0 bursts: ").skip(1) {
+        // Exactly the promised line, with pools added and removed and a peak beyond 2 MiB.
+        let line = r
+            .lines()
+            .find(|l| l.starts_with("growth: "))
+            .unwrap_or_else(|| panic!("no growth line in {r}"));
+        let added = number_after(line, "growth:", "pools added");
+        let removed = number_after(line, "growth:", "removed");
+        let peak = number_after(line, "growth:", "peak");
+        assert_eq!(
+            line,
+            format!("growth: pools added {added}, removed {removed}, peak {peak} KiB")
+        );
+        assert!(added > 0 && removed > 0 && peak >= 2048, "{line}");
+        // All given back in the quiet periods; nothing alive at the end.
+        assert_eq!(removed, added, "{r}");
+        assert_eq!(
+            number_after(r, "growth detail", "live at the end,"),
+            0,
+            "{r}"
+        );
+        // 1 MiB mappings made whole, every byte through the device.
+        assert!(
+            number_after(r, "large buffers", "large buffers:") > 0,
+            "{r}"
+        );
+        assert!(number_after(r, "verified", "verified:") > 4096, "{r}");
+    }
+    assert!(stdout.ends_with("sim-dom0: PASS\n"), "{stdout}");
+}
+
+#[test]
+fn bursts_on_the_fixed_pool_fail_maps() {
+    let out = sim_dom0(&["--no-grow", "--arch", "aarch64"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let lines = burst_lines(&stdout);
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(lines[0].0, "arm64");
+    assert!(lines[0].1 > 0, "{stdout}");
+    assert!(stdout.contains("growth: off"), "{stdout}");
+    assert!(!stdout.contains("growth: pools added"), "{stdout}");
+}
+
+#[test]
+fn grow_and_no_grow_exclude_each_other() {
+    let out = sim_dom0(&["--grow", "--no-grow"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = sim_dom0(&["--grow", "--rounds", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
