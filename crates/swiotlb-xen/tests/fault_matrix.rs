@@ -22,6 +22,7 @@
 mod common;
 
 use common::grants::GrantMapper;
+use common::sim::SimGrowth;
 use common::{Arm, PAGE, Pv, SEGMENT, check, pattern, pool_used};
 use std::error::Error as StdError;
 use swiotlb_core::engine::{CoherentFreeError, DmaError};
@@ -1584,4 +1585,387 @@ fn xsa_361_immediate_unmap_fault_matrix_arm64() {
     t.report("XSA-361 immediate unmap (arm64, full foreign table)");
     full.unmap(&kept).expect("unmap the table's grants");
     assert!(table.is_empty());
+}
+
+// ----- Growth and reclaim (engine/grow.rs) -----
+
+/// The engine with growth through a [`SimGrowth`] on either platform.
+type GrowEngine<P> = swiotlb_core::engine::DmaEngine<
+    P,
+    xen_sim::SimMemory,
+    Box<[Slot]>,
+    common::SimPages,
+    Box<swiotlb_core::engine::Growth<SimGrowth, xen_sim::SimMemory>>,
+>;
+
+/// A grown pool's size in the matrix: one segment (order 6), the smallest chunk.
+const GROW_CHUNK: usize = SEGMENT as usize;
+/// Pages of a grown chunk: the extents of its exchange.
+const GROW_EXTENTS: u64 = GROW_CHUNK as u64 / PAGE;
+
+fn grow_dev() -> Device {
+    Device::new(DmaMask::BITS_32).with_force_bounce(true)
+}
+
+/// Growth of 256 KiB chunks, up to 4 MiB, given back at the first reclaim that finds a
+/// pool idle.
+fn grow_limits() -> swiotlb_core::engine::GrowthLimits {
+    swiotlb_core::engine::GrowthLimits::new(4 << 20, GROW_CHUNK).with_quiet_period(0)
+}
+
+/// The bounce address behind `bus`.
+fn grow_tlb<P: Platform>(e: &GrowEngine<P>, bus: swiotlb_core::BusAddr) -> PhysAddr {
+    let pfn = e
+        .platform()
+        .bfn_to_local_pfn(bus.frame())
+        .expect("an own frame");
+    bus.with_phys_frame(pfn)
+}
+
+fn in_first_pool<P: Platform>(e: &GrowEngine<P>, bus: swiotlb_core::BusAddr) -> bool {
+    e.pool().expect("pool").contains(grow_tlb(e, bus))
+}
+
+fn grow_map<P: Platform>(
+    e: &GrowEngine<P>,
+    p: PhysAddr,
+    size: usize,
+) -> Result<swiotlb_core::BusAddr, DmaError> {
+    // SAFETY: the buffers are dom0 memory nothing else uses until their unmap.
+    unsafe {
+        e.map_page(
+            &grow_dev(),
+            p,
+            size,
+            DmaDirection::ToDevice,
+            DmaAttrs::empty(),
+        )
+    }
+}
+
+fn grow_unmap<P: Platform>(e: &GrowEngine<P>, b: swiotlb_core::BusAddr, size: usize) {
+    e.unmap_page(
+        &grow_dev(),
+        b,
+        size,
+        DmaDirection::ToDevice,
+        DmaAttrs::empty(),
+    )
+    .expect("unmap");
+}
+
+/// Fills the 1 MiB first pool with four 256 KiB mappings at `buf`.
+fn grow_fill<P: Platform>(e: &GrowEngine<P>, buf: PhysAddr) -> Vec<swiotlb_core::BusAddr> {
+    (0..4)
+        .map(|i| {
+            let b = grow_map(
+                e,
+                PhysAddr::new(buf.as_u64() + i * SEGMENT),
+                SEGMENT as usize,
+            )
+            .expect("fits the first pool");
+            assert!(in_first_pool(e, b));
+            b
+        })
+        .collect()
+}
+
+/// The simulator's and the pools' invariants (the first pool and every grown one: their
+/// slot counts are checked through the stats), and no cache or TLB violation.
+#[track_caller]
+fn grow_check<P: Platform>(xen: &Xen, e: &GrowEngine<P>, fault: &dyn std::fmt::Debug) {
+    xen.check_invariants()
+        .unwrap_or_else(|v| panic!("{fault:?}: simulator invariants: {v:?}"));
+    e.pool()
+        .expect("pool")
+        .check_invariants()
+        .unwrap_or_else(|v| panic!("{fault:?}: pool invariants: {v:?}"));
+    assert_eq!(xen.cache_violations(), [], "{fault:?}: cache violations");
+    assert_eq!(xen.tlb_violations(), [], "{fault:?}: TLB violations");
+}
+
+/// After a fault, with the fault gone: the first pool still maps (a slot freed and taken
+/// again), and growth works again (a new pool, not on a quarantined block). Then everything
+/// is unmapped and given back: every page of the hook is back except the quarantined ones.
+#[track_caller]
+fn grow_after<P: Platform>(
+    xen: &Xen,
+    e: &GrowEngine<P>,
+    buf: PhysAddr,
+    mut first: Vec<swiotlb_core::BusAddr>,
+    order_refused: bool,
+    fault: &dyn std::fmt::Debug,
+) {
+    let hook = e.growth().expect("growth").hook();
+    let q = hook.pages.quarantined();
+    grow_unmap(e, first.pop().expect("a mapping"), SEGMENT as usize);
+    let again = grow_map(
+        e,
+        PhysAddr::new(buf.as_u64() + 3 * SEGMENT),
+        SEGMENT as usize,
+    )
+    .unwrap_or_else(|err| panic!("{fault:?}: the first pool no longer maps: {err}"));
+    assert!(in_first_pool(e, again), "{fault:?}");
+    first.push(again);
+    let added = e.growth_stats().expect("growth").pools_added;
+    let live = e.growth_stats().expect("growth").live_pools;
+    let p = PhysAddr::new(buf.as_u64() + 5 * SEGMENT);
+    // Grows when no grown pool is alive (one the case left alive and idle takes it
+    // otherwise).
+    let r = grow_map(e, p, 4096);
+    if order_refused && live == 0 {
+        // Xen refused the chunk's order with EPERM: the platform keeps that limit for good
+        // (x86 PV's learnt `max_order`), so growth of this chunk size fails with it, named.
+        assert!(
+            matches!(
+                r,
+                Err(DmaError::Growth {
+                    cause: swiotlb_core::engine::GrowthError::Contiguous {
+                        source: PlatformError::OrderTooLarge { .. }
+                            | PlatformError::OrderRefused { .. },
+                        ..
+                    },
+                    ..
+                })
+            ),
+            "{fault:?}: {r:?}"
+        );
+        for b in first {
+            grow_unmap(e, b, SEGMENT as usize);
+        }
+        assert_eq!(e.reclaim(1 << 40).remaining, 0, "{fault:?}");
+        assert_eq!(hook.in_use(), hook.quarantined_pages(), "{fault:?}");
+        grow_check(xen, e, fault);
+        return;
+    }
+    let g = r.unwrap_or_else(|err| panic!("{fault:?}: no growth once the fault is gone: {err}"));
+    assert!(!in_first_pool(e, g), "{fault:?}");
+    let t = grow_tlb(e, g);
+    assert!(
+        !q.iter()
+            .any(|&(qp, o)| t >= qp && t.as_u64() < qp.as_u64() + (PAGE << o)),
+        "{fault:?}: a quarantined block was used again"
+    );
+    if live == 0 {
+        assert_eq!(
+            e.growth_stats().expect("growth").pools_added,
+            added + 1,
+            "{fault:?}"
+        );
+    }
+    grow_check(xen, e, fault);
+    grow_unmap(e, g, 4096);
+    for b in first {
+        grow_unmap(e, b, SEGMENT as usize);
+    }
+    let r = e.reclaim(1 << 40);
+    assert_eq!((r.remaining, r.error), (0, None), "{fault:?}: {r:?}");
+    assert_eq!(
+        hook.in_use(),
+        hook.quarantined_pages(),
+        "{fault:?}: grown pages not given back"
+    );
+    grow_check(xen, e, fault);
+}
+
+/// Whether the x86 PV platform has learnt from Xen that a chunk's order is refused.
+fn order_refused(e: &GrowEngine<common::SimPv<'_>>) -> bool {
+    e.platform().max_order() < GROW_CHUNK.trailing_zeros() - 12
+}
+
+/// The frames a damage report strands and the quarantined block it names: the hook holds
+/// exactly that block in quarantine (one chunk), never freed, and every stranded page is
+/// counted. Returns the stranded count.
+#[track_caller]
+fn grow_damage<P: Platform>(
+    e: &GrowEngine<P>,
+    source: &PlatformError,
+    fault: &dyn std::fmt::Debug,
+) -> u64 {
+    let hook = e.growth().expect("growth").hook();
+    let q = hook.pages.quarantined();
+    let order = GROW_CHUNK.trailing_zeros() - 12;
+    assert_eq!(q.len(), 1, "{fault:?}: quarantined {q:x?}");
+    let (phys, o) = q[0];
+    assert_eq!(o, order, "{fault:?}");
+    assert!(
+        !hook.pages.freed().contains(&(phys, order)),
+        "{fault:?}: the damaged chunk was freed"
+    );
+    let s = source.damage().expect("damage");
+    assert_reports_every_stranded_page(e.platform(), phys, order, s, fault);
+    s.count()
+}
+
+/// Every fallible step of a growth and of its give-back on the x86 PV simulator: each
+/// hypercall of `create_contiguous_region` (the `XENMEM_exchange`, the multicalls of
+/// `update_va_mapping`s and the `mmu_update`s of the remap) and of
+/// `destroy_contiguous_region` failing at every step with every errno, partial exchanges,
+/// preempted `mmu_update` lists, and the damaging faults (a page Xen refuses to map, an
+/// exchange losing frames). After each case: the machine is consistent, the error is a
+/// [`GrowthError`] naming the hypercall and errno (or, at reclaim, the report's error), a
+/// damaged chunk is quarantined by the hook and never freed, the first pool still maps and
+/// growth works again once the fault is gone, and no frame is lost beyond the stranded
+/// pages.
+#[test]
+fn growth_and_reclaim_fault_matrix_x86_pv() {
+    use swiotlb_core::engine::{Growth, GrowthError};
+    fn setup(pv: &Pv) -> (GrowEngine<common::SimPv<'_>>, PhysAddr) {
+        let hook = SimGrowth::pv(&pv.guest, 1024, 64);
+        let e = pv
+            .engine(4 * SEGMENT)
+            .with_growth(Box::new(Growth::new(hook, grow_limits())));
+        let buf = pv.guest.alloc_pages(8 * 64);
+        (e, buf)
+    }
+    // The clean growth and give-back, to count their hypercalls.
+    let (grow_counts, give_back_counts) = {
+        let pv = Pv::new();
+        let (e, buf) = setup(&pv);
+        let first = grow_fill(&e, buf);
+        pv.xen.reset_counters();
+        let b = grow_map(&e, PhysAddr::new(buf.as_u64() + 4 * SEGMENT), 4096).expect("grows");
+        assert!(!in_first_pool(&e, b));
+        let grow = pv.xen.counters();
+        grow_unmap(&e, b, 4096);
+        pv.xen.reset_counters();
+        assert_eq!(e.reclaim(0).removed, 1);
+        let give_back = pv.xen.counters();
+        for b in first {
+            grow_unmap(&e, b, SEGMENT as usize);
+        }
+        (grow, give_back)
+    };
+    assert!(
+        grow_counts.count(SimOp::MemoryExchange) > 0,
+        "{grow_counts:?}"
+    );
+    assert!(
+        give_back_counts.count(SimOp::MemoryExchange) > 0,
+        "{give_back_counts:?}"
+    );
+
+    let mut t = Tally::default();
+    for fault in faults(&grow_counts, GROW_EXTENTS) {
+        t.cases += 1;
+        let pv = Pv::new();
+        let (e, buf) = setup(&pv);
+        let before = frames(&pv.xen, Some(&pv));
+        let first = grow_fill(&e, buf);
+        pv.xen.inject(fault);
+        let r = grow_map(&e, PhysAddr::new(buf.as_u64() + 4 * SEGMENT), 4096);
+        if !pv.xen.pending_faults().is_empty() {
+            t.unreached += 1;
+        }
+        pv.xen.clear_faults();
+        grow_check(&pv.xen, &e, &fault);
+        let hook = e.growth().expect("growth").hook();
+        let mut stranded = 0;
+        match r {
+            Ok(b) => {
+                t.ok += 1;
+                assert!(!in_first_pool(&e, b), "{fault:?}");
+                grow_unmap(&e, b, 4096);
+            }
+            Err(
+                ref err @ DmaError::Growth {
+                    cause: GrowthError::Damaged { ref source },
+                    ..
+                },
+            ) => {
+                t.err += 1;
+                t.damaged += 1;
+                assert_names_failure(err, &fault);
+                stranded = grow_damage(&e, source, &fault);
+                assert_eq!(e.growth_stats().expect("growth").live_pools, 0);
+            }
+            Err(
+                ref err @ DmaError::Growth {
+                    cause: GrowthError::Contiguous { address_bits, .. },
+                    ..
+                },
+            ) => {
+                t.err += 1;
+                assert_eq!(address_bits, 32, "{fault:?}");
+                assert_names_failure(err, &fault);
+                assert_eq!(hook.in_use(), 0, "{fault:?}: the chunk was not given back");
+                assert_eq!(e.growth_stats().expect("growth").failed, 1, "{fault:?}");
+            }
+            Err(err) => panic!("{fault:?}: {err:?}"),
+        }
+        grow_after(&pv.xen, &e, buf, first, order_refused(&e), &fault);
+        let lost = pv.xen.lost_frames().len() as u64;
+        assert_eq!(
+            frames(&pv.xen, Some(&pv)),
+            (before.0 + lost, before.1 - stranded),
+            "{fault:?}: a frame was lost"
+        );
+    }
+    assert!(t.damaged > 0, "no damage reached: {t:?}");
+    t.report("growth create_contiguous_region (x86 PV, 256 KiB chunk, order 6)");
+    let grow_cases = t.cases;
+
+    let mut t = Tally::default();
+    for fault in faults(&give_back_counts, GROW_EXTENTS) {
+        t.cases += 1;
+        let pv = Pv::new();
+        let (e, buf) = setup(&pv);
+        let before = frames(&pv.xen, Some(&pv));
+        let first = grow_fill(&e, buf);
+        let b = grow_map(&e, PhysAddr::new(buf.as_u64() + 4 * SEGMENT), 4096).expect("grows");
+        grow_unmap(&e, b, 4096);
+        pv.xen.inject(fault);
+        let r = e.reclaim(0);
+        if !pv.xen.pending_faults().is_empty() {
+            t.unreached += 1;
+        }
+        pv.xen.clear_faults();
+        grow_check(&pv.xen, &e, &fault);
+        let hook = e.growth().expect("growth").hook();
+        let stats = e.growth_stats().expect("growth");
+        let mut stranded = 0;
+        match r.error {
+            None => {
+                t.ok += 1;
+                assert_eq!((r.removed, r.remaining), (1, 0), "{fault:?}: {r:?}");
+                assert_eq!(hook.in_use(), 0, "{fault:?}");
+            }
+            Some(ref err) if err.damage().is_some() => {
+                t.err += 1;
+                t.damaged += 1;
+                assert_names_failure(err, &fault);
+                assert_eq!((r.removed, r.remaining), (1, 0), "{fault:?}: {r:?}");
+                assert_eq!(stats.give_back_failures, 1, "{fault:?}");
+                stranded = grow_damage(&e, err, &fault);
+            }
+            Some(ref err) => {
+                t.err += 1;
+                assert_names_failure(err, &fault);
+                // Kept: still contiguous, alive, found by lookups and mapped into again.
+                assert_eq!((r.removed, r.remaining), (0, 1), "{fault:?}: {r:?}");
+                assert_eq!(stats.give_back_failures, 1, "{fault:?}");
+                let b = grow_map(&e, PhysAddr::new(buf.as_u64() + 4 * SEGMENT), 4096)
+                    .unwrap_or_else(|x| panic!("{fault:?}: the kept pool does not map: {x}"));
+                assert!(!in_first_pool(&e, b), "{fault:?}");
+                assert_eq!(e.growth_stats().expect("growth").pools_added, 1);
+                grow_unmap(&e, b, 4096);
+                let r = e.reclaim(1);
+                assert_eq!((r.removed, r.error), (1, None), "{fault:?}: retried: {r:?}");
+                assert_eq!(hook.in_use(), 0, "{fault:?}");
+            }
+        }
+        grow_after(&pv.xen, &e, buf, first, order_refused(&e), &fault);
+        let lost = pv.xen.lost_frames().len() as u64;
+        assert_eq!(
+            frames(&pv.xen, Some(&pv)),
+            (before.0 + lost, before.1 - stranded),
+            "{fault:?}: a frame was lost"
+        );
+    }
+    assert!(t.damaged > 0, "no damage reached: {t:?}");
+    t.report("reclaim destroy_contiguous_region (x86 PV, 256 KiB chunk, order 6)");
+    eprintln!(
+        "fault matrix, growth and reclaim (x86 PV): {} cases",
+        grow_cases + t.cases
+    );
 }
