@@ -1969,3 +1969,139 @@ fn growth_and_reclaim_fault_matrix_x86_pv() {
         grow_cases + t.cases
     );
 }
+
+/// The hook's refusals, as cells of the growth matrix.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// In atomic context with no slot metadata yet (the heap is not for atomic context).
+    Slots,
+    /// The hook's pages are used up (one chunk's worth, held by the first grown pool).
+    Pages,
+}
+
+/// One refusal cell on a fresh machine whose hook has one chunk of pages: the map fails
+/// with the [`GrowthError`] naming the refusal, nothing is taken from the hook, and once
+/// the refusal is gone the engine maps and grows again, every page comes back.
+fn refusal_cell<P: Platform>(xen: &Xen, e: &GrowEngine<P>, buf: PhysAddr, refusal: Refusal) {
+    use swiotlb_core::engine::GrowthError;
+    let hook = e.growth().expect("growth").hook();
+    let first = grow_fill(e, buf);
+    let base = buf.as_u64() + 4 * SEGMENT;
+    let mut held = Vec::new();
+    if let Refusal::Slots = refusal {
+        hook.set_atomic(true);
+    }
+    let err = loop {
+        match grow_map(e, PhysAddr::new(base + held.len() as u64 * PAGE), 4096) {
+            Ok(b) => {
+                assert!(matches!(refusal, Refusal::Pages), "{refusal:?}: grew");
+                assert!(!in_first_pool(e, b));
+                held.push(b);
+            }
+            Err(err) => break err,
+        }
+    };
+    grow_check(xen, e, &refusal);
+    match (refusal, &err) {
+        (
+            Refusal::Slots,
+            DmaError::Growth {
+                cause: GrowthError::NoSlots { atomic: true, .. },
+                ..
+            },
+        ) => assert_eq!(hook.in_use(), 0, "pages taken"),
+        (
+            Refusal::Pages,
+            DmaError::Growth {
+                cause: GrowthError::NoPages { atomic: false, .. },
+                ..
+            },
+        ) => {
+            assert!(!held.is_empty());
+            assert_eq!(e.growth_stats().expect("growth").live_pools, 1);
+        }
+        _ => panic!("{refusal:?}: {err:?}"),
+    }
+    assert_eq!(e.growth_stats().expect("growth").failed, 1, "{refusal:?}");
+    assert!(err.to_string().contains("growing one failed"), "{err}");
+    // The refusal goes away: atomic context ends, the held pool is given back.
+    hook.set_atomic(false);
+    for b in held {
+        grow_unmap(e, b, 4096);
+    }
+    assert_eq!(e.reclaim(0).remaining, 0);
+    assert_eq!(hook.in_use(), 0, "{refusal:?}");
+    grow_after(xen, e, buf, first, false, &refusal);
+}
+
+/// Growth on the arm64 simulator, and the hook's refusals on both platforms: an arm64
+/// dom0's pages below the limit are bus-contiguous already (no exchange), so its growth
+/// and give-back make no hypercall the matrix could fail (checked here: if a clean growth
+/// ever made one, its faults would join the matrix). The refusals (no slot metadata in
+/// atomic context, no pages) fail with the named [`GrowthError`], take nothing, and leave
+/// the engine mapping and growing once they are gone.
+#[test]
+fn growth_hook_refusal_and_arm64_fault_matrix() {
+    // Several `Growth`s (some 256 KiB each, built on the stack) in one debug frame.
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(refusal_and_arm64)
+        .expect("thread")
+        .join()
+        .expect("matrix");
+}
+
+fn refusal_and_arm64() {
+    use swiotlb_core::engine::Growth;
+    let mut t = Tally::default();
+    // arm64: the hypercalls of a clean growth and give-back.
+    {
+        let arm = Arm::new();
+        let hook = SimGrowth::arm(&arm.guest, 64, 64);
+        let e = arm
+            .engine(4 * SEGMENT)
+            .with_growth(Box::new(Growth::new(hook, grow_limits())));
+        let buf = arm.guest.alloc_pages(8 * 64);
+        let first = grow_fill(&e, buf);
+        arm.xen.reset_counters();
+        let b = grow_map(&e, PhysAddr::new(buf.as_u64() + 4 * SEGMENT), 4096).expect("grows");
+        grow_unmap(&e, b, 4096);
+        assert_eq!(e.reclaim(0).removed, 1);
+        let c = arm.xen.counters();
+        for op in OPS {
+            assert_eq!(c.count(op), 0, "arm64 growth made a {op:?}: add its faults");
+        }
+        for b in first {
+            grow_unmap(&e, b, SEGMENT as usize);
+        }
+    }
+    for refusal in [Refusal::Slots, Refusal::Pages] {
+        t.cases += 2;
+        t.err += 2;
+        let pv = Pv::new();
+        let before = frames(&pv.xen, Some(&pv));
+        {
+            let hook = SimGrowth::pv(&pv.guest, 64, 64);
+            let e = pv
+                .engine(4 * SEGMENT)
+                .with_growth(Box::new(Growth::new(hook, grow_limits())));
+            let buf = pv.guest.alloc_pages(8 * 64);
+            refusal_cell(&pv.xen, &e, buf, refusal);
+        }
+        assert_eq!(
+            frames(&pv.xen, Some(&pv)).1,
+            before.1,
+            "{refusal:?}: frames"
+        );
+        let arm = Arm::new();
+        let before = frames(&arm.xen, None);
+        let hook = SimGrowth::arm(&arm.guest, 64, 64);
+        let e = arm
+            .engine(4 * SEGMENT)
+            .with_growth(Box::new(Growth::new(hook, grow_limits())));
+        let buf = arm.guest.alloc_pages(8 * 64);
+        refusal_cell(&arm.xen, &e, buf, refusal);
+        assert_eq!(frames(&arm.xen, None), before, "{refusal:?}: frames");
+    }
+    t.report("growth hook refusals (x86 PV and arm64: no slots, no pages)");
+}
