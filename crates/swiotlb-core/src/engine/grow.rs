@@ -719,9 +719,18 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
                 Some(i) if i.pool.contains(phys) => return Some(i),
                 _ => {
                     // A stale snapshot (the entry was retired or reused since): look again,
-                    // unless the table has not changed, in which case `phys` is in no pool.
+                    // unless the table has not changed, in which case `phys` is in no pool,
+                    // or the entry is retiring: a reclaim is checking it, and either backs
+                    // off (live again) or rewrites the table next, with interrupts masked
+                    // (so no lookup on its own CPU waits for it here).
                     if self.index.seq.load(Ordering::Acquire) == seq {
-                        return None;
+                        let retiring = id.is_some_and(|id| {
+                            self.entries[id].state.load(Ordering::SeqCst) == RETIRING
+                        });
+                        if !retiring {
+                            return None;
+                        }
+                        spin_wait();
                     }
                 }
             }
@@ -983,23 +992,29 @@ where
                 continue;
             }
             // Retire: no new user from here on; back off if one is inside or a mapping lives.
+            // A lookup that meets the entry retiring waits for the back-off or the table's
+            // rewrite (`lookup`), so interrupts stay masked from here to either: no lookup
+            // on this CPU can wait for it.
+            let masked = irq.save();
             if e.state
                 .compare_exchange(LIVE, RETIRING, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
             {
+                irq.restore(masked);
                 continue;
             }
-            if e.users.load(Ordering::SeqCst) != 0 || pool.stats().used != 0 {
+            let order = g.limits.order();
+            let Some(order) =
+                order.filter(|_| e.users.load(Ordering::SeqCst) == 0 && pool.stats().used == 0)
+            else {
                 e.state.store(LIVE, Ordering::SeqCst);
-                continue;
-            }
-            let (phys, exchanged) = (chunk.phys, chunk.exchanged);
-            let Some(order) = g.limits.order() else {
-                e.state.store(LIVE, Ordering::SeqCst);
+                irq.restore(masked);
                 continue;
             };
+            let (phys, exchanged) = (chunk.phys, chunk.exchanged);
             // CAST: a chunk id is below MAX_GROWN_POOLS <= 255.
             g.index.write(irq, |v| v.retain(|x| usize::from(x.2) != id));
+            irq.restore(masked);
             match self.give_back(g, phys, order, exchanged) {
                 Ok(()) => {}
                 Err(GiveBack::Kept(err)) => {
