@@ -145,6 +145,10 @@ const SPOTS: [(usize, usize); 4] = [
 ];
 /// The buffer's pattern.
 const SEED: u8 = 0x5a;
+/// Where the device writes into the FromDevice 2 MiB mapping.
+const OUT: [usize; 3] = [0, (1 << 20) + 333, MIB2 - MAX_TRANSFER];
+/// The buffer's pattern under the FromDevice mapping.
+const SEED_OUT: u8 = 0x77;
 
 /// Runs `grow-pool`, `dev-map-2m` and `shrink-pool`.
 pub fn run(env: &Env, pv: &Pv, edu: Option<&Edu>, report: &mut Report) {
@@ -366,11 +370,41 @@ fn map_2m(env: &Env, eng: &GEngine<'_>, dev: &Device, edu: &Edu, big: PhysAddr) 
             "byte {i:#x} of the 2 MiB buffer is {got:#x} after unmap, expected {want:#x}"
         );
     }
+    // FromDevice: the device writes the bytes it read last at three places of a second
+    // 2 MiB mapping; the CPU's buffer gets them only when the unmap copies the bounce back.
+    fill(big, MIB2, SEED_OUT);
+    // SAFETY: as above.
+    let bus_out = unsafe { eng.map_page(dev, big, MIB2, DmaDirection::FromDevice, none) }
+        .map_err(|e| fmt_line!("map_page({big}, 2 MiB, FromDevice): {e}"))?;
+    ensure!(
+        tlb_of(pv, bus_out) == Some(chunk),
+        "the FromDevice bounce {bus_out} is not the grown chunk"
+    );
+    for &at in &OUT {
+        edu.write_memory(0, bus_out.as_u64() + at as u64, MAX_TRANSFER)?;
+    }
+    holds("buffer before the FromDevice unmap", big, MIB2, SEED_OUT)?;
+    eng.unmap_page(dev, bus_out, MIB2, DmaDirection::FromDevice, none)
+        .map_err(|e| fmt_line!("unmap_page({bus_out}, 2 MiB, FromDevice): {e}"))?;
+    let last = SPOTS[3].0;
+    for i in 0..MIB2 {
+        let want = OUT
+            .iter()
+            .find(|&&at| (at..at + MAX_TRANSFER).contains(&i))
+            .map_or(pattern(SEED_OUT, i), |&at| pattern(SEED, last + i - at));
+        // SAFETY: as above.
+        let got = unsafe { p.add(i).read_volatile() };
+        ensure!(
+            got == want,
+            "byte {i:#x} after the FromDevice unmap is {got:#x}, expected {want:#x}"
+        );
+    }
     Ok(fmt_line!(
         "2 MiB at {big} (above the mask) bounced to {bus} (the grown pool, 8 joined segments, \
          bus-contiguous); the device read 4095 bytes at +0x0, +{:#x}, +{:#x}, +{:#x} and wrote \
-         them at +{:#x}, +{:#x}, +{:#x}, +{:#x} ({} transfers); the CPU's buffer unchanged \
-         until unmap, then every byte right",
+         them at +{:#x}, +{:#x}, +{:#x}, +{:#x} (Bidirectional), then wrote its last 4095 \
+         bytes at +0x0, +{:#x}, +{:#x} of a FromDevice 2 MiB mapping ({} transfers); each \
+         time the CPU's buffer unchanged until unmap, then every byte right",
         SPOTS[1].0,
         SPOTS[2].0,
         SPOTS[3].0,
@@ -378,6 +412,8 @@ fn map_2m(env: &Env, eng: &GEngine<'_>, dev: &Device, edu: &Edu, big: PhysAddr) 
         SPOTS[1].1,
         SPOTS[2].1,
         SPOTS[3].1,
+        OUT[1],
+        OUT[2],
         edu.transfers.get() - t0
     ))
 }

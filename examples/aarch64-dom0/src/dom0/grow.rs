@@ -130,6 +130,10 @@ const SPOTS: [(usize, usize); 4] = [
 const MAX: usize = 4095;
 /// The buffer's pattern.
 const SEED: usize = 41;
+/// Where the device writes into the FromDevice 2 MiB mapping.
+const OUT: [usize; 3] = [0, (1 << 20) + 333, MIB2 - MAX];
+/// The buffer's pattern under the FromDevice mapping.
+const SEED_OUT: usize = 45;
 
 fn byte_at(addr: u64) -> u8 {
     // SAFETY: the callers read dom0's own memory, mapped 1:1 and not written concurrently.
@@ -317,15 +321,65 @@ fn map_2m(r: &mut R, eng: &GEngine<'_>, dev: &Device, edu: &mut Edu, big: u64, g
             });
         byte_at(big + i as u64) != want
     });
+    // FromDevice: the device writes the bytes it read last at three places of a second
+    // 2 MiB mapping; the CPU's buffer gets them only when the unmap copies the bounce back.
+    fill(big, MIB2, SEED_OUT);
+    // SAFETY: as above.
+    let res = unsafe {
+        eng.map_page(
+            dev,
+            PhysAddr::new(big),
+            MIB2,
+            DmaDirection::FromDevice,
+            none,
+        )
+    };
+    if let Err(e) = &res {
+        say!("    map_page({big:#x}, 2 MiB, FromDevice): {e}");
+    }
+    let out = res.ok().filter(|b| b.as_u64() == c);
+    let mut wrote = out.is_some() && moved;
+    if let Some(b) = out {
+        for &at in &OUT {
+            wrote = wrote && edu.write_memory(0, b.as_u64() + at as u64, MAX).is_ok();
+        }
+    }
+    let out_untouched = mismatch(big, MIB2, SEED_OUT, 0).is_none();
+    let out_unmapped = out.is_some_and(|b| {
+        eng.unmap_page(dev, b, MIB2, DmaDirection::FromDevice, none)
+            .is_ok()
+    });
+    let last = SPOTS[3].0;
+    let out_bad = (0..MIB2).find(|&i| {
+        let want = OUT
+            .iter()
+            .find(|&&at| (at..at + MAX).contains(&i))
+            .map_or(pattern::byte(SEED_OUT, i), |&at| {
+                pattern::byte(SEED, last + i - at)
+            });
+        byte_at(big + i as u64) != want
+    });
     r.check(
         "dev-map-2m",
-        grown && bounced && in_chunk && moved && untouched && unmapped && bad.is_none(),
+        grown
+            && bounced
+            && in_chunk
+            && moved
+            && untouched
+            && unmapped
+            && bad.is_none()
+            && wrote
+            && out_untouched
+            && out_unmapped
+            && out_bad.is_none(),
         format_args!(
             "2 MiB at {big:#x} (above the mask) -> {bus:?} (bounced: {bounced}, the grown pool, \
              8 joined segments: {in_chunk}); the device read 4095 bytes at +0x0, +{:#x}, \
              +{:#x}, +{:#x} and wrote them at +{:#x}, +{:#x}, +{:#x}, +{:#x} ({} commands, all \
              ok: {moved}); the CPU's buffer unchanged until unmap: {untouched}; after it the \
-             first wrong byte: {bad:?}",
+             first wrong byte: {bad:?}; then its last 4095 bytes written at +0x0, +{:#x}, \
+             +{:#x} of a FromDevice 2 MiB mapping {out:?} (ok: {wrote}), the buffer unchanged \
+             until unmap: {out_untouched}, after it the first wrong byte: {out_bad:?}",
             SPOTS[1].0,
             SPOTS[2].0,
             SPOTS[3].0,
@@ -333,7 +387,9 @@ fn map_2m(r: &mut R, eng: &GEngine<'_>, dev: &Device, edu: &mut Edu, big: u64, g
             SPOTS[1].1,
             SPOTS[2].1,
             SPOTS[3].1,
-            edu.transfers - t0
+            edu.transfers - t0,
+            OUT[1],
+            OUT[2]
         ),
     );
 }
