@@ -18,7 +18,7 @@
 //! `extern "C" fn exception_handler(kind: u64, esr: u64, elr: u64, far: u64) -> !`.
 
 /// The stack size of each kernel.
-pub const STACK_SIZE: usize = 256 * 1024;
+pub const STACK_SIZE: usize = 1024 * 1024;
 
 /// The byte [`paint_stack`] fills the unused stack with.
 const STACK_PAINT: u8 = 0x5c;

@@ -158,6 +158,7 @@ pub fn run(
     report.record("pool-init-refused", pool_init_refused(env, &eng));
     crate::devdma::run(env, &eng, edu, report);
     crate::virtio::run(env, &eng, virtio, report);
+    crate::grow::run(env, eng.platform(), edu, report);
     let pool = init.phys;
     let (pv, _, _) = eng.into_parts();
     report.record("pool-release", pool_release(env, &pv, &init));
@@ -801,21 +802,27 @@ fn bad_input_engine(eng: &Engine) -> Outcome {
         matches!(overflow, Err(DmaError::AddressOverflow { size: 100, .. })),
         "overflow: {overflow:?}"
     );
-    // Larger than a bounce can be (the kernel image from its start: only read, and refused
-    // before any copy).
+    // Larger than a bounce can be in this pool (its joined segments let it hold more than
+    // Linux's 256 KiB: `max_mapping_size` says how much): the kernel image from its start,
+    // only read, and refused before any copy.
     let image = PhysAddr::new(0x20_0000);
-    let big = 300 * 1024;
+    let forced = dev.with_force_bounce(true);
+    let max = eng.max_mapping_size(&forced);
+    let big = max + 4096;
     // SAFETY: as above.
-    let too_large = unsafe { eng.map_page(&dev.with_force_bounce(true), image, big, dir, attrs) };
+    let too_large = unsafe { eng.map_page(&forced, image, big, dir, attrs) };
+    if let Ok(bus) = too_large {
+        let _ = eng.unmap_page(&forced, bus, big, dir, attrs | DmaAttrs::SKIP_CPU_SYNC);
+    }
     ensure!(
         matches!(
             too_large,
             Err(DmaError::Bounce {
-                source: Error::TooLarge { .. },
+                source: Error::TooLarge { max: m, .. },
                 ..
-            })
+            }) if m == max
         ),
-        "300 KiB bounce: {too_large:?}"
+        "bounce of max_mapping_size ({max:#x}) + 4 KiB: {too_large:?}"
     );
     // Unmap of a pool address nothing mapped, and a double unmap.
     let pool_bus = eng
@@ -872,9 +879,10 @@ fn bad_input_engine(eng: &Engine) -> Outcome {
         s1.used
     );
     Ok(fmt_line!(
-        "zero size, overflow, 300 KiB bounce, unmap of an unmapped pool address ({stray}), \
+        "zero size, overflow, a bounce of max_mapping_size ({} KiB) + 4 KiB, unmap of an unmapped pool address ({stray}), \
          double unmap: documented errors; dma_supported true for {bits} bits, false for {} (pool \
          top {top:#x}); no slot left in use",
+        max >> 10,
         bits - 1
     ))
 }

@@ -36,6 +36,8 @@ mod dma;
 #[cfg(target_arch = "x86_64")]
 mod edu;
 #[cfg(target_arch = "x86_64")]
+mod grow;
+#[cfg(target_arch = "x86_64")]
 mod hyp;
 #[cfg(target_arch = "x86_64")]
 mod mmu;

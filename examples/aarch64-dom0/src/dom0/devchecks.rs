@@ -216,6 +216,7 @@ pub(super) fn run(r: &mut R, engine: &Engine, pool: Pool, grants: &Grants, info:
                 format_args!("no device or no dom0 RAM above the mask"),
             );
         }
+        super::grow::run(r, engine, None, None);
         return;
     };
     let mut c = Ctx {
@@ -232,6 +233,7 @@ pub(super) fn run(r: &mut R, engine: &Engine, pool: Pool, grants: &Grants, info:
     map_sg(r, &mut c);
     coherent(r, &mut c);
     foreign(r, &mut c, grants);
+    super::grow::run(r, engine, Some(&mut c.edu), Some(high));
     say!(
         "    edu: {} DMA commands, {:#x} bytes, slowest {} ms",
         c.edu.transfers,

@@ -75,7 +75,7 @@ pub fn reachable(addr: u64, len: u64) -> bool {
 }
 
 /// dom0's RAM and the foreign window, reached 1:1.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct IdentityMemory;
 
 // SAFETY: `copy` and `fill` touch exactly the bytes asked for, through the identity map, and

@@ -3,6 +3,7 @@
 mod checks;
 mod devchecks;
 mod edu;
+mod grow;
 mod hyp;
 mod mem;
 mod virtio;
