@@ -6,9 +6,8 @@ use crate::{VIRT_BASE, checks, console, hyp};
 
 /// Bytes of the boot stack. It lives in `.bss`: Xen puts `start_info`, the P2M and the
 /// initial page tables right after the image, so a stack there would overwrite the P2M.
-/// 1 MiB: with the platform's `mmu_update` batches 128 KiB overflowed into `.bss`, and
-/// building the growth checks' `Growth` (263 KiB, moved into its static) needs about twice
-/// its size of stack for a moment.
+/// 1 MiB: with the platform's `mmu_update` batches 128 KiB overflowed into `.bss`; the
+/// deeper checks since (virtio, growth) keep a wide margin.
 const STACK_SIZE: usize = 1024 * 1024;
 
 /// The boot stack.

@@ -1,8 +1,7 @@
 //! Growth and shrinking on real Xen, and a 2 MiB mapping the `edu` device uses.
 //!
-//! A second engine, beside the checks' main one, starts from a 2 MiB first pool (the
-//! smallest that holds a 2 MiB mapping: the engine grows only when the first pool is *full*,
-//! a mapping larger than it is refused as too large) and may grow by one 2 MiB chunk of the
+//! A second engine, beside the checks' main one, starts from a 2 MiB first pool (so that a
+//! 2 MiB mapping fills it, and the next map finds it full) and may grow by one 2 MiB chunk of the
 //! kernel's pages ([`GrowArea`], the [`GrowthHook`]). The chunk lies in the kernel image,
 //! above the device's 28-bit mask, so growing it is a real `XENMEM_exchange` below the mask
 //! and giving it back a real exchange the other way.
@@ -56,9 +55,15 @@ static CHUNK_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
 /// The 2 MiB buffer the device uses (above the mask, in the image).
 static mut BIG: Block2M = Block2M([0; MIB2]);
 
-/// The growth state (263 KiB, see [`run`]).
-static mut GROWTH: core::mem::MaybeUninit<Growth<GrowArea, KernelMemory>> =
-    core::mem::MaybeUninit::uninit();
+/// The growth limits: one 2 MiB chunk below the device's mask, given back after
+/// [`QUIET`] idle cycles.
+const LIMITS: GrowthLimits = GrowthLimits::new(MIB2 as u64, MIB2)
+    .with_max_pools(1)
+    .with_quiet_period(QUIET)
+    .with_address_bits(DMA_MASK_BITS);
+/// The growth state (about 263 KiB: 16 pool entries with their areas), a static as a kernel
+/// keeps it (`Growth::new` is `const`), not on the stack.
+static GROWTH: Growth<GrowArea, KernelMemory> = Growth::new(GrowArea::new(), LIMITS);
 
 /// The kernel's page allocator for growth: one 2 MiB block.
 #[derive(Debug)]
@@ -71,6 +76,16 @@ pub struct GrowArea {
 }
 
 impl GrowArea {
+    /// The block not handed out yet.
+    const fn new() -> Self {
+        Self {
+            used: AtomicBool::new(false),
+            slots_given: AtomicBool::new(false),
+            allocs: core::sync::atomic::AtomicU32::new(0),
+            frees: core::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
     fn base() -> PhysAddr {
         phys_of(&raw const CHUNK)
     }
@@ -153,25 +168,7 @@ const SEED_OUT: u8 = 0x77;
 /// Runs `grow-pool`, `dev-map-2m` and `shrink-pool`.
 pub fn run(env: &Env, pv: &Pv, edu: Option<&Edu>, report: &mut Report) {
     let names = ["grow-pool", "dev-map-2m", "shrink-pool"];
-    let hook = GrowArea {
-        used: AtomicBool::new(false),
-        slots_given: AtomicBool::new(false),
-        allocs: core::sync::atomic::AtomicU32::new(0),
-        frees: core::sync::atomic::AtomicU32::new(0),
-    };
-    let limits = GrowthLimits::new(MIB2 as u64, MIB2)
-        .with_max_pools(1)
-        .with_quiet_period(QUIET)
-        .with_address_bits(DMA_MASK_BITS);
-    // The growth state is 263 KiB (16 pool values with their areas): more than a kernel stack
-    // should hold while the checks run deeper, so it lives in a static, written once.
-    // SAFETY: only this function touches GROWTH, once per boot; the value is never dropped
-    // (the engine that borrows it is gone before the kernel shuts down).
-    let growth: &Growth<GrowArea, KernelMemory> = unsafe {
-        let slot = (&raw mut GROWTH).cast::<Growth<GrowArea, KernelMemory>>();
-        slot.write(Growth::new(hook, limits));
-        &*slot
-    };
+    let growth = &GROWTH;
     let first = phys_of(&raw const FIRST);
     // SAFETY: the first pool's memory is a static given to this pool alone; the image map
     // reaches it, the chunk and the buffer.

@@ -1,8 +1,7 @@
 //! Growth and shrinking on real Xen, and a 2 MiB mapping the `edu` device uses.
 //!
-//! A second engine, beside the checks' main one, starts from a 2 MiB first pool (the
-//! smallest that holds a 2 MiB mapping: the engine grows only when the first pool is *full*,
-//! a mapping larger than it is refused as too large) and may grow by one 2 MiB chunk of the
+//! A second engine, beside the checks' main one, starts from a 2 MiB first pool (so that a
+//! 2 MiB mapping fills it, and the next map finds it full) and may grow by one 2 MiB chunk of the
 //! kernel's pages below the device's 32-bit mask ([`GrowArea`], the [`GrowthHook`]). dom0 is
 //! 1:1, so the chunk is bus-contiguous as it is: growing it makes no hypercall (Xen has no
 //! `XENMEM_exchange` on arm64) and giving it back none either.
@@ -60,10 +59,22 @@ static FIRST_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
 static mut CHUNK: Block2M = Block2M([0; MIB2]);
 /// The grown pool's slots (the kernel has no heap).
 static CHUNK_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
-/// The growth state (about 263 KiB: 16 pool values with their areas), too large for the
-/// stack while the checks run, so it lives here, written once.
-static mut GROWTH: core::mem::MaybeUninit<Growth<GrowArea, IdentityMemory>> =
-    core::mem::MaybeUninit::uninit();
+/// The quiet period, in microseconds of the generic timer (reclaim's `now` is [`now_us`]).
+const QUIET_US: u64 = 10_000;
+/// The growth limits: one 2 MiB chunk, given back after 10 ms idle.
+const LIMITS: GrowthLimits = GrowthLimits::new(MIB2 as u64, MIB2)
+    .with_max_pools(1)
+    .with_quiet_period(QUIET_US);
+/// The growth state (about 263 KiB: 16 pool entries with their areas), a static as a kernel
+/// keeps it (`Growth::new` is `const`), not on the stack.
+static GROWTH: Growth<GrowArea, IdentityMemory> = Growth::new(GrowArea::new(), LIMITS);
+
+/// The generic timer (`CNTVCT_EL0`) in microseconds.
+fn now_us() -> u64 {
+    // CAST: the quotient of a u64 count by a frequency of at least 1 Hz fits u64 for
+    // centuries of uptime.
+    (u128::from(cpu::counter()) * 1_000_000 / u128::from(cpu::counter_hz().max(1))) as u64
+}
 
 /// The kernel's page allocator for growth: one 2 MiB block.
 #[derive(Debug)]
@@ -72,6 +83,18 @@ pub(super) struct GrowArea {
     slots_given: AtomicBool,
     allocs: AtomicU32,
     frees: AtomicU32,
+}
+
+impl GrowArea {
+    /// The block not handed out yet.
+    const fn new() -> Self {
+        Self {
+            used: AtomicBool::new(false),
+            slots_given: AtomicBool::new(false),
+            allocs: AtomicU32::new(0),
+            frees: AtomicU32::new(0),
+        }
+    }
 }
 
 fn chunk() -> u64 {
@@ -175,23 +198,8 @@ pub(super) fn run(r: &mut R, engine: &Engine, edu: Option<&mut Edu>, high: Optio
     if !super::mem::in_ram(big, MIB2 as u64) {
         return fail(r, "the bank above the mask is too small");
     }
-    let quiet = cpu::counter_hz() / 100;
-    let hook = GrowArea {
-        used: AtomicBool::new(false),
-        slots_given: AtomicBool::new(false),
-        allocs: AtomicU32::new(0),
-        frees: AtomicU32::new(0),
-    };
-    let limits = GrowthLimits::new(MIB2 as u64, MIB2)
-        .with_max_pools(1)
-        .with_quiet_period(quiet);
-    // SAFETY: only this function touches GROWTH, once per boot; the value is never dropped
-    // (the engine that borrows it is gone before the kernel powers off).
-    let growth: &Growth<GrowArea, IdentityMemory> = unsafe {
-        let slot = (&raw mut GROWTH).cast::<Growth<GrowArea, IdentityMemory>>();
-        slot.write(Growth::new(hook, limits));
-        &*slot
-    };
+    let quiet = QUIET_US;
+    let growth = &GROWTH;
     // SAFETY: the first pool's memory is a static given to this pool alone; IdentityMemory
     // reaches it, the chunk and the buffer.
     let built = unsafe {
@@ -411,19 +419,16 @@ fn shrink(
     let none = DmaAttrs::empty();
     // SAFETY: as in `grow_pool`.
     let live = unsafe { eng.map_page(dev, PhysAddr::new(big + 8192), 4096, dir, none) };
-    let busy = [
-        eng.reclaim(cpu::counter()),
-        eng.reclaim(cpu::counter() + quiet * 100),
-    ];
+    let busy = [eng.reclaim(now_us()), eng.reclaim(now_us() + quiet * 100)];
     let kept = live.is_ok() && busy.iter().all(|b| b.removed == 0 && b.remaining == 1);
     let unmapped = live.is_ok_and(|b| eng.unmap_page(dev, b, 4096, dir, none).is_ok())
         && filler.is_some_and(|b| eng.unmap_page(dev, b, MIB2, dir, none).is_ok());
-    let t0 = cpu::counter();
+    let t0 = now_us();
     let early = eng.reclaim(t0);
-    let mut now = cpu::counter();
+    let mut now = now_us();
     while now - t0 < quiet {
         core::hint::spin_loop();
-        now = cpu::counter();
+        now = now_us();
     }
     let done = eng.reclaim(now);
     let s = stats(eng.growth_stats());
@@ -446,7 +451,7 @@ fn shrink(
             && usable,
         format_args!(
             "with a mapping alive no give-back ({}, {} removed); idle: {} removed before the \
-             quiet period of {quiet} ticks (10 ms), {} after it ({} left, error {:?}); the \
+             quiet period of {quiet} us (10 ms), {} after it ({} left, error {:?}); the \
              pages back to the hook: {returned} ({} allocs, {} frees), usable again: {usable}; \
              pools added {}, removed {}, live {}, {} KiB (peak {} KiB)",
             busy[0].removed,
