@@ -717,3 +717,90 @@ fn interrupted_round_trip(n: usize) {
     let s = p.pool.stats();
     assert_eq!((s.used, s.maps, s.unmaps), (0, 3, 3), "{s:?}");
 }
+
+/// A grown pool's entry as the models see it: the engine's gate and a cell standing for the
+/// pool value (loom tracks every access to it).
+struct ModelEntry {
+    gate: swiotlb_core::engine::EntryGate,
+    pool: loom::cell::UnsafeCell<u64>,
+}
+
+// SAFETY: the cell is accessed as the gate's protocol allows (what the models check).
+unsafe impl Sync for ModelEntry {}
+
+impl ModelEntry {
+    fn live(value: u64) -> Self {
+        let e = Self {
+            gate: swiotlb_core::engine::EntryGate::new(),
+            pool: loom::cell::UnsafeCell::new(value),
+        };
+        e.gate.publish();
+        e
+    }
+
+    /// A user: enters, reads the pool, leaves. `None` when turned away (the engine's lookup
+    /// then retries while `EntryGate::retiring` says a retire is under way: a wait for
+    /// another CPU that loom's bounded model cannot run to its end).
+    fn use_pool(&self) -> Option<u64> {
+        if !self.gate.enter() {
+            return None;
+        }
+        // SAFETY: inside the gate (the protocol under test).
+        let v = self.pool.with(|p| unsafe { *p });
+        self.gate.leave();
+        Some(v)
+    }
+}
+
+/// A user racing reclaim's retire of the same grown pool: the user reads the pool only
+/// while the retire has not replaced it, and the retire replaces it only when no user is
+/// inside (loom reports any overlap of the read and the write). A user turned away saw the
+/// entry retiring; a retire that backed off leaves the entry live.
+#[test]
+fn grown_pool_user_racing_retire_never_overlaps_the_replacement() {
+    model(|| {
+        let e = Arc::new(ModelEntry::live(7));
+        let user = {
+            let e = Arc::clone(&e);
+            thread::spawn(move || e.use_pool())
+        };
+        let retired = e.gate.retire();
+        if retired {
+            // SAFETY: retired: nobody is inside and nobody can enter.
+            e.pool.with_mut(|p| unsafe { *p = 0 });
+            e.gate.empty();
+        }
+        if let Some(v) = user.join().unwrap() {
+            assert_eq!(v, 7, "a user read a pool being replaced");
+        }
+        if !retired {
+            assert!(
+                e.gate.is_live(),
+                "a retire that backed off left the entry dead: state {}",
+                e.gate.state()
+            );
+        }
+    });
+}
+
+/// A user racing the growth that publishes a pool into an empty entry (reusing it): the
+/// user either stays out or sees the whole new pool, never the old value or a torn write.
+#[test]
+fn grown_pool_user_racing_a_publish_sees_the_whole_pool() {
+    model(|| {
+        let e = Arc::new(ModelEntry::live(1));
+        // The entry is retired and emptied first, as reclaim does.
+        assert!(e.gate.retire());
+        e.gate.empty();
+        let user = {
+            let e = Arc::clone(&e);
+            thread::spawn(move || e.use_pool())
+        };
+        // SAFETY: empty: nobody can enter.
+        e.pool.with_mut(|p| unsafe { *p = 42 });
+        e.gate.publish();
+        if let Some(v) = user.join().unwrap() {
+            assert_eq!(v, 42, "a user saw the pool before it was published");
+        }
+    });
+}

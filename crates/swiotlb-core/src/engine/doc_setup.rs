@@ -243,4 +243,9 @@ unsafe impl swiotlb_core::engine::GrowthHook for GrowPages {
         let to = if reserve { &self.reserve } else { &self.free };
         to.lock().unwrap().push(phys);
     }
+    fn alloc_slots(&self, nslabs: usize, _atomic: bool) -> Option<&'static [swiotlb_core::Slot]> {
+        // The examples' machine lives for the whole example: its metadata may too.
+        let slots: Vec<swiotlb_core::Slot> = (0..nslabs).map(|_| swiotlb_core::Slot::new()).collect();
+        Some(Box::leak(slots.into_boxed_slice()))
+    }
 }

@@ -398,6 +398,116 @@ const EMPTY: u8 = 0;
 const LIVE: u8 = 1;
 const RETIRING: u8 = 2;
 
+/// The users/state protocol of one grown pool's entry (the module's memory-safety
+/// argument), on its own so that the loom models in `tests/loom.rs` check this code.
+///
+/// A user [`enter`](Self::enter)s (and later [`leave`](Self::leave)s) to touch the entry's
+/// pool; the one holder of the growth's `busy` flag [`publish`](Self::publish)es a pool it
+/// has written, [`retire`](Self::retire)s a live one before changing it or giving its pages
+/// back, and then [`empty`](Self::empty)s or [`revive`](Self::revive)s it. Both sides
+/// write one word, then a sequentially consistent fence, then read the other's word: in the
+/// fences' total order one comes first, so either the user sees the entry retiring and
+/// stays out, or the retire sees the user and backs off (both may back off; neither may
+/// miss the other). Not part of the stable API.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct EntryGate {
+    users: AtomicUsize,
+    state: AtomicU8,
+}
+
+impl EntryGate {
+    crate::lock::const_fn_unless_loom! {
+        /// An empty entry: no pool, nobody inside.
+        #[must_use]
+        pub fn new() -> Self {
+            Self {
+                users: AtomicUsize::new(0),
+                state: AtomicU8::new(EMPTY),
+            }
+        }
+    }
+
+    /// Raises `users`, then reads the state: `true` if the entry is live (the caller may
+    /// read its pool until [`leave`](Self::leave), and no writer changes it meanwhile).
+    pub fn enter(&self) -> bool {
+        self.users.fetch_add(1, Ordering::Relaxed);
+        // Orders the raise before the read of the state, against the fence of `retire`
+        // between its state change and its read of `users`.
+        fence(Ordering::SeqCst);
+        // Acquire: a live state was published (release) after the pool was written.
+        if self.state.load(Ordering::Acquire) == LIVE {
+            return true;
+        }
+        self.users.fetch_sub(1, Ordering::Release);
+        false
+    }
+
+    /// Ends a use begun by a successful [`enter`](Self::enter).
+    pub fn leave(&self) {
+        // Release: the user's reads of the pool happen before a retire that sees zero.
+        self.users.fetch_sub(1, Ordering::Release);
+    }
+
+    /// The state (`EMPTY`, `LIVE` or `RETIRING`), a snapshot.
+    #[must_use]
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    /// Whether a retire is under way: for a user [`enter`](Self::enter) turned away, which
+    /// then waits for the retire to back off or finish.
+    #[must_use]
+    pub fn retiring(&self) -> bool {
+        self.state.load(Ordering::Acquire) == RETIRING
+    }
+
+    /// Whether the state is live (a snapshot; only [`enter`](Self::enter) makes a use safe).
+    #[must_use]
+    pub fn is_live(&self) -> bool {
+        self.state() == LIVE
+    }
+
+    /// Moves a live entry to retiring, then reads `users`: `true` when nobody is inside and
+    /// nobody can enter (the caller may change the pool, then [`empty`](Self::empty) or
+    /// [`revive`](Self::revive) the entry); `false` when it was not live, or a user is
+    /// inside (the entry is live again). The holder of `busy` only.
+    pub fn retire(&self) -> bool {
+        if self
+            .state
+            .compare_exchange(LIVE, RETIRING, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // Orders the state change before the read of `users` (see `enter`): either this
+        // read sees a user's raise, or that user's read of the state sees RETIRING.
+        fence(Ordering::SeqCst);
+        // Acquire: pairs with the release of every user that has left.
+        if self.users.load(Ordering::Acquire) != 0 {
+            self.state.store(LIVE, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// A retired entry is live again, its pool unchanged. The holder of `busy` only.
+    pub fn revive(&self) {
+        self.state.store(LIVE, Ordering::SeqCst);
+    }
+
+    /// A retired entry's pool is gone. The holder of `busy` only.
+    pub fn empty(&self) {
+        self.state.store(EMPTY, Ordering::SeqCst);
+    }
+
+    /// An empty entry whose pool the caller has just written goes live: every user that
+    /// enters sees the write. The holder of `busy` only.
+    pub fn publish(&self) {
+        self.state.store(LIVE, Ordering::SeqCst);
+    }
+}
+
 /// The slot storage of a grown pool: kept by its entry for the engine's lifetime.
 pub struct GrownSlots {
     ptr: NonNull<Slot>,
@@ -432,8 +542,7 @@ struct Chunk {
 /// argument).
 #[repr(align(128))]
 struct Entry<M: PhysMemory> {
-    users: AtomicUsize,
-    state: AtomicU8,
+    gate: EntryGate,
     /// The highest bus address of the live pool (maps pick pools their mask covers).
     bus_top: AtomicU64,
     pool: UnsafeCell<Option<BouncePool<M, GrownSlots>>>,
@@ -446,8 +555,7 @@ impl<M: PhysMemory> Entry<M> {
     crate::lock::const_fn_unless_loom! {
         fn new() -> Self {
             Self {
-                users: AtomicUsize::new(0),
-                state: AtomicU8::new(EMPTY),
+                gate: EntryGate::new(),
                 bus_top: AtomicU64::new(0),
                 pool: UnsafeCell::new(None),
                 chunk: UnsafeCell::new(Chunk {
@@ -488,7 +596,7 @@ impl<M: PhysMemory> Inside<'_, M> {
 
 impl<M: PhysMemory> Drop for Inside<'_, M> {
     fn drop(&mut self) {
-        self.entry.users.fetch_sub(1, Ordering::Release);
+        self.entry.gate.leave();
     }
 }
 
@@ -699,9 +807,7 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
     /// Enters entry `id` if it is live.
     fn enter(&self, id: usize) -> Option<Inside<'_, M>> {
         let entry = self.entries.get(id)?;
-        entry.users.fetch_add(1, Ordering::SeqCst);
-        if entry.state.load(Ordering::SeqCst) != LIVE {
-            entry.users.fetch_sub(1, Ordering::Release);
+        if !entry.gate.enter() {
             return None;
         }
         // SAFETY: the entry is live and `users` is raised, so the holder of `busy` does not
@@ -724,9 +830,7 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
                     // off (live again) or rewrites the table next, with interrupts masked
                     // (so no lookup on its own CPU waits for it here).
                     if self.index.seq.load(Ordering::Acquire) == seq {
-                        let retiring = id.is_some_and(|id| {
-                            self.entries[id].state.load(Ordering::SeqCst) == RETIRING
-                        });
+                        let retiring = id.is_some_and(|id| self.entries[id].gate.retiring());
                         if !retiring {
                             return None;
                         }
@@ -759,7 +863,7 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
     fn live_count(&self) -> usize {
         self.entries
             .iter()
-            .filter(|e| e.state.load(Ordering::Relaxed) != EMPTY)
+            .filter(|e| e.gate.state() != EMPTY)
             .count()
     }
 
@@ -840,12 +944,14 @@ where
     ///
     /// Grown pools serve streaming maps ([`map_page`](Self::map_page) and
     /// [`map_sg`](Self::map_sg)); [`map_buffer`](Self::map_buffer) uses the first pool only.
-    /// A map grows only on [`PoolError::PoolFull`]; when growth is refused or fails the
-    /// error is [`DmaError::Growth`], which carries the pool's refusal and why growth did not
-    /// help. Each grown pool is `chunk_bytes` of the hook's pages, made bus-contiguous below
-    /// `2^min(mask bits, limits.address_bits)` with
+    /// A map grows on [`PoolError::PoolFull`], and for a mapping longer than the first pool
+    /// can hold ([`PoolError::TooLarge`], [`PoolError::ExceedsSegment`]) but not than a
+    /// chunk; when growth is refused or fails the error is [`DmaError::Growth`], which says
+    /// why growth did not help. Each grown pool is `chunk_bytes` of the hook's pages, made
+    /// bus-contiguous below `2^min(mask bits, limits.address_bits)` with
     /// [`Platform::create_contiguous_region`] (unless already so: an arm64 dom0's pages
-    /// below the limit), with as many areas as the first pool.
+    /// below the limit), its segments joined, with as many areas as the first pool unless an
+    /// area would be too short for the mapping it is grown for.
     ///
     /// # Examples
     ///
@@ -862,7 +968,9 @@ where
     /// let limits = GrowthLimits::new(1 << 20, 256 << 10)
     ///     .with_quiet_period(10)
     ///     .with_address_bits(64); // the examples' spare pages lie above 4 GiB
-    /// let engine = engine.with_growth(Box::new(Growth::new(GrowPages::new(), limits)));
+    /// // About 260 KiB: a kernel keeps it in a `static` (`Growth::new` is `const`).
+    /// let growth = Box::new(Growth::new(GrowPages::new(), limits));
+    /// let engine = engine.with_growth(&*growth);
     /// let dev = Device::new(DmaMask::FULL).with_force_bounce(true);
     /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
     /// // SAFETY: the buffers are the machine's memory, covered by no reference until the unmaps.
@@ -900,7 +1008,9 @@ where
     /// let (engine, _m) = machine();
     /// assert!(engine.growth().is_none());
     /// let limits = GrowthLimits::new(1 << 20, 256 << 10);
-    /// let engine = engine.with_growth(Box::new(Growth::new(GrowPages::new(), limits)));
+    /// // About 260 KiB: a kernel keeps it in a `static` (`Growth::new` is `const`).
+    /// let growth = Box::new(Growth::new(GrowPages::new(), limits));
+    /// let engine = engine.with_growth(&*growth);
     /// assert_eq!(engine.growth().map(|g| g.limits().chunk_bytes), Some(256 << 10));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -920,7 +1030,9 @@ where
     ///
     /// let (engine, _m) = machine();
     /// let limits = GrowthLimits::new(1 << 20, 256 << 10);
-    /// let engine = engine.with_growth(Box::new(Growth::new(GrowPages::new(), limits)));
+    /// // About 260 KiB: a kernel keeps it in a `static` (`Growth::new` is `const`).
+    /// let growth = Box::new(Growth::new(GrowPages::new(), limits));
+    /// let engine = engine.with_growth(&*growth);
     /// let s = engine.growth_stats().expect("growth");
     /// assert_eq!((s.pools_added, s.live_pools, s.peak_bytes), (0, 0, 0));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -967,7 +1079,7 @@ where
         };
         let irq = self.irq();
         for (id, e) in g.entries.iter().enumerate() {
-            if e.state.load(Ordering::SeqCst) != LIVE {
+            if e.gate.state() != LIVE {
                 continue;
             }
             // SAFETY: we hold `busy`, the only writer of the cells; the pool is live.
@@ -996,18 +1108,12 @@ where
             // rewrite (`lookup`), so interrupts stay masked from here to either: no lookup
             // on this CPU can wait for it.
             let masked = irq.save();
-            if e.state
-                .compare_exchange(LIVE, RETIRING, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-            {
+            if !e.gate.retire() {
                 irq.restore(masked);
                 continue;
             }
-            let order = g.limits.order();
-            let Some(order) =
-                order.filter(|_| e.users.load(Ordering::SeqCst) == 0 && pool.stats().used == 0)
-            else {
-                e.state.store(LIVE, Ordering::SeqCst);
+            let Some(order) = g.limits.order().filter(|_| pool.stats().used == 0) else {
+                e.gate.revive();
                 irq.restore(masked);
                 continue;
             };
@@ -1023,13 +1129,13 @@ where
                     g.index.write(irq, |v| {
                         let _ = v.try_push((pool.start().as_u64(), pool.end().as_u64(), id as u8));
                     });
-                    e.state.store(LIVE, Ordering::SeqCst);
+                    e.gate.revive();
                     continue;
                 }
                 Err(GiveBack::Damaged(err)) => report.error = Some(err),
             }
             chunk.idle_since = None;
-            e.state.store(EMPTY, Ordering::SeqCst);
+            e.gate.empty();
             g.bytes
                 .fetch_sub(g.limits.chunk_bytes as u64, Ordering::Relaxed);
             g.removed.fetch_add(1, Ordering::Relaxed);
@@ -1239,7 +1345,7 @@ where
             .entries
             .iter()
             .enumerate()
-            .find(|(_, e)| e.state.load(Ordering::SeqCst) == EMPTY)
+            .find(|(_, e)| e.gate.state() == EMPTY)
             .ok_or(GrowthError::PoolLimit {
                 pools,
                 max: limits.max_pools,
@@ -1345,7 +1451,7 @@ where
         g.index.write(self.irq(), |v| {
             let _ = v.try_push((phys.as_u64(), end, id as u8));
         });
-        e.state.store(LIVE, Ordering::SeqCst);
+        e.gate.publish();
         let now = g.bytes.fetch_add(chunk, Ordering::Relaxed) + chunk;
         g.peak.fetch_max(now, Ordering::Relaxed);
         g.added.fetch_add(1, Ordering::Relaxed);

@@ -53,6 +53,8 @@ mod tests;
 pub use crate::hooks::BufferMemory;
 pub use coherent::{CoherentAlloc, CoherentFreeError, MAX_COHERENT_ORDER};
 pub use error::{BounceReason, DmaError, EngineInitError, SgError};
+#[doc(hidden)]
+pub use grow::EntryGate;
 pub use grow::{
     Growth, GrowthError, GrowthHook, GrowthLimits, GrowthStats, MAX_GROWN_POOLS, NoGrowth,
     PoolGrowth, ReclaimReport,
