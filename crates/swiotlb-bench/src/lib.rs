@@ -51,6 +51,7 @@
 pub mod compare;
 pub mod fixup;
 pub mod foreign;
+pub mod growth;
 pub mod harness;
 pub mod host;
 pub mod linux;
