@@ -221,11 +221,11 @@ fn unmap_fill<P: Platform>(e: &GrowEngine<P>, dev: &Device, bus: &[BusAddr]) -> 
 pub struct GrowthCount {
     /// Bytes of pools grown (and given back).
     pub bytes: u64,
-    /// Pools the engine added, and removed.
+    /// Pools the engine added.
     pub pools_added: u64,
     /// Pools the engine removed.
     pub pools_removed: u64,
-    /// Chunks the hook handed out, and got back.
+    /// Chunks the hook handed out.
     pub hook_allocs: u64,
     /// Chunks given back to the hook.
     pub hook_frees: u64,

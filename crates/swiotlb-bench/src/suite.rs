@@ -1,6 +1,7 @@
 //! The whole comparative run behind `cargo xtask bench`: latency grid, memcpy floor,
-//! scaling, the fixup's hypercalls and the foreign-table lookup, as [`Figure`]s, Markdown
-//! tables and SVG plots.
+//! scaling, the fixup's hypercalls, growth (hypercalls and time per MiB grown and given
+//! back, latency with 1, 4 and 16 grown pools: [`crate::growth`]) and the foreign-table
+//! lookup, as [`Figure`]s, Markdown tables and SVG plots.
 //!
 //! Everything is measured `--runs N` times (default [`DEFAULT_RUNS`], [`QUICK_RUNS`] with
 //! `--quick`), each run a whole pass over the cases ([`run_once`]), and the runs are folded
@@ -10,7 +11,8 @@
 //! the end, with the number of CPUs.
 //!
 //! `--quick` measures only what the headline figures need (1500 B and 64 KiB at 90% fill
-//! for every pool, the floor, scaling of ours and Linux, both fixups, both table sizes)
+//! for every pool, the floor, scaling of ours and Linux, both fixups, growth, both table
+//! sizes)
 //! with short batches; the full run measures the whole grid ([`SIZES`] x [`FILLS`] x
 //! [`Impl::ALL`], `ToDevice`, plus `Bidirectional` at 90%), scaling of every pool, and
 //! draws the plots.
