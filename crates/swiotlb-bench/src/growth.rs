@@ -336,6 +336,34 @@ pub fn linux_fixup_timed(bytes: u64) -> Result<(u64, f64), String> {
     Ok((c.traps, t.elapsed_ns()))
 }
 
+/// The platform's share of a growth: `create_contiguous_region` of `chunks` chunks of
+/// [`CHUNK_BYTES`] (order 9, below 2^32) called directly on the chunks a [`ChunkPages`]
+/// hands out, on a fresh default machine laid out as [`grow_and_shrink`]'s (first pool,
+/// then the chunks' region); returns the traps and the CPU nanoseconds of the calls.
+///
+/// # Errors
+///
+/// If a call fails.
+pub fn contiguous_timed(chunks: usize) -> Result<(u64, f64), String> {
+    let (xen, g) = crate::fixup::machine();
+    let pages = FIRST_POOL_BYTES as u64 / PAGE;
+    let _first = g.alloc_aligned(pages, pages);
+    let hook = ChunkPages::pv(&g, chunks, CHUNK_BYTES);
+    let pv = pv_platform(&xen, &g);
+    let order = CHUNK_BYTES.trailing_zeros() - 12;
+    xen.reset_counters();
+    let mut ns = 0.0;
+    for i in 0..chunks {
+        let phys = hook.alloc_pages(order, false).ok_or("no chunk left")?;
+        let t = CpuStopwatch::start();
+        // SAFETY: a fresh chunk of dom0 memory used by nothing else.
+        let r = unsafe { pv.create_contiguous_region(phys, order, 32) };
+        ns += t.elapsed_ns();
+        r.map_err(|e| format!("chunk {i}: {e}"))?;
+    }
+    Ok((xen.counters().traps(), ns))
+}
+
 /// One pool-count case of the latency figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PoolsLatency {
@@ -449,6 +477,10 @@ mod tests {
         assert!(c.shrink_traps >= c.shrink_exchanges, "{c:?}");
         assert!(c.grow_ns > 0.0 && c.shrink_ns > 0.0, "{c:?}");
         assert!((c.mib() - 4.0).abs() < 1e-12);
+        // Every trap of the growth is the platform's making the chunks contiguous: the
+        // same calls on the same chunks of a machine laid out alike count the same.
+        let (platform_traps, _) = contiguous_timed(2).unwrap();
+        assert_eq!(c.grow_traps, platform_traps, "{c:?}");
         // Twice the chunks, about twice the traps: the count is per pool grown, not fixed.
         let d = grow_and_shrink(4).unwrap();
         assert_eq!(d.pools_added, 4);

@@ -926,6 +926,7 @@ fn growth_rows(figs: &[Figure]) -> Vec<Vec<String>> {
 pub fn growth_figures() -> Result<Vec<Figure>, String> {
     let c = growth::grow_and_shrink(growth::GROW_CHUNKS)?;
     let (linux_traps, linux_ns) = growth::linux_fixup_timed(c.bytes)?;
+    let (_, platform_ns) = growth::contiguous_timed(growth::GROW_CHUNKS)?;
     let mib = c.mib();
     // CAST: trap counts far below 2^53.
     let linux_per_mib = linux_traps as f64 / mib;
@@ -949,6 +950,7 @@ pub fn growth_figures() -> Result<Vec<Figure>, String> {
         Figure::new("growth_us_per_mib", c.grow_ns / 1e3 / mib, "us_per_mib")
             .with("grow_us", c.grow_ns / 1e3)
             .with("pool_mib", mib)
+            .with("platform_us_per_mib", platform_ns / 1e3 / mib)
             .with("linux_fixup_us_per_mib", linux_ns / 1e3 / mib),
         Figure::new("linux_fixup_us_per_mib", linux_ns / 1e3 / mib, "us_per_mib")
             .with("traps", linux_traps as f64)
@@ -1178,6 +1180,7 @@ mod tests {
         assert_eq!(input("growth_hypercalls_per_mib", "pools"), 8.0);
         assert_eq!(input("growth_hypercalls_per_mib", "pool_mib"), 16.0);
         assert_eq!(input("shrink_hypercalls_per_mib", "pools"), 8.0);
+        assert!(input("growth_us_per_mib", "platform_us_per_mib") > 0.0);
         for k in ["growth_hypercalls_per_mib", "shrink_hypercalls_per_mib"] {
             let per_mib = input(k, "traps") / input(k, "pool_mib");
             assert!((g(k).value - per_mib).abs() < 1e-9, "{k}");
