@@ -949,6 +949,7 @@ pub fn growth_figures() -> Result<Vec<Figure>, String> {
         .with("linux_fixup_per_mib", linux_per_mib),
         Figure::new("growth_us_per_mib", c.grow_ns / 1e3 / mib, "us_per_mib")
             .with("grow_us", c.grow_ns / 1e3)
+            .with("plain_map_us", c.plain_map_ns / 1e3)
             .with("pool_mib", mib)
             .with("platform_us_per_mib", platform_ns / 1e3 / mib)
             .with("linux_fixup_us_per_mib", linux_ns / 1e3 / mib),
