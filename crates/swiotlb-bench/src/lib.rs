@@ -13,7 +13,9 @@
 //! every measurement shares (the fragmented fill, the [`harness::BenchPool`] view of a pool,
 //! the CPU-time timing loop). [`compare`] measures the pools in turns and checks that each
 //! really bounces the data; [`fixup`] and [`sim`] count the Xen pool initialisation's
-//! hypercalls on `xen-sim` (Linux's scheme and the facade's); [`foreign`] times arm64's
+//! hypercalls on `xen-sim` (Linux's scheme and the facade's); [`growth`] counts and times
+//! pools grown and given back at run time there, and the latency with grown pools alive;
+//! [`foreign`] times arm64's
 //! foreign table against a `BTreeMap`; [`suite`] runs it all for `cargo xtask bench`, with
 //! [`report`] (JSON lines with `serde_json`, each figure's median, min and max over the runs;
 //! tables) and [`svg`] (plots with `plotters`, the spread drawn). [`mapbench`] is Linux's
@@ -51,6 +53,7 @@
 pub mod compare;
 pub mod fixup;
 pub mod foreign;
+pub mod growth;
 pub mod harness;
 pub mod host;
 pub mod linux;

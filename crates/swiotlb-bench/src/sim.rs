@@ -43,7 +43,7 @@ unsafe impl PageAllocator for ArmRam {
 }
 
 /// dom0's RAM on x86 PV: every pfn of the P2M is dom0's own.
-struct PvRam(u64);
+pub(crate) struct PvRam(pub(crate) u64);
 
 // SAFETY: hands out no pages; `pfn_valid` is true exactly for dom0's pfns.
 unsafe impl PageAllocator for PvRam {
@@ -295,7 +295,7 @@ pub fn with_facade<V: TargetVisitor>(arch: Arch, o: &Options, v: V) -> Result<V:
 }
 
 /// dom0's x86 PV platform over the simulator's tables.
-fn pv_platform<'a>(xen: &Xen, g: &'a PvGuest) -> X86PvPlatform<'a, Domain, SimMemory> {
+pub(crate) fn pv_platform<'a>(xen: &Xen, g: &'a PvGuest) -> X86PvPlatform<'a, Domain, SimMemory> {
     // SAFETY: the simulated dom0's own P2M, M2P, linear map and memory, and its hypercalls.
     unsafe { X86PvPlatform::new(g.p2m(), g.m2p(), g.linear_base(), xen.dom0(), g.memory()) }
 }

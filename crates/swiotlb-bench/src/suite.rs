@@ -1,6 +1,7 @@
 //! The whole comparative run behind `cargo xtask bench`: latency grid, memcpy floor,
-//! scaling, the fixup's hypercalls and the foreign-table lookup, as [`Figure`]s, Markdown
-//! tables and SVG plots.
+//! scaling, the fixup's hypercalls, growth (hypercalls and time per MiB grown and given
+//! back, latency with 1, 4 and 16 grown pools: [`crate::growth`]) and the foreign-table
+//! lookup, as [`Figure`]s, Markdown tables and SVG plots.
 //!
 //! Everything is measured `--runs N` times (default [`DEFAULT_RUNS`], [`QUICK_RUNS`] with
 //! `--quick`), each run a whole pass over the cases ([`run_once`]), and the runs are folded
@@ -10,7 +11,8 @@
 //! the end, with the number of CPUs.
 //!
 //! `--quick` measures only what the headline figures need (1500 B and 64 KiB at 90% fill
-//! for every pool, the floor, scaling of ours and Linux, both fixups, both table sizes)
+//! for every pool, the floor, scaling of ours and Linux, both fixups, growth, both table
+//! sizes)
 //! with short batches; the full run measures the whole grid ([`SIZES`] x [`FILLS`] x
 //! [`Impl::ALL`], `ToDevice`, plus `Bidirectional` at 90%), scaling of every pool, and
 //! draws the plots.
@@ -23,6 +25,7 @@ use swiotlb_core::DmaDirection;
 use crate::compare::{Impl, ScalingCase, Timing, latency_all, with_pool};
 use crate::fixup;
 use crate::foreign::ForeignCase;
+use crate::growth;
 use crate::harness::{FILLS, SIZES};
 use crate::report::{Figure, aggregate, markdown_table, markdown_table_aligned};
 use crate::svg::{Point, Series, bar_chart, line_chart};
@@ -112,13 +115,16 @@ pub struct SuiteOutput {
 }
 
 /// The figures `--quick` promises (and the full run too), by key.
-pub const HEADLINE_KEYS: [&str; 6] = [
+pub const HEADLINE_KEYS: [&str; 9] = [
     "map_unmap_1500_fill90_vs_linux",
     "map_unmap_1500_vs_memcpy",
     "map_unmap_65536_vs_memcpy",
     "two_thread_scaling",
     "fixup_hypercalls_per_mib",
     "linux_fixup_hypercalls_per_mib",
+    "growth_hypercalls_per_mib",
+    "shrink_hypercalls_per_mib",
+    "map_unmap_1500_pools_16_vs_1",
 ];
 
 /// Fill levels the scaling and headline cases use.
@@ -308,6 +314,46 @@ pub fn run_once(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<
     // Fixup hypercalls (the simulator's counts: the same in every run).
     progress("fixup hypercalls on the simulator");
     figs.extend(fixup_figures()?);
+
+    // Pools grown at run time (the simulator's counts, and times).
+    progress("growth: 8 pools of 2 MiB grown and given back on the simulator");
+    figs.extend(growth_figures()?);
+    for pools in growth::POOL_COUNTS {
+        progress(&format!(
+            "map+unmap and sync {hs} B with {pools} grown pools"
+        ));
+        figs.extend(pools_figures(pools, t)?);
+    }
+    if let (Some(one), Some(many)) = (
+        get(&figs, &pools_key("map_unmap", 1)),
+        get(&figs, &pools_key("map_unmap", 16)),
+    ) {
+        let (one, many) = (one.value, many.value);
+        figs.push(
+            Figure::new(
+                format!("{}_vs_1", pools_key("map_unmap", 16)),
+                many / one,
+                "ratio",
+            )
+            .with("pools_1_ns", one)
+            .with("pools_16_ns", many),
+        );
+    }
+    if let (Some(one), Some(many)) = (
+        get(&figs, &pools_key("sync", 1)),
+        get(&figs, &pools_key("sync", 16)),
+    ) {
+        let (one, many) = (one.value, many.value);
+        figs.push(
+            Figure::new(
+                format!("{}_vs_1", pools_key("sync", 16)),
+                many / one,
+                "ratio",
+            )
+            .with("pools_1_ns", one)
+            .with("pools_16_ns", many),
+        );
+    }
 
     // Foreign table.
     for n in FOREIGN_ENTRIES {
@@ -546,6 +592,22 @@ fn tables(o: &SuiteOptions, figs: &[Figure]) -> String {
         &["figure", "value", "unit"],
         &[false, true, false],
         &frows,
+    ));
+
+    out.push_str(&format!(
+        "\n### Growth on the simulated x86 PV machine\n\n{} pools of {} MiB grown at run \
+         time (first pool full: `PoolFull`) and given back by reclaim, against Linux's \
+         init-time fixup of the same memory; then a {} B bounced map+unmap and a sync with \
+         1, 4 and 16 grown pools alive, the mapping in the last. Median (min–max) over {n} \
+         runs.\n\n",
+        growth::GROW_CHUNKS,
+        growth::CHUNK_BYTES >> 20,
+        growth::LOOKUP_SIZE
+    ));
+    out.push_str(&markdown_table_aligned(
+        &["figure", "value", "unit"],
+        &[false, true, false],
+        &growth_rows(figs),
     ));
 
     out.push_str(&format!(
@@ -818,6 +880,117 @@ pub fn fixup_figures() -> Result<Vec<Figure>, String> {
     Ok(v)
 }
 
+/// Key of a latency with `pools` grown pools alive (`what` is `map_unmap` or `sync`):
+/// `map_unmap_1500_pools_16`, `sync_1500_pools_16`.
+fn pools_key(what: &str, pools: usize) -> String {
+    format!("{what}_{}_pools_{pools}", growth::LOOKUP_SIZE)
+}
+
+/// Whether `key` is one of the growth figures (the Growth table).
+fn is_growth_key(key: &str) -> bool {
+    [
+        "growth_",
+        "shrink_",
+        "linux_fixup_us_",
+        "map_unmap_1500_pools_",
+        "sync_1500_pools_",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+}
+
+/// The rows of the Growth table: every growth figure, in the order measured.
+fn growth_rows(figs: &[Figure]) -> Vec<Vec<String>> {
+    figs.iter()
+        .filter(|f| is_growth_key(&f.key))
+        .map(|f| {
+            let prec = if f.unit == "ns" { 1 } else { 4 };
+            vec![
+                format!("`{}`", f.key),
+                stat(Some(f), prec),
+                f.unit.to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// The growth figures ([`growth::grow_and_shrink`] of [`growth::GROW_CHUNKS`] chunks, and
+/// Linux's fixup scheme of the same 16 MiB on the same machine, timed): traps and CPU microseconds per MiB of
+/// pools grown at run time, traps and time per MiB given back by reclaim, and Linux's
+/// init-time scheme's time per MiB (its traps are `linux_fixup_hypercalls_per_mib_16mib`,
+/// the same memory on the same machine, carried as an input).
+///
+/// # Errors
+///
+/// If the growth, the give-back or Linux's fixup fails on the simulator.
+pub fn growth_figures() -> Result<Vec<Figure>, String> {
+    let c = growth::grow_and_shrink(growth::GROW_CHUNKS)?;
+    let (linux_traps, linux_ns) = growth::linux_fixup_timed(c.bytes)?;
+    let (_, platform_ns) = growth::contiguous_timed(growth::GROW_CHUNKS)?;
+    let mib = c.mib();
+    // CAST: trap counts far below 2^53.
+    let linux_per_mib = linux_traps as f64 / mib;
+    let grow_per_mib = c.grow_traps as f64 / mib;
+    Ok(vec![
+        Figure::new("growth_hypercalls_per_mib", grow_per_mib, "per_mib")
+            .with("traps", c.grow_traps as f64)
+            .with("exchanges", c.grow_exchanges as f64)
+            .with("multicalls", c.grow_multicalls as f64)
+            .with("pools", c.pools_added as f64)
+            .with("chunk_mib", f(growth::CHUNK_BYTES >> 20))
+            .with("pool_mib", mib)
+            .with("linux_fixup_hypercalls_per_mib", linux_per_mib),
+        Figure::new(
+            "growth_hypercalls_per_mib_vs_linux_fixup",
+            grow_per_mib / linux_per_mib,
+            "ratio",
+        )
+        .with("growth_per_mib", grow_per_mib)
+        .with("linux_fixup_per_mib", linux_per_mib),
+        Figure::new("growth_us_per_mib", c.grow_ns / 1e3 / mib, "us_per_mib")
+            .with("grow_us", c.grow_ns / 1e3)
+            .with("plain_map_us", c.plain_map_ns / 1e3)
+            .with("pool_mib", mib)
+            .with("platform_us_per_mib", platform_ns / 1e3 / mib)
+            .with("linux_fixup_us_per_mib", linux_ns / 1e3 / mib),
+        Figure::new("linux_fixup_us_per_mib", linux_ns / 1e3 / mib, "us_per_mib")
+            .with("traps", linux_traps as f64)
+            .with("pool_mib", mib),
+        Figure::new(
+            "shrink_hypercalls_per_mib",
+            c.shrink_traps as f64 / mib,
+            "per_mib",
+        )
+        .with("traps", c.shrink_traps as f64)
+        .with("exchanges", c.shrink_exchanges as f64)
+        .with("pools", c.pools_removed as f64)
+        .with("pool_mib", mib),
+        Figure::new("shrink_us_per_mib", c.shrink_ns / 1e3 / mib, "us_per_mib")
+            .with("shrink_us", c.shrink_ns / 1e3),
+    ])
+}
+
+/// The latencies with `pools` grown pools alive ([`growth::pools_latency`]): ns per
+/// bounced map+unmap pair and per sync, the mapping in the last grown pool.
+///
+/// # Errors
+///
+/// If the machine cannot be set up, a DMA operation fails, or the mappings did not land in
+/// the last grown pool.
+pub fn pools_figures(pools: usize, t: Timing) -> Result<Vec<Figure>, String> {
+    let l = growth::pools_latency(pools, t)?;
+    if !l.in_last_pool || l.live_pools != pools {
+        return Err(format!("{pools} grown pools: {l:?}"));
+    }
+    let live = f(l.live_pools);
+    Ok(vec![
+        Figure::new(pools_key("map_unmap", pools), l.map_unmap_ns, "ns")
+            .with("live_pools", live)
+            .with("size", f(growth::LOOKUP_SIZE)),
+        Figure::new(pools_key("sync", pools), l.sync_ns, "ns").with("live_pools", live),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -988,6 +1161,63 @@ mod tests {
                 .any(|(n, t)| n == "chunks_order_at_bits" && t.starts_with("6@")),
             "{chunks:?}"
         );
+    }
+
+    #[test]
+    fn growth_figures_are_the_simulator_counts_per_mib() {
+        let figs = growth_figures().unwrap();
+        let g = |k: &str| get(&figs, k).unwrap_or_else(|| panic!("{k} missing"));
+        let input = |k: &str, name: &str| g(k).input(name).unwrap_or_else(|| panic!("{k}.{name}"));
+        for k in [
+            "growth_hypercalls_per_mib",
+            "growth_us_per_mib",
+            "shrink_hypercalls_per_mib",
+            "shrink_us_per_mib",
+            "linux_fixup_us_per_mib",
+        ] {
+            assert!(g(k).value.is_finite() && g(k).value > 0.0, "{k}");
+            assert!(is_growth_key(k), "{k}");
+        }
+        assert_eq!(input("growth_hypercalls_per_mib", "pools"), 8.0);
+        assert_eq!(input("growth_hypercalls_per_mib", "pool_mib"), 16.0);
+        assert_eq!(input("shrink_hypercalls_per_mib", "pools"), 8.0);
+        assert!(input("growth_us_per_mib", "platform_us_per_mib") > 0.0);
+        for k in ["growth_hypercalls_per_mib", "shrink_hypercalls_per_mib"] {
+            let per_mib = input(k, "traps") / input(k, "pool_mib");
+            assert!((g(k).value - per_mib).abs() < 1e-9, "{k}");
+        }
+        // Linux's scheme for the same memory counts as the fixup figure does (the
+        // simulator is deterministic): the comparison is of the same thing.
+        let fixup = fixup_figures().unwrap();
+        let linux = get(&fixup, "linux_fixup_hypercalls_per_mib_16mib")
+            .unwrap()
+            .value;
+        let beside = input(
+            "growth_hypercalls_per_mib",
+            "linux_fixup_hypercalls_per_mib",
+        );
+        assert!((beside - linux).abs() < 1e-9, "{beside} against {linux}");
+        let ratio = g("growth_hypercalls_per_mib_vs_linux_fixup").value;
+        assert!((ratio - g("growth_hypercalls_per_mib").value / linux).abs() < 1e-9);
+        // Only the time figure of Linux's scheme is a fixup_ key of the growth table.
+        assert!(!is_growth_key("linux_fixup_hypercalls_per_mib"));
+        let rows = growth_rows(&figs);
+        assert_eq!(rows.len(), figs.len());
+    }
+
+    #[test]
+    fn pools_figures_carry_the_live_pools() {
+        let t = Timing {
+            batches: 1,
+            batch_time: Duration::from_micros(200),
+        };
+        let figs = pools_figures(4, t).unwrap();
+        let keys: Vec<&str> = figs.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(keys, ["map_unmap_1500_pools_4", "sync_1500_pools_4"]);
+        for f in &figs {
+            assert_eq!(f.input("live_pools"), Some(4.0), "{f:?}");
+            assert!(f.value > 0.0, "{f:?}");
+        }
     }
 
     #[test]
