@@ -707,6 +707,9 @@ pub struct Growth<H, M: PhysMemory> {
     index: Index,
     /// Held by the one CPU growing or shrinking.
     busy: AtomicBool,
+    /// The entry that took the last mapping the first pool could not (a hint where the
+    /// search of the grown pools starts; written only when it changes).
+    last: AtomicUsize,
     added: AtomicU64,
     removed: AtomicU64,
     bytes: AtomicU64,
@@ -781,6 +784,7 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
                 entries: no_entries(),
                 index: Index::new(),
                 busy: AtomicBool::new(false),
+                last: AtomicUsize::new(0),
                 added: AtomicU64::new(0),
                 removed: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
@@ -1227,7 +1231,15 @@ where
             let top = e.bus_top.load(Ordering::Relaxed);
             dev.dma_mask.covers(BusAddr::new(top), 1)
         };
-        for id in 0..MAX_GROWN_POOLS {
+        // From the pool that took the last grown mapping: with room in one pool only, the
+        // maps go there first instead of searching every full pool before it.
+        let start = g.last.load(Ordering::Relaxed);
+        for k in 0..MAX_GROWN_POOLS {
+            let id = (start + k) % MAX_GROWN_POOLS;
+            // A hint first: entering writes the entry's line, so only live entries are.
+            if !g.entries[id].gate.is_live() {
+                continue;
+            }
             if let Some(inside) = g.enter(id)
                 && covered(&g.entries[id])
             {
@@ -1237,7 +1249,12 @@ where
                         source: PoolError::PoolFull { .. },
                         ..
                     }) => {}
-                    r => return r,
+                    r => {
+                        if r.is_ok() && k != 0 {
+                            g.last.store(id, Ordering::Relaxed);
+                        }
+                        return r;
+                    }
                 }
             }
         }
@@ -1250,7 +1267,10 @@ where
             None => Err(GrowthError::Busy),
         };
         let grown = match grown {
-            Ok(id) => id,
+            Ok(id) => {
+                g.last.store(id, Ordering::Relaxed);
+                id
+            }
             Err(cause) => {
                 let counter = match cause {
                     GrowthError::PoolLimit { .. } | GrowthError::ByteLimit { .. } => &g.refused,
