@@ -446,8 +446,9 @@ const READERS: usize = !WRITER;
 /// - A writer sets `WRITER` in the first shard (an atomic or: whoever finds it clear is the
 ///   one writer), then in every other shard, then waits until every shard counts no reader.
 ///   Every step is a read-modify-write of the shard itself, so reader and writer are ordered
-///   by the shard's modification order: either the writer's or saw the reader's add (and
-///   waits for its subtract) or the reader's add saw `WRITER` (and backs off).
+///   by the shard's modification order: either the writer's `fetch_or` saw the reader's
+///   add (and the writer waits for its subtract) or the reader's add saw `WRITER` (and the
+///   reader backs off).
 /// - Releasing the write lock clears `WRITER` in every shard but the first, then in the
 ///   first (which lets the next writer in).
 ///
