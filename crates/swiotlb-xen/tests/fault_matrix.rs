@@ -1782,9 +1782,19 @@ fn grow_damage<P: Platform>(
     source: &PlatformError,
     fault: &dyn std::fmt::Debug,
 ) -> u64 {
+    grow_damage_of(e, source, GROW_CHUNK.trailing_zeros() - 12, fault)
+}
+
+/// [`grow_damage`] for a block of `order` (a transient pool's).
+#[track_caller]
+fn grow_damage_of<P: Platform>(
+    e: &GrowEngine<P>,
+    source: &PlatformError,
+    order: u32,
+    fault: &dyn std::fmt::Debug,
+) -> u64 {
     let hook = e.growth().expect("growth").hook();
     let q = hook.pages.quarantined();
-    let order = GROW_CHUNK.trailing_zeros() - 12;
     assert_eq!(q.len(), 1, "{fault:?}: quarantined {q:x?}");
     let (phys, o) = q[0];
     assert_eq!(o, order, "{fault:?}");
@@ -2104,4 +2114,191 @@ fn refusal_and_arm64() {
         assert_eq!(frames(&arm.xen, None), before, "{refusal:?}: frames");
     }
     t.report("growth hook refusals (x86 PV and arm64: no slots, no pages)");
+}
+
+/// A transient pool's size in the matrix: 512 KiB (order 7), for a 300 KiB mapping that a
+/// 256 KiB chunk cannot hold.
+const TRANSIENT_BYTES: usize = 2 * GROW_CHUNK;
+const TRANSIENT_MAP: usize = 300 << 10;
+
+/// Every fallible step of a transient pool on the x86 PV simulator: each hypercall of its
+/// `create_contiguous_region` at the map and of its `destroy_contiguous_region` at the
+/// unmap failing at every step with every errno, partial exchanges, preempted lists and the
+/// damaging faults. After each case: the machine is consistent, a failed map names the
+/// hypercall and took nothing (a damaged block is quarantined, never freed), a failed
+/// give-back at unmap leaves the pool for `reclaim` (which gives it back once the fault is
+/// gone) or quarantines it, the unmap itself always succeeds, and no frame is lost beyond
+/// the stranded pages.
+#[test]
+fn transient_pool_fault_matrix_x86_pv() {
+    use swiotlb_core::engine::{Growth, GrowthError};
+    fn setup(pv: &Pv) -> (GrowEngine<common::SimPv<'_>>, PhysAddr) {
+        let hook = SimGrowth::pv(&pv.guest, 1024, 64);
+        let e = pv
+            .engine(4 * SEGMENT)
+            .with_growth(Box::new(Growth::new(hook, grow_limits())));
+        let buf = pv.guest.alloc_pages(8 * 64);
+        (e, buf)
+    }
+    // The transient mapping's original, after the four that fill the first pool.
+    let tbuf = |buf: PhysAddr| PhysAddr::new(buf.as_u64() + 4 * SEGMENT);
+    let order = TRANSIENT_BYTES.trailing_zeros() - 12;
+    let extents = TRANSIENT_BYTES as u64 / PAGE;
+    let transient_live =
+        |e: &GrowEngine<common::SimPv<'_>>| e.growth_stats().expect("growth").transient_live;
+    let (map_counts, unmap_counts) = {
+        let pv = Pv::new();
+        let (e, buf) = setup(&pv);
+        let first = grow_fill(&e, buf);
+        pv.xen.reset_counters();
+        let b = grow_map(&e, tbuf(buf), TRANSIENT_MAP).expect("a transient pool");
+        assert!(!in_first_pool(&e, b));
+        assert_eq!(transient_live(&e), 1);
+        let map = pv.xen.counters();
+        pv.xen.reset_counters();
+        grow_unmap(&e, b, TRANSIENT_MAP);
+        assert_eq!(transient_live(&e), 0, "not given back at unmap");
+        let unmap = pv.xen.counters();
+        for b in first {
+            grow_unmap(&e, b, SEGMENT as usize);
+        }
+        (map, unmap)
+    };
+    assert!(
+        map_counts.count(SimOp::MemoryExchange) > 0,
+        "{map_counts:?}"
+    );
+    assert!(
+        unmap_counts.count(SimOp::MemoryExchange) > 0,
+        "{unmap_counts:?}"
+    );
+
+    let mut t = Tally::default();
+    for fault in faults(&map_counts, extents) {
+        t.cases += 1;
+        let pv = Pv::new();
+        let (e, buf) = setup(&pv);
+        let before = frames(&pv.xen, Some(&pv));
+        let first = grow_fill(&e, buf);
+        pv.xen.inject(fault);
+        let r = grow_map(&e, tbuf(buf), TRANSIENT_MAP);
+        if !pv.xen.pending_faults().is_empty() {
+            t.unreached += 1;
+        }
+        pv.xen.clear_faults();
+        grow_check(&pv.xen, &e, &fault);
+        let hook = e.growth().expect("growth").hook();
+        let mut stranded = 0;
+        match r {
+            Ok(b) => {
+                t.ok += 1;
+                grow_unmap(&e, b, TRANSIENT_MAP);
+            }
+            Err(
+                ref err @ DmaError::Growth {
+                    cause: GrowthError::Damaged { ref source },
+                    ..
+                },
+            ) => {
+                t.err += 1;
+                t.damaged += 1;
+                assert_names_failure(err, &fault);
+                stranded = grow_damage_of(&e, source, order, &fault);
+            }
+            Err(
+                ref err @ DmaError::Growth {
+                    cause: GrowthError::Contiguous { .. },
+                    ..
+                },
+            ) => {
+                t.err += 1;
+                assert_names_failure(err, &fault);
+                assert_eq!(hook.in_use(), 0, "{fault:?}: the block was not given back");
+            }
+            Err(err) => panic!("{fault:?}: {err:?}"),
+        }
+        assert_eq!(transient_live(&e), 0, "{fault:?}");
+        assert_eq!(hook.in_use(), hook.quarantined_pages(), "{fault:?}");
+        for b in first {
+            grow_unmap(&e, b, SEGMENT as usize);
+        }
+        grow_check(&pv.xen, &e, &fault);
+        let lost = pv.xen.lost_frames().len() as u64;
+        assert_eq!(
+            frames(&pv.xen, Some(&pv)),
+            (before.0 + lost, before.1 - stranded),
+            "{fault:?}: a frame was lost"
+        );
+    }
+    assert!(t.damaged > 0, "no damage reached: {t:?}");
+    t.report("transient pool create_contiguous_region (x86 PV, 512 KiB, order 7)");
+    let map_cases = t.cases;
+
+    let mut t = Tally::default();
+    for fault in faults(&unmap_counts, extents) {
+        t.cases += 1;
+        let pv = Pv::new();
+        let (e, buf) = setup(&pv);
+        let before = frames(&pv.xen, Some(&pv));
+        let first = grow_fill(&e, buf);
+        let b = grow_map(&e, tbuf(buf), TRANSIENT_MAP).expect("a transient pool");
+        pv.xen.inject(fault);
+        // The unmap succeeds whatever the give-back does.
+        grow_unmap(&e, b, TRANSIENT_MAP);
+        if !pv.xen.pending_faults().is_empty() {
+            t.unreached += 1;
+        }
+        pv.xen.clear_faults();
+        grow_check(&pv.xen, &e, &fault);
+        let hook = e.growth().expect("growth").hook();
+        let stats = e.growth_stats().expect("growth");
+        let mut stranded = 0;
+        if stats.give_back_failures == 0 {
+            t.ok += 1;
+            assert_eq!(stats.transient_live, 0, "{fault:?}: {stats:?}");
+            assert_eq!(hook.in_use(), 0, "{fault:?}");
+        } else if hook.quarantined_pages() > 0 {
+            t.err += 1;
+            t.damaged += 1;
+            assert_eq!(stats.transient_live, 0, "{fault:?}: {stats:?}");
+            let q = hook.pages.quarantined();
+            assert_eq!(q.len(), 1, "{fault:?}: quarantined {q:x?}");
+            assert_eq!(q[0].1, order, "{fault:?}");
+            assert!(
+                !hook.pages.freed().contains(&q[0]),
+                "{fault:?}: the damaged block was freed"
+            );
+            // The unmap reports nothing (the mapping is gone either way): the stranded
+            // pages are the block's pages left without a translation.
+            let first = q[0].0.frame().as_u64();
+            stranded = (first..first + (1 << order))
+                .filter(|&p| e.platform().pfn_to_bfn(swiotlb_core::Pfn::new(p)).is_none())
+                .count() as u64;
+            assert!(stranded > 0, "{fault:?}: quarantined with nothing stranded");
+        } else {
+            t.err += 1;
+            // Kept: still contiguous and alive; the next reclaim gives it back.
+            assert_eq!(stats.transient_live, 1, "{fault:?}: {stats:?}");
+            let r = e.reclaim(0);
+            assert_eq!((r.removed, r.error), (1, None), "{fault:?}: retried: {r:?}");
+            assert_eq!(hook.in_use(), 0, "{fault:?}");
+        }
+        assert_eq!(transient_live(&e), 0, "{fault:?}");
+        for b in first {
+            grow_unmap(&e, b, SEGMENT as usize);
+        }
+        grow_check(&pv.xen, &e, &fault);
+        let lost = pv.xen.lost_frames().len() as u64;
+        assert_eq!(
+            frames(&pv.xen, Some(&pv)),
+            (before.0 + lost, before.1 - stranded),
+            "{fault:?}: a frame was lost"
+        );
+    }
+    assert!(t.damaged > 0, "no damage reached: {t:?}");
+    t.report("transient pool give-back at unmap (x86 PV, 512 KiB, order 7)");
+    eprintln!(
+        "fault matrix, transient pools (x86 PV): {} cases",
+        map_cases + t.cases
+    );
 }

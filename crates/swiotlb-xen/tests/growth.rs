@@ -510,3 +510,160 @@ fn lookups_racing_reclaim_stay_correct() {
     assert_eq!(e.growth().unwrap().hook().in_use(), 0);
     pv.xen.check_invariants().unwrap();
 }
+
+/// A mapping longer than a chunk holds gets a transient pool of its own, the smallest power
+/// of two that holds it: data goes both ways through it, no other mapping enters it, and it
+/// goes back at the unmap (with the hook in atomic context, at the next reclaim, whatever
+/// the quiet period). Nothing is lost.
+fn transient<P: Platform, A: PageAllocator>(e: &GEngine<P, A>, mem: &SimMemory, buf: PhysAddr) {
+    let hook = e.growth().unwrap().hook();
+    let dir = DmaDirection::Bidirectional;
+    // 1.5 MiB: more than a 1 MiB chunk holds, so a transient pool of 2 MiB.
+    let size = 3 * CHUNK / 2;
+    assert!(
+        e.max_mapping_size(&dev()) >= 8 << 20,
+        "max_bytes is the limit"
+    );
+    let data = pattern(11, size);
+    mem.write(buf, &data);
+    for atomic_unmap in [false, true] {
+        // SAFETY: as in `fill`.
+        let b = unsafe { e.map_page(&dev(), buf, size, dir, DmaAttrs::empty()) }
+            .expect("a transient pool");
+        assert!(!in_first(e, b));
+        assert!(DmaMask::BITS_32.covers(b, size as u64));
+        let s = e.growth_stats().unwrap();
+        assert_eq!((s.transient_live, s.live_pools), (1, 1), "{s:?}");
+        assert_eq!(s.bytes, 2 * CHUNK as u64, "{s:?}");
+        let t = tlb(e, b);
+        let mut got = vec![0; size];
+        mem.read(t, &mut got);
+        assert_eq!(got, data, "the bounce holds the original");
+        // A small mapping that must grow does not go into the transient pool.
+        let first = fill(e, PhysAddr::new(buf.as_u64() + 2 * CHUNK as u64));
+        let p = PhysAddr::new(buf.as_u64() + 3 * CHUNK as u64);
+        // SAFETY: as in `fill`.
+        let small = unsafe { e.map_page(&dev(), p, 4096, dir, DmaAttrs::empty()) }.unwrap();
+        let st = tlb(e, small);
+        assert!(!in_first(e, small));
+        assert!(
+            st < t || st.as_u64() >= t.as_u64() + 2 * CHUNK as u64,
+            "a second mapping in the transient pool"
+        );
+        e.unmap_page(&dev(), small, 4096, dir, DmaAttrs::empty())
+            .unwrap();
+        unmap_all(e, &first);
+        // The device writes the end; the unmap copies it back.
+        mem.write(PhysAddr::new(t.as_u64() + size as u64 - 4), b"tail");
+        hook.set_atomic(atomic_unmap);
+        e.unmap_page(&dev(), b, size, dir, DmaAttrs::empty())
+            .expect("unmap of a transient mapping");
+        hook.set_atomic(false);
+        let mut tail = [0u8; 4];
+        mem.read(PhysAddr::new(buf.as_u64() + size as u64 - 4), &mut tail);
+        assert_eq!(&tail, b"tail");
+        mem.write(
+            PhysAddr::new(buf.as_u64() + size as u64 - 4),
+            &data[size - 4..],
+        );
+        let s = e.growth_stats().unwrap();
+        if atomic_unmap {
+            assert_eq!(s.transient_live, 1, "freed in atomic context: {s:?}");
+            let r = e.reclaim(0);
+            assert_eq!((r.removed, r.error), (1, None), "{r:?}");
+        }
+        let s = e.growth_stats().unwrap();
+        assert_eq!(s.transient_live, 0, "{s:?}");
+        // The small mapping's chunk stays for its quiet period (begun by the reclaim at 0
+        // after an atomic unmap); then everything is back.
+        let early = e.reclaim(1000).removed;
+        assert_eq!(early, usize::from(atomic_unmap));
+        assert_eq!(early + e.reclaim(2000).removed, 1);
+        assert_eq!(hook.in_use(), 0, "pages not given back");
+    }
+    let s = e.growth_stats().unwrap();
+    assert_eq!((s.transient_added, s.pools_added), (2, 4), "{s:?}");
+}
+
+#[test]
+fn a_mapping_longer_than_a_chunk_gets_a_transient_pool_x86_pv() {
+    let pv = Pv::new();
+    let before = (pv.xen.free_frames(), pv.local_entries());
+    {
+        let hook = SimGrowth::pv(&pv.guest, 1024, 256);
+        let e = pv
+            .engine(4 * SEGMENT)
+            .with_growth(Box::new(Growth::new(hook, limits())));
+        let buf = pv.guest.alloc_pages(4 * 256);
+        transient(&e, &pv.guest.memory(), buf);
+        pv.xen.check_invariants().expect("invariants");
+    }
+    let after = (pv.xen.free_frames(), pv.local_entries());
+    assert_eq!(after.1, before.1, "a local frame was lost");
+}
+
+#[test]
+fn a_mapping_longer_than_a_chunk_gets_a_transient_pool_arm64() {
+    let arm = Arm::new();
+    let hook = SimGrowth::arm(&arm.guest, 1024, 256);
+    let e = arm
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits())));
+    let buf = arm.guest.alloc_pages(4 * 256);
+    transient(&e, &arm.mem, buf);
+    arm.xen.check_invariants().expect("invariants");
+}
+
+/// Without transient pools a mapping longer than a chunk fails as the first pool refused
+/// it, and nothing is grown.
+#[test]
+fn without_transient_pools_a_mapping_longer_than_a_chunk_fails() {
+    let pv = Pv::new();
+    let hook = SimGrowth::pv(&pv.guest, 1024, 256);
+    let e = pv
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits().with_transient(false))));
+    assert_eq!(e.max_mapping_size(&dev()), CHUNK);
+    let buf = pv.guest.alloc_pages(4 * 256);
+    let size = 3 * CHUNK / 2;
+    // SAFETY: as in `fill`.
+    let r = unsafe { e.map_page(&dev(), buf, size, DmaDirection::ToDevice, DmaAttrs::empty()) };
+    assert!(matches!(r, Err(DmaError::Bounce { .. })), "{r:?}");
+    assert_eq!(e.growth_stats().unwrap().pools_added, 0);
+}
+
+/// `map_buffer` grows too, and `unmap_buffer` finds its mapping in the grown pool.
+#[test]
+fn map_buffer_grows_and_unmap_buffer_finds_the_grown_mapping() {
+    let pv = Pv::new();
+    let hook = SimGrowth::pv(&pv.guest, 1024, 256);
+    let e = pv
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits())));
+    let buf = pv.guest.alloc_pages(2 * 256);
+    let first = fill(&e, buf);
+    let mut packet = pattern(3, 5000);
+    let ptr = core::ptr::NonNull::from(&mut packet[..]);
+    let dir = DmaDirection::Bidirectional;
+    // SAFETY: `packet` stays valid and is touched by nobody until the unmap.
+    let b = unsafe { e.map_buffer(&dev(), ptr, None, dir, DmaAttrs::empty()) }
+        .expect("map_buffer grows a pool");
+    assert!(!in_first(&e, b));
+    assert_eq!(e.growth_stats().unwrap().pools_added, 1);
+    let t = tlb(&e, b);
+    pv.guest.memory().write(t, b"from the device");
+    // SAFETY: the mapping of `ptr` made above.
+    unsafe { e.unmap_buffer(&dev(), b, ptr, dir, DmaAttrs::empty()) }
+        .expect("unmap_buffer of a grown mapping");
+    assert_eq!(&packet[..15], b"from the device");
+    // SAFETY: as above; the mapping is gone, so this is refused by the grown pool.
+    let again = unsafe { e.unmap_buffer(&dev(), b, ptr, dir, DmaAttrs::empty()) };
+    assert!(
+        matches!(again, Err(DmaError::BufferNotMapped { .. })),
+        "{again:?}"
+    );
+    unmap_all(&e, &first);
+    assert_eq!(e.reclaim(0).removed, 0);
+    assert_eq!(e.reclaim(100).removed, 1);
+    assert_eq!(e.growth().unwrap().hook().in_use(), 0);
+}

@@ -23,14 +23,15 @@
 use core::ptr::NonNull;
 
 use super::error::{BounceReason, DmaError};
+use super::grow::{Bouncer, Request};
 use super::pages::PageAllocator;
 use super::stats::bump;
-use super::{CacheOp, DmaEngine};
+use super::{CacheOp, DmaEngine, Found};
 use crate::addr::{BusAddr, PhysAddr};
 use crate::dma::{Device, DmaAttrs, DmaDirection};
 use crate::error::Error as PoolError;
 use crate::hooks::{BufferMemory, Platform};
-use crate::pool::Slot;
+use crate::pool::{BouncePool, Slot};
 
 impl<P, M, S, A, G> DmaEngine<P, M, S, A, G>
 where
@@ -142,36 +143,27 @@ where
             }
             None => BounceReason::Untranslatable,
         };
-        let refused = |source| match phys {
-            Some(phys) => match source {
-                Some(source) => DmaError::Bounce {
-                    phys,
-                    size,
-                    reason,
-                    source,
-                },
-                None => DmaError::NoPool { phys, size, reason },
-            },
-            None => DmaError::BufferBounce { size, source },
+        let req = Request {
+            dev,
+            size,
+            dir,
+            attrs,
+            reason,
         };
+        let orig = BufferOriginal { buf, phys };
         let Some(pool) = &self.pool else {
-            return Err(refused(None));
+            return Err(orig.error(&req, None));
         };
         // The copy-in happens for every direction, as for `map_page` (CVE-2022-0854).
         // SAFETY: the caller vouches for `buf` for reads and for no other access during this
         // call; it is the caller's memory, not the pool's.
-        let tlb = unsafe { pool.map_buffer(dev, buf, phys, 0, (self.cpu_hint)()) }
-            .map_err(|e| refused(Some(e)))?;
-        let cache = !dev.coherent && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
-        self.finish_bounce(dev, tlb, size, dir, cache, reason)
-            .inspect_err(|_| {
-                // Just mapped by this call: the unmap cannot fail; nothing is copied back
-                // (the device never saw the address).
-                // SAFETY: as above; nothing is written through `buf` (SKIP_CPU_SYNC).
-                let _ = unsafe {
-                    pool.unmap_buffer(dev, tlb, buf, dir, attrs | DmaAttrs::SKIP_CPU_SYNC)
-                };
-            })
+        let tlb = match unsafe { orig.take(pool, &req, (self.cpu_hint)()) } {
+            Ok(tlb) => tlb,
+            // A full pool may grow, as for `map_page`.
+            // SAFETY: the caller's promise, passed on.
+            Err(first) => return unsafe { self.map_grown(&req, &orig, first) },
+        };
+        self.finish_in(pool, &req, &orig, tlb)
     }
 
     /// [`unmap_page`](Self::unmap_page) for a mapping made by
@@ -244,13 +236,47 @@ where
         let size = buf.len();
         self.check_bus(bus, size)?;
         let cache = !dev.coherent && !attrs.intersects(DmaAttrs::SKIP_CPU_SYNC | DmaAttrs::MMIO);
-        let Some((pool, tlb)) = self.bounce_phys(dev, bus) else {
-            if cache {
-                self.cache_direct(dev, bus, size, dir, CacheOp::ForCpu)?;
+        match self.find_bounce(dev, bus) {
+            // SAFETY: the caller's promise, passed on.
+            Found::First(pool, tlb) => unsafe {
+                self.unmap_buffer_in(pool, dev, bus, tlb, buf, dir, attrs, cache)
+            },
+            Found::Grown(inside, tlb) => {
+                // SAFETY: the caller's promise, passed on.
+                let r = unsafe {
+                    self.unmap_buffer_in(inside.pool(), dev, bus, tlb, buf, dir, attrs, cache)
+                };
+                self.unmapped_from(inside);
+                r
             }
-            bump(&self.counters().direct_unmaps);
-            return Ok(());
-        };
+            Found::No => {
+                if cache {
+                    self.cache_direct(dev, bus, size, dir, CacheOp::ForCpu)?;
+                }
+                bump(&self.counters().direct_unmaps);
+                Ok(())
+            }
+        }
+    }
+
+    /// The unmap of a buffer bounce at `tlb` in `pool` (the first or a grown one).
+    ///
+    /// # Safety
+    ///
+    /// As [`unmap_buffer`](Self::unmap_buffer).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unmap_buffer_in<S2: AsRef<[Slot]>>(
+        &self,
+        pool: &BouncePool<M, S2>,
+        dev: &Device,
+        bus: BusAddr,
+        tlb: PhysAddr,
+        buf: NonNull<[u8]>,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+        cache: bool,
+    ) -> Result<(), DmaError> {
+        let size = buf.len();
         let pool_err = |source| match source {
             PoolError::NotMapped { .. } => DmaError::BufferNotMapped { bus, tlb, size },
             source => DmaError::Pool { bus, tlb, source },
@@ -271,5 +297,51 @@ where
         .map_err(pool_err)?;
         bump(&self.counters().bounced_unmaps);
         cache_result
+    }
+}
+
+/// The original of a `map_buffer`: the caller's pointer, and its physical address if known.
+struct BufferOriginal {
+    buf: NonNull<[u8]>,
+    phys: Option<PhysAddr>,
+}
+
+impl BufferOriginal {
+    /// The error of a refused bounce (`None`: there is no pool).
+    fn error(&self, req: &Request<'_>, source: Option<PoolError>) -> DmaError {
+        let (size, reason) = (req.size, req.reason);
+        match (self.phys, source) {
+            (Some(phys), Some(source)) => DmaError::Bounce {
+                phys,
+                size,
+                reason,
+                source,
+            },
+            (Some(phys), None) => DmaError::NoPool { phys, size, reason },
+            (None, source) => DmaError::BufferBounce { size, source },
+        }
+    }
+}
+
+impl<M: BufferMemory> Bouncer<M> for BufferOriginal {
+    unsafe fn take<S: AsRef<[Slot]>>(
+        &self,
+        pool: &BouncePool<M, S>,
+        req: &Request<'_>,
+        cpu: usize,
+    ) -> Result<PhysAddr, PoolError> {
+        // SAFETY: the caller's promise (`map_buffer`'s), passed on.
+        unsafe { pool.map_buffer(req.dev, self.buf, self.phys, 0, cpu) }
+    }
+
+    fn undo<S: AsRef<[Slot]>>(&self, pool: &BouncePool<M, S>, req: &Request<'_>, tlb: PhysAddr) {
+        let attrs = req.attrs | DmaAttrs::SKIP_CPU_SYNC;
+        // SAFETY: the mapping was just made by `take` of this buffer; nothing is written
+        // through `buf` (SKIP_CPU_SYNC).
+        let _ = unsafe { pool.unmap_buffer(req.dev, tlb, self.buf, req.dir, attrs) };
+    }
+
+    fn refused(&self, req: &Request<'_>, source: PoolError) -> DmaError {
+        self.error(req, Some(source))
     }
 }

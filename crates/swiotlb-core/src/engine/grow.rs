@@ -205,11 +205,17 @@ pub struct GrowthLimits {
     /// How many times a map that finds another CPU growing checks again whether it is done
     /// before failing with [`GrowthError::Busy`] (the bounded wait). 0 fails at once.
     pub busy_spins: u32,
+    /// Whether a mapping longer than a chunk holds gets a *transient* pool of its own: one
+    /// bus-contiguous block of the smallest power-of-two size that holds it (within
+    /// `max_bytes` and `max_pools`, like any grown pool), used by no other mapping and given
+    /// back at its unmap (at the next [`DmaEngine::reclaim`] when the unmap runs in atomic
+    /// context, where [`GrowthHook::free_pages`] may not be called). On by default.
+    pub transient: bool,
 }
 
 impl GrowthLimits {
     /// Limits of `max_bytes` in chunks of `chunk_bytes`, with [`MAX_GROWN_POOLS`] pools, a
-    /// quiet period of 1, 32 address bits and a wait of 1000 spins.
+    /// quiet period of 1, 32 address bits, a wait of 1000 spins and transient pools.
     #[must_use]
     pub const fn new(max_bytes: u64, chunk_bytes: usize) -> Self {
         Self {
@@ -219,7 +225,16 @@ impl GrowthLimits {
             quiet_period: 1,
             address_bits: 32,
             busy_spins: 1000,
+            transient: true,
         }
+    }
+
+    /// With or without transient pools for mappings longer than a chunk holds
+    /// ([`transient`](Self::transient)).
+    #[must_use]
+    pub const fn with_transient(mut self, on: bool) -> Self {
+        self.transient = on;
+        self
     }
 
     /// With at most `n` grown pools.
@@ -256,6 +271,37 @@ impl GrowthLimits {
         // CAST: the order of a usize is below 64.
         (c.is_power_of_two() && c >= IO_TLB_SEGMENT_BYTES)
             .then(|| c.trailing_zeros() - XEN_PAGE_SHIFT)
+    }
+
+    /// The order of the transient pool for a mapping of `size` bytes for `dev`: the smallest
+    /// above the chunk's whose pool holds it, if transient pools are on and any order does
+    /// (a mapping beyond [`MAX_RUN_SLOTS`](crate::pool::MAX_RUN_SLOTS) slots, or cut by the
+    /// device's segment boundary, fits none).
+    fn transient_order(&self, dev: &Device, size: usize) -> Option<u32> {
+        let chunk = self.order()?;
+        if !self.transient {
+            return None;
+        }
+        let max_run = crate::pool::MAX_RUN_SLOTS * IO_TLB_SIZE;
+        (chunk + 1..usize::BITS - XEN_PAGE_SHIFT)
+            .take_while(|&o| order_bytes(o) <= 2 * max_run)
+            .find(|&o| crate::pool::chunk_max_mapping_size(dev, order_bytes(o)) >= size)
+    }
+
+    /// The longest mapping a pool grown for `dev` could hold: a transient one as large as
+    /// `max_bytes` allows, or a chunk.
+    pub(super) fn max_mapping_size(&self, dev: &Device) -> usize {
+        let chunk = crate::pool::chunk_max_mapping_size(dev, self.chunk_bytes);
+        if !self.transient || !self.is_valid() {
+            return chunk;
+        }
+        // The largest power of two within `max_bytes` (at least the chunk, to be useful).
+        let cap = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        if cap < self.chunk_bytes {
+            return chunk;
+        }
+        let largest = 1usize << (usize::BITS - 1 - cap.leading_zeros());
+        chunk.max(crate::pool::chunk_max_mapping_size(dev, largest))
     }
 }
 
@@ -376,6 +422,11 @@ pub struct GrowthStats {
     pub give_back_failures: u64,
     /// Slots in use in the grown pools.
     pub used_slots: usize,
+    /// Transient pools added (each for one mapping longer than a chunk holds; also counted
+    /// in `pools_added`).
+    pub transient_added: u64,
+    /// Transient pools alive now (also counted in `live_pools`).
+    pub transient_live: usize,
 }
 
 /// What one [`DmaEngine::reclaim`] did.
@@ -532,6 +583,8 @@ impl AsRef<[Slot]> for GrownSlots {
 #[derive(Clone, Copy, Debug, Default)]
 struct Chunk {
     phys: PhysAddr,
+    /// `4 KiB << order` bytes: the limits' chunk, or a transient pool's own size.
+    order: u32,
     exchanged: bool,
     /// Reclaim's view: when the pool was first seen idle, and its map count then.
     idle_since: Option<u64>,
@@ -545,6 +598,9 @@ struct Entry<M: PhysMemory> {
     gate: EntryGate,
     /// The highest bus address of the live pool (maps pick pools their mask covers).
     bus_top: AtomicU64,
+    /// The live pool is transient: it holds the one mapping it was grown for, and no map
+    /// searching for room enters it. Written by the holder of `busy` before the publish.
+    transient: AtomicBool,
     pool: UnsafeCell<Option<BouncePool<M, GrownSlots>>>,
     chunk: UnsafeCell<Chunk>,
     /// The slot metadata: `(ptr, len, from the heap)`.
@@ -557,9 +613,11 @@ impl<M: PhysMemory> Entry<M> {
             Self {
                 gate: EntryGate::new(),
                 bus_top: AtomicU64::new(0),
+                transient: AtomicBool::new(false),
                 pool: UnsafeCell::new(None),
                 chunk: UnsafeCell::new(Chunk {
                     phys: PhysAddr::ZERO,
+                    order: 0,
                     exchanged: false,
                     idle_since: None,
                     maps_seen: 0,
@@ -584,6 +642,7 @@ fn no_entries<M: PhysMemory>() -> [Entry<M>; MAX_GROWN_POOLS] {
 
 /// A use of a live entry's pool: `users` stays raised until it drops.
 pub(super) struct Inside<'a, M: PhysMemory> {
+    id: usize,
     entry: &'a Entry<M>,
     pool: &'a BouncePool<M, GrownSlots>,
 }
@@ -711,6 +770,7 @@ pub struct Growth<H, M: PhysMemory> {
     /// search of the grown pools starts; written only when it changes).
     last: AtomicUsize,
     added: AtomicU64,
+    transient_added: AtomicU64,
     removed: AtomicU64,
     bytes: AtomicU64,
     peak: AtomicU64,
@@ -739,23 +799,45 @@ impl<H, M: PhysMemory> Drop for Growth<H, M> {
         for e in &mut self.entries {
             // The pool goes first: it uses the storage.
             *e.pool.get_mut() = None;
-            if let Some((ptr, len, heap)) = e.slots.get_mut().take()
-                && heap
-            {
-                #[cfg(feature = "alloc")]
-                // SAFETY: the storage came from `Box::into_raw` of a boxed slice of `len`
-                // slots, and its only user (the pool) is gone.
-                drop(unsafe {
-                    alloc::boxed::Box::from_raw(core::ptr::slice_from_raw_parts_mut(
-                        ptr.as_ptr(),
-                        len,
-                    ))
-                });
-                #[cfg(not(feature = "alloc"))]
-                let _ = (ptr, len);
+            if let Some(old) = e.slots.get_mut().take() {
+                // SAFETY: the entry's storage; its pool was just dropped.
+                unsafe { free_heap_slots(old) };
             }
         }
     }
+}
+
+/// Slot metadata from the heap (feature `alloc`, outside atomic context): `(ptr, len, true)`.
+fn heap_slots(nslabs: usize, atomic: bool) -> Option<(NonNull<Slot>, usize, bool)> {
+    #[cfg(feature = "alloc")]
+    if !atomic {
+        let b: alloc::boxed::Box<[Slot]> = (0..nslabs).map(|_| Slot::new()).collect();
+        let raw = alloc::boxed::Box::into_raw(b);
+        // SAFETY: `Box::into_raw` never returns null.
+        let ptr = unsafe { NonNull::new_unchecked(raw.cast::<Slot>()) };
+        return Some((ptr, nslabs, true));
+    }
+    let _ = (nslabs, atomic);
+    None
+}
+
+/// Frees slot metadata of [`heap_slots`] (the hook's own is the hook's: kept).
+///
+/// # Safety
+///
+/// The storage is an entry's, and the pool that used it is gone.
+unsafe fn free_heap_slots((ptr, len, heap): (NonNull<Slot>, usize, bool)) {
+    if !heap {
+        return;
+    }
+    #[cfg(feature = "alloc")]
+    // SAFETY: heap storage came from `Box::into_raw` of a boxed slice of `len` slots, and
+    // its only user (the pool) is gone (the callers' promise).
+    drop(unsafe {
+        alloc::boxed::Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr.as_ptr(), len))
+    });
+    #[cfg(not(feature = "alloc"))]
+    let _ = (ptr, len);
 }
 
 impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
@@ -786,6 +868,7 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
                 busy: AtomicBool::new(false),
                 last: AtomicUsize::new(0),
                 added: AtomicU64::new(0),
+                transient_added: AtomicU64::new(0),
                 removed: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
                 peak: AtomicU64::new(0),
@@ -817,7 +900,7 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
         // SAFETY: the entry is live and `users` is raised, so the holder of `busy` does not
         // write the cell until this `Inside` drops (module argument); it holds a pool.
         let pool = unsafe { &*entry.pool.get() }.as_ref()?;
-        Some(Inside { entry, pool })
+        Some(Inside { id, entry, pool })
     }
 
     /// The grown pool holding `phys`, entered.
@@ -872,10 +955,11 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
     }
 
     fn stats(&self) -> GrowthStats {
-        let mut used = 0;
+        let (mut used, mut transient) = (0, 0);
         for id in 0..MAX_GROWN_POOLS {
             if let Some(i) = self.enter(id) {
                 used += i.pool.stats().used;
+                transient += usize::from(i.entry.transient.load(Ordering::Relaxed));
             }
         }
         GrowthStats {
@@ -888,6 +972,8 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
             failed: self.failed.load(Ordering::Relaxed),
             give_back_failures: self.give_back_failures.load(Ordering::Relaxed),
             used_slots: used,
+            transient_added: self.transient_added.load(Ordering::Relaxed),
+            transient_live: transient,
         }
     }
 
@@ -901,27 +987,24 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
         {
             return Some(GrownSlots { ptr, len });
         }
-        if slots.is_some() {
-            // Too small for the chunk (limits never change, so this does not happen).
-            return None;
+        // None yet, or too few for this pool (a transient pool longer than the chunks the
+        // entry held before): new storage, then the old goes.
+        let new = match self.hook.alloc_slots(nslabs, atomic) {
+            Some(s) if s.len() >= nslabs => Some((NonNull::from(s).cast::<Slot>(), s.len(), false)),
+            _ => heap_slots(nslabs, atomic),
+        }?;
+        // SAFETY: the entry is EMPTY and we hold `busy`: no user is inside its pool (a user
+        // enters only a LIVE entry) and no other writer exists. The old pool value goes
+        // first: it points at the old storage.
+        unsafe { *e.pool.get() = None };
+        if let Some(old) = slots.replace(new) {
+            // SAFETY: the entry's storage, whose pool was just dropped.
+            unsafe { free_heap_slots(old) };
         }
-        if let Some(s) = self.hook.alloc_slots(nslabs, atomic)
-            && s.len() >= nslabs
-        {
-            let ptr = NonNull::from(s).cast::<Slot>();
-            *slots = Some((ptr, s.len(), false));
-            return Some(GrownSlots { ptr, len: s.len() });
-        }
-        #[cfg(feature = "alloc")]
-        if !atomic {
-            let b: alloc::boxed::Box<[Slot]> = (0..nslabs).map(|_| Slot::new()).collect();
-            let raw = alloc::boxed::Box::into_raw(b);
-            // SAFETY: `Box::into_raw` never returns null.
-            let ptr = unsafe { NonNull::new_unchecked(raw.cast::<Slot>()) };
-            *slots = Some((ptr, nslabs, true));
-            return Some(GrownSlots { ptr, len: nslabs });
-        }
-        None
+        Some(GrownSlots {
+            ptr: new.0,
+            len: new.1,
+        })
     }
 }
 
@@ -946,11 +1029,12 @@ where
     /// growth's hook, and [`reclaim`](Self::reclaim) gives idle ones back. `growth` is a
     /// [`Growth`] by value, a reference to one, or (feature `alloc`) a box.
     ///
-    /// Grown pools serve streaming maps ([`map_page`](Self::map_page) and
-    /// [`map_sg`](Self::map_sg)); [`map_buffer`](Self::map_buffer) uses the first pool only.
-    /// A map grows on [`PoolError::PoolFull`], and for a mapping longer than the first pool
-    /// can hold ([`PoolError::TooLarge`], [`PoolError::ExceedsSegment`]) but not than a
-    /// chunk; when growth is refused or fails the error is [`DmaError::Growth`], which says
+    /// Grown pools serve streaming maps ([`map_page`](Self::map_page),
+    /// [`map_sg`](Self::map_sg) and [`map_buffer`](Self::map_buffer)). A map grows on
+    /// [`PoolError::PoolFull`], and for a mapping longer than the first pool can hold
+    /// ([`PoolError::TooLarge`], [`PoolError::ExceedsSegment`]); a mapping longer than a
+    /// chunk holds gets a transient pool of its own ([`GrowthLimits::transient`]), given
+    /// back at its unmap. When growth is refused or fails the error is [`DmaError::Growth`], which says
     /// why growth did not help. Each grown pool is `chunk_bytes` of the hook's pages, made
     /// bus-contiguous below `2^min(mask bits, limits.address_bits)` with
     /// [`Platform::create_contiguous_region`] (unless already so: an arm64 dom0's pages
@@ -1081,7 +1165,6 @@ where
             report.remaining = g.live_count();
             return report;
         };
-        let irq = self.irq();
         for (id, e) in g.entries.iter().enumerate() {
             if e.gate.state() != LIVE {
                 continue;
@@ -1097,56 +1180,105 @@ where
                 chunk.idle_since = None;
                 continue;
             }
-            if chunk.idle_since.is_none() || chunk.maps_seen != st.maps {
-                chunk.idle_since = Some(now);
-                chunk.maps_seen = st.maps;
-            }
-            let Some(since) = chunk.idle_since else {
-                continue;
-            };
-            if now.saturating_sub(since) < g.limits.quiet_period {
-                continue;
-            }
-            // Retire: no new user from here on; back off if one is inside or a mapping lives.
-            // A lookup that meets the entry retiring waits for the back-off or the table's
-            // rewrite (`lookup`), so interrupts stay masked from here to either: no lookup
-            // on this CPU can wait for it.
-            let masked = irq.save();
-            if !e.gate.retire() {
-                irq.restore(masked);
-                continue;
-            }
-            let Some(order) = g.limits.order().filter(|_| pool.stats().used == 0) else {
-                e.gate.revive();
-                irq.restore(masked);
-                continue;
-            };
-            let (phys, exchanged) = (chunk.phys, chunk.exchanged);
-            // CAST: a chunk id is below MAX_GROWN_POOLS <= 255.
-            g.index.write(irq, |v| v.retain(|x| usize::from(x.2) != id));
-            irq.restore(masked);
-            match self.give_back(g, phys, order, exchanged) {
-                Ok(()) => {}
-                Err(GiveBack::Kept(err)) => {
-                    // Still contiguous and ours: alive again, tried next time.
-                    report.error = Some(err);
-                    g.index.write(irq, |v| {
-                        let _ = v.try_push((pool.start().as_u64(), pool.end().as_u64(), id as u8));
-                    });
-                    e.gate.revive();
+            // A transient pool goes as soon as its mapping has (an unmap in atomic context
+            // left it here); a chunk after the quiet period.
+            if !e.transient.load(Ordering::Relaxed) {
+                if chunk.idle_since.is_none() || chunk.maps_seen != st.maps {
+                    chunk.idle_since = Some(now);
+                    chunk.maps_seen = st.maps;
+                }
+                let Some(since) = chunk.idle_since else {
+                    continue;
+                };
+                if now.saturating_sub(since) < g.limits.quiet_period {
                     continue;
                 }
-                Err(GiveBack::Damaged(err)) => report.error = Some(err),
             }
-            chunk.idle_since = None;
-            e.gate.empty();
-            g.bytes
-                .fetch_sub(g.limits.chunk_bytes as u64, Ordering::Relaxed);
-            g.removed.fetch_add(1, Ordering::Relaxed);
-            report.removed += 1;
+            match self.release(g, id) {
+                Release::Stayed => {}
+                Release::Removed(err) => {
+                    report.removed += 1;
+                    report.error = err.or(report.error);
+                }
+                Release::Kept(err) => report.error = Some(err),
+            }
         }
         report.remaining = g.live_count();
         report
+    }
+
+    /// Gives back the idle pool of live entry `id` (the caller holds `busy`): retires it (no
+    /// new user from here on; back off if one is inside or a mapping lives), removes it from
+    /// the lookup table, and gives its chunk back.
+    fn release(&self, g: &Growth<G::Hook, M>, id: usize) -> Release {
+        let e = &g.entries[id];
+        let irq = self.irq();
+        // SAFETY: the caller holds `busy`, the only writer of the cells.
+        let Some(pool) = (unsafe { &*e.pool.get() }).as_ref() else {
+            return Release::Stayed;
+        };
+        // SAFETY: as above; `chunk` is read and written only by the holder of `busy`.
+        let chunk = unsafe { &mut *e.chunk.get() };
+        // A lookup that meets the entry retiring waits for the back-off or the table's
+        // rewrite (`lookup`), so interrupts stay masked from here to either: no lookup on
+        // this CPU can wait for it.
+        let masked = irq.save();
+        if !e.gate.retire() {
+            irq.restore(masked);
+            return Release::Stayed;
+        }
+        if pool.stats().used != 0 {
+            e.gate.revive();
+            irq.restore(masked);
+            return Release::Stayed;
+        }
+        let (phys, order, exchanged) = (chunk.phys, chunk.order, chunk.exchanged);
+        g.index.write(irq, |v| v.retain(|x| usize::from(x.2) != id));
+        irq.restore(masked);
+        let err = match self.give_back(g, phys, order, exchanged) {
+            Ok(()) => None,
+            Err(GiveBack::Kept(err)) => {
+                // Still contiguous and ours: alive again, tried next time.
+                // CAST: a chunk id is below MAX_GROWN_POOLS <= 255.
+                g.index.write(irq, |v| {
+                    let _ = v.try_push((pool.start().as_u64(), pool.end().as_u64(), id as u8));
+                });
+                e.gate.revive();
+                return Release::Kept(err);
+            }
+            Err(GiveBack::Damaged(err)) => Some(err),
+        };
+        chunk.idle_since = None;
+        e.gate.empty();
+        // CAST: usize fits in u64.
+        g.bytes
+            .fetch_sub(order_bytes(order) as u64, Ordering::Relaxed);
+        g.removed.fetch_add(1, Ordering::Relaxed);
+        Release::Removed(err)
+    }
+
+    /// After an unmap from a grown pool: a transient pool goes back now that its mapping
+    /// has, unless the unmap runs in atomic context (the hook may not free pages there) or
+    /// another CPU grows or shrinks (the next [`reclaim`](Self::reclaim) gives it back).
+    pub(super) fn unmapped_from(&self, inside: Inside<'_, M>) {
+        if !inside.entry.transient.load(Ordering::Relaxed) {
+            return;
+        }
+        let id = inside.id;
+        drop(inside);
+        let Some(g) = self.growth.growth() else {
+            return;
+        };
+        if g.hook.in_atomic() {
+            return;
+        }
+        if let Some(_busy) = g.take_busy(0)
+            && g.entries[id].transient.load(Ordering::Relaxed)
+            && g.entries[id].gate.is_live()
+        {
+            // A failed give-back keeps the pool for `reclaim` to try again (and counts it).
+            let _ = self.release(g, id);
+        }
     }
 
     /// The interrupt hook of the first pool (used for the grown pools and the table).
@@ -1187,68 +1319,74 @@ where
     }
 
     /// The bounce of a map that the first pool refused with `first`: into a grown pool with
-    /// room, or a new one. Returns the bus address (the bounce finished: translated, checked,
-    /// maintained, counted).
+    /// room, a new one, or for a mapping longer than a chunk holds a transient pool of its
+    /// own. Returns the bus address (the bounce finished: translated, checked, maintained,
+    /// counted).
     ///
     /// # Safety
     ///
-    /// As [`map_page`](Self::map_page).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn map_grown(
+    /// As the entry point's (`map_page` or `map_buffer`) for `b`'s original.
+    pub(super) unsafe fn map_grown<B: Bouncer<M>>(
         &self,
-        dev: &Device,
-        phys: PhysAddr,
-        size: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-        reason: BounceReason,
+        req: &Request<'_>,
+        b: &B,
         first: PoolError,
     ) -> Result<BusAddr, DmaError> {
-        let bounce = |source| DmaError::Bounce {
-            phys,
-            size,
-            reason,
-            source,
-        };
+        let (dev, size) = (req.dev, req.size);
         let Some(g) = self.growth.growth() else {
-            return Err(bounce(first));
+            return Err(b.refused(req, first));
         };
-        // A full first pool, or a mapping longer than it can hold but not than a chunk:
-        // a grown pool is one bus-contiguous chunk, so it holds what the first pool's
-        // segments or areas cut (the grown pool's own checks have the last word).
-        let grown_may_hold = match first {
-            PoolError::PoolFull { .. } => true,
-            PoolError::TooLarge { .. } | PoolError::ExceedsSegment { .. } => {
-                size <= g.limits.chunk_bytes
-            }
-            _ => false,
-        };
-        if !grown_may_hold {
-            return Err(bounce(first));
+        // A full first pool, or a mapping longer than it can hold: a grown pool is one
+        // bus-contiguous chunk, so it holds what the first pool's segments or areas cut
+        // (the grown pool's own checks have the last word); longer ones get a transient
+        // pool if any size holds them.
+        if !matches!(
+            first,
+            PoolError::PoolFull { .. }
+                | PoolError::TooLarge { .. }
+                | PoolError::ExceedsSegment { .. }
+        ) {
+            return Err(b.refused(req, first));
         }
         let bits = dev.dma_mask.bits().min(g.limits.address_bits);
+        if size > crate::pool::chunk_max_mapping_size(dev, g.limits.chunk_bytes) {
+            let Some(order) = g.limits.transient_order(dev, size) else {
+                return Err(b.refused(req, first));
+            };
+            // SAFETY: the caller's promise, passed on.
+            return unsafe { self.map_transient(g, req, b, bits, order) };
+        }
         let covered = |e: &Entry<M>| {
             let top = e.bus_top.load(Ordering::Relaxed);
             dev.dma_mask.covers(BusAddr::new(top), 1)
+        };
+        // Entries a search for room may enter: live, not transient, reached by the device.
+        let open = |id: usize| {
+            let e = &g.entries[id];
+            // A hint first: entering writes the entry's line, so only live entries are.
+            if !e.gate.is_live() || e.transient.load(Ordering::Relaxed) {
+                return None;
+            }
+            g.enter(id).filter(|_| covered(e))
         };
         // From the pool that took the last grown mapping: with room in one pool only, the
         // maps go there first instead of searching every full pool before it.
         let start = g.last.load(Ordering::Relaxed);
         for k in 0..MAX_GROWN_POOLS {
             let id = (start + k) % MAX_GROWN_POOLS;
-            // A hint first: entering writes the entry's line, so only live entries are.
-            if !g.entries[id].gate.is_live() {
-                continue;
-            }
-            if let Some(inside) = g.enter(id)
-                && covered(&g.entries[id])
-            {
+            if let Some(inside) = open(id) {
                 // SAFETY: the caller's promise, passed on.
-                match unsafe { self.map_into(&inside, dev, phys, size, dir, attrs, reason) } {
-                    Err(DmaError::Bounce {
-                        source: PoolError::PoolFull { .. },
-                        ..
-                    }) => {}
+                match unsafe { self.map_into(&inside, req, b) } {
+                    Err(
+                        DmaError::Bounce {
+                            source: PoolError::PoolFull { .. },
+                            ..
+                        }
+                        | DmaError::BufferBounce {
+                            source: Some(PoolError::PoolFull { .. }),
+                            ..
+                        },
+                    ) => {}
                     r => {
                         if r.is_ok() && k != 0 {
                             g.last.store(id, Ordering::Relaxed);
@@ -1260,7 +1398,12 @@ where
         }
         let grown = match g.take_busy(g.limits.busy_spins) {
             Some(busy) => {
-                let r = self.grow(g, bits, size);
+                let r = g.limits.order().map_or(
+                    Err(GrowthError::InvalidLimits {
+                        chunk_bytes: g.limits.chunk_bytes,
+                    }),
+                    |order| self.grow(g, bits, size, order, false),
+                );
                 drop(busy);
                 r
             }
@@ -1272,20 +1415,12 @@ where
                 id
             }
             Err(cause) => {
-                let counter = match cause {
-                    GrowthError::PoolLimit { .. } | GrowthError::ByteLimit { .. } => &g.refused,
-                    _ => &g.failed,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                g.count_failure(&cause);
                 // Another CPU may have grown meanwhile (Busy) or freed room: one more try.
                 for id in 0..MAX_GROWN_POOLS {
-                    if let Some(inside) = g.enter(id)
-                        && covered(&g.entries[id])
-                    {
+                    if let Some(inside) = open(id) {
                         // SAFETY: the caller's promise, passed on.
-                        let r =
-                            unsafe { self.map_into(&inside, dev, phys, size, dir, attrs, reason) };
-                        if let Ok(bus) = r {
+                        if let Ok(bus) = unsafe { self.map_into(&inside, req, b) } {
                             return Ok(bus);
                         }
                     }
@@ -1294,55 +1429,88 @@ where
             }
         };
         let Some(inside) = g.enter(grown) else {
-            return Err(bounce(first));
+            return Err(b.refused(req, first));
         };
         // SAFETY: the caller's promise, passed on.
-        unsafe { self.map_into(&inside, dev, phys, size, dir, attrs, reason) }
+        unsafe { self.map_into(&inside, req, b) }
+    }
+
+    /// A mapping longer than a chunk holds, in a transient pool of `4 KiB << order` grown
+    /// for it alone. The map happens while this CPU still holds `busy`, so no reclaim gives
+    /// the new pool back first; if it fails the pool goes back at once.
+    ///
+    /// # Safety
+    ///
+    /// As [`map_grown`](Self::map_grown).
+    unsafe fn map_transient<B: Bouncer<M>>(
+        &self,
+        g: &Growth<G::Hook, M>,
+        req: &Request<'_>,
+        b: &B,
+        bits: u32,
+        order: u32,
+    ) -> Result<BusAddr, DmaError> {
+        let size = req.size;
+        let Some(_busy) = g.take_busy(g.limits.busy_spins) else {
+            let cause = GrowthError::Busy;
+            g.count_failure(&cause);
+            return Err(DmaError::Growth { size, cause });
+        };
+        let id = match self.grow(g, bits, size, order, true) {
+            Ok(id) => id,
+            Err(cause) => {
+                g.count_failure(&cause);
+                return Err(DmaError::Growth { size, cause });
+            }
+        };
+        let r = match g.enter(id) {
+            // SAFETY: the caller's promise, passed on.
+            Some(inside) => unsafe { self.map_into(&inside, req, b) },
+            None => Err(DmaError::Growth {
+                size,
+                cause: GrowthError::Pool {
+                    phys: PhysAddr::ZERO,
+                },
+            }),
+        };
+        if r.is_err() {
+            // Nothing lives in it: back at once (a failed give-back leaves it to `reclaim`).
+            let _ = self.release(g, id);
+        }
+        r
     }
 
     /// A bounce into one grown pool, finished as in the first pool.
     ///
     /// # Safety
     ///
-    /// As [`map_page`](Self::map_page).
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn map_into(
+    /// As [`map_grown`](Self::map_grown).
+    unsafe fn map_into<B: Bouncer<M>>(
         &self,
         inside: &Inside<'_, M>,
-        dev: &Device,
-        phys: PhysAddr,
-        size: usize,
-        dir: DmaDirection,
-        attrs: DmaAttrs,
-        reason: BounceReason,
+        req: &Request<'_>,
+        b: &B,
     ) -> Result<BusAddr, DmaError> {
         let pool = inside.pool();
-        let cpu = (self.cpu_hint)();
         // SAFETY: the caller vouches for the original; the hook's pages are reachable by the
         // pool's memory (the hook's contract).
-        let tlb = unsafe { pool.map(dev, phys, size, 0, dir, attrs, cpu) }.map_err(|source| {
-            DmaError::Bounce {
-                phys,
-                size,
-                reason,
-                source,
-            }
-        })?;
-        let cache = !dev.coherent && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
-        self.finish_bounce(dev, tlb, size, dir, cache, reason)
-            .inspect_err(|_| {
-                // Just taken by this call: the unmap cannot fail; nothing is copied back.
-                let _ = pool.unmap(dev, tlb, size, dir, attrs | DmaAttrs::SKIP_CPU_SYNC);
-            })
+        let tlb = unsafe { b.take(pool, req, (self.cpu_hint)()) }
+            .map_err(|source| b.refused(req, source))?;
+        self.finish_in(pool, req, b, tlb)
     }
 
-    /// Adds a pool below `2^bits` for a mapping of `need` bytes (the caller holds `busy`);
-    /// returns its entry.
-    fn grow(&self, g: &Growth<G::Hook, M>, bits: u32, need: usize) -> Result<usize, GrowthError> {
+    /// Adds a pool of `4 KiB << order` below `2^bits` for a mapping of `need` bytes (the
+    /// caller holds `busy`), transient (one area, for that mapping alone) or not; returns
+    /// its entry.
+    fn grow(
+        &self,
+        g: &Growth<G::Hook, M>,
+        bits: u32,
+        need: usize,
+        order: u32,
+        transient: bool,
+    ) -> Result<usize, GrowthError> {
         let limits = g.limits;
-        let order = limits.order().ok_or(GrowthError::InvalidLimits {
-            chunk_bytes: limits.chunk_bytes,
-        })?;
         let first = self.pool.as_ref().ok_or(GrowthError::NoFirstPool)?;
         let pools = g.live_count();
         if pools >= limits.max_pools {
@@ -1351,27 +1519,37 @@ where
                 max: limits.max_pools,
             });
         }
+        let bytes = order_bytes(order);
         // CAST: usize fits in u64.
-        let chunk = limits.chunk_bytes as u64;
+        let chunk = bytes as u64;
         let grown = g.bytes.load(Ordering::Relaxed);
         if grown.saturating_add(chunk) > limits.max_bytes {
             return Err(GrowthError::ByteLimit {
                 grown,
-                chunk: limits.chunk_bytes,
+                chunk: bytes,
                 max: limits.max_bytes,
             });
         }
+        let nslabs = bytes / IO_TLB_SIZE;
+        // An empty entry, one whose slot metadata is large enough first (a transient pool
+        // may need more than the entries' chunks had).
+        let holds = |e: &Entry<M>| {
+            // SAFETY: only the holder of `busy` writes `slots`.
+            unsafe { &*e.slots.get() }.is_none_or(|(_, len, _)| len >= nslabs)
+        };
+        let empty = |e: &&Entry<M>| e.gate.state() == EMPTY;
         let (id, e) = g
             .entries
             .iter()
             .enumerate()
-            .find(|(_, e)| e.gate.state() == EMPTY)
+            .filter(|(_, e)| empty(e))
+            .find(|(_, e)| holds(e))
+            .or_else(|| g.entries.iter().enumerate().find(|(_, e)| empty(e)))
             .ok_or(GrowthError::PoolLimit {
                 pools,
                 max: limits.max_pools,
             })?;
         let atomic = g.hook.in_atomic();
-        let nslabs = limits.chunk_bytes / IO_TLB_SIZE;
         let slots = g
             .slots_for(e, nslabs, atomic)
             .ok_or(GrowthError::NoSlots { nslabs, atomic })?;
@@ -1434,7 +1612,11 @@ where
         // As many areas as the first pool, unless an area would be too short for the
         // mapping this growth is for (a run never crosses an area; one slot of slack for
         // the kept offset).
-        let mut nareas = limit_nareas(first.nareas(), nslabs);
+        let mut nareas = if transient {
+            1
+        } else {
+            limit_nareas(first.nareas(), nslabs)
+        };
         while nareas > 1 && (nslabs / nareas - 1) * IO_TLB_SIZE < need {
             nareas /= 2;
         }
@@ -1460,12 +1642,14 @@ where
             *e.pool.get() = Some(pool);
             *e.chunk.get() = Chunk {
                 phys,
+                order,
                 exchanged,
                 idle_since: None,
                 maps_seen: 0,
             };
         }
         e.bus_top.store(top.as_u64(), Ordering::Relaxed);
+        e.transient.store(transient, Ordering::Relaxed);
         let end = phys.as_u64() + chunk;
         // CAST: ids are below MAX_GROWN_POOLS <= 255.
         g.index.write(self.irq(), |v| {
@@ -1475,7 +1659,96 @@ where
         let now = g.bytes.fetch_add(chunk, Ordering::Relaxed) + chunk;
         g.peak.fetch_max(now, Ordering::Relaxed);
         g.added.fetch_add(1, Ordering::Relaxed);
+        if transient {
+            g.transient_added.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(id)
+    }
+}
+
+/// The bytes of `2^order` pages.
+const fn order_bytes(order: u32) -> usize {
+    1 << (order + XEN_PAGE_SHIFT)
+}
+
+/// What [`DmaEngine::release`] did with a pool.
+enum Release {
+    /// Still alive: a user was inside or a mapping lives.
+    Stayed,
+    /// Given back (with the error when the give-back damaged it: quarantined).
+    Removed(Option<PlatformError>),
+    /// The give-back failed; the pool is alive again.
+    Kept(PlatformError),
+}
+
+/// The parameters of a streaming map the grown pools may take.
+pub(super) struct Request<'a> {
+    pub(super) dev: &'a Device,
+    pub(super) size: usize,
+    pub(super) dir: DmaDirection,
+    pub(super) attrs: DmaAttrs,
+    pub(super) reason: BounceReason,
+}
+
+/// The original of a streaming map, and how a pool takes and gives back its bounce: a
+/// `map_page`'s physical range ([`PageOriginal`]) or a `map_buffer`'s pointer.
+pub(super) trait Bouncer<M: PhysMemory> {
+    /// Takes slots in `pool` and copies the original in; the bounce address.
+    ///
+    /// # Safety
+    ///
+    /// As the entry point's for the original.
+    unsafe fn take<S: AsRef<[Slot]>>(
+        &self,
+        pool: &BouncePool<M, S>,
+        req: &Request<'_>,
+        cpu: usize,
+    ) -> Result<PhysAddr, PoolError>;
+
+    /// Gives back slots `take` just took, copying nothing back.
+    fn undo<S: AsRef<[Slot]>>(&self, pool: &BouncePool<M, S>, req: &Request<'_>, tlb: PhysAddr);
+
+    /// The error of a bounce the pools refused with `source`.
+    fn refused(&self, req: &Request<'_>, source: PoolError) -> DmaError;
+}
+
+/// The original of a `map_page`: `req.size` bytes at a physical address.
+pub(super) struct PageOriginal(pub(super) PhysAddr);
+
+impl<M: PhysMemory> Bouncer<M> for PageOriginal {
+    unsafe fn take<S: AsRef<[Slot]>>(
+        &self,
+        pool: &BouncePool<M, S>,
+        req: &Request<'_>,
+        cpu: usize,
+    ) -> Result<PhysAddr, PoolError> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { pool.map(req.dev, self.0, req.size, 0, req.dir, req.attrs, cpu) }
+    }
+
+    fn undo<S: AsRef<[Slot]>>(&self, pool: &BouncePool<M, S>, req: &Request<'_>, tlb: PhysAddr) {
+        let attrs = req.attrs | DmaAttrs::SKIP_CPU_SYNC;
+        let _ = pool.unmap(req.dev, tlb, req.size, req.dir, attrs);
+    }
+
+    fn refused(&self, req: &Request<'_>, source: PoolError) -> DmaError {
+        DmaError::Bounce {
+            phys: self.0,
+            size: req.size,
+            reason: req.reason,
+            source,
+        }
+    }
+}
+
+impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
+    /// Counts a growth that did not happen: refused by the limits, or failed.
+    fn count_failure(&self, cause: &GrowthError) {
+        let counter = match cause {
+            GrowthError::PoolLimit { .. } | GrowthError::ByteLimit { .. } => &self.refused,
+            _ => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -67,6 +67,7 @@ use crate::addr::{BusAddr, Pfn, PhysAddr, XEN_PAGE_SIZE};
 use crate::dma::{Device, DmaAttrs, DmaDirection, DmaMask};
 use crate::hooks::{PhysMemory, Platform};
 use crate::pool::{BouncePool, IO_TLB_SEGMENT_BYTES, PoolReport, Slot};
+use grow::Bouncer as _;
 use stats::{Counters, ShardedCounters, bump};
 
 /// The CPU hint used when none is given: always area 0 first.
@@ -520,11 +521,12 @@ where
             .pool
             .as_ref()
             .map_or(usize::MAX, |p| p.max_mapping_size(dev));
-        // With growth, a mapping the first pool cannot hold grows a pool of one chunk.
+        // With growth, a mapping the first pool cannot hold grows a pool of one chunk, or a
+        // transient one.
         match self.growth.growth() {
-            Some(g) if self.pool.is_some() && g.limits().is_valid() => first.max(
-                crate::pool::chunk_max_mapping_size(dev, g.limits().chunk_bytes),
-            ),
+            Some(g) if self.pool.is_some() && g.limits().is_valid() => {
+                first.max(g.limits().max_mapping_size(dev))
+            }
             _ => first,
         }
     }
@@ -628,26 +630,40 @@ where
         let Some(pool) = &self.pool else {
             return Err(DmaError::NoPool { phys, size, reason });
         };
-        let cpu = (self.cpu_hint)();
+        let req = grow::Request {
+            dev,
+            size,
+            dir,
+            attrs,
+            reason,
+        };
+        let orig = grow::PageOriginal(phys);
         // SAFETY: the caller vouches for the original range until the unmap, and the pool's
         // memory reaches it (`new`'s contract).
-        let tlb = match unsafe { pool.map(dev, phys, size, 0, dir, attrs, cpu) } {
+        let tlb = match unsafe { orig.take(pool, &req, (self.cpu_hint)()) } {
             Ok(tlb) => tlb,
             // A full pool may grow (`grow.rs`); without growth this is the pool's error.
             Err(first) => {
                 // SAFETY: the caller's promise, passed on.
-                return unsafe { self.map_grown(dev, phys, size, dir, attrs, reason, first) };
+                return unsafe { self.map_grown(&req, &orig, first) };
             }
         };
-        let undo = |err: DmaError| {
-            // The slots were just taken by this call, so the unmap cannot fail; nothing is
-            // copied back (the device never saw the address).
-            let _ = pool.unmap(dev, tlb, size, dir, attrs | DmaAttrs::SKIP_CPU_SYNC);
-            err
-        };
-        let cache = !dev.coherent && !attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
-        self.finish_bounce(dev, tlb, size, dir, cache, reason)
-            .map_err(undo)
+        self.finish_in(pool, &req, &orig, tlb)
+    }
+
+    /// The end of a bounce `b` just took at `tlb` in `pool` (the first or a grown one):
+    /// [`finish_bounce`](Self::finish_bounce), and on error the slots go back (the unmap
+    /// cannot fail; nothing is copied back: the device never saw the address).
+    fn finish_in<S2: AsRef<[Slot]>, B: grow::Bouncer<M>>(
+        &self,
+        pool: &BouncePool<M, S2>,
+        req: &grow::Request<'_>,
+        b: &B,
+        tlb: PhysAddr,
+    ) -> Result<BusAddr, DmaError> {
+        let cache = !req.dev.coherent && !req.attrs.contains(DmaAttrs::SKIP_CPU_SYNC);
+        self.finish_bounce(req.dev, tlb, req.size, req.dir, cache, req.reason)
+            .inspect_err(|_| b.undo(pool, req, tlb))
     }
 
     /// The end of a bounce: translates the bounce address, checks it against the mask, runs
@@ -802,7 +818,9 @@ where
                 return self.unmap_bounced(pool, dev, bus, tlb, size, dir, attrs, cache);
             }
             Found::Grown(inside, tlb) => {
-                return self.unmap_bounced(inside.pool(), dev, bus, tlb, size, dir, attrs, cache);
+                let r = self.unmap_bounced(inside.pool(), dev, bus, tlb, size, dir, attrs, cache);
+                self.unmapped_from(inside);
+                return r;
             }
             Found::No => {}
         }
@@ -1103,19 +1121,6 @@ where
             return Err(BounceReason::Platform);
         }
         Ok(bus)
-    }
-
-    /// Linux's `xen_swiotlb_find_pool`: the pool and the bounce address when `bus` is the
-    /// bus address of a byte of the pool.
-    #[inline]
-    fn bounce_phys(&self, dev: &Device, bus: BusAddr) -> Option<(&BouncePool<M, S>, PhysAddr)> {
-        let pool = self.pool.as_ref()?;
-        if dev.behind_iommu {
-            return None;
-        }
-        let pfn = self.platform.bfn_to_local_pfn(bus.frame())?;
-        let phys = bus.with_phys_frame(pfn);
-        pool.contains(phys).then_some((pool, phys))
     }
 
     /// Runs a cache hook of the platform over a range; `phys` is `None` for foreign bytes
