@@ -216,9 +216,16 @@ pub fn docs_ci(root: &Path) -> Result<(), String> {
     docs_commands().iter().try_for_each(|run| run.run(root))
 }
 
-/// The `package` step.
+/// The `package` step. The verification resolves every crate's dependencies afresh against
+/// crates.io, so a failed download fails it: a failure is retried once (both outputs are in
+/// the log), and a second one fails the step.
 pub fn package_ci(root: &Path) -> Result<(), String> {
-    package_command().run(root)
+    package_command().run(root).or_else(|first| {
+        eprintln!("package: failed ({first}); once more, in case a download failed");
+        package_command()
+            .run(root)
+            .map_err(|second| format!("{second} (the first try: {first})"))
+    })
 }
 
 /// The `msrv` step.

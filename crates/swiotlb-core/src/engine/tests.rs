@@ -2407,3 +2407,51 @@ fn a_mapping_longer_than_the_first_pool_holds_grows_a_pool_that_holds_it() {
     assert_eq!(removed, 1);
     assert!(growth.hook().block_is_back());
 }
+
+/// A mapping longer than a 256 KiB chunk holds gets a transient pool of 1 MiB (the smallest
+/// power of two that holds 768 KiB), exchanged for it; the bytes go both ways, and the unmap
+/// exchanges it back and returns it at once, without a reclaim. Under Miri: the transient
+/// path's entry cells and its give-back from the unmap.
+#[test]
+fn a_mapping_longer_than_a_chunk_gets_a_transient_pool_given_back_at_unmap() {
+    let Fixture { engine, host, _mem } = Fixture::new();
+    static SLOTS: [Slot; 512] = [const { Slot::new() }; 512];
+    let limits = GrowthLimits::new(1 << 20, 256 << 10).with_quiet_period(1000);
+    let growth = Box::new(Growth::new(GrowHook::new(8, &SLOTS), limits));
+    let engine = engine.with_growth(&*growth);
+    engine
+        .platform()
+        .needs_bounce
+        .store(true, Ordering::Relaxed);
+    let len = 768 << 10;
+    assert_eq!(
+        engine.max_mapping_size(&DEV32),
+        1 << 20,
+        "what max_bytes allows"
+    );
+    let data = pattern(4, len);
+    host.write(orig(0, 0), &data);
+    // SAFETY: the test's originals are reached only through raw pointers.
+    let bus = unsafe { engine.map_page(&DEV32, orig(0, 0), len, BIDI, DmaAttrs::empty()) }.unwrap();
+    let s = engine.growth_stats().unwrap();
+    assert_eq!(
+        (s.transient_added, s.transient_live, s.bytes),
+        (1, 1, 1 << 20)
+    );
+    assert_eq!(engine.platform().creates.load(Ordering::Relaxed), 1);
+    assert_eq!(engine.platform().dev_read(bus, len), data);
+    let back = pattern(6, len);
+    engine.platform().dev_write(bus, &back);
+    engine
+        .unmap_page(&DEV32, bus, len, BIDI, DmaAttrs::empty())
+        .unwrap();
+    assert_eq!(host.read(orig(0, 0), len), back, "copied back");
+    let s = engine.growth_stats().unwrap();
+    assert_eq!(
+        (s.transient_live, s.pools_removed, s.bytes),
+        (0, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!(engine.platform().destroys.load(Ordering::Relaxed), 1);
+    assert!(growth.hook().block_is_back(), "given back at the unmap");
+}
