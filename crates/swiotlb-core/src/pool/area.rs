@@ -11,6 +11,9 @@ use crate::lock::const_fn_unless_loom;
 /// Marks a slot whose `orig` is unset (Linux's `INVALID_PHYS_ADDR`).
 pub(crate) const INVALID_PHYS: u64 = u64::MAX;
 
+/// [`AreaState::reuse`] when there is no freed run to try.
+pub(crate) const NO_REUSE: usize = usize::MAX;
+
 /// Slot states.
 pub(crate) mod state {
     /// Free.
@@ -133,6 +136,11 @@ pub(crate) struct AreaState {
     pub(crate) used: usize,
     /// Where the next search starts, relative to the area (Linux's `index`).
     pub(crate) index: usize,
+    /// The global index of the first slot of the run this area freed last, [`NO_REUSE`]
+    /// before the first free: the candidate a map tries before it searches
+    /// ([`super::search::Plan::fits_at`]), so that a map following an unmap takes the slots
+    /// (and the cache lines of metadata and bounce memory) the unmap just gave back.
+    pub(crate) reuse: usize,
     /// The largest `used` of this area since construction or the last
     /// [`reset_high_water`](super::BouncePool::reset_high_water).
     pub(crate) high: usize,
@@ -211,6 +219,7 @@ impl Area {
                 lock: SpinLock::new(AreaState {
                     used: 0,
                     index: 0,
+                    reuse: NO_REUSE,
                     high: 0,
                 }),
                 used: AtomicUsize::new(0),

@@ -691,9 +691,15 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
                 continue;
             }
             let base = a * self.area_nslabs;
-            let Some(g) = search_area(slots, base, self.area_nslabs, st.index, plan, self.joined)
-            else {
-                continue;
+            // The run this area freed last, if it suits (the same placement rules as the
+            // search's candidates): no search, and slots whose lines are still cached.
+            let g = if plan.fits_at(slots, self.area_segs(), st.reuse) {
+                st.reuse
+            } else {
+                match search_area(slots, base, self.area_nslabs, st.index, plan, self.joined) {
+                    Some(g) => g,
+                    None => continue,
+                }
             };
             take_run(slots, self.area_segs(), g, plan.nslots);
             let head = g + plan.pad;
@@ -765,6 +771,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             s.release();
         }
         give_run(slots, self.area_segs(), first, n);
+        st.reuse = first;
         st.used -= n;
         self.areas[self.area_of(first)]
             .used

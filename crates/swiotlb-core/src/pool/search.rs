@@ -203,6 +203,30 @@ impl Plan {
         None
     }
 
+    /// Whether a run of this request may start at global slot `g`: inside one segment,
+    /// aligned, not crossing the device's boundary, and every slot free in the bitmaps of a
+    /// pool of areas of `area_segs` segments. The same rules [`search_area`] applies to each
+    /// candidate it finds, for one candidate given in advance. `g` may be any value (a slot
+    /// past the pool, [`super::area::NO_REUSE`]): then the answer is `false`. The caller
+    /// holds the lock of `g`'s area.
+    #[inline]
+    pub(crate) fn fits_at(&self, slots: &[Slot], area_segs: usize, g: usize) -> bool {
+        let n = self.nslots;
+        let p = g % IO_TLB_SEGSIZE;
+        // CAST: slot indices fit in u64.
+        let g64 = g as u64;
+        if g >= slots.len()
+            || p + n > IO_TLB_SEGSIZE
+            || g64.wrapping_sub(self.phase) & (self.stride - 1) != 0
+            || n as u64 > self.max_slots
+            || self.spans_boundary(g64)
+        {
+            return false;
+        }
+        let mask = run_mask(p, n);
+        seg_free(slots, area_segs, g / IO_TLB_SEGSIZE) & mask == mask
+    }
+
     /// Linux's `iommu_is_span_boundary` for a run of `nslots` starting at global slot `g`.
     #[inline]
     fn spans_boundary(&self, g: u64) -> bool {

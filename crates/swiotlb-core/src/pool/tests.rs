@@ -376,6 +376,40 @@ fn alloc_align_mask_aligns_the_allocation() {
 }
 
 #[test]
+fn a_map_tries_the_run_freed_last_first_and_only_where_linux_could_place_it() {
+    let d = dev();
+    let f = Fixture::new(256, 1);
+    // Slots 0 to 129 taken: the search now starts in segment 1 (Linux's next fit).
+    let t: Vec<_> = (0..130)
+        .map(|_| f.map(&d, f.orig(0), 100, TD).unwrap())
+        .collect();
+    assert!(t.iter().enumerate().all(|(i, &a)| f.slot_of(a) == i));
+    // Freed last: slot 1, where the search would not look (it would take slot 130).
+    f.pool.unmap(&d, t[1], 100, TD, NONE).unwrap();
+    let r = f.map(&d, f.orig(0), 100, TD).unwrap();
+    assert_eq!(f.slot_of(r), 1);
+    // Freed last: slot 3, with slot 4 free too. A page-aligned page cannot start at an odd
+    // slot, so the search places it (at 130).
+    f.pool.unmap(&d, t[4], 100, TD, NONE).unwrap();
+    f.pool.unmap(&d, t[3], 100, TD, NONE).unwrap();
+    let p = f.map(&d, f.orig(0), 4096, TD).unwrap();
+    assert_eq!(f.slot_of(p), 130);
+    // Without page alignment, two slots from slot 3 would cross the device's 4 KiB
+    // boundary: the search places them (at 132).
+    let unaligned = dev().with_min_align_mask(0x1);
+    let bounded = unaligned.with_seg_boundary_mask(0xfff);
+    let q = f.map(&bounded, f.orig(0), 4096, TD).unwrap();
+    assert_eq!(f.slot_of(q), 132);
+    // Three slots do not fit from slot 3 (slot 5 is taken): the search places them (at 134).
+    let w = f.map(&unaligned, f.orig(0), 6000, TD).unwrap();
+    assert_eq!(f.slot_of(w), 134);
+    // Two slots from slot 3 suit this device: the freed run is taken.
+    let v = f.map(&unaligned, f.orig(0), 4096, TD).unwrap();
+    assert_eq!(f.slot_of(v), 3);
+    f.check();
+}
+
+#[test]
 fn streaming_maps_of_a_page_or_more_are_page_aligned_unless_a_mask_says_otherwise() {
     let f = Fixture::new(128, 1);
     let d = dev();
@@ -385,15 +419,22 @@ fn streaming_maps_of_a_page_or_more_are_page_aligned_unless_a_mask_says_otherwis
     let b = f.map(&d, f.orig(0), 4096, TD).unwrap();
     assert_eq!(b.as_u64() % 4096, 0);
     assert_eq!(f.slot_of(b), 2);
-    f.pool.unmap(&d, b, 4096, TD, NONE).unwrap();
-    // With a min_align_mask the default does not apply: slots 1 and 2 are taken.
-    let d1 = dev().with_min_align_mask(0x1);
-    let e = f.map(&d1, f.orig(0), 4096, TD).unwrap();
-    assert_eq!(f.slot_of(e), 1);
-    f.pool.unmap(&d1, e, 4096, TD, NONE).unwrap();
     // Below a page only slot alignment applies.
     let c = f.map(&d, f.orig(0), 2048, TD).unwrap();
     assert_eq!(f.slot_of(c), 1);
+    f.pool.unmap(&d, c, 2048, TD, NONE).unwrap();
+    f.pool.unmap(&d, b, 4096, TD, NONE).unwrap();
+    // The run freed last (slot 1, one slot) is tried first but cannot take a page-aligned
+    // page: the search finds slot 2 again.
+    let b = f.map(&d, f.orig(0), 4096, TD).unwrap();
+    assert_eq!(f.slot_of(b), 2);
+    f.check();
+    // With a min_align_mask the default does not apply: slots 1 and 2 are taken.
+    let f = Fixture::new(128, 1);
+    let _a = f.map(&d, f.orig(0), 100, TD).unwrap();
+    let d1 = dev().with_min_align_mask(0x1);
+    let e = f.map(&d1, f.orig(0), 4096, TD).unwrap();
+    assert_eq!(f.slot_of(e), 1);
     f.check();
 }
 
@@ -1315,9 +1356,11 @@ fn exhausted_and_fragmented_pools_are_told_apart() {
     }
     // Free pairs at odd slots: runs of two, but a 4 KiB map must start on an even slot
     // (page alignment). Fragmented although the longest run is as long as the request.
-    let singles: Vec<PhysAddr> = (0..128)
+    // In slot order: the maps reuse freed slots first, so their order is not the slots'.
+    let mut singles: Vec<PhysAddr> = (0..128)
         .map(|_| f.map(&d, f.orig(0), 2048, TD).unwrap())
         .collect();
+    singles.sort();
     for (i, t) in singles.iter().enumerate() {
         if i % 4 == 1 || i % 4 == 2 {
             f.pool.unmap(&d, *t, 2048, TD, NONE).unwrap();
