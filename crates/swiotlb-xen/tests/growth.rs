@@ -667,3 +667,116 @@ fn map_buffer_grows_and_unmap_buffer_finds_the_grown_mapping() {
     assert_eq!(e.reclaim(100).removed, 1);
     assert_eq!(e.growth().unwrap().hook().in_use(), 0);
 }
+
+/// Xen refuses the chunk's order (dom0's `memop-max-order` of 7, 512 KiB, below the 1 MiB
+/// chunk): the engine grows a 512 KiB pool instead, where a map that fits goes; a map that
+/// only a whole chunk could hold fails with the refusal, and nothing is lost.
+#[test]
+fn a_refused_chunk_order_grows_a_smaller_pool_x86_pv() {
+    let pv = Pv::with_config(xen_sim::SimConfig::x86_pv().with_max_orders(7, 7));
+    let hook = SimGrowth::pv(&pv.guest, 1024, 256);
+    let e = pv
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits())));
+    let buf = pv.guest.alloc_pages(2 * 256);
+    let first = fill(&e, buf);
+    let before = (pv.xen.free_frames(), pv.local_entries());
+    let p = PhysAddr::new(buf.as_u64() + 4 * SEGMENT);
+    let data = pattern(11, 300 << 10);
+    pv.guest.memory().write(p, &data);
+    let dir = DmaDirection::ToDevice;
+    // SAFETY: as in `fill`.
+    let b = unsafe { e.map_page(&dev(), p, data.len(), dir, DmaAttrs::empty()) }
+        .expect("a smaller pool holds 300 KiB");
+    assert!(!in_first(&e, b));
+    let mut got = vec![0; data.len()];
+    pv.guest.memory().read(tlb(&e, b), &mut got);
+    assert_eq!(got, data, "bounce contents");
+    let s = e.growth_stats().unwrap();
+    assert_eq!(
+        (s.pools_added, s.smaller_chunks, s.bytes, s.failed),
+        (1, 1, 512 << 10, 0)
+    );
+    // 768 KiB fits a 1 MiB chunk (joined segments) but no pool of an order Xen allows.
+    let big = 768 << 10;
+    // SAFETY: as in `fill`.
+    let r = unsafe { e.map_page(&dev(), p, big, dir, DmaAttrs::empty()) };
+    let Err(DmaError::Growth {
+        cause: GrowthError::Contiguous { source, .. },
+        ..
+    }) = &r
+    else {
+        panic!("{r:?}");
+    };
+    assert!(
+        matches!(
+            source,
+            PlatformError::OrderTooLarge { max: 7, .. }
+                | PlatformError::OrderRefused { max: 7, .. }
+        ),
+        "{source:?}"
+    );
+    e.unmap_page(&dev(), b, data.len(), dir, DmaAttrs::empty())
+        .unwrap();
+    unmap_all(&e, &first);
+    let r = e.reclaim(0);
+    let r = if r.removed == 0 { e.reclaim(1000) } else { r };
+    assert_eq!((r.removed, r.remaining), (1, 0));
+    assert_eq!(e.growth().unwrap().hook().in_use(), 0, "pages kept");
+    assert_eq!(
+        (pv.xen.free_frames(), pv.local_entries()),
+        before,
+        "frames lost"
+    );
+    pv.xen.check_invariants().unwrap();
+}
+
+/// The hook has no block of the chunk's order (512 KiB of pages for a 1 MiB chunk): the
+/// engine grows a 512 KiB pool from what it has; when that is full and the hook has nothing
+/// left that holds the mapping, the map fails naming the order it last asked for.
+#[test]
+fn a_hook_without_a_chunk_of_pages_grows_a_smaller_pool_arm64() {
+    let arm = Arm::new();
+    let hook = SimGrowth::arm(&arm.guest, 128, 64);
+    let e = arm
+        .engine(4 * SEGMENT)
+        .with_growth(Box::new(Growth::new(hook, limits())));
+    let buf = arm.guest.alloc_pages(2 * 256);
+    let first = fill(&e, buf);
+    let p = PhysAddr::new(buf.as_u64() + 4 * SEGMENT);
+    let len = 300 << 10;
+    let data = pattern(12, len);
+    arm.mem.write(p, &data);
+    let dir = DmaDirection::ToDevice;
+    // SAFETY: as in `fill`.
+    let b = unsafe { e.map_page(&dev(), p, len, dir, DmaAttrs::empty()) }
+        .expect("a smaller pool holds 300 KiB");
+    let mut got = vec![0; len];
+    arm.mem.read(tlb(&e, b), &mut got);
+    assert_eq!(got, data, "bounce contents");
+    let s = e.growth_stats().unwrap();
+    assert_eq!(
+        (s.pools_added, s.smaller_chunks, s.bytes),
+        (1, 1, 512 << 10)
+    );
+    // SAFETY: as in `fill`.
+    let r = unsafe { e.map_page(&dev(), p, len, dir, DmaAttrs::empty()) };
+    assert!(
+        matches!(
+            r,
+            Err(DmaError::Growth {
+                cause: GrowthError::NoPages { order: 7, .. },
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    e.unmap_page(&dev(), b, len, dir, DmaAttrs::empty())
+        .unwrap();
+    unmap_all(&e, &first);
+    let r = e.reclaim(0);
+    let r = if r.removed == 0 { e.reclaim(1000) } else { r };
+    assert_eq!((r.removed, r.remaining), (1, 0));
+    assert_eq!(e.growth().unwrap().hook().in_use(), 0, "pages kept");
+    arm.xen.check_invariants().expect("invariants");
+}

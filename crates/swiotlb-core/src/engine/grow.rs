@@ -427,6 +427,10 @@ pub struct GrowthStats {
     pub transient_added: u64,
     /// Transient pools alive now (also counted in `live_pools`).
     pub transient_live: usize,
+    /// Pools grown smaller than the limits' chunk because the platform refused the chunk's
+    /// order (x86 PV: above the domain's `memop-max-order`) or the hook had no pages of it
+    /// (also counted in `pools_added`).
+    pub smaller_chunks: u64,
 }
 
 /// What one [`DmaEngine::reclaim`] did.
@@ -771,6 +775,7 @@ pub struct Growth<H, M: PhysMemory> {
     last: AtomicUsize,
     added: AtomicU64,
     transient_added: AtomicU64,
+    smaller: AtomicU64,
     removed: AtomicU64,
     bytes: AtomicU64,
     peak: AtomicU64,
@@ -869,6 +874,7 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
                 last: AtomicUsize::new(0),
                 added: AtomicU64::new(0),
                 transient_added: AtomicU64::new(0),
+                smaller: AtomicU64::new(0),
                 removed: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
                 peak: AtomicU64::new(0),
@@ -974,6 +980,7 @@ impl<H: GrowthHook, M: PhysMemory> Growth<H, M> {
             used_slots: used,
             transient_added: self.transient_added.load(Ordering::Relaxed),
             transient_live: transient,
+            smaller_chunks: self.smaller.load(Ordering::Relaxed),
         }
     }
 
@@ -1376,14 +1383,24 @@ where
             let id = (start + k) % MAX_GROWN_POOLS;
             if let Some(inside) = open(id) {
                 // SAFETY: the caller's promise, passed on.
+                // Full, or smaller than a chunk (grown after a refused order) and too
+                // small for this mapping: the next pool, then growth.
                 match unsafe { self.map_into(&inside, req, b) } {
                     Err(
                         DmaError::Bounce {
-                            source: PoolError::PoolFull { .. },
+                            source:
+                                PoolError::PoolFull { .. }
+                                | PoolError::TooLarge { .. }
+                                | PoolError::ExceedsSegment { .. },
                             ..
                         }
                         | DmaError::BufferBounce {
-                            source: Some(PoolError::PoolFull { .. }),
+                            source:
+                                Some(
+                                    PoolError::PoolFull { .. }
+                                    | PoolError::TooLarge { .. }
+                                    | PoolError::ExceedsSegment { .. },
+                                ),
                             ..
                         },
                     ) => {}
@@ -1402,7 +1419,7 @@ where
                     Err(GrowthError::InvalidLimits {
                         chunk_bytes: g.limits.chunk_bytes,
                     }),
-                    |order| self.grow(g, bits, size, order, false),
+                    |order| self.grow_fitting(g, dev, bits, size, order),
                 );
                 drop(busy);
                 r
@@ -1433,6 +1450,50 @@ where
         };
         // SAFETY: the caller's promise, passed on.
         unsafe { self.map_into(&inside, req, b) }
+    }
+
+    /// [`grow`](Self::grow) of a chunk of `order`, and when the platform refuses that order
+    /// (Xen's `memop-max-order`: [`PlatformError::OrderRefused`] from the exchange, then
+    /// [`PlatformError::OrderTooLarge`] without a hypercall, each naming the largest order it
+    /// takes) or the hook has no pages of it, of a smaller chunk: the order the platform
+    /// named (or one less for missing pages), down to the smallest whose pool still holds
+    /// `size` bytes for `dev`. A pool grown smaller is counted in
+    /// [`GrowthStats::smaller_chunks`]. The failures before the last attempt left nothing
+    /// behind (`grow` gives the pages back), so only the last one is the caller's error.
+    fn grow_fitting(
+        &self,
+        g: &Growth<G::Hook, M>,
+        dev: &Device,
+        bits: u32,
+        size: usize,
+        chunk_order: u32,
+    ) -> Result<usize, GrowthError> {
+        let segment_order = IO_TLB_SEGMENT_BYTES.trailing_zeros() - XEN_PAGE_SHIFT;
+        let smallest = (segment_order..chunk_order)
+            .find(|&o| crate::pool::chunk_max_mapping_size(dev, order_bytes(o)) >= size)
+            .unwrap_or(chunk_order);
+        let mut order = chunk_order;
+        loop {
+            let r = self.grow(g, bits, size, order, false);
+            let next = match &r {
+                Err(GrowthError::Contiguous {
+                    source:
+                        PlatformError::OrderRefused { max, .. }
+                        | PlatformError::OrderTooLarge { max, .. },
+                    ..
+                }) => (*max).min(order.saturating_sub(1)),
+                Err(GrowthError::NoPages { .. }) => order.saturating_sub(1),
+                Ok(_) if order < chunk_order => {
+                    g.smaller.fetch_add(1, Ordering::Relaxed);
+                    return r;
+                }
+                _ => return r,
+            };
+            if next < smallest || next >= order {
+                return r;
+            }
+            order = next;
+        }
     }
 
     /// A mapping longer than a chunk holds, in a transient pool of `4 KiB << order` grown
