@@ -17,6 +17,11 @@
 //!   cycles); after it, `reclaim` gives the chunk back (one exchange), the hook has its
 //!   pages again, every page of the chunk is on a new frame, P2M and M2P agree, the
 //!   reservation is unchanged; then the first pool is released.
+//! - `dev-map-transient`: a third engine, again from a 2 MiB first pool but growing by
+//!   256 KiB chunks with transient pools on: with the first pool full, a 2 MiB mapping is
+//!   longer than any chunk holds, so the engine exchanges a 2 MiB pool for it alone (one
+//!   exchange); the device reads and writes it as in `dev-map-2m`, and the unmap gives the
+//!   pool back at once (one exchange), with no `reclaim`.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -52,6 +57,10 @@ static FIRST_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
 static mut CHUNK: Block2M = Block2M([0; MIB2]);
 /// The grown pool's slots (the kernel has no heap).
 static CHUNK_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
+/// The transient pool's slots.
+static TRANSIENT_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
+/// Whether [`CHUNK`] is handed out (by either engine's hook).
+static CHUNK_USED: AtomicBool = AtomicBool::new(false);
 /// The 2 MiB buffer the device uses (above the mask, in the image).
 static mut BIG: Block2M = Block2M([0; MIB2]);
 
@@ -63,12 +72,24 @@ const LIMITS: GrowthLimits = GrowthLimits::new(MIB2 as u64, MIB2)
     .with_address_bits(DMA_MASK_BITS);
 /// The growth state (about 263 KiB: 16 pool entries with their areas), a static as a kernel
 /// keeps it (`Growth::new` is `const`), not on the stack.
-static GROWTH: Growth<GrowArea, KernelMemory> = Growth::new(GrowArea::new(), LIMITS);
+static GROWTH: Growth<GrowArea, KernelMemory> = Growth::new(GrowArea::new(&CHUNK_SLOTS), LIMITS);
+/// The transient engine's limits: 256 KiB chunks (a 2 MiB mapping is longer than one holds),
+/// transient pools on, at most one pool of at most 2 MiB, below the device's mask.
+const TRANSIENT_LIMITS: GrowthLimits = GrowthLimits::new(MIB2 as u64, 256 << 10)
+    .with_max_pools(1)
+    .with_transient(true)
+    .with_quiet_period(QUIET)
+    .with_address_bits(DMA_MASK_BITS);
+/// The transient engine's growth state.
+static TRANSIENT: Growth<GrowArea, KernelMemory> =
+    Growth::new(GrowArea::new(&TRANSIENT_SLOTS), TRANSIENT_LIMITS);
 
-/// The kernel's page allocator for growth: one 2 MiB block.
+/// The kernel's page allocator for growth: one 2 MiB block ([`CHUNK`], shared by the two
+/// growth engines, which run one after the other) and one slot array.
 #[derive(Debug)]
 pub struct GrowArea {
-    used: AtomicBool,
+    used: &'static AtomicBool,
+    slots: &'static [Slot],
     slots_given: AtomicBool,
     /// Calls of `alloc_pages` and `free_pages`.
     allocs: core::sync::atomic::AtomicU32,
@@ -76,10 +97,11 @@ pub struct GrowArea {
 }
 
 impl GrowArea {
-    /// The block not handed out yet.
-    const fn new() -> Self {
+    /// The block not handed out yet, and `slots` for the pool grown from it.
+    const fn new(slots: &'static [Slot]) -> Self {
         Self {
-            used: AtomicBool::new(false),
+            used: &CHUNK_USED,
+            slots,
             slots_given: AtomicBool::new(false),
             allocs: core::sync::atomic::AtomicU32::new(0),
             frees: core::sync::atomic::AtomicU32::new(0),
@@ -117,8 +139,8 @@ unsafe impl GrowthHook for GrowArea {
     }
 
     fn alloc_slots(&self, nslabs: usize, _atomic: bool) -> Option<&'static [Slot]> {
-        (nslabs == CHUNK_SLOTS.len() && !self.slots_given.swap(true, Ordering::AcqRel))
-            .then_some(&CHUNK_SLOTS[..])
+        (nslabs == self.slots.len() && !self.slots_given.swap(true, Ordering::AcqRel))
+            .then_some(self.slots)
     }
 }
 
@@ -165,9 +187,14 @@ const OUT: [usize; 3] = [0, (1 << 20) + 333, MIB2 - MAX_TRANSFER];
 /// The buffer's pattern under the FromDevice mapping.
 const SEED_OUT: u8 = 0x77;
 
-/// Runs `grow-pool`, `dev-map-2m` and `shrink-pool`.
+/// Runs `grow-pool`, `dev-map-2m`, `shrink-pool` and `dev-map-transient`.
 pub fn run(env: &Env, pv: &Pv, edu: Option<&Edu>, report: &mut Report) {
-    let names = ["grow-pool", "dev-map-2m", "shrink-pool"];
+    let names = [
+        "grow-pool",
+        "dev-map-2m",
+        "shrink-pool",
+        "dev-map-transient",
+    ];
     let growth = &GROWTH;
     let first = phys_of(&raw const FIRST);
     // SAFETY: the first pool's memory is a static given to this pool alone; the image map
@@ -211,6 +238,178 @@ pub fn run(env: &Env, pv: &Pv, edu: Option<&Edu>, report: &mut Report) {
     if let Err(e) = unsafe { init::release(pv, &init) } {
         crate::kprintln!("x86_64-pv-dom0: releasing the 2 MiB first pool: {e}");
     }
+    report.record("dev-map-transient", transient(env, pv, edu));
+}
+
+/// `dev-map-transient`: a new 2 MiB first pool (on the memory of the last, released) with
+/// [`TRANSIENT`]'s growth, filled, then a 2 MiB mapping in a transient pool of its own.
+fn transient(env: &Env, pv: &Pv, edu: Option<&Edu>) -> Outcome {
+    let edu = edu.ok_or_else(|| fmt_line!("no edu device"))?;
+    let first = phys_of(&raw const FIRST);
+    // SAFETY: the first pool's memory is a static given to this pool alone (the engine of
+    // `grow-pool` is gone and its pool released); the image map reaches it, the chunk and
+    // the buffer.
+    let (eng, init) = unsafe {
+        init::init(
+            pv,
+            KernelMemory::new(env.low),
+            first,
+            MIB2,
+            &FIRST_SLOTS[..],
+            NoPageAllocator,
+            InitOptions::default()
+                .with_min_bytes(MIB2)
+                .with_max_address_bits(DMA_MASK_BITS),
+        )
+    }
+    .map_err(|e| fmt_line!("init of the 2 MiB first pool: {e}"))?;
+    let eng = eng.with_growth(&TRANSIENT);
+    let r = transient_map(env, &eng, edu);
+    let (pv, _, _) = eng.into_parts();
+    // SAFETY: the engine and its pool are gone; nothing uses the first pool's memory.
+    let released = unsafe { init::release(pv, &init) };
+    let line = r?;
+    released.map_err(|e| fmt_line!("releasing the first pool: {e}"))?;
+    Ok(line)
+}
+
+/// The body of `dev-map-transient` on its engine: fills the first pool, maps 2 MiB
+/// (Bidirectional) into a transient pool, lets the device use it and unmaps, which gives the
+/// pool back.
+fn transient_map(env: &Env, eng: &GEngine<'_>, edu: &Edu) -> Outcome {
+    let dev = Device::new(MASK);
+    let big = phys_of(&raw const BIG);
+    let none = DmaAttrs::empty();
+    let dir = DmaDirection::Bidirectional;
+    ensure!(
+        eng.max_mapping_size(&dev) == MIB2,
+        "the engine maps at most {:#x} bytes, not 2 MiB",
+        eng.max_mapping_size(&dev)
+    );
+    fill(big, MIB2, SEED);
+    // SAFETY: the buffer is a static of these checks, unreferenced while mapped.
+    let filler = unsafe { eng.map_page(&dev, big, MIB2, DmaDirection::ToDevice, none) }
+        .map_err(|e| fmt_line!("filling map: {e}"))?;
+    let pages0 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    let c0 = COUNTERS.snapshot();
+    // SAFETY: as above; the filler's ToDevice mapping of the same bytes copies nothing back.
+    let mapped = unsafe { eng.map_page(&dev, big, MIB2, dir, none) };
+    let grow_calls = COUNTERS.snapshot().since(c0);
+    let r = mapped
+        .map_err(|e| fmt_line!("map_page({big}, 2 MiB) on a full first pool: {e}"))
+        .and_then(|bus| transient_use(env, eng, edu, bus, grow_calls.exchanges));
+    eng.unmap_page(&dev, filler, MIB2, DmaDirection::ToDevice, none)
+        .map_err(|e| fmt_line!("unmap of the filler: {e}"))?;
+    let (bus, grown, back) = r?;
+    let pages1 = reservation().map_err(|e| fmt_line!("{e}"))?;
+    ensure!(pages0 == pages1, "reservation {pages0} -> {pages1}");
+    let s = eng
+        .growth_stats()
+        .ok_or_else(|| fmt_line!("no growth stats"))?;
+    Ok(fmt_line!(
+        "first pool 2 MiB and full, 256 KiB chunks: a 2 MiB Bidirectional map got a 2 MiB \
+         transient pool at {bus} ({} exchange, bus-contiguous under 2^{DMA_MASK_BITS}); the device \
+         read and wrote it at four places; the unmap copied every byte right and gave the pool \
+         back ({} exchange, no reclaim): transient added {}, live {}; {}; reservation {pages1} \
+         unchanged",
+        grown,
+        back,
+        s.transient_added,
+        s.transient_live,
+        stats_line(&s)
+    ))
+}
+
+/// The transient mapping at `bus` (grown with `exchanges` exchanges): where it lies, the
+/// device's reads and writes, the unmap and the give-back. Returns the bus address and the
+/// exchanges of the growth and of the give-back.
+fn transient_use(
+    env: &Env,
+    eng: &GEngine<'_>,
+    edu: &Edu,
+    bus: BusAddr,
+    exchanges: u64,
+) -> Result<(BusAddr, u64, u64), Line> {
+    let pv = *eng.platform();
+    let dev = Device::new(MASK);
+    let big = phys_of(&raw const BIG);
+    let dir = DmaDirection::Bidirectional;
+    let s = eng
+        .growth_stats()
+        .ok_or_else(|| fmt_line!("no growth stats"))?;
+    ensure!(
+        s.transient_added == 1 && s.transient_live == 1 && s.bytes == MIB2 as u64,
+        "after the map: transient added {}, live {}; {}",
+        s.transient_added,
+        s.transient_live,
+        stats_line(&s)
+    );
+    ensure!(exchanges == 1, "{exchanges} exchanges to grow");
+    let chunk = GrowArea::base();
+    let tlb = tlb_of(pv, bus).ok_or_else(|| fmt_line!("{bus} is not a local frame"))?;
+    ensure!(
+        tlb == chunk && MASK.covers(bus, MIB2 as u64) && pv.is_bus_contiguous(tlb, MIB2 as u64),
+        "the bounce {tlb} at {bus} is not the transient pool at {chunk}, bus-contiguous under the \
+         mask"
+    );
+    spots_dma(edu, bus)?;
+    holds("buffer before unmap", big, MIB2, SEED)?;
+    let c0 = COUNTERS.snapshot();
+    eng.unmap_page(&dev, bus, MIB2, dir, DmaAttrs::empty())
+        .map_err(|e| fmt_line!("unmap_page({bus}, 2 MiB): {e}"))?;
+    let back = COUNTERS.snapshot().since(c0).exchanges;
+    spots_hold(big)?;
+    let s = eng
+        .growth_stats()
+        .ok_or_else(|| fmt_line!("no growth stats"))?;
+    ensure!(
+        s.transient_live == 0 && s.pools_removed == 1 && s.live_pools == 0 && s.bytes == 0,
+        "after the unmap: transient live {}; {}",
+        s.transient_live,
+        stats_line(&s)
+    );
+    ensure!(back == 1, "{back} exchanges to give back");
+    ensure!(
+        !CHUNK_USED.load(Ordering::Acquire),
+        "the hook did not get its pages back"
+    );
+    let pfn0 = chunk.frame().as_u64();
+    for i in 0..(MIB2 as u64 >> 12) {
+        ensure!(
+            env.round_trips(pfn0 + i),
+            "pool page {i} does not round-trip after the give-back"
+        );
+    }
+    Ok((bus, exchanges, back))
+}
+
+/// The device reads 4095 bytes at each of [`SPOTS`]' first offsets of the mapping at `bus`
+/// and writes them at the second.
+fn spots_dma(edu: &Edu, bus: BusAddr) -> Result<(), Line> {
+    for &(from, to) in &SPOTS {
+        edu.read_memory(bus.as_u64() + from as u64, 0, MAX_TRANSFER)?;
+        edu.write_memory(0, bus.as_u64() + to as u64, MAX_TRANSFER)?;
+    }
+    Ok(())
+}
+
+/// After the unmap of a [`spots_dma`] mapping of `big` (filled with [`SEED`]): the device's
+/// bytes at each second offset, the CPU's everywhere else.
+fn spots_hold(big: PhysAddr) -> Result<(), Line> {
+    let p = crate::checks::virt_of(big);
+    for i in 0..MIB2 {
+        let want = SPOTS
+            .iter()
+            .find(|&&(_, to)| (to..to + MAX_TRANSFER).contains(&i))
+            .map_or(pattern(SEED, i), |&(from, to)| pattern(SEED, from + i - to));
+        // SAFETY: the buffer is mapped memory of the image, unmapped from the device now.
+        let got = unsafe { p.add(i).read_volatile() };
+        ensure!(
+            got == want,
+            "byte {i:#x} of the 2 MiB buffer is {got:#x} after unmap, expected {want:#x}"
+        );
+    }
+    Ok(())
 }
 
 /// Fills the first pool with a 2 MiB mapping, then maps one page more: the engine grows.
@@ -346,27 +545,13 @@ fn map_2m(env: &Env, eng: &GEngine<'_>, dev: &Device, edu: &Edu, big: PhysAddr) 
         "the bounce {tlb}+2 MiB is not bus-contiguous at {bus}"
     );
     let t0 = edu.transfers.get();
-    for &(from, to) in &SPOTS {
-        edu.read_memory(bus.as_u64() + from as u64, 0, MAX_TRANSFER)?;
-        edu.write_memory(0, bus.as_u64() + to as u64, MAX_TRANSFER)?;
-    }
+    spots_dma(edu, bus)?;
     // The CPU's buffer is unchanged until the unmap: the device wrote the bounce.
     holds("buffer before unmap", big, MIB2, SEED)?;
     eng.unmap_page(dev, bus, MIB2, dir, none)
         .map_err(|e| fmt_line!("unmap_page({bus}, 2 MiB): {e}"))?;
+    spots_hold(big)?;
     let p = crate::checks::virt_of(big);
-    for i in 0..MIB2 {
-        let want = SPOTS
-            .iter()
-            .find(|&&(_, to)| (to..to + MAX_TRANSFER).contains(&i))
-            .map_or(pattern(SEED, i), |&(from, to)| pattern(SEED, from + i - to));
-        // SAFETY: the buffer is mapped memory of the image, unmapped from the device now.
-        let got = unsafe { p.add(i).read_volatile() };
-        ensure!(
-            got == want,
-            "byte {i:#x} of the 2 MiB buffer is {got:#x} after unmap, expected {want:#x}"
-        );
-    }
     // FromDevice: the device writes the bytes it read last at three places of a second
     // 2 MiB mapping; the CPU's buffer gets them only when the unmap copies the bounce back.
     fill(big, MIB2, SEED_OUT);

@@ -57,11 +57,11 @@ const DOMU_MEMORY_KIB: u64 = 128 * 1024;
 const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
 
 /// The number of check lines the kernel must print.
-pub(crate) const EXPECTED_CHECKS: usize = 52;
+pub(crate) const EXPECTED_CHECKS: usize = 53;
 /// How many of them are device DMA checks (names starting with `dev-`): the `edu` device's
 /// transfers, direct, bounced, partially synced, scatter-gather, coherent, and to and from
 /// the domU's granted pages; the virtio disk's reads (direct, bounced) and bounced write.
-pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 13;
+pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 14;
 
 /// The built kernels and the device tree they boot with.
 pub(crate) struct Aarch64Kernel {

@@ -30,9 +30,9 @@ pub(crate) const EDU_DEVICE: &str = "edu,dma_mask=0xfffffff";
 pub(crate) const VIRTIO_BLK_DEVICE: &str = "virtio-blk-pci,disable-legacy=on";
 
 /// The number of check lines the kernel must print.
-pub(crate) const EXPECTED_CHECKS: usize = 34;
+pub(crate) const EXPECTED_CHECKS: usize = 35;
 /// How many of them are device DMA checks (names starting with `dev-`).
-pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 12;
+pub(crate) const EXPECTED_DEVICE_CHECKS: usize = 13;
 
 /// The built kernel.
 pub(crate) struct X86Kernel {

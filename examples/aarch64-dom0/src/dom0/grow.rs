@@ -15,6 +15,11 @@
 //!   own everywhere else.
 //! - `shrink-pool`: no give-back while a mapping lives or before the quiet period (10 ms of
 //!   the generic timer, `CNTVCT_EL0`); after it `reclaim` gives the chunk back to the hook.
+//! - `dev-map-transient`: a third engine, again from a 2 MiB first pool but growing by
+//!   256 KiB chunks with transient pools on: with the first pool full, a 2 MiB mapping is
+//!   longer than any chunk holds, so the engine grows a 2 MiB pool for it alone (the chunk);
+//!   the device reads and writes it as in `dev-map-2m`, and the unmap gives the pool back to
+//!   the hook at once, with no `reclaim`.
 
 use super::checks::{Engine, Plat};
 use super::edu::Edu;
@@ -36,7 +41,12 @@ use swiotlb_xen::{
 type R = Report<super::XenConsole>;
 
 /// The checks, in order (each reported as failed when the device or memory is missing).
-pub(super) const NAMES: [&str; 3] = ["grow-pool", "dev-map-2m", "shrink-pool"];
+pub(super) const NAMES: [&str; 4] = [
+    "grow-pool",
+    "dev-map-2m",
+    "shrink-pool",
+    "dev-map-transient",
+];
 
 /// 2 MiB: the first pool, the growth chunk and the device's buffer.
 const MIB2: usize = 2 << 20;
@@ -59,6 +69,10 @@ static FIRST_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
 static mut CHUNK: Block2M = Block2M([0; MIB2]);
 /// The grown pool's slots (the kernel has no heap).
 static CHUNK_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
+/// The transient pool's slots.
+static TRANSIENT_SLOTS: [Slot; MIB2 / 2048] = [const { Slot::new() }; MIB2 / 2048];
+/// Whether [`CHUNK`] is handed out (by either engine's hook).
+static CHUNK_USED: AtomicBool = AtomicBool::new(false);
 /// The quiet period, in microseconds of the generic timer (reclaim's `now` is [`now_us`]).
 const QUIET_US: u64 = 10_000;
 /// The growth limits: one 2 MiB chunk, given back after 10 ms idle.
@@ -67,7 +81,16 @@ const LIMITS: GrowthLimits = GrowthLimits::new(MIB2 as u64, MIB2)
     .with_quiet_period(QUIET_US);
 /// The growth state (about 263 KiB: 16 pool entries with their areas), a static as a kernel
 /// keeps it (`Growth::new` is `const`), not on the stack.
-static GROWTH: Growth<GrowArea, IdentityMemory> = Growth::new(GrowArea::new(), LIMITS);
+static GROWTH: Growth<GrowArea, IdentityMemory> = Growth::new(GrowArea::new(&CHUNK_SLOTS), LIMITS);
+/// The transient engine's limits: 256 KiB chunks (a 2 MiB mapping is longer than one holds),
+/// transient pools on, at most one pool of at most 2 MiB.
+const TRANSIENT_LIMITS: GrowthLimits = GrowthLimits::new(MIB2 as u64, 256 << 10)
+    .with_max_pools(1)
+    .with_transient(true)
+    .with_quiet_period(QUIET_US);
+/// The transient engine's growth state.
+static TRANSIENT: Growth<GrowArea, IdentityMemory> =
+    Growth::new(GrowArea::new(&TRANSIENT_SLOTS), TRANSIENT_LIMITS);
 
 /// The generic timer (`CNTVCT_EL0`) in microseconds.
 fn now_us() -> u64 {
@@ -76,20 +99,23 @@ fn now_us() -> u64 {
     (u128::from(cpu::counter()) * 1_000_000 / u128::from(cpu::counter_hz().max(1))) as u64
 }
 
-/// The kernel's page allocator for growth: one 2 MiB block.
+/// The kernel's page allocator for growth: one 2 MiB block ([`CHUNK`], shared by the two
+/// growth engines, which run one after the other) and one slot array.
 #[derive(Debug)]
 pub(super) struct GrowArea {
-    used: AtomicBool,
+    used: &'static AtomicBool,
+    slots: &'static [Slot],
     slots_given: AtomicBool,
     allocs: AtomicU32,
     frees: AtomicU32,
 }
 
 impl GrowArea {
-    /// The block not handed out yet.
-    const fn new() -> Self {
+    /// The block not handed out yet, and `slots` for the pool grown from it.
+    const fn new(slots: &'static [Slot]) -> Self {
         Self {
-            used: AtomicBool::new(false),
+            used: &CHUNK_USED,
+            slots,
             slots_given: AtomicBool::new(false),
             allocs: AtomicU32::new(0),
             frees: AtomicU32::new(0),
@@ -127,8 +153,8 @@ unsafe impl GrowthHook for GrowArea {
     }
 
     fn alloc_slots(&self, nslabs: usize, _atomic: bool) -> Option<&'static [Slot]> {
-        (nslabs == CHUNK_SLOTS.len() && !self.slots_given.swap(true, Ordering::AcqRel))
-            .then_some(&CHUNK_SLOTS[..])
+        (nslabs == self.slots.len() && !self.slots_given.swap(true, Ordering::AcqRel))
+            .then_some(self.slots)
     }
 }
 
@@ -183,8 +209,8 @@ fn stats(s: Option<GrowthStats>) -> GrowthStats {
     s.unwrap_or_default()
 }
 
-/// Runs `grow-pool`, `dev-map-2m` and `shrink-pool` with the device (if found) and the
-/// bank above the mask at `high`.
+/// Runs `grow-pool`, `dev-map-2m`, `shrink-pool` and `dev-map-transient` with the device (if
+/// found) and the bank above the mask at `high`.
 pub(super) fn run(r: &mut R, engine: &Engine, edu: Option<&mut Edu>, high: Option<u64>) {
     let fail = |r: &mut R, why: &str| {
         for name in NAMES {
@@ -226,6 +252,119 @@ pub(super) fn run(r: &mut R, engine: &Engine, edu: Option<&mut Edu>, high: Optio
     let filler = grow_pool(r, &eng, &dev, big);
     map_2m(r, &eng, &dev, edu, big, filler.is_some());
     shrink(r, &eng, &dev, big, filler, quiet);
+    drop(eng);
+    transient(r, engine, &dev, edu, big);
+}
+
+/// The device reads 4095 bytes at each of [`SPOTS`]' first offsets of the mapping at `b`
+/// and writes them at the second; whether every command succeeded.
+fn spots_dma(edu: &mut Edu, b: BusAddr) -> bool {
+    SPOTS.iter().all(|&(from, to)| {
+        edu.read_memory(b.as_u64() + from as u64, 0, MAX).is_ok()
+            && edu.write_memory(0, b.as_u64() + to as u64, MAX).is_ok()
+    })
+}
+
+/// After the unmap of a [`spots_dma`] mapping of `big` (filled with [`SEED`]): the first
+/// byte that is not the device's at a second offset or the CPU's elsewhere.
+fn spots_bad(big: u64) -> Option<usize> {
+    (0..MIB2).find(|&i| {
+        let want = SPOTS
+            .iter()
+            .find(|&&(_, to)| (to..to + MAX).contains(&i))
+            .map_or(pattern::byte(SEED, i), |&(from, to)| {
+                pattern::byte(SEED, from + i - to)
+            });
+        byte_at(big + i as u64) != want
+    })
+}
+
+/// `dev-map-transient`: a new 2 MiB first pool (the memory of the last, whose engine is
+/// gone) with [`TRANSIENT`]'s growth, filled; a 2 MiB Bidirectional map gets a transient
+/// pool of its own (the chunk: 1:1, no hypercall), the device reads and writes it at four
+/// places, and the unmap copies back and gives the pool back to the hook at once.
+fn transient(r: &mut R, engine: &Engine, dev: &Device, edu: &mut Edu, big: u64) {
+    const NAME: &str = "dev-map-transient";
+    // SAFETY: the first pool's memory is a static given to this pool alone (the engine of
+    // `grow-pool` is gone); IdentityMemory reaches it, the chunk and the buffer.
+    let built = unsafe {
+        init(
+            engine.platform(),
+            IdentityMemory,
+            PhysAddr::new(addr_of!(FIRST) as u64),
+            MIB2,
+            &FIRST_SLOTS[..],
+            NoPageAllocator,
+            InitOptions::default().with_min_bytes(MIB2),
+        )
+    };
+    let eng: GEngine<'_> = match built {
+        Ok((eng, _)) => eng.with_growth(&TRANSIENT),
+        Err(e) => {
+            say!("    init of the 2 MiB first pool: {e}");
+            r.check(
+                NAME,
+                false,
+                format_args!("init of the 2 MiB first pool failed"),
+            );
+            return;
+        }
+    };
+    let max = eng.max_mapping_size(dev);
+    let none = DmaAttrs::empty();
+    let (to_dev, dir) = (DmaDirection::ToDevice, DmaDirection::Bidirectional);
+    fill(big, MIB2, SEED);
+    // SAFETY: as in `grow_pool`.
+    let filler = unsafe { eng.map_page(dev, PhysAddr::new(big), MIB2, to_dev, none) };
+    // SAFETY: as above; the filler's ToDevice mapping of the same bytes copies nothing back.
+    let res = unsafe { eng.map_page(dev, PhysAddr::new(big), MIB2, dir, none) };
+    if let Err(e) = &res {
+        say!("    map_page({big:#x}, 2 MiB) on a full first pool: {e}");
+    }
+    let grown = stats(eng.growth_stats());
+    let bus = res.ok();
+    let c = chunk();
+    let in_chunk = bus.is_some_and(|b| b.as_u64() == c);
+    let moved = bus.filter(|_| in_chunk).is_some_and(|b| spots_dma(edu, b));
+    let untouched = mismatch(big, MIB2, SEED, 0).is_none();
+    let unmapped = bus.is_some_and(|b| eng.unmap_page(dev, b, MIB2, dir, none).is_ok());
+    let bad = spots_bad(big);
+    let after = stats(eng.growth_stats());
+    let returned = !CHUNK_USED.load(Ordering::Acquire);
+    let filler_unmapped = filler
+        .as_ref()
+        .is_ok_and(|&b| eng.unmap_page(dev, b, MIB2, to_dev, none).is_ok());
+    r.check(
+        NAME,
+        max == MIB2
+            && filler_unmapped
+            && grown.transient_added == 1
+            && grown.transient_live == 1
+            && grown.bytes == MIB2 as u64
+            && in_chunk
+            && moved
+            && untouched
+            && unmapped
+            && bad.is_none()
+            && after.transient_live == 0
+            && after.pools_removed == 1
+            && after.bytes == 0
+            && returned,
+        format_args!(
+            "first pool 2 MiB and full, 256 KiB chunks (max_mapping_size {max:#x}): a 2 MiB \
+             Bidirectional map -> {bus:?} (the transient pool at {c:#x}: {in_chunk}; transient \
+             added {}, live {}, {} KiB); the device read and wrote it at four places (ok: \
+             {moved}), the CPU's buffer unchanged until unmap: {untouched}; after the unmap the \
+             first wrong byte: {bad:?}, transient live {}, pools removed {}, {} KiB, the pages \
+             back to the hook with no reclaim: {returned}",
+            grown.transient_added,
+            grown.transient_live,
+            grown.bytes >> 10,
+            after.transient_live,
+            after.pools_removed,
+            after.bytes >> 10
+        ),
+    );
 }
 
 /// Fills the first pool with a 2 MiB mapping, then maps one page more: the engine grows.
@@ -310,25 +449,10 @@ fn map_2m(r: &mut R, eng: &GEngine<'_>, dev: &Device, edu: &mut Edu, big: u64, g
     let bounced = eng.stats().bounced_maps == s0.bounced_maps + 1;
     let in_chunk = bus.is_some_and(|b| b.as_u64() == c);
     let t0 = edu.transfers;
-    let mut moved = in_chunk;
-    if let Some(b) = bus.filter(|_| in_chunk) {
-        for &(from, to) in &SPOTS {
-            moved = moved
-                && edu.read_memory(b.as_u64() + from as u64, 0, MAX).is_ok()
-                && edu.write_memory(0, b.as_u64() + to as u64, MAX).is_ok();
-        }
-    }
+    let moved = bus.filter(|_| in_chunk).is_some_and(|b| spots_dma(edu, b));
     let untouched = mismatch(big, MIB2, SEED, 0).is_none();
     let unmapped = bus.is_some_and(|b| eng.unmap_page(dev, b, MIB2, dir, none).is_ok());
-    let bad = (0..MIB2).find(|&i| {
-        let want = SPOTS
-            .iter()
-            .find(|&&(_, to)| (to..to + MAX).contains(&i))
-            .map_or(pattern::byte(SEED, i), |&(from, to)| {
-                pattern::byte(SEED, from + i - to)
-            });
-        byte_at(big + i as u64) != want
-    });
+    let bad = spots_bad(big);
     // FromDevice: the device writes the bytes it read last at three places of a second
     // 2 MiB mapping; the CPU's buffer gets them only when the unmap copies the bounce back.
     fill(big, MIB2, SEED_OUT);
