@@ -171,6 +171,12 @@ pub struct Device {
     pub behind_iommu: bool,
     /// Bounce every streaming mapping (Linux's `swiotlb=force`), for testing and isolation.
     pub force_bounce: bool,
+    /// The kernel's name for the device in reports of live mappings (a bus/device/function
+    /// number, an index in its device table): a pool that records ages
+    /// ([`BouncePool::set_mapping_clock`](crate::BouncePool::set_mapping_clock)) counts each
+    /// live mapping under its device's tag ([`LiveReport`](crate::LiveReport)). 0 by default;
+    /// nothing else reads it.
+    pub tag: u16,
 }
 
 impl Device {
@@ -187,7 +193,16 @@ impl Device {
             coherent: true,
             behind_iommu: false,
             force_bounce: false,
+            tag: 0,
         }
+    }
+
+    /// Sets the device's tag in reports of live mappings ([`Device::tag`]).
+    #[inline]
+    #[must_use]
+    pub const fn with_tag(mut self, tag: u16) -> Self {
+        self.tag = tag;
+        self
     }
 
     /// Sets the coherent DMA mask.

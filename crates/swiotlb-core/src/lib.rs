@@ -100,4 +100,7 @@ pub use error::{Error, FreeSpace, FullCause};
 pub use hooks::{DamagedBy, PhysMemory, Platform, PlatformError, Stranded, StrandedFrame};
 pub use linear::LinearMap;
 pub use lock::IrqHook;
-pub use pool::{AreaReport, BouncePool, PoolReport, Slot, Stats, max_mapping_size};
+pub use pool::{
+    AreaReport, BouncePool, DeviceLive, LiveReport, PoolReport, Slot, Stats, max_mapping_size,
+    slots_with_ages,
+};

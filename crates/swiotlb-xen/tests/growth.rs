@@ -780,3 +780,74 @@ fn a_hook_without_a_chunk_of_pages_grows_a_smaller_pool_arm64() {
     assert_eq!(e.growth().unwrap().hook().in_use(), 0, "pages kept");
     arm.xen.check_invariants().expect("invariants");
 }
+
+static AGE_NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn age_clock() -> u64 {
+    AGE_NOW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Live mappings per device, with their ages, across the first pool, a grown chunk and a
+/// transient pool: the grown pools take the first pool's clock and record as it does.
+#[test]
+fn live_mappings_and_pool_reports_span_the_first_grown_and_transient_pools_x86_pv() {
+    let pv = Pv::new();
+    let before = pv.local_entries();
+    {
+        let hook = SimGrowth::pv(&pv.guest, 2048, 256);
+        let mut e = pv.engine(4 * SEGMENT);
+        e.set_mapping_clock(age_clock)
+            .expect("storage for the records");
+        let e = e.with_growth(Box::new(Growth::new(hook, limits())));
+        let buf = pv.guest.alloc_pages(4 * 256);
+        let at = |t: u64| AGE_NOW.store(t, std::sync::atomic::Ordering::Relaxed);
+        let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+        // Device 0 (the default tag) fills the first pool at 10.
+        at(10);
+        let first = fill(&e, buf);
+        // Device 5 grows a 1 MiB chunk at 40; device 9 a 1.5 MiB transient pool at 70.
+        at(40);
+        let disk = dev().with_tag(5);
+        let p = PhysAddr::new(buf.as_u64() + CHUNK as u64);
+        // SAFETY: as in `fill`.
+        let small = unsafe { e.map_page(&disk, p, 4096, dir, none) }.expect("grows a chunk");
+        at(70);
+        let gpu = dev().with_tag(9);
+        let big = 3 * CHUNK / 2;
+        let q = PhysAddr::new(buf.as_u64() + 2 * CHUNK as u64);
+        // SAFETY: as in `fill`.
+        let large = unsafe { e.map_page(&gpu, q, big, dir, none) }.expect("a transient pool");
+        assert!(!in_first(&e, small) && !in_first(&e, large));
+        let s = e.growth_stats().unwrap();
+        assert_eq!((s.live_pools, s.transient_live), (2, 1), "{s:?}");
+        let live = e.live_mappings(100).expect("the engine records ages");
+        let got: Vec<_> = live
+            .devices()
+            .iter()
+            .map(|d| (d.tag, d.mappings, d.bytes, d.oldest))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 4, 4 * SEGMENT, 90),
+                (5, 1, 4096, 60),
+                (9, 1, big as u64, 30)
+            ],
+            "{live}"
+        );
+        // The grown pools' own reports: the chunk's two slots, the transient pool's 768.
+        let mut used = Vec::new();
+        let n = e.grown_pool_reports(|r| used.push((r.nslabs, r.used)));
+        used.sort_unstable();
+        assert_eq!((n, used), (2, vec![(512, 2), (1024, 768)]));
+        // The transient pool goes at its unmap, and its mapping leaves the report.
+        e.unmap_page(&gpu, large, big, dir, none).unwrap();
+        e.unmap_page(&disk, small, 4096, dir, none).unwrap();
+        unmap_all(&e, &first);
+        assert_eq!(e.live_mappings(200).unwrap().mappings(), 0);
+        assert_eq!(e.grown_pool_reports(|r| assert_eq!(r.used, 0)), 1);
+        assert_eq!(e.reclaim(1000).removed + e.reclaim(2000).removed, 1);
+        pv.xen.check_invariants().expect("invariants");
+    }
+    assert_eq!(pv.local_entries(), before, "a local frame was lost");
+}

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use swiotlb_core::engine::{BlockState, DmaEngine, PageAllocator};
 use swiotlb_core::{
     Bfn, BouncePool, BusAddr, LinearMap, Pfn, PhysAddr, Platform, PlatformError, Slot,
+    slots_with_ages,
 };
 
 pub const RAM_BASE: u64 = (1 << 32) - (1 << 20);
@@ -195,7 +196,8 @@ pub fn bare_machine() -> Machine {
 /// A new machine with an engine: the pool of 128 slots at `RAM_BASE`, the `Pages`.
 pub fn machine() -> (Engine, Machine) {
     let m = bare_machine();
-    let slots: Vec<Slot> = (0..POOL_BYTES / 2048).map(|_| Slot::new()).collect();
+    // Room for the records of `DmaEngine::set_mapping_clock` too.
+    let slots: Vec<Slot> = (0..slots_with_ages(POOL_BYTES / 2048)).map(|_| Slot::new()).collect();
     // SAFETY: the pool's region is the pool's alone; the map reaches all of the RAM.
     let pool = unsafe { BouncePool::new(m.memory(), PhysAddr::new(RAM_BASE), 128, 1, slots) }
         .expect("a pool");

@@ -42,7 +42,10 @@ use crate::error::Error as PoolError;
 use crate::hooks::{PhysMemory, Platform, PlatformError};
 use crate::lock::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
 use crate::lock::{IrqHook, spin_wait};
-use crate::pool::{BouncePool, IO_TLB_SEGMENT_BYTES, IO_TLB_SIZE, Slot, limit_nareas};
+use crate::pool::{
+    BouncePool, IO_TLB_SEGMENT_BYTES, IO_TLB_SIZE, LiveReport, PoolReport, Slot, limit_nareas,
+    slots_with_ages,
+};
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 
@@ -88,7 +91,10 @@ pub unsafe trait GrowthHook: Sync {
 
     /// Metadata for `nslabs` slots of a new pool, kept by the engine for its lifetime and
     /// reused by later pools. `None` (the default) lets the engine allocate it on the heap
-    /// with feature `alloc` outside atomic context.
+    /// with feature `alloc` outside atomic context. When the first pool records mapping ages
+    /// ([`DmaEngine::set_mapping_clock`]), `nslabs` is
+    /// [`slots_with_ages`](crate::slots_with_ages) of the pool's slot count: the records
+    /// come after the slots.
     fn alloc_slots(&self, nslabs: usize, atomic: bool) -> Option<&'static [Slot]> {
         let _ = (nslabs, atomic);
         None
@@ -1137,6 +1143,44 @@ where
         self.growth.growth().map(Growth::stats)
     }
 
+    /// Calls `f` with the report ([`BouncePool::report`]) of each live grown pool, in the
+    /// order of the engine's table of grown pools, and returns how many it reported: what
+    /// [`pool_report`](Self::pool_report) says of the first pool, for the others. Each
+    /// report is built on the stack (about 2 KiB) while its pool is entered (so no reclaim
+    /// gives the pool back in the middle), then handed to `f`. Cold, as the first pool's
+    /// report.
+    pub fn grown_pool_reports(&self, mut f: impl FnMut(&PoolReport)) -> usize {
+        let Some(g) = self.growth.growth() else {
+            return 0;
+        };
+        let mut n = 0;
+        for id in 0..MAX_GROWN_POOLS {
+            if let Some(r) = g.enter(id).and_then(|i| i.pool.report()) {
+                f(&r);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The live mappings and coherent allocations of the first pool and of every live grown
+    /// pool, per device, with the age of each device's oldest at `now` (a reading of the
+    /// first pool's clock): see [`BouncePool::live_mappings`]. `None` if the first pool
+    /// records no ages ([`BouncePool::set_mapping_clock`]; grown pools take its clock).
+    /// Cold: it reads every slot's state under each area lock in turn.
+    #[must_use]
+    pub fn live_mappings(&self, now: u64) -> Option<LiveReport> {
+        let mut r = self.pool.as_ref()?.live_mappings(now)?;
+        if let Some(g) = self.growth.growth() {
+            for id in 0..MAX_GROWN_POOLS {
+                if let Some(i) = g.enter(id) {
+                    let _ = i.pool.add_live_mappings(&mut r);
+                }
+            }
+        }
+        Some(r)
+    }
+
     /// Gives back the grown pools that have been idle for the quiet period
     /// ([`GrowthLimits::quiet_period`]): for the kernel to call from a timer, with `now` in
     /// any monotonic unit the limits use.
@@ -1592,11 +1636,19 @@ where
             });
         }
         let nslabs = bytes / IO_TLB_SIZE;
+        // A grown pool records its mappings' ages as the first does: its metadata then holds
+        // the records too.
+        let clock = first.mapping_clock();
+        let meta = if clock.is_some() {
+            slots_with_ages(nslabs)
+        } else {
+            nslabs
+        };
         // An empty entry, one whose slot metadata is large enough first (a transient pool
         // may need more than the entries' chunks had).
         let holds = |e: &Entry<M>| {
             // SAFETY: only the holder of `busy` writes `slots`.
-            unsafe { &*e.slots.get() }.is_none_or(|(_, len, _)| len >= nslabs)
+            unsafe { &*e.slots.get() }.is_none_or(|(_, len, _)| len >= meta)
         };
         let empty = |e: &&Entry<M>| e.gate.state() == EMPTY;
         let (id, e) = g
@@ -1611,9 +1663,10 @@ where
                 max: limits.max_pools,
             })?;
         let atomic = g.hook.in_atomic();
-        let slots = g
-            .slots_for(e, nslabs, atomic)
-            .ok_or(GrowthError::NoSlots { nslabs, atomic })?;
+        let slots = g.slots_for(e, meta, atomic).ok_or(GrowthError::NoSlots {
+            nslabs: meta,
+            atomic,
+        })?;
         let phys = g
             .hook
             .alloc_pages(order, atomic)
@@ -1691,6 +1744,11 @@ where
             return Err(undo(GrowthError::Pool { phys }));
         };
         pool.set_irq_hook(first.irq_hook());
+        if let Some(clock) = clock
+            && pool.set_mapping_clock(clock).is_err()
+        {
+            return Err(undo(GrowthError::Pool { phys }));
+        }
         let Ok(top) = super::check_pool(&self.platform, &pool) else {
             return Err(undo(GrowthError::Pool { phys }));
         };

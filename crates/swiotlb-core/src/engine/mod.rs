@@ -287,6 +287,61 @@ where
         self
     }
 
+    /// Makes the engine record, for every bounce mapping and pool allocation from now on,
+    /// its device's [`tag`](Device::tag) and `clock`'s reading, so that
+    /// [`live_mappings`](Self::live_mappings) can say which device holds how many mappings
+    /// and for how long (a leak's oldest age grows from one report to the next, a burst's
+    /// does not). The records go in the first pool's metadata storage, which must then hold
+    /// [`slots_with_ages`](crate::slots_with_ages)`(nslabs)` slots, and in every pool grown
+    /// afterwards (whose metadata the engine asks for at that length); pools grown before
+    /// the call are not counted. `clock` is called on the map path, in interrupt context
+    /// too: it must be safe there and cheap (a counter register). Without it the map pays
+    /// one branch. See [`BouncePool::set_mapping_clock`].
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::StorageTooSmall`](crate::Error::StorageTooSmall) with the length
+    /// needed (nothing changed). An engine without a pool has nothing to record: `Ok`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # mod doc { include!("doc_setup.rs"); } use doc::*;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use swiotlb_core::{Device, DmaAttrs, DmaDirection, DmaMask};
+    ///
+    /// static NOW: AtomicU64 = AtomicU64::new(0);
+    /// fn clock() -> u64 {
+    ///     NOW.load(Ordering::Relaxed) // the kernel's TSC or CNTVCT_EL0
+    /// }
+    /// // The machine's pool storage has `slots_with_ages(128)` slots.
+    /// let (mut engine, m) = machine();
+    /// engine.set_mapping_clock(clock)?;
+    /// let (nic, disk) = (Device::new(DmaMask::BITS_32).with_tag(1), Device::new(DmaMask::BITS_32).with_tag(2));
+    /// let (dir, none) = (DmaDirection::ToDevice, DmaAttrs::empty());
+    /// // SAFETY: the buffers are the machine's memory, covered by no reference until the unmap.
+    /// let old = unsafe { engine.map_page(&disk, m.high(0), 4096, dir, none) }?;
+    /// NOW.store(1000, Ordering::Relaxed);
+    /// // SAFETY: as above.
+    /// let new = unsafe { engine.map_page(&nic, m.high(1), 1500, dir, none) }?;
+    /// let live = engine.live_mappings(1200).expect("the pool records ages");
+    /// assert_eq!(live.device(2).map(|d| (d.mappings, d.oldest)), Some((1, 1200)));
+    /// assert_eq!(live.device(1).map(|d| (d.bytes, d.oldest)), Some((1500, 200)));
+    /// engine.unmap_page(&disk, old, 4096, dir, none)?;
+    /// assert_eq!(engine.live_mappings(1300).unwrap().device(2), None);
+    /// engine.unmap_page(&nic, new, 1500, dir, none)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_mapping_clock(
+        &mut self,
+        clock: crate::pool::MappingClock,
+    ) -> Result<(), crate::Error> {
+        match &mut self.pool {
+            Some(pool) => pool.set_mapping_clock(clock),
+            None => Ok(()),
+        }
+    }
+
     /// The platform.
     ///
     /// # Examples

@@ -14,6 +14,7 @@
 //!
 //! The project's `docs/semantics.md` compares each rule with Linux's.
 
+mod ages;
 mod area;
 mod report;
 mod search;
@@ -22,6 +23,7 @@ mod stats;
 mod tests;
 
 pub use crate::lock::{IrqHook, SpinLock, SpinLockGuard};
+pub use ages::{DeviceLive, LiveReport, MAX_REPORTED_DEVICES, MappingClock, slots_with_ages};
 pub use area::Slot;
 pub use report::{AreaReport, PoolReport};
 pub use stats::Stats;
@@ -165,6 +167,8 @@ pub struct BouncePool<M: PhysMemory, S: AsRef<[Slot]> = &'static [Slot]> {
     joined: bool,
     areas: ArrayVec<Area, MAX_AREAS>,
     stats: GlobalStats,
+    /// The clock of the mapping records ([`ages`]), if the pool keeps them.
+    clock: Option<MappingClock>,
 }
 
 impl<M: PhysMemory, S: AsRef<[Slot]>> core::fmt::Debug for BouncePool<M, S> {
@@ -296,6 +300,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             joined: false,
             areas,
             stats: GlobalStats::default(),
+            clock: None,
         })
     }
 
@@ -679,8 +684,11 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
         mapping: bool,
         orig: Option<PhysAddr>,
         size: usize,
+        tag: u16,
     ) -> Result<usize, Error> {
         let nareas = self.areas.len();
+        // Read before any lock is taken; `None` without a clock (one branch).
+        let stamp = self.clock.map(|clock| clock());
         let first_area = cpu & (nareas - 1);
         let slots = self.slots()?;
         for i in 0..nareas {
@@ -736,6 +744,11 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
                 bump(&area.allocs, 1);
                 state::COHERENT
             };
+            if let Some(time) = stamp
+                && let Some(tail) = self.records()
+            {
+                ages::record(tail, head, tag, time);
+            }
             h.state.store(head_state, Ordering::Release);
             let mut next = g - base + plan.nslots;
             if next >= self.area_nslabs {
@@ -895,7 +908,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             self.run_cap,
         )
         .map_err(|e| self.narrow_exceeds(dev, e))?;
-        let head = self.find_slots(&plan, cpu, true, orig, size)?;
+        let head = self.find_slots(&plan, cpu, true, orig, size, dev.tag)?;
         let tlb = self.slot_addr(head, u64::from(plan.small_off));
         // The slots are ours (RESERVED), so the pool range `tlb..tlb + size`, which lies
         // inside the allocation, is touched by nobody else.
@@ -1353,7 +1366,7 @@ impl<M: PhysMemory, S: AsRef<[Slot]>> BouncePool<M, S> {
             self.run_cap,
         )
         .map_err(|e| self.narrow_exceeds(dev, e))?;
-        let head = self.find_slots(&plan, cpu, false, None, size)?;
+        let head = self.find_slots(&plan, cpu, false, None, size, dev.tag)?;
         let addr = self.slot_addr(head, 0);
         // SAFETY: the slots are ours (COHERENT, returned to nobody yet), inside the pool.
         unsafe { self.mem.fill(addr, 0, size) };

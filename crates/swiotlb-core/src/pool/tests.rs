@@ -4,6 +4,7 @@ use super::*;
 use crate::linear::LinearMap;
 use crate::{DmaMask, Error, FreeSpace, FullCause};
 use std::boxed::Box;
+use std::format;
 use std::vec;
 use std::vec::Vec;
 
@@ -27,12 +28,17 @@ impl Fixture {
 
     /// A pool followed by `orig_bytes` of original memory.
     fn with_orig(nslabs: usize, nareas: usize, orig_bytes: usize) -> Self {
+        Self::with_storage(nslabs, nareas, orig_bytes, nslabs)
+    }
+
+    /// A pool whose metadata storage has `storage` slots.
+    fn with_storage(nslabs: usize, nareas: usize, orig_bytes: usize, storage: usize) -> Self {
         let len = nslabs * IO_TLB_SIZE + orig_bytes;
         let base = Box::into_raw(vec![0x5au8; len].into_boxed_slice()).cast::<u8>();
         // SAFETY: `base..base + len` is one live allocation freed only in `Drop`, after the
         // pool; nothing else references it.
         let mem = unsafe { LinearMap::new(base, PhysAddr::new(POOL_BASE), len) };
-        let storage = (0..nslabs).map(|_| Slot::new()).collect();
+        let storage = (0..storage).map(|_| Slot::new()).collect();
         // SAFETY: the pool range is the start of the allocation and is used by the pool alone.
         let pool = unsafe { Pool::new(mem, PhysAddr::new(POOL_BASE), nslabs, nareas, storage) }
             .expect("valid configuration");
@@ -1765,5 +1771,124 @@ fn small_maps_cross_a_join_only_when_no_segment_has_room() {
         let slot = f.slot_of(s);
         assert_eq!(slot / 128, (slot + 19) / 128);
         f.check();
+    }
+}
+
+// Live mappings per device and their age (`ages.rs`).
+
+static AGES_NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn ages_clock() -> u64 {
+    AGES_NOW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_pool_without_a_clock_reports_no_ages_and_too_short_storage_is_refused() {
+    let mut f = Fixture::new(256, 1);
+    assert_eq!(f.pool.live_mappings(0), None);
+    assert_eq!(
+        f.pool.set_mapping_clock(ages_clock),
+        Err(Error::StorageTooSmall {
+            have: 256,
+            need: 384
+        })
+    );
+    assert!(f.pool.mapping_clock().is_none());
+    let mut f = Fixture::with_storage(256, 1, ORIG_BYTES, slots_with_ages(256) - 1);
+    assert!(f.pool.set_mapping_clock(ages_clock).is_err());
+    let mut f = Fixture::with_storage(256, 1, ORIG_BYTES, slots_with_ages(256));
+    f.pool.set_mapping_clock(ages_clock).unwrap();
+    assert_eq!(f.pool.live_mappings(5), Some(LiveReport::new(5)));
+}
+
+#[test]
+fn live_mappings_are_counted_per_device_with_the_age_of_the_oldest() {
+    // Two areas of two segments; each mapping's clock reading is set before it is made
+    // (the clock is this test's own static: the other tests never set it).
+    let mut f = Fixture::with_storage(512, 2, ORIG_BYTES, slots_with_ages(512));
+    f.pool.set_mapping_clock(ages_clock).unwrap();
+    let nic = dev().with_tag(7);
+    let nvme = dev().with_tag(3).with_min_align_mask(0xfff);
+    let at = |t: u64| AGES_NOW.store(t, std::sync::atomic::Ordering::Relaxed);
+    // The NIC: single slots 0 and 1 of area 0 (an even and an odd record), then 5000 bytes
+    // in area 1.
+    at(100);
+    let a = f.map_full(&nic, f.orig(0), 1500, 0, TD, NONE, 0).unwrap();
+    at(150);
+    let b = f
+        .map_full(&nic, f.orig(4096), 1500, 0, TD, NONE, 0)
+        .unwrap();
+    at(200);
+    let c = f
+        .map_full(&nic, f.orig(8192), 5000, 0, TD, NONE, 1)
+        .unwrap();
+    assert_eq!((f.slot_of(a), f.slot_of(b), f.slot_of(c)), (0, 1, 256));
+    // The NVMe device: a map keeping offset 0x900 (a pad slot in front of its first data
+    // slot) and a coherent allocation.
+    at(300);
+    let d = f
+        .map_full(&nvme, f.orig(0x3_0900), 2048, 0, TD, NONE, 0)
+        .unwrap();
+    at(400);
+    let e = f.pool.alloc(&nvme, 8192, 1).unwrap();
+    let live = f.pool.live_mappings(1000).unwrap();
+    let tags: Vec<u16> = live.devices().iter().map(|x| x.tag).collect();
+    assert_eq!(tags, [3, 7]);
+    let n = live.device(7).unwrap();
+    assert_eq!((n.mappings, n.bytes, n.oldest), (3, 8000, 900));
+    let v = live.device(3).unwrap();
+    assert_eq!((v.mappings, v.bytes, v.oldest), (2, 2048 + 8192, 700));
+    assert_eq!(live.mappings(), 5);
+    assert_eq!(
+        format!("{live}"),
+        "live mappings: 5\n  device 3: 2 mappings, 10240 bytes, oldest 700\n  \
+         device 7: 3 mappings, 8000 bytes, oldest 900"
+    );
+    // A leak (the NIC's first mapping, kept) ages; the rest of a burst comes and goes.
+    f.pool.unmap(&nic, b, 1500, TD, NONE).unwrap();
+    at(1100);
+    let b2 = f
+        .map_full(&nic, f.orig(4096), 1500, 0, TD, NONE, 0)
+        .unwrap();
+    let later = f.pool.live_mappings(2000).unwrap();
+    assert_eq!(
+        later.device(7).map(|x| (x.mappings, x.oldest)),
+        Some((3, 1900))
+    );
+    // Unmapping the oldest makes the next oldest the device's age; an unmapped device
+    // leaves the report.
+    f.pool.unmap(&nic, a, 1500, TD, NONE).unwrap();
+    f.pool.unmap(&nvme, d, 2048, TD, NONE).unwrap();
+    f.pool.free(&nvme, e).unwrap();
+    let last = f.pool.live_mappings(2000).unwrap();
+    assert_eq!(
+        last.device(7).map(|x| (x.mappings, x.oldest)),
+        Some((2, 1800))
+    );
+    assert_eq!(last.device(3), None);
+    f.pool.unmap(&nic, b2, 1500, TD, NONE).unwrap();
+    f.pool.unmap(&nic, c, 5000, TD, NONE).unwrap();
+    assert_eq!(f.pool.live_mappings(2000).unwrap().mappings(), 0);
+    f.check();
+}
+
+#[test]
+fn devices_beyond_the_listed_ones_are_summed_in_other() {
+    let mut f = Fixture::with_storage(256, 1, ORIG_BYTES, slots_with_ages(256));
+    f.pool.set_mapping_clock(ages_clock).unwrap();
+    let n = MAX_REPORTED_DEVICES + 2;
+    let mut maps = Vec::new();
+    for i in 0..n {
+        // CAST: fewer than 20 devices.
+        let d = dev().with_tag(100 - i as u16);
+        maps.push((d, f.map(&d, f.orig(i as u64 * 4096), 64, TD).unwrap()));
+    }
+    let live = f.pool.live_mappings(0).unwrap();
+    assert_eq!(live.devices().len(), MAX_REPORTED_DEVICES);
+    assert_eq!((live.other.mappings, live.other.bytes), (2, 128));
+    assert_eq!(live.mappings(), n);
+    assert!(format!("{live}").ends_with("other devices: 2 mappings, 128 bytes, oldest 0"));
+    for (d, tlb) in maps {
+        f.pool.unmap(&d, tlb, 64, TD, NONE).unwrap();
     }
 }

@@ -205,8 +205,11 @@ pub fn init_engine_with<P: Platform, A: PageAllocator>(
     pages: A,
     options: InitOptions,
 ) -> (SimEngine<P, A>, InitReport) {
-    // CAST: test pools are a few MiB.
-    let storage: Box<[Slot]> = (0..bytes / 2048).map(|_| Slot::new()).collect();
+    // CAST: test pools are a few MiB. Room for the mapping records of
+    // `DmaEngine::set_mapping_clock` too.
+    let storage: Box<[Slot]> = (0..swiotlb_core::slots_with_ages(bytes as usize / 2048))
+        .map(|_| Slot::new())
+        .collect();
     // SAFETY: the region is fresh dom0 memory given to the pool alone; the simulated CPU's
     // memory reaches it and every buffer the tests map, as it does the pages.
     unsafe { swiotlb_xen::init::init(platform, mem, pool, bytes as usize, storage, pages, options) }
