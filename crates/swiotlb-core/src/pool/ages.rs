@@ -5,9 +5,9 @@
 //! reading, in the tail of its metadata storage ([`slots_with_ages`] slots instead of
 //! `nslabs`): one record per first data slot, two records per tail [`Slot`], written under
 //! the area lock the map holds anyway. Nothing is shared between CPUs beyond what the map
-//! already writes: a 64-byte line of records holds those of four consecutive slots, always
-//! of one area, so it is written only by the holder of that area's lock, as the slots'
-//! own metadata is (no pool-wide counter). Nothing is written at unmap (a record counts only while its slot is a live
+//! already writes: a 64-byte line of records holds those of four consecutive slots (of one
+//! area when the storage is 64-byte aligned), so it is written only by the holder of that
+//! area's lock, as the slots' own metadata is (no pool-wide counter). Nothing is written at unmap (a record counts only while its slot is a live
 //! first data slot), and without a clock the map pays one predictable branch.
 //!
 //! [`BouncePool::live_mappings`] walks the live first data slots under each area's lock in
