@@ -25,7 +25,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use swiotlb_xen::init::{self, InitOptions};
+use swiotlb_xen::init::{self, InitError, InitOptions, InitReport};
 use swiotlb_xen::swiotlb_core::engine::{Growth, GrowthHook, GrowthLimits, GrowthStats};
 use swiotlb_xen::{
     BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, NoPageAllocator, PhysAddr, Platform, Slot,
@@ -153,6 +153,43 @@ type GEngine<'a> = DmaEngine<
     &'a Growth<GrowArea, KernelMemory>,
 >;
 
+/// A growth engine: a 2 MiB first pool on [`FIRST`], exchanged below the device's mask,
+/// growing with `growth`; with init's report for [`release`].
+///
+/// # Safety
+///
+/// No other live engine has its pool on `FIRST`.
+unsafe fn growth_engine<'a>(
+    env: &Env,
+    pv: &'a Pv,
+    growth: &'a Growth<GrowArea, KernelMemory>,
+) -> Result<(GEngine<'a>, InitReport), InitError> {
+    // SAFETY: the first pool's memory is a static given to this pool alone (the caller's
+    // promise); the image map reaches it, the chunk and the buffer.
+    let (eng, init) = unsafe {
+        init::init(
+            pv,
+            KernelMemory::new(env.low),
+            phys_of(&raw const FIRST),
+            MIB2,
+            &FIRST_SLOTS[..],
+            NoPageAllocator,
+            InitOptions::default()
+                .with_min_bytes(MIB2)
+                .with_max_address_bits(DMA_MASK_BITS),
+        )
+    }?;
+    Ok((eng.with_growth(growth), init))
+}
+
+/// Drops a [`growth_engine`] and gives its first pool back (the exchanges undone); returns
+/// the platform and the outcome.
+fn release<'a>(eng: GEngine<'a>, init: &InitReport) -> (&'a Pv, Result<(), InitError>) {
+    let (pv, _, _) = eng.into_parts();
+    // SAFETY: the engine and its pool are gone; nothing uses the first pool's memory.
+    (pv, unsafe { init::release(pv, init) })
+}
+
 /// The pseudo-physical address behind an own bus address.
 fn tlb_of(pv: &Pv, bus: BusAddr) -> Option<PhysAddr> {
     Some(bus.with_phys_frame(pv.bfn_to_local_pfn(bus.frame())?))
@@ -195,25 +232,9 @@ pub fn run(env: &Env, pv: &Pv, edu: Option<&Edu>, report: &mut Report) {
         "shrink-pool",
         "dev-map-transient",
     ];
-    let growth = &GROWTH;
-    let first = phys_of(&raw const FIRST);
-    // SAFETY: the first pool's memory is a static given to this pool alone; the image map
-    // reaches it, the chunk and the buffer.
-    let built = unsafe {
-        init::init(
-            pv,
-            KernelMemory::new(env.low),
-            first,
-            MIB2,
-            &FIRST_SLOTS[..],
-            NoPageAllocator,
-            InitOptions::default()
-                .with_min_bytes(MIB2)
-                .with_max_address_bits(DMA_MASK_BITS),
-        )
-    };
-    let (eng, init) = match built {
-        Ok((eng, init)) => (eng.with_growth(growth), init),
+    // SAFETY: no other engine's pool is on `FIRST` (this is the first growth engine).
+    let (eng, init) = match unsafe { growth_engine(env, pv, &GROWTH) } {
+        Ok(built) => built,
         Err(e) => {
             for name in names {
                 report.record(name, Err(fmt_line!("init of the 2 MiB first pool: {e}")));
@@ -233,9 +254,8 @@ pub fn run(env: &Env, pv: &Pv, edu: Option<&Edu>, report: &mut Report) {
     };
     report.record("dev-map-2m", mapped);
     report.record("shrink-pool", shrink(env, &eng, &dev, filled));
-    let (pv, _, _) = eng.into_parts();
-    // SAFETY: the engine and its pool are gone; nothing uses the first pool's memory.
-    if let Err(e) = unsafe { init::release(pv, &init) } {
+    let (pv, released) = release(eng, &init);
+    if let Err(e) = released {
         crate::kprintln!("x86_64-pv-dom0: releasing the 2 MiB first pool: {e}");
     }
     report.record("dev-map-transient", transient(env, pv, edu));
@@ -245,29 +265,12 @@ pub fn run(env: &Env, pv: &Pv, edu: Option<&Edu>, report: &mut Report) {
 /// [`TRANSIENT`]'s growth, filled, then a 2 MiB mapping in a transient pool of its own.
 fn transient(env: &Env, pv: &Pv, edu: Option<&Edu>) -> Outcome {
     let edu = edu.ok_or_else(|| fmt_line!("no edu device"))?;
-    let first = phys_of(&raw const FIRST);
-    // SAFETY: the first pool's memory is a static given to this pool alone (the engine of
-    // `grow-pool` is gone and its pool released); the image map reaches it, the chunk and
-    // the buffer.
-    let (eng, init) = unsafe {
-        init::init(
-            pv,
-            KernelMemory::new(env.low),
-            first,
-            MIB2,
-            &FIRST_SLOTS[..],
-            NoPageAllocator,
-            InitOptions::default()
-                .with_min_bytes(MIB2)
-                .with_max_address_bits(DMA_MASK_BITS),
-        )
-    }
-    .map_err(|e| fmt_line!("init of the 2 MiB first pool: {e}"))?;
-    let eng = eng.with_growth(&TRANSIENT);
+    // SAFETY: the engine of `grow-pool`, whose pool was on `FIRST`, is gone and its pool
+    // released.
+    let (eng, init) = unsafe { growth_engine(env, pv, &TRANSIENT) }
+        .map_err(|e| fmt_line!("init of the 2 MiB first pool: {e}"))?;
     let r = transient_map(env, &eng, edu);
-    let (pv, _, _) = eng.into_parts();
-    // SAFETY: the engine and its pool are gone; nothing uses the first pool's memory.
-    let released = unsafe { init::release(pv, &init) };
+    let (_, released) = release(eng, &init);
     let line = r?;
     released.map_err(|e| fmt_line!("releasing the first pool: {e}"))?;
     Ok(line)

@@ -32,7 +32,7 @@ use aarch64_dom0::report::Report;
 use core::fmt::Write;
 use core::ptr::addr_of;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use swiotlb_xen::init::{InitOptions, init};
+use swiotlb_xen::init::{InitError, InitOptions, init};
 use swiotlb_xen::swiotlb_core::engine::{Growth, GrowthHook, GrowthLimits, GrowthStats};
 use swiotlb_xen::{
     BusAddr, Device, DmaAttrs, DmaDirection, DmaEngine, NoPageAllocator, PhysAddr, Slot,
@@ -167,6 +167,32 @@ type GEngine<'a> = DmaEngine<
     &'a Growth<GrowArea, IdentityMemory>,
 >;
 
+/// A growth engine: a 2 MiB first pool on [`FIRST`] (1:1, below the mask) on `engine`'s
+/// platform, growing with `growth`.
+///
+/// # Safety
+///
+/// No other live engine has its pool on `FIRST`.
+unsafe fn growth_engine<'a>(
+    engine: &'a Engine,
+    growth: &'a Growth<GrowArea, IdentityMemory>,
+) -> Result<GEngine<'a>, InitError> {
+    // SAFETY: the first pool's memory is a static given to this pool alone (the caller's
+    // promise); IdentityMemory reaches it, the chunk and the buffer.
+    let (eng, _) = unsafe {
+        init(
+            engine.platform(),
+            IdentityMemory,
+            PhysAddr::new(addr_of!(FIRST) as u64),
+            MIB2,
+            &FIRST_SLOTS[..],
+            NoPageAllocator,
+            InitOptions::default().with_min_bytes(MIB2),
+        )
+    }?;
+    Ok(eng.with_growth(growth))
+}
+
 /// The four 4095-byte ranges the device reads (from the start, beyond 256 KiB, past 1 MiB,
 /// the last bytes) and, for each, where it writes them back.
 const SPOTS: [(usize, usize); 4] = [
@@ -225,22 +251,9 @@ pub(super) fn run(r: &mut R, engine: &Engine, edu: Option<&mut Edu>, high: Optio
         return fail(r, "the bank above the mask is too small");
     }
     let quiet = QUIET_US;
-    let growth = &GROWTH;
-    // SAFETY: the first pool's memory is a static given to this pool alone; IdentityMemory
-    // reaches it, the chunk and the buffer.
-    let built = unsafe {
-        init(
-            engine.platform(),
-            IdentityMemory,
-            PhysAddr::new(addr_of!(FIRST) as u64),
-            MIB2,
-            &FIRST_SLOTS[..],
-            NoPageAllocator,
-            InitOptions::default().with_min_bytes(MIB2),
-        )
-    };
-    let eng: GEngine<'_> = match built {
-        Ok((eng, _)) => eng.with_growth(growth),
+    // SAFETY: no other engine's pool is on `FIRST` (this is the first growth engine).
+    let eng = match unsafe { growth_engine(engine, &GROWTH) } {
+        Ok(eng) => eng,
         Err(e) => {
             say!("    init of the 2 MiB first pool: {e}");
             return fail(r, "init of the 2 MiB first pool failed");
@@ -285,21 +298,9 @@ fn spots_bad(big: u64) -> Option<usize> {
 /// places, and the unmap copies back and gives the pool back to the hook at once.
 fn transient(r: &mut R, engine: &Engine, dev: &Device, edu: &mut Edu, big: u64) {
     const NAME: &str = "dev-map-transient";
-    // SAFETY: the first pool's memory is a static given to this pool alone (the engine of
-    // `grow-pool` is gone); IdentityMemory reaches it, the chunk and the buffer.
-    let built = unsafe {
-        init(
-            engine.platform(),
-            IdentityMemory,
-            PhysAddr::new(addr_of!(FIRST) as u64),
-            MIB2,
-            &FIRST_SLOTS[..],
-            NoPageAllocator,
-            InitOptions::default().with_min_bytes(MIB2),
-        )
-    };
-    let eng: GEngine<'_> = match built {
-        Ok((eng, _)) => eng.with_growth(&TRANSIENT),
+    // SAFETY: the engine of `grow-pool`, whose pool was on `FIRST`, is gone.
+    let eng = match unsafe { growth_engine(engine, &TRANSIENT) } {
+        Ok(eng) => eng,
         Err(e) => {
             say!("    init of the 2 MiB first pool: {e}");
             r.check(
